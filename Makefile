@@ -1,0 +1,21 @@
+# The two commands of the README: `make run` and `make test`. Both create .venv and install
+# everything on first use (and again when pyproject.toml changes).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: install run test
+install: $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) manage.py runlocal
+
+test: $(VENV)/.installed
+	sh scripts/ensure-chromium
+	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from clearinghouse.organisations.selectors import user_is_suspended
+
+from .models import APIToken
+from .tokens import token_matches, token_split
+
+
+class APITokenAuthentication(authentication.BaseAuthentication):
+    """`Authorization: Bearer chp_...` tokens. Refuses revoked and expired tokens, inactive users and
+    members of suspended organisations, each with its own stable code."""
+
+    keyword = "Bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).split()
+        if not header or header[0].lower() != self.keyword.lower().encode():
+            return None
+        if len(header) != 2:
+            raise exceptions.AuthenticationFailed("Malformed Authorization header.", code="token_invalid")
+        try:
+            text = header[1].decode("ascii")
+        except UnicodeDecodeError:
+            raise exceptions.AuthenticationFailed("Invalid token.", code="token_invalid") from None
+        parts = token_split(text)
+        if parts is None:
+            raise exceptions.AuthenticationFailed("Invalid token.", code="token_invalid")
+        prefix, secret = parts
+        token = APIToken.objects.select_related("user").filter(prefix=prefix).first()
+        if token is None or not token_matches(secret, token.secret_hash):
+            raise exceptions.AuthenticationFailed("Invalid token.", code="token_invalid")
+        if token.revoked_at is not None:
+            raise exceptions.AuthenticationFailed("This token has been revoked.", code="token_revoked")
+        now = timezone.now()
+        if token.expires_at <= now:
+            raise exceptions.AuthenticationFailed("This token has expired.", code="token_expired")
+        if not token.user.is_active:
+            raise exceptions.AuthenticationFailed("This account is disabled.", code="user_inactive")
+        if user_is_suspended(user=token.user):
+            raise exceptions.AuthenticationFailed(
+                "Your organisation is suspended; its users and tokens do not work.", code="organisation_suspended"
+            )
+        # Coarse last-used stamp (once a minute) so that busy tokens do not write on every request.
+        if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+            APIToken.objects.filter(pk=token.pk).update(last_used_at=now)
+        return token.user, token
+
+    def authenticate_header(self, request):
+        return self.keyword

@@ -1,0 +1,29 @@
+"""Every endpoint of /api/v1/, in one list so that the authorization matrix test sees them all."""
+
+from django.urls import path, re_path
+
+from clearinghouse.accounts import apis as accounts
+from clearinghouse.audit import apis as audit
+from clearinghouse.organisations import apis as organisations
+
+app_name = "api"
+
+urlpatterns = [
+    path("me", accounts.MeApi.as_view(), name="me"),
+    path("tokens", accounts.TokenListCreateApi.as_view(), name="tokens"),
+    path("tokens/<int:token_id>/revoke", accounts.TokenRevokeApi.as_view(), name="token_revoke"),
+    path("organisations", organisations.OrganisationListApplyApi.as_view(), name="organisations"),
+    path("organisations/directory", organisations.OrganisationDirectoryApi.as_view(), name="organisation_directory"),
+    path("organisations/<slug:slug>", organisations.OrganisationDetailApi.as_view(), name="organisation"),
+    re_path(r"^organisations/(?P<slug>[-a-z0-9]+)/(?P<action>approve|reject|suspend|reinstate)$",
+            organisations.OrganisationDecisionApi.as_view(), name="organisation_decide"),
+    path("organisations/<slug:slug>/memberships", organisations.MembershipListApi.as_view(), name="memberships"),
+    path("organisations/<slug:slug>/invitations", organisations.InvitationListCreateApi.as_view(), name="invitations"),
+    path("memberships/<int:membership_id>", organisations.MembershipDetailApi.as_view(), name="membership"),
+    path("invitations/<int:invitation_id>/revoke", organisations.InvitationRevokeApi.as_view(), name="invitation_revoke"),
+    path("invitations/accept", organisations.InvitationAcceptApi.as_view(), name="invitation_accept"),
+    path("join-requests", organisations.JoinRequestListCreateApi.as_view(), name="join_requests"),
+    re_path(r"^join-requests/(?P<join_request_id>[0-9]+)/(?P<action>approve|reject|withdraw)$",
+            organisations.JoinRequestDecisionApi.as_view(), name="join_request_decide"),
+    path("audit-events", audit.AuditEventListApi.as_view(), name="audit_events"),
+]

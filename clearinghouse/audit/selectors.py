@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from django.db.models import QuerySet
+
+from clearinghouse.accounts.models import User
+from clearinghouse.organisations.selectors import membership_active, user_capabilities
+from clearinghouse.core.errors import PermissionDenied
+
+from .models import GENESIS_HASH, AuditChainHead, AuditEvent
+
+
+def audit_event_list(*, actor: User) -> QuerySet[AuditEvent]:
+    """Operators see every event; org admins see their own organisation's; nobody else any."""
+    events = AuditEvent.objects.select_related("actor", "organisation")
+    if actor.is_operator:
+        return events.all()
+    membership = membership_active(user=actor)
+    if membership is None or "view_audit" not in user_capabilities(user=actor):
+        raise PermissionDenied("Only organisation admins and operators can read the audit log.")
+    return events.filter(organisation=membership.organisation)
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    seq: int
+    reason: str
+
+
+def audit_chain_problems() -> Iterator[ChainProblem]:
+    """Walks the whole chain in order and yields every broken link (the first is what matters)."""
+    expected_prev = GENESIS_HASH
+    expected_seq = 1
+    last_seq = 0
+    for event in AuditEvent.objects.order_by("seq").iterator(chunk_size=2000):
+        if event.seq != expected_seq:
+            yield ChainProblem(expected_seq, f"event #{expected_seq} is missing (next stored is #{event.seq})")
+        if event.prev_hash != expected_prev:
+            yield ChainProblem(event.seq, "its previous-hash does not match the event before it")
+        if event.compute_hash() != event.hash:
+            yield ChainProblem(event.seq, "its content does not match its hash (the row was changed)")
+        expected_prev = event.hash
+        expected_seq = event.seq + 1
+        last_seq = event.seq
+    head = AuditChainHead.objects.filter(pk=1).first()
+    if head is not None and (head.seq != last_seq or head.last_hash != expected_prev):
+        yield ChainProblem(head.seq, f"the chain head says #{head.seq} but the newest event is #{last_seq}")

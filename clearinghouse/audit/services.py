@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models, transaction
+from django.utils import timezone
+
+from clearinghouse.core import request_context
+
+from .models import AuditChainHead, AuditEvent
+
+
+def audit_record(
+    *,
+    actor: Any | None,
+    action: str,
+    organisation: Any | None = None,
+    target: models.Model | None = None,
+    extra: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Append one event to the chain. Must run inside the transaction of the change it records, so
+    that the change and its record commit or roll back together."""
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("audit_record must be called inside the transaction of the change it records")
+    ctx = request_context.current()
+    head = AuditChainHead.objects.select_for_update().get(pk=1)
+    actor_obj = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    # Normalise extra through JSON now so the hashed form equals what the database gives back.
+    extra_clean = json.loads(json.dumps(extra or {}, cls=DjangoJSONEncoder))
+    event = AuditEvent(
+        seq=head.seq + 1,
+        created_at=timezone.now(),
+        actor=actor_obj,
+        actor_label=actor_obj.get_username() if actor_obj else "",
+        organisation=organisation,
+        organisation_label=getattr(organisation, "slug", "") or "",
+        action=action,
+        target_type=target._meta.label_lower if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        request_id=ctx.request_id,
+        ip=ctx.ip,
+        extra=extra_clean,
+        prev_hash=head.last_hash,
+    )
+    event.hash = event.compute_hash()
+    event.save()
+    head.seq = event.seq
+    head.last_hash = event.hash
+    head.save(update_fields=["seq", "last_hash"])
+    return event

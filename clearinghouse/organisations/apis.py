@@ -1,0 +1,294 @@
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from clearinghouse.core.apis import paginated, validated
+
+from .models import OrganisationStatus
+from .roles import Role
+from .selectors import (
+    invitation_get,
+    invitation_list,
+    join_request_get,
+    join_request_list,
+    membership_get,
+    membership_list,
+    organisation_directory,
+    organisation_directory_get,
+    organisation_get,
+    organisation_list,
+)
+from .services import (
+    invitation_accept,
+    invitation_create,
+    invitation_revoke,
+    join_request_create,
+    join_request_decide,
+    join_request_withdraw,
+    membership_change_role,
+    membership_remove,
+    organisation_apply,
+    organisation_set_status,
+    organisation_update,
+)
+
+# Input fields accept generous lengths so that the services, not the serializers, produce the
+# one stable error for each rule.
+_TEXT = {"max_length": 10_000, "allow_blank": True}
+
+
+class OrganisationOutputSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    slug = serializers.CharField()
+    country = serializers.CharField()
+    contact_email = serializers.EmailField()
+    status = serializers.CharField()
+    status_reason = serializers.CharField()
+    decided_at = serializers.DateTimeField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class OrganisationListApplyApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OrganisationListApplyInput"
+
+        name = serializers.CharField(**_TEXT)
+        slug = serializers.CharField(**_TEXT)
+        country = serializers.CharField(**_TEXT)
+        contact_email = serializers.CharField(**_TEXT)
+
+    @extend_schema(responses=OrganisationOutputSerializer(many=True), operation_id="organisations_list")
+    def get(self, request):
+        organisations = organisation_list(actor=request.user, status=request.query_params.get("status"))
+        return paginated(queryset=organisations, serializer_class=OrganisationOutputSerializer, request=request, view=self)
+
+    @extend_schema(request=InputSerializer, responses={201: OrganisationOutputSerializer}, operation_id="organisations_apply")
+    def post(self, request):
+        organisation = organisation_apply(actor=request.user, **validated(self.InputSerializer, request.data))
+        return Response(OrganisationOutputSerializer(organisation).data, status=status.HTTP_201_CREATED)
+
+
+class OrganisationDirectoryApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OrganisationDirectoryOutput"
+
+        name = serializers.CharField()
+        slug = serializers.CharField()
+        country = serializers.CharField()
+
+    @extend_schema(responses=OutputSerializer(many=True), operation_id="organisations_directory")
+    def get(self, request):
+        return paginated(queryset=organisation_directory(), serializer_class=self.OutputSerializer,
+                         request=request, view=self)
+
+
+class OrganisationDetailApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OrganisationDetailInput"
+
+        name = serializers.CharField(required=False, **_TEXT)
+        country = serializers.CharField(required=False, **_TEXT)
+        contact_email = serializers.CharField(required=False, **_TEXT)
+
+    @extend_schema(responses=OrganisationOutputSerializer, operation_id="organisations_get")
+    def get(self, request, slug: str):
+        return Response(OrganisationOutputSerializer(organisation_get(actor=request.user, slug=slug)).data)
+
+    @extend_schema(request=InputSerializer, responses=OrganisationOutputSerializer, operation_id="organisations_update")
+    def patch(self, request, slug: str):
+        organisation = organisation_get(actor=request.user, slug=slug)
+        organisation = organisation_update(actor=request.user, organisation=organisation,
+                                           **validated(self.InputSerializer, request.data))
+        return Response(OrganisationOutputSerializer(organisation).data)
+
+
+class OrganisationDecisionApi(APIView):
+    """Operators move an organisation: approve, reject, suspend, reinstate."""
+
+    ACTIONS = {
+        "approve": OrganisationStatus.APPROVED,
+        "reject": OrganisationStatus.REJECTED,
+        "suspend": OrganisationStatus.SUSPENDED,
+        "reinstate": OrganisationStatus.APPROVED,
+    }
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OrganisationDecisionInput"
+
+        reason = serializers.CharField(required=False, default="", **_TEXT)
+
+    @extend_schema(request=InputSerializer, responses=OrganisationOutputSerializer, operation_id="organisations_decide")
+    def post(self, request, slug: str, action: str):
+        organisation = organisation_get(actor=request.user, slug=slug)
+        data = validated(self.InputSerializer, request.data)
+        organisation = organisation_set_status(actor=request.user, organisation=organisation,
+                                               status=self.ACTIONS[action], reason=data["reason"])
+        return Response(OrganisationOutputSerializer(organisation).data)
+
+
+class MembershipOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField(source="user.username")
+    email = serializers.EmailField(source="user.email")
+    organisation = serializers.CharField(source="organisation.slug")
+    role = serializers.CharField()
+    created_at = serializers.DateTimeField()
+
+
+class MembershipListApi(APIView):
+    @extend_schema(responses=MembershipOutputSerializer(many=True), operation_id="memberships_list")
+    def get(self, request, slug: str):
+        organisation = organisation_get(actor=request.user, slug=slug)
+        return paginated(queryset=membership_list(actor=request.user, organisation=organisation),
+                         serializer_class=MembershipOutputSerializer, request=request, view=self)
+
+
+class MembershipDetailApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "MembershipDetailInput"
+
+        role = serializers.CharField(**_TEXT)
+
+    @extend_schema(responses=MembershipOutputSerializer, operation_id="memberships_get")
+    def get(self, request, membership_id: int):
+        return Response(MembershipOutputSerializer(membership_get(actor=request.user, membership_id=membership_id)).data)
+
+    @extend_schema(request=InputSerializer, responses=MembershipOutputSerializer, operation_id="memberships_change_role")
+    def patch(self, request, membership_id: int):
+        membership = membership_get(actor=request.user, membership_id=membership_id)
+        data = validated(self.InputSerializer, request.data)
+        membership = membership_change_role(actor=request.user, membership=membership, role=data["role"])
+        return Response(MembershipOutputSerializer(membership).data)
+
+    @extend_schema(responses={204: None}, operation_id="memberships_remove")
+    def delete(self, request, membership_id: int):
+        membership_remove(actor=request.user, membership=membership_get(actor=request.user, membership_id=membership_id))
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class JoinRequestOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField(source="user.username")
+    organisation = serializers.CharField(source="organisation.slug")
+    message = serializers.CharField()
+    status = serializers.CharField()
+    role = serializers.CharField()
+    reason = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    decided_at = serializers.DateTimeField(allow_null=True)
+
+
+class JoinRequestListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "JoinRequestListCreateInput"
+
+        organisation = serializers.CharField(**_TEXT)
+        message = serializers.CharField(required=False, default="", **_TEXT)
+
+    @extend_schema(responses=JoinRequestOutputSerializer(many=True), operation_id="join_requests_list")
+    def get(self, request):
+        requests = join_request_list(actor=request.user)
+        if request.query_params.get("status"):
+            requests = requests.filter(status=request.query_params["status"])
+        return paginated(queryset=requests, serializer_class=JoinRequestOutputSerializer, request=request, view=self)
+
+    @extend_schema(request=InputSerializer, responses={201: JoinRequestOutputSerializer}, operation_id="join_requests_create")
+    def post(self, request):
+        data = validated(self.InputSerializer, request.data)
+        organisation = organisation_directory_get(slug=data["organisation"])
+        join_request = join_request_create(actor=request.user, organisation=organisation, message=data["message"])
+        return Response(JoinRequestOutputSerializer(join_request).data, status=status.HTTP_201_CREATED)
+
+
+class JoinRequestDecisionApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "JoinRequestDecisionInput"
+
+        role = serializers.CharField(required=False, default=Role.ANALYST, **_TEXT)
+        reason = serializers.CharField(required=False, default="", **_TEXT)
+
+    @extend_schema(request=InputSerializer, responses=JoinRequestOutputSerializer, operation_id="join_requests_decide")
+    def post(self, request, join_request_id: int, action: str):
+        join_request = join_request_get(actor=request.user, join_request_id=join_request_id)
+        if action == "withdraw":
+            join_request = join_request_withdraw(actor=request.user, join_request=join_request)
+        else:
+            data = validated(self.InputSerializer, request.data)
+            join_request = join_request_decide(actor=request.user, join_request=join_request,
+                                               approve=action == "approve", role=data["role"], reason=data["reason"])
+        return Response(JoinRequestOutputSerializer(join_request).data)
+
+
+class InvitationOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    organisation = serializers.CharField(source="organisation.slug")
+    email = serializers.EmailField()
+    role = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    expires_at = serializers.DateTimeField()
+    accepted_at = serializers.DateTimeField(allow_null=True)
+    revoked_at = serializers.DateTimeField(allow_null=True)
+    is_open = serializers.BooleanField()
+
+
+class InvitationListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "InvitationListCreateInput"
+
+        email = serializers.CharField(**_TEXT)
+        role = serializers.CharField(**_TEXT)
+
+    class CreatedSerializer(InvitationOutputSerializer):
+        class Meta:
+            ref_name = "InvitationListCreateCreated"
+
+        accept_url = serializers.CharField(help_text="The secret link; shown only in this response.")
+
+    @extend_schema(responses=InvitationOutputSerializer(many=True), operation_id="invitations_list")
+    def get(self, request, slug: str):
+        organisation = organisation_get(actor=request.user, slug=slug)
+        return paginated(queryset=invitation_list(actor=request.user, organisation=organisation),
+                         serializer_class=InvitationOutputSerializer, request=request, view=self)
+
+    @extend_schema(request=InputSerializer, responses={201: CreatedSerializer}, operation_id="invitations_create")
+    def post(self, request, slug: str):
+        organisation = organisation_get(actor=request.user, slug=slug)
+        invitation, token = invitation_create(actor=request.user, organisation=organisation,
+                                              **validated(self.InputSerializer, request.data))
+        url = request.build_absolute_uri(reverse("portal:invitation_accept", args=[token]))
+        return Response(dict(InvitationOutputSerializer(invitation).data, accept_url=url, token=token),
+                        status=status.HTTP_201_CREATED)
+
+
+class InvitationRevokeApi(APIView):
+    @extend_schema(request=None, responses=InvitationOutputSerializer, operation_id="invitations_revoke")
+    def post(self, request, invitation_id: int):
+        invitation = invitation_revoke(actor=request.user,
+                                       invitation=invitation_get(actor=request.user, invitation_id=invitation_id))
+        return Response(InvitationOutputSerializer(invitation).data)
+
+
+class InvitationAcceptApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "InvitationAcceptInput"
+
+        token = serializers.CharField(**_TEXT)
+
+    @extend_schema(request=InputSerializer, responses={201: MembershipOutputSerializer}, operation_id="invitations_accept")
+    def post(self, request):
+        data = validated(self.InputSerializer, request.data)
+        membership = invitation_accept(actor=request.user, token=data["token"])
+        return Response(MembershipOutputSerializer(membership).data, status=status.HTTP_201_CREATED)

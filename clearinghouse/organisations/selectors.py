@@ -1,0 +1,153 @@
+"""Reads: who belongs where, and which organisations and requests an actor may see.
+
+Visibility rule everywhere: operators see all; a member sees their own organisation; anything of
+another organisation is reported as not found, so its existence is not confirmed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+
+from clearinghouse.core.errors import NotFound, PermissionDenied
+
+from .models import Invitation, JoinRequest, Membership, Organisation, OrganisationStatus, RequestStatus
+from .roles import ROLE_CAPABILITIES
+
+
+def membership_of(*, user: Any) -> Membership | None:
+    """Read fresh from the database each time: authorization must not trust a status cached on a
+    user object earlier in the request."""
+    if not getattr(user, "is_authenticated", False):
+        return None
+    return Membership.objects.select_related("organisation").filter(user=user).first()
+
+
+def membership_active(*, user: Any) -> Membership | None:
+    """The user's membership if their organisation is approved, else None."""
+    membership = membership_of(user=user)
+    if membership is None or membership.organisation.status != OrganisationStatus.APPROVED:
+        return None
+    return membership
+
+
+def user_is_suspended(*, user: Any) -> bool:
+    return Membership.objects.filter(user=user, organisation__status=OrganisationStatus.SUSPENDED).exists()
+
+
+def user_capabilities(*, user: Any) -> frozenset[str]:
+    membership = membership_active(user=user)
+    return ROLE_CAPABILITIES[membership.role] if membership else frozenset()
+
+
+def require_capability(*, actor: Any, organisation: Organisation, capability: str) -> Membership:
+    """The actor's membership in `organisation` if it grants `capability`. Someone outside the
+    organisation gets NotFound (nothing confirmed); a member without the right gets PermissionDenied."""
+    if getattr(actor, "is_operator", False):
+        # Operators can see every organisation, so there is nothing to hide: say what is wrong.
+        raise PermissionDenied("Operators do not act inside member organisations.", code="operator_not_member")
+    membership = membership_of(user=actor)
+    if membership is None or membership.organisation_id != organisation.pk:
+        raise NotFound("Organisation not found.")
+    if membership.organisation.status != OrganisationStatus.APPROVED:
+        raise PermissionDenied("Your organisation is not approved.", code="organisation_not_approved")
+    if capability not in ROLE_CAPABILITIES[membership.role]:
+        raise PermissionDenied("Your role does not allow this.", code="role_forbidden")
+    return membership
+
+
+def require_operator(*, actor: Any) -> None:
+    if not getattr(actor, "is_operator", False):
+        raise PermissionDenied("Only consortium operators can do this.", code="operator_required")
+
+
+def organisation_list(*, actor: Any, status: str | None = None) -> QuerySet[Organisation]:
+    if actor.is_operator:
+        organisations = Organisation.objects.all()
+    else:
+        membership = membership_of(user=actor)
+        organisations = Organisation.objects.filter(pk=membership.organisation_id if membership else None)
+    if status:
+        organisations = organisations.filter(status=status)
+    return organisations.order_by("name")
+
+
+def organisation_get(*, actor: Any, slug: str) -> Organisation:
+    organisation = organisation_list(actor=actor).filter(slug=slug).first()
+    if organisation is None:
+        raise NotFound("Organisation not found.")
+    return organisation
+
+
+def organisation_directory() -> QuerySet[Organisation]:
+    """Approved members by name and slug: public within the consortium, for people asking to join."""
+    return Organisation.objects.filter(status=OrganisationStatus.APPROVED).only("name", "slug", "country")
+
+
+def organisation_directory_get(*, slug: str) -> Organisation:
+    organisation = organisation_directory().filter(slug=slug).first()
+    if organisation is None:
+        raise NotFound("Organisation not found.")
+    return organisation
+
+
+def membership_list(*, actor: Any, organisation: Organisation) -> QuerySet[Membership]:
+    if not actor.is_operator:
+        membership = membership_of(user=actor)
+        if membership is None or membership.organisation_id != organisation.pk:
+            raise NotFound("Organisation not found.")
+    return organisation.memberships.select_related("user").order_by("user__username")
+
+
+def membership_get(*, actor: Any, membership_id: int) -> Membership:
+    membership = Membership.objects.select_related("user", "organisation").filter(pk=membership_id).first()
+    if membership is None:
+        raise NotFound("Membership not found.")
+    own = membership_of(user=actor)
+    if not actor.is_operator and (own is None or own.organisation_id != membership.organisation_id):
+        raise NotFound("Membership not found.")
+    return membership
+
+
+def join_request_list(*, actor: Any, organisation: Organisation | None = None) -> QuerySet[JoinRequest]:
+    """Operators: all. Org admins: those addressed to their organisation. Everyone: their own."""
+    requests = JoinRequest.objects.select_related("user", "organisation")
+    if actor.is_operator:
+        result = requests.all()
+    else:
+        membership = membership_active(user=actor)
+        if membership is not None and "manage_members" in ROLE_CAPABILITIES[membership.role]:
+            result = requests.filter(organisation=membership.organisation) | requests.filter(user=actor)
+        else:
+            result = requests.filter(user=actor)
+    if organisation is not None:
+        result = result.filter(organisation=organisation)
+    return result.order_by("-created_at")
+
+
+def join_request_get(*, actor: Any, join_request_id: int) -> JoinRequest:
+    join_request = join_request_list(actor=actor).filter(pk=join_request_id).first()
+    if join_request is None:
+        raise NotFound("Join request not found.")
+    return join_request
+
+
+def join_request_pending_for(*, user: Any) -> JoinRequest | None:
+    return JoinRequest.objects.filter(user=user, status=RequestStatus.PENDING).select_related("organisation").first()
+
+
+def invitation_list(*, actor: Any, organisation: Organisation) -> QuerySet[Invitation]:
+    if not actor.is_operator:
+        require_capability(actor=actor, organisation=organisation, capability="manage_members")
+    return organisation.invitations.order_by("-created_at")
+
+
+def invitation_get(*, actor: Any, invitation_id: int) -> Invitation:
+    invitation = Invitation.objects.select_related("organisation").filter(pk=invitation_id).first()
+    if invitation is None:
+        raise NotFound("Invitation not found.")
+    own = membership_of(user=actor)
+    if not actor.is_operator and (own is None or own.organisation_id != invitation.organisation_id):
+        raise NotFound("Invitation not found.")
+    return invitation

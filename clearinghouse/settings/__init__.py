@@ -1,0 +1,1 @@
+"""Settings per environment: `dev` (embedded defaults), `test`, `production` (environment only)."""

@@ -1,0 +1,15 @@
+"""Embedded defaults: one person on one machine. Never used by a server."""
+
+import secrets
+
+from .base import *  # noqa: F401,F403
+from .base import VAR_DIR, env_bool
+
+DEBUG = env_bool("DEBUG", True)
+
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+_secret_file = VAR_DIR / "secret_key"
+if not _secret_file.exists():
+    _secret_file.write_text(secrets.token_urlsafe(50))
+    _secret_file.chmod(0o600)
+SECRET_KEY = _secret_file.read_text().strip()

@@ -1,0 +1,266 @@
+"""Every API endpoint and portal page × {anonymous, analyst, org admin, other organisation's admin,
+operator}, each on an object of the analyst's organisation ("own", org A) and of another
+organisation ("foreign", org B).
+
+The matrix is checked against the URL configuration: a new endpoint or page without an entry here
+fails `test_every_route_is_in_the_matrix`, so nobody can add one without deciding who may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pytest
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from tests.factories import World, api_client
+
+ACTORS = ["anonymous", "analyst", "org_admin", "other_admin", "operator"]
+Target = str  # "own" (org A) or "foreign" (org B)
+
+
+@dataclass
+class Case:
+    method: str
+    url: Callable[[World, Target], str]
+    # Expected status per actor; a pair means (own, foreign), a single int applies to both.
+    expect: dict[str, int | tuple[int, int]]
+    data: dict | Callable[[World, Target], dict] = field(default_factory=dict)
+    object_scoped: bool = True
+
+
+def org(w: World, t: Target) -> str:
+    return w.side(t).organisation.slug
+
+
+def _matrix() -> dict[str, list[Case]]:
+    u = reverse
+    A401 = {"anonymous": 401}
+    everyone = lambda status: {**A401, "analyst": status, "org_admin": status, "other_admin": status, "operator": status}  # noqa: E731
+    scoped_read = {**A401, "analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}
+    return {
+        # --- API -------------------------------------------------------------------------------------
+        "api:me": [Case("get", lambda w, t: u("api:me"), everyone(200), object_scoped=False)],
+        "api:tokens": [
+            Case("get", lambda w, t: u("api:tokens"), everyone(200), object_scoped=False),
+            Case("post", lambda w, t: u("api:tokens"), everyone(201), {"name": "laptop"}, object_scoped=False),
+        ],
+        "api:token_revoke": [Case("post", lambda w, t: u("api:token_revoke", args=[w.side(t).admin_token_id]),
+                                  {**A401, "analyst": 404, "org_admin": (200, 404), "other_admin": (404, 200),
+                                   "operator": 404})],
+        "api:organisations": [
+            Case("get", lambda w, t: u("api:organisations"), everyone(200), object_scoped=False),
+            Case("post", lambda w, t: u("api:organisations"),
+                 {**A401, "analyst": 409, "org_admin": 409, "other_admin": 409, "operator": 201},
+                 {"name": "Newcomer", "slug": "newcomer", "country": "DE", "contact_email": "x@newcomer.example.org"},
+                 object_scoped=False),
+        ],
+        "api:organisation_directory": [Case("get", lambda w, t: u("api:organisation_directory"), everyone(200),
+                                            object_scoped=False)],
+        "api:organisation": [
+            Case("get", lambda w, t: u("api:organisation", args=[org(w, t)]), scoped_read),
+            Case("patch", lambda w, t: u("api:organisation", args=[org(w, t)]),
+                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403},
+                 {"contact_email": "new@example.org"}),
+        ],
+        "api:organisation_decide": [
+            Case("post", lambda w, t: u("api:organisation_decide", args=[org(w, t), "suspend"]),
+                 {**A401, "analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 200},
+                 {"reason": "audit"}),
+        ],
+        "api:memberships": [Case("get", lambda w, t: u("api:memberships", args=[org(w, t)]), scoped_read)],
+        "api:invitations": [
+            Case("get", lambda w, t: u("api:invitations", args=[org(w, t)]),
+                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}),
+            Case("post", lambda w, t: u("api:invitations", args=[org(w, t)]),
+                 {**A401, "analyst": (403, 404), "org_admin": (201, 404), "other_admin": (404, 201), "operator": 403},
+                 {"email": "someone@example.org", "role": "analyst"}),
+        ],
+        "api:membership": [
+            Case("get", lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]), scoped_read),
+            Case("patch", lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]),
+                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403},
+                 {"role": "analyst"}),
+            Case("delete", lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]),
+                 {**A401, "analyst": (403, 404), "org_admin": (204, 404), "other_admin": (404, 204), "operator": 403}),
+        ],
+        "api:invitation_revoke": [
+            Case("post", lambda w, t: u("api:invitation_revoke", args=[w.side(t).invitation.pk]),
+                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403}),
+        ],
+        "api:invitation_accept": [
+            # The invitation was sent to another address: no actor may take it over.
+            Case("post", lambda w, t: u("api:invitation_accept"), everyone(403),
+                 lambda w, t: {"token": w.side(t).invitation_token}),
+        ],
+        "api:join_requests": [
+            Case("get", lambda w, t: u("api:join_requests"), everyone(200), object_scoped=False),
+            Case("post", lambda w, t: u("api:join_requests"),
+                 {**A401, "analyst": 409, "org_admin": 409, "other_admin": 409, "operator": 201},
+                 {"organisation": "org-a"}, object_scoped=False),
+        ],
+        "api:join_request_decide": [
+            Case("post", lambda w, t: u("api:join_request_decide", args=[w.side(t).join_request.pk, "approve"]),
+                 {**A401, "analyst": 404, "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}),
+        ],
+        "api:audit_events": [
+            Case("get", lambda w, t: u("api:audit_events"),
+                 {**A401, "analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 200}, object_scoped=False),
+        ],
+        "api_schema": [Case("get", lambda w, t: u("api_schema"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
+        "api_docs": [Case("get", lambda w, t: u("api_docs"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
+        # --- Portal ----------------------------------------------------------------------------------
+        "portal:home": [Case("get", lambda w, t: u("portal:home"), {**everyone(302), "anonymous": 200}, object_scoped=False)],
+        "portal:signup": [Case("get", lambda w, t: u("portal:signup"), {**everyone(302), "anonymous": 200},
+                               object_scoped=False)],
+        "portal:login": [Case("get", lambda w, t: u("portal:login"), {**everyone(302), "anonymous": 200},
+                              object_scoped=False)],
+        "portal:logout": [Case("post", lambda w, t: u("portal:logout"), {**everyone(302), "anonymous": 302},
+                               object_scoped=False)],
+        "portal:dashboard": [Case("get", lambda w, t: u("portal:dashboard"), portal(everyone(200)), object_scoped=False)],
+        "portal:organisation_apply": [Case("get", lambda w, t: u("portal:organisation_apply"), portal(everyone(200)),
+                                           object_scoped=False)],
+        "portal:organisation_join": [Case("get", lambda w, t: u("portal:organisation_join"), portal(everyone(200)),
+                                          object_scoped=False)],
+        "portal:join_request_withdraw": [
+            # Only the requester may withdraw; for everyone else the request does not exist.
+            Case("post", lambda w, t: u("portal:join_request_withdraw", args=[w.side(t).join_request.pk]),
+                 portal(everyone(404))),
+        ],
+        "portal:join_request_decide": [
+            Case("post", lambda w, t: u("portal:join_request_decide", args=[w.side(t).join_request.pk, "approve"]),
+                 portal({"analyst": 404, "org_admin": (302, 404), "other_admin": (404, 302), "operator": 302}),
+                 {"role": "analyst"}),
+        ],
+        "portal:invitation_accept": [
+            Case("get", lambda w, t: u("portal:invitation_accept", args=[w.side(t).invitation_token]),
+                 portal(everyone(200))),
+            Case("post", lambda w, t: u("portal:invitation_accept", args=[w.side(t).invitation_token]),
+                 portal(everyone(403))),
+        ],
+        "portal:organisation": [Case("get", lambda w, t: u("portal:organisation"),
+                                     portal({**everyone(200), "operator": 404}), object_scoped=False)],
+        "portal:member_role": [
+            Case("post", lambda w, t: u("portal:member_role", args=[w.side(t).steward.membership.pk]),
+                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403}),
+                 {"role": "analyst"}),
+        ],
+        "portal:member_remove": [
+            Case("post", lambda w, t: u("portal:member_remove", args=[w.side(t).steward.membership.pk]),
+                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403})),
+        ],
+        "portal:invitation_create": [
+            Case("post", lambda w, t: u("portal:invitation_create"),
+                 portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
+                 {"email": "new@example.org", "role": "analyst"}, object_scoped=False),
+        ],
+        "portal:invitation_revoke": [
+            Case("post", lambda w, t: u("portal:invitation_revoke", args=[w.side(t).invitation.pk]),
+                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403})),
+        ],
+        "portal:tokens": [
+            Case("get", lambda w, t: u("portal:tokens"), portal(everyone(200)), object_scoped=False),
+            Case("post", lambda w, t: u("portal:tokens"), portal(everyone(200)), {"name": "cli", "expires_in_days": 30},
+                 object_scoped=False),
+        ],
+        "portal:token_revoke": [
+            Case("post", lambda w, t: u("portal:token_revoke", args=[w.side(t).admin_token_id]),
+                 portal({"analyst": 404, "org_admin": (302, 404), "other_admin": (404, 302), "operator": 404})),
+        ],
+        "portal:operator_organisations": [
+            Case("get", lambda w, t: u("portal:operator_organisations"), portal({**everyone(403), "operator": 200}),
+                 object_scoped=False),
+        ],
+        "portal:operator_organisation": [
+            Case("get", lambda w, t: u("portal:operator_organisation", args=[org(w, t)]),
+                 portal({**everyone(403), "operator": 200})),
+        ],
+        "portal:operator_organisation_decide": [
+            Case("post", lambda w, t: u("portal:operator_organisation_decide", args=[org(w, t), "suspend"]),
+                 portal({**everyone(403), "operator": 302}), {"reason": "audit"}),
+        ],
+        "portal:audit": [
+            Case("get", lambda w, t: u("portal:audit"),
+                 portal({"analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 200}), object_scoped=False),
+        ],
+    }
+
+
+def portal(expect: dict) -> dict:
+    """Portal pages send anonymous visitors to the log-in page."""
+    return {**expect, "anonymous": 302}
+
+
+# Routes deliberately outside the matrix, with the reason.
+EXEMPT_NAMESPACES = {"admin": "Django's admin: staff-only, checked by test_admin_is_staff_only"}
+MATRIX = _matrix()
+
+
+def _route_names(resolver: URLResolver, namespace: str = "") -> set[str]:
+    names: set[str] = set()
+    for pattern in resolver.url_patterns:
+        if isinstance(pattern, URLResolver):
+            inner = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+            if pattern.namespace in EXEMPT_NAMESPACES:
+                continue
+            names |= _route_names(pattern, inner)
+        elif isinstance(pattern, URLPattern):
+            assert pattern.name, f"route {pattern.pattern} has no name, so it cannot be in the matrix"
+            names.add(f"{namespace}{pattern.name}")
+    return names
+
+
+def test_every_route_is_in_the_matrix():
+    routes = _route_names(get_resolver())
+    missing = routes - MATRIX.keys()
+    assert not missing, f"routes without an authorization-matrix entry: {sorted(missing)}"
+    assert not MATRIX.keys() - routes, f"matrix entries for routes that do not exist: {sorted(MATRIX.keys() - routes)}"
+
+
+def _params():
+    for name, cases in MATRIX.items():
+        for index, case in enumerate(cases):
+            for actor in ACTORS:
+                for target in (("own", "foreign") if case.object_scoped else ("own",)):
+                    yield pytest.param(name, index, actor, target, id=f"{name}-{case.method}-{actor}-{target}")
+
+
+def _client(world: World, actor: str, api: bool):
+    user = world.actor(actor)
+    if api:
+        return api_client(user)
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+@pytest.mark.parametrize("name,index,actor,target", list(_params()))
+def test_authorization(world, name, index, actor, target):
+    case = MATRIX[name][index]
+    expected = case.expect[actor]
+    if isinstance(expected, tuple):
+        expected = expected[0 if target == "own" else 1]
+    url = case.url(world, target)
+    data = case.data(world, target) if callable(case.data) else case.data
+    is_api = url.startswith("/api/")
+    client = _client(world, actor, api=is_api)
+    kwargs = {"format": "json"} if is_api and case.method != "get" else {}
+    response = getattr(client, case.method)(url, data, **kwargs)
+    assert response.status_code == expected, (
+        f"{case.method.upper()} {url} as {actor} on {target} object: {response.status_code}, expected {expected}"
+    )
+    if is_api and response.status_code >= 400:
+        body = response.json()
+        assert set(body) >= {"code", "detail"}, body
+    if response.status_code == 404 and target == "foreign":
+        # A foreign object's data must not leak through the error.
+        assert world.b.organisation.contact_email not in response.content.decode()
+
+
+def test_admin_is_staff_only(world):
+    client = Client()
+    client.force_login(world.operator)
+    assert client.get("/admin/").status_code == 302
