@@ -4,12 +4,26 @@ import json
 from typing import Any
 
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
 from clearinghouse.core import request_context
 
 from .models import AuditChainHead, AuditEvent
+
+
+def _locked_head() -> AuditChainHead:
+    """The chain head, locked until the caller's transaction ends. A migration creates it; if the
+    table was emptied since (a flushed database), it is recreated, tolerating a concurrent creator."""
+    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+    if head is None:
+        try:
+            with transaction.atomic():
+                AuditChainHead.objects.create(pk=1)
+        except IntegrityError:
+            pass
+        head = AuditChainHead.objects.select_for_update().get(pk=1)
+    return head
 
 
 def audit_record(
@@ -26,7 +40,7 @@ def audit_record(
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must be called inside the transaction of the change it records")
     ctx = request_context.current()
-    head = AuditChainHead.objects.select_for_update().get(pk=1)
+    head = _locked_head()
     actor_obj = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
     # Normalise extra through JSON now so the hashed form equals what the database gives back.
     extra_clean = json.loads(json.dumps(extra or {}, cls=DjangoJSONEncoder))
