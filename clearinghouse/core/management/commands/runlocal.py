@@ -30,6 +30,8 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         self._ensure_operator()
         worker = None if no_worker else self._start_worker()
+        # A plain `kill` should stop the worker too, as Ctrl-C does.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:
             call_command("runserver", addr, use_reloader=False)
         finally:
