@@ -4,6 +4,7 @@ from django.urls import path, re_path
 
 from clearinghouse.accounts import apis as accounts
 from clearinghouse.audit import apis as audit
+from clearinghouse.datasets import apis as datasets
 from clearinghouse.organisations import apis as organisations
 
 app_name = "api"
@@ -26,4 +27,17 @@ urlpatterns = [
     re_path(r"^join-requests/(?P<join_request_id>[0-9]+)/(?P<action>approve|reject|withdraw)$",
             organisations.JoinRequestDecisionApi.as_view(), name="join_request_decide"),
     path("audit-events", audit.AuditEventListApi.as_view(), name="audit_events"),
+    path("datasets", datasets.DatasetListRegisterApi.as_view(), name="datasets"),
+    path("datasets/<slug:organisation>/<slug:slug>", datasets.DatasetDetailApi.as_view(), name="dataset"),
+    path("datasets/<slug:organisation>/<slug:slug>/versions", datasets.VersionListUploadApi.as_view(),
+         name="dataset_versions"),
+    path("datasets/<slug:organisation>/<slug:slug>/versions/<int:number>", datasets.VersionDetailApi.as_view(),
+         name="dataset_version"),
+    path("datasets/<slug:organisation>/<slug:slug>/versions/<int:number>/retry", datasets.VersionRetryApi.as_view(),
+         name="dataset_version_retry"),
+    path("datasets/<slug:organisation>/<slug:slug>/grants", datasets.GrantListCreateApi.as_view(), name="dataset_grants"),
+    path("dataset-grants/<int:grant_id>/revoke", datasets.GrantRevokeApi.as_view(), name="dataset_grant_revoke"),
+    path("datasets/<slug:organisation>/<slug:slug>/agreement", datasets.AgreementApi.as_view(), name="dataset_agreement"),
+    path("datasets/<slug:organisation>/<slug:slug>/agreement/accept", datasets.AgreementAcceptApi.as_view(),
+         name="dataset_agreement_accept"),
 ]

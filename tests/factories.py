@@ -3,8 +3,8 @@ so the tests exercise the same paths (validation, audit) as the service itself."
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from rest_framework.test import APIClient
 
@@ -55,7 +55,7 @@ def add_member_by_invitation(*, organisation: Organisation, admin: User, user: U
 def api_client(user: User | None) -> APIClient:
     client = APIClient()
     if user is not None:
-        _, text = api_token_create(actor=user, name=f"test-{user.username}")
+        _, text = api_token_create(actor=user, name=f"test-{uuid.uuid4().hex[:12]}")
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {text}")
     return client
 
@@ -71,6 +71,8 @@ class OrgSide:
     invitation: Invitation
     invitation_token: str
     admin_token_id: int
+    dataset: object
+    grant_id: int
 
 
 @dataclass
@@ -92,7 +94,32 @@ class World:
         return self.a if which == "own" else self.b
 
 
-def _side(operator: User, slug: str) -> OrgSide:
+SMALL_SCHEMA = {"columns": [{"name": "age", "type": "integer", "lower": 0, "upper": 100},
+                            {"name": "group", "type": "categorical", "categories": ["a", "b"]}]}
+
+
+def make_dataset(*, steward: User, slug: str = "survey", csv: bytes = b"age,group\n30,a\n41,b\n",
+                 schema: dict = SMALL_SCHEMA):
+    """A registered dataset with one ready version, uploaded through the real encrypting upload path
+    and ingested by the worker-side service."""
+    import io
+
+    from clearinghouse.datasets.models import Dataset, DatasetVersion
+    from clearinghouse.datasets.services import dataset_version_ingest
+
+    client = api_client(steward)
+    organisation = steward.membership.organisation
+    response = client.post("/api/v1/datasets", {"name": slug.title(), "slug": slug, "schema": schema}, format="json")
+    assert response.status_code == 201, response.content
+    response = client.post(f"/api/v1/datasets/{organisation.slug}/{slug}/versions", {"file": io.BytesIO(csv)},
+                           format="multipart")
+    assert response.status_code == 202, response.content
+    version = DatasetVersion.objects.get(dataset__organisation=organisation, dataset__slug=slug, number=1)
+    assert dataset_version_ingest(version_id=version.pk).status == "ready"
+    return Dataset.objects.get(pk=version.dataset_id)
+
+
+def _side(operator: User, slug: str, grantee: Organisation) -> OrgSide:
     admin = make_user(f"admin_{slug}")
     organisation = make_organisation(operator=operator, admin=admin, slug=slug)
     analyst = make_user(f"analyst_{slug}")
@@ -104,9 +131,19 @@ def _side(operator: User, slug: str) -> OrgSide:
     invitation, invitation_token = invitation_create(actor=admin, organisation=organisation, email=f"invitee@{slug}.example.org",
                                       role=Role.ANALYST)
     token, _ = api_token_create(actor=admin, name="matrix")
-    return OrgSide(organisation, admin, analyst, steward, joiner, join_request, invitation, invitation_token, token.pk)
+    from clearinghouse.datasets.services import agreement_publish, dataset_grant_create
+
+    dataset = make_dataset(steward=steward)
+    agreement_publish(actor=steward, dataset=dataset, text="Aggregate research use only.")
+    grant = dataset_grant_create(actor=steward, dataset=dataset, organisation=grantee, purpose="query")
+    return OrgSide(organisation, admin, analyst, steward, joiner, join_request, invitation, invitation_token, token.pk,
+                   dataset, grant.pk)
 
 
 def build_world() -> World:
+    """Operator; organisations A and B (admin, analyst, steward, a pending join request, an open
+    invitation, an admin token, a dataset with one ready version, an agreement and a grant to C);
+    organisation C exists only to receive those grants."""
     operator = make_operator()
-    return World(operator=operator, a=_side(operator, "org-a"), b=_side(operator, "org-b"))
+    grantee = make_organisation(operator=operator, admin=make_user("admin_org-c"), slug="org-c")
+    return World(operator=operator, a=_side(operator, "org-a", grantee), b=_side(operator, "org-b", grantee))

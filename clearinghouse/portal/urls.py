@@ -1,6 +1,8 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
+from clearinghouse.datasets import views as datasets
+
 from . import views
 
 app_name = "portal"
@@ -30,4 +32,16 @@ urlpatterns = [
     re_path(r"^operator/organisations/(?P<slug>[-a-z0-9]+)/(?P<action>approve|reject|suspend|reinstate)/$",
             views.operator_organisation_decide, name="operator_organisation_decide"),
     path("audit/", views.audit_view, name="audit"),
+    path("datasets/", datasets.dataset_list_view, name="datasets"),
+    path("datasets/<slug:organisation>/<slug:slug>/", datasets.dataset_detail_view, name="dataset"),
+    path("datasets/<slug:organisation>/<slug:slug>/schema/", datasets.dataset_schema_view, name="dataset_schema"),
+    path("datasets/<slug:organisation>/<slug:slug>/upload/", datasets.dataset_upload_view, name="dataset_upload"),
+    path("datasets/<slug:organisation>/<slug:slug>/versions/<int:number>/", datasets.dataset_version_view,
+         name="dataset_version"),
+    path("datasets/<slug:organisation>/<slug:slug>/versions/<int:number>/retry/", datasets.dataset_version_retry_view,
+         name="dataset_version_retry"),
+    path("datasets/<slug:organisation>/<slug:slug>/grants/", datasets.dataset_grant_view, name="dataset_grant"),
+    path("dataset-grants/<int:grant_id>/revoke/", datasets.dataset_grant_revoke_view, name="dataset_grant_revoke"),
+    path("datasets/<slug:organisation>/<slug:slug>/agreement/", datasets.dataset_agreement_view,
+         name="dataset_agreement"),
 ]

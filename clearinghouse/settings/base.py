@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "clearinghouse.audit",
     "clearinghouse.accounts",
     "clearinghouse.organisations",
+    "clearinghouse.datasets",
     "clearinghouse.portal",
     "federation",
 ]
@@ -199,6 +200,15 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_ROUTES = {"datasets.*": {"queue": "ingestion"}}
+
+# Key-encryption keys: a secret file or environment value in production (see clearinghouse/core/keys.py).
+KEYRING_FILE = os.environ.get("KEYRING_FILE", "")
+KEYRING_ALLOW_DEV = env_bool("KEYRING_ALLOW_DEV", True)
+DATASET_UPLOAD_MAX_BYTES = int(os.environ.get("DATASET_UPLOAD_MAX_BYTES", str(1024 * 1024 * 1024)))
+# Uploads stream through our encrypting handler; nothing is buffered to a plaintext temp file.
+FILE_UPLOAD_HANDLERS = ["clearinghouse.datasets.uploads.EncryptingUploadHandler"]
+DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 INVITATION_VALIDITY = timedelta(days=int(os.environ.get("INVITATION_VALIDITY_DAYS", "14")))
 API_TOKEN_MAX_DAYS = int(os.environ.get("API_TOKEN_MAX_DAYS", "365"))

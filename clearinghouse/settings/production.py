@@ -20,6 +20,11 @@ ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
 if not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must name the service's host names in production.")
 
+# The development keyring (a key file beside the data) is refused on servers.
+KEYRING_ALLOW_DEV = False
+if not (os.environ.get("KEYRING_FILE") or os.environ.get("KEYRING_JSON")):
+    raise ImproperlyConfigured("Set KEYRING_FILE or KEYRING_JSON: production needs a real keyring.")
+
 # Behind a TLS-terminating reverse proxy that sets X-Forwarded-Proto.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)

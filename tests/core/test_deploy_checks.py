@@ -13,11 +13,12 @@ PRODUCTION_ENV = {
     "SECRET_KEY": "k" * 20 + "Zx9!q" * 10,
     "ALLOWED_HOSTS": "clearinghouse.example.org",
     "DATABASE_URL": "sqlite:////tmp/clearinghouse-deploy-check.sqlite3",
+    "KEYRING_FILE": "/run/secrets/clearinghouse-keyring.json",
 }
 
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY"}}
+    clean = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "KEYRING_JSON"}}
     return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**clean, **env},
                           capture_output=True, text=True, timeout=120)
 
@@ -32,6 +33,7 @@ def test_check_deploy_is_clean():
     ({"SECRET_KEY": ""}, "SECRET_KEY must be set"),
     ({"DEBUG": "1"}, "DEBUG must be off"),
     ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS must name"),
+    ({"KEYRING_FILE": ""}, "production needs a real keyring"),
 ])
 def test_production_refuses_unsafe_configuration(override, message):
     result = _manage("check", env={**PRODUCTION_ENV, **override})

@@ -8,6 +8,8 @@ fails `test_every_route_is_in_the_matrix`, so nobody can add one without decidin
 
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -15,7 +17,7 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from tests.factories import World, api_client
+from tests.factories import SMALL_SCHEMA, World, api_client
 
 ACTORS = ["anonymous", "analyst", "org_admin", "other_admin", "operator"]
 Target = str  # "own" (org A) or "foreign" (org B)
@@ -111,6 +113,63 @@ def _matrix() -> dict[str, list[Case]]:
         ],
         "api_schema": [Case("get", lambda w, t: u("api_schema"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
         "api_docs": [Case("get", lambda w, t: u("api_docs"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
+        "api:datasets": [
+            Case("get", lambda w, t: u("api:datasets"), everyone(200), object_scoped=False),
+            Case("post", lambda w, t: u("api:datasets"),
+                 {**A401, "analyst": 403, "org_admin": 201, "other_admin": 201, "operator": 404},
+                 {"name": "New", "slug": "new", "schema": SMALL_SCHEMA}, object_scoped=False),
+        ],
+        "api:dataset": [
+            Case("get", lambda w, t: u("api:dataset", args=ds(w, t)), scoped_read),
+            Case("patch", lambda w, t: u("api:dataset", args=ds(w, t)), owner_write(200), {"schema": SMALL_SCHEMA}),
+        ],
+        "api:dataset_versions": [
+            Case("get", lambda w, t: u("api:dataset_versions", args=ds(w, t)), scoped_read),
+            Case("post", lambda w, t: u("api:dataset_versions", args=ds(w, t)), owner_write(202),
+                 lambda w, t: {"file": io.BytesIO(b"age,group\n5,a\n")}),
+        ],
+        "api:dataset_version": [Case("get", lambda w, t: u("api:dataset_version", args=[*ds(w, t), 1]), scoped_read)],
+        "api:dataset_version_retry": [
+            # The version is ready, so even its owner gets a conflict: the point is who gets past authorization.
+            Case("post", lambda w, t: u("api:dataset_version_retry", args=[*ds(w, t), 1]), owner_write(409)),
+        ],
+        "api:dataset_grants": [
+            Case("get", lambda w, t: u("api:dataset_grants", args=ds(w, t)), scoped_read),
+            Case("post", lambda w, t: u("api:dataset_grants", args=ds(w, t)), owner_write(201),
+                 {"organisation": "org-c", "purpose": "training"}),
+        ],
+        "api:dataset_grant_revoke": [
+            Case("post", lambda w, t: u("api:dataset_grant_revoke", args=[w.side(t).grant_id]), owner_write(200)),
+        ],
+        "api:dataset_agreement": [
+            Case("get", lambda w, t: u("api:dataset_agreement", args=ds(w, t)), scoped_read),
+            Case("post", lambda w, t: u("api:dataset_agreement", args=ds(w, t)), owner_write(201), {"text": "v2"}),
+        ],
+        "api:dataset_agreement_accept": [
+            Case("post", lambda w, t: u("api:dataset_agreement_accept", args=ds(w, t)),
+                 {**A401, "analyst": (201, 404), "org_admin": (201, 404), "other_admin": (404, 201), "operator": 404},
+                 {"version": 1}),
+        ],
+        # --- Portal ----------------------------------------------------------------------------------
+        "portal:datasets": [Case("get", lambda w, t: u("portal:datasets"), portal(everyone(200)), object_scoped=False)],
+        "portal:dataset": [Case("get", lambda w, t: u("portal:dataset", args=ds(w, t)), portal(scoped_read))],
+        "portal:dataset_version": [Case("get", lambda w, t: u("portal:dataset_version", args=[*ds(w, t), 1]),
+                                        portal(scoped_read))],
+        "portal:dataset_schema": [Case("post", lambda w, t: u("portal:dataset_schema", args=ds(w, t)),
+                                       portal(owner_write(302)), {"schema": json.dumps(SMALL_SCHEMA)})],
+        "portal:dataset_upload": [Case("post", lambda w, t: u("portal:dataset_upload", args=ds(w, t)),
+                                       portal(owner_write(302)),
+                                       lambda w, t: {"file": io.BytesIO(b"age,group\n5,a\n")})],
+        "portal:dataset_version_retry": [Case("post", lambda w, t: u("portal:dataset_version_retry",
+                                                                     args=[*ds(w, t), 1]), portal(owner_write(302)))],
+        "portal:dataset_grant": [Case("post", lambda w, t: u("portal:dataset_grant", args=ds(w, t)),
+                                      portal(owner_write(302)), {"organisation": "org-c", "purpose": "training"})],
+        "portal:dataset_grant_revoke": [
+            Case("post", lambda w, t: u("portal:dataset_grant_revoke", args=[w.side(t).grant_id]),
+                 portal({**owner_write(302), "operator": 404})),
+        ],
+        "portal:dataset_agreement": [Case("post", lambda w, t: u("portal:dataset_agreement", args=ds(w, t)),
+                                          portal(owner_write(302)), {"text": "v2"})],
         # --- Portal ----------------------------------------------------------------------------------
         "portal:home": [Case("get", lambda w, t: u("portal:home"), {**everyone(302), "anonymous": 200}, object_scoped=False)],
         "portal:signup": [Case("get", lambda w, t: u("portal:signup"), {**everyone(302), "anonymous": 200},
@@ -188,6 +247,17 @@ def _matrix() -> dict[str, list[Case]]:
     }
 
 
+def ds(w: World, t: Target) -> list[str]:
+    return [org(w, t), w.side(t).dataset.slug]
+
+
+def owner_write(status: int) -> dict:
+    """Writes on a dataset: its organisation's admin (a steward too) succeeds; its analysts are
+    forbidden; other organisations do not see it; operators see it but may not change it."""
+    return {"anonymous": 401, "analyst": (403, 404), "org_admin": (status, 404), "other_admin": (404, status),
+            "operator": 403}
+
+
 def portal(expect: dict) -> dict:
     """Portal pages send anonymous visitors to the log-in page."""
     return {**expect, "anonymous": 302}
@@ -247,7 +317,8 @@ def test_authorization(world, name, index, actor, target):
     data = case.data(world, target) if callable(case.data) else case.data
     is_api = url.startswith("/api/")
     client = _client(world, actor, api=is_api)
-    kwargs = {"format": "json"} if is_api and case.method != "get" else {}
+    multipart = isinstance(data, dict) and "file" in data
+    kwargs = {"format": "multipart" if multipart else "json"} if is_api and case.method != "get" else {}
     response = getattr(client, case.method)(url, data, **kwargs)
     assert response.status_code == expected, (
         f"{case.method.upper()} {url} as {actor} on {target} object: {response.status_code}, expected {expected}"

@@ -1,0 +1,56 @@
+"""Encrypted files of dataset versions in the object store (Django's storage API).
+
+Only worker code calls the `read_*` functions: decryption happens in memory, inside workers.
+"""
+
+from __future__ import annotations
+
+import io
+
+import polars as pl
+from django.core.files.storage import default_storage
+
+from clearinghouse.core.keys import keyring
+from clearinghouse.crypto.envelope import EncryptionInfo, StreamEncryptor, decrypt_stream
+
+from .uploads import open_for_write, staging_context
+
+
+def data_file_name(*, organisation_id: int, dataset_id: int, number: int) -> str:
+    return f"datasets/{organisation_id}/{dataset_id}/v{number}/data.parquet.enc"
+
+
+def data_context(*, organisation_id: int, dataset_id: int, number: int) -> dict[str, int | str]:
+    # Binds the ciphertext to exactly this version: a copy under another dataset does not decrypt.
+    return {"purpose": "dataset-version", "organisation": organisation_id, "dataset": dataset_id, "version": number}
+
+
+def read_staging(staging_name: str) -> bytes:
+    return _decrypt(staging_name, staging_context(staging_name))
+
+
+def read_data(name: str, context: dict) -> bytes:
+    return _decrypt(name, context)
+
+
+def read_table(name: str, context: dict) -> pl.DataFrame:
+    return pl.read_parquet(io.BytesIO(read_data(name, context)))
+
+
+def _decrypt(name: str, context: dict) -> bytes:
+    out = io.BytesIO()
+    with default_storage.open(name, "rb") as src:
+        decrypt_stream(src, out, keyring=keyring(), context=context)
+    return out.getvalue()
+
+
+def write_table(name: str, context: dict, table: pl.DataFrame) -> EncryptionInfo:
+    """Writes the table as Parquet, encrypted; replaces a partial file left by a killed earlier run."""
+    buffer = io.BytesIO()
+    table.write_parquet(buffer, compression="zstd", statistics=False)
+    if default_storage.exists(name):
+        default_storage.delete(name)
+    with open_for_write(name) as target:
+        encryptor = StreamEncryptor(target, keyring=keyring(), context=context)
+        encryptor.write(buffer.getbuffer())
+        return encryptor.finish()
