@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from django.db.models import QuerySet
 
 from clearinghouse.accounts.models import User
-from clearinghouse.organisations.selectors import membership_active, user_capabilities
 from clearinghouse.core.errors import PermissionDenied
+from clearinghouse.organisations.selectors import membership_active, user_capabilities
 
 from .models import GENESIS_HASH, AuditChainHead, AuditEvent
 
