@@ -24,6 +24,9 @@ REPAIRS: tuple[str, ...] = ("none", "drop", "clamp")
 FIRST_LINES = 5
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
+# One hash lookup per value (faster than lower-casing and two membership tests).
+_BOOLEAN_TEXT = {variant: value for words, value in ((_TRUE, True), (_FALSE, False))
+                 for word in words for variant in {word, word.upper(), word.capitalize()}}
 _POLARS_TYPES = {"integer": pl.Int64, "float": pl.Float64, "boolean": pl.Boolean, "categorical": pl.Utf8,
                  "text": pl.Utf8}
 
@@ -51,10 +54,14 @@ def sniff_delimiter(sample: bytes) -> str:
 
 
 def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | None = None,
-             column_names: list[str] | None = None, quote_char: str | None = '"') -> pl.DataFrame:
+             column_names: list[str] | None = None, quote_char: str | None = '"',
+             schema: DatasetSchema | None = None) -> pl.DataFrame:
     """Every column as text (nulls for empty fields), so that type errors are found and located by
     the checks rather than failing the whole parse. `column_names` reads a CSV without a header row
-    (its columns in the declared order); `quote_char=None` reads files whose text holds stray quotes."""
+    (its columns in the declared order); `quote_char=None` reads files whose text holds stray quotes.
+
+    With `schema`, numeric columns are first parsed by the CSV reader itself (fast, parallel); if any
+    value does not parse, the file is read again as text so that the checks can locate the errors."""
     if not data:
         raise IngestError("The file is empty.", code="empty_file")
     if fmt == "parquet":
@@ -70,10 +77,19 @@ def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | No
     separator = delimiter or sniff_delimiter(data[:65536])
     if len(separator) != 1:
         raise IngestError("The delimiter must be a single character.", code="invalid_delimiter")
+    options = dict(separator=separator, infer_schema=False, quote_char=quote_char or None,
+                   missing_utf8_is_empty_string=False, raise_if_empty=True, has_header=column_names is None,
+                   new_columns=column_names)
+    if schema is not None:
+        numeric = {c.name: _POLARS_TYPES[c.type] for c in schema.columns if c.is_numeric}
+        try:
+            table = pl.read_csv(io.BytesIO(data), schema_overrides=numeric, **options)
+            if table.height:
+                return table
+        except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, pl.exceptions.SchemaError):
+            pass  # fall through to the text read, which reports precisely what is wrong
     try:
-        table = pl.read_csv(io.BytesIO(data), separator=separator, infer_schema=False, quote_char=quote_char or None,
-                            missing_utf8_is_empty_string=False, raise_if_empty=True,
-                            has_header=column_names is None, new_columns=column_names)
+        table = pl.read_csv(io.BytesIO(data), **options)
     except pl.exceptions.NoDataError:
         raise IngestError("The file has no rows.", code="empty_file") from None
     except pl.exceptions.ComputeError as exc:
@@ -85,22 +101,20 @@ def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | No
                           code="unparseable_csv") from None
     if table.height == 0:
         raise IngestError("The file has a header but no rows.", code="empty_file")
-    return table.with_columns(pl.all().str.strip_chars()).with_columns(
-        pl.when(pl.all().str.len_chars() == 0).then(None).otherwise(pl.all()).name.keep()
-    )
+    return table  # empty fields are already null (missing_utf8_is_empty_string=False)
 
 
-def _parsed(column: Column) -> pl.Expr:
+def _parsed(column: Column, dtype: pl.DataType) -> pl.Expr:
+    """The column's values in its declared type; null where a value does not parse."""
     raw = pl.col(column.name)
     if column.type == "integer":
-        return raw.cast(pl.Int64, strict=False)
+        return raw.cast(pl.Int64) if dtype.is_integer() else raw.cast(pl.Utf8).str.strip_chars().cast(pl.Int64, strict=False)
     if column.type == "float":
-        value = raw.cast(pl.Float64, strict=False)
+        value = raw.cast(pl.Float64) if dtype.is_numeric() else raw.str.strip_chars().cast(pl.Float64, strict=False)
         return pl.when(value.is_finite()).then(value).otherwise(None)
     if column.type == "boolean":
-        lowered = raw.str.to_lowercase()
-        return pl.when(lowered.is_in(_TRUE)).then(True).when(lowered.is_in(_FALSE)).then(False).otherwise(None)
-    return raw
+        return raw.cast(pl.Utf8).str.strip_chars().replace_strict(_BOOLEAN_TEXT, default=None, return_dtype=pl.Boolean)
+    return raw.cast(pl.Utf8)
 
 
 def _lines(mask: pl.Series) -> dict[str, Any]:
@@ -121,15 +135,17 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
         raise IngestError(f"The file lacks declared columns: {', '.join(missing)}. Found: "
                           f"{', '.join(raw.columns[:30])}.", code="missing_columns")
     raw = raw.select(schema.names)
-    parsed = raw.select([_parsed(column).alias(column.name) for column in schema.columns])
+    parsed = raw.select([_parsed(column, raw.schema[column.name]).alias(column.name) for column in schema.columns])
     report: dict[str, Any] = {
         "rows_read": raw.height,
-        "duplicate_rows": raw.height - raw.unique().height,
+        # Row hashes (64-bit) count duplicates in one cheap pass; a collision is a 1-in-2^64 event.
+        "duplicate_rows": raw.height - raw.hash_rows().n_unique(),
         "ignored_columns": ignored,
         "columns": {},
         "repair": repair,
     }
-    drop = pl.Series("drop", [False] * raw.height)
+    no_rows = pl.zeros(raw.height, dtype=pl.Boolean, eager=True)
+    drop = no_rows
     fix_exprs: list[pl.Expr] = []
     violations = 0
     repaired = {"dropped_rows": 0, "clamped_values": 0, "truncated_values": 0}
@@ -145,7 +161,7 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
             null_rows = source.is_null()
             entry["nulls_not_allowed"] = _lines(null_rows)
             bad = bad | null_rows
-        fixable = pl.Series([False] * raw.height)
+        fixable = no_rows
         if column.is_numeric:
             out = value.is_not_null() & ((value < column.lower) | (value > column.upper))
             entry["out_of_bounds"] = _lines(out)

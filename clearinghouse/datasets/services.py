@@ -165,13 +165,14 @@ def dataset_version_ingest(*, version_id: int) -> DatasetVersion:
     except FileNotFoundError:
         return _version_failed(version, "upload_gone", "The uploaded file is gone; upload it again.")
     try:
-        names = DatasetSchema.from_dict(version.schema).names if not version.has_header else None
+        schema = DatasetSchema.from_dict(version.schema) if dataset.schema_confirmed and version.schema else None
         raw = read_raw(plaintext, fmt=version.source_format, delimiter=version.delimiter or None,
-                       column_names=names, quote_char=version.quote_char or None)
+                       column_names=None if version.has_header else schema.names,
+                       quote_char=version.quote_char or None, schema=schema)
         del plaintext
-        if not dataset.schema_confirmed:
+        if schema is None:
             return _schema_proposed(version, infer_schema(raw))
-        result = check(raw, DatasetSchema.from_dict(version.schema), repair=version.repair)
+        result = check(raw, schema, repair=version.repair)
     except IngestError as exc:
         return _version_failed(version, exc.code, exc.message, report=exc.report)
     name = storage.data_file_name(organisation_id=dataset.organisation_id, dataset_id=dataset.pk, number=version.number)
@@ -303,3 +304,28 @@ def agreement_accept(*, actor: Any, dataset: Dataset, version: int) -> Agreement
         audit_record(actor=actor, action="agreement.accepted", organisation=membership.organisation, target=acceptance,
                      extra={"dataset": f"{dataset.organisation.slug}/{dataset.slug}", "version": current.version})
     return acceptance
+
+
+def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
+    """Re-wraps the data key of every stored version file under the keyring's current KEK.
+
+    Only headers change (segments are copied byte for byte); each file is replaced atomically, so a
+    crash leaves either the old header or the new one, both readable while the old KEK is kept."""
+    from clearinghouse.core.keys import keyring
+    from clearinghouse.crypto.envelope import rewrap_stream
+
+    current = keyring()
+    counts = {"rewrapped": 0, "already_current": 0}
+    versions = DatasetVersion.objects.exclude(kek_id=current.current_id).exclude(data_path="", staging_path="")
+    for version in versions.iterator():
+        for name in filter(None, [version.data_path, version.staging_path]):
+            temporary = f"{name}.rewrap"
+            with default_storage.open(name, "rb") as src, storage.open_for_write(temporary) as dst:
+                rewrap_stream(src, dst, keyring=current)
+            storage.replace(temporary, name)
+            counts["rewrapped"] += 1
+        DatasetVersion.objects.filter(pk=version.pk).update(kek_id=current.current_id)
+    counts["already_current"] = DatasetVersion.objects.filter(kek_id=current.current_id).count()
+    with transaction.atomic():
+        audit_record(actor=actor, action="keyring.rewrapped", extra={"kek_id": current.current_id, **counts})
+    return counts

@@ -6,14 +6,20 @@ Only worker code calls the `read_*` functions: decryption happens in memory, ins
 from __future__ import annotations
 
 import io
+import os
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 from django.core.files.storage import default_storage
 
 from clearinghouse.core.keys import keyring
+from clearinghouse.crypto import decrypt_into, plaintext_size, read_header
 from clearinghouse.crypto.envelope import EncryptionInfo, StreamEncryptor, decrypt_stream
 
 from .uploads import open_for_write, staging_context
+
+__all__ = ["open_for_write", "replace"]
 
 
 def data_file_name(*, organisation_id: int, dataset_id: int, number: int) -> str:
@@ -34,7 +40,14 @@ def read_data(name: str, context: dict) -> bytes:
 
 
 def read_table(name: str, context: dict) -> pl.DataFrame:
-    return pl.read_parquet(io.BytesIO(read_data(name, context)))
+    """Decrypts straight into Arrow-owned memory and reads the Parquet from there: one allocation,
+    no intermediate Python bytes (this keeps decrypt+load close to a plain Parquet read)."""
+    with default_storage.open(name, "rb") as src:
+        size = plaintext_size(header=read_header(src), encrypted_size=default_storage.size(name))
+        src.seek(0)
+        buffer = pa.allocate_buffer(size)
+        decrypt_into(src, buffer, keyring=keyring(), context=context)
+    return pl.from_arrow(pq.read_table(pa.BufferReader(buffer)))
 
 
 def _decrypt(name: str, context: dict) -> bytes:
@@ -54,3 +67,15 @@ def write_table(name: str, context: dict, table: pl.DataFrame) -> EncryptionInfo
         encryptor = StreamEncryptor(target, keyring=keyring(), context=context)
         encryptor.write(buffer.getbuffer())
         return encryptor.finish()
+
+
+def replace(source: str, target: str) -> None:
+    """Moves `source` over `target`: atomically on a local disk; copy-then-delete on object stores
+    (where a single object write is itself atomic)."""
+    try:
+        os.replace(default_storage.path(source), default_storage.path(target))
+    except NotImplementedError:
+        with default_storage.open(source, "rb") as data:
+            default_storage.delete(target)
+            default_storage.save(target, data)
+        default_storage.delete(source)

@@ -133,3 +133,18 @@ def test_inferred_bounds_are_marked_as_proposals():
     columns = {c["name"]: c for c in proposal["schema"]["columns"]}
     assert columns["age"]["type"] == "integer" and columns["income"]["type"] == "float"
     DatasetSchema.from_dict(proposal["schema"])  # a valid schema, ready for the steward to edit
+
+
+@pytest.mark.parametrize("data", [BAD_CSV, (SHARED / "pums_1000.csv").read_bytes(),
+                                  b"age,sex,educ,race,income,married\n 31 ,1,9,1, 1e3 ,True\n"])
+def test_typed_fast_path_reports_exactly_like_the_text_path(data):
+    def outcome(raw):
+        try:
+            result = check(raw, PUMS, repair="drop")
+        except IngestError as exc:
+            return exc.code, exc.report, None
+        return None, result.report, result.table
+
+    fast, slow = outcome(read_raw(data, fmt="csv", schema=PUMS)), outcome(read_raw(data, fmt="csv"))
+    assert fast[:2] == slow[:2]
+    assert (fast[2] is None and slow[2] is None) or fast[2].equals(slow[2])

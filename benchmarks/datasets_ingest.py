@@ -1,0 +1,139 @@
+"""Dataset ingestion benchmark: PUMS resampled (fixed seed) to N rows, uploaded through the real API
+(encrypted as it streams in), ingested by the worker-side service (decrypt in memory, check against
+the schema with Polars, write Parquet, encrypt), then loaded back.
+
+    python benchmarks/datasets_ingest.py [--rows 1000000] [--repeat 3]
+
+Reports: upload MB/s (HTTP multipart + streaming encryption), ingest MB/s of CSV, raw encrypt and
+decrypt MB/s of the stored Parquet, and decrypt+load time against reading the same Parquet plain.
+Targets (issue): ingest >= 50 MB/s; decrypt+load <= 1.5x the plain Parquet read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["CLEARINGHOUSE_VAR_DIR"] = tempfile.mkdtemp(prefix="clearinghouse-bench-")
+os.environ["DJANGO_SETTINGS_MODULE"] = "clearinghouse.settings.dev"
+os.environ.pop("DATABASE_URL", None)
+os.environ["DEBUG"] = "0"
+
+import django  # noqa: E402
+
+django.setup()
+
+import polars as pl  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.test import Client  # noqa: E402
+
+SHARED = ROOT.parent / "shared" / "datasets"
+SCHEMA = {
+    "columns": [
+        {"name": "age", "type": "integer", "lower": 0, "upper": 100},
+        {"name": "sex", "type": "categorical", "categories": ["0", "1"]},
+        {"name": "educ", "type": "categorical", "categories": [str(i) for i in range(1, 17)]},
+        {"name": "race", "type": "categorical"},
+        {"name": "income", "type": "float", "lower": 0, "upper": 500000},
+        {"name": "married", "type": "boolean"},
+    ],
+    "privacy_unit": {"kind": "row"},
+}
+
+
+def pums_csv(rows: int) -> bytes:
+    table = pl.read_csv(SHARED / "pums_1000.csv", infer_schema=False)
+    return table.sample(rows, with_replacement=True, seed=20261125).write_csv().encode()
+
+
+def setup_steward():
+    from clearinghouse.accounts.services import operator_create, user_signup
+    from clearinghouse.organisations.services import organisation_apply, organisation_set_status
+
+    call_command("migrate", verbosity=0)
+    operator, _ = operator_create(username="bench-operator", email="op@bench.example.org")
+    steward = user_signup(username="bench-steward", email="s@bench.example.org", password="Quartz-Lantern-Meadow-88")
+    organisation = organisation_apply(actor=steward, name="Bench", slug="bench", country="NL",
+                                      contact_email="c@bench.example.org")
+    organisation_set_status(actor=operator, organisation=organisation, status="approved")
+    return steward, organisation
+
+
+def best(samples: list[float]) -> str:
+    return f"median {statistics.median(samples) * 1000:.0f} ms (min {min(samples) * 1000:.0f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    from clearinghouse.core.keys import keyring
+    from clearinghouse.crypto import decrypt_to_bytes, encrypt_bytes
+    from clearinghouse.datasets import storage
+    from clearinghouse.datasets.models import DatasetVersion
+    from clearinghouse.datasets.services import dataset_register, dataset_version_ingest
+
+    steward, organisation = setup_steward()
+    data = pums_csv(args.rows)
+    mb = len(data) / 1e6
+    print(f"PUMS resampled to {args.rows:,} rows: {mb:.1f} MB of CSV")
+    client = Client(HTTP_HOST="127.0.0.1")
+    client.force_login(steward)
+
+    upload_s, ingest_s = [], []
+    for attempt in range(args.repeat):
+        slug = f"pums-{attempt}"
+        dataset_register(actor=steward, organisation=organisation, name=slug, slug=slug, schema=SCHEMA)
+        started = time.perf_counter()
+        response = client.post(f"/api/v1/datasets/bench/{slug}/versions", {"file": io.BytesIO(data)})
+        upload_s.append(time.perf_counter() - started)
+        assert response.status_code == 202, response.status_code
+        version = DatasetVersion.objects.get(dataset__slug=slug)
+        started = time.perf_counter()
+        version = dataset_version_ingest(version_id=version.pk)
+        ingest_s.append(time.perf_counter() - started)
+        assert version.status == "ready", version.error_message
+    print(f"upload (HTTP multipart, encrypted while streaming): {best(upload_s)} -> "
+          f"{mb / statistics.median(upload_s):.0f} MB/s")
+    print(f"ingest (decrypt, parse, check, Parquet, encrypt):   {best(ingest_s)} -> "
+          f"{mb / statistics.median(ingest_s):.0f} MB/s of CSV   [target >= 50 MB/s]")
+
+    context = storage.data_context(organisation_id=organisation.pk, dataset_id=version.dataset_id,
+                                   number=version.number)
+    parquet = storage.read_data(version.data_path, context)
+    plain_path = Path(os.environ["CLEARINGHOUSE_VAR_DIR"]) / "plain.parquet"
+    plain_path.write_bytes(parquet)
+    ring = keyring()
+    enc_s, dec_s, plain_s, load_s = [], [], [], []
+    for _ in range(max(5, args.repeat)):
+        started = time.perf_counter()
+        sealed = encrypt_bytes(parquet, keyring=ring, context=context)
+        enc_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        decrypt_to_bytes(sealed, keyring=ring, context=context)
+        dec_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        pl.read_parquet(plain_path)
+        plain_s.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        storage.read_table(version.data_path, context)
+        load_s.append(time.perf_counter() - started)
+    pmb = len(parquet) / 1e6
+    print(f"stored Parquet: {pmb:.1f} MB (zstd); encrypt {pmb / statistics.median(enc_s):.0f} MB/s, "
+          f"decrypt {pmb / statistics.median(dec_s):.0f} MB/s")
+    ratio = statistics.median(load_s) / statistics.median(plain_s)
+    print(f"plain Parquet read: {best(plain_s)}; decrypt+load: {best(load_s)} -> {ratio:.2f}x   [target <= 1.5x]")
+
+
+if __name__ == "__main__":
+    main()
