@@ -11,8 +11,9 @@ from typing import Any
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from clearinghouse.core.errors import NotFound
-from clearinghouse.organisations.selectors import membership_active
+from clearinghouse.core.errors import NotFound, PermissionDenied
+from clearinghouse.organisations.roles import MANAGE_DATASETS
+from clearinghouse.organisations.selectors import membership_active, require_capability
 
 from .models import AgreementAcceptance, Dataset, DatasetGrant, DatasetVersion, DataUseAgreement
 
@@ -43,6 +44,16 @@ def dataset_get(*, actor: Any, organisation_slug: str, dataset_slug: str) -> Dat
 def dataset_is_owner(*, actor: Any, dataset: Dataset) -> bool:
     membership = membership_active(user=actor)
     return membership is not None and membership.organisation_id == dataset.organisation_id
+
+
+def dataset_require_owner(*, actor: Any, dataset: Dataset) -> None:
+    """Only the owner organisation's members with the dataset capability may change a dataset;
+    operators (who can see it) are told no, everyone else is told it does not exist."""
+    if not dataset_is_owner(actor=actor, dataset=dataset):
+        if actor.is_operator:
+            raise PermissionDenied("Only the owner organisation manages its datasets.", code="not_owner")
+        raise NotFound("Dataset not found.")
+    require_capability(actor=actor, organisation=dataset.organisation, capability=MANAGE_DATASETS)
 
 
 def dataset_grant_active(*, dataset: Dataset, organisation_id: int, purpose: str) -> bool:

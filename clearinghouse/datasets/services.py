@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from clearinghouse.audit.services import audit_record
-from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from clearinghouse.core.errors import Conflict, NotFound, ValidationFailed
 from clearinghouse.core.text import clean_name, clean_slug
 from clearinghouse.crypto.errors import CryptoError
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
@@ -29,7 +29,7 @@ from .models import (
     VersionStatus,
 )
 from .schema import DatasetSchema, SchemaError
-from .selectors import agreement_current, dataset_is_owner
+from .selectors import agreement_current, dataset_require_owner
 from .uploads import EncryptedUpload
 
 logger = logging.getLogger(__name__)
@@ -41,14 +41,6 @@ def _schema(value: Any) -> DatasetSchema:
         return DatasetSchema.parse(value) if isinstance(value, str) else DatasetSchema.from_dict(value)
     except SchemaError as exc:
         raise ValidationFailed(f"schema: {exc.message}", code=exc.code, fields={"schema": [exc.message]}) from None
-
-
-def _require_owner(actor: Any, dataset: Dataset) -> None:
-    if not dataset_is_owner(actor=actor, dataset=dataset):
-        if actor.is_operator:
-            raise PermissionDenied("Only the owner organisation manages its datasets.", code="not_owner")
-        raise NotFound("Dataset not found.")
-    require_capability(actor=actor, organisation=dataset.organisation, capability=MANAGE_DATASETS)
 
 
 @transaction.atomic
@@ -73,7 +65,7 @@ def dataset_register(*, actor: Any, organisation: Organisation, name: str, slug:
 def dataset_schema_set(*, actor: Any, dataset: Dataset, schema: dict | str) -> Dataset:
     """Declares or confirms the schema. Later versions are checked against it; earlier versions
     keep the copy they were checked against."""
-    _require_owner(actor, dataset)
+    dataset_require_owner(actor=actor, dataset=dataset)
     parsed = _schema(schema)
     dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
     dataset.schema = parsed.to_dict()
@@ -90,7 +82,7 @@ def dataset_version_create(*, actor: Any, dataset: Dataset, upload: EncryptedUpl
                            repair: str = "none") -> DatasetVersion:
     """Records an uploaded (already encrypted) file as a new pending version and queues its ingestion."""
     try:
-        _require_owner(actor, dataset)
+        dataset_require_owner(actor=actor, dataset=dataset)
         fmt = fmt or ("parquet" if upload.name.lower().endswith(".parquet") else "csv")
         if fmt not in FORMATS:
             raise ValidationFailed(f"format must be one of {', '.join(FORMATS)}.", code="invalid_format")
@@ -126,7 +118,7 @@ def dataset_version_create(*, actor: Any, dataset: Dataset, upload: EncryptedUpl
 @transaction.atomic
 def dataset_version_retry(*, actor: Any, version: DatasetVersion, repair: str | None = None) -> DatasetVersion:
     """Runs ingestion again (after the schema was confirmed, or with a repair chosen)."""
-    _require_owner(actor, version.dataset)
+    dataset_require_owner(actor=actor, dataset=version.dataset)
     version = DatasetVersion.objects.select_for_update().get(pk=version.pk)
     if version.status not in {VersionStatus.FAILED, VersionStatus.PENDING}:
         raise Conflict(f"Only failed versions can be retried (this one is {version.status}).", code="not_retryable")
@@ -244,7 +236,7 @@ def dataset_version_mark_corrupt(*, version: DatasetVersion) -> DatasetVersion:
 
 @transaction.atomic
 def dataset_grant_create(*, actor: Any, dataset: Dataset, organisation: Organisation, purpose: str) -> DatasetGrant:
-    _require_owner(actor, dataset)
+    dataset_require_owner(actor=actor, dataset=dataset)
     if purpose not in GrantPurpose.values:
         raise ValidationFailed(f"purpose must be one of {', '.join(GrantPurpose.values)}.", code="invalid_purpose")
     if organisation.pk == dataset.organisation_id:
@@ -262,7 +254,7 @@ def dataset_grant_create(*, actor: Any, dataset: Dataset, organisation: Organisa
 
 @transaction.atomic
 def dataset_grant_revoke(*, actor: Any, grant: DatasetGrant) -> DatasetGrant:
-    _require_owner(actor, grant.dataset)
+    dataset_require_owner(actor=actor, dataset=grant.dataset)
     grant = DatasetGrant.objects.select_for_update().get(pk=grant.pk)
     if grant.revoked_at is not None:
         raise Conflict("This grant is already revoked.", code="grant_revoked")
@@ -275,7 +267,7 @@ def dataset_grant_revoke(*, actor: Any, grant: DatasetGrant) -> DatasetGrant:
 
 @transaction.atomic
 def agreement_publish(*, actor: Any, dataset: Dataset, text: str) -> DataUseAgreement:
-    _require_owner(actor, dataset)
+    dataset_require_owner(actor=actor, dataset=dataset)
     text = clean_name(text, field="text", max_length=50_000) if text else ""
     if not text:
         raise ValidationFailed("The agreement text is required.", code="invalid_agreement")

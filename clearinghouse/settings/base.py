@@ -51,6 +51,7 @@ INSTALLED_APPS = [
     "clearinghouse.accounts",
     "clearinghouse.organisations",
     "clearinghouse.datasets",
+    "clearinghouse.queries",
     "clearinghouse.portal",
     "federation",
 ]

@@ -1,0 +1,154 @@
+"""Budget settings and the atomic debit. Every write is audited in its own transaction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Sum
+from django.utils import timezone
+
+from clearinghouse.audit.services import audit_record
+from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, ValidationFailed
+from clearinghouse.datasets.models import Dataset
+from clearinghouse.datasets.selectors import dataset_require_owner
+from clearinghouse.organisations.models import Organisation, OrganisationStatus
+
+from .models import BudgetAllocation, LedgerEntry, PrivacyBudget, PrivacyMeasure, Query
+
+# Floating-point sums of many small costs may overshoot by rounding alone; this slack is far below any
+# meaningful privacy loss (1e-12 of the total).
+_SLACK = 1e-12
+
+
+class BudgetExceeded(ApplicationError):
+    status_code = 409
+    default_code = "budget_exceeded"
+
+
+def _amount(value: Any, *, field: str, allow_zero: bool = False, below_one: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValidationFailed(f"{field} must be a finite number.", code="invalid_budget", fields={field: ["Invalid."]})
+    value = float(value)
+    if value < 0 or (value == 0 and not allow_zero) or (below_one and value >= 1):
+        raise ValidationFailed(f"{field} is out of range.", code="invalid_budget", fields={field: ["Out of range."]})
+    return value
+
+
+@transaction.atomic
+def budget_set(*, actor: Any, dataset: Dataset, measure: str, total: float, delta_total: float = 0.0,
+               per_query_max: float | None = None, per_analyst_cap: float | None = None) -> PrivacyBudget:
+    dataset_require_owner(actor=actor, dataset=dataset)
+    if measure not in PrivacyMeasure.values:
+        raise ValidationFailed(f"measure must be one of {', '.join(PrivacyMeasure.values)}.", code="invalid_measure")
+    total = _amount(total, field="total")
+    delta_total = _amount(delta_total, field="delta_total", allow_zero=True, below_one=True)
+    per_query_max = None if per_query_max is None else _amount(per_query_max, field="per_query_max")
+    per_analyst_cap = None if per_analyst_cap is None else _amount(per_analyst_cap, field="per_analyst_cap")
+    budget = PrivacyBudget.objects.select_for_update().filter(dataset=dataset).first()
+    if budget is None:
+        budget = PrivacyBudget(dataset=dataset, measure=measure, total=total)
+    elif budget.spent > 0 and budget.measure != measure:
+        raise Conflict("The measure cannot change once budget was spent.", code="measure_locked")
+    if total < budget.spent or delta_total < budget.delta_spent:
+        raise Conflict(f"{budget.spent:g} is already spent; the total cannot go below it.", code="below_spent")
+    budget.measure, budget.total, budget.delta_total = measure, total, delta_total
+    budget.per_query_max, budget.per_analyst_cap = per_query_max, per_analyst_cap
+    budget.updated_at = timezone.now()
+    budget.save()
+    audit_record(actor=actor, action="budget.set", organisation=dataset.organisation, target=budget,
+                 extra={"dataset": dataset.slug, "measure": measure, "total": total, "delta_total": delta_total,
+                        "per_query_max": per_query_max, "per_analyst_cap": per_analyst_cap})
+    return budget
+
+
+@transaction.atomic
+def allocation_set(*, actor: Any, dataset: Dataset, organisation: Organisation, amount: float,
+                   delta_amount: float = 0.0) -> BudgetAllocation:
+    dataset_require_owner(actor=actor, dataset=dataset)
+    if organisation.status != OrganisationStatus.APPROVED:
+        raise NotFound("Organisation not found.")
+    budget = PrivacyBudget.objects.select_for_update().filter(dataset=dataset).first()
+    if budget is None:
+        raise Conflict("Set the dataset's budget first.", code="no_budget")
+    amount = _amount(amount, field="amount", allow_zero=True)
+    delta_amount = _amount(delta_amount, field="delta_amount", allow_zero=True, below_one=True)
+    allocation, _ = BudgetAllocation.objects.select_for_update().get_or_create(
+        budget=budget, organisation=organisation, defaults={"amount": amount})
+    if amount < allocation.spent or delta_amount < allocation.delta_spent:
+        raise Conflict(f"{allocation.spent:g} is already spent by this organisation.", code="below_spent")
+    allocation.amount, allocation.delta_amount = amount, delta_amount
+    allocation.save()
+    audit_record(actor=actor, action="budget.allocated", organisation=dataset.organisation, target=allocation,
+                 extra={"dataset": dataset.slug, "grantee": organisation.slug, "amount": amount,
+                        "delta_amount": delta_amount})
+    return allocation
+
+
+@dataclass(frozen=True)
+class Remaining:
+    measure: str
+    organisation: float
+    dataset: float
+    analyst: float | None
+    delta_organisation: float
+    per_query_max: float | None
+
+
+def budget_remaining(*, budget: PrivacyBudget, allocation: BudgetAllocation | None, analyst: Any) -> Remaining:
+    analyst_left = None
+    if budget.per_analyst_cap is not None:
+        used = LedgerEntry.objects.filter(budget=budget, analyst=analyst).aggregate(s=Sum("amount"))["s"] or 0.0
+        analyst_left = max(0.0, budget.per_analyst_cap - used)
+    return Remaining(
+        measure=budget.measure,
+        organisation=max(0.0, allocation.amount - allocation.spent) if allocation else 0.0,
+        dataset=max(0.0, budget.total - budget.spent),
+        analyst=analyst_left,
+        delta_organisation=max(0.0, allocation.delta_amount - allocation.delta_spent) if allocation else 0.0,
+        per_query_max=budget.per_query_max,
+    )
+
+
+def budget_debit(*, query: Query, amount: float, delta: float = 0.0) -> LedgerEntry:
+    """Pays for `query`, or raises BudgetExceeded and spends nothing. Must run inside the caller's
+    transaction (which also records the query as running), so that the debit and the query's state
+    commit together."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("budget_debit must run inside a transaction")
+    if not (amount > 0 and math.isfinite(amount)) or not (0 <= delta < 1):
+        raise ValidationFailed("The privacy cost must be positive and finite.", code="invalid_privacy_loss")
+    # Lock order: budget, then allocation, everywhere, so concurrent debits cannot deadlock.
+    budget = PrivacyBudget.objects.select_for_update().filter(dataset_id=query.dataset_id).first()
+    if budget is None:
+        raise NotFound("This dataset has no privacy budget; its owner must set one.", code="no_budget")
+    allocation = BudgetAllocation.objects.select_for_update().filter(budget=budget,
+                                                                     organisation_id=query.organisation_id).first()
+    left = budget_remaining(budget=budget, allocation=allocation, analyst=query.analyst)
+    unit = "ε" if budget.measure == PrivacyMeasure.PURE else "ρ"
+    if left.per_query_max is not None and amount > left.per_query_max * (1 + _SLACK):
+        raise BudgetExceeded(f"This query costs {unit}={amount:.6g}, above the per-query maximum "
+                             f"{left.per_query_max:g}.", code="above_per_query_max")
+    for name, available in (("your organisation's allocation", left.organisation),
+                            ("the dataset's total budget", left.dataset),
+                            ("your personal cap", left.analyst)):
+        if available is not None and amount > available + _SLACK * max(1.0, budget.total):
+            raise BudgetExceeded(f"This query costs {unit}={amount:.6g}; {name} has {unit}={available:.6g} left.")
+    if delta > left.delta_organisation + _SLACK or delta > budget.delta_total - budget.delta_spent + _SLACK:
+        raise BudgetExceeded(f"This query needs δ={delta:g}; δ={left.delta_organisation:g} is left to your "
+                             "organisation.", code="delta_exceeded")
+    # Clamp the rounding slack away so that the stored sums never pass their limits.
+    allocation.spent = min(allocation.amount, allocation.spent + amount)
+    allocation.delta_spent = min(allocation.delta_amount, allocation.delta_spent + delta)
+    allocation.save(update_fields=["spent", "delta_spent"])
+    budget.spent = min(budget.total, budget.spent + amount)
+    budget.delta_spent = min(budget.delta_total, budget.delta_spent + delta)
+    budget.save(update_fields=["spent", "delta_spent"])
+    entry = LedgerEntry.objects.create(budget=budget, organisation_id=query.organisation_id, analyst=query.analyst,
+                                       query=query, query_hash=query.query_hash, amount=amount, delta=delta)
+    audit_record(actor=query.analyst, action="budget.debited", organisation=query.organisation, target=entry,
+                 extra={"dataset": query.dataset_id, "query": query.pk, "query_hash": query.query_hash,
+                        "amount": amount, "delta": delta, "measure": budget.measure})
+    return entry

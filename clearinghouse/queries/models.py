@@ -1,0 +1,116 @@
+"""The privacy-budget ledger.
+
+A dataset's owner sets a total budget in the dataset's privacy measure (ε under pure DP, ρ under
+zero-concentrated DP) and allocates shares of it to organisations. Every release debits the ledger
+in one transaction that locks the budget row first and the allocation row second, so concurrent
+releases are serialised per dataset and the sums can never pass their limits. Composition is
+sequential: spent = the sum of the entries.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from clearinghouse.datasets.models import Dataset, DatasetVersion
+from clearinghouse.organisations.models import Organisation
+
+
+class PrivacyMeasure(models.TextChoices):
+    PURE = "pure", "Pure DP (ε)"
+    ZCDP = "zcdp", "Zero-concentrated DP (ρ)"
+
+
+class PrivacyBudget(models.Model):
+    dataset = models.OneToOneField(Dataset, on_delete=models.CASCADE, related_name="privacy_budget")
+    measure = models.CharField(max_length=8, choices=PrivacyMeasure.choices, default=PrivacyMeasure.PURE)
+    total = models.FloatField(help_text="ε (pure) or ρ (zCDP) for the dataset's whole life.")
+    spent = models.FloatField(default=0.0)
+    # δ is spent only by releases that need it (e.g. group keys not public); 0 forbids them.
+    delta_total = models.FloatField(default=0.0)
+    delta_spent = models.FloatField(default=0.0)
+    per_query_max = models.FloatField(null=True, blank=True)
+    per_analyst_cap = models.FloatField(null=True, blank=True)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(total__gt=0), name="budget_total_positive"),
+            models.CheckConstraint(condition=Q(spent__gte=0) & Q(spent__lte=F("total") * 1.000000001),
+                                   name="budget_spent_within_total"),
+            models.CheckConstraint(condition=Q(delta_total__gte=0) & Q(delta_total__lt=1), name="budget_delta_range"),
+            models.CheckConstraint(condition=Q(delta_spent__lte=F("delta_total") * 1.000000001),
+                                   name="budget_delta_within_total"),
+        ]
+
+
+class BudgetAllocation(models.Model):
+    budget = models.ForeignKey(PrivacyBudget, on_delete=models.CASCADE, related_name="allocations")
+    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="budget_allocations")
+    amount = models.FloatField()
+    spent = models.FloatField(default=0.0)
+    delta_amount = models.FloatField(default=0.0)
+    delta_spent = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["budget", "organisation"], name="one_allocation_per_org"),
+            models.CheckConstraint(condition=Q(amount__gte=0), name="allocation_amount_nonnegative"),
+            models.CheckConstraint(condition=Q(spent__lte=F("amount") * 1.000000001), name="allocation_spent_within"),
+            models.CheckConstraint(condition=Q(delta_spent__lte=F("delta_amount") * 1.000000001),
+                                   name="allocation_delta_within"),
+        ]
+
+
+class QueryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    RELEASED = "released", "Released"
+    FAILED = "failed", "Failed"
+
+
+class Query(models.Model):
+    """One release request. A released query answers later identical requests of the same
+    organisation (same canonical spec, version and privacy parameters) without new spending."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="queries")
+    version = models.ForeignKey(DatasetVersion, on_delete=models.PROTECT, related_name="queries")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="queries")
+    analyst = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="queries")
+    spec = models.JSONField(help_text="Canonical query spec.")
+    sql = models.TextField(blank=True)
+    query_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=QueryStatus.choices, default=QueryStatus.PENDING)
+    cost = models.FloatField(help_text="Debited ε or ρ (exact, from the measurement's privacy map).")
+    cost_delta = models.FloatField(default=0.0)
+    result = models.JSONField(null=True, blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_message = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["organisation", "version", "query_hash"])]
+        constraints = [
+            # At most one paid release per organisation, version and canonical query: replay reads it.
+            models.UniqueConstraint(fields=["organisation", "version", "query_hash"],
+                                    condition=~Q(status="failed"), name="one_release_per_query"),
+        ]
+
+
+class LedgerEntry(models.Model):
+    budget = models.ForeignKey(PrivacyBudget, on_delete=models.PROTECT, related_name="entries")
+    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
+    analyst = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    query = models.OneToOneField(Query, on_delete=models.PROTECT, related_name="ledger_entry")
+    query_hash = models.CharField(max_length=64)
+    amount = models.FloatField()
+    delta = models.FloatField(default=0.0)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_amount_positive")]
