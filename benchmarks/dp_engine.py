@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clearinghouse.dp import TableSchema, clear_cache, prepare, preview, release, sql_to_spec
 
-PUMS = Path("/work/shared/datasets/pums_1000.csv")
+PUMS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "pums_1000.csv"
 SEED = 20240601
 EDUC = [str(i) for i in range(1, 17)]
 

@@ -6,6 +6,7 @@ from clearinghouse.accounts import apis as accounts
 from clearinghouse.audit import apis as audit
 from clearinghouse.datasets import apis as datasets
 from clearinghouse.organisations import apis as organisations
+from clearinghouse.queries import apis as queries
 
 app_name = "api"
 
@@ -38,6 +39,13 @@ urlpatterns = [
     path("datasets/<slug:organisation>/<slug:slug>/grants", datasets.GrantListCreateApi.as_view(), name="dataset_grants"),
     path("dataset-grants/<int:grant_id>/revoke", datasets.GrantRevokeApi.as_view(), name="dataset_grant_revoke"),
     path("datasets/<slug:organisation>/<slug:slug>/agreement", datasets.AgreementApi.as_view(), name="dataset_agreement"),
+    path("datasets/<slug:organisation>/<slug:slug>/budget", queries.BudgetApi.as_view(), name="dataset_budget"),
+    path("datasets/<slug:organisation>/<slug:slug>/budget/allocations/<slug:grantee>", queries.AllocationApi.as_view(),
+         name="dataset_budget_allocation"),
+    path("datasets/<slug:organisation>/<slug:slug>/queries", queries.QueryListSubmitApi.as_view(), name="queries"),
+    path("datasets/<slug:organisation>/<slug:slug>/queries/preview", queries.QueryPreviewApi.as_view(),
+         name="query_preview"),
+    path("queries/<int:query_id>", queries.QueryDetailApi.as_view(), name="query"),
     path("datasets/<slug:organisation>/<slug:slug>/agreement/accept", datasets.AgreementAcceptApi.as_view(),
          name="dataset_agreement_accept"),
 ]

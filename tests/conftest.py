@@ -43,3 +43,13 @@ def celery_worker_process():
         process.wait(timeout=20)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture
+def media_root(settings, tmp_path):
+    """A fresh object store per test, so the no-plaintext search sees only this test's files."""
+    store = tmp_path / "store"
+    settings.STORAGES = {**settings.STORAGES,
+                         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                                     "OPTIONS": {"location": str(store)}}}
+    yield store  # Django's setting_changed signal makes default_storage re-read STORAGES

@@ -50,11 +50,11 @@ class DatasetOutputSerializer(serializers.Serializer):
 
 
 class VersionOutputSerializer(serializers.Serializer):
-    """Grantees see this much; owners additionally get the report and error (see `version_body`)."""
+    """Grantees see this much (not even the row count: an exact count is not differentially private);
+    owners additionally get the row count, the report and errors (see `version_body`)."""
 
     number = serializers.IntegerField()
     status = serializers.CharField()
-    row_count = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
 
@@ -62,7 +62,7 @@ class VersionOutputSerializer(serializers.Serializer):
 def version_body(version, *, owner: bool) -> dict:
     body = dict(VersionOutputSerializer(version).data)
     if owner:
-        body.update(source_name=version.source_name, source_format=version.source_format,
+        body.update(row_count=version.row_count, source_name=version.source_name, source_format=version.source_format,
                     source_bytes=version.source_bytes, repair=version.repair, error_code=version.error_code,
                     error_message=version.error_message, quality_report=version.quality_report,
                     schema=version.schema)

@@ -20,6 +20,7 @@ from clearinghouse.organisations.models import Organisation
 
 class PrivacyMeasure(models.TextChoices):
     PURE = "pure", "Pure DP (ε)"
+    APPROX = "approx", "Approximate DP (ε, δ)"
     ZCDP = "zcdp", "Zero-concentrated DP (ρ)"
 
 
@@ -33,6 +34,8 @@ class PrivacyBudget(models.Model):
     delta_spent = models.FloatField(default=0.0)
     per_query_max = models.FloatField(null=True, blank=True)
     per_analyst_cap = models.FloatField(null=True, blank=True)
+    # A public upper bound on the row count (OpenDP's max_length); never the true count.
+    max_rows = models.PositiveBigIntegerField(default=10_000_000)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -85,6 +88,8 @@ class Query(models.Model):
     status = models.CharField(max_length=16, choices=QueryStatus.choices, default=QueryStatus.PENDING)
     cost = models.FloatField(help_text="Debited ε or ρ (exact, from the measurement's privacy map).")
     cost_delta = models.FloatField(default=0.0)
+    privacy = models.JSONField(default=dict, help_text="The privacy loss asked for.")
+    task_id = models.CharField(max_length=64, blank=True)
     result = models.JSONField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)

@@ -201,7 +201,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"datasets.*": {"queue": "ingestion"}}
+CELERY_TASK_ROUTES = {"datasets.*": {"queue": "ingestion"}, "queries.*": {"queue": "dp"}}
+# How long a release request waits for the dp worker before answering 202 with the query's URL.
+QUERY_WAIT_SECONDS = float(os.environ.get("QUERY_WAIT_SECONDS", "30"))
 
 # Key-encryption keys: a secret file or environment value in production (see clearinghouse/core/keys.py).
 KEYRING_FILE = os.environ.get("KEYRING_FILE", "")

@@ -6,7 +6,6 @@ import base64
 import io
 import os
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -28,13 +27,14 @@ from clearinghouse.crypto import (
     plaintext_size,
     read_header,
 )
+from tests.shared_data import DATASETS
 
 from .conftest import CONTEXT, SEGMENT
 
 pytestmark = pytest.mark.usefixtures("segment_backend")
 
 TAG = 16
-ADULT = Path("/work/shared/datasets/adult.csv")
+ADULT = DATASETS / "adult.csv"
 
 
 def split(blob: bytes) -> tuple[bytes, list[bytes]]:

@@ -14,8 +14,9 @@ from clearinghouse.audit.models import AuditEvent
 from clearinghouse.datasets import storage
 from clearinghouse.datasets.models import Dataset, DatasetVersion
 from clearinghouse.datasets.services import dataset_version_ingest
-from tests.datasets.conftest import PUMS_SCHEMA, SHARED
+from tests.datasets.conftest import PUMS_SCHEMA
 from tests.factories import api_client
+from tests.shared_data import DATASETS as SHARED
 
 pytestmark = pytest.mark.usefixtures("media_root")
 
@@ -276,7 +277,7 @@ def test_grantee_sees_schema_but_not_reports_or_files(world):
     detail = outsider.get("/api/v1/datasets/org-a/pums")
     assert detail.status_code == 200 and detail.json()["schema"]["columns"][0]["name"] == "age"
     versions = outsider.get("/api/v1/datasets/org-a/pums/versions").json()["results"]
-    assert versions == [{"number": 1, "status": "ready", "row_count": 1000,
+    assert versions == [{"number": 1, "status": "ready",
                          "created_at": versions[0]["created_at"], "finished_at": versions[0]["finished_at"]}]
     body = str(outsider.get("/api/v1/datasets/org-a/pums/versions/1").json())
     assert "quality_report" not in body and version.data_path not in body

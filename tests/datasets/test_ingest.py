@@ -1,6 +1,5 @@
 """Reading and checking uploads (pure Polars) on the real shared datasets and on broken files."""
 
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -8,8 +7,8 @@ import pytest
 from clearinghouse.datasets.ingest import IngestError, check, infer_schema, read_raw
 from clearinghouse.datasets.schema import DatasetSchema
 from tests.datasets.test_schema import PUMS_YAML
+from tests.shared_data import DATASETS as SHARED  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 PUMS = DatasetSchema.parse(PUMS_YAML)
 ADULT = DatasetSchema.from_dict({"columns": [
     {"name": "sex", "type": "categorical", "categories": ["Male", "Female"]},

@@ -9,8 +9,9 @@ from celery.contrib.testing.worker import start_worker
 
 from clearinghouse.celery import app
 from clearinghouse.organisations.services import invitation_accept, invitation_create
-from tests.datasets.conftest import PUMS_SCHEMA, SHARED
+from tests.datasets.conftest import PUMS_SCHEMA
 from tests.factories import api_client, make_operator, make_organisation, make_user
+from tests.shared_data import DATASETS as SHARED
 
 
 @pytest.fixture

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 import pytest
 
 from clearinghouse.dp import TableSchema
+from tests.shared_data import DATASETS  # noqa: E402
 
-DATASETS = Path("/work/shared/datasets")
 EDUC = [str(i) for i in range(1, 17)]
 
 

@@ -286,8 +286,8 @@ def test_counts_land_in_the_previewed_interval_at_the_advertised_rate(pums, pums
             count_hits += abs(r.rows[0]["count"] - n) < half_width
             lo, hi = r.intervals[0]["mean_income"]
             mean_hits += lo <= mean <= hi
-    assert 0.90 <= count_hits / runs <= 1.0
-    assert mean_hits / runs >= 0.93  # the mean's box interval is conservative
+    assert count_hits >= 173  # binomial bound: a correct engine fails with probability < 1e-6 (test_utility)
+    assert mean_hits >= 173
 
 
 def test_utility_on_adult(adult, adult_df):

@@ -42,7 +42,7 @@ def test_debits_until_the_allocation_is_spent_then_refuses_saying_what_is_left(w
     with pytest.raises(BudgetExceeded) as info:
         _debit(_query(world), 0.1)
     assert "has ε=0.05 left" in info.value.message and "allocation" in info.value.message
-    allocation = BudgetAllocation.objects.get()
+    allocation = BudgetAllocation.objects.get(budget__dataset=world.a.dataset, organisation=world.b.organisation)
     assert allocation.spent == pytest.approx(0.2)
     assert LedgerEntry.objects.count() == 2 and AuditEvent.objects.count() == events_before
 
@@ -65,6 +65,7 @@ def test_total_per_query_and_analyst_caps(world):
 
 
 def test_no_budget_or_no_allocation_spends_nothing(world):
+    PrivacyBudget.objects.filter(dataset=world.a.dataset).delete()
     with pytest.raises(ApplicationError) as info:
         _debit(_query(world), 0.1)
     assert info.value.code == "no_budget"
@@ -89,7 +90,7 @@ def test_bad_budget_settings(world, kwargs, code):
     with pytest.raises(ValidationFailed) as info:
         budget_set(actor=world.a.steward, dataset=world.a.dataset, **{"measure": "pure", **kwargs})
     assert info.value.code == code
-    assert not PrivacyBudget.objects.exists()
+    assert PrivacyBudget.objects.get(dataset=world.a.dataset).total == 10.0  # unchanged
 
 
 def test_total_cannot_drop_below_what_was_spent(world):
@@ -139,7 +140,7 @@ def test_fifty_concurrent_debits_against_a_budget_for_ten(transactional_db):
         thread.join(timeout=120)
     assert sorted(set(outcomes)) == ["refused", "released"], outcomes
     assert outcomes.count("released") == 10 and outcomes.count("refused") == 40
-    budget = PrivacyBudget.objects.get()
+    budget = PrivacyBudget.objects.get(dataset=world.a.dataset)
     assert budget.spent <= budget.total
     assert LedgerEntry.objects.count() == 10
     assert sum(LedgerEntry.objects.values_list("amount", flat=True)) <= budget.total + 1e-9

@@ -150,6 +150,27 @@ def _matrix() -> dict[str, list[Case]]:
                  {**A401, "analyst": (201, 404), "org_admin": (201, 404), "other_admin": (404, 201), "operator": 404},
                  {"version": 1}),
         ],
+        "api:dataset_budget": [
+            Case("get", lambda w, t: u("api:dataset_budget", args=ds(w, t)), scoped_read),
+            Case("put", lambda w, t: u("api:dataset_budget", args=ds(w, t)), owner_write(200),
+                 {"measure": "pure", "total": 20}),
+        ],
+        "api:dataset_budget_allocation": [
+            Case("put", lambda w, t: u("api:dataset_budget_allocation", args=[*ds(w, t), "org-c"]), owner_write(200),
+                 {"amount": 2}),
+        ],
+        "api:queries": [
+            Case("get", lambda w, t: u("api:queries", args=ds(w, t)), scoped_read),
+            Case("post", lambda w, t: u("api:queries", args=ds(w, t)),
+                 {**A401, "analyst": (202, 404), "org_admin": (202, 404), "other_admin": (404, 202), "operator": 404},
+                 {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.1}}),
+        ],
+        "api:query_preview": [
+            Case("post", lambda w, t: u("api:query_preview", args=ds(w, t)),
+                 {**A401, "analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 404},
+                 {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.1}}),
+        ],
+        "api:query": [Case("get", lambda w, t: u("api:query", args=[query_of(w, t).pk]), scoped_read)],
         # --- Portal ----------------------------------------------------------------------------------
         "portal:datasets": [Case("get", lambda w, t: u("portal:datasets"), portal(everyone(200)), object_scoped=False)],
         "portal:dataset": [Case("get", lambda w, t: u("portal:dataset", args=ds(w, t)), portal(scoped_read))],
@@ -258,6 +279,16 @@ def owner_write(status: int) -> dict:
             "operator": 403}
 
 
+def query_of(w: World, t: Target):
+    """A query on the side's dataset by that side's steward (made directly: no worker runs here)."""
+    from clearinghouse.queries.models import Query
+
+    side = w.side(t)
+    return Query.objects.create(dataset=side.dataset, version=side.dataset.versions.get(number=1),
+                                organisation=side.organisation, analyst=side.steward,
+                                spec={}, query_hash=f"matrix-{t}", cost=0.0)
+
+
 def portal(expect: dict) -> dict:
     """Portal pages send anonymous visitors to the log-in page."""
     return {**expect, "anonymous": 302}
@@ -307,8 +338,19 @@ def _client(world: World, actor: str, api: bool):
     return client
 
 
+@pytest.fixture
+def eager_dp(settings):
+    """No worker runs in this test: previews run in-process, releases stay queued (202)."""
+    from clearinghouse.celery import app
+
+    settings.QUERY_WAIT_SECONDS = 0
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False
+
+
 @pytest.mark.parametrize("name,index,actor,target", list(_params()))
-def test_authorization(world, name, index, actor, target):
+def test_authorization(world, eager_dp, name, index, actor, target):
     case = MATRIX[name][index]
     expected = case.expect[actor]
     if isinstance(expected, tuple):

@@ -7,6 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from tests.shared_data import DATASETS
 from training.config import TrainingDataError
 from training.data import (
     LabelledTable,
@@ -17,7 +18,7 @@ from training.data import (
     split_train_test,
 )
 
-SMS_SPAM = Path("/work/shared/datasets/sms_spam.tsv")
+SMS_SPAM = DATASETS / "sms_spam.tsv"
 LABELS = ("ham", "spam")
 
 

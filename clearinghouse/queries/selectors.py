@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Sum
+from django.db.models.functions import TruncDate
+
+from clearinghouse.core.errors import NotFound
+from clearinghouse.datasets.models import Dataset
+from clearinghouse.datasets.selectors import dataset_is_owner
+from clearinghouse.organisations.selectors import membership_active
+
+from .ledger import Remaining, budget_remaining
+from .models import BudgetAllocation, LedgerEntry, PrivacyBudget, Query
+
+
+def budget_get(*, dataset: Dataset) -> PrivacyBudget:
+    budget = PrivacyBudget.objects.filter(dataset=dataset).first()
+    if budget is None:
+        raise NotFound("This dataset has no privacy budget yet.", code="no_budget")
+    return budget
+
+
+def budget_left_for(*, actor: Any, dataset: Dataset) -> Remaining:
+    """What the actor may still spend on this dataset (analysts see only their own figures)."""
+    budget = budget_get(dataset=dataset)
+    membership = membership_active(user=actor)
+    allocation = (BudgetAllocation.objects.filter(budget=budget, organisation=membership.organisation).first()
+                  if membership else None)
+    return budget_remaining(budget=budget, allocation=allocation, analyst=actor)
+
+
+def budget_spending(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
+    """Owners: allocations, spending per organisation and per day (for the dashboard plot)."""
+    if not (dataset_is_owner(actor=actor, dataset=dataset) or actor.is_operator):
+        raise NotFound("Dataset not found.")
+    budget = budget_get(dataset=dataset)
+    allocations = [
+        {"organisation": a.organisation.slug, "amount": a.amount, "spent": a.spent,
+         "delta_amount": a.delta_amount, "delta_spent": a.delta_spent}
+        for a in budget.allocations.select_related("organisation").order_by("organisation__slug")
+    ]
+    daily = (LedgerEntry.objects.filter(budget=budget).annotate(day=TruncDate("created_at"))
+             .values("day", "organisation__slug").annotate(amount=Sum("amount")).order_by("day"))
+    return {
+        "measure": budget.measure, "total": budget.total, "spent": budget.spent,
+        "delta_total": budget.delta_total, "delta_spent": budget.delta_spent,
+        "per_query_max": budget.per_query_max, "per_analyst_cap": budget.per_analyst_cap,
+        "allocations": allocations,
+        "daily": [{"day": row["day"].isoformat(), "organisation": row["organisation__slug"], "amount": row["amount"]}
+                  for row in daily],
+    }
+
+
+def query_list(*, actor: Any, dataset: Dataset):
+    """Owners and operators see every query on their dataset; others their organisation's."""
+    queries = Query.objects.filter(dataset=dataset).select_related("dataset__organisation", "version")
+    if dataset_is_owner(actor=actor, dataset=dataset) or actor.is_operator:
+        return queries.order_by("-created_at")
+    membership = membership_active(user=actor)
+    return queries.filter(organisation=membership.organisation if membership else None).order_by("-created_at")
+
+
+def query_get(*, actor: Any, query_id: int) -> Query:
+    query = Query.objects.select_related("dataset__organisation", "version", "organisation").filter(pk=query_id).first()
+    membership = membership_active(user=actor)
+    if query is None or not (actor.is_operator or (membership and membership.organisation_id in
+                                                   {query.organisation_id, query.dataset.organisation_id})):
+        raise NotFound("Query not found.")
+    return query
