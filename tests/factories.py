@@ -136,6 +136,10 @@ def _side(operator: User, slug: str, grantee: Organisation) -> OrgSide:
     dataset = make_dataset(steward=steward)
     agreement_publish(actor=steward, dataset=dataset, text="Aggregate research use only.")
     grant = dataset_grant_create(actor=steward, dataset=dataset, organisation=grantee, purpose="query")
+    from clearinghouse.queries.ledger import allocation_set, budget_set
+
+    budget_set(actor=steward, dataset=dataset, measure="pure", total=10.0)
+    allocation_set(actor=steward, dataset=dataset, organisation=grantee, amount=1.0)
     return OrgSide(organisation, admin, analyst, steward, joiner, join_request, invitation, invitation_token, token.pk,
                    dataset, grant.pk)
 
