@@ -10,11 +10,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: install run test
+.PHONY: install run demo test
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
 	$(PY) manage.py runlocal
+
+demo: $(VENV)/.installed
+	$(PY) manage.py migrate --verbosity 0
+	$(PY) manage.py demo
 
 test: $(VENV)/.installed
 	sh scripts/ensure-chromium

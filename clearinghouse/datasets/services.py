@@ -115,6 +115,28 @@ def dataset_version_create(*, actor: Any, dataset: Dataset, upload: EncryptedUpl
     return version
 
 
+def dataset_version_import(*, actor: Any, dataset: Dataset, data: bytes, name: str, fmt: str = "",
+                           delimiter: str = "", quote_char: str = '"', repair: str = "none") -> DatasetVersion:
+    """A server-side import (demo, bulk loads): the bytes are encrypted into a staging file exactly as
+    an HTTP upload would be, then recorded as a new version (its ingestion queued like any other)."""
+    import uuid
+
+    from clearinghouse.core.keys import keyring
+    from clearinghouse.crypto.envelope import StreamEncryptor
+
+    from .uploads import STAGING_DIR, EncryptedUpload, open_for_write, staging_context
+
+    staging = f"{STAGING_DIR}/{uuid.uuid4().hex}.enc"
+    with open_for_write(staging) as target:
+        encryptor = StreamEncryptor(target, keyring=keyring(), context=staging_context(staging))
+        encryptor.write(data)
+        info = encryptor.finish()
+    upload = EncryptedUpload(staging_name=staging, name=name, content_type="application/octet-stream",
+                             size=len(data), kek_id=info.kek_id)
+    return dataset_version_create(actor=actor, dataset=dataset, upload=upload, fmt=fmt, delimiter=delimiter,
+                                  quote_char=quote_char, repair=repair)
+
+
 @transaction.atomic
 def dataset_version_retry(*, actor: Any, version: DatasetVersion, repair: str | None = None) -> DatasetVersion:
     """Runs ingestion again (after the schema was confirmed, or with a repair chosen)."""

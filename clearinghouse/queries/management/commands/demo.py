@@ -1,0 +1,111 @@
+"""A ready-made consortium for a first look: three organisations, PUMS and Adult registered and
+encrypted, an analyst with a budget and an accepted data-use agreement, and an API token.
+
+    python manage.py demo        (then `make run`, or with it already running)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from clearinghouse.accounts.models import User
+from clearinghouse.accounts.services import api_token_create, operator_create, user_signup
+from clearinghouse.datasets.services import (
+    agreement_accept,
+    agreement_publish,
+    dataset_grant_create,
+    dataset_register,
+    dataset_version_import,
+    dataset_version_ingest,
+)
+from clearinghouse.organisations.models import Organisation
+from clearinghouse.organisations.services import (
+    invitation_accept,
+    invitation_create,
+    organisation_apply,
+    organisation_set_status,
+)
+from clearinghouse.queries.ledger import allocation_set, budget_set
+
+DATASETS = Path(os.environ.get("CLEARINGHOUSE_SHARED_DATASETS", settings.BASE_DIR.parent / "shared" / "datasets"))
+PASSWORD = "demo-Consortium-2026"
+PUMS = {"columns": [
+    {"name": "age", "type": "integer", "lower": 0, "upper": 100},
+    {"name": "sex", "type": "categorical", "categories": ["0", "1"]},
+    {"name": "educ", "type": "categorical", "categories": [str(i) for i in range(1, 17)]},
+    {"name": "race", "type": "categorical"},
+    {"name": "income", "type": "float", "lower": 0, "upper": 500000},
+    {"name": "married", "type": "boolean"},
+]}
+ADULT = {"columns": [
+    {"name": "sex", "type": "categorical", "categories": ["Male", "Female"]},
+    {"name": "age", "type": "integer", "lower": 17, "upper": 90},
+    {"name": "race", "type": "categorical"},
+    {"name": "marital-status", "type": "categorical"},
+    {"name": "education", "type": "categorical"},
+    {"name": "native-country", "type": "categorical"},
+    {"name": "workclass", "type": "categorical"},
+    {"name": "occupation", "type": "categorical"},
+    {"name": "salary-class", "type": "categorical", "categories": ["<=50K", ">50K"]},
+]}
+
+
+class Command(BaseCommand):
+    help = "Create a demo consortium with encrypted PUMS and Adult datasets and an analyst ready to query."
+
+    def handle(self, *args, **options):
+        if Organisation.objects.filter(slug="census-bureau").exists():
+            raise CommandError("The demo consortium exists already (organisation 'census-bureau').")
+        for name in ("pums_1000.csv", "adult.csv"):
+            if not (DATASETS / name).exists():
+                raise CommandError(f"{DATASETS / name} is missing: set CLEARINGHOUSE_SHARED_DATASETS.")
+        operator = User.objects.filter(is_operator=True).first() or operator_create(
+            username="operator", email="operator@localhost", password=PASSWORD)[0]
+
+        def member(slug: str, name: str, country: str) -> tuple[User, Organisation]:
+            admin = user_signup(username=f"{slug}-admin", email=f"admin@{slug}.example.org", password=PASSWORD)
+            org = organisation_apply(actor=admin, name=name, slug=slug, country=country,
+                                     contact_email=f"data@{slug}.example.org")
+            return admin, organisation_set_status(actor=operator, organisation=org, status="approved")
+
+        census_admin, census = member("census-bureau", "Census Bureau", "US")
+        survey_admin, survey = member("labour-survey", "Labour Survey Institute", "GB")
+        research_admin, research = member("research-lab", "Research Lab", "NL")
+        analyst = user_signup(username="analyst", email="analyst@research-lab.example.org", password=PASSWORD)
+        _, token = invitation_create(actor=research_admin, organisation=research, email=analyst.email, role="analyst")
+        invitation_accept(actor=analyst, token=token)
+
+        for admin, org, slug, name, schema, file in (
+            (census_admin, census, "pums", "PUMS California sample", PUMS, "pums_1000.csv"),
+            (survey_admin, survey, "adult", "UCI Adult", ADULT, "adult.csv"),
+        ):
+            dataset = dataset_register(actor=admin, organisation=org, name=name, slug=slug, schema=schema)
+            version = dataset_version_import(actor=admin, dataset=dataset, data=(DATASETS / file).read_bytes(),
+                                             name=file)
+            version = dataset_version_ingest(version_id=version.pk)  # here, so the demo is ready at once
+            if version.status != "ready":
+                raise CommandError(f"{slug}: ingestion failed: {version.error_message}")
+            agreement_publish(actor=admin, dataset=dataset, text=f"Use {name} for aggregate research only; "
+                                                                 "no attempt to re-identify anyone.")
+            dataset_grant_create(actor=admin, dataset=dataset, organisation=research, purpose="query")
+            budget_set(actor=admin, dataset=dataset, measure="pure", total=10.0, per_query_max=1.0)
+            allocation_set(actor=admin, dataset=dataset, organisation=research, amount=5.0)
+            with transaction.atomic():
+                agreement_accept(actor=analyst, dataset=dataset, version=1)
+            self.stdout.write(f"  {org.slug}/{slug}: {version.row_count} rows, encrypted; research-lab may spend ε=5")
+        _, api_token = api_token_create(actor=analyst, name="demo")
+        self.stdout.write(self.style.SUCCESS(
+            f"\nDemo consortium ready. Users (password '{PASSWORD}'): operator, census-bureau-admin, "
+            "labour-survey-admin, research-lab-admin, analyst.\n"
+            f"The analyst's API token (shown once): {api_token}\n\n"
+            "Try (with `make run` serving):\n"
+            f"  curl -s -H 'Authorization: Bearer {api_token}' -H 'Content-Type: application/json' \\\n"
+            "    -d '{\"sql\": \"SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ\", "
+            "\"privacy\": {\"epsilon\": 0.5}}' \\\n"
+            "    http://127.0.0.1:8000/api/v1/datasets/census-bureau/pums/queries\n"
+            "or log in at http://127.0.0.1:8000/login/ as 'analyst'."))
