@@ -2,6 +2,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import path, re_path
 
 from clearinghouse.datasets import views as datasets
+from clearinghouse.queries import views as queries
 
 from . import views
 
@@ -44,4 +45,6 @@ urlpatterns = [
     path("dataset-grants/<int:grant_id>/revoke/", datasets.dataset_grant_revoke_view, name="dataset_grant_revoke"),
     path("datasets/<slug:organisation>/<slug:slug>/agreement/", datasets.dataset_agreement_view,
          name="dataset_agreement"),
+    path("datasets/<slug:organisation>/<slug:slug>/console/", queries.query_console, name="query_console"),
+    path("datasets/<slug:organisation>/<slug:slug>/budget/", queries.budget_dashboard, name="budget_dashboard"),
 ]

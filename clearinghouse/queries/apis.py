@@ -2,8 +2,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from celery.exceptions import TimeoutError as CeleryTimeout
-from celery.result import AsyncResult
 from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
@@ -12,14 +10,12 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from clearinghouse.core.apis import validated
-from clearinghouse.core.errors import ApplicationError
 from clearinghouse.datasets.selectors import dataset_get, dataset_is_owner
 from clearinghouse.organisations.selectors import organisation_directory_get
 
 from .ledger import allocation_set, budget_set
 from .selectors import budget_left_for, budget_spending, query_get, query_list
-from .services import query_error_for, query_prepare, query_submit
-from .tasks import query_preview_task
+from .services import query_error_for, query_prepare, query_preview_run, query_submit, query_wait
 
 
 class BudgetApi(APIView):
@@ -103,13 +99,7 @@ class QueryPreviewApi(APIView):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(QueryInputSerializer, request.data)
         version, budget, spec = query_prepare(actor=request.user, dataset=dataset, **data)
-        result = query_preview_task.apply_async((version.pk, spec.to_dict()))
-        try:
-            preview = result.get(timeout=settings.QUERY_WAIT_SECONDS, interval=0.02)
-        except CeleryTimeout:
-            busy = ApplicationError("The DP workers did not answer in time; try again.", code="workers_busy")
-            busy.status_code = 503
-            raise busy from None
+        preview = query_preview_run(version=version, spec=spec, timeout=settings.QUERY_WAIT_SECONDS)
         left = budget_left_for(actor=request.user, dataset=dataset)
         return Response({**preview, "version": version.number, "left": asdict(left)})
 
@@ -126,13 +116,7 @@ class QueryListSubmitApi(APIView):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(QueryInputSerializer, request.data)
         query, replayed = query_submit(actor=request.user, dataset=dataset, **data)
-        wait = _wait_seconds(request)
-        if not replayed and query.task_id and wait > 0:  # Celery reads a timeout of 0 as "forever"
-            try:
-                AsyncResult(query.task_id).get(timeout=wait, propagate=False, interval=0.02)
-            except CeleryTimeout:
-                pass
-        query.refresh_from_db()
+        query = query_wait(query=query, timeout=_wait_seconds(request))
         error = query_error_for(query)
         if error is not None:
             raise error

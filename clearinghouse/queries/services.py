@@ -197,3 +197,31 @@ def query_error_for(query: Query) -> ApplicationError | None:
     if not isinstance(error, BudgetExceeded):
         error.status_code = 500 if query.error_code == "release_failed" else 409
     return error
+
+
+def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: float) -> dict:
+    """Asks a dp worker for the preview (OpenDP runs only there) and waits for it."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    from .tasks import query_preview_task
+
+    try:
+        return query_preview_task.apply_async((version.pk, spec.to_dict())).get(timeout=timeout, interval=0.02)
+    except CeleryTimeout:
+        busy = ApplicationError("The DP workers did not answer in time; try again.", code="workers_busy")
+        busy.status_code = 503
+        raise busy from None
+
+
+def query_wait(*, query: Query, timeout: float) -> Query:
+    """Waits (up to `timeout`) for a submitted query's worker to finish; returns it fresh."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+    from celery.result import AsyncResult
+
+    if query.status in {QueryStatus.PENDING, QueryStatus.RUNNING} and query.task_id and timeout > 0:
+        try:  # (Celery reads a timeout of 0 as "forever", hence the guard)
+            AsyncResult(query.task_id).get(timeout=timeout, propagate=False, interval=0.02)
+        except CeleryTimeout:
+            pass
+    query.refresh_from_db()
+    return query

@@ -6,6 +6,9 @@ import tempfile
 from pathlib import Path
 
 os.environ.setdefault("CLEARINGHOUSE_VAR_DIR", tempfile.mkdtemp(prefix="clearinghouse-test-"))
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel test processes must not share the embedded broker, keyring or object store.
+    os.environ["CLEARINGHOUSE_VAR_DIR"] = tempfile.mkdtemp(prefix=f"clearinghouse-test-{os.environ['PYTEST_XDIST_WORKER']}-")
 
 from .base import *  # noqa: E402,F401,F403
 from .base import STATIC_ROOT, STORAGES, VAR_DIR  # noqa: E402

@@ -189,6 +189,15 @@ def _matrix() -> dict[str, list[Case]]:
             Case("post", lambda w, t: u("portal:dataset_grant_revoke", args=[w.side(t).grant_id]),
                  portal({**owner_write(302), "operator": 404})),
         ],
+        "portal:query_console": [
+            Case("get", lambda w, t: u("portal:query_console", args=ds(w, t)), portal(scoped_read)),
+            # A release is queued (no worker here) and the page answers; outsiders get 404.
+            Case("post", lambda w, t: u("portal:query_console", args=ds(w, t)),
+                 portal({"analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 404}),
+                 {"sql": "SELECT COUNT(*) FROM survey", "epsilon": "0.1", "action": "preview"}),
+        ],
+        "portal:budget_dashboard": [Case("get", lambda w, t: u("portal:budget_dashboard", args=ds(w, t)),
+                                         portal(scoped_read))],
         "portal:dataset_agreement": [Case("post", lambda w, t: u("portal:dataset_agreement", args=ds(w, t)),
                                           portal(owner_write(302)), {"text": "v2"})],
         # --- Portal ----------------------------------------------------------------------------------
