@@ -137,7 +137,11 @@ def main() -> None:
                                "--pool", "solo", "--loglevel", "WARNING"], cwd=ROOT, env=env)
     web = subprocess.Popen([sys.executable, "-m", "gunicorn", "clearinghouse.wsgi", "-b", f"127.0.0.1:{port}",
                             "-w", "2", "--log-level", "warning"], cwd=ROOT, env=env)
+    import logging
+
     import httpx
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     try:
         http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
@@ -157,19 +161,24 @@ def main() -> None:
         per_query = {q: [] for q in QUERIES}
         per_set = []
         for run in range(args.runs):
-            set_started = time.perf_counter()
+            epsilon = 1 / 3 + (run + 1) * 1e-9  # a different ε each run: never a replay
+            started = time.perf_counter()
+            response = http.post(url, json={"queries": [{"sql": q, "privacy": {"epsilon": epsilon}} for q in QUERIES]})
+            per_set.append((time.perf_counter() - started) * 1000)
+            results = response.json()["results"]
+            assert response.status_code == 200 and not any(r["replayed"] for r in results), response.text[:300]
+        for run in range(args.runs):
             for q in QUERIES:
-                epsilon = 1 / 3 + (run + 1) * 1e-9  # a different ε each run: never a replay
+                epsilon = 1 / 3 + (args.runs + run + 1) * 1e-9
                 started = time.perf_counter()
                 response = http.post(url, json={"sql": q, "privacy": {"epsilon": epsilon}})
                 per_query[q].append((time.perf_counter() - started) * 1000)
                 assert response.status_code == 200 and not response.json()["replayed"], response.text[:300]
-            per_set.append((time.perf_counter() - set_started) * 1000)
-        print(f"API + dp worker, {args.runs} runs (Redis broker, PostgreSQL ledger, gunicorn):")
+        print(f"API + dp worker, {args.runs} runs each (Redis broker, PostgreSQL ledger, gunicorn):")
+        print(f"  ONE request: count + mean(income) + count by educ  p50 {statistics.median(per_set):6.1f} ms  "
+              f"p95 {pct(per_set, 95):6.1f} ms   [target p50 <= 150 ms]")
         for q, times in per_query.items():
-            print(f"  {q:<48} p50 {statistics.median(times):6.1f} ms  p95 {pct(times, 95):6.1f} ms")
-        print(f"  all three (three requests)                       p50 {statistics.median(per_set):6.1f} ms  "
-              f"p95 {pct(per_set, 95):6.1f} ms")
+            print(f"  alone: {q:<44} p50 {statistics.median(times):6.1f} ms  p95 {pct(times, 95):6.1f} ms")
 
         import opendp.prelude as dp
         import polars as pl
@@ -188,7 +197,8 @@ def main() -> None:
         context_p50 = statistics.median(context_times)
         print(f"OpenDP Context path, same three queries on the plaintext, {args.context_runs} runs: "
               f"p50 {context_p50:.0f} ms")
-        print(f"speed-up of the API path (all three) over the Context path: {context_p50 / statistics.median(per_set):.1f}x")
+        print(f"speed-up of the one-request API path over the Context path: "
+              f"{context_p50 / statistics.median(per_set):.1f}x   [target >= 10x]")
     finally:
         for process in (web, worker):
             process.terminate()

@@ -15,7 +15,14 @@ from clearinghouse.organisations.selectors import organisation_directory_get
 
 from .ledger import allocation_set, budget_set
 from .selectors import budget_left_for, budget_spending, query_get, query_list
-from .services import query_error_for, query_prepare, query_preview_run, query_submit, query_wait
+from .services import (
+    query_error_for,
+    query_prepare,
+    query_preview_run,
+    query_submit,
+    query_submit_many,
+    query_wait,
+)
 
 
 class BudgetApi(APIView):
@@ -72,6 +79,13 @@ class QueryInputSerializer(serializers.Serializer):
     privacy = serializers.JSONField(required=False, default=None, help_text='e.g. {"epsilon": 1.0}')
 
 
+class QueryBatchInputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "QueryBatchInput"
+
+    queries = QueryInputSerializer(many=True, help_text="Several queries released in one request.")
+
+
 def _wait_seconds(request) -> float:
     try:
         asked = float(request.query_params.get("wait", settings.QUERY_WAIT_SECONDS))
@@ -113,7 +127,21 @@ class QueryListSubmitApi(APIView):
 
     @extend_schema(request=QueryInputSerializer, responses={200: dict, 202: dict}, operation_id="queries_release")
     def post(self, request, organisation: str, slug: str):
+        """One query (`sql`/`spec` + `privacy`), or several as `{"queries": [...]}` (each priced,
+        debited and answered on its own; the response lists them in order)."""
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        if isinstance(request.data, dict) and "queries" in request.data:
+            items = validated(QueryBatchInputSerializer, request.data)["queries"]
+            outcomes = query_submit_many(actor=request.user, dataset=dataset, items=[dict(i) for i in items])
+            bodies = []
+            for query, replayed in outcomes:
+                query = query_wait(query=query, timeout=_wait_seconds(request))
+                body = query_body(query, replayed=replayed)
+                if query.status == "failed":
+                    body["error"] = {"code": query.error_code, "detail": query.error_message}
+                bodies.append(body)
+            done = all(b["status"] in {"released", "failed"} for b in bodies)
+            return Response({"results": bodies}, status=200 if done else 202)
         data = validated(QueryInputSerializer, request.data)
         query, replayed = query_submit(actor=request.user, dataset=dataset, **data)
         query = query_wait(query=query, timeout=_wait_seconds(request))

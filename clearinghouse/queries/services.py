@@ -94,41 +94,65 @@ def query_prepare(*, actor: Any, dataset: Dataset, spec: Any = None, sql: str | 
 
 
 def query_submit(*, actor: Any, dataset: Dataset, spec: Any = None, sql: str | None = None,
-                 privacy: dict | None = None, replay: bool = True) -> tuple[Query, bool]:
-    """Records a release request and queues it; returns (query, replayed). An identical earlier
-    query of the same organisation on the same version answers again without new spending, so that
-    asking repeatedly can never average the noise away."""
-    version, budget, parsed = query_prepare(actor=actor, dataset=dataset, spec=spec, sql=sql, privacy=privacy)
+                 privacy: dict | None = None) -> tuple[Query, bool]:
+    """One query: see `query_submit_many`."""
+    return query_submit_many(actor=actor, dataset=dataset, items=[{"spec": spec, "sql": sql, "privacy": privacy}])[0]
+
+
+MAX_QUERIES_PER_REQUEST = 20
+
+
+def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> list[tuple[Query, bool]]:
+    """Records release requests and queues them together (one worker task); returns (query,
+    replayed) per item. All are validated before any is recorded. Each query is priced, debited and
+    released on its own; an identical earlier query of the same organisation on the same version
+    answers again without new spending, so that asking repeatedly can never average the noise away."""
+    if not items or len(items) > MAX_QUERIES_PER_REQUEST:
+        raise ValidationFailed(f"Send 1 to {MAX_QUERIES_PER_REQUEST} queries at once.", code="invalid_query")
+    prepared = []
+    for index, item in enumerate(items):
+        try:
+            prepared.append(query_prepare(actor=actor, dataset=dataset, spec=item.get("spec"), sql=item.get("sql"),
+                                          privacy=item.get("privacy")))
+        except ValidationFailed as exc:
+            if len(items) > 1:
+                exc.message = f"queries[{index}]: {exc.message}"
+            raise
     membership = membership_active(user=actor)
-    existing = Query.objects.filter(organisation=membership.organisation, version=version,
-                                    query_hash=parsed.hash).exclude(status=QueryStatus.FAILED).first()
-    if existing is not None:
-        if replay:
-            with transaction.atomic():
+    task_id = uuid.uuid4().hex
+    outcomes: list[tuple[Query, bool]] = []
+    created: list[int] = []
+    with transaction.atomic():
+        for item, (version, _, parsed) in zip(items, prepared):
+            existing = Query.objects.filter(organisation=membership.organisation, version=version,
+                                            query_hash=parsed.hash).exclude(status=QueryStatus.FAILED).first()
+            if existing is not None:
                 audit_record(actor=actor, action="query.replayed", organisation=membership.organisation,
                              target=existing, extra={"query_hash": parsed.hash})
-            return existing, True
-        # Benchmarks and tests may turn replay off; the stored release is then left alone and a new
-        # query (a different hash) must be asked for. Identical queries always replay.
-        raise Conflict("This exact query was already released to your organisation.", code="already_released")
-    task_id = uuid.uuid4().hex
-    try:
-        with transaction.atomic():
-            query = Query.objects.create(
-                dataset=dataset, version=version, organisation=membership.organisation, analyst=actor,
-                spec=parsed.to_dict(), sql=sql or "", query_hash=parsed.hash, cost=0.0, privacy=privacy or {},
-                task_id=task_id)
+                outcomes.append((existing, True))
+                continue
+            try:
+                with transaction.atomic():
+                    query = Query.objects.create(
+                        dataset=dataset, version=version, organisation=membership.organisation, analyst=actor,
+                        spec=parsed.to_dict(), sql=item.get("sql") or "", query_hash=parsed.hash, cost=0.0,
+                        privacy=item.get("privacy") or {}, task_id=task_id)
+            except IntegrityError:  # the same query arrived concurrently (or twice in this request)
+                query = Query.objects.get(organisation=membership.organisation, version=version,
+                                          query_hash=parsed.hash, status__in=[QueryStatus.PENDING,
+                                                                              QueryStatus.RUNNING,
+                                                                              QueryStatus.RELEASED])
+                outcomes.append((query, True))
+                continue
             audit_record(actor=actor, action="query.submitted", organisation=membership.organisation, target=query,
                          extra={"dataset": dataset.pk, "version": version.number, "query_hash": parsed.hash})
+            outcomes.append((query, False))
+            created.append(query.pk)
+        if created:
             from .tasks import query_execute_task
 
-            transaction.on_commit(lambda: query_execute_task.apply_async((query.pk,), task_id=task_id))
-    except IntegrityError:
-        # The same query was submitted concurrently: answer with that one.
-        existing = Query.objects.get(organisation=membership.organisation, version=version, query_hash=parsed.hash,
-                                     status__in=[QueryStatus.PENDING, QueryStatus.RUNNING, QueryStatus.RELEASED])
-        return existing, True
-    return query, False
+            transaction.on_commit(lambda: query_execute_task.apply_async((created,), task_id=task_id))
+    return outcomes
 
 
 def _finish(query: Query, *, status: str, result: dict | None = None, code: str = "", message: str = "") -> Query:

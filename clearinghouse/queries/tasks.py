@@ -47,10 +47,11 @@ def _loader(version: DatasetVersion):
 
 
 @shared_task(name="queries.execute", acks_late=True)
-def query_execute_task(query_id: int) -> str:
+def query_execute_task(query_ids: list[int]) -> list[str]:
+    """Releases the queries of one request in order (each priced and debited on its own)."""
     from .services import query_execute
 
-    return query_execute(query_id=query_id, data_loader=_loader).status
+    return [query_execute(query_id=query_id, data_loader=_loader).status for query_id in query_ids]
 
 
 @shared_task(name="queries.preview")

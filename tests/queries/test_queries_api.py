@@ -111,3 +111,26 @@ def test_foreign_and_ungranted_datasets_answer_404(setup):
     response = api_client(org_c_admin).post(URL, {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.1}},
                                             format="json")
     assert response.status_code == 404 and response.json()["code"] == "not_found"
+
+
+def test_several_queries_in_one_request_are_priced_and_answered_each(setup):
+    world, dataset = setup
+    analyst = api_client(world.b.analyst)
+    body = {"queries": [
+        {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.2}},
+        {"sql": "SELECT AVG(income) FROM pums", "privacy": {"epsilon": 0.2}},
+        {"sql": "SELECT educ, COUNT(*) FROM pums GROUP BY educ", "privacy": {"epsilon": 0.2}},
+    ]}
+    response = analyst.post(URL, body, format="json")
+    assert response.status_code == 200, response.json()
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == ["released"] * 3
+    assert [len(r["result"]["rows"]) for r in results] == [1, 1, 16]
+    assert spent(dataset) == pytest.approx(0.6)
+    assert LedgerEntry.objects.filter(budget__dataset=dataset).count() == 3
+    again = analyst.post(URL, body, format="json").json()["results"]
+    assert all(r["replayed"] for r in again) and spent(dataset) == pytest.approx(0.6)
+    bad = analyst.post(URL, {"queries": [body["queries"][0], {"sql": "SELECT * FROM pums", "privacy": {"epsilon": 1}}]},
+                       format="json")
+    assert bad.status_code == 400 and bad.json()["code"] == "unsupported_sql"
+    assert bad.json()["detail"].startswith("queries[1]:")
