@@ -36,17 +36,9 @@ from django.core.management import call_command  # noqa: E402
 from django.test import Client  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "datasets"
-SCHEMA = {
-    "columns": [
-        {"name": "age", "type": "integer", "lower": 0, "upper": 100},
-        {"name": "sex", "type": "categorical", "categories": ["0", "1"]},
-        {"name": "educ", "type": "categorical", "categories": [str(i) for i in range(1, 17)]},
-        {"name": "race", "type": "categorical"},
-        {"name": "income", "type": "float", "lower": 0, "upper": 500000},
-        {"name": "married", "type": "boolean"},
-    ],
-    "privacy_unit": {"kind": "row"},
-}
+
+
+from clearinghouse.datasets.reference_schemas import PUMS  # noqa: E402
 
 
 def pums_csv(rows: int) -> bytes:
@@ -93,7 +85,7 @@ def main() -> None:
     upload_s, ingest_s = [], []
     for attempt in range(args.repeat):
         slug = f"pums-{attempt}"
-        dataset_register(actor=steward, organisation=organisation, name=slug, slug=slug, schema=SCHEMA)
+        dataset_register(actor=steward, organisation=organisation, name=slug, slug=slug, schema=PUMS)
         started = time.perf_counter()
         response = client.post(f"/api/v1/datasets/bench/{slug}/versions", {"file": io.BytesIO(data)})
         upload_s.append(time.perf_counter() - started)

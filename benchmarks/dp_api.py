@@ -40,16 +40,9 @@ QUERIES = [
     "SELECT AVG(income) FROM pums",
     "SELECT educ, COUNT(*) FROM pums GROUP BY educ",
 ]
-SCHEMA = {
-    "columns": [
-        {"name": "age", "type": "integer", "lower": 0, "upper": 100},
-        {"name": "sex", "type": "categorical", "categories": ["0", "1"]},
-        {"name": "educ", "type": "categorical", "categories": [str(i) for i in range(1, 17)]},
-        {"name": "race", "type": "categorical"},
-        {"name": "income", "type": "float", "lower": 0, "upper": 500000},
-        {"name": "married", "type": "boolean"},
-    ],
-}
+
+
+from clearinghouse.datasets.reference_schemas import PUMS  # noqa: E402
 
 
 def create_database() -> None:
@@ -104,7 +97,7 @@ def setup(rows: int):
 
     frame = pl.read_csv(ROOT.parent / "shared" / "datasets" / "pums_1000.csv", infer_schema=False)
     data = frame.sample(rows, with_replacement=True, seed=20261125).write_csv().encode()
-    dataset = dataset_register(actor=owner_admin, organisation=owner, name="PUMS", slug="pums", schema=SCHEMA)
+    dataset = dataset_register(actor=owner_admin, organisation=owner, name="PUMS", slug="pums", schema=PUMS)
     client = Client(HTTP_HOST="127.0.0.1")
     client.force_login(owner_admin)
     assert client.post("/api/v1/datasets/census/pums/versions", {"file": io.BytesIO(data)}).status_code == 202

@@ -4,25 +4,15 @@
 import polars as pl
 import pytest
 
+from clearinghouse.datasets import reference_schemas
 from clearinghouse.datasets.ingest import IngestError, check, infer_schema, read_raw
 from clearinghouse.datasets.schema import DatasetSchema
 from tests.datasets.test_schema import PUMS_YAML
 from tests.shared_data import DATASETS as SHARED  # noqa: E402
 
 PUMS = DatasetSchema.parse(PUMS_YAML)
-ADULT = DatasetSchema.from_dict({"columns": [
-    {"name": "sex", "type": "categorical", "categories": ["Male", "Female"]},
-    {"name": "age", "type": "integer", "lower": 17, "upper": 90},
-    {"name": "race", "type": "categorical"},
-    {"name": "marital-status", "type": "categorical"},
-    {"name": "education", "type": "categorical"},
-    {"name": "native-country", "type": "categorical"},
-    {"name": "workclass", "type": "categorical"},
-    {"name": "occupation", "type": "categorical"},
-    {"name": "salary-class", "type": "categorical", "categories": ["<=50K", ">50K"]},
-]})
-SMS = DatasetSchema.from_dict({"columns": [{"name": "Label", "type": "categorical", "categories": ["ham", "spam"]},
-                                           {"name": "SMS", "type": "text", "max_length": 1000}]})
+ADULT = DatasetSchema.from_dict(reference_schemas.ADULT)
+SMS = DatasetSchema.from_dict(reference_schemas.SMS_SPAM)
 
 
 def test_pums_is_read_checked_and_typed():

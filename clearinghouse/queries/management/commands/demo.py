@@ -15,6 +15,7 @@ from django.db import transaction
 
 from clearinghouse.accounts.models import User
 from clearinghouse.accounts.services import api_token_create, operator_create, user_signup
+from clearinghouse.datasets.reference_schemas import ADULT, PUMS
 from clearinghouse.datasets.services import (
     agreement_accept,
     agreement_publish,
@@ -34,25 +35,6 @@ from clearinghouse.queries.ledger import allocation_set, budget_set
 
 DATASETS = Path(os.environ.get("CLEARINGHOUSE_SHARED_DATASETS", settings.BASE_DIR.parent / "shared" / "datasets"))
 PASSWORD = "demo-Consortium-2026"
-PUMS = {"columns": [
-    {"name": "age", "type": "integer", "lower": 0, "upper": 100},
-    {"name": "sex", "type": "categorical", "categories": ["0", "1"]},
-    {"name": "educ", "type": "categorical", "categories": [str(i) for i in range(1, 17)]},
-    {"name": "race", "type": "categorical"},
-    {"name": "income", "type": "float", "lower": 0, "upper": 500000},
-    {"name": "married", "type": "boolean"},
-]}
-ADULT = {"columns": [
-    {"name": "sex", "type": "categorical", "categories": ["Male", "Female"]},
-    {"name": "age", "type": "integer", "lower": 17, "upper": 90},
-    {"name": "race", "type": "categorical"},
-    {"name": "marital-status", "type": "categorical"},
-    {"name": "education", "type": "categorical"},
-    {"name": "native-country", "type": "categorical"},
-    {"name": "workclass", "type": "categorical"},
-    {"name": "occupation", "type": "categorical"},
-    {"name": "salary-class", "type": "categorical", "categories": ["<=50K", ">50K"]},
-]}
 
 
 class Command(BaseCommand):
