@@ -121,7 +121,7 @@ def main() -> None:
         storage.read_table(version.data_path, context)
         load_s.append(time.perf_counter() - started)
     pmb = len(parquet) / 1e6
-    print(f"stored Parquet: {pmb:.1f} MB (zstd); encrypt {pmb / statistics.median(enc_s):.0f} MB/s, "
+    print(f"stored Parquet: {pmb:.1f} MB (LZ4); encrypt {pmb / statistics.median(enc_s):.0f} MB/s, "
           f"decrypt {pmb / statistics.median(dec_s):.0f} MB/s")
     ratio = statistics.median(load_s) / statistics.median(plain_s)
     print(f"plain Parquet read: {best(plain_s)}; decrypt+load: {best(load_s)} -> {ratio:.2f}x   [target <= 1.5x]")

@@ -242,10 +242,13 @@ def query_wait(*, query: Query, timeout: float) -> Query:
     from celery.exceptions import TimeoutError as CeleryTimeout
     from celery.result import AsyncResult
 
+    query.refresh_from_db()
+    # Only wait when still unfinished: waiting again on a task whose result was already consumed
+    # (several queries of one request share a task) would idle until the backend's poll times out.
     if query.status in {QueryStatus.PENDING, QueryStatus.RUNNING} and query.task_id and timeout > 0:
         try:  # (Celery reads a timeout of 0 as "forever", hence the guard)
             AsyncResult(query.task_id).get(timeout=timeout, propagate=False, interval=0.02)
         except CeleryTimeout:
             pass
-    query.refresh_from_db()
+        query.refresh_from_db()
     return query
