@@ -1,0 +1,168 @@
+"""The ClientApp: runs on a member's SuperNode, trains and evaluates on the member's own data.
+
+Messages from the ServerApp:
+
+- ``query``: "who are you?" -> the node's ``organisation`` (node config) so the ServerApp can keep
+  only the job's participants. No data leaves: just the slug the member configured.
+- ``train``: global trainable state (``ArrayRecord`` "arrays") + ``ConfigRecord`` "config"
+  (``server-round``, ``train-config`` JSON, ``test-fraction``, ``proximal-mu`` under FedProx) ->
+  the locally trained trainable state + train metrics.
+- ``evaluate``: global trainable state -> metrics on the member's local held-out split.
+
+Where the data is and which columns hold text and label come from the node config
+(``--node-config "data-path='/data/sms.tsv' text-column='SMS' label-column='Label'
+organisation='acme'"``), never from the server. Only trainable parameters (LoRA adapters + head)
+travel; the base model is loaded locally.
+
+The ML stack is imported lazily, so a ``query`` costs no torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federation.flower.settings import NodeSettings
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+# Per-process cache: (train-config JSON, node settings) -> (config, model, tokenizer, train, test).
+_CACHE: dict[tuple[str, NodeSettings, float], tuple[Any, ...]] = {}
+
+
+def _prepare(message: Message, context: Context) -> tuple[Any, ...]:
+    from training.config import TrainConfig
+    from training.data import load_table_for_config, split_train_test
+    from training.models import build_model_and_tokenizer, select_device
+
+    node = NodeSettings.from_node_config(context.node_config)
+    config_record = message.content["config"]
+    train_json = str(config_record["train-config"])
+    test_fraction = float(config_record.get("test-fraction", 0.2))
+    key = (train_json, node, test_fraction)
+    if key not in _CACHE:
+        _CACHE.clear()
+        config = TrainConfig.from_dict(
+            {**json.loads(train_json), "text_column": node.text_column, "label_column": node.label_column}
+        )
+        options = {"delimiter": node.delimiter} if node.delimiter else {}
+        table = load_table_for_config(node.data_path, config, **options)
+        train_table, test_table = split_train_test(table, test_fraction=test_fraction, seed=config.seed)
+        model, tokenizer = build_model_and_tokenizer(config)
+        device = select_device(node.device)
+        model.to(device)
+        _CACHE[key] = (config, model, tokenizer, train_table, test_table, device, node)
+    return _CACHE[key]
+
+
+def _apply_global(model: Any, arrays: ArrayRecord) -> None:
+    from training.params import set_trainable_state
+
+    set_trainable_state(model, OrderedDict((k, v.numpy()) for k, v in arrays.items()))
+
+
+def _state_record(model: Any) -> ArrayRecord:
+    from training.params import get_trainable_state
+
+    state = get_trainable_state(model)
+    # fp32 numpy for transport (bf16 has no numpy dtype); names are the model's parameter names.
+    return ArrayRecord(OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state.items()))
+
+
+def handle_train(message: Message, context: Context) -> Message:
+    """Train on the local split starting from the received global state."""
+    from training.data import make_loader
+    from training.loops import train
+
+    started = time.perf_counter()
+    config, model, tokenizer, train_table, _, device, node = _prepare(message, context)
+    cfg = message.content["config"]
+    server_round = int(cfg.get("server-round", 1))
+    mu = float(cfg.get("proximal-mu", 0.0))
+    if mu != config.fedprox_mu:
+        config = config.replace(fedprox_mu=mu)
+    _apply_global(model, message.content["arrays"])
+    seed = (config.seed + 1000 * server_round) % 2**32  # new batch order / dropout every round
+    loader = make_loader(train_table, tokenizer=tokenizer, config=config, shuffle=True, seed=seed)
+    result = train(model, loader, config=config, device=device, seed=seed)
+    metrics = MetricRecord(
+        {
+            "num-examples": len(train_table),
+            "train-loss": result.loss,
+            "train-proximal-loss": result.proximal_loss,
+            "train-steps": result.steps,
+            "train-examples": result.examples,
+            "train-seconds": result.seconds,
+            "client-seconds": time.perf_counter() - started,
+        }
+    )
+    content = RecordDict({"arrays": _state_record(model), "metrics": metrics})
+    content["info"] = ConfigRecord({"organisation": node.organisation, "device": str(device)})
+    return Message(content=content, reply_to=message)
+
+
+def handle_evaluate(message: Message, context: Context) -> Message:
+    """Evaluate the received global state on the local held-out split."""
+    from training.data import make_loader
+    from training.loops import evaluate
+
+    started = time.perf_counter()
+    config, model, tokenizer, _, test_table, device, node = _prepare(message, context)
+    _apply_global(model, message.content["arrays"])
+    loader = make_loader(
+        test_table, tokenizer=tokenizer, config=config, shuffle=False, batch_size=config.batch_size * 2
+    )
+    result = evaluate(model, loader, device=device, mixed_precision=config.mixed_precision)
+    values: dict[str, Any] = {
+        "num-examples": result.n,
+        "eval-loss": result.loss,
+        "eval-accuracy": result.accuracy,
+        "eval-macro-f1": result.macro_f1,
+        "eval-seconds": time.perf_counter() - started,
+    }
+    for label, f1 in result.per_class_f1.items():
+        if f1 is not None:
+            values[f"eval-f1-{label}"] = f1
+    content = RecordDict({"metrics": MetricRecord(values)})
+    content["info"] = ConfigRecord(
+        {"organisation": node.organisation, "confusion": json.dumps(result.confusion)}
+    )
+    return Message(content=content, reply_to=message)
+
+
+def handle_query(message: Message, context: Context) -> Message:
+    """Identify this node (organisation slug from the node config); checks the data path exists."""
+    from pathlib import Path
+
+    organisation = str(context.node_config.get("organisation", ""))
+    data_path = context.node_config.get("data-path")
+    info = ConfigRecord(
+        {
+            "organisation": organisation,
+            "has-data": bool(isinstance(data_path, str) and Path(data_path).is_file()),
+        }
+    )
+    return Message(content=RecordDict({"info": info}), reply_to=message)
+
+
+@app.train()
+def _train(message: Message, context: Context) -> Message:
+    return handle_train(message, context)
+
+
+@app.evaluate()
+def _evaluate(message: Message, context: Context) -> Message:
+    return handle_evaluate(message, context)
+
+
+@app.query()
+def _query(message: Message, context: Context) -> Message:
+    return handle_query(message, context)

@@ -1,0 +1,153 @@
+"""Preflight for members: check, before joining a job, that the local data and the model load.
+
+    python -m federation.flower.preflight --data-path /data/sms.tsv --text-column SMS \
+        --label-column Label --labels ham,spam [--base-model minilm-l6] [--json]
+
+Loads the file exactly as the ClientApp will (same loader, same columns and labels), builds the
+model as the job will (LoRA adapters + head), and reports rows, label counts, the local
+train/held-out split, text lengths, parameter counts and the device. Any problem is reported as
+one clear message (exit status 2), the same message the job would fail with later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from federation.flower.settings import NODE_DATA_PATH, NODE_LABEL_COLUMN, NODE_TEXT_COLUMN
+
+
+def preflight(
+    *,
+    data_path: str,
+    text_column: str,
+    label_column: str,
+    labels: list[str],
+    base_model: str = "minilm-l6",
+    delimiter: str | None = None,
+    device: str | None = None,
+    max_length: int = 128,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    lora: bool = True,
+) -> dict[str, Any]:
+    """Return a JSON-serialisable report; raises ``TrainingError`` subclasses with clear messages."""
+    from training.config import TrainConfig
+    from training.data import load_table_for_config, split_train_test
+    from training.models import build_model_and_tokenizer, count_parameters, select_device
+    from training.params import get_trainable_state, state_nbytes
+
+    started = time.perf_counter()
+    config = TrainConfig(
+        labels=tuple(labels),
+        base_model=base_model,
+        text_column=text_column,
+        label_column=label_column,
+        max_length=max_length,
+        seed=seed,
+        lora=lora,
+    )
+    options = {"delimiter": delimiter} if delimiter else {}
+    table = load_table_for_config(data_path, config, **options)
+    counts = table.label_counts()
+    warnings = []
+    empty = [label for label, n in counts.items() if n == 0]
+    if empty:
+        warnings.append(f"no rows with label(s) {empty!r}: this member cannot help the model learn them")
+    train_table, test_table = split_train_test(table, test_fraction=test_fraction, seed=seed)
+    lengths = sorted(len(t) for t in table.texts)
+
+    model, tokenizer = build_model_and_tokenizer(config)
+    dev = select_device(device)
+    trainable, total = count_parameters(model)
+    sample = list(table.texts[:256])
+    token_counts = [len(ids) for ids in tokenizer(sample, truncation=False)["input_ids"]]
+    truncated = sum(n > max_length for n in token_counts)
+    if truncated:
+        warnings.append(
+            f"{truncated} of the first {len(sample)} texts exceed max_length={max_length} tokens and will be truncated"
+        )
+    return {
+        "ok": True,
+        "data_path": str(data_path),
+        "rows": len(table),
+        "label_counts": counts,
+        "train_rows": len(train_table),
+        "held_out_rows": len(test_table),
+        "text_chars": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]},
+        "base_model": base_model,
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "total_parameters": total,
+        "trainable_parameters": trainable,
+        "trainable_bytes": state_nbytes(get_trainable_state(model)),
+        "device": str(dev),
+        "cuda_available": dev.type == "cuda",
+        "warnings": warnings,
+        "seconds": round(time.perf_counter() - started, 2),
+        "node_config": (
+            f"{NODE_DATA_PATH}='{data_path}' {NODE_TEXT_COLUMN}='{text_column}' {NODE_LABEL_COLUMN}='{label_column}'"
+        ),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m federation.flower.preflight", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--data-path", required=True)
+    parser.add_argument("--text-column", required=True)
+    parser.add_argument("--label-column", required=True)
+    parser.add_argument("--labels", required=True, help="comma-separated, in the job's order, e.g. ham,spam")
+    parser.add_argument("--base-model", default="minilm-l6", help="'minilm-l6' or a local model directory")
+    parser.add_argument(
+        "--delimiter", default=None, help="for delimited text files (default: by suffix / sniffed)"
+    )
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    args = parser.parse_args(argv)
+
+    from training.config import TrainingError
+
+    labels = [s.strip() for s in args.labels.split(",") if s.strip()]
+    delimiter = "\t" if args.delimiter in ("\\t", "tab") else args.delimiter
+    try:
+        report = preflight(
+            data_path=args.data_path,
+            text_column=args.text_column,
+            label_column=args.label_column,
+            labels=labels,
+            base_model=args.base_model,
+            delimiter=delimiter,
+            device=args.device,
+            max_length=args.max_length,
+        )
+    except TrainingError as exc:
+        if args.json:
+            print(json.dumps({"ok": False, "error": str(exc)}))
+        else:
+            print(f"preflight FAILED: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"preflight OK ({report['seconds']} s)")
+    print(f"  data:    {report['data_path']}: {report['rows']} rows, labels {report['label_counts']}")
+    print(f"           local split: {report['train_rows']} train / {report['held_out_rows']} held out")
+    print(f"           text length (chars): {report['text_chars']}")
+    print(
+        f"  model:   {report['base_model']} ({report['model_type']}): {report['total_parameters']:,} parameters, "
+        f"{report['trainable_parameters']:,} trainable ({report['trainable_bytes']:,} bytes exchanged per update)"
+    )
+    print(f"  device:  {report['device']}")
+    for warning in report["warnings"]:
+        print(f"  warning: {warning}")
+    print(f'  SuperNode: --node-config "{report["node_config"]}"')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
