@@ -22,4 +22,5 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	sh scripts/ensure-chromium
+	sh scripts/ensure-compose
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ from clearinghouse.audit import apis as audit
 from clearinghouse.datasets import apis as datasets
 from clearinghouse.organisations import apis as organisations
 from clearinghouse.queries import apis as queries
+from federation import apis as federation
 
 app_name = "api"
 
@@ -48,4 +49,16 @@ urlpatterns = [
     path("queries/<int:query_id>", queries.QueryDetailApi.as_view(), name="query"),
     path("datasets/<slug:organisation>/<slug:slug>/agreement/accept", datasets.AgreementAcceptApi.as_view(),
          name="dataset_agreement_accept"),
+    path("federated-jobs", federation.JobListCreateApi.as_view(), name="federated_jobs"),
+    path("federated-jobs/<int:job_id>", federation.JobDetailApi.as_view(), name="federated_job"),
+    path("federated-jobs/<int:job_id>/participation", federation.JobParticipationApi.as_view(),
+         name="federated_job_participation"),
+    path("federated-jobs/<int:job_id>/schedule", federation.JobScheduleApi.as_view(), name="federated_job_schedule"),
+    path("federated-jobs/<int:job_id>/cancel", federation.JobCancelApi.as_view(), name="federated_job_cancel"),
+    path("federated-jobs/<int:job_id>/rounds", federation.JobRoundsApi.as_view(), name="federated_job_rounds"),
+    path("federated-jobs/<int:job_id>/artifact", federation.JobArtifactApi.as_view(), name="federated_job_artifact"),
+    path("federated-jobs/<int:job_id>/events", federation.JobEventApi.as_view(), name="federated_job_events"),
+    path("organisations/<slug:slug>/supernode-keys", federation.SuperNodeKeyListCreateApi.as_view(),
+         name="supernode_keys"),
+    path("supernode-keys/<int:key_id>/revoke", federation.SuperNodeKeyRevokeApi.as_view(), name="supernode_key_revoke"),
 ]

@@ -2,13 +2,16 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from clearinghouse.core.views import api_not_found
+from clearinghouse.core.views import api_not_found, healthz, metrics_view, readyz
 
 urlpatterns = [
     path("api/v1/", include("clearinghouse.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api_schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api_schema"), name="api_docs"),
     path("admin/", admin.site.urls),
+    path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics_view, name="metrics"),
     path("", include("clearinghouse.portal.urls")),
 ]
 

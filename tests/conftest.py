@@ -3,7 +3,12 @@ without it (e.g. `pytest -p no:django tests/crypto`)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+from tests import log_secrets
 
 
 @pytest.fixture
@@ -12,37 +17,92 @@ def world(db):
     request, an open invitation and an admin API token (see tests/factories.py)."""
     from tests.factories import build_world
 
-    return build_world()
+    world = build_world()
+    for side in (world.a, world.b):
+        log_secrets.remember(side.invitation_token, "invitation token")
+    return world
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remember_api_token_secrets(request):
+    """Records every API token secret the run creates, for the log check below. A pass-through
+    wrapper: the real generator runs and its result is returned unchanged."""
+    if not request.config.pluginmanager.hasplugin("django"):
+        yield  # a pure-core run (-p no:django) makes no tokens
+        return
+    from clearinghouse.accounts import services
+
+    original = services.token_generate
+
+    def generate_and_remember():
+        text, prefix, secret_hash = original()
+        log_secrets.remember(text.split("_", 2)[2], "API token secret")
+        return text, prefix, secret_hash
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(services, "token_generate", generate_and_remember)
+        yield
+
+
+def _fixed_secrets() -> dict[str, str]:
+    """Secrets every run uses: settings, factory and demo passwords, the dev keyring's key bytes,
+    distinctive dataset values."""
+    from django.conf import settings
+
+    from clearinghouse.queries.management.commands.demo import PASSWORD as DEMO_PASSWORD
+    from tests.factories import PASSWORD
+
+    found = {settings.SECRET_KEY: "SECRET_KEY", settings.METRICS_TOKEN: "METRICS_TOKEN",
+             PASSWORD: "factory password", DEMO_PASSWORD: "demo password",
+             # tests/datasets/test_datasets.py::test_no_plaintext_in_storage_or_temp uploads it.
+             "Zebulon-Quixotic-4471": "dataset value"}
+    found.update(log_secrets.keyring_material(Path(settings.VAR_DIR) / "keyring.dev.json"))
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No log line of the run may hold a secret the tests used: fails the run (exit status 1) and
+    says where, without printing the secret."""
+    log_dir = os.environ.get("CLEARINGHOUSE_TEST_LOG_DIR")
+    if not log_dir or not session.config.pluginmanager.hasplugin("django"):
+        return
+    from django.apps import apps
+
+    directory = Path(log_dir)
+    log_secrets.write_secrets(directory, _fixed_secrets() if apps.ready else {})
+    if hasattr(session.config, "workerinput"):
+        return  # an xdist worker: the main process scans once every worker has written its secrets
+    findings = log_secrets.scan(directory, log_secrets.read_secrets(directory))
+    if findings:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["", "=" * 30 + " SECRETS IN LOGS " + "=" * 30,
+                 f"{len(findings)} log line(s) under {directory} hold a secret the tests used:", *findings[:50]]
+        for line in lines:
+            reporter.write_line(line, red=True, bold=True) if reporter else print(line)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
 def celery_worker_process():
     """A real `celery worker` process on the configured broker (Redis in CI, the embedded SQLite
     transport otherwise), the same command the service runs."""
-    import os
-    import subprocess
     import sys
 
     from clearinghouse.core.tasks import ping_task
+    from tests.processes import child_env, start, stop
 
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="clearinghouse.settings.test")
-    process = subprocess.Popen(
+    process, output = start(
         [sys.executable, "-m", "celery", "-A", "clearinghouse", "worker", "--pool", "solo", "--loglevel", "WARNING",
          "--queues", "default", "--hostname", f"test-{os.getpid()}@%h"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+        child_env(DJANGO_SETTINGS_MODULE="clearinghouse.settings.test"), "celery-worker")
     # Readiness by a task round trip: the embedded SQLite transport has no broadcast for control.ping.
     try:
         ping_task.delay().get(timeout=90)
     except Exception:
         process.kill()
-        raise RuntimeError(f"celery worker did not answer within 90 s: {process.stdout.read()[-2000:]}") from None
+        raise RuntimeError(f"celery worker did not answer within 90 s: {output.read_text()[-2000:]}") from None
     yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop(process)
 
 
 @pytest.fixture

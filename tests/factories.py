@@ -73,6 +73,8 @@ class OrgSide:
     admin_token_id: int
     dataset: object
     grant_id: int
+    job_id: int = 0  # a federated job with this organisation as its one (accepted) participant, with a model
+    node_key_id: int = 0  # a SuperNode key of this organisation (pending: no SuperLink in most tests)
 
 
 @dataclass
@@ -150,4 +152,41 @@ def build_world() -> World:
     organisation C exists only to receive those grants."""
     operator = make_operator()
     grantee = make_organisation(operator=operator, admin=make_user("admin_org-c"), slug="org-c")
-    return World(operator=operator, a=_side(operator, "org-a", grantee), b=_side(operator, "org-b", grantee))
+    world = World(operator=operator, a=_side(operator, "org-a", grantee), b=_side(operator, "org-b", grantee))
+    for side in (world.a, world.b):
+        side.job_id = make_finished_job(operator=operator, admin=side.admin).pk
+        side.node_key_id = make_node_key(admin=side.admin).pk
+    return world
+
+
+def make_node_key(*, admin: User, name: str = "gpu-1"):
+    from federation.flower.security import make_supernode_keypair
+    from federation.services import supernode_key_add
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, public = make_supernode_keypair(Path(tmp), name)
+        return supernode_key_add(actor=admin, organisation=admin.membership.organisation, name=name,
+                                 public_key=public.read_text())
+
+
+def make_finished_job(*, operator: User, admin: User):
+    """A one-participant job accepted by `admin`'s organisation, with a stored (tiny) model
+    artifact, as if it had run."""
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    from federation.models import FederatedJob, JobState, ModelArtifact
+    from federation.services import job_create, job_participation_decide
+
+    organisation = admin.membership.organisation
+    job = job_create(actor=operator, name=f"Spam filter {organisation.slug}", text_column="SMS", label_column="Label",
+                     labels=["ham", "spam"], participants=[{"organisation": organisation.slug}], min_clients=1)
+    job_participation_decide(actor=admin, job=job, decision="accept")
+    name = default_storage.save(f"federation/{job.uid}/adapter.safetensors", ContentFile(b"model-bytes"))
+    ModelArtifact.objects.create(job=job, file_name=name, size=11, sha256="0" * 64, report={"status": "succeeded"})
+    FederatedJob.objects.filter(pk=job.pk).update(state=JobState.SUCCEEDED)
+    job.refresh_from_db()
+    return job

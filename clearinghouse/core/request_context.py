@@ -27,6 +27,11 @@ def current() -> RequestContext:
     return ctx
 
 
+def active() -> RequestContext | None:
+    """The context of the request or task being served, or None outside one (logs then show no id)."""
+    return _current.get()
+
+
 def activate(ctx: RequestContext) -> contextvars.Token:
     return _current.set(ctx)
 

@@ -10,6 +10,10 @@ Typical use::
     keyring = keyring.rotated(); keyring.save(path, overwrite=True)
     rewrap_stream(old_file, new_file, keyring=keyring)         # segments copied unchanged
 
+    # A writer holding only a staging public key (e.g. the web process) can encrypt, not decrypt:
+    public = keyring.staging_current.public                    # or StagingPublicKey.from_file(path)
+    encrypt_stream(src, dst, recipient=public, context=ctx)   # decrypt_stream(..., keyring=keyring)
+
 Design and file format: `envelope` and `header` module docstrings.
 """
 
@@ -33,6 +37,8 @@ from .keyring import (
     DEFAULT_KEYRING_ENV_VAR,
     KeyEncryptionKey,
     Keyring,
+    StagingKey,
+    StagingPublicKey,
     create_dev_keyring_file,
     generate_kek_id,
 )
@@ -46,13 +52,15 @@ __all__ = [
     "Context",
     "CryptoError",
     "EncryptionInfo",
-    "StreamEncryptor",
     "FormatError",
     "HeaderInfo",
     "IntegrityError",
     "KeyEncryptionKey",
     "Keyring",
     "KeyringError",
+    "StagingKey",
+    "StagingPublicKey",
+    "StreamEncryptor",
     "UnknownKeyError",
     "canonical_context",
     "create_dev_keyring_file",

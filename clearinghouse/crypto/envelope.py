@@ -1,6 +1,6 @@
 """Envelope encryption of datasets at rest: streaming, segmented AES-256-GCM under per-file data keys.
 
-Design (format version 1; byte layout in `header`)
+Design (format version 2; byte layout in `header`)
 --------------------------------------------------
 * **Data key.** Every call to `encrypt_stream` draws a fresh random 256-bit data key (so each dataset
   version, which the service writes once, has its own). From it and a random 32-byte salt, HKDF-SHA256
@@ -14,6 +14,9 @@ Design (format version 1; byte layout in `header`)
   associated data; it does not need any here: a wrapped key moved under another KEK id, a wrong KEK
   under the right id, or a flipped bit all fail the 64-bit integrity check value, and the header MAC
   (keyed from the unwrapped data key) then covers every header byte, KEK id included.
+  Alternatively (`recipient=`, a `StagingPublicKey`) the data key is wrapped to a staging public key
+  (X25519 + HKDF + KW, see `wrapping`): a writer that holds only the public key (the web process
+  encrypting uploads) can encrypt but never decrypt; the keyring's staging private key unwraps it.
 * **Segments (STREAM, Hoang-Reyhanitabar-Rogaway-Vizár 2015).** The plaintext is cut into segments of
   S bytes (default 1 MiB; the last one shorter, empty only for empty input). Segment i is sealed with
   the payload key and the 12-byte nonce ``nonce_prefix(7) || uint32_be(i) || last_flag(1)``, where
@@ -28,8 +31,8 @@ Design (format version 1; byte layout in `header`)
   decrypted with the wrong context, fails on its first segment.
 * **Rotation.** The segment AD deliberately leaves out the KEK id and the wrapped key, and the payload
   key depends only on the data key and salt, which re-wrapping preserves. So `rewrap_header` unwraps
-  the data key with the old KEK, verifies the header MAC, wraps the same data key under the current
-  KEK and recomputes the MAC: a new header, byte-identical segments. The wrapped key authenticates
+  the data key with the old KEK (or staging key), verifies the header MAC, wraps the same data key
+  under the current KEK and recomputes the MAC: a new header, byte-identical segments. The wrapped key authenticates
   itself (KW) and the MAC re-binds it to the rest of the header. Re-wrapping needs no context, so a
   rotation job can run over storage without knowing what each file is.
 * **Header MAC.** Checked before any segment is read: a damaged header or a wrong key fails early and
@@ -52,7 +55,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
-from Crypto.Cipher import AES
 from Crypto.Hash import HMAC, SHA256
 from Crypto.Protocol.KDF import HKDF
 
@@ -69,7 +71,8 @@ from .header import (
     parse_header_bytes,
     read_header,
 )
-from .keyring import KeyEncryptionKey, Keyring
+from .keyring import Keyring, StagingPublicKey
+from .wrapping import WRAP_KEK, WRAP_X25519, unwrap_kek, unwrap_x25519, wrap_kek, wrap_x25519
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -96,7 +99,8 @@ _AD_DOMAIN = b"clearinghouse.crypto/v1 segment ad\x00"
 
 @dataclass(frozen=True)
 class EncryptionInfo:
-    """What was written (or read): enough to record in the dataset version and to sanity-check sizes."""
+    """What was written (or read): enough to record in the dataset version and to sanity-check sizes.
+    `kek_id` is the id of the key that wraps the data key (a KEK, or a staging key pair)."""
 
     kek_id: str
     segment_size: int
@@ -115,18 +119,17 @@ def _derive_keys(data_key: bytes, salt: bytes) -> tuple[bytes, bytes]:
     return payload_key, header_key
 
 
-def _wrap(kek: KeyEncryptionKey, data_key: bytes) -> bytes:
-    return AES.new(kek.key, AES.MODE_KW).seal(data_key)
-
-
-def _unwrap(kek: KeyEncryptionKey, wrapped_key: bytes) -> bytes:
-    try:
-        return AES.new(kek.key, AES.MODE_KW).unseal(wrapped_key)
-    except ValueError:
-        raise IntegrityError(
-            f"cannot unwrap the data key with KEK {kek.id!r}: the wrapped key was modified or the keyring "
-            "holds a different key under that id"
-        ) from None
+def _wrap_new(keyring: Keyring | None, recipient: StagingPublicKey | None, data_key: bytes) -> tuple[int, str, bytes]:
+    """(wrap kind, key id, wrapped key) for a new file: under the keyring's current KEK, or to a
+    staging public key."""
+    if (keyring is None) == (recipient is None):
+        raise TypeError("pass exactly one of keyring= (its current KEK) or recipient= (a staging public key)")
+    if recipient is not None:
+        if not isinstance(recipient, StagingPublicKey):
+            raise TypeError("recipient must be a StagingPublicKey")
+        return WRAP_X25519, recipient.id, wrap_x25519(recipient, data_key)
+    kek = keyring.current
+    return WRAP_KEK, kek.id, wrap_kek(kek, data_key)
 
 
 def _header_mac(header_key: bytes, header: Header) -> bytes:
@@ -135,8 +138,10 @@ def _header_mac(header_key: bytes, header: Header) -> bytes:
 
 def _open_header(header: Header, keyring: Keyring) -> tuple[bytes, bytes, bytes]:
     """Unwrap the data key and authenticate the header: returns (data key, payload key, header key)."""
-    kek = keyring.get(header.kek_id)
-    data_key = _unwrap(kek, header.wrapped_key)
+    if header.wrap_kind == WRAP_X25519:
+        data_key = unwrap_x25519(keyring.staging_get(header.kek_id), header.wrapped_key)
+    else:
+        data_key = unwrap_kek(keyring.get(header.kek_id), header.wrapped_key)
     payload_key, header_key = _derive_keys(data_key, header.salt)
     try:
         HMAC.new(header_key, header.mac_input(), digestmod=SHA256).verify(header.mac)
@@ -199,28 +204,32 @@ class StreamEncryptor:
 
     Holds at most one segment plus one byte: a segment is sealed only once a byte beyond it has
     arrived, because STREAM must know whether a segment is the final one before sealing it.
+
+    The data key is wrapped under the current KEK of `keyring`, or to `recipient` (a staging public
+    key: then this process needs, and gets, no key that could decrypt what it writes).
     """
 
-    def __init__(self, dst: BinaryIO, *, keyring: Keyring, context: Context,
-                 segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+    def __init__(self, dst: BinaryIO, *, keyring: Keyring | None = None, recipient: StagingPublicKey | None = None,
+                 context: Context, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
         ctx = canonical_context(context)
         check_segment_size(segment_size)
-        kek = keyring.current
         data_key = secrets.token_bytes(DATA_KEY_SIZE)
+        wrap_kind, key_id, wrapped_key = _wrap_new(keyring, recipient, data_key)
         salt = secrets.token_bytes(SALT_SIZE)
         payload_key, header_key = _derive_keys(data_key, salt)
         unsigned = Header(
             segment_size=segment_size,
             salt=salt,
             nonce_prefix=secrets.token_bytes(NONCE_PREFIX_SIZE),
-            kek_id=kek.id,
-            wrapped_key=_wrap(kek, data_key),
+            kek_id=key_id,
+            wrapped_key=wrapped_key,
             mac=b"",
+            wrap_kind=wrap_kind,
         )
         self._header = replace(unsigned, mac=_header_mac(header_key, unsigned))
         self._header_size = len(self._header.to_bytes())
         self._dst = dst
-        self._kek_id = kek.id
+        self._kek_id = key_id
         self._segment_size = segment_size
         self._ad = _segment_ad(self._header, ctx)
         self._cipher = new_segment_cipher(payload_key)
@@ -286,16 +295,19 @@ def encrypt_stream(
     src: BinaryIO,
     dst: BinaryIO,
     *,
-    keyring: Keyring,
+    keyring: Keyring | None = None,
+    recipient: StagingPublicKey | None = None,
     context: Context,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> EncryptionInfo:
-    """Encrypt `src` to `dst` under a fresh data key wrapped with the keyring's current KEK.
+    """Encrypt `src` to `dst` under a fresh data key wrapped with the keyring's current KEK (or to the
+    staging public key `recipient`).
 
     Memory is bounded by one segment, so datasets of any size stream through. `context` (bytes, or a
     flat mapping such as organisation/dataset/version) must be given again, identical, to decrypt.
     """
-    encryptor = StreamEncryptor(dst, keyring=keyring, context=context, segment_size=segment_size)
+    encryptor = StreamEncryptor(dst, keyring=keyring, recipient=recipient, context=context,
+                                segment_size=segment_size)
     encryptor.readinto_from(src)
     return encryptor.finish()
 
@@ -303,7 +315,8 @@ def encrypt_stream(
 def decrypt_stream(src: BinaryIO, dst: BinaryIO, *, keyring: Keyring, context: Context) -> EncryptionInfo:
     """Decrypt and authenticate `src` into `dst`, one segment at a time.
 
-    Raises `UnknownKeyError` if the file's KEK is not in `keyring`, `IntegrityError` on any tampering,
+    Raises `UnknownKeyError` if the file's KEK (or staging key) is not in `keyring`, `IntegrityError` on
+    any tampering,
     truncation, reordering, appended data, wrong KEK or wrong context. Plaintext of segments before the
     failing one may already be in `dst`: treat `dst` as garbage unless this returns.
     """
@@ -405,13 +418,15 @@ def _plaintext_size(sealed_total: int, segment_size: int) -> int:
 def encrypt_bytes(
     data: bytes | bytearray | memoryview,
     *,
-    keyring: Keyring,
+    keyring: Keyring | None = None,
+    recipient: StagingPublicKey | None = None,
     context: Context,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> bytes:
     """`encrypt_stream` for data already in memory; returns the whole encrypted file."""
     out = io.BytesIO()
-    encrypt_stream(io.BytesIO(data), out, keyring=keyring, context=context, segment_size=segment_size)
+    encrypt_stream(io.BytesIO(data), out, keyring=keyring, recipient=recipient, context=context,
+                   segment_size=segment_size)
     return out.getvalue()
 
 
@@ -460,7 +475,8 @@ def rewrap_header(header: bytes, *, keyring: Keyring) -> bytes:
     """Re-wrap a file's data key under the keyring's current KEK; returns the new header.
 
     The segments that follow the old header stay byte-for-byte valid after the new one, so rotation
-    rewrites ~150 bytes per file, not the data. The old KEK must still be in `keyring`
+    rewrites ~150 bytes per file, not the data. A file wrapped to a staging key comes out wrapped
+    under the current KEK like any other. The old KEK (or staging key) must still be in `keyring`
     (`UnknownKeyError` otherwise); a damaged header raises `IntegrityError` rather than being
     laundered into a freshly authenticated one. No context is needed. The new header may differ in
     length (KEK ids differ in length), so write it followed by the old file's segments (`rewrap_stream`).
@@ -468,7 +484,7 @@ def rewrap_header(header: bytes, *, keyring: Keyring) -> bytes:
     parsed = parse_header_bytes(header)
     data_key, _, header_key = _open_header(parsed, keyring)
     kek = keyring.current
-    unsigned = replace(parsed, kek_id=kek.id, wrapped_key=_wrap(kek, data_key), mac=b"")
+    unsigned = replace(parsed, wrap_kind=WRAP_KEK, kek_id=kek.id, wrapped_key=wrap_kek(kek, data_key), mac=b"")
     return replace(unsigned, mac=_header_mac(header_key, unsigned)).to_bytes()
 
 

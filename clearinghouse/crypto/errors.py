@@ -30,12 +30,13 @@ class FormatError(IntegrityError):
 
 
 class UnknownKeyError(CryptoError):
-    """The file's header names a key-encryption key that is not in the keyring (retired or never loaded)."""
+    """The file's header names a key (a KEK or a staging key pair) that is not in the keyring (retired
+    or never loaded)."""
 
     def __init__(self, kek_id: str) -> None:
         self.kek_id = kek_id
         super().__init__(
-            f"key-encryption key {kek_id!r} is not in the keyring; keep retired KEKs until every file "
+            f"key {kek_id!r} is not in the keyring; keep retired keys until every file "
             "wrapped under them has been re-wrapped"
         )
 

@@ -11,8 +11,9 @@ from django.utils import timezone
 
 from clearinghouse.audit.services import audit_record
 from clearinghouse.core.errors import Conflict, NotFound, ValidationFailed
+from clearinghouse.core.metrics import INGESTION_BYTES, count_on_commit
 from clearinghouse.core.text import clean_name, clean_slug
-from clearinghouse.crypto.errors import CryptoError
+from clearinghouse.crypto.errors import CryptoError, KeyringError
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_DATASETS
 from clearinghouse.organisations.selectors import membership_active, require_capability
@@ -118,17 +119,12 @@ def dataset_version_create(*, actor: Any, dataset: Dataset, upload: EncryptedUpl
 def dataset_version_import(*, actor: Any, dataset: Dataset, data: bytes, name: str, fmt: str = "",
                            delimiter: str = "", quote_char: str = '"', repair: str = "none") -> DatasetVersion:
     """A server-side import (demo, bulk loads): the bytes are encrypted into a staging file exactly as
-    an HTTP upload would be, then recorded as a new version (its ingestion queued like any other)."""
-    import uuid
+    an HTTP upload would be (to the staging public key), then recorded as a new version (its
+    ingestion queued like any other)."""
+    from .uploads import new_staging_file
 
-    from clearinghouse.core.keys import keyring
-    from clearinghouse.crypto.envelope import StreamEncryptor
-
-    from .uploads import STAGING_DIR, EncryptedUpload, open_for_write, staging_context
-
-    staging = f"{STAGING_DIR}/{uuid.uuid4().hex}.enc"
-    with open_for_write(staging) as target:
-        encryptor = StreamEncryptor(target, keyring=keyring(), context=staging_context(staging))
+    staging, target, encryptor = new_staging_file()
+    with target:
         encryptor.write(data)
         info = encryptor.finish()
     upload = EncryptedUpload(staging_name=staging, name=name, content_type="application/octet-stream",
@@ -174,6 +170,8 @@ def dataset_version_ingest(*, version_id: int) -> DatasetVersion:
     dataset = version.dataset
     try:
         plaintext = storage.read_staging(version.staging_path)
+    except KeyringError:
+        raise  # the worker's keyring is misconfigured: not the upload's fault, so not "corrupt"
     except CryptoError:
         return _version_corrupt(version, "The uploaded file failed authentication: it was altered in storage.")
     except FileNotFoundError:
@@ -208,6 +206,7 @@ def dataset_version_ingest(*, version_id: int) -> DatasetVersion:
         audit_record(actor=None, action="dataset_version.ready", organisation=dataset.organisation, target=version,
                      extra={"rows": version.row_count, "violations": result.report["violations"],
                             "repair": version.repair})
+        count_on_commit(INGESTION_BYTES.labels(outcome="ready"), version.source_bytes)
         transaction.on_commit(lambda: default_storage.delete(staging))
     return version
 
@@ -223,6 +222,7 @@ def _version_failed(version: DatasetVersion, code: str, message: str, *, report:
         version.save()
         audit_record(actor=None, action="dataset_version.failed", organisation=version.dataset.organisation,
                      target=version, extra={"code": code})
+        count_on_commit(INGESTION_BYTES.labels(outcome="failed"), version.source_bytes)
     return version
 
 
@@ -321,10 +321,11 @@ def agreement_accept(*, actor: Any, dataset: Dataset, version: int) -> Agreement
 
 
 def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
-    """Re-wraps the data key of every stored version file under the keyring's current KEK.
+    """Re-wraps the data key of every stored version file under the keyring's current KEK; staged
+    uploads (wrapped to a staging key) move under the current KEK too.
 
     Only headers change (segments are copied byte for byte); each file is replaced atomically, so a
-    crash leaves either the old header or the new one, both readable while the old KEK is kept."""
+    crash leaves either the old header or the new one, both readable while the old key is kept."""
     from clearinghouse.core.keys import keyring
     from clearinghouse.crypto.envelope import rewrap_stream
 

@@ -2,7 +2,9 @@
 
 Django's default handlers buffer large uploads to a plaintext temporary file; this handler instead
 feeds each chunk to a streaming encryptor writing to a staging file in the object store, under a
-context naming only that staging file. The ingestion worker decrypts it in memory.
+context naming only that staging file. The file's data key is wrapped to the staging *public* key:
+the web process holds nothing that can decrypt an upload (it never loads the keyring). The
+ingestion worker unwraps it with the keyring's staging private key and decrypts it in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload
 
-from clearinghouse.core.keys import keyring
+from clearinghouse.core.keys import staging_public_key
 from clearinghouse.crypto.envelope import StreamEncryptor
 
 STAGING_DIR = "staging"
@@ -36,8 +38,21 @@ def staging_context(staging_name: str) -> dict[str, str]:
     return {"purpose": "upload-staging", "file": staging_name}
 
 
+def new_staging_file() -> tuple[str, object, StreamEncryptor]:
+    """(name, open target, encryptor) of a new staging file encrypted to the staging public key."""
+    name = f"{STAGING_DIR}/{uuid.uuid4().hex}.enc"
+    target = open_for_write(name)
+    try:
+        return name, target, StreamEncryptor(target, recipient=staging_public_key(), context=staging_context(name))
+    except BaseException:
+        target.close()
+        default_storage.delete(name)
+        raise
+
+
 class EncryptedUpload(UploadedFile):
-    """What the view receives: where the ciphertext is and how big the plaintext was."""
+    """What the view receives: where the ciphertext is, how big the plaintext was, and the id of the
+    (staging) key its data key is wrapped to."""
 
     def __init__(self, *, staging_name: str, name: str, content_type: str, size: int, kek_id: str):
         super().__init__(file=None, name=name, content_type=content_type, size=size)
@@ -51,10 +66,8 @@ class EncryptedUpload(UploadedFile):
 class EncryptingUploadHandler(FileUploadHandler):
     def new_file(self, *args, **kwargs) -> None:
         super().new_file(*args, **kwargs)
-        self.staging_name = f"{STAGING_DIR}/{uuid.uuid4().hex}.enc"
         self.size = 0
-        self.target = open_for_write(self.staging_name)
-        self.encryptor = StreamEncryptor(self.target, keyring=keyring(), context=staging_context(self.staging_name))
+        self.staging_name, self.target, self.encryptor = new_staging_file()
 
     def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
         self.size += len(raw_data)

@@ -16,9 +16,11 @@ MANAGE_ORGANISATION = "manage_organisation"
 MANAGE_DATASETS = "manage_datasets"
 RUN_QUERIES = "run_queries"
 VIEW_AUDIT = "view_audit"
+MANAGE_FEDERATION = "manage_federation"  # accept federated jobs, register SuperNode keys
 
 ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
-    Role.ORG_ADMIN: frozenset({MANAGE_MEMBERS, MANAGE_ORGANISATION, VIEW_AUDIT, MANAGE_DATASETS, RUN_QUERIES}),
+    Role.ORG_ADMIN: frozenset({MANAGE_MEMBERS, MANAGE_ORGANISATION, VIEW_AUDIT, MANAGE_DATASETS, RUN_QUERIES,
+                               MANAGE_FEDERATION}),
     Role.DATA_STEWARD: frozenset({MANAGE_DATASETS, RUN_QUERIES}),
     Role.ANALYST: frozenset({RUN_QUERIES}),
 }

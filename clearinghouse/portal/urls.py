@@ -3,6 +3,7 @@ from django.urls import path, re_path
 
 from clearinghouse.datasets import views as datasets
 from clearinghouse.queries import views as queries
+from federation import views as federation
 
 from . import views
 
@@ -26,6 +27,9 @@ urlpatterns = [
     path("organisation/members/<int:membership_id>/remove/", views.member_remove_view, name="member_remove"),
     path("organisation/invitations/", views.invitation_create_view, name="invitation_create"),
     path("organisation/invitations/<int:invitation_id>/revoke/", views.invitation_revoke_view, name="invitation_revoke"),
+    path("organisation/supernode-keys/", federation.supernode_keys_view, name="supernode_keys"),
+    path("organisation/supernode-keys/<int:key_id>/revoke/", federation.supernode_key_revoke_view,
+         name="supernode_key_revoke"),
     path("tokens/", views.tokens_view, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
     path("operator/organisations/", views.operator_organisations, name="operator_organisations"),
@@ -47,4 +51,12 @@ urlpatterns = [
          name="dataset_agreement"),
     path("datasets/<slug:organisation>/<slug:slug>/console/", queries.query_console, name="query_console"),
     path("datasets/<slug:organisation>/<slug:slug>/budget/", queries.budget_dashboard, name="budget_dashboard"),
+    path("federation/jobs/", federation.job_list_view, name="federated_jobs"),
+    path("federation/jobs/new/", federation.job_new_view, name="federated_job_new"),
+    path("federation/jobs/<int:job_id>/", federation.job_detail_view, name="federated_job"),
+    path("federation/jobs/<int:job_id>/participation/", federation.job_participation_view,
+         name="federated_job_participation"),
+    path("federation/jobs/<int:job_id>/schedule/", federation.job_schedule_view, name="federated_job_schedule"),
+    path("federation/jobs/<int:job_id>/cancel/", federation.job_cancel_view, name="federated_job_cancel"),
+    path("federation/jobs/<int:job_id>/model/", federation.job_model_view, name="federated_job_model"),
 ]

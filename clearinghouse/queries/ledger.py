@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from clearinghouse.audit.services import audit_record
 from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, ValidationFailed
+from clearinghouse.core.metrics import PRIVACY_LOSS_SPENT, count_on_commit
 from clearinghouse.datasets.models import Dataset
 from clearinghouse.datasets.selectors import dataset_require_owner
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
@@ -151,4 +152,5 @@ def budget_debit(*, query: Query, amount: float, delta: float = 0.0) -> LedgerEn
     audit_record(actor=query.analyst, action="budget.debited", organisation=query.organisation, target=entry,
                  extra={"dataset": query.dataset_id, "query": query.pk, "query_hash": query.query_hash,
                         "amount": amount, "delta": delta, "measure": budget.measure})
+    count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), amount)
     return entry

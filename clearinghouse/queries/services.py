@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from clearinghouse.audit.services import audit_record
 from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
+from clearinghouse.core.metrics import QUERIES_REFUSED, QUERIES_RELEASED, count_on_commit
 from clearinghouse.datasets.models import Dataset, DatasetVersion
 from clearinghouse.datasets.selectors import (
     agreement_accepted,
@@ -185,6 +186,7 @@ def query_execute(*, query_id: int, data_loader) -> Query:
             _finish(query, status=QueryStatus.FAILED, code=exc.code, message=exc.message)
             audit_record(actor=query.analyst, action="query.refused", organisation=query.organisation, target=query,
                          extra={"code": exc.code, "amount": amount})
+            count_on_commit(QUERIES_REFUSED.labels(code=exc.code))
             return query
         query.cost, query.cost_delta, query.status = float(amount), float(cost.delta or 0.0), QueryStatus.RUNNING
         query.save(update_fields=["cost", "cost_delta", "status"])
@@ -209,6 +211,7 @@ def query_execute(*, query_id: int, data_loader) -> Query:
         _finish(query, status=QueryStatus.RELEASED, result=body)
         audit_record(actor=query.analyst, action="query.released", organisation=query.organisation, target=query,
                      extra={"query_hash": query.query_hash, "cost": query.cost, "delta": query.cost_delta})
+        count_on_commit(QUERIES_RELEASED)
     return query
 
 

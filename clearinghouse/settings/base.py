@@ -7,6 +7,7 @@ one command runs the whole service on one machine.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -129,9 +130,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
+# The encrypted object store. STORAGE_BACKEND/STORAGE_OPTIONS (JSON) select another Django storage,
+# e.g. storages.backends.s3.S3Storage with {"bucket_name": ...}: it only ever receives ciphertext.
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                "OPTIONS": {"location": str(Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "store")))}},
+    "default": {"BACKEND": os.environ.get("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
+                "OPTIONS": json.loads(os.environ.get("STORAGE_OPTIONS", "null"))
+                or {"location": str(Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "store")))}},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
@@ -201,13 +205,35 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"datasets.*": {"queue": "ingestion"}, "queries.*": {"queue": "dp"}}
+CELERY_TASK_ROUTES = {"datasets.*": {"queue": "ingestion"}, "queries.*": {"queue": "dp"},
+                      "federation.*": {"queue": "federation"}}
+# Periodic tasks (celery beat): running federated jobs are reconciled with the SuperLink.
+CELERY_BEAT_SCHEDULE = {
+    "federation-reconcile": {"task": "federation.jobs_reconcile", "schedule": float(
+        os.environ.get("FLOWER_RECONCILE_SECONDS", "30"))},
+}
 # How long a release request waits for the dp worker before answering 202 with the query's URL.
 QUERY_WAIT_SECONDS = float(os.environ.get("QUERY_WAIT_SECONDS", "30"))
 
-# Key-encryption keys: a secret file or environment value in production (see clearinghouse/core/keys.py).
+# Keys (see clearinghouse/core/keys.py). Workers: the keyring, a secret file or environment value in
+# production. Web: only the staging public key uploads are encrypted to (not secret).
 KEYRING_FILE = os.environ.get("KEYRING_FILE", "")
+STAGING_PUBLIC_KEY_FILE = os.environ.get("STAGING_PUBLIC_KEY_FILE", "")
 KEYRING_ALLOW_DEV = env_bool("KEYRING_ALLOW_DEV", True)
+# Federated fine-tuning (Flower). FLOWER_SUPERLINK: host:port of the SuperLink's Control API
+# (empty: federation disabled). FLOWER_ROOT_CERTIFICATES: the CA certificate of its TLS (empty:
+# insecure, development only). FLOWER_SHARED_DIR: a directory the federation worker and the SuperLink
+# host both see (job secrets and the ServerApp's outputs). FLOWER_CALLBACK_URL_BASE: how the ServerApp
+# reaches this service's API for per-round metrics.
+FLOWER_SUPERLINK = os.environ.get("FLOWER_SUPERLINK", "")
+FLOWER_ROOT_CERTIFICATES = os.environ.get("FLOWER_ROOT_CERTIFICATES", "")
+# The SuperLink address the members' agents connect to (its public name), when not FLOWER_SUPERLINK.
+FLOWER_FLEET_ADDRESS = os.environ.get("FLOWER_FLEET_ADDRESS", "")
+FLOWER_SHARED_DIR = Path(os.environ.get("FLOWER_SHARED_DIR", VAR_DIR / "flower"))
+FLOWER_CALLBACK_URL_BASE = os.environ.get("FLOWER_CALLBACK_URL_BASE", "http://127.0.0.1:8000")
+FLOWER_APP_DIR = Path(os.environ.get("FLOWER_APP_DIR", BASE_DIR / "federation" / "flower" / "app"))
+# A job still 'scheduled' (never submitted) after this long is failed by the reconciler.
+FLOWER_SUBMIT_TIMEOUT_SECONDS = float(os.environ.get("FLOWER_SUBMIT_TIMEOUT_SECONDS", "600"))
 DATASET_UPLOAD_MAX_BYTES = int(os.environ.get("DATASET_UPLOAD_MAX_BYTES", str(1024 * 1024 * 1024)))
 # Uploads stream through our encrypting handler; nothing is buffered to a plaintext temp file.
 FILE_UPLOAD_HANDLERS = ["clearinghouse.datasets.uploads.EncryptingUploadHandler"]
@@ -216,11 +242,24 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 INVITATION_VALIDITY = timedelta(days=int(os.environ.get("INVITATION_VALIDITY_DAYS", "14")))
 API_TOKEN_MAX_DAYS = int(os.environ.get("API_TOKEN_MAX_DAYS", "365"))
 
+# Logs: one JSON object per line on stderr (LOG_FORMAT=plain for a terminal), each with the request
+# id that follows a request into its Celery tasks (clearinghouse/core/logs.py, clearinghouse/celery.py).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {
+        "request_id": {"()": "clearinghouse.core.logs.RequestIdFilter"},
+        "redact_paths": {"()": "clearinghouse.core.logs.RedactPathFilter"},
+    },
+    "formatters": {
+        "json": {"()": "clearinghouse.core.logs.JsonFormatter"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": os.environ.get("LOG_FORMAT", "json"),
+                             "filters": ["request_id", "redact_paths"]}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"axes": {"level": "WARNING"}},
 }
+
+# Prometheus: /metrics answers a scraper that sends `Authorization: Bearer <METRICS_TOKEN>`; empty = off.
+METRICS_TOKEN = os.environ.get("METRICS_TOKEN", "")

@@ -1,9 +1,10 @@
 """Embedded defaults: one person on one machine. Never used by a server."""
 
+import os
 import secrets
 
 from .base import *  # noqa: F401,F403
-from .base import VAR_DIR, env_bool
+from .base import LOGGING, VAR_DIR, env_bool
 
 DEBUG = env_bool("DEBUG", True)
 
@@ -13,3 +14,6 @@ if not _secret_file.exists():
     _secret_file.write_text(secrets.token_urlsafe(50))
     _secret_file.chmod(0o600)
 SECRET_KEY = _secret_file.read_text().strip()
+
+# A terminal reads plain lines better than JSON (LOG_FORMAT=json to see what a server writes).
+LOGGING["handlers"]["console"]["formatter"] = os.environ.get("LOG_FORMAT", "plain")

@@ -201,7 +201,8 @@ def test_empty_file_is_bound_to_its_context_too(keyring):
 def test_every_header_bit_flip_is_refused(keyring):
     blob = encrypt(b"payload " * 20, keyring)
     header, _ = split(blob)
-    id_start, id_end = 50, 50 + header[49]
+    assert header[5] == 2 and header[49] == 1  # format version 2, wrapped under a KEK
+    id_start, id_end = 51, 51 + header[50]
     for index in range(len(header)):
         for bit in range(8):
             tampered = flip(blob, index, bit)

@@ -113,6 +113,11 @@ def _matrix() -> dict[str, list[Case]]:
         ],
         "api_schema": [Case("get", lambda w, t: u("api_schema"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
         "api_docs": [Case("get", lambda w, t: u("api_docs"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
+        # --- Operations: probes answer anyone (they say only "ok"/"unreachable"); /metrics answers only
+        # the scraper's METRICS_TOKEN, never a session or an API token (tests/core/test_metrics.py).
+        "healthz": [Case("get", lambda w, t: u("healthz"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
+        "readyz": [Case("get", lambda w, t: u("readyz"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
+        "metrics": [Case("get", lambda w, t: u("metrics"), everyone(401), object_scoped=False)],
         "api:datasets": [
             Case("get", lambda w, t: u("api:datasets"), everyone(200), object_scoped=False),
             Case("post", lambda w, t: u("api:datasets"),
@@ -171,6 +176,50 @@ def _matrix() -> dict[str, list[Case]]:
                  {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.1}}),
         ],
         "api:query": [Case("get", lambda w, t: u("api:query", args=[query_of(w, t).pk]), scoped_read)],
+        "api:federated_jobs": [
+            Case("get", lambda w, t: u("api:federated_jobs"), everyone(200), object_scoped=False),
+            Case("post", lambda w, t: u("api:federated_jobs"), {**everyone(403), "operator": 201},
+                 {"name": "Spam", "text_column": "SMS", "label_column": "Label", "labels": ["ham", "spam"],
+                  "participants": [{"organisation": "org-a"}], "min_clients": 1}, object_scoped=False),
+        ],
+        "api:federated_job": [Case("get", lambda w, t: u("api:federated_job", args=[w.side(t).job_id]), scoped_read)],
+        "api:federated_job_rounds": [Case("get", lambda w, t: u("api:federated_job_rounds", args=[w.side(t).job_id]),
+                                          scoped_read)],
+        "api:federated_job_participation": [
+            # The job has run, so even its participant's admin gets a conflict: the point is who gets past authorization.
+            Case("post", lambda w, t: u("api:federated_job_participation", args=[w.side(t).job_id]),
+                 {**A401, "analyst": (403, 404), "org_admin": (409, 404), "other_admin": (404, 409), "operator": 403},
+                 {"decision": "accept"}),
+        ],
+        "api:federated_job_schedule": [
+            Case("post", lambda w, t: u("api:federated_job_schedule", args=[w.side(t).job_id]),
+                 {**A401, "analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 409}),
+        ],
+        "api:federated_job_cancel": [
+            Case("post", lambda w, t: u("api:federated_job_cancel", args=[w.side(t).job_id]),
+                 {**A401, "analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 409}),
+        ],
+        "api:federated_job_artifact": [
+            # Only accepted participants receive the model; operators run jobs but do not get models.
+            Case("get", lambda w, t: u("api:federated_job_artifact", args=[w.side(t).job_id]),
+                 {**A401, "analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403}),
+        ],
+        "api:federated_job_events": [
+            # The ServerApp's callback takes the job's own token only: no user (or anonymous) gets in.
+            Case("post", lambda w, t: u("api:federated_job_events", args=[w.side(t).job_id]),
+                 {**everyone(403), "anonymous": 403}, {"event": "failed", "reason": "forged"}),
+        ],
+        "api:supernode_keys": [
+            Case("get", lambda w, t: u("api:supernode_keys", args=[org(w, t)]),
+                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}),
+            Case("post", lambda w, t: u("api:supernode_keys", args=[org(w, t)]),
+                 {**A401, "analyst": (403, 404), "org_admin": (201, 404), "other_admin": (404, 201), "operator": 403},
+                 lambda w, t: {"name": "gpu-2", "public_key": fresh_public_key()}),
+        ],
+        "api:supernode_key_revoke": [
+            Case("post", lambda w, t: u("api:supernode_key_revoke", args=[w.side(t).node_key_id]),
+                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 404}),
+        ],
         # --- Portal ----------------------------------------------------------------------------------
         "portal:datasets": [Case("get", lambda w, t: u("portal:datasets"), portal(everyone(200)), object_scoped=False)],
         "portal:dataset": [Case("get", lambda w, t: u("portal:dataset", args=ds(w, t)), portal(scoped_read))],
@@ -200,6 +249,51 @@ def _matrix() -> dict[str, list[Case]]:
                                          portal(scoped_read))],
         "portal:dataset_agreement": [Case("post", lambda w, t: u("portal:dataset_agreement", args=ds(w, t)),
                                           portal(owner_write(302)), {"text": "v2"})],
+        # Federation pages: the same rules as the api:federated_* entries above; a refused action's
+        # conflict becomes a message and a redirect (302), a refused read or write 403/404 as there.
+        "portal:federated_jobs": [Case("get", lambda w, t: u("portal:federated_jobs"), portal(everyone(200)),
+                                       object_scoped=False)],
+        "portal:federated_job_new": [
+            Case("get", lambda w, t: u("portal:federated_job_new"), portal({**everyone(403), "operator": 200}),
+                 object_scoped=False),
+            Case("post", lambda w, t: u("portal:federated_job_new"), portal({**everyone(403), "operator": 302}),
+                 {"name": "Spam", "base_model": "minilm-l6", "text_column": "SMS", "label_column": "Label",
+                  "labels": "ham, spam", "strategy": "fedavg", "num_rounds": 3, "min_clients": 1,
+                  "participants": ["org-a"], "settings": ""}, object_scoped=False),
+        ],
+        "portal:federated_job": [Case("get", lambda w, t: u("portal:federated_job", args=[w.side(t).job_id]),
+                                      portal(scoped_read))],
+        "portal:federated_job_participation": [
+            # The job has run: its participant's admin gets past authorization to the conflict (a message).
+            Case("post", lambda w, t: u("portal:federated_job_participation", args=[w.side(t).job_id]),
+                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403}),
+                 {"decision": "accept"}),
+        ],
+        "portal:federated_job_schedule": [
+            Case("post", lambda w, t: u("portal:federated_job_schedule", args=[w.side(t).job_id]),
+                 portal({"analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 302})),
+        ],
+        "portal:federated_job_cancel": [
+            Case("post", lambda w, t: u("portal:federated_job_cancel", args=[w.side(t).job_id]),
+                 portal({"analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 302})),
+        ],
+        "portal:federated_job_model": [
+            # Only accepted participants receive the model; operators run jobs but do not get models.
+            Case("get", lambda w, t: u("portal:federated_job_model", args=[w.side(t).job_id]),
+                 portal({"analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403})),
+        ],
+        "portal:supernode_keys": [
+            # The user's own organisation's keys: org admins only; operators belong to none.
+            Case("get", lambda w, t: u("portal:supernode_keys"),
+                 portal({"analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 404}), object_scoped=False),
+            Case("post", lambda w, t: u("portal:supernode_keys"),
+                 portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
+                 lambda w, t: {"name": "gpu-2", "public_key": fresh_public_key()}, object_scoped=False),
+        ],
+        "portal:supernode_key_revoke": [
+            Case("post", lambda w, t: u("portal:supernode_key_revoke", args=[w.side(t).node_key_id]),
+                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 404})),
+        ],
         # --- Portal ----------------------------------------------------------------------------------
         "portal:home": [Case("get", lambda w, t: u("portal:home"), {**everyone(302), "anonymous": 200}, object_scoped=False)],
         "portal:signup": [Case("get", lambda w, t: u("portal:signup"), {**everyone(302), "anonymous": 200},
@@ -279,6 +373,16 @@ def _matrix() -> dict[str, list[Case]]:
 
 def ds(w: World, t: Target) -> list[str]:
     return [org(w, t), w.side(t).dataset.slug]
+
+
+def fresh_public_key() -> str:
+    import tempfile
+    from pathlib import Path
+
+    from federation.flower.security import make_supernode_keypair
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return make_supernode_keypair(Path(tmp), "node")[1].read_text()
 
 
 def owner_write(status: int) -> dict:

@@ -17,6 +17,7 @@ from django.core.management.base import BaseCommand
 
 from clearinghouse.accounts.models import User
 from clearinghouse.accounts.services import operator_create
+from clearinghouse.core.keys import ensure_dev_keys
 
 
 class Command(BaseCommand):
@@ -29,6 +30,10 @@ class Command(BaseCommand):
     def handle(self, *args, addr: str, no_worker: bool, **options):
         call_command("migrate", interactive=False, verbosity=0)
         self._ensure_operator()
+        if settings.KEYRING_ALLOW_DEV and not (settings.KEYRING_FILE or os.environ.get("KEYRING_JSON")):
+            # The worker decrypts with var/keyring.dev.json (0600); the web encrypts uploads to the
+            # staging public key written beside it and never loads the keyring.
+            ensure_dev_keys()
         worker = None if no_worker else self._start_worker()
         # A plain `kill` should stop the worker too, as Ctrl-C does.
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -57,6 +62,8 @@ class Command(BaseCommand):
     def _start_worker(self) -> subprocess.Popen:
         env = dict(os.environ, DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "clearinghouse.settings.dev"))
         command = [sys.executable, "-m", "celery", "-A", "clearinghouse", "worker", "--loglevel", "INFO",
-                   "--concurrency", "2", "--queues", "default,ingestion,dp,federation"]
+                   "--concurrency", "2", "--queues", "default,ingestion,dp,federation",
+                   # Embedded beat: periodic tasks (federated jobs reconciled with the SuperLink).
+                   "--beat", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")]
         self.stdout.write(f"Starting Celery worker (broker: {settings.CELERY_BROKER_URL.split('://')[0]})")
         return subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)

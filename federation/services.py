@@ -1,0 +1,511 @@
+"""Writes of the federation app: jobs, participation, scheduling on the SuperLink, the ServerApp's
+per-round reports, the final model, and SuperNode keys.
+
+Network calls to the SuperLink happen only in Celery tasks of the `federation` queue (submit, stop,
+reconcile, key registration); the web process only changes the database and enqueues them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import shutil
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.conf import settings
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.utils import timezone
+
+from clearinghouse.audit.services import audit_record
+from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from clearinghouse.core.text import clean_name
+from clearinghouse.datasets.models import Dataset
+from clearinghouse.datasets.selectors import dataset_grant_active
+from clearinghouse.organisations.models import Organisation, OrganisationStatus
+from clearinghouse.organisations.roles import MANAGE_FEDERATION
+from clearinghouse.organisations.selectors import require_capability, require_operator
+from federation.flower.control import RUN_COMPLETED, RUN_FAILED, FlowerControlError, SuperLinkControl
+from federation.flower.settings import FederationConfigError, JobSettings
+
+from .models import (
+    FederatedJob,
+    JobParticipant,
+    JobRound,
+    JobState,
+    ModelArtifact,
+    NodeKeyStatus,
+    ParticipantStatus,
+    SuperNodeKey,
+)
+
+log = logging.getLogger(__name__)
+
+# Run-config keys the operator may set through `settings` (the rest the service decides).
+TUNABLE_KEYS = frozenset({
+    "lora", "lora-r", "lora-alpha", "lora-dropout", "lora-target-modules", "max-length", "batch-size",
+    "learning-rate", "weight-decay", "local-epochs", "max-steps", "seed", "mixed-precision", "round-timeout",
+    "connect-timeout", "proximal-mu", "fedadam-eta", "fedadam-eta-l", "fedadam-beta-1", "fedadam-beta-2",
+    "fedadam-tau", "test-fraction",
+})
+
+
+# ----------------------------------------------------------------------------- helpers
+def _control() -> SuperLinkControl:
+    return SuperLinkControl(address=settings.FLOWER_SUPERLINK, root_certificates=settings.FLOWER_ROOT_CERTIFICATES,
+                            home=Path(settings.FLOWER_SHARED_DIR) / "flwr-home")
+
+
+def job_workdir(job: FederatedJob) -> Path:
+    """The job's directory in the shared area: its callback token and the ServerApp's outputs."""
+    return Path(settings.FLOWER_SHARED_DIR) / "jobs" / str(job.uid)
+
+
+def _run_config(job: FederatedJob, *, participants: str = "", callback: bool = False) -> dict[str, Any]:
+    config: dict[str, Any] = dict(job.settings)
+    config.update({
+        "job-id": str(job.uid),
+        "labels": ",".join(job.labels),
+        "base-model": job.base_model,
+        "strategy": job.strategy,
+        "num-rounds": job.num_rounds,
+        "min-clients": job.min_clients,
+        "participants": participants,
+    })
+    if callback:
+        workdir = job_workdir(job)
+        config.update({
+            "output-dir": str(workdir / "out"),
+            "callback-url": f"{settings.FLOWER_CALLBACK_URL_BASE.rstrip('/')}/api/v1/federated-jobs/{job.pk}/events",
+            "callback-token-file": str(workdir / "callback.token"),
+        })
+    return config
+
+
+def _validate_settings(job: FederatedJob) -> None:
+    """Every problem of the job's settings at once, in the ServerApp's own words."""
+    try:
+        JobSettings.from_run_config(_run_config(job))
+    except FederationConfigError as exc:
+        raise ValidationFailed(str(exc), code="invalid_job_settings") from exc
+
+
+def _check_dataset_use(organisation: Organisation, dataset: Dataset | None) -> None:
+    """A participant may train on a registered dataset it owns, or one whose owner granted it
+    training use."""
+    if dataset is None or dataset.organisation_id == organisation.pk:
+        return
+    if not dataset_grant_active(dataset=dataset, organisation_id=organisation.pk, purpose="training"):
+        raise PermissionDenied(
+            f"{organisation.slug} has no training grant on dataset {dataset.organisation.slug}/{dataset.slug}.",
+            code="training_grant_required")
+
+
+def _dataset_from_ref(ref: str | None) -> Dataset | None:
+    if not ref:
+        return None
+    owner, _, slug = str(ref).partition("/")
+    dataset = Dataset.objects.select_related("organisation").filter(organisation__slug=owner, slug=slug).first()
+    if dataset is None:
+        raise NotFound(f"Dataset {ref!r} not found.")
+    return dataset
+
+
+def _set_state(job: FederatedJob, state: str, *, actor: Any = None, reason: str = "", **fields: Any) -> None:
+    previous = job.state
+    job.state = state
+    if reason:
+        job.reason = reason[:5000]
+    if state in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED):
+        job.finished_at = timezone.now()
+    for name, value in fields.items():
+        setattr(job, name, value)
+    job.save()
+    audit_record(actor=actor, action=f"federated_job.{state}", target=job,
+                 extra={"job": str(job.uid), "from": previous, "reason": job.reason if reason else ""})
+
+
+def _locked(job_id: int) -> FederatedJob | None:
+    return FederatedJob.objects.select_for_update().filter(pk=job_id).first()
+
+
+# ----------------------------------------------------------------------------- jobs
+@transaction.atomic
+def job_create(*, actor: Any, name: str, text_column: str, label_column: str, labels: list[str],
+               participants: list[dict[str, Any]], base_model: str = "minilm-l6", strategy: str = "fedavg",
+               num_rounds: int = 3, min_clients: int = 2, settings: dict[str, Any] | None = None) -> FederatedJob:
+    """Operators create a job in draft with the organisations they invite."""
+    require_operator(actor=actor)
+    extra = dict(settings or {})
+    unknown = sorted(set(extra) - TUNABLE_KEYS)
+    if unknown:
+        raise ValidationFailed(f"Unknown settings {unknown}; allowed: {sorted(TUNABLE_KEYS)}.", code="invalid_job_settings")
+    if not participants:
+        raise ValidationFailed("A job needs participants.", code="no_participants")
+    job = FederatedJob(
+        name=clean_name(name, field="name", max_length=200), created_by=actor, base_model=base_model.strip(),
+        text_column=clean_name(text_column, field="text_column", max_length=200),
+        label_column=clean_name(label_column, field="label_column", max_length=200),
+        labels=[str(label) for label in labels], strategy=strategy, num_rounds=num_rounds, min_clients=min_clients,
+        settings=extra,
+    )
+    _validate_settings(job)
+    if min_clients > len(participants):
+        raise ValidationFailed(f"min_clients ({min_clients}) exceeds the {len(participants)} invited participants.",
+                               code="invalid_job_settings")
+    job.save()
+    seen: set[str] = set()
+    for entry in participants:
+        slug = str(entry.get("organisation", ""))
+        organisation = Organisation.objects.filter(slug=slug, status=OrganisationStatus.APPROVED).first()
+        if organisation is None:
+            raise NotFound(f"Organisation {slug!r} not found.")
+        if slug in seen:
+            raise ValidationFailed(f"{slug} is invited twice.", code="duplicate_participant")
+        seen.add(slug)
+        dataset = _dataset_from_ref(entry.get("dataset"))
+        _check_dataset_use(organisation, dataset)
+        JobParticipant.objects.create(job=job, organisation=organisation, dataset=dataset,
+                                      data_description=str(entry.get("data_description", ""))[:5000])
+    audit_record(actor=actor, action="federated_job.created", target=job,
+                 extra={"job": str(job.uid), "participants": sorted(seen), "strategy": strategy,
+                        "num_rounds": num_rounds})
+    return job
+
+
+@transaction.atomic
+def job_participation_decide(*, actor: Any, job: FederatedJob, decision: str, dataset: str | None = None,
+                             data_description: str | None = None) -> JobParticipant:
+    """A participant's org admin accepts (optionally naming the data) or declines, while in draft."""
+    if getattr(actor, "is_operator", False):
+        raise PermissionDenied("Operators do not act for member organisations.", code="operator_not_member")
+    participant = (JobParticipant.objects.select_for_update().select_related("organisation")
+                   .filter(job=job, organisation__memberships__user=actor).first())
+    if participant is None:
+        raise NotFound("Job not found.")
+    require_capability(actor=actor, organisation=participant.organisation, capability=MANAGE_FEDERATION)
+    if decision not in ("accept", "decline"):
+        raise ValidationFailed("decision must be 'accept' or 'decline'.", code="invalid_decision")
+    job = _locked(job.pk)
+    if job.state != JobState.DRAFT:
+        raise Conflict(f"The job is {job.state}; participation is decided while it is a draft.", code="job_not_draft")
+    if dataset is not None:
+        participant.dataset = _dataset_from_ref(dataset)
+    if data_description is not None:
+        participant.data_description = data_description[:5000]
+    if decision == "accept":
+        _check_dataset_use(participant.organisation, participant.dataset)
+    participant.status = ParticipantStatus.ACCEPTED if decision == "accept" else ParticipantStatus.DECLINED
+    participant.decided_by, participant.decided_at = actor, timezone.now()
+    participant.save()
+    audit_record(actor=actor, action=f"federated_job.participation_{participant.status}",
+                 organisation=participant.organisation, target=job,
+                 extra={"job": str(job.uid), "dataset": participant.dataset_id})
+    return participant
+
+
+def _participant_nodes(job: FederatedJob) -> tuple[list[JobParticipant], list[str]]:
+    accepted = list(job.participants.filter(status=ParticipantStatus.ACCEPTED).select_related("organisation", "dataset"))
+    nodes: list[str] = []
+    for participant in accepted:
+        _check_dataset_use(participant.organisation, participant.dataset)
+        keys = SuperNodeKey.objects.filter(organisation=participant.organisation, status=NodeKeyStatus.REGISTERED)
+        ids = [k.node_id for k in keys if k.node_id]
+        if not ids:
+            raise Conflict(f"{participant.organisation.slug} has no registered SuperNode key.", code="no_supernode")
+        nodes += [f"node:{node_id}" for node_id in ids]
+    return accepted, nodes
+
+
+@transaction.atomic
+def job_schedule(*, actor: Any, job: FederatedJob) -> FederatedJob:
+    require_operator(actor=actor)
+    job = _locked(job.pk)
+    if job.state != JobState.DRAFT:
+        raise Conflict(f"The job is {job.state}; only a draft can be scheduled.", code="job_not_draft")
+    if not settings.FLOWER_SUPERLINK:
+        raise Conflict("No SuperLink is configured (FLOWER_SUPERLINK).", code="federation_disabled")
+    accepted, _ = _participant_nodes(job)
+    if len(accepted) < job.min_clients:
+        raise Conflict(f"{len(accepted)} participant(s) accepted; the job needs at least {job.min_clients}.",
+                       code="too_few_participants")
+    _validate_settings(job)
+    _set_state(job, JobState.SCHEDULED, actor=actor, scheduled_at=timezone.now())
+    from .tasks import job_submit_task
+
+    transaction.on_commit(lambda: job_submit_task.delay(job.pk))
+    return job
+
+
+def job_submit(*, job_id: int) -> FederatedJob | None:
+    """Worker: submit a scheduled job's run to the SuperLink (Flower's Control API). No row lock is
+    held across the network call; a job cancelled meanwhile has its new run stopped."""
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job is None or job.state != JobState.SCHEDULED:
+            return job
+        try:
+            _, nodes = _participant_nodes(job)
+        except (PermissionDenied, Conflict) as exc:
+            _set_state(job, JobState.FAILED, reason=f"Not submitted: {exc.message}")
+            return job
+        workdir = job_workdir(job)
+        (workdir / "out").mkdir(parents=True, exist_ok=True)
+        token = secrets.token_urlsafe(32)
+        token_file = workdir / "callback.token"
+        token_file.write_text(token, encoding="utf-8")
+        token_file.chmod(0o600)
+        job.callback_token_hash = hashlib.sha256(token.encode()).hexdigest()
+        job.save(update_fields=["callback_token_hash"])
+    try:
+        run_id = _control().submit(settings.FLOWER_APP_DIR, _run_config(job, participants=",".join(nodes),
+                                                                        callback=True))
+    except FlowerControlError as exc:
+        run_id, refusal = "", str(exc)
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job.state != JobState.SCHEDULED:  # cancelled while being submitted
+            if run_id:
+                job.flower_run_id = run_id
+                job.save(update_fields=["flower_run_id"])
+                from .tasks import job_stop_task
+
+                transaction.on_commit(lambda: job_stop_task.delay(job.pk))
+            return job
+        if not run_id:
+            _set_state(job, JobState.FAILED, reason=f"The SuperLink refused the run: {refusal}")
+        else:
+            _set_state(job, JobState.RUNNING, flower_run_id=run_id, started_at=timezone.now())
+        return job
+
+
+@transaction.atomic
+def job_cancel(*, actor: Any, job: FederatedJob, reason: str = "") -> FederatedJob:
+    require_operator(actor=actor)
+    job = _locked(job.pk)
+    if job.is_final:
+        raise Conflict(f"The job is already {job.state}.", code="job_finished")
+    run_id = job.flower_run_id
+    _set_state(job, JobState.CANCELLED, actor=actor, reason=f"Cancelled by {actor.get_username()}"
+               + (f": {reason[:500]}" if reason else "."))
+    if run_id:
+        from .tasks import job_stop_task
+
+        transaction.on_commit(lambda: job_stop_task.delay(job.pk))
+    return job
+
+
+def job_stop(*, job_id: int) -> None:
+    """Worker: stop the run of a cancelled job on the SuperLink (already finished is fine)."""
+    job = FederatedJob.objects.filter(pk=job_id).first()
+    if job is None or not job.flower_run_id:
+        return
+    try:
+        _control().stop(job.flower_run_id)
+    except FlowerControlError as exc:
+        log.info("stop of run %s for job %s: %s", job.flower_run_id, job.pk, exc)
+
+
+# ----------------------------------------------------------------------------- the ServerApp's reports
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and value == value else None  # NaN → None
+
+
+@transaction.atomic
+def job_event_record(*, job_id: int, token: str, event: dict[str, Any]) -> FederatedJob:
+    """The ServerApp's HTTP callback: started / round / finished / failed, authenticated by the
+    job's own token (not a user's). Idempotent: a retried round overwrites itself."""
+    job = _locked(job_id)
+    expected = job.callback_token_hash if job else ""
+    given = hashlib.sha256(token.encode()).hexdigest() if token else ""
+    if not expected or not hmac.compare_digest(expected, given):
+        raise PermissionDenied("Invalid job token.", code="invalid_job_token")
+    kind = event.get("event")
+    if job.is_final and kind in ("round", "finished"):
+        return job  # e.g. rounds still arriving after a cancel: keep what the job ended with
+    if kind == "round":
+        number = event.get("round")
+        if not isinstance(number, int) or number < 1:
+            raise ValidationFailed("A round event needs a positive integer 'round'.", code="invalid_event")
+        evaluation = event.get("evaluate") or {}
+        values = {
+            "accuracy": _number(evaluation.get("accuracy")), "macro_f1": _number(evaluation.get("macro_f1")),
+            "loss": _number(evaluation.get("loss")), "clients_trained": int(event.get("clients_trained") or 0),
+            "bytes_sent": int(event.get("bytes_sent") or 0), "bytes_received": int(event.get("bytes_received") or 0),
+            "seconds": float(event.get("round_seconds") or 0.0), "record": event, "received_at": timezone.now(),
+        }
+        _, created = JobRound.objects.update_or_create(job=job, number=number, defaults=values)
+        if created:
+            audit_record(actor=None, action="federated_job.round_recorded", target=job,
+                         extra={"job": str(job.uid), "round": number, "accuracy": values["accuracy"]})
+            from clearinghouse.core import metrics
+
+            transaction.on_commit(lambda: metrics.FEDERATED_ROUNDS.labels(strategy=job.strategy).inc())
+    elif kind == "finished":
+        job.final_evaluation = event.get("final_evaluation")
+        job.save(update_fields=["final_evaluation"])
+        from .tasks import job_finalize_task
+
+        transaction.on_commit(lambda: job_finalize_task.delay(job.pk))
+    elif kind == "failed":
+        _set_state(job, JobState.FAILED, reason=str(event.get("reason") or "The ServerApp reported a failure."))
+    elif kind != "started":
+        raise ValidationFailed("event must be one of started, round, finished, failed.", code="invalid_event")
+    return job
+
+
+def job_finalize(*, job_id: int) -> FederatedJob | None:
+    """Worker: the run completed; store its adapter and report as the job's model artifact."""
+    with transaction.atomic():
+        job = _locked(job_id)
+        if job is None or job.state != JobState.RUNNING:
+            return job
+        out = job_workdir(job) / "out"
+        adapter, report_path = out / "adapter.safetensors", out / "report.json"
+        if not adapter.exists():
+            _set_state(job, JobState.FAILED, reason="The run finished without leaving a model.")
+            return job
+        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
+        data = adapter.read_bytes()
+        name = default_storage.save(f"federation/{job.uid}/adapter.safetensors", ContentFile(data))
+        ModelArtifact.objects.update_or_create(job=job, defaults={
+            "file_name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "report": report})
+        if job.final_evaluation is None and report.get("history"):
+            job.final_evaluation = report["history"][-1].get("evaluate")
+        _set_state(job, JobState.SUCCEEDED)
+    shutil.rmtree(job_workdir(job), ignore_errors=True)  # outputs are stored; the token is spent
+    return job
+
+
+def jobs_reconcile() -> dict[str, int]:
+    """Worker, periodic: align every unfinished job with the SuperLink, so a run that died is never
+    left running and a cancelled one is stopped."""
+    counts = {"checked": 0, "changed": 0}
+    stale = timezone.now() - timedelta(seconds=settings.FLOWER_SUBMIT_TIMEOUT_SECONDS)
+    for job in FederatedJob.objects.filter(state=JobState.SCHEDULED, scheduled_at__lt=stale):
+        with transaction.atomic():
+            locked = _locked(job.pk)
+            if locked.state == JobState.SCHEDULED:
+                _set_state(locked, JobState.FAILED, reason="The job was never submitted to the SuperLink "
+                           f"(no federation worker took it within {settings.FLOWER_SUBMIT_TIMEOUT_SECONDS:g} s).")
+                counts["changed"] += 1
+    running = list(FederatedJob.objects.filter(state=JobState.RUNNING))
+    if not running or not settings.FLOWER_SUPERLINK:
+        return counts
+    try:
+        runs = _control().runs()
+    except FlowerControlError as exc:
+        log.warning("reconcile: SuperLink unreachable: %s", exc)
+        return counts
+    for job in running:
+        counts["checked"] += 1
+        run = runs.get(job.flower_run_id)
+        if run is not None and run.active:
+            continue
+        if run is not None and run.status == RUN_COMPLETED:
+            job_finalize(job_id=job.pk)
+        else:
+            with transaction.atomic():
+                locked = _locked(job.pk)
+                if locked.state != JobState.RUNNING:
+                    continue
+                if run is None:
+                    reason = f"The SuperLink has no record of run {job.flower_run_id}."
+                elif run.status == RUN_FAILED:
+                    reason = f"The run failed: {run.details or 'no details'}"
+                else:
+                    reason = f"The run ended as {run.status}: {run.details or 'no details'}"
+                _set_state(locked, JobState.FAILED, reason=reason)
+        counts["changed"] += 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- SuperNode keys
+def _parse_public_key(text: str) -> tuple[str, str]:
+    text = (text or "").strip()
+    try:
+        key = serialization.load_ssh_public_key(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm) as exc:
+        raise ValidationFailed("Not an OpenSSH public key.", code="invalid_public_key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
+        raise ValidationFailed("A SuperNode key must be an EC P-384 key (ecdsa-sha2-nistp384).",
+                               code="invalid_public_key")
+    blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return blob.decode("ascii"), hashlib.sha256(blob).hexdigest()
+
+
+@transaction.atomic
+def supernode_key_add(*, actor: Any, organisation: Organisation, name: str, public_key: str) -> SuperNodeKey:
+    """An org admin registers its SuperNode's public key; a worker registers it with the SuperLink."""
+    require_capability(actor=actor, organisation=organisation, capability=MANAGE_FEDERATION)
+    name = clean_name(name, field="name", max_length=100)
+    key_text, fingerprint = _parse_public_key(public_key)
+    if SuperNodeKey.objects.filter(fingerprint=fingerprint).exists():
+        raise Conflict("This key is already registered.", code="duplicate_key")
+    if SuperNodeKey.objects.filter(organisation=organisation, name=name).exclude(status=NodeKeyStatus.REVOKED).exists():
+        raise Conflict(f"A key named {name!r} exists.", code="duplicate_key_name")
+    key = SuperNodeKey.objects.create(organisation=organisation, name=name, public_key=key_text,
+                                      fingerprint=fingerprint, created_by=actor)
+    audit_record(actor=actor, action="supernode_key.added", organisation=organisation, target=key,
+                 extra={"name": name, "fingerprint": fingerprint})
+    from .tasks import supernode_key_register_task
+
+    transaction.on_commit(lambda: supernode_key_register_task.delay(key.pk))
+    return key
+
+
+def supernode_key_register(*, key_id: int) -> SuperNodeKey | None:
+    """Worker: ``flwr supernode register`` on the SuperLink (no row lock held across the call)."""
+    key = SuperNodeKey.objects.filter(pk=key_id).first()
+    if key is None or key.status not in (NodeKeyStatus.PENDING, NodeKeyStatus.FAILED):
+        return key
+    try:
+        node_id, error = _control().register_node(key.public_key), ""
+    except FlowerControlError as exc:
+        node_id, error = "", str(exc)[:2000]
+    with transaction.atomic():
+        key = SuperNodeKey.objects.select_for_update().select_related("organisation").get(pk=key_id)
+        if key.status not in (NodeKeyStatus.PENDING, NodeKeyStatus.FAILED):
+            return key  # revoked meanwhile: its revocation unregisters what we just registered
+        key.node_id, key.error = node_id, error
+        key.status = NodeKeyStatus.REGISTERED if node_id else NodeKeyStatus.FAILED
+        key.save()
+        audit_record(actor=None, action=f"supernode_key.{key.status}", organisation=key.organisation, target=key,
+                     extra={"node_id": key.node_id, "error": key.error})
+        return key
+
+
+@transaction.atomic
+def supernode_key_revoke(*, actor: Any, key: SuperNodeKey) -> SuperNodeKey:
+    require_capability(actor=actor, organisation=key.organisation, capability=MANAGE_FEDERATION)
+    key = SuperNodeKey.objects.select_for_update().get(pk=key.pk)
+    if key.status == NodeKeyStatus.REVOKED:
+        raise Conflict("This key is already revoked.", code="key_revoked")
+    key.status = NodeKeyStatus.REVOKED
+    key.save(update_fields=["status"])
+    audit_record(actor=actor, action="supernode_key.revoked", organisation=key.organisation, target=key,
+                 extra={"node_id": key.node_id})
+    if key.node_id:
+        from .tasks import supernode_key_unregister_task
+
+        transaction.on_commit(lambda: supernode_key_unregister_task.delay(key.pk))
+    return key
+
+
+def supernode_key_unregister(*, key_id: int) -> None:
+    key = SuperNodeKey.objects.filter(pk=key_id).first()
+    if key is None or not key.node_id:
+        return
+    try:
+        _control().unregister_node(key.node_id)
+    except FlowerControlError as exc:
+        log.warning("unregister of node %s failed: %s", key.node_id, exc)

@@ -1,0 +1,262 @@
+"""Portal pages of federated fine-tuning: the jobs a user may see, a job's progress (rounds, a plot,
+the model), the operators' job form and actions, members' participation, and their SuperNode keys.
+
+Everything works without JavaScript: a job that is scheduled or running refreshes its own page.
+Reads go through federation.selectors, writes through federation.services, which decide who may do
+what; the pages only hide buttons that would be refused anyway.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
+from django.db.models import Count
+from django.http import FileResponse, HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from clearinghouse.core.errors import ApplicationError, Conflict, ValidationFailed
+from clearinghouse.organisations.roles import MANAGE_FEDERATION
+from clearinghouse.organisations.selectors import require_operator, user_capabilities
+
+# The portal's own helpers, shared so every page reports service errors the same way.
+from clearinghouse.portal.views import _form_error, _my_organisation, service_errors
+
+from .forms import JobForm, SuperNodeKeyForm
+from .models import FederatedJob, JobRound, JobState, ParticipantStatus
+from .selectors import (
+    job_artifact_for_download,
+    job_get,
+    job_list,
+    job_my_participation,
+    job_participants,
+    job_rounds,
+    supernode_key_get,
+    supernode_key_list,
+)
+from .services import (
+    job_cancel,
+    job_create,
+    job_participation_decide,
+    job_schedule,
+    supernode_key_add,
+    supernode_key_revoke,
+)
+
+# The states in which a job is still changing on its own (the page reloads itself every 10 s).
+PROGRESSING_STATES = frozenset({JobState.SCHEDULED, JobState.RUNNING})
+# What a member types where the command needs something only they know.
+KEY_FILE_PLACEHOLDER = "keys/gpu-1.key"
+DATA_FILE_PLACEHOLDER = "/path/to/your-data.csv"
+DEFAULT_FLEET_ADDRESS = "superlink-host:9092"
+
+
+@login_required
+@require_GET
+@service_errors
+def job_list_view(request: HttpRequest) -> HttpResponse:
+    # Counted in the same query as the list (distinct: the member's filter joins participants).
+    jobs = job_list(actor=request.user).annotate(rounds_done=Count("rounds", distinct=True))[:200]
+    return render(request, "federation/jobs.html", {"jobs": jobs})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@service_errors
+def job_new_view(request: HttpRequest) -> HttpResponse:
+    require_operator(actor=request.user)
+    form = JobForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            job = job_create(actor=request.user, **form.job_create_arguments())
+        except ApplicationError as exc:
+            _form_error(form, exc)
+        else:
+            messages.success(request, f"Job {job.name} created as a draft; the invited organisations decide "
+                                      "now.")
+            return redirect("portal:federated_job", job_id=job.pk)
+    return render(request, "federation/job_new.html", {"form": form})
+
+
+def _client_accuracies(record: dict[str, Any]) -> list[tuple[str, float]]:
+    """Each client's held-out accuracy in a round, as the ServerApp reported it (when it did)."""
+    accuracies = []
+    for client in record.get("clients") or []:
+        if not isinstance(client, dict):
+            continue
+        accuracy = (client.get("evaluate") or {}).get("eval-accuracy")
+        if isinstance(accuracy, (int, float)):
+            who = client.get("organisation") or f"node {client.get('node_id')}"
+            accuracies.append((who, float(accuracy)))
+    return accuracies
+
+
+def _dropouts(record: dict[str, Any]) -> list[str]:
+    return [f"{d.get('organisation') or 'node ' + str(d.get('node_id'))}: {d.get('reason', '')}"
+            for d in record.get("dropouts") or [] if isinstance(d, dict)]
+
+
+def _round_rows(rounds: list[JobRound]) -> list[dict[str, Any]]:
+    return [{"round": r, "client_accuracies": _client_accuracies(r.record), "dropouts": _dropouts(r.record)}
+            for r in rounds]
+
+
+def _round_plot(rounds: list[JobRound]) -> dict[str, Any] | None:
+    """Accuracy (on 0..1) and loss (scaled to its largest value) per round, as two SVG polylines
+    with a marker per round, so even a single round shows (no JavaScript needed)."""
+    if not rounds:
+        return None
+    width, height, pad = 640, 260, 50
+    first, last = rounds[0].number, rounds[-1].number
+    span = max(1, last - first)
+
+    def x(number: int) -> float:
+        return round(pad + (number - first) / span * (width - 2 * pad), 1)
+
+    def y(fraction: float) -> float:
+        return round(height - pad - min(max(fraction, 0.0), 1.0) * (height - 2 * pad), 1)
+
+    accuracy = [(x(r.number), y(r.accuracy)) for r in rounds if r.accuracy is not None]
+    loss_max = max((r.loss for r in rounds if r.loss is not None), default=0.0)
+    loss = [(x(r.number), y(r.loss / loss_max)) for r in rounds if r.loss is not None] if loss_max > 0 else []
+    step = math.ceil(len(rounds) / 12)  # at most a dozen round labels under the axis
+    return {
+        "width": width, "height": height,
+        "left": pad, "right": width - pad, "top": pad, "bottom": height - pad,
+        "middle": y(0.5), "loss_max": loss_max,
+        # Where the axis labels go: beside the axes, under the ticks, along the edges.
+        "left_labels": pad - 6, "right_labels": width - pad + 6, "loss_title_x": width - 10,
+        "tick_end": height - pad + 4, "tick_labels": height - pad + 16, "x_title_y": height - 6,
+        "accuracy_points": " ".join(f"{px},{py}" for px, py in accuracy), "accuracy_markers": accuracy,
+        "loss_points": " ".join(f"{px},{py}" for px, py in loss), "loss_markers": loss,
+        "x_ticks": [(x(r.number), r.number) for r in rounds[::step]],
+    }
+
+
+def _evaluation_rows(evaluation: dict[str, Any] | None) -> list[tuple[str, float]]:
+    """The final evaluation's numbers (the confusion matrix is left to the API), per-class F1 last."""
+    if not isinstance(evaluation, dict):
+        return []
+    rows = [(name.replace("_", " "), value) for name, value in evaluation.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    per_class = evaluation.get("per_class_f1")
+    if isinstance(per_class, dict):
+        rows += [(f"F1 of {label}", value) for label, value in per_class.items()
+                 if isinstance(value, (int, float))]
+    return rows
+
+
+def _agent_command(job: FederatedJob, organisation_slug: str) -> str:
+    """The member agent's command line for this job, with the job's own columns and labels."""
+    command = ["python", "-m", "federation.agent", "run",
+               "--superlink", settings.FLOWER_FLEET_ADDRESS or settings.FLOWER_SUPERLINK or DEFAULT_FLEET_ADDRESS, "--root-certificates", "ca.crt",
+               "--auth-key", KEY_FILE_PLACEHOLDER, "--data", DATA_FILE_PLACEHOLDER,
+               "--text-column", job.text_column, "--label-column", job.label_column,
+               "--labels", ",".join(job.labels), "--organisation", organisation_slug]
+    if job.base_model != "minilm-l6":  # the agent's preflight loads minilm-l6 unless told otherwise
+        command += ["--base-model", job.base_model]
+    return " ".join(shlex.quote(part) for part in command)
+
+
+@login_required
+@require_GET
+@service_errors
+def job_detail_view(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = job_get(actor=request.user, job_id=job_id)
+    rounds = list(job_rounds(job=job))
+    mine = job_my_participation(actor=request.user, job=job)
+    artifact = getattr(job, "artifact", None)  # None until the run's model is stored
+    context = {
+        "job": job,
+        "participants": job_participants(job=job),
+        "my_participation": mine,
+        "rounds": _round_rows(rounds),
+        "plot": _round_plot(rounds),
+        "evaluation": _evaluation_rows(job.final_evaluation),
+        "artifact": artifact,
+        "refresh": job.state in PROGRESSING_STATES,
+        "can_decide": (mine is not None and job.state == JobState.DRAFT
+                       and MANAGE_FEDERATION in user_capabilities(user=request.user)),
+        "can_download": (artifact is not None and mine is not None
+                         and mine.status == ParticipantStatus.ACCEPTED),
+        "agent_command": _agent_command(job, mine.organisation.slug) if mine is not None else "",
+    }
+    return render(request, "federation/job.html", context)
+
+
+@login_required
+@require_POST
+@service_errors
+def job_participation_view(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = job_get(actor=request.user, job_id=job_id)
+    # An empty dataset field keeps the dataset named before (the service changes only what it is given).
+    participant = job_participation_decide(
+        actor=request.user, job=job, decision=request.POST.get("decision", ""),
+        dataset=request.POST.get("dataset", "").strip() or None,
+        data_description=request.POST.get("data_description"))
+    messages.success(request, f"{participant.organisation.name} {participant.get_status_display().lower()} "
+                              f"the job {job.name}.")
+    return redirect("portal:federated_job", job_id=job.pk)
+
+
+@login_required
+@require_POST
+@service_errors
+def job_schedule_view(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = job_schedule(actor=request.user, job=job_get(actor=request.user, job_id=job_id))
+    messages.success(request, f"Job {job.name} scheduled: it is being submitted to the SuperLink.")
+    return redirect("portal:federated_job", job_id=job.pk)
+
+
+@login_required
+@require_POST
+@service_errors
+def job_cancel_view(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = job_cancel(actor=request.user, job=job_get(actor=request.user, job_id=job_id),
+                     reason=request.POST.get("reason", ""))
+    messages.success(request, f"Job {job.name} cancelled.")
+    return redirect("portal:federated_job", job_id=job.pk)
+
+
+@login_required
+@require_GET
+@service_errors
+def job_model_view(request: HttpRequest, job_id: int) -> FileResponse:
+    job = job_get(actor=request.user, job_id=job_id)
+    artifact = job_artifact_for_download(actor=request.user, job=job)
+    return FileResponse(default_storage.open(artifact.file_name, "rb"), as_attachment=True,
+                        filename=f"{job.uid}-adapter.safetensors", content_type="application/octet-stream")
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+@service_errors
+def supernode_keys_view(request: HttpRequest) -> HttpResponse:
+    organisation = _my_organisation(request).organisation
+    keys = supernode_key_list(actor=request.user, organisation=organisation)  # org admins only
+    form = SuperNodeKeyForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            key = supernode_key_add(actor=request.user, organisation=organisation, **form.cleaned_data)
+        except (ValidationFailed, Conflict) as exc:
+            _form_error(form, exc)
+        else:
+            messages.success(request, f"Key {key.name} added; it is being registered with the SuperLink.")
+            return redirect("portal:supernode_keys")
+    return render(request, "federation/supernode_keys.html",
+                  {"organisation": organisation, "keys": keys, "form": form})
+
+
+@login_required
+@require_POST
+@service_errors
+def supernode_key_revoke_view(request: HttpRequest, key_id: int) -> HttpResponse:
+    key = supernode_key_revoke(actor=request.user, key=supernode_key_get(actor=request.user, key_id=key_id))
+    messages.success(request, f"Key {key.name} revoked.")
+    return redirect("portal:supernode_keys")
