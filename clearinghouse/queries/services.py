@@ -110,11 +110,14 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
     answers again without new spending, so that asking repeatedly can never average the noise away."""
     if not items or len(items) > MAX_QUERIES_PER_REQUEST:
         raise ValidationFailed(f"Send 1 to {MAX_QUERIES_PER_REQUEST} queries at once.", code="invalid_query")
+    # Access, version and budget once per request: every query of it is asked by the same analyst.
+    version, budget = _context(actor=actor, dataset=dataset)
+    schema = query_schema(version=version, budget=budget)
     prepared = []
     for index, item in enumerate(items):
         try:
-            prepared.append(query_prepare(actor=actor, dataset=dataset, spec=item.get("spec"), sql=item.get("sql"),
-                                          privacy=item.get("privacy")))
+            prepared.append((version, budget, query_parse(schema=schema, spec=item.get("spec"), sql=item.get("sql"),
+                                                          privacy=item.get("privacy"))))
         except ValidationFailed as exc:
             if len(items) > 1:
                 exc.message = f"queries[{index}]: {exc.message}"
@@ -165,31 +168,59 @@ def _finish(query: Query, *, status: str, result: dict | None = None, code: str 
     return query
 
 
-def query_execute(*, query_id: int, data_loader) -> Query:
-    """Worker side. `data_loader(version)` returns the decrypted table (the worker caches it)."""
-    from clearinghouse.dp import preview, release
+def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
+    """Worker side: the queries of one request, each priced, debited and released on its own.
+    `data_loader(version)` returns the decrypted table (the worker caches it).
 
+    Three transactions for the whole request rather than three per query (each commit waits for
+    the disk): (1) lock the queries and debit each that fits, refusing those that do not; (2) run
+    the paid ones (outside any transaction: the spend is committed before noise is drawn); (3) store
+    the releases. A query that fails after its debit keeps the spend (the conservative choice)."""
+    from clearinghouse.dp import preview
+
+    paid: list[tuple[Query, TableSchema, QuerySpec]] = []
     with transaction.atomic():
-        query = Query.objects.select_for_update().select_related("version__dataset", "analyst",
-                                                                 "organisation").get(pk=query_id)
-        if query.status != QueryStatus.PENDING:
-            return query  # a redelivered task: never pay twice
-        budget = PrivacyBudget.objects.get(dataset_id=query.dataset_id)
-        schema = query_schema(version=query.version, budget=budget)
-        spec = parse_spec(query.spec, schema)
-        cost = preview(schema, spec).cost  # exact, from the measurement's privacy map
-        amount = cost.rho if budget.measure == PrivacyMeasure.ZCDP else cost.epsilon
-        try:
-            with transaction.atomic():
-                budget_debit(query=query, amount=float(amount), delta=float(cost.delta or 0.0))
-        except BudgetExceeded as exc:
-            _finish(query, status=QueryStatus.FAILED, code=exc.code, message=exc.message)
-            audit_record(actor=query.analyst, action="query.refused", organisation=query.organisation, target=query,
-                         extra={"code": exc.code, "amount": amount})
-            count_on_commit(QUERIES_REFUSED.labels(code=exc.code))
-            return query
-        query.cost, query.cost_delta, query.status = float(amount), float(cost.delta or 0.0), QueryStatus.RUNNING
-        query.save(update_fields=["cost", "cost_delta", "status"])
+        # Queries first (in id order), then budget and allocation rows inside budget_debit: one lock order.
+        queries = list(Query.objects.select_for_update().select_related("version__dataset", "analyst", "organisation")
+                       .filter(pk__in=query_ids).order_by("pk"))
+        by_id = {query.pk: query for query in queries}
+        for query_id in query_ids:
+            query = by_id.get(query_id)
+            if query is None or query.status != QueryStatus.PENDING:
+                continue  # a redelivered task: never pay twice
+            budget = PrivacyBudget.objects.get(dataset_id=query.dataset_id)
+            schema = query_schema(version=query.version, budget=budget)
+            spec = parse_spec(query.spec, schema)
+            cost = preview(schema, spec).cost  # exact, from the measurement's privacy map
+            amount = cost.rho if budget.measure == PrivacyMeasure.ZCDP else cost.epsilon
+            try:
+                with transaction.atomic():
+                    budget_debit(query=query, amount=float(amount), delta=float(cost.delta or 0.0))
+            except BudgetExceeded as exc:
+                _finish(query, status=QueryStatus.FAILED, code=exc.code, message=exc.message)
+                audit_record(actor=query.analyst, action="query.refused", organisation=query.organisation,
+                             target=query, extra={"code": exc.code, "amount": amount})
+                count_on_commit(QUERIES_REFUSED.labels(code=exc.code))
+                continue
+            query.cost, query.cost_delta, query.status = float(amount), float(cost.delta or 0.0), QueryStatus.RUNNING
+            query.save(update_fields=["cost", "cost_delta", "status"])
+            paid.append((query, schema, spec))
+    released = [(query, _release(query, schema, spec, data_loader)) for query, schema, spec in paid]
+    with transaction.atomic():
+        for query, body in released:
+            if body is None:
+                continue
+            _finish(query, status=QueryStatus.RELEASED, result=body)
+            audit_record(actor=query.analyst, action="query.released", organisation=query.organisation, target=query,
+                         extra={"query_hash": query.query_hash, "cost": query.cost, "delta": query.cost_delta})
+            count_on_commit(QUERIES_RELEASED)
+    return [by_id[query_id] for query_id in query_ids if query_id in by_id]
+
+
+def _release(query: Query, schema: TableSchema, spec: QuerySpec, data_loader) -> dict | None:
+    """Runs one paid query; on failure records it (the spend stays) and returns None."""
+    from clearinghouse.dp import release
+
     try:
         result = release(schema, spec, data_loader(query.version))
     except Exception as exc:  # the spend stays: the conservative choice (noise may have been drawn)
@@ -204,15 +235,10 @@ def query_execute(*, query_id: int, data_loader) -> Query:
             from clearinghouse.datasets.services import dataset_version_mark_corrupt
 
             dataset_version_mark_corrupt(version=query.version)
-        return query
+        return None
     body = result.to_dict()
     body["timings_ms"] = result.timings_ms
-    with transaction.atomic():
-        _finish(query, status=QueryStatus.RELEASED, result=body)
-        audit_record(actor=query.analyst, action="query.released", organisation=query.organisation, target=query,
-                     extra={"query_hash": query.query_hash, "cost": query.cost, "delta": query.cost_delta})
-        count_on_commit(QUERIES_RELEASED)
-    return query
+    return body
 
 
 def query_error_for(query: Query) -> ApplicationError | None:
@@ -245,7 +271,7 @@ def query_wait(*, query: Query, timeout: float) -> Query:
     from celery.exceptions import TimeoutError as CeleryTimeout
     from celery.result import AsyncResult
 
-    query.refresh_from_db()
+    query = _fresh(query)
     # Only wait when still unfinished: waiting again on a task whose result was already consumed
     # (several queries of one request share a task) would idle until the backend's poll times out.
     if query.status in {QueryStatus.PENDING, QueryStatus.RUNNING} and query.task_id and timeout > 0:
@@ -253,5 +279,10 @@ def query_wait(*, query: Query, timeout: float) -> Query:
             AsyncResult(query.task_id).get(timeout=timeout, propagate=False, interval=0.02)
         except CeleryTimeout:
             pass
-        query.refresh_from_db()
+        query = _fresh(query)
     return query
+
+
+def _fresh(query: Query) -> Query:
+    """The query as stored now, with what its API body shows (one database round trip)."""
+    return Query.objects.select_related("dataset__organisation", "version").get(pk=query.pk)

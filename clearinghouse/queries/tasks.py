@@ -49,9 +49,9 @@ def _loader(version: DatasetVersion):
 @shared_task(name="queries.execute", acks_late=True)
 def query_execute_task(query_ids: list[int]) -> list[str]:
     """Releases the queries of one request in order (each priced and debited on its own)."""
-    from .services import query_execute
+    from .services import query_execute_many
 
-    return [query_execute(query_id=query_id, data_loader=_loader).status for query_id in query_ids]
+    return [query.status for query in query_execute_many(query_ids=query_ids, data_loader=_loader)]
 
 
 @shared_task(name="queries.preview")
