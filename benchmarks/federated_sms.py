@@ -225,6 +225,14 @@ def main() -> int:
             "bytes_per_round_vs_full_model": round(
                 float(np.mean([r["bytes_sent"] + r["bytes_received"] for r in rounds])) / full_model_bytes, 4
             ),
+            # One member's link per round (its train and evaluate downloads plus its upload): what LoRA
+            # saves each member against exchanging the full model.
+            "mean_bytes_per_member_per_round": int(np.mean(
+                [(r["bytes_sent"] + r["bytes_received"]) / max(1, len(members)) for r in rounds])),
+            "bytes_per_member_per_round_vs_full_model": round(float(np.mean(
+                [(r["bytes_sent"] + r["bytes_received"]) / max(1, len(members)) for r in rounds])) / full_model_bytes, 4),
+            "mean_overhead_vs_local_training": round(float(np.mean(
+                [r["flower_overhead_seconds"] / r["slowest_client_train_seconds"] for r in rounds])), 3),
             "per_round": per_round,
         },
         "centralised": None
