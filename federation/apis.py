@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.core.files.storage import default_storage
 from django.http import FileResponse
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -12,9 +11,9 @@ from rest_framework.views import APIView
 from clearinghouse.core.apis import validated
 from clearinghouse.organisations.selectors import organisation_get
 
-from .models import FederatedJob, JobRound, SuperNodeKey, Strategy
+from .models import FederatedJob, JobRound, Strategy, SuperNodeKey
 from .selectors import (
-    job_artifact_for_download,
+    job_artifact_file,
     job_get,
     job_list,
     job_my_participation,
@@ -48,7 +47,9 @@ def job_body(job: FederatedJob, *, actor, detail: bool = False) -> dict:
         "task": {"text_column": job.text_column, "label_column": job.label_column, "labels": job.labels},
         "strategy": job.strategy, "num_rounds": job.num_rounds, "min_clients": job.min_clients,
         "settings": job.settings, "created_at": job.created_at, "scheduled_at": job.scheduled_at,
-        "started_at": job.started_at, "finished_at": job.finished_at, "rounds_completed": job.rounds.count(),
+        "started_at": job.started_at, "finished_at": job.finished_at,
+        # Counted by the list's query; a job just returned by a service is counted here.
+        "rounds_completed": job.rounds_done if hasattr(job, "rounds_done") else job.rounds.count(),
     }
     if detail:
         body["participants"] = [
@@ -158,17 +159,16 @@ class JobArtifactApi(APIView):
                    operation_id="federated_jobs_artifact")
     def get(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
-        artifact = job_artifact_for_download(actor=request.user, job=job)
-        return FileResponse(default_storage.open(artifact.file_name, "rb"), as_attachment=True,
-                            filename=f"{job.uid}-adapter.safetensors", content_type="application/octet-stream")
+        file, name = job_artifact_file(actor=request.user, job=job)
+        return FileResponse(file, as_attachment=True, filename=name, content_type="application/octet-stream")
 
 
 class JobEventApi(APIView):
     """The ServerApp's callback: one event per request, authenticated by the job's own bearer token
     (written for the ServerApp only; never a user's token)."""
 
-    authentication_classes: list = []
-    permission_classes = [AllowAny]
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
 
     @extend_schema(request=dict, responses=dict, operation_id="federated_jobs_event")
     def post(self, request, job_id: int):

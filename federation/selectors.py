@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.core.files.storage import default_storage
+from django.db.models import Count, QuerySet
 
 from clearinghouse.core.errors import NotFound, PermissionDenied
 from clearinghouse.organisations.models import Organisation
@@ -16,13 +17,14 @@ from .models import FederatedJob, JobParticipant, JobRound, ModelArtifact, Parti
 
 
 def job_list(*, actor: Any) -> QuerySet[FederatedJob]:
-    jobs = FederatedJob.objects.all()
+    """With `rounds_done` counted in the same query (distinct: a member's filter joins participants)."""
+    jobs = FederatedJob.objects.annotate(rounds_done=Count("rounds", distinct=True))
     if actor.is_operator:
         return jobs
     membership = membership_active(user=actor)
     if membership is None:
         return jobs.none()
-    return jobs.filter(participants__organisation_id=membership.organisation_id).distinct()
+    return jobs.filter(participants__organisation_id=membership.organisation_id)
 
 
 def job_get(*, actor: Any, job_id: int) -> FederatedJob:
@@ -58,6 +60,12 @@ def job_artifact_for_download(*, actor: Any, job: FederatedJob) -> ModelArtifact
     if artifact is None:
         raise NotFound("The job has no model yet.", code="no_artifact")
     return artifact
+
+
+def job_artifact_file(*, actor: Any, job: FederatedJob) -> tuple[Any, str]:
+    """The model file opened for reading and the name to download it as (participants only)."""
+    artifact = job_artifact_for_download(actor=actor, job=job)
+    return default_storage.open(artifact.file_name, "rb"), f"{job.uid}-adapter.safetensors"
 
 
 def supernode_key_list(*, actor: Any, organisation: Organisation) -> QuerySet[SuperNodeKey]:

@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import shutil
 from datetime import timedelta
@@ -28,6 +29,7 @@ from django.utils import timezone
 
 from clearinghouse.audit.services import audit_record
 from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from clearinghouse.core.metrics import FEDERATED_ROUNDS, count_on_commit
 from clearinghouse.core.text import clean_name
 from clearinghouse.datasets.models import Dataset
 from clearinghouse.datasets.selectors import dataset_grant_active
@@ -35,7 +37,7 @@ from clearinghouse.organisations.models import Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_FEDERATION
 from clearinghouse.organisations.selectors import require_capability, require_operator
 from federation.flower.control import RUN_COMPLETED, RUN_FAILED, FlowerControlError, SuperLinkControl
-from federation.flower.settings import FederationConfigError, JobSettings
+from federation.flower.settings import KNOWN_RUN_KEYS, FederationConfigError, JobSettings
 
 from .models import (
     FederatedJob,
@@ -50,13 +52,13 @@ from .models import (
 
 log = logging.getLogger(__name__)
 
-# Run-config keys the operator may set through `settings` (the rest the service decides).
-TUNABLE_KEYS = frozenset({
-    "lora", "lora-r", "lora-alpha", "lora-dropout", "lora-target-modules", "max-length", "batch-size",
-    "learning-rate", "weight-decay", "local-epochs", "max-steps", "seed", "mixed-precision", "round-timeout",
-    "connect-timeout", "proximal-mu", "fedadam-eta", "fedadam-eta-l", "fedadam-beta-1", "fedadam-beta-2",
-    "fedadam-tau", "test-fraction",
+# Run-config keys the service sets itself (the job's fields and its wiring); every other key the
+# Flower app understands is the operator's to tune through `settings`.
+SERVICE_KEYS = frozenset({
+    "job-id", "labels", "base-model", "strategy", "num-rounds", "min-clients", "participants", "output-dir",
+    "metrics-jsonl", "callback-url", "callback-token", "callback-token-file",
 })
+TUNABLE_KEYS = KNOWN_RUN_KEYS - SERVICE_KEYS
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -317,7 +319,7 @@ def job_stop(*, job_id: int) -> None:
 
 # ----------------------------------------------------------------------------- the ServerApp's reports
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and value == value else None  # NaN → None
+    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
 
 
 @transaction.atomic
@@ -347,9 +349,7 @@ def job_event_record(*, job_id: int, token: str, event: dict[str, Any]) -> Feder
         if created:
             audit_record(actor=None, action="federated_job.round_recorded", target=job,
                          extra={"job": str(job.uid), "round": number, "accuracy": values["accuracy"]})
-            from clearinghouse.core import metrics
-
-            transaction.on_commit(lambda: metrics.FEDERATED_ROUNDS.labels(strategy=job.strategy).inc())
+            count_on_commit(FEDERATED_ROUNDS.labels(strategy=job.strategy))
     elif kind == "finished":
         job.final_evaluation = event.get("final_evaluation")
         job.save(update_fields=["final_evaluation"])

@@ -15,8 +15,6 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.files.storage import default_storage
-from django.db.models import Count
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -31,7 +29,7 @@ from clearinghouse.portal.views import _form_error, _my_organisation, service_er
 from .forms import JobForm, SuperNodeKeyForm
 from .models import FederatedJob, JobRound, JobState, ParticipantStatus
 from .selectors import (
-    job_artifact_for_download,
+    job_artifact_file,
     job_get,
     job_list,
     job_my_participation,
@@ -54,15 +52,14 @@ PROGRESSING_STATES = frozenset({JobState.SCHEDULED, JobState.RUNNING})
 # What a member types where the command needs something only they know.
 KEY_FILE_PLACEHOLDER = "keys/gpu-1.key"
 DATA_FILE_PLACEHOLDER = "/path/to/your-data.csv"
-DEFAULT_FLEET_ADDRESS = "superlink-host:9092"
+FLEET_ADDRESS_PLACEHOLDER = "superlink-host:9093"  # when the service has no SuperLink configured
 
 
 @login_required
 @require_GET
 @service_errors
 def job_list_view(request: HttpRequest) -> HttpResponse:
-    # Counted in the same query as the list (distinct: the member's filter joins participants).
-    jobs = job_list(actor=request.user).annotate(rounds_done=Count("rounds", distinct=True))[:200]
+    jobs = job_list(actor=request.user)[:200]
     return render(request, "federation/jobs.html", {"jobs": jobs})
 
 
@@ -155,7 +152,7 @@ def _evaluation_rows(evaluation: dict[str, Any] | None) -> list[tuple[str, float
 def _agent_command(job: FederatedJob, organisation_slug: str) -> str:
     """The member agent's command line for this job, with the job's own columns and labels."""
     command = ["python", "-m", "federation.agent", "run",
-               "--superlink", settings.FLOWER_FLEET_ADDRESS or settings.FLOWER_SUPERLINK or DEFAULT_FLEET_ADDRESS, "--root-certificates", "ca.crt",
+               "--superlink", settings.FLOWER_FLEET_ADDRESS or FLEET_ADDRESS_PLACEHOLDER, "--root-certificates", "ca.crt",
                "--auth-key", KEY_FILE_PLACEHOLDER, "--data", DATA_FILE_PLACEHOLDER,
                "--text-column", job.text_column, "--label-column", job.label_column,
                "--labels", ",".join(job.labels), "--organisation", organisation_slug]
@@ -229,9 +226,8 @@ def job_cancel_view(request: HttpRequest, job_id: int) -> HttpResponse:
 @service_errors
 def job_model_view(request: HttpRequest, job_id: int) -> FileResponse:
     job = job_get(actor=request.user, job_id=job_id)
-    artifact = job_artifact_for_download(actor=request.user, job=job)
-    return FileResponse(default_storage.open(artifact.file_name, "rb"), as_attachment=True,
-                        filename=f"{job.uid}-adapter.safetensors", content_type="application/octet-stream")
+    file, name = job_artifact_file(actor=request.user, job=job)
+    return FileResponse(file, as_attachment=True, filename=name, content_type="application/octet-stream")
 
 
 @login_required

@@ -12,6 +12,8 @@ import socket
 from django.conf import settings
 from django.db import connection
 
+from clearinghouse.core.probe import host_port
+
 logger = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 3.0
 
@@ -38,16 +40,11 @@ def broker_check() -> str:
     return "ok"
 
 
-def superlink_address(value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def _superlink() -> str:
     if not settings.FLOWER_SUPERLINK:
         return "disabled"
     # TCP reachability of the Control API's port; TLS and authentication are the federation app's.
-    with socket.create_connection(superlink_address(settings.FLOWER_SUPERLINK), timeout=TIMEOUT_SECONDS):
+    with socket.create_connection(host_port(settings.FLOWER_SUPERLINK), timeout=TIMEOUT_SECONDS):
         return "ok"
 
 

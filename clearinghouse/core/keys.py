@@ -70,7 +70,7 @@ def keyring() -> Keyring:
 
     from . import request_context
 
-    if request_context._current.get() is not None and not current_task:
+    if request_context.active() is not None and not current_task:
         raise KeyringError("The keyring is loaded only by workers and management commands, never while "
                            "serving a web request; web code encrypts to staging_public_key().")
     return _load_keyring()

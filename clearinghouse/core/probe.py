@@ -24,10 +24,15 @@ def probe_http(url: str) -> bool:
         return False
 
 
-def probe_tcp(address: str) -> bool:
+def host_port(address: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets) as a socket address."""
     host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def probe_tcp(address: str) -> bool:
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=TIMEOUT_SECONDS):
+        with socket.create_connection(host_port(address), timeout=TIMEOUT_SECONDS):
             return True
     except OSError:
         return False

@@ -170,7 +170,7 @@ def _finish(query: Query, *, status: str, result: dict | None = None, code: str 
 
 def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
     """Worker side: the queries of one request, each priced, debited and released on its own.
-    `data_loader(version)` returns the decrypted table (the worker caches it).
+    `data_loader(version, schema)` returns the decrypted, staged table (the worker caches it).
 
     Three transactions for the whole request rather than three per query (each commit waits for
     the disk): (1) lock the queries and debit each that fits, refusing those that do not; (2) run
@@ -222,7 +222,7 @@ def _release(query: Query, schema: TableSchema, spec: QuerySpec, data_loader) ->
     from clearinghouse.dp import release
 
     try:
-        result = release(schema, spec, data_loader(query.version))
+        result = release(schema, spec, data_loader(query.version, schema))
     except Exception as exc:  # the spend stays: the conservative choice (noise may have been drawn)
         code = "integrity_error" if exc.__class__.__name__ in {"IntegrityError", "FormatError"} else "release_failed"
         logger.error("Query %s failed after its debit: %s", query.pk, exc.__class__.__name__)

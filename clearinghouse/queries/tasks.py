@@ -38,20 +38,12 @@ def staged_data(version: DatasetVersion, schema):
     return prepared
 
 
-def _loader(version: DatasetVersion):
-    from .models import PrivacyBudget
-    from .services import query_schema
-
-    budget = PrivacyBudget.objects.get(dataset_id=version.dataset_id)
-    return staged_data(version, query_schema(version=version, budget=budget))
-
-
 @shared_task(name="queries.execute", acks_late=True)
 def query_execute_task(query_ids: list[int]) -> list[str]:
     """Releases the queries of one request in order (each priced and debited on its own)."""
     from .services import query_execute_many
 
-    return [query.status for query in query_execute_many(query_ids=query_ids, data_loader=_loader)]
+    return [query.status for query in query_execute_many(query_ids=query_ids, data_loader=staged_data)]
 
 
 @shared_task(name="queries.preview")

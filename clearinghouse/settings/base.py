@@ -228,7 +228,7 @@ KEYRING_ALLOW_DEV = env_bool("KEYRING_ALLOW_DEV", True)
 FLOWER_SUPERLINK = os.environ.get("FLOWER_SUPERLINK", "")
 FLOWER_ROOT_CERTIFICATES = os.environ.get("FLOWER_ROOT_CERTIFICATES", "")
 # The SuperLink address the members' agents connect to (its public name), when not FLOWER_SUPERLINK.
-FLOWER_FLEET_ADDRESS = os.environ.get("FLOWER_FLEET_ADDRESS", "")
+FLOWER_FLEET_ADDRESS = os.environ.get("FLOWER_FLEET_ADDRESS", "") or FLOWER_SUPERLINK
 FLOWER_SHARED_DIR = Path(os.environ.get("FLOWER_SHARED_DIR", VAR_DIR / "flower"))
 FLOWER_CALLBACK_URL_BASE = os.environ.get("FLOWER_CALLBACK_URL_BASE", "http://127.0.0.1:8000")
 FLOWER_APP_DIR = Path(os.environ.get("FLOWER_APP_DIR", BASE_DIR / "federation" / "flower" / "app"))
