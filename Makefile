@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: install run demo test
+.PHONY: install run demo test lint
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -24,3 +24,8 @@ test: $(VENV)/.installed
 	sh scripts/ensure-chromium
 	sh scripts/ensure-compose
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Boundaries (import-linter contracts in pyproject.toml) and no model change without its migration.
+lint: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
+	$(PY) manage.py makemigrations --check --dry-run

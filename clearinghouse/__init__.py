@@ -1,5 +1,6 @@
-"""Clearinghouse: a secure data-sharing service for a consortium of organisations."""
+"""Clearinghouse: a secure data-sharing service for a consortium of organisations.
 
-from .celery import app as celery_app
-
-__all__ = ("celery_app",)
+Deliberately empty: the pure cores (`clearinghouse.crypto`, `clearinghouse.dp`) must import without
+Django or Celery. The Celery app lives in `clearinghouse.celery`, which `celery -A clearinghouse`
+finds by name and Django loads when it starts (`clearinghouse.core.apps.CoreConfig.ready`).
+"""

@@ -2,7 +2,15 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from clearinghouse.core.views import api_not_found, healthz, metrics_view, readyz
+from clearinghouse.core.views import (
+    api_bad_request,
+    api_not_found,
+    api_permission_denied,
+    api_server_error,
+    healthz,
+    metrics_view,
+    readyz,
+)
 
 urlpatterns = [
     path("api/v1/", include("clearinghouse.api_urls")),
@@ -15,4 +23,7 @@ urlpatterns = [
     path("", include("clearinghouse.portal.urls")),
 ]
 
+handler400 = api_bad_request
+handler403 = api_permission_denied
 handler404 = api_not_found
+handler500 = api_server_error

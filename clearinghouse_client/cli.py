@@ -211,7 +211,8 @@ def cmd_budget(args) -> int:
     print(f"privacy budget of {args.dataset} ({budget.get('measure')}):")
     print_pairs([("total", budget.get("total")), ("spent", budget.get("spent")),
                  ("delta total", budget.get("delta_total")), ("delta spent", budget.get("delta_spent")),
-                 ("per query max", budget.get("per_query_max")), ("per analyst cap", budget.get("per_analyst_cap"))])
+                 ("per query max", budget.get("per_query_max")), ("per analyst cap", budget.get("per_analyst_cap")),
+                 ("max rows (stated, not measured)", budget.get("max_rows"))])
     allocations = budget.get("allocations") or []
     if allocations:
         print()

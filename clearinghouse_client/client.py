@@ -26,7 +26,7 @@ import httpx
 __all__ = ["ClearinghouseError", "Client", "Release", "parse_ref"]
 
 API = "/api/v1"
-_FINAL = {"released", "failed"}
+_FINAL = {"released", "refused", "failed"}
 
 
 class ClearinghouseError(Exception):
@@ -226,10 +226,10 @@ class Client:
     def me(self) -> dict:
         return self._get("/me")
 
-    def datasets(self) -> list[dict]:
-        """Every dataset the token's user may see, following the pagination."""
+    def _every_page(self, path: str) -> list[dict]:
+        """Every item of a list of the API (each answers one page: count, next, previous, results)."""
         out: list[dict] = []
-        page = self._get("/datasets")
+        page = self._get(path)
         seen = 0
         while True:
             out.extend(page.get("results") or [])
@@ -239,7 +239,11 @@ class Client:
                 return out
             # Only the next page's query (limit/offset) is taken from `next`: its scheme and host are
             # the service's own view of itself, which behind a proxy need not be `base_url`'s.
-            page = self._request("GET", "/datasets", params=dict(httpx.URL(following).params))[1]
+            page = self._request("GET", path, params=dict(httpx.URL(following).params))[1]
+
+    def datasets(self) -> list[dict]:
+        """Every dataset the token's user may see, following the pagination."""
+        return self._every_page("/datasets")
 
     def dataset(self, ref: str) -> dict:
         return self._get(self._dataset_path(ref))
@@ -285,7 +289,7 @@ class Client:
 
     @staticmethod
     def _checked(release: Release) -> Release:
-        if release.status == "failed":
+        if release.status in {"refused", "failed"}:
             error = release.error or {}
             raise ClearinghouseError(0, error.get("code") or "query_failed",
                                      error.get("detail") or f"query {release.id} failed")
@@ -293,4 +297,4 @@ class Client:
 
     def history(self, ref: str) -> list[Release]:
         """The queries of your organisation on the dataset (owners: everyone's), newest first."""
-        return [Release(body) for body in self._get(self._dataset_path(ref) + "/queries").get("results") or []]
+        return [Release(body) for body in self._every_page(self._dataset_path(ref) + "/queries")]

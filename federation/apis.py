@@ -2,27 +2,34 @@ from __future__ import annotations
 
 from django.http import FileResponse
 from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from clearinghouse.core.apis import validated
+from clearinghouse.core.apis import StrictCharField, StrictSlugField, paginated, validated
+from clearinghouse.core.parsers import NonFiniteAsNullJSONParser
 from clearinghouse.organisations.selectors import organisation_get
 
-from .models import FederatedJob, JobRound, Strategy, SuperNodeKey
+from .models import FederatedJob, JobRound, JobState, NodeKeyStatus, ParticipantStatus, Strategy, SuperNodeKey
 from .selectors import (
     job_artifact_file,
+    job_evaluation_shared,
+    job_flower_run_id_visible,
     job_get,
     job_list,
     job_my_participation,
     job_participants,
+    job_report_shared,
+    job_round_members_visible,
     job_rounds,
     supernode_key_get,
     supernode_key_list,
 )
 from .services import (
+    job_callback_authenticate,
     job_cancel,
     job_create,
     job_event_record,
@@ -33,11 +40,11 @@ from .services import (
 )
 
 
-def round_body(r: JobRound) -> dict:
+def round_body(r: JobRound, *, actor) -> dict:
     return {"round": r.number, "accuracy": r.accuracy, "macro_f1": r.macro_f1, "loss": r.loss,
             "clients_trained": r.clients_trained, "bytes_sent": r.bytes_sent, "bytes_received": r.bytes_received,
-            "seconds": r.seconds, "clients": r.record.get("clients", []), "dropouts": r.record.get("dropouts", []),
-            "flower_overhead_seconds": r.record.get("flower_overhead_seconds")}
+            "seconds": r.seconds, "clients": job_round_members_visible(actor=actor, record=r.record),
+            "dropouts": r.record.get("dropouts", []), "flower_overhead_seconds": r.record.get("flower_overhead_seconds")}
 
 
 def job_body(job: FederatedJob, *, actor, detail: bool = False) -> dict:
@@ -60,31 +67,122 @@ def job_body(job: FederatedJob, *, actor, detail: bool = False) -> dict:
         ]
         mine = job_my_participation(actor=actor, job=job)
         body["my_participation"] = mine.status if mine else None
-        body["final_evaluation"] = job.final_evaluation
+        body["final_evaluation"] = job_evaluation_shared(job.final_evaluation)
         artifact = getattr(job, "artifact", None)
         body["artifact"] = None if artifact is None else {
             "size": artifact.size, "sha256": artifact.sha256, "created_at": artifact.created_at,
-            "download_url": reverse("api:federated_job_artifact", args=[job.pk]), "report": artifact.report}
-        body["flower_run_id"] = job.flower_run_id if actor.is_operator else None
+            "download_url": reverse("api:federated_job_artifact", args=[job.pk]),
+            "report": job_report_shared(artifact.report)}
+        body["flower_run_id"] = job_flower_run_id_visible(actor=actor, job=job)
     return body
+
+
+class JobTaskOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "FederatedJobTask"
+
+    text_column = serializers.CharField()
+    label_column = serializers.CharField()
+    labels = serializers.ListField(child=serializers.CharField())
+
+
+class JobOutputSerializer(serializers.Serializer):
+    """`job_body`: a job as lists show it."""
+
+    class Meta:
+        ref_name = "FederatedJobOutput"
+
+    id = serializers.IntegerField()
+    uid = serializers.UUIDField()
+    url = serializers.CharField()
+    name = serializers.CharField()
+    state = serializers.ChoiceField(choices=JobState.choices)
+    reason = serializers.CharField()
+    base_model = serializers.CharField()
+    task = JobTaskOutputSerializer()
+    strategy = serializers.ChoiceField(choices=Strategy.values)
+    num_rounds = serializers.IntegerField()
+    min_clients = serializers.IntegerField()
+    settings = serializers.DictField()
+    created_at = serializers.DateTimeField()
+    scheduled_at = serializers.DateTimeField(allow_null=True)
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    rounds_completed = serializers.IntegerField()
+
+
+class JobParticipantOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "FederatedJobParticipant"
+
+    organisation = serializers.CharField()
+    status = serializers.ChoiceField(choices=ParticipantStatus.choices)
+    data_description = serializers.CharField()
+    dataset = serializers.CharField(allow_null=True, help_text="'owner/slug' of a registered dataset.")
+    decided_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobArtifactOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "FederatedJobArtifact"
+
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    download_url = serializers.CharField()
+    report = serializers.JSONField()
+
+
+class JobDetailOutputSerializer(JobOutputSerializer):
+    """`job_body(detail=True)`: one job with its participants and model."""
+
+    class Meta:
+        ref_name = "FederatedJobDetailOutput"
+
+    participants = JobParticipantOutputSerializer(many=True)
+    my_participation = serializers.ChoiceField(choices=ParticipantStatus.choices, allow_null=True,
+                                               help_text="Your organisation's answer, if it is invited.")
+    final_evaluation = serializers.JSONField(allow_null=True)
+    artifact = JobArtifactOutputSerializer(allow_null=True)
+    flower_run_id = serializers.CharField(allow_null=True, help_text="Operators only; null for others.")
+
+
+class RoundOutputSerializer(serializers.Serializer):
+    """`round_body`: one round's metrics as the ServerApp reported them."""
+
+    class Meta:
+        ref_name = "FederatedJobRoundOutput"
+
+    round = serializers.IntegerField()
+    accuracy = serializers.FloatField(allow_null=True)
+    macro_f1 = serializers.FloatField(allow_null=True)
+    loss = serializers.FloatField(allow_null=True)
+    clients_trained = serializers.IntegerField()
+    bytes_sent = serializers.IntegerField()
+    bytes_received = serializers.IntegerField()
+    seconds = serializers.FloatField()
+    clients = serializers.ListField(child=serializers.JSONField(),
+                                    help_text="Per-member metrics: your own organisation's members only.")
+    dropouts = serializers.ListField(child=serializers.JSONField())
+    flower_overhead_seconds = serializers.FloatField(allow_null=True)
 
 
 class JobListCreateApi(APIView):
     class ParticipantSerializer(serializers.Serializer):
-        organisation = serializers.SlugField()
-        dataset = serializers.CharField(required=False, allow_null=True, default=None,
-                                        help_text="A registered dataset as 'owner/slug' (optional).")
-        data_description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
+        organisation = StrictSlugField()
+        dataset = StrictCharField(required=False, allow_null=True, default=None,
+                                  help_text="A registered dataset as 'owner/slug' (optional).")
+        data_description = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
 
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "FederatedJobInput"
 
-        name = serializers.CharField(max_length=200)
-        base_model = serializers.CharField(required=False, default="minilm-l6", max_length=500)
-        text_column = serializers.CharField(max_length=200)
-        label_column = serializers.CharField(max_length=200)
-        labels = serializers.ListField(child=serializers.CharField(max_length=200), min_length=2, max_length=1000)
+        name = StrictCharField(max_length=200)
+        base_model = StrictCharField(required=False, default="minilm-l6", max_length=500)
+        text_column = StrictCharField(max_length=200)
+        label_column = StrictCharField(max_length=200)
+        labels = serializers.ListField(child=StrictCharField(max_length=200), min_length=2, max_length=1000)
         strategy = serializers.ChoiceField(choices=Strategy.values, default=Strategy.FEDAVG)
         num_rounds = serializers.IntegerField(default=3, min_value=1, max_value=1000)
         min_clients = serializers.IntegerField(default=2, min_value=1, max_value=1000)
@@ -92,11 +190,13 @@ class JobListCreateApi(APIView):
                                          help_text="Further run-config values, e.g. {\"lora-r\": 8, \"batch-size\": 16}.")
         participants = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1000)
 
-    @extend_schema(responses=dict, operation_id="federated_jobs_list")
+    @extend_schema(responses=JobOutputSerializer(many=True), operation_id="federated_jobs_list")
     def get(self, request):
-        return Response({"results": [job_body(j, actor=request.user) for j in job_list(actor=request.user)[:200]]})
+        return paginated(queryset=job_list(actor=request.user), body=lambda job: job_body(job, actor=request.user),
+                         request=request, view=self)
 
-    @extend_schema(request=InputSerializer, responses={201: dict}, operation_id="federated_jobs_create")
+    @extend_schema(request=InputSerializer, responses={201: JobDetailOutputSerializer},
+                   operation_id="federated_jobs_create")
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
         data["participants"] = [validated(self.ParticipantSerializer, p) for p in data["participants"]]
@@ -105,7 +205,7 @@ class JobListCreateApi(APIView):
 
 
 class JobDetailApi(APIView):
-    @extend_schema(responses=dict, operation_id="federated_jobs_get")
+    @extend_schema(responses=JobDetailOutputSerializer, operation_id="federated_jobs_get")
     def get(self, request, job_id: int):
         return Response(job_body(job_get(actor=request.user, job_id=job_id), actor=request.user, detail=True))
 
@@ -116,10 +216,11 @@ class JobParticipationApi(APIView):
             ref_name = "JobParticipationInput"
 
         decision = serializers.ChoiceField(choices=["accept", "decline"])
-        dataset = serializers.CharField(required=False, allow_null=True, default=None)
-        data_description = serializers.CharField(required=False, allow_null=True, default=None, max_length=5000)
+        dataset = StrictCharField(required=False, allow_null=True, default=None)
+        data_description = StrictCharField(required=False, allow_null=True, default=None, max_length=5000)
 
-    @extend_schema(request=InputSerializer, responses=dict, operation_id="federated_jobs_participation")
+    @extend_schema(request=InputSerializer, responses=JobDetailOutputSerializer,
+                   operation_id="federated_jobs_participation")
     def post(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
         job_participation_decide(actor=request.user, job=job, **validated(self.InputSerializer, request.data))
@@ -127,7 +228,7 @@ class JobParticipationApi(APIView):
 
 
 class JobScheduleApi(APIView):
-    @extend_schema(request=None, responses={202: dict}, operation_id="federated_jobs_schedule")
+    @extend_schema(request=None, responses={202: JobDetailOutputSerializer}, operation_id="federated_jobs_schedule")
     def post(self, request, job_id: int):
         job = job_schedule(actor=request.user, job=job_get(actor=request.user, job_id=job_id))
         return Response(job_body(job, actor=request.user, detail=True), status=202)
@@ -138,9 +239,9 @@ class JobCancelApi(APIView):
         class Meta:
             ref_name = "JobCancelInput"
 
-        reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
+        reason = StrictCharField(required=False, allow_blank=True, default="", max_length=500)
 
-    @extend_schema(request=InputSerializer, responses=dict, operation_id="federated_jobs_cancel")
+    @extend_schema(request=InputSerializer, responses=JobDetailOutputSerializer, operation_id="federated_jobs_cancel")
     def post(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
         job = job_cancel(actor=request.user, job=job, **validated(self.InputSerializer, request.data))
@@ -148,14 +249,16 @@ class JobCancelApi(APIView):
 
 
 class JobRoundsApi(APIView):
-    @extend_schema(responses=dict, operation_id="federated_jobs_rounds")
+    @extend_schema(responses=RoundOutputSerializer(many=True), operation_id="federated_jobs_rounds")
     def get(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
-        return Response({"results": [round_body(r) for r in job_rounds(job=job)]})
+        return paginated(queryset=job_rounds(job=job), body=lambda r: round_body(r, actor=request.user),
+                         request=request, view=self)
 
 
 class JobArtifactApi(APIView):
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(description="safetensors")},
+    @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(
+        response=OpenApiTypes.BINARY, description="The model adapter (safetensors).")},
                    operation_id="federated_jobs_artifact")
     def get(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
@@ -170,13 +273,67 @@ class JobEventApi(APIView):
     authentication_classes = ()
     permission_classes = (AllowAny,)
 
-    @extend_schema(request=dict, responses=dict, operation_id="federated_jobs_event")
+    class InputSerializer(serializers.Serializer):
+        """What the ServerApp reports (federation.flower.reporting); a round's whole record is kept."""
+
+        class Meta:
+            ref_name = "FederatedJobEventInput"
+
+        event = serializers.ChoiceField(choices=["started", "round", "finished", "failed"])
+        job_id = StrictCharField(required=False, allow_blank=True)
+        time = serializers.DateTimeField(required=False)
+        round = serializers.IntegerField(required=False, min_value=1, max_value=100_000,
+                                         help_text="Round events: the round's number.")
+        evaluate = serializers.DictField(required=False, help_text="Round events: accuracy, macro_f1, loss.")
+        clients_trained = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**31 - 1)
+        bytes_sent = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**63 - 1)
+        bytes_received = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**63 - 1)
+        round_seconds = serializers.FloatField(required=False, allow_null=True, min_value=0)
+        clients = serializers.ListField(child=serializers.DictField(), required=False,
+                                        help_text="Round events: per-client metrics.")
+        dropouts = serializers.ListField(child=serializers.DictField(), required=False)
+        final_evaluation = serializers.DictField(required=False, allow_null=True, help_text="Finished events.")
+        reason = StrictCharField(required=False, allow_blank=True, help_text="Failed events.")
+
+    # Kept as validated (numbers); the rest of the record is stored as sent (the parser has made it
+    # storable: no NUL, NaN/Infinity as null).
+    TYPED_FIELDS = ("round", "clients_trained", "bytes_sent", "bytes_received", "round_seconds")
+    # The ServerApp writes Python's json: NaN for a metric no client reported.
+    parser_classes = (NonFiniteAsNullJSONParser,)
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "FederatedJobEventOutput"
+
+        state = serializers.ChoiceField(choices=JobState.choices)
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer, operation_id="federated_jobs_event",
+                   description="The ServerApp's callback, authenticated by `Authorization: Bearer <job token>` "
+                               "(the job's own token, never a user's).")
     def post(self, request, job_id: int):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         token = header[7:].strip() if header.startswith("Bearer ") else ""
-        event = request.data if isinstance(request.data, dict) else {}
+        job_callback_authenticate(job_id=job_id, token=token)  # who sends it first, then what was sent
+        data = validated(self.InputSerializer, request.data)
+        event = {**request.data, **{name: data[name] for name in self.TYPED_FIELDS if name in data}}
         job = job_event_record(job_id=job_id, token=token, event=event)
         return Response({"state": job.state})
+
+
+class SuperNodeKeyOutputSerializer(serializers.Serializer):
+    """`key_body`."""
+
+    class Meta:
+        ref_name = "SuperNodeKeyOutput"
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    fingerprint = serializers.CharField()
+    status = serializers.ChoiceField(choices=NodeKeyStatus.choices)
+    node_id = serializers.CharField(allow_null=True)
+    error = serializers.CharField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    public_key = serializers.CharField()
 
 
 def key_body(key: SuperNodeKey) -> dict:
@@ -190,15 +347,17 @@ class SuperNodeKeyListCreateApi(APIView):
         class Meta:
             ref_name = "SuperNodeKeyInput"
 
-        name = serializers.CharField(max_length=100)
-        public_key = serializers.CharField(max_length=4000, help_text="OpenSSH public key, EC P-384.")
+        name = StrictCharField(max_length=100)
+        public_key = StrictCharField(max_length=4000, help_text="OpenSSH public key, EC P-384.")
 
-    @extend_schema(responses=dict, operation_id="supernode_keys_list")
+    @extend_schema(responses=SuperNodeKeyOutputSerializer(many=True), operation_id="supernode_keys_list")
     def get(self, request, slug: str):
         organisation = organisation_get(actor=request.user, slug=slug)
-        return Response({"results": [key_body(k) for k in supernode_key_list(actor=request.user, organisation=organisation)]})
+        return paginated(queryset=supernode_key_list(actor=request.user, organisation=organisation), body=key_body,
+                         request=request, view=self)
 
-    @extend_schema(request=InputSerializer, responses={201: dict}, operation_id="supernode_keys_add")
+    @extend_schema(request=InputSerializer, responses={201: SuperNodeKeyOutputSerializer},
+                   operation_id="supernode_keys_add")
     def post(self, request, slug: str):
         organisation = organisation_get(actor=request.user, slug=slug)
         key = supernode_key_add(actor=request.user, organisation=organisation,
@@ -207,7 +366,7 @@ class SuperNodeKeyListCreateApi(APIView):
 
 
 class SuperNodeKeyRevokeApi(APIView):
-    @extend_schema(request=None, responses=dict, operation_id="supernode_keys_revoke")
+    @extend_schema(request=None, responses=SuperNodeKeyOutputSerializer, operation_id="supernode_keys_revoke")
     def post(self, request, key_id: int):
         key = supernode_key_revoke(actor=request.user, key=supernode_key_get(actor=request.user, key_id=key_id))
         return Response(key_body(key))

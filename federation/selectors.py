@@ -1,5 +1,9 @@
 """Reads of the federation app. Operators see every job; a member organisation sees the jobs it is
-invited to; everyone else is told a job does not exist."""
+invited to; everyone else is told a job does not exist.
+
+What a job's metrics say about a member's rows (its example counts, confusion matrices, per-member
+scores and timings) is that member's alone: every viewer of a job sees its pooled rates (accuracy,
+F1, loss), each member only its own per-member entries, operators none (docs/data-exposure.md)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,22 @@ from django.db.models import Count, QuerySet
 from clearinghouse.core.errors import NotFound, PermissionDenied
 from clearinghouse.organisations.models import Organisation
 from clearinghouse.organisations.roles import MANAGE_FEDERATION
-from clearinghouse.organisations.selectors import membership_active, require_capability
+from clearinghouse.organisations.selectors import (
+    membership_active,
+    organisation_visible,
+    require_capability,
+    user_capabilities,
+)
 
-from .models import FederatedJob, JobParticipant, JobRound, ModelArtifact, ParticipantStatus, SuperNodeKey
+from .models import (
+    FederatedJob,
+    JobParticipant,
+    JobRound,
+    JobState,
+    ModelArtifact,
+    ParticipantStatus,
+    SuperNodeKey,
+)
 
 
 def job_list(*, actor: Any) -> QuerySet[FederatedJob]:
@@ -49,11 +66,64 @@ def job_rounds(*, job: FederatedJob) -> QuerySet[JobRound]:
     return job.rounds.order_by("number")
 
 
-def job_artifact_for_download(*, actor: Any, job: FederatedJob) -> ModelArtifact:
-    """Only the job's accepted participants download the model (operators run the job, they do
-    not receive it)."""
+# The pooled evaluation's rates, which every viewer of the job sees. Left out: the pooled confusion
+# matrix and example count `n` (exact counts of the members' held-out rows: a member could subtract
+# its own to learn another's) and anything the ServerApp adds later until it is classified here.
+EVALUATION_SHARED = frozenset({"accuracy", "macro_f1", "loss", "mean_client_accuracy", "mean_client_macro_f1",
+                               "per_class_f1", "clients"})
+
+
+def job_evaluation_shared(evaluation: Any) -> dict[str, Any] | None:
+    if not isinstance(evaluation, dict):
+        return None
+    return {key: value for key, value in evaluation.items() if key in EVALUATION_SHARED}
+
+
+def job_round_members_visible(*, actor: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A round's per-member entries the actor may read: its own organisation's only (as the member's
+    node labelled them). Operators, who own no data, get none."""
+    membership = membership_active(user=actor)
+    if membership is None:
+        return []
+    slug = membership.organisation.slug
+    return [entry for entry in record.get("clients") or []
+            if isinstance(entry, dict) and entry.get("organisation") == slug]
+
+
+def job_report_shared(report: Any) -> dict[str, Any]:
+    """The stored model's report as viewers of the job see it: status, rounds and the shared final
+    evaluation. Its per-round history holds every member's entries: read rounds through the API."""
+    report = report if isinstance(report, dict) else {}
+    shared: dict[str, Any] = {key: report[key] for key in ("status", "rounds_completed") if key in report}
+    if "final_evaluation" in report:
+        shared["final_evaluation"] = job_evaluation_shared(report["final_evaluation"])
+    return shared
+
+
+def job_flower_run_id_visible(*, actor: Any, job: FederatedJob) -> str | None:
+    """The SuperLink's run id: the operators' handle on a run (to follow it on the SuperLink); None
+    for everyone else."""
+    return job.flower_run_id if getattr(actor, "is_operator", False) else None
+
+
+def job_participation_open_to(*, actor: Any, job: FederatedJob) -> bool:
+    """Whether the actor may answer the job's invitation now, as `job_participation_decide` allows:
+    a member with the federation capability of an invited organisation, while the job is a draft.
+    (The portal offers the form only then; the service decides.)"""
+    return (job.state == JobState.DRAFT and MANAGE_FEDERATION in user_capabilities(user=actor)
+            and job_my_participation(actor=actor, job=job) is not None)
+
+
+def job_receives_model(*, actor: Any, job: FederatedJob) -> bool:
+    """Whether the actor's organisation receives the job's model: it accepted the job. Operators
+    run jobs but do not receive models."""
     participation = job_my_participation(actor=actor, job=job)
-    if participation is None or participation.status != ParticipantStatus.ACCEPTED:
+    return participation is not None and participation.status == ParticipantStatus.ACCEPTED
+
+
+def job_artifact_for_download(*, actor: Any, job: FederatedJob) -> ModelArtifact:
+    """Only the job's accepted participants download the model (`job_receives_model`)."""
+    if not job_receives_model(actor=actor, job=job):
         raise PermissionDenied("Only the job's participating organisations can download its model.",
                                code="not_a_participant")
     artifact = ModelArtifact.objects.filter(job=job).first()
@@ -75,8 +145,11 @@ def supernode_key_list(*, actor: Any, organisation: Organisation) -> QuerySet[Su
 
 
 def supernode_key_get(*, actor: Any, key_id: int) -> SuperNodeKey:
+    """A key by id (to revoke it), visible as its organisation is (`organisation_visible`: operators,
+    who list every organisation's keys, and its members); 404 for everyone else. Who may revoke it is
+    `supernode_key_revoke`'s to say: its organisation's admins (operators do not act inside member
+    organisations, so they are told 403, not 404, as when they add one)."""
     key = SuperNodeKey.objects.select_related("organisation").filter(pk=key_id).first()
-    membership = membership_active(user=actor)
-    if key is None or membership is None or membership.organisation_id != key.organisation_id:
+    if key is None or not organisation_visible(actor=actor, organisation_id=key.organisation_id):
         raise NotFound("Key not found.")
     return key

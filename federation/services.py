@@ -27,7 +27,7 @@ from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 
-from clearinghouse.audit.services import audit_record
+from clearinghouse.audit.services import audit_lock, audit_record
 from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from clearinghouse.core.metrics import FEDERATED_ROUNDS, count_on_commit
 from clearinghouse.core.text import clean_name
@@ -101,24 +101,33 @@ def _validate_settings(job: FederatedJob) -> None:
         raise ValidationFailed(str(exc), code="invalid_job_settings") from exc
 
 
+def _training_refused(organisation: Organisation) -> PermissionDenied:
+    """The one answer for a dataset the organisation may not train on and for one that does not
+    exist (it names neither the dataset nor the reason), so naming datasets cannot probe which exist."""
+    return PermissionDenied(
+        f"{organisation.slug} has no training grant on that dataset: an organisation trains only on its own "
+        "registered datasets or on ones whose owner granted it training use.", code="training_grant_required")
+
+
 def _check_dataset_use(organisation: Organisation, dataset: Dataset | None) -> None:
     """A participant may train on a registered dataset it owns, or one whose owner granted it
     training use."""
     if dataset is None or dataset.organisation_id == organisation.pk:
         return
     if not dataset_grant_active(dataset=dataset, organisation_id=organisation.pk, purpose="training"):
-        raise PermissionDenied(
-            f"{organisation.slug} has no training grant on dataset {dataset.organisation.slug}/{dataset.slug}.",
-            code="training_grant_required")
+        raise _training_refused(organisation)
 
 
-def _dataset_from_ref(ref: str | None) -> Dataset | None:
+def _dataset_for_training(organisation: Organisation, ref: str | None) -> Dataset | None:
+    """The dataset `ref` ('owner/slug') names, when `organisation` may train on it; otherwise the same
+    refusal whether it exists or not."""
     if not ref:
         return None
     owner, _, slug = str(ref).partition("/")
     dataset = Dataset.objects.select_related("organisation").filter(organisation__slug=owner, slug=slug).first()
     if dataset is None:
-        raise NotFound(f"Dataset {ref!r} not found.")
+        raise _training_refused(organisation)
+    _check_dataset_use(organisation, dataset)
     return dataset
 
 
@@ -137,7 +146,8 @@ def _set_state(job: FederatedJob, state: str, *, actor: Any = None, reason: str 
 
 
 def _locked(job_id: int) -> FederatedJob | None:
-    return FederatedJob.objects.select_for_update().filter(pk=job_id).first()
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    return FederatedJob.objects.select_for_update(no_key=True).filter(pk=job_id).first()
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -174,8 +184,7 @@ def job_create(*, actor: Any, name: str, text_column: str, label_column: str, la
         if slug in seen:
             raise ValidationFailed(f"{slug} is invited twice.", code="duplicate_participant")
         seen.add(slug)
-        dataset = _dataset_from_ref(entry.get("dataset"))
-        _check_dataset_use(organisation, dataset)
+        dataset = _dataset_for_training(organisation, entry.get("dataset"))
         JobParticipant.objects.create(job=job, organisation=organisation, dataset=dataset,
                                       data_description=str(entry.get("data_description", ""))[:5000])
     audit_record(actor=actor, action="federated_job.created", target=job,
@@ -190,8 +199,9 @@ def job_participation_decide(*, actor: Any, job: FederatedJob, decision: str, da
     """A participant's org admin accepts (optionally naming the data) or declines, while in draft."""
     if getattr(actor, "is_operator", False):
         raise PermissionDenied("Operators do not act for member organisations.", code="operator_not_member")
-    participant = (JobParticipant.objects.select_for_update().select_related("organisation")
-                   .filter(job=job, organisation__memberships__user=actor).first())
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    participant = (JobParticipant.objects.select_for_update(no_key=True, of=("self",))
+                   .select_related("organisation").filter(job=job, organisation__memberships__user=actor).first())
     if participant is None:
         raise NotFound("Job not found.")
     require_capability(actor=actor, organisation=participant.organisation, capability=MANAGE_FEDERATION)
@@ -200,8 +210,8 @@ def job_participation_decide(*, actor: Any, job: FederatedJob, decision: str, da
     job = _locked(job.pk)
     if job.state != JobState.DRAFT:
         raise Conflict(f"The job is {job.state}; participation is decided while it is a draft.", code="job_not_draft")
-    if dataset is not None:
-        participant.dataset = _dataset_from_ref(dataset)
+    if dataset is not None:  # refused even when declining: naming a dataset must not probe it
+        participant.dataset = _dataset_for_training(participant.organisation, dataset)
     if data_description is not None:
         participant.data_description = data_description[:5000]
     if decision == "accept":
@@ -319,18 +329,36 @@ def job_stop(*, job_id: int) -> None:
 
 # ----------------------------------------------------------------------------- the ServerApp's reports
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not math.isnan(value) else None
+    """A reported metric as a float; None for anything else (text, NaN, a number past a float)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _require_job_token(job: FederatedJob | None, token: str) -> FederatedJob:
+    expected = job.callback_token_hash if job else ""
+    given = hashlib.sha256(token.encode()).hexdigest() if token else ""
+    if job is None or not expected or not hmac.compare_digest(expected, given):
+        raise PermissionDenied("Invalid job token.", code="invalid_job_token")
+    return job
+
+
+def job_callback_authenticate(*, job_id: int, token: str) -> None:
+    """Refuses (403, the same for a job that does not exist) a callback without the job's token, so
+    that the API checks the caller before it looks at what the caller sent."""
+    _require_job_token(FederatedJob.objects.filter(pk=job_id).first(), token)
 
 
 @transaction.atomic
 def job_event_record(*, job_id: int, token: str, event: dict[str, Any]) -> FederatedJob:
     """The ServerApp's HTTP callback: started / round / finished / failed, authenticated by the
-    job's own token (not a user's). Idempotent: a retried round overwrites itself."""
-    job = _locked(job_id)
-    expected = job.callback_token_hash if job else ""
-    given = hashlib.sha256(token.encode()).hexdigest() if token else ""
-    if not expected or not hmac.compare_digest(expected, given):
-        raise PermissionDenied("Invalid job token.", code="invalid_job_token")
+    job's own token (not a user's). Idempotent: a retried round overwrites itself. `event` is
+    validated by the API (JobEventApi.InputSerializer)."""
+    job = _require_job_token(_locked(job_id), token)
     kind = event.get("event")
     if job.is_final and kind in ("round", "finished"):
         return job  # e.g. rounds still arriving after a cancel: keep what the job ended with
@@ -473,7 +501,9 @@ def supernode_key_register(*, key_id: int) -> SuperNodeKey | None:
     except FlowerControlError as exc:
         node_id, error = "", str(exc)[:2000]
     with transaction.atomic():
-        key = SuperNodeKey.objects.select_for_update().select_related("organisation").get(pk=key_id)
+        audit_lock()  # first: the lock order of every write (see audit_lock)
+        key = (SuperNodeKey.objects.select_for_update(no_key=True, of=("self",)).select_related("organisation")
+               .get(pk=key_id))
         if key.status not in (NodeKeyStatus.PENDING, NodeKeyStatus.FAILED):
             return key  # revoked meanwhile: its revocation unregisters what we just registered
         key.node_id, key.error = node_id, error
@@ -487,7 +517,8 @@ def supernode_key_register(*, key_id: int) -> SuperNodeKey | None:
 @transaction.atomic
 def supernode_key_revoke(*, actor: Any, key: SuperNodeKey) -> SuperNodeKey:
     require_capability(actor=actor, organisation=key.organisation, capability=MANAGE_FEDERATION)
-    key = SuperNodeKey.objects.select_for_update().get(pk=key.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    key = SuperNodeKey.objects.select_for_update(no_key=True).get(pk=key.pk)
     if key.status == NodeKeyStatus.REVOKED:
         raise Conflict("This key is already revoked.", code="key_revoked")
     key.status = NodeKeyStatus.REVOKED

@@ -20,20 +20,24 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from clearinghouse.core.errors import ApplicationError, Conflict, ValidationFailed
-from clearinghouse.organisations.roles import MANAGE_FEDERATION
-from clearinghouse.organisations.selectors import require_operator, user_capabilities
+from clearinghouse.organisations.selectors import require_operator
 
 # The portal's own helpers, shared so every page reports service errors the same way.
 from clearinghouse.portal.views import _form_error, _my_organisation, service_errors
 
 from .forms import JobForm, SuperNodeKeyForm
-from .models import FederatedJob, JobRound, JobState, ParticipantStatus
+from .models import FederatedJob, JobRound, JobState
 from .selectors import (
     job_artifact_file,
+    job_evaluation_shared,
+    job_flower_run_id_visible,
     job_get,
     job_list,
     job_my_participation,
     job_participants,
+    job_participation_open_to,
+    job_receives_model,
+    job_round_members_visible,
     job_rounds,
     supernode_key_get,
     supernode_key_list,
@@ -81,14 +85,17 @@ def job_new_view(request: HttpRequest) -> HttpResponse:
     return render(request, "federation/job_new.html", {"form": form})
 
 
-def _client_accuracies(record: dict[str, Any]) -> list[tuple[str, float]]:
-    """Each client's held-out accuracy in a round, as the ServerApp reported it (when it did)."""
+def _client_accuracies(members: list[dict[str, Any]]) -> list[tuple[str, float]]:
+    """Each member's held-out accuracy in a round, as the ServerApp reported it (when it did): only the
+    viewer's own organisation's members (`job_round_members_visible`)."""
     accuracies = []
-    for client in record.get("clients") or []:
+    for client in members:
         if not isinstance(client, dict):
             continue
-        accuracy = (client.get("evaluate") or {}).get("eval-accuracy")
-        if isinstance(accuracy, (int, float)):
+        evaluate = client.get("evaluate")
+        accuracy = evaluate.get("eval-accuracy") if isinstance(evaluate, dict) else None
+        # A number a float holds (not NaN, not an integer past a float's range).
+        if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and -1e300 < accuracy < 1e300:
             who = client.get("organisation") or f"node {client.get('node_id')}"
             accuracies.append((who, float(accuracy)))
     return accuracies
@@ -99,8 +106,9 @@ def _dropouts(record: dict[str, Any]) -> list[str]:
             for d in record.get("dropouts") or [] if isinstance(d, dict)]
 
 
-def _round_rows(rounds: list[JobRound]) -> list[dict[str, Any]]:
-    return [{"round": r, "client_accuracies": _client_accuracies(r.record), "dropouts": _dropouts(r.record)}
+def _round_rows(rounds: list[JobRound], *, actor: Any) -> list[dict[str, Any]]:
+    return [{"round": r, "dropouts": _dropouts(r.record),
+             "client_accuracies": _client_accuracies(job_round_members_visible(actor=actor, record=r.record))}
             for r in rounds]
 
 
@@ -173,15 +181,14 @@ def job_detail_view(request: HttpRequest, job_id: int) -> HttpResponse:
         "job": job,
         "participants": job_participants(job=job),
         "my_participation": mine,
-        "rounds": _round_rows(rounds),
+        "rounds": _round_rows(rounds, actor=request.user),
         "plot": _round_plot(rounds),
-        "evaluation": _evaluation_rows(job.final_evaluation),
+        "evaluation": _evaluation_rows(job_evaluation_shared(job.final_evaluation)),
         "artifact": artifact,
         "refresh": job.state in PROGRESSING_STATES,
-        "can_decide": (mine is not None and job.state == JobState.DRAFT
-                       and MANAGE_FEDERATION in user_capabilities(user=request.user)),
-        "can_download": (artifact is not None and mine is not None
-                         and mine.status == ParticipantStatus.ACCEPTED),
+        "can_decide": job_participation_open_to(actor=request.user, job=job),
+        "can_download": artifact is not None and job_receives_model(actor=request.user, job=job),
+        "flower_run_id": job_flower_run_id_visible(actor=request.user, job=job),
         "agent_command": _agent_command(job, mine.organisation.slug) if mine is not None else "",
     }
     return render(request, "federation/job.html", context)

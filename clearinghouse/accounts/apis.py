@@ -5,7 +5,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from clearinghouse.core.apis import paginated, validated
+from clearinghouse.core.apis import StrictCharField, paginated, validated
 from clearinghouse.organisations.selectors import membership_of, user_capabilities
 
 from .selectors import api_token_get, api_token_list
@@ -55,7 +55,7 @@ class TokenListCreateApi(APIView):
         class Meta:
             ref_name = "TokenListCreateInput"
 
-        name = serializers.CharField(max_length=1000, allow_blank=True)
+        name = StrictCharField(max_length=1000, allow_blank=True)
         expires_at = serializers.DateTimeField(required=False)
 
     class CreatedSerializer(TokenOutputSerializer):

@@ -47,3 +47,16 @@ class APIToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix})"
+
+
+class UserSession(models.Model):
+    """A session a user logged in with, so that their sessions can be ended from the server
+    (suspension of their organisation, removal from it, deactivation) whichever session engine keeps
+    them: recorded on log-in, forgotten on log-out (clearinghouse.accounts.sessions)."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="+")
+    session_key = models.CharField(max_length=40, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"session of user {self.user_id}"

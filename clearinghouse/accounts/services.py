@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from importlib import import_module
 
 from django.conf import settings
 from django.contrib.auth.password_validation import validate_password
@@ -9,12 +11,12 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from clearinghouse.audit.services import audit_record
+from clearinghouse.audit.services import audit_lock, audit_record
 from clearinghouse.core.errors import Conflict, NotFound, ValidationFailed
 from clearinghouse.core.text import clean_email, clean_name
 from clearinghouse.organisations.selectors import membership_of
 
-from .models import APIToken, User
+from .models import APIToken, User, UserSession
 from .tokens import token_generate
 
 USERNAME_MAX = 150
@@ -92,7 +94,8 @@ def api_token_create(*, actor: User, name: str, expires_at: datetime | None = No
 def api_token_revoke(*, actor: User, token: APIToken) -> APIToken:
     if token.user_id != actor.pk:
         raise NotFound("Token not found.")
-    token = APIToken.objects.select_for_update().get(pk=token.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    token = APIToken.objects.select_for_update(no_key=True).get(pk=token.pk)
     if token.revoked_at is not None:
         raise Conflict("This token is already revoked.", code="token_already_revoked")
     token.revoked_at = timezone.now()
@@ -101,3 +104,19 @@ def api_token_revoke(*, actor: User, token: APIToken) -> APIToken:
     audit_record(actor=actor, action="api_token.revoked", organisation=membership.organisation if membership else None,
                  target=token, extra={"name": token.name})
     return token
+
+
+def user_sessions_end(*, user_ids: Iterable[int]) -> int:
+    """Ends every recorded session of these users (they must log in again) and returns how many.
+
+    Called by the services that take access away (suspension, removal from an organisation, and on
+    deactivation), inside their transaction: with database sessions the deletion commits or rolls
+    back with the change. API tokens are not touched here: APITokenAuthentication refuses them on
+    every request while the user is inactive or their organisation suspended."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    rows = UserSession.objects.filter(user_id__in=list(user_ids))
+    keys = list(rows.values_list("session_key", flat=True))
+    for key in keys:
+        store().delete(key)
+    rows.delete()
+    return len(keys)

@@ -6,7 +6,7 @@ from rest_framework.views import APIView
 
 from clearinghouse.core.apis import paginated
 
-from .selectors import audit_event_list
+from .selectors import audit_event_extra, audit_event_list
 
 
 class AuditEventListApi(APIView):
@@ -32,4 +32,5 @@ class AuditEventListApi(APIView):
         action = request.query_params.get("action")
         if action:
             events = events.filter(action=action)
-        return paginated(queryset=events, serializer_class=self.OutputSerializer, request=request, view=self)
+        return paginated(queryset=events, request=request, view=self, body=lambda event: {
+            **self.OutputSerializer(event).data, "extra": audit_event_extra(actor=request.user, event=event)})

@@ -3,6 +3,12 @@
 Each event stores the hash of the one before it, so changing, removing or reordering any stored
 event breaks the chain at that point, and `manage.py audit_verify` names the first broken link.
 Events are numbered from a single head row that writers lock, which also serialises the chain.
+
+The hash covers every column of the event but its surrogate `id` and the hash itself. Its formula is
+versioned (`hash_version`): an event keeps the formula it was written with, so events written before a
+column joined the hash still verify. v1 left out `organisation_id` (which decides who sees the event);
+v2 covers every column. A new column must join a new version here (tests/audit check that the current
+version covers them all).
 """
 
 from __future__ import annotations
@@ -16,6 +22,29 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 
 GENESIS_HASH = "0" * 64
+
+# The columns each hash format covers, in the form `chained_fields` gives them. Never change a listed
+# version (stored events were hashed with it): add a new one and make it HASH_VERSION.
+HASHED_COLUMNS: dict[int, tuple[str, ...]] = {
+    1: ("seq", "created_at", "actor_id", "actor_label", "organisation_label", "action", "target_type",
+        "target_id", "request_id", "ip", "extra", "prev_hash"),
+    2: ("seq", "hash_version", "created_at", "actor_id", "actor_label", "organisation_id", "organisation_label",
+        "action", "target_type", "target_id", "request_id", "ip", "extra", "prev_hash"),
+}
+HASH_VERSION = 2
+# Columns outside every hash: the surrogate key (nothing refers to an event by it; `seq` orders the
+# chain) and the hash itself (checked against the recomputed one).
+UNHASHED_COLUMNS = frozenset({"id", "hash"})
+
+
+# Key of `extra` for values derived from an organisation's data (row counts, violation counts, upload
+# sizes): recorded and hashed like the rest, shown only to the event's own organisation — never to
+# operators or other members (see audit.selectors.audit_event_extra and docs/data-exposure.md).
+OWNER_ONLY = "owner_only"
+
+
+class UnknownHashVersion(ValueError):
+    pass
 
 
 class AuditChainHead(models.Model):
@@ -31,13 +60,14 @@ class AuditChainHead(models.Model):
 class AuditEvent(models.Model):
     seq = models.BigIntegerField(unique=True, editable=False)
     created_at = models.DateTimeField(editable=False)
+    # Both keys are hashed, so the rows they name cannot be deleted (PROTECT): deactivate a user instead.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
-    # Kept beside the foreign key so the chain still verifies after a user is deleted.
+    # The name at the time of the event, shown in the log whatever becomes of the account.
     actor_label = models.CharField(max_length=150, blank=True)
     organisation = models.ForeignKey(
-        "organisations.Organisation", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "organisations.Organisation", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     organisation_label = models.CharField(max_length=64, blank=True)
     action = models.CharField(max_length=64)
@@ -48,6 +78,9 @@ class AuditEvent(models.Model):
     extra = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
     prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64, unique=True)
+    # The formula of `hash` (HASHED_COLUMNS). Rows from before the column existed, and rows written by a
+    # release from before it, get 1 from the database: that is the formula they were hashed with.
+    hash_version = models.PositiveSmallIntegerField(default=HASH_VERSION, db_default=1, editable=False)
 
     class Meta:
         ordering = ["-seq"]
@@ -62,21 +95,14 @@ class AuditEvent(models.Model):
         raise RuntimeError("Audit events are append-only.")
 
     def chained_fields(self) -> dict[str, Any]:
-        """The fields the hash covers, in a form that survives a database round trip."""
-        return {
-            "seq": self.seq,
-            "created_at": self.created_at.isoformat(timespec="microseconds"),
-            "actor_id": self.actor_id if self.actor_id is not None else None,
-            "actor_label": self.actor_label,
-            "organisation_label": self.organisation_label,
-            "action": self.action,
-            "target_type": self.target_type,
-            "target_id": self.target_id,
-            "request_id": self.request_id,
-            "ip": self.ip,
-            "extra": self.extra,
-            "prev_hash": self.prev_hash,
-        }
+        """The fields the hash covers (per the event's `hash_version`), in a form that survives a
+        database round trip."""
+        columns = HASHED_COLUMNS.get(self.hash_version)
+        if columns is None:
+            raise UnknownHashVersion(f"unknown hash format version {self.hash_version!r}")
+        values = {column: getattr(self, column) for column in columns}
+        values["created_at"] = self.created_at.isoformat(timespec="microseconds")
+        return values
 
     def compute_hash(self) -> str:
         canonical = json.dumps(self.chained_fields(), sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)

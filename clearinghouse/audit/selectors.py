@@ -9,7 +9,7 @@ from clearinghouse.accounts.models import User
 from clearinghouse.core.errors import PermissionDenied
 from clearinghouse.organisations.selectors import membership_active, user_capabilities
 
-from .models import GENESIS_HASH, AuditChainHead, AuditEvent
+from .models import GENESIS_HASH, OWNER_ONLY, AuditChainHead, AuditEvent, UnknownHashVersion
 
 
 def audit_event_list(*, actor: User) -> QuerySet[AuditEvent]:
@@ -21,6 +21,17 @@ def audit_event_list(*, actor: User) -> QuerySet[AuditEvent]:
     if membership is None or "view_audit" not in user_capabilities(user=actor):
         raise PermissionDenied("Only organisation admins and operators can read the audit log.")
     return events.filter(organisation=membership.organisation)
+
+
+def audit_event_extra(*, actor: User, event: AuditEvent) -> dict:
+    """An event's details as `actor` may read them: values derived from data (under OWNER_ONLY) only
+    for members of the event's own organisation. API and portal both show events through this."""
+    extra = dict(event.extra or {})
+    if OWNER_ONLY in extra:
+        membership = membership_active(user=actor)
+        if membership is None or event.organisation_id is None or membership.organisation_id != event.organisation_id:
+            extra.pop(OWNER_ONLY)
+    return extra
 
 
 @dataclass(frozen=True)
@@ -39,8 +50,13 @@ def audit_chain_problems() -> Iterator[ChainProblem]:
             yield ChainProblem(expected_seq, f"event #{expected_seq} is missing (next stored is #{event.seq})")
         if event.prev_hash != expected_prev:
             yield ChainProblem(event.seq, "its previous-hash does not match the event before it")
-        if event.compute_hash() != event.hash:
-            yield ChainProblem(event.seq, "its content does not match its hash (the row was changed)")
+        try:
+            intact = event.compute_hash() == event.hash
+        except UnknownHashVersion:
+            yield ChainProblem(event.seq, f"its hash format version {event.hash_version!r} is unknown (the row was changed)")
+        else:
+            if not intact:
+                yield ChainProblem(event.seq, "its content does not match its hash (the row was changed)")
         expected_prev = event.hash
         expected_seq = event.seq + 1
         last_seq = event.seq

@@ -9,7 +9,9 @@ from django.utils import timezone
 
 from clearinghouse.core import request_context
 
-from .models import AuditChainHead, AuditEvent
+from .models import OWNER_ONLY, AuditChainHead, AuditEvent
+
+__all__ = ["OWNER_ONLY", "audit_lock", "audit_record"]
 
 
 def _locked_head() -> AuditChainHead:
@@ -24,6 +26,19 @@ def _locked_head() -> AuditChainHead:
             pass
         head = AuditChainHead.objects.select_for_update().get(pk=1)
     return head
+
+
+def audit_lock() -> None:
+    """Takes the audit chain head's lock for the rest of the caller's transaction.
+
+    Every audited write ends up holding this one lock until it commits, so it is where concurrent
+    writers meet. A transaction that locks (or inserts under a unique key) more than one thing calls
+    this *first*: then it waits for the head before it holds anything another writer could want, and
+    no two transactions can wait on each other in a cycle. The order is: audit head, then the rows of
+    the resource (e.g. queries by id, then the budget, then the allocation)."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("audit_lock must be called inside a transaction")
+    _locked_head()
 
 
 def audit_record(

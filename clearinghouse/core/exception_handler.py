@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from .db import is_retryable
 from .errors import ApplicationError
+
+logger = logging.getLogger(__name__)
 
 
 def _error_body(code: str, detail: str, fields: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -29,9 +34,27 @@ def _flatten_validation(detail: Any) -> dict[str, list[str]]:
     return {"non_field_errors": [str(detail)]}
 
 
+DATABASE_BUSY_RETRY_AFTER_SECONDS = 1
+
+
+def database_busy(exc: BaseException) -> bool:
+    """The database gave up on the transaction because of other transactions (a deadlock victim, a
+    serialisation failure, SQLite's lock timeout) and rolled it back: the same request may succeed
+    when sent again (every write path is safe to repeat)."""
+    if not isinstance(exc, OperationalError):
+        return False
+    return is_retryable(exc) or "database is locked" in str(exc)
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's exception handler: our errors and DRF's as `{"code", "detail"}`. Anything else is left to
+    Django (None), which logs it and answers with `handler500` (JSON under /api/)."""
     if isinstance(exc, ApplicationError):
         return Response(_error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
+    if database_busy(exc):
+        logger.warning("database busy, answered 503: %s", type(exc.__cause__ or exc).__name__)
+        return Response(_error_body("database_busy", "The database is busy: the transaction was rolled back. Try again."),
+                        status=503, headers={"Retry-After": str(DATABASE_BUSY_RETRY_AFTER_SECONDS)})
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -1,23 +1,32 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from django.http import UnreadablePostError
+from drf_spectacular.utils import extend_schema, extend_schema_field
+from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers, status
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from clearinghouse.core.apis import paginated, validated
-from clearinghouse.core.errors import ApplicationError, NotFound, ValidationFailed
-from clearinghouse.organisations.selectors import membership_active, organisation_directory_get
+from clearinghouse.accounts.authentication import APITokenAuthentication
+from clearinghouse.core.apis import StrictCharField, paginated, validated
+from clearinghouse.core.errors import NotFound, ValidationFailed
+from clearinghouse.core.parsers import JSONParser
+from clearinghouse.organisations.selectors import organisation_directory_get
 
-from .models import DatasetGrant
+from .models import VersionStatus
 from .selectors import (
     agreement_accepted,
     agreement_current,
     dataset_get,
+    dataset_grant_get,
     dataset_grant_list,
     dataset_is_owner,
     dataset_list,
+    dataset_register_organisation,
+    dataset_schema_visible,
+    dataset_upload_target,
     dataset_version_get,
     dataset_version_list,
 )
@@ -31,6 +40,7 @@ from .services import (
     dataset_version_create,
     dataset_version_retry,
 )
+from .uploads import csrf_refusal, receiving_upload, upload_too_large_early
 
 _TEXT = {"max_length": 10_000, "allow_blank": True}
 
@@ -44,25 +54,63 @@ class DatasetOutputSerializer(serializers.Serializer):
     slug = serializers.CharField()
     name = serializers.CharField()
     description = serializers.CharField()
-    schema = serializers.JSONField()
+    schema = serializers.SerializerMethodField(
+        help_text="The confirmed schema; an unconfirmed proposal (read from the data) only for the owner, "
+                  "null for everyone else.")
     schema_confirmed = serializers.BooleanField()
     created_at = serializers.DateTimeField()
 
+    @extend_schema_field(serializers.DictField(allow_null=True))
+    def get_schema(self, dataset) -> dict | None:
+        # `viewer_is_owner` comes from dataset_list; without it (a service's return value) the
+        # viewer is not assumed to be the owner.
+        return dataset_schema_visible(dataset=dataset, owner=bool(getattr(dataset, "viewer_is_owner", False)))
+
 
 class VersionOutputSerializer(serializers.Serializer):
-    """Grantees see this much (not even the row count: an exact count is not differentially private);
-    owners additionally get the row count, the report and errors (see `version_body`)."""
+    """Non-owners (grantees, operators) see this much: not the row count (an exact count is not
+    differentially private), nor sizes or the ingestion's end (with the upload time, its duration is a
+    size signal); owners additionally get those, the report and errors (see `version_body`)."""
 
     number = serializers.IntegerField()
     status = serializers.CharField()
     created_at = serializers.DateTimeField()
-    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class DatasetDetailOutputSerializer(DatasetOutputSerializer):
+    class Meta:
+        ref_name = "DatasetDetailOutput"
+
+    agreement_version = serializers.IntegerField(allow_null=True, help_text="The current data-use agreement's.")
+    agreement_accepted = serializers.BooleanField(help_text="Whether you accepted the current agreement.")
+
+
+class VersionBodySerializer(VersionOutputSerializer):
+    """`version_body` as documented: the fields after `status` reach the dataset's owners only.
+    (Never used to render: `VersionOutputSerializer` is what non-owners get.)"""
+
+    class Meta:
+        ref_name = "DatasetVersionOutput"
+
+    status = serializers.ChoiceField(choices=VersionStatus.choices)
+    finished_at = serializers.DateTimeField(required=False, allow_null=True)
+    row_count = serializers.IntegerField(required=False, allow_null=True)
+    source_name = serializers.CharField(required=False)
+    source_format = serializers.CharField(required=False)
+    source_bytes = serializers.IntegerField(required=False)
+    repair = serializers.CharField(required=False)
+    error_code = serializers.CharField(required=False)
+    error_message = serializers.CharField(required=False)
+    quality_report = serializers.JSONField(required=False, allow_null=True)
+    schema = serializers.JSONField(required=False)
 
 
 def version_body(version, *, owner: bool) -> dict:
     body = dict(VersionOutputSerializer(version).data)
     if owner:
-        body.update(row_count=version.row_count, source_name=version.source_name, source_format=version.source_format,
+        body.update(finished_at=serializers.DateTimeField().to_representation(version.finished_at)
+                    if version.finished_at else None,
+                    row_count=version.row_count, source_name=version.source_name, source_format=version.source_format,
                     source_bytes=version.source_bytes, repair=version.repair, error_code=version.error_code,
                     error_message=version.error_message, quality_report=version.quality_report,
                     schema=version.schema)
@@ -74,9 +122,9 @@ class DatasetListRegisterApi(APIView):
         class Meta:
             ref_name = "DatasetRegisterInput"
 
-        name = serializers.CharField(**_TEXT)
-        slug = serializers.CharField(**_TEXT)
-        description = serializers.CharField(required=False, default="", **_TEXT)
+        name = StrictCharField(**_TEXT)
+        slug = StrictCharField(**_TEXT)
+        description = StrictCharField(required=False, default="", **_TEXT)
         schema = SchemaField(required=False, allow_null=True, default=None)
 
     @extend_schema(responses=DatasetOutputSerializer(many=True), operation_id="datasets_list")
@@ -86,10 +134,7 @@ class DatasetListRegisterApi(APIView):
 
     @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer}, operation_id="datasets_register")
     def post(self, request):
-        membership = membership_active(user=request.user)
-        if membership is None:
-            raise NotFound("You are not a member of an approved organisation.", code="no_organisation")
-        dataset = dataset_register(actor=request.user, organisation=membership.organisation,
+        dataset = dataset_register(actor=request.user, organisation=dataset_register_organisation(actor=request.user),
                                    **validated(self.InputSerializer, request.data))
         return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
@@ -101,7 +146,7 @@ class DatasetDetailApi(APIView):
 
         schema = SchemaField()
 
-    @extend_schema(responses=DatasetOutputSerializer, operation_id="datasets_get")
+    @extend_schema(responses=DatasetDetailOutputSerializer, operation_id="datasets_get")
     def get(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         body = dict(DatasetOutputSerializer(dataset).data)
@@ -118,40 +163,53 @@ class DatasetDetailApi(APIView):
         return Response(DatasetOutputSerializer(dataset).data)
 
 
+class UploadSessionAuthentication(SessionAuthentication):
+    """Session authentication for the upload endpoint: its CSRF token must come in the X-CSRFToken
+    header, checked without reading the body (DRF's check reads the form, which would parse the
+    upload before the view has authorized it)."""
+
+    def enforce_csrf(self, request):
+        reason = csrf_refusal(request._request, None)
+        if reason:
+            raise drf_exceptions.PermissionDenied(f"CSRF Failed: {reason} Send the token in the X-CSRFToken header.")
+
+
 class VersionListUploadApi(APIView):
-    parser_classes = [MultiPartParser, JSONParser]
+    parser_classes = (MultiPartParser, JSONParser)  # the project's JSON parser (clearinghouse.core.parsers)
+    authentication_classes = (APITokenAuthentication, UploadSessionAuthentication)
 
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "DatasetUploadInput"
 
         file = serializers.FileField()
-        format = serializers.CharField(required=False, default="", **_TEXT)
-        delimiter = serializers.CharField(required=False, default="", trim_whitespace=False, **_TEXT)
-        quote = serializers.CharField(required=False, default='"', help_text='" (default), \' or none')
+        format = StrictCharField(required=False, default="", **_TEXT)
+        delimiter = StrictCharField(required=False, default="", trim_whitespace=False, **_TEXT)
+        quote = StrictCharField(required=False, default='"', help_text='" (default), \' or none')
         header = serializers.BooleanField(required=False, default=True)
-        repair = serializers.CharField(required=False, default="none", **_TEXT)
+        repair = StrictCharField(required=False, default="none", **_TEXT)
 
-    @extend_schema(responses=VersionOutputSerializer(many=True), operation_id="dataset_versions_list")
+    @extend_schema(responses=VersionBodySerializer(many=True), operation_id="dataset_versions_list")
     def get(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         owner = dataset_is_owner(actor=request.user, dataset=dataset)
         versions = dataset_version_list(actor=request.user, dataset=dataset)
-        return Response({"results": [version_body(v, owner=owner) for v in versions[:200]]})
+        return paginated(queryset=versions, body=lambda version: version_body(version, owner=owner),
+                         request=request, view=self)
 
-    @extend_schema(request={"multipart/form-data": InputSerializer}, responses={202: VersionOutputSerializer},
+    @extend_schema(request={"multipart/form-data": InputSerializer}, responses={202: VersionBodySerializer},
                    operation_id="dataset_versions_upload")
     def post(self, request, organisation: str, slug: str):
-        upload = None
-        try:
-            files = request.FILES  # parsing streams the upload through the encrypting handler
-            upload = files.get("file")
-            if getattr(request._request, "upload_too_large", False):
-                raise ApplicationError("The file is larger than the upload limit.", code="file_too_large")
-            dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-            if upload is None:
-                raise ValidationFailed("Attach the data file as the multipart field 'file'.", code="file_required")
-            data = request.data
+        # Who may upload here, and the staging quota, before a byte of the body is read or staged.
+        dataset = dataset_upload_target(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        if upload_too_large_early(request._request):
+            raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
+        with receiving_upload(request._request) as receipt:  # deletes what no version records, however it ends
+            try:
+                files, data = request.FILES, request.data  # streams the `file` part through the encrypting handler
+            except UnreadablePostError:
+                raise ValidationFailed("The upload was interrupted.", code="upload_interrupted") from None
+            upload = receipt.upload(files)
             delimiter = data.get("delimiter", "")
             delimiter = "\t" if delimiter in {"\\t", "tab"} else delimiter
             version = dataset_version_create(actor=request.user, dataset=dataset, upload=upload,
@@ -159,15 +217,11 @@ class VersionListUploadApi(APIView):
                                              quote_char="" if data.get("quote") == "none" else data.get("quote", '"'),
                                              has_header=str(data.get("header", "true")).lower() not in {"false", "0", "no"},
                                              repair=data.get("repair", "none") or "none")
-        except Exception:
-            if upload is not None and hasattr(upload, "discard"):
-                upload.discard()
-            raise
         return Response(version_body(version, owner=True), status=status.HTTP_202_ACCEPTED)
 
 
 class VersionDetailApi(APIView):
-    @extend_schema(responses=VersionOutputSerializer, operation_id="dataset_versions_get")
+    @extend_schema(responses=VersionBodySerializer, operation_id="dataset_versions_get")
     def get(self, request, organisation: str, slug: str, number: int):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         version = dataset_version_get(actor=request.user, dataset=dataset, number=number)
@@ -179,9 +233,9 @@ class VersionRetryApi(APIView):
         class Meta:
             ref_name = "DatasetRetryInput"
 
-        repair = serializers.CharField(required=False, allow_null=True, default=None, max_length=100)
+        repair = StrictCharField(required=False, allow_null=True, default=None, max_length=100)
 
-    @extend_schema(request=InputSerializer, responses={202: VersionOutputSerializer}, operation_id="dataset_versions_retry")
+    @extend_schema(request=InputSerializer, responses={202: VersionBodySerializer}, operation_id="dataset_versions_retry")
     def post(self, request, organisation: str, slug: str, number: int):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         version = dataset_version_get(actor=request.user, dataset=dataset, number=number)
@@ -203,20 +257,14 @@ class GrantListCreateApi(APIView):
         class Meta:
             ref_name = "DatasetGrantInput"
 
-        organisation = serializers.CharField(**_TEXT)
-        purpose = serializers.CharField(**_TEXT)
-
-    def _owned(self, request, organisation: str, slug: str):
-        dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        if not (dataset_is_owner(actor=request.user, dataset=dataset) or request.user.is_operator):
-            raise NotFound("Dataset not found.")
-        return dataset
+        organisation = StrictCharField(**_TEXT)
+        purpose = StrictCharField(**_TEXT)
 
     @extend_schema(responses=GrantOutputSerializer(many=True), operation_id="dataset_grants_list")
     def get(self, request, organisation: str, slug: str):
-        dataset = self._owned(request, organisation, slug)
-        return paginated(queryset=dataset_grant_list(dataset=dataset), serializer_class=GrantOutputSerializer,
-                         request=request, view=self)
+        dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        return paginated(queryset=dataset_grant_list(actor=request.user, dataset=dataset),
+                         serializer_class=GrantOutputSerializer, request=request, view=self)
 
     @extend_schema(request=InputSerializer, responses={201: GrantOutputSerializer}, operation_id="dataset_grants_create")
     def post(self, request, organisation: str, slug: str):
@@ -230,10 +278,8 @@ class GrantListCreateApi(APIView):
 class GrantRevokeApi(APIView):
     @extend_schema(request=None, responses=GrantOutputSerializer, operation_id="dataset_grants_revoke")
     def post(self, request, grant_id: int):
-        grant = DatasetGrant.objects.select_related("dataset__organisation", "organisation").filter(pk=grant_id).first()
-        if grant is None or not (dataset_is_owner(actor=request.user, dataset=grant.dataset) or request.user.is_operator):
-            raise NotFound("Grant not found.")
-        return Response(GrantOutputSerializer(dataset_grant_revoke(actor=request.user, grant=grant)).data)
+        grant = dataset_grant_revoke(actor=request.user, grant=dataset_grant_get(actor=request.user, grant_id=grant_id))
+        return Response(GrantOutputSerializer(grant).data)
 
 
 class AgreementApi(APIView):
@@ -241,7 +287,7 @@ class AgreementApi(APIView):
         class Meta:
             ref_name = "AgreementPublishInput"
 
-        text = serializers.CharField(max_length=100_000, allow_blank=True)
+        text = StrictCharField(max_length=100_000, allow_blank=True)
 
     class OutputSerializer(serializers.Serializer):
         class Meta:
@@ -251,7 +297,13 @@ class AgreementApi(APIView):
         text = serializers.CharField()
         created_at = serializers.DateTimeField()
 
-    @extend_schema(responses=OutputSerializer, operation_id="dataset_agreement_get")
+    class DetailOutputSerializer(OutputSerializer):
+        class Meta:
+            ref_name = "AgreementDetailOutput"
+
+        accepted = serializers.BooleanField(help_text="Whether you accepted this version.")
+
+    @extend_schema(responses=DetailOutputSerializer, operation_id="dataset_agreement_get")
     def get(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         agreement = agreement_current(dataset=dataset)
@@ -275,7 +327,14 @@ class AgreementAcceptApi(APIView):
 
         version = serializers.IntegerField(min_value=1)
 
-    @extend_schema(request=InputSerializer, responses={201: None}, operation_id="dataset_agreement_accept")
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AgreementAcceptOutput"
+
+        version = serializers.IntegerField()
+        accepted_at = serializers.DateTimeField()
+
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer}, operation_id="dataset_agreement_accept")
     def post(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(self.InputSerializer, request.data)

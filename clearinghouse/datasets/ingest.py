@@ -66,10 +66,12 @@ def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | No
         raise IngestError("The file is empty.", code="empty_file")
     if fmt == "parquet":
         try:
-            table = pl.read_parquet(io.BytesIO(data))
-        except Exception:
+            table = pl.read_parquet(io.BytesIO(data)).select(pl.all().cast(pl.Utf8))
+        except Exception:  # noqa: BLE001 (whatever the reader raises, the file is not readable Parquet)
             raise IngestError("The file is not a readable Parquet file.", code="unreadable_parquet") from None
-        return table.select(pl.all().cast(pl.Utf8))
+        _refuse_nul_values(table)
+        return table
+    _refuse_nul_bytes(data)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -77,21 +79,24 @@ def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | No
     separator = delimiter or sniff_delimiter(data[:65536])
     if len(separator) != 1:
         raise IngestError("The delimiter must be a single character.", code="invalid_delimiter")
-    options = dict(separator=separator, infer_schema=False, quote_char=quote_char or None,
-                   missing_utf8_is_empty_string=False, raise_if_empty=True, has_header=column_names is None,
-                   new_columns=column_names)
+    options = {"separator": separator, "infer_schema": False, "quote_char": quote_char or None,
+               "missing_utf8_is_empty_string": False, "raise_if_empty": True, "has_header": column_names is None,
+               "new_columns": column_names}
     if schema is not None:
         numeric = {c.name: _POLARS_TYPES[c.type] for c in schema.columns if c.is_numeric}
         try:
             table = pl.read_csv(io.BytesIO(data), schema_overrides=numeric, **options)
             if table.height:
-                return table
-        except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, pl.exceptions.SchemaError):
+                return _headerless_width_checked(table, column_names)
+        except pl.exceptions.PolarsError:
             pass  # fall through to the text read, which reports precisely what is wrong
     try:
         table = pl.read_csv(io.BytesIO(data), **options)
     except pl.exceptions.NoDataError:
         raise IngestError("The file has no rows.", code="empty_file") from None
+    except pl.exceptions.ShapeError:
+        # Polars' own words for a header-less file narrower than the declared columns.
+        raise _column_count_error(column_names) from None
     except pl.exceptions.ComputeError as exc:
         text = str(exc)
         if "found more fields" in text or "expected" in text and "fields" in text:
@@ -99,9 +104,54 @@ def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | No
                               "and quoting.", code="ragged_rows") from None
         raise IngestError("The CSV could not be parsed; check the delimiter, quoting and encoding.",
                           code="unparseable_csv") from None
+    except pl.exceptions.PolarsError:
+        # Any other reader failure is the file's: a clear code, never an unhandled error in the worker.
+        raise IngestError("The CSV could not be parsed; check the delimiter, quoting and encoding.",
+                          code="unparseable_csv") from None
     if table.height == 0:
         raise IngestError("The file has a header but no rows.", code="empty_file")
-    return table  # empty fields are already null (missing_utf8_is_empty_string=False)
+    return _headerless_width_checked(table, column_names)  # empty fields are already null
+
+
+def _column_count_error(column_names: list[str] | None) -> IngestError:
+    return IngestError(f"A file without a header row must have exactly the {len(column_names or [])} declared "
+                       f"columns, in the declared order; check the delimiter (or that the file has a header).",
+                       code="column_count_mismatch")
+
+
+def _headerless_width_checked(table: pl.DataFrame, column_names: list[str] | None) -> pl.DataFrame:
+    """A header-less file is mapped to the declared columns by position, so any other number of
+    fields would silently shift or drop columns: refused."""
+    if column_names is not None and table.width != len(column_names):
+        raise _column_count_error(column_names)
+    return table
+
+
+def _refuse_nul_bytes(data: bytes) -> None:
+    """NUL bytes never belong in CSV/TSV text: they mean binary or corrupt data, or a UTF-16/UTF-32
+    export (whose ASCII characters each carry NUL bytes, yet pass as valid UTF-8). Polars would read
+    them into values silently, so the file is refused rather than stripped: stripping would turn a
+    UTF-16 file into plausible-looking but wrong values and hide corruption."""
+    first = data.find(b"\x00")
+    if first < 0:
+        return
+    count = data.count(b"\x00")
+    line = data.count(b"\n", 0, first) + 1
+    raise IngestError(f"The file contains {count} NUL byte{'s' if count != 1 else ''} (the first at byte offset {first}, line {line}): it is "
+                      "binary or corrupt, or saved as UTF-16/UTF-32; save it as UTF-8 text.", code="nul_bytes",
+                      report={"nul_bytes": {"count": count, "first_offset": first, "first_line": line}})
+
+
+def _refuse_nul_values(table: pl.DataFrame) -> None:
+    """The same rule for text values of a Parquet file (its binary layout holds NULs by design)."""
+    if not table.width or not table.height:
+        return
+    hits = table.select(pl.all().str.contains("\x00", literal=True).fill_null(False).sum())
+    columns = {name: int(count) for name, count in hits.row(0, named=True).items() if count}
+    if columns:
+        raise IngestError(f"Text values contain NUL characters (columns: {', '.join(list(columns)[:10])}); they are "
+                          "a sign of binary or corrupt data.", code="nul_bytes",
+                          report={"nul_bytes": {"count": sum(columns.values()), "columns": columns}})
 
 
 def _parsed(column: Column, dtype: pl.DataType) -> pl.Expr:

@@ -63,6 +63,13 @@ class DatasetVersion(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Liveness of ingestion (see services.dataset_version_ingest and dataset_versions_recover): when the
+    # ingestion task was last queued, when the current run claimed the version, how many runs have
+    # started since the upload (or the last retry), and the claim of the run that may finish it.
+    enqueued_at = models.DateTimeField(null=True, blank=True)
+    validation_started_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    ingest_claim = models.CharField(max_length=32, blank=True)
 
     class Meta:
         ordering = ["dataset", "-number"]

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.files.storage import default_storage
 from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from clearinghouse.audit.services import audit_record
+from clearinghouse.audit.services import OWNER_ONLY, audit_lock, audit_record
 from clearinghouse.core.errors import Conflict, NotFound, ValidationFailed
 from clearinghouse.core.metrics import INGESTION_BYTES, count_on_commit
 from clearinghouse.core.text import clean_name, clean_slug
@@ -30,7 +35,7 @@ from .models import (
     VersionStatus,
 )
 from .schema import DatasetSchema, SchemaError
-from .selectors import agreement_current, dataset_require_owner
+from .selectors import agreement_current, dataset_require_owner, dataset_upload_quota_check
 from .uploads import EncryptedUpload
 
 logger = logging.getLogger(__name__)
@@ -68,7 +73,8 @@ def dataset_schema_set(*, actor: Any, dataset: Dataset, schema: dict | str) -> D
     keep the copy they were checked against."""
     dataset_require_owner(actor=actor, dataset=dataset)
     parsed = _schema(schema)
-    dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    dataset = Dataset.objects.select_for_update(no_key=True).get(pk=dataset.pk)
     dataset.schema = parsed.to_dict()
     dataset.schema_confirmed = True
     dataset.save(update_fields=["schema", "schema_confirmed"])
@@ -77,43 +83,60 @@ def dataset_schema_set(*, actor: Any, dataset: Dataset, schema: dict | str) -> D
     return dataset
 
 
-@transaction.atomic
 def dataset_version_create(*, actor: Any, dataset: Dataset, upload: EncryptedUpload, fmt: str = "",
                            delimiter: str = "", quote_char: str = '"', has_header: bool = True,
                            repair: str = "none") -> DatasetVersion:
-    """Records an uploaded (already encrypted) file as a new pending version and queues its ingestion."""
+    """Records an uploaded (already encrypted) file as a new pending version and queues its ingestion.
+    Whenever this does not end with the version recorded (refused, or any error rolling it back), the
+    staged file is deleted: no version would ever read it."""
     try:
-        dataset_require_owner(actor=actor, dataset=dataset)
-        fmt = fmt or ("parquet" if upload.name.lower().endswith(".parquet") else "csv")
-        if fmt not in FORMATS:
-            raise ValidationFailed(f"format must be one of {', '.join(FORMATS)}.", code="invalid_format")
-        if delimiter and len(delimiter) != 1:
-            raise ValidationFailed("delimiter must be one character (\\t for tab).", code="invalid_delimiter")
-        if quote_char not in {'"', "'", ""}:
-            raise ValidationFailed("quote must be a double quote, a single quote or none.", code="invalid_quote")
-        if not has_header and not dataset.schema_confirmed:
-            raise ValidationFailed("A file without a header row needs a confirmed schema to name its columns.",
-                                   code="header_required")
-        if repair not in REPAIRS:
-            raise ValidationFailed(f"repair must be one of {', '.join(REPAIRS)}.", code="invalid_repair")
-        if upload.size == 0:
-            raise ValidationFailed("The file is empty.", code="empty_file")
-    except Exception:
+        with transaction.atomic():
+            return _version_record(actor=actor, dataset=dataset, upload=upload, fmt=fmt, delimiter=delimiter,
+                                   quote_char=quote_char, has_header=has_header, repair=repair)
+    except BaseException:
         upload.discard()
         raise
-    dataset = Dataset.objects.select_for_update().get(pk=dataset.pk)
+
+
+def _version_record(*, actor: Any, dataset: Dataset, upload: EncryptedUpload, fmt: str, delimiter: str,
+                    quote_char: str, has_header: bool, repair: str) -> DatasetVersion:
+    audit_lock()  # first: this transaction locks the dataset and counts the organisation's waiting uploads
+    dataset_require_owner(actor=actor, dataset=dataset)
+    fmt = fmt or ("parquet" if upload.name.lower().endswith(".parquet") else "csv")
+    if fmt not in FORMATS:
+        raise ValidationFailed(f"format must be one of {', '.join(FORMATS)}.", code="invalid_format")
+    if delimiter and (len(delimiter) != 1 or (not delimiter.isprintable() and delimiter != "\t")
+                      or delimiter in {'"', "'", "\r", "\n"}):
+        raise ValidationFailed("delimiter must be one printable character (\\t for tab).", code="invalid_delimiter")
+    if quote_char not in {'"', "'", ""}:
+        raise ValidationFailed("quote must be a double quote, a single quote or none.", code="invalid_quote")
+    if not has_header and not dataset.schema_confirmed:
+        raise ValidationFailed("A file without a header row needs a confirmed schema to name its columns.",
+                               code="header_required")
+    if repair not in REPAIRS:
+        raise ValidationFailed(f"repair must be one of {', '.join(REPAIRS)}.", code="invalid_repair")
+    if upload.size == 0:
+        raise ValidationFailed("The file is empty.", code="empty_file")
+    dataset_upload_quota_check(organisation_id=dataset.organisation_id, adding_bytes=upload.size)
+    dataset = Dataset.objects.select_for_update(no_key=True).get(pk=dataset.pk)
     last = dataset.versions.order_by("-number").values_list("number", flat=True).first() or 0
     version = DatasetVersion.objects.create(
         dataset=dataset, number=last + 1, source_format=fmt, source_name=upload.name[:255], source_bytes=upload.size,
-        delimiter=delimiter, quote_char=quote_char, has_header=has_header, repair=repair, schema=dataset.schema or {}, staging_path=upload.staging_name,
-        kek_id=upload.kek_id, created_by=actor,
+        delimiter=delimiter, quote_char=quote_char, has_header=has_header, repair=repair, schema=dataset.schema or {},
+        staging_path=upload.staging_name, kek_id=upload.kek_id, created_by=actor, enqueued_at=timezone.now(),
     )
     audit_record(actor=actor, action="dataset_version.uploaded", organisation=dataset.organisation, target=version,
-                 extra={"number": version.number, "bytes": upload.size, "format": fmt})
+                 extra={"number": version.number, "format": fmt, OWNER_ONLY: {"bytes": upload.size}})
+    _enqueue_on_commit(version.pk)
+    return version
+
+
+def _enqueue_on_commit(version_id: int) -> None:
     from .tasks import dataset_version_ingest_task
 
-    transaction.on_commit(lambda: dataset_version_ingest_task.delay(version.pk))
-    return version
+    # robust: a broker outage must not fail the request that recorded the version (the version is
+    # committed; the recovery sweep queues it once the broker is back)
+    transaction.on_commit(lambda: dataset_version_ingest_task.delay(version_id), robust=True)
 
 
 def dataset_version_import(*, actor: Any, dataset: Dataset, data: bytes, name: str, fmt: str = "",
@@ -124,58 +147,128 @@ def dataset_version_import(*, actor: Any, dataset: Dataset, data: bytes, name: s
     from .uploads import new_staging_file
 
     staging, target, encryptor = new_staging_file()
-    with target:
-        encryptor.write(data)
-        info = encryptor.finish()
+    try:
+        with target:
+            encryptor.write(data)
+            info = encryptor.finish()
+    except BaseException:
+        default_storage.delete(staging)
+        raise
     upload = EncryptedUpload(staging_name=staging, name=name, content_type="application/octet-stream",
                              size=len(data), kek_id=info.kek_id)
     return dataset_version_create(actor=actor, dataset=dataset, upload=upload, fmt=fmt, delimiter=delimiter,
                                   quote_char=quote_char, repair=repair)
 
 
+def _stale_before() -> datetime:
+    return timezone.now() - timedelta(seconds=settings.INGESTION_STUCK_SECONDS)
+
+
+def _validation_stuck(version: DatasetVersion, stale_before: datetime) -> bool:
+    """A validating version whose run started before `stale_before`: its worker is presumed lost (a
+    live run finishes well within INGESTION_STUCK_SECONDS: the task's hard time limit is below it)."""
+    return version.status == VersionStatus.VALIDATING and (
+        version.validation_started_at is None or version.validation_started_at < stale_before)
+
+
 @transaction.atomic
 def dataset_version_retry(*, actor: Any, version: DatasetVersion, repair: str | None = None) -> DatasetVersion:
-    """Runs ingestion again (after the schema was confirmed, or with a repair chosen)."""
+    """Runs ingestion again (after the schema was confirmed, or with a repair chosen); also takes a
+    version whose validation has been running past INGESTION_STUCK_SECONDS (its worker was lost)."""
     dataset_require_owner(actor=actor, dataset=version.dataset)
-    version = DatasetVersion.objects.select_for_update().get(pk=version.pk)
-    if version.status not in {VersionStatus.FAILED, VersionStatus.PENDING}:
-        raise Conflict(f"Only failed versions can be retried (this one is {version.status}).", code="not_retryable")
+    audit_lock()
+    version = DatasetVersion.objects.select_for_update(no_key=True).get(pk=version.pk)
+    stuck = _validation_stuck(version, _stale_before())
+    if version.status not in {VersionStatus.FAILED, VersionStatus.PENDING} and not stuck:
+        detail = (f" validation started at {version.validation_started_at:%Y-%m-%d %H:%M:%S} UTC; a run still going "
+                  f"after {int(settings.INGESTION_STUCK_SECONDS)} s can be retried"
+                  if version.status == VersionStatus.VALIDATING and version.validation_started_at else "")
+        raise Conflict(f"Only failed or stuck versions can be retried (this one is {version.status}{';' if detail else ''}"
+                       f"{detail}).", code="not_retryable")
     if not version.staging_path:
         raise Conflict("The upload of this version is gone; upload the file again.", code="upload_gone")
     if repair is not None:
         if repair not in REPAIRS:
             raise ValidationFailed(f"repair must be one of {', '.join(REPAIRS)}.", code="invalid_repair")
         version.repair = repair
+    previous = version.status
     version.schema = version.dataset.schema or {}
     version.status = VersionStatus.PENDING
     version.error_code = version.error_message = ""
-    version.save(update_fields=["repair", "schema", "status", "error_code", "error_message"])
+    # A new cycle of attempts; a run still holding the old claim can no longer finish the version.
+    version.attempts = 0
+    version.ingest_claim = ""
+    version.validation_started_at = None
+    version.enqueued_at = timezone.now()
+    version.save(update_fields=["repair", "schema", "status", "error_code", "error_message", "attempts",
+                                "ingest_claim", "validation_started_at", "enqueued_at"])
     audit_record(actor=actor, action="dataset_version.retried", organisation=version.dataset.organisation,
-                 target=version, extra={"repair": version.repair})
-    from .tasks import dataset_version_ingest_task
-
-    transaction.on_commit(lambda: dataset_version_ingest_task.delay(version.pk))
+                 target=version, extra={"repair": version.repair, "was": previous})
+    _enqueue_on_commit(version.pk)
     return version
 
 
 def dataset_version_ingest(*, version_id: int) -> DatasetVersion:
     """Worker side: decrypt the staged upload in memory, check it against the schema, store the
-    normalised table encrypted. Safe to run again after a crash at any point."""
+    normalised table encrypted. Safe to run again after a crash at any point, and when two runs race:
+    a run first claims the version (compare-and-set from pending, or from a validating run presumed
+    lost), and only the run holding the current claim may finish it. Whatever goes wrong in a run
+    ends the version failed with a code; a run that dies outright is recovered by
+    `dataset_versions_recover`."""
+    claimed = _ingest_claim(version_id)
+    if claimed is None:  # finished, taken by a live run, or out of attempts: a duplicate delivery
+        return DatasetVersion.objects.select_related("dataset__organisation").get(pk=version_id)
+    version, claim = claimed
+    try:
+        return _ingest_run(version, claim)
+    except KeyringError:
+        logger.error("Dataset version %s: the worker's keyring cannot decrypt uploads", version.pk)
+        return _version_failed(version, "keyring_unavailable", "The ingestion worker could not use its keyring "
+                               "(an operator must fix its configuration); retry this version afterwards.",
+                               claim=claim)
+    except Exception as exc:  # noqa: BLE001 (any failure must end the version failed, never stuck)
+        # The exception's text may quote the data: only its type is logged and shown.
+        logger.error("Dataset version %s: ingestion failed unexpectedly (%s)", version.pk, type(exc).__name__)
+        return _version_failed(version, "ingestion_error", f"Validation failed unexpectedly ({type(exc).__name__}); "
+                               "retry this version, and upload the file again if it fails again.", claim=claim)
+
+
+def _ingest_claim(version_id: int) -> tuple[DatasetVersion, str] | None:
+    claim = uuid.uuid4().hex
     with transaction.atomic():
-        version = DatasetVersion.objects.select_for_update().select_related("dataset__organisation").get(pk=version_id)
-        if version.status not in {VersionStatus.PENDING, VersionStatus.VALIDATING}:
-            return version  # already done (a duplicate delivery of the task)
-        version.status = VersionStatus.VALIDATING
-        version.save(update_fields=["status"])
+        audit_lock()
+        if not DatasetVersion.objects.filter(pk=version_id).exists():
+            return None
+        version = _locked_version(version_id)
+        if version.status != VersionStatus.PENDING and not _validation_stuck(version, _stale_before()):
+            return None
+        if version.attempts >= settings.INGESTION_MAX_ATTEMPTS:
+            _mark_stuck_failed(version)
+            return None
+        now = timezone.now()
+        claimed = DatasetVersion.objects.filter(pk=version.pk, status=version.status,
+                                                ingest_claim=version.ingest_claim).update(
+            status=VersionStatus.VALIDATING, ingest_claim=claim, validation_started_at=now,
+            attempts=F("attempts") + 1)
+        if not claimed:
+            return None
+        version.refresh_from_db()
+        audit_record(actor=None, action="dataset_version.validation_started", organisation=version.dataset.organisation,
+                     target=version, extra={"attempt": version.attempts})
+    return version, claim
+
+
+def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
     dataset = version.dataset
     try:
         plaintext = storage.read_staging(version.staging_path)
-    except KeyringError:
-        raise  # the worker's keyring is misconfigured: not the upload's fault, so not "corrupt"
-    except CryptoError:
-        return _version_corrupt(version, "The uploaded file failed authentication: it was altered in storage.")
+    except CryptoError as exc:
+        if isinstance(exc, KeyringError):
+            raise  # the worker's keyring is misconfigured: not the upload's fault, so not "corrupt"
+        return _version_corrupt(version, "The uploaded file failed authentication: it was altered in storage.",
+                                claim=claim)
     except FileNotFoundError:
-        return _version_failed(version, "upload_gone", "The uploaded file is gone; upload it again.")
+        return _version_failed(version, "upload_gone", "The uploaded file is gone; upload it again.", claim=claim)
     try:
         schema = DatasetSchema.from_dict(version.schema) if dataset.schema_confirmed and version.schema else None
         raw = read_raw(plaintext, fmt=version.source_format, delimiter=version.delimiter or None,
@@ -183,67 +276,122 @@ def dataset_version_ingest(*, version_id: int) -> DatasetVersion:
                        quote_char=version.quote_char or None, schema=schema)
         del plaintext
         if schema is None:
-            return _schema_proposed(version, infer_schema(raw))
+            return _schema_proposed(version, infer_schema(raw), claim=claim)
         result = check(raw, schema, repair=version.repair)
     except IngestError as exc:
-        return _version_failed(version, exc.code, exc.message, report=exc.report)
-    name = storage.data_file_name(organisation_id=dataset.organisation_id, dataset_id=dataset.pk, number=version.number)
-    context = storage.data_context(organisation_id=dataset.organisation_id, dataset_id=dataset.pk,
-                                   number=version.number)
-    info = storage.write_table(name, context, result.table)
+        return _version_failed(version, exc.code, exc.message, report=exc.report, claim=claim, from_data=True)
+    ids = {"organisation_id": dataset.organisation_id, "dataset_id": dataset.pk, "number": version.number}
+    name = storage.data_file_name(**ids, claim=claim)
+    info = storage.write_table(name, storage.data_context(**ids), result.table)
     with transaction.atomic():
-        version = DatasetVersion.objects.select_for_update().get(pk=version.pk)
-        staging = version.staging_path
-        version.status = VersionStatus.READY
-        version.data_path = name
-        version.data_bytes = info.ciphertext_size
-        version.kek_id = info.kek_id
-        version.row_count = result.table.height
-        version.quality_report = result.report
-        version.staging_path = ""
-        version.finished_at = timezone.now()
-        version.save()
-        audit_record(actor=None, action="dataset_version.ready", organisation=dataset.organisation, target=version,
-                     extra={"rows": version.row_count, "violations": result.report["violations"],
-                            "repair": version.repair})
-        count_on_commit(INGESTION_BYTES.labels(outcome="ready"), version.source_bytes)
-        transaction.on_commit(lambda: default_storage.delete(staging))
+        audit_lock()
+        version = _locked_version(version.pk)
+        if not _holds(version, claim):
+            lost = True
+        else:
+            lost = False
+            staging = version.staging_path
+            version.status = VersionStatus.READY
+            version.data_path = name
+            version.data_bytes = info.ciphertext_size
+            version.kek_id = info.kek_id
+            version.row_count = result.table.height
+            version.quality_report = result.report
+            version.staging_path = ""
+            version.ingest_claim = ""
+            version.finished_at = timezone.now()
+            version.save()
+            audit_record(actor=None, action="dataset_version.ready", organisation=dataset.organisation, target=version,
+                         extra={"repair": version.repair, "attempt": version.attempts,
+                                OWNER_ONLY: {"rows": version.row_count, "violations": result.report["violations"]}})
+            count_on_commit(INGESTION_BYTES.labels(outcome="ready"), version.source_bytes)
+            # Clean-ups, best effort: a file left behind is only unused ciphertext.
+            transaction.on_commit(lambda: default_storage.delete(staging), robust=True)
+            transaction.on_commit(lambda: storage.remove_data_files(storage.version_folder(**ids), keep=name),
+                                  robust=True)
+    if lost:  # another run took the version over: its result (or a retry) stands, not this one's
+        default_storage.delete(name)
+        logger.info("Dataset version %s: a run that lost its claim discarded its result", version.pk)
     return version
 
 
-def _version_failed(version: DatasetVersion, code: str, message: str, *, report: dict | None = None) -> DatasetVersion:
+def _locked_version(pk: int) -> DatasetVersion:
+    """The version, its row locked until the caller's transaction ends (only its row, not those of
+    its dataset and organisation, which come along for reading). The audit head first (see audit_lock)."""
+    audit_lock()
+    return (DatasetVersion.objects.select_for_update(of=("self",), no_key=True)
+            .select_related("dataset__organisation").get(pk=pk))
+
+
+def _holds(version: DatasetVersion, claim: str | None) -> bool:
+    """Whether a run holding `claim` may still finish `version` (None: not a run; always may)."""
+    return claim is None or (version.status == VersionStatus.VALIDATING and version.ingest_claim == claim)
+
+
+def _mark_failed(version: DatasetVersion, code: str, message: str, *, report: dict | None = None,
+                 extra: dict | None = None, from_data: bool = False) -> None:
+    """Inside the caller's transaction, on a locked row. `from_data`: the code says something about
+    the rows (out of bounds, ragged, NUL bytes, ...): the audit log shows it to the owner alone."""
+    version.status = VersionStatus.FAILED
+    version.error_code = code
+    version.error_message = message
+    version.quality_report = report
+    version.ingest_claim = ""
+    version.finished_at = timezone.now()
+    version.save()
+    details = {"code": code, **(extra or {})}
+    audit_record(actor=None, action="dataset_version.failed", organisation=version.dataset.organisation,
+                 target=version, extra={"attempts": version.attempts,
+                                        **({OWNER_ONLY: details} if from_data else details)})
+    count_on_commit(INGESTION_BYTES.labels(outcome="failed"), version.source_bytes)
+    ids = {"organisation_id": version.dataset.organisation_id, "dataset_id": version.dataset_id,
+           "number": version.number}
+    transaction.on_commit(lambda: storage.remove_data_files(storage.version_folder(**ids)), robust=True)
+
+
+def _mark_stuck_failed(version: DatasetVersion) -> None:
+    _mark_failed(version, "ingestion_stuck",
+                 f"Validation did not finish in {version.attempts} attempts (each run stopped without a result: its "
+                 "worker was lost or ran out of time or memory). Retry it, or upload a smaller or simpler file.")
+
+
+def _version_failed(version: DatasetVersion, code: str, message: str, *, report: dict | None = None,
+                    claim: str | None = None, from_data: bool = False) -> DatasetVersion:
     with transaction.atomic():
-        version = DatasetVersion.objects.select_for_update().get(pk=version.pk)
-        version.status = VersionStatus.FAILED
-        version.error_code = code
-        version.error_message = message
-        version.quality_report = report
-        version.finished_at = timezone.now()
-        version.save()
-        audit_record(actor=None, action="dataset_version.failed", organisation=version.dataset.organisation,
-                     target=version, extra={"code": code})
-        count_on_commit(INGESTION_BYTES.labels(outcome="failed"), version.source_bytes)
+        audit_lock()
+        version = _locked_version(version.pk)
+        if _holds(version, claim):
+            _mark_failed(version, code, message, report=report, from_data=from_data)
     return version
 
 
-def _schema_proposed(version: DatasetVersion, proposal: dict) -> DatasetVersion:
+def _schema_proposed(version: DatasetVersion, proposal: dict, *, claim: str | None = None) -> DatasetVersion:
     with transaction.atomic():
-        dataset = Dataset.objects.select_for_update().get(pk=version.dataset_id)
-        if not dataset.schema_confirmed:
+        audit_lock()
+        version = _locked_version(version.pk)
+        if not _holds(version, claim):
+            return version
+        dataset = Dataset.objects.select_for_update(no_key=True).get(pk=version.dataset_id)
+        proposed = not dataset.schema_confirmed
+        if proposed:
             dataset.schema = proposal["schema"]
             dataset.save(update_fields=["schema"])
-    return _version_failed(version, "schema_unconfirmed",
-                           "A schema was inferred from this upload. " + proposal["warning"] +
-                           " Then retry this version.")
+        _mark_failed(version, "schema_unconfirmed", "A schema was inferred from this upload. " + proposal["warning"] +
+                     " Then retry this version.", extra={"schema_proposed": proposed})
+    return version
 
 
-def _version_corrupt(version: DatasetVersion, message: str) -> DatasetVersion:
+def _version_corrupt(version: DatasetVersion, message: str, *, claim: str | None = None) -> DatasetVersion:
     logger.error("Dataset version %s failed authentication on decryption", version.pk)
     with transaction.atomic():
-        version = DatasetVersion.objects.select_for_update().get(pk=version.pk)
+        audit_lock()
+        version = _locked_version(version.pk)
+        if not _holds(version, claim):
+            return version
         version.status = VersionStatus.CORRUPT
         version.error_code = "integrity_error"
         version.error_message = message
+        version.ingest_claim = ""
         version.finished_at = timezone.now()
         version.save()
         audit_record(actor=None, action="dataset_version.corrupt", organisation=version.dataset.organisation,
@@ -254,6 +402,97 @@ def _version_corrupt(version: DatasetVersion, message: str) -> DatasetVersion:
 def dataset_version_mark_corrupt(*, version: DatasetVersion) -> DatasetVersion:
     """Called by any worker whose decryption of a ready version fails authentication."""
     return _version_corrupt(version, "The stored data failed authentication: it was altered in storage.")
+
+
+def dataset_versions_recover() -> dict[str, int]:
+    """Beat: versions whose ingestion was lost. Pending past INGESTION_STUCK_SECONDS since queued (the
+    message was lost, e.g. the embedded broker never redelivers) or validating past it since their
+    run started (its worker was killed) are queued again; a validating one whose runs already reached
+    INGESTION_MAX_ATTEMPTS is failed (ingestion_stuck) instead, so that no version waits forever."""
+    stale_before = _stale_before()
+    candidates = DatasetVersion.objects.annotate(queued=Coalesce("enqueued_at", "created_at")).filter(
+        Q(status=VersionStatus.PENDING, queued__lt=stale_before)
+        | Q(status=VersionStatus.VALIDATING) & (Q(validation_started_at__isnull=True)
+                                                | Q(validation_started_at__lt=stale_before)))
+    counts = {"requeued": 0, "failed": 0}
+    for pk in list(candidates.order_by("pk").values_list("pk", flat=True)[:500]):
+        with transaction.atomic():
+            audit_lock()
+            version = _locked_version(pk)
+            queued = version.enqueued_at or version.created_at
+            if not (version.status == VersionStatus.PENDING and queued < stale_before
+                    or _validation_stuck(version, stale_before)):
+                continue  # it moved on meanwhile
+            if version.status == VersionStatus.VALIDATING and version.attempts >= settings.INGESTION_MAX_ATTEMPTS:
+                _mark_stuck_failed(version)
+                counts["failed"] += 1
+                continue
+            previous = version.status
+            version.status = VersionStatus.PENDING
+            version.ingest_claim = ""  # a run still holding the old claim can no longer finish it
+            version.enqueued_at = timezone.now()
+            version.save(update_fields=["status", "ingest_claim", "enqueued_at"])
+            audit_record(actor=None, action="dataset_version.requeued", organisation=version.dataset.organisation,
+                         target=version, extra={"was": previous, "attempts": version.attempts})
+            _enqueue_on_commit(version.pk)
+            counts["requeued"] += 1
+    if any(counts.values()):
+        logger.warning("Ingestion recovery: %(requeued)d version(s) queued again, %(failed)d failed", counts)
+    return counts
+
+
+def dataset_staging_sweep() -> dict[str, int]:
+    """Beat: deletes staging files that no version records and that have not been written to for
+    DATASET_STAGING_ORPHAN_SECONDS (left by a process killed mid-request, or by a transaction rolled
+    back after its request ended; a file still streaming in is younger). Files of versions, failed
+    ones included (they can be retried), stay."""
+    from .uploads import STAGING_DIR
+
+    cutoff = timezone.now() - timedelta(seconds=settings.DATASET_STAGING_ORPHAN_SECONDS)
+    try:
+        _, names = default_storage.listdir(STAGING_DIR)
+    except FileNotFoundError:
+        names = []
+    paths = [f"{STAGING_DIR}/{name}" for name in names]
+    deleted = 0
+    for start in range(0, len(paths), 500):
+        batch = paths[start:start + 500]
+        recorded = set(DatasetVersion.objects.filter(staging_path__in=batch).values_list("staging_path", flat=True))
+        for path in batch:
+            if path in recorded:
+                continue
+            try:
+                if default_storage.get_modified_time(path) >= cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            default_storage.delete(path)
+            deleted += 1
+    expired = _failed_staging_expire()
+    if deleted:
+        with transaction.atomic():
+            audit_record(actor=None, action="dataset_staging.swept", extra={"deleted": deleted})
+    return {"deleted": deleted, "expired": expired}
+
+
+def _failed_staging_expire() -> int:
+    """A failed version keeps its upload so that it can be retried, for DATASET_FAILED_STAGING_SECONDS;
+    then the upload is deleted (a retry answers `upload_gone`), so failed uploads cannot fill the disk."""
+    cutoff = timezone.now() - timedelta(seconds=settings.DATASET_FAILED_STAGING_SECONDS)
+    expired = 0
+    for pk in (DatasetVersion.objects.filter(status=VersionStatus.FAILED, finished_at__lt=cutoff)
+               .exclude(staging_path="").values_list("pk", flat=True)[:500]):
+        with transaction.atomic():
+            version = _locked_version(pk)
+            if version.status != VersionStatus.FAILED or not version.staging_path:
+                continue
+            path, version.staging_path = version.staging_path, ""
+            version.save(update_fields=["staging_path"])
+            audit_record(actor=None, action="dataset_version.upload_expired", organisation=version.dataset.organisation,
+                         target=version, extra={"number": version.number})
+            transaction.on_commit(lambda path=path: default_storage.delete(path), robust=True)
+        expired += 1
+    return expired
 
 
 @transaction.atomic
@@ -276,8 +515,18 @@ def dataset_grant_create(*, actor: Any, dataset: Dataset, organisation: Organisa
 
 @transaction.atomic
 def dataset_grant_revoke(*, actor: Any, grant: DatasetGrant) -> DatasetGrant:
-    dataset_require_owner(actor=actor, dataset=grant.dataset)
-    grant = DatasetGrant.objects.select_for_update().get(pk=grant.pk)
+    """Ends a grant. Who may, decided here for the API and the portal alike: the owner organisation's
+    members with the dataset capability, and the consortium's operators.
+
+    Operators may revoke a grant (never create one): withdrawing access is a safety action. They
+    already see every grant (`dataset_grant_list`) and can stop a whole organisation's access by
+    suspending it; revoking one grant is the narrower tool. It shows them nothing derived from the
+    data (docs/data-exposure.md) and is audited under their name in the owner organisation's log.
+    Whom to share with stays the owner's decision (`dataset_grant_create`)."""
+    if not getattr(actor, "is_operator", False):
+        dataset_require_owner(actor=actor, dataset=grant.dataset)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    grant = DatasetGrant.objects.select_for_update(no_key=True).get(pk=grant.pk)
     if grant.revoked_at is not None:
         raise Conflict("This grant is already revoked.", code="grant_revoked")
     grant.revoked_at = timezone.now()
@@ -293,7 +542,8 @@ def agreement_publish(*, actor: Any, dataset: Dataset, text: str) -> DataUseAgre
     text = clean_name(text, field="text", max_length=50_000) if text else ""
     if not text:
         raise ValidationFailed("The agreement text is required.", code="invalid_agreement")
-    Dataset.objects.select_for_update().get(pk=dataset.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    Dataset.objects.select_for_update(no_key=True).get(pk=dataset.pk)
     current = agreement_current(dataset=dataset)
     agreement = DataUseAgreement.objects.create(dataset=dataset, version=(current.version + 1) if current else 1,
                                                 text=text, created_by=actor)
@@ -335,8 +585,12 @@ def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
     for version in versions.iterator():
         for name in filter(None, [version.data_path, version.staging_path]):
             temporary = f"{name}.rewrap"
-            with default_storage.open(name, "rb") as src, storage.open_for_write(temporary) as dst:
-                rewrap_stream(src, dst, keyring=current)
+            try:
+                with default_storage.open(name, "rb") as src, storage.open_for_write(temporary) as dst:
+                    rewrap_stream(src, dst, keyring=current)
+            except BaseException:
+                default_storage.delete(temporary)  # no half-written copy left beside the file
+                raise
             storage.replace(temporary, name)
             counts["rewrapped"] += 1
         DatasetVersion.objects.filter(pk=version.pk).update(kek_id=current.current_id)

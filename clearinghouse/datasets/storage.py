@@ -19,8 +19,32 @@ from .uploads import open_for_write, staging_context
 __all__ = ["open_for_write", "replace"]
 
 
-def data_file_name(*, organisation_id: int, dataset_id: int, number: int) -> str:
-    return f"datasets/{organisation_id}/{dataset_id}/v{number}/data.parquet.enc"
+def data_file_name(*, organisation_id: int, dataset_id: int, number: int, claim: str = "") -> str:
+    """Where a version's encrypted table is stored. Each ingestion run writes under its own claim, so a
+    run that lost its claim (presumed dead, taken over) can never overwrite the file of the run that
+    finished the version; the version records the name of the winner's file."""
+    return f"{version_folder(organisation_id=organisation_id, dataset_id=dataset_id, number=number)}/" + (
+        f"data.{claim}.parquet.enc" if claim else "data.parquet.enc")
+
+
+def version_folder(*, organisation_id: int, dataset_id: int, number: int) -> str:
+    return f"datasets/{organisation_id}/{dataset_id}/v{number}"
+
+
+def remove_data_files(folder: str, *, keep: str = "") -> int:
+    """Deletes the data files in a version's folder other than `keep` (those of runs that died after
+    writing); the number deleted."""
+    try:
+        _, names = default_storage.listdir(folder)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        path = f"{folder}/{name}"
+        if path != keep and name.startswith("data.") and name.endswith(".parquet.enc"):
+            default_storage.delete(path)
+            removed += 1
+    return removed
 
 
 def data_context(*, organisation_id: int, dataset_id: int, number: int) -> dict[str, int | str]:

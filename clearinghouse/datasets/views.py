@@ -7,26 +7,29 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, UnreadablePostError
 from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from clearinghouse.core.errors import ApplicationError, NotFound, ValidationFailed
-from clearinghouse.organisations.selectors import (
-    membership_active,
-    organisation_directory,
-    organisation_directory_get,
-)
+from clearinghouse.core.errors import ValidationFailed
+from clearinghouse.organisations.selectors import organisation_directory_get
 from clearinghouse.portal.views import service_errors
 
-from .models import DatasetGrant
+from .forms import AgreementAcceptForm
 from .selectors import (
     agreement_accepted,
     agreement_current,
     dataset_get,
+    dataset_grant_candidates,
+    dataset_grant_get,
     dataset_grant_list,
     dataset_is_owner,
+    dataset_is_owner_or_operator,
     dataset_list,
+    dataset_register_organisation,
+    dataset_schema_visible,
+    dataset_upload_target,
     dataset_version_get,
     dataset_version_list,
 )
@@ -40,6 +43,7 @@ from .services import (
     dataset_version_create,
     dataset_version_retry,
 )
+from .uploads import csrf_failure_response, csrf_refusal, receiving_upload, upload_too_large_early
 
 
 @login_required
@@ -47,11 +51,8 @@ from .services import (
 @service_errors
 def dataset_list_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        membership = membership_active(user=request.user)
-        if membership is None:
-            raise NotFound("You are not a member of an approved organisation.")
         schema_text = request.POST.get("schema", "").strip()
-        dataset = dataset_register(actor=request.user, organisation=membership.organisation,
+        dataset = dataset_register(actor=request.user, organisation=dataset_register_organisation(actor=request.user),
                                    name=request.POST.get("name", ""), slug=request.POST.get("slug", ""),
                                    description=request.POST.get("description", ""),
                                    schema=schema_text or None)
@@ -66,17 +67,21 @@ def dataset_list_view(request: HttpRequest) -> HttpResponse:
 def dataset_detail_view(request: HttpRequest, organisation: str, slug: str) -> HttpResponse:
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
     owner = dataset_is_owner(actor=request.user, dataset=dataset)
+    schema = dataset_schema_visible(dataset=dataset, owner=owner)  # a proposal is the owner's alone
     context = {
         "dataset": dataset,
         "owner": owner,
-        "schema_text": json.dumps(dataset.schema, indent=2) if dataset.schema else "",
+        "schema": schema,
+        "schema_text": json.dumps(schema, indent=2) if owner and schema else "",
         "versions": dataset_version_list(actor=request.user, dataset=dataset)[:50],
         "agreement": agreement_current(dataset=dataset),
         "agreement_accepted": agreement_accepted(user=request.user, dataset=dataset),
+        "grants": None,  # the owner organisation and operators see the grants (and may revoke them)
     }
-    if owner:
-        context["grants"] = dataset_grant_list(dataset=dataset)
-        context["directory"] = organisation_directory().exclude(pk=dataset.organisation_id)
+    if dataset_is_owner_or_operator(actor=request.user, dataset=dataset):
+        context["grants"] = dataset_grant_list(actor=request.user, dataset=dataset)
+    if owner:  # granting is the owner's alone
+        context["directory"] = dataset_grant_candidates(dataset=dataset)
     return render(request, "datasets/detail.html", context)
 
 
@@ -103,27 +108,38 @@ def dataset_schema_view(request: HttpRequest, organisation: str, slug: str) -> H
     return redirect("portal:dataset", organisation=organisation, slug=slug)
 
 
+def _csrf_before_file(request: HttpRequest, fields) -> str | None:
+    if csrf_refusal(request, fields):
+        return "it did not come after a valid CSRF token (reload the page and upload again)"
+    return None
+
+
+# The middleware's CSRF check would read the form, and so stage the file, before login and authorization
+# are checked: this view checks CSRF itself, when the file part starts (from the token the form sends
+# first, or the X-CSRFToken header), and again over the whole form.
+@csrf_exempt
 @login_required
 @require_POST
 @service_errors
 def dataset_upload_view(request: HttpRequest, organisation: str, slug: str) -> HttpResponse:
-    upload = request.FILES.get("file")
-    try:
-        if getattr(request, "upload_too_large", False):
-            raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
-        dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        if upload is None:
-            raise ValidationFailed("Choose a file to upload.", code="file_required")
+    # Who may upload here, and the staging quota, before a byte of the body is read or staged.
+    dataset = dataset_upload_target(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+    if upload_too_large_early(request):
+        raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
+    with receiving_upload(request, admit=lambda fields: _csrf_before_file(request, fields)) as receipt:
+        try:
+            forbidden = csrf_failure_response(request)  # reads the form: the file part streams through the handler
+        except UnreadablePostError:
+            raise ValidationFailed("The upload was interrupted.", code="upload_interrupted") from None
+        if forbidden is not None:
+            return forbidden
+        upload = receipt.upload(request.FILES)
         delimiter = request.POST.get("delimiter", "")
         version = dataset_version_create(
             actor=request.user, dataset=dataset, upload=upload, fmt=request.POST.get("format", ""),
             delimiter="\t" if delimiter in {"\\t", "tab"} else delimiter,
             quote_char="" if request.POST.get("quote") == "none" else '"',
             has_header=request.POST.get("header", "on") == "on", repair=request.POST.get("repair", "none"))
-    except ApplicationError:
-        if upload is not None and hasattr(upload, "discard"):
-            upload.discard()
-        raise
     messages.success(request, f"Version {version.number} uploaded and encrypted; validation is running.")
     return redirect("portal:dataset_version", organisation=organisation, slug=slug, number=version.number)
 
@@ -155,10 +171,7 @@ def dataset_grant_view(request: HttpRequest, organisation: str, slug: str) -> Ht
 @require_POST
 @service_errors
 def dataset_grant_revoke_view(request: HttpRequest, grant_id: int) -> HttpResponse:
-    grant = DatasetGrant.objects.select_related("dataset__organisation", "organisation").filter(pk=grant_id).first()
-    if grant is None or not dataset_is_owner(actor=request.user, dataset=grant.dataset):
-        raise NotFound("Grant not found.")
-    dataset_grant_revoke(actor=request.user, grant=grant)
+    grant = dataset_grant_revoke(actor=request.user, grant=dataset_grant_get(actor=request.user, grant_id=grant_id))
     messages.success(request, "Grant revoked.")
     return redirect("portal:dataset", organisation=grant.dataset.organisation.slug, slug=grant.dataset.slug)
 
@@ -169,7 +182,10 @@ def dataset_grant_revoke_view(request: HttpRequest, grant_id: int) -> HttpRespon
 def dataset_agreement_view(request: HttpRequest, organisation: str, slug: str) -> HttpResponse:
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
     if request.POST.get("action") == "accept":
-        agreement_accept(actor=request.user, dataset=dataset, version=int(request.POST.get("version") or 0))
+        form = AgreementAcceptForm(request.POST)
+        if not form.is_valid():
+            raise ValidationFailed("Accept the agreement by its version number.", code="invalid_version")
+        agreement_accept(actor=request.user, dataset=dataset, version=form.cleaned_data["version"])
         messages.success(request, "Agreement accepted.")
     else:
         agreement = agreement_publish(actor=request.user, dataset=dataset, text=request.POST.get("text", ""))

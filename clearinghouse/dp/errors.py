@@ -7,6 +7,7 @@ from typing import Any
 # Stable codes (the API returns them to analysts; tests pin them). Keep in sync with docs.
 CODES = frozenset({
     # spec / schema validation
+    "invalid_query",                     # neither or both of a spec and SQL given
     "invalid_spec",                      # malformed JSON shape, unknown keys, wrong types
     "invalid_schema",                    # the table description itself is unusable
     "unknown_column",                    # a column the schema does not declare

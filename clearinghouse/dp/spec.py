@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -397,6 +398,8 @@ def _where(raw: Any, schema: TableSchema, counter: list[int], where: str = "wher
 def _positive(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise QueryError("invalid_privacy_loss", f"{name} must be a finite number above 0, not {value!r}")
+    if value < sys.float_info.min:  # subnormal: no noise scale can be computed from it
+        raise QueryError("invalid_privacy_loss", f"{name} is too small to calibrate noise for: {value!r}")
     return float(value)
 
 
@@ -420,6 +423,8 @@ def _privacy(raw: Any, schema: TableSchema) -> PrivacyLoss:
     if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or not 0 <= delta < 1:
         raise QueryError("invalid_privacy_loss", f"delta must be a number in [0, 1), not {delta!r}")
     delta = float(delta)
+    if 0 < delta < sys.float_info.min:
+        raise QueryError("invalid_privacy_loss", f"delta is too small to calibrate for: {delta!r}")
     if epsilon is not None and rho is not None:
         raise QueryError("invalid_privacy_loss", "give epsilon or rho, not both")
     if epsilon is None and rho is None:

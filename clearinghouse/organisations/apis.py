@@ -6,7 +6,7 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from clearinghouse.core.apis import paginated, validated
+from clearinghouse.core.apis import StrictCharField, paginated, validated
 
 from .models import OrganisationStatus
 from .roles import Role
@@ -57,10 +57,10 @@ class OrganisationListApplyApi(APIView):
         class Meta:
             ref_name = "OrganisationListApplyInput"
 
-        name = serializers.CharField(**_TEXT)
-        slug = serializers.CharField(**_TEXT)
-        country = serializers.CharField(**_TEXT)
-        contact_email = serializers.CharField(**_TEXT)
+        name = StrictCharField(**_TEXT)
+        slug = StrictCharField(**_TEXT)
+        country = StrictCharField(**_TEXT)
+        contact_email = StrictCharField(**_TEXT)
 
     @extend_schema(responses=OrganisationOutputSerializer(many=True), operation_id="organisations_list")
     def get(self, request):
@@ -93,9 +93,9 @@ class OrganisationDetailApi(APIView):
         class Meta:
             ref_name = "OrganisationDetailInput"
 
-        name = serializers.CharField(required=False, **_TEXT)
-        country = serializers.CharField(required=False, **_TEXT)
-        contact_email = serializers.CharField(required=False, **_TEXT)
+        name = StrictCharField(required=False, **_TEXT)
+        country = StrictCharField(required=False, **_TEXT)
+        contact_email = StrictCharField(required=False, **_TEXT)
 
     @extend_schema(responses=OrganisationOutputSerializer, operation_id="organisations_get")
     def get(self, request, slug: str):
@@ -123,7 +123,7 @@ class OrganisationDecisionApi(APIView):
         class Meta:
             ref_name = "OrganisationDecisionInput"
 
-        reason = serializers.CharField(required=False, default="", **_TEXT)
+        reason = StrictCharField(required=False, default="", **_TEXT)
 
     @extend_schema(request=InputSerializer, responses=OrganisationOutputSerializer, operation_id="organisations_decide")
     def post(self, request, slug: str, action: str):
@@ -156,7 +156,7 @@ class MembershipDetailApi(APIView):
         class Meta:
             ref_name = "MembershipDetailInput"
 
-        role = serializers.CharField(**_TEXT)
+        role = StrictCharField(**_TEXT)
 
     @extend_schema(responses=MembershipOutputSerializer, operation_id="memberships_get")
     def get(self, request, membership_id: int):
@@ -192,14 +192,12 @@ class JoinRequestListCreateApi(APIView):
         class Meta:
             ref_name = "JoinRequestListCreateInput"
 
-        organisation = serializers.CharField(**_TEXT)
-        message = serializers.CharField(required=False, default="", **_TEXT)
+        organisation = StrictCharField(**_TEXT)
+        message = StrictCharField(required=False, default="", **_TEXT)
 
     @extend_schema(responses=JoinRequestOutputSerializer(many=True), operation_id="join_requests_list")
     def get(self, request):
-        requests = join_request_list(actor=request.user)
-        if request.query_params.get("status"):
-            requests = requests.filter(status=request.query_params["status"])
+        requests = join_request_list(actor=request.user, status=request.query_params.get("status"))
         return paginated(queryset=requests, serializer_class=JoinRequestOutputSerializer, request=request, view=self)
 
     @extend_schema(request=InputSerializer, responses={201: JoinRequestOutputSerializer}, operation_id="join_requests_create")
@@ -215,8 +213,8 @@ class JoinRequestDecisionApi(APIView):
         class Meta:
             ref_name = "JoinRequestDecisionInput"
 
-        role = serializers.CharField(required=False, default=Role.ANALYST, **_TEXT)
-        reason = serializers.CharField(required=False, default="", **_TEXT)
+        role = StrictCharField(required=False, default=Role.ANALYST, **_TEXT)
+        reason = StrictCharField(required=False, default="", **_TEXT)
 
     @extend_schema(request=InputSerializer, responses=JoinRequestOutputSerializer, operation_id="join_requests_decide")
     def post(self, request, join_request_id: int, action: str):
@@ -247,14 +245,16 @@ class InvitationListCreateApi(APIView):
         class Meta:
             ref_name = "InvitationListCreateInput"
 
-        email = serializers.CharField(**_TEXT)
-        role = serializers.CharField(**_TEXT)
+        email = StrictCharField(**_TEXT)
+        role = StrictCharField(**_TEXT)
 
     class CreatedSerializer(InvitationOutputSerializer):
         class Meta:
             ref_name = "InvitationListCreateCreated"
 
         accept_url = serializers.CharField(help_text="The secret link; shown only in this response.")
+        token = serializers.CharField(help_text="The secret token in the link (for `invitations/accept`); "
+                                                "shown only in this response.")
 
     @extend_schema(responses=InvitationOutputSerializer(many=True), operation_id="invitations_list")
     def get(self, request, slug: str):
@@ -285,7 +285,7 @@ class InvitationAcceptApi(APIView):
         class Meta:
             ref_name = "InvitationAcceptInput"
 
-        token = serializers.CharField(**_TEXT)
+        token = StrictCharField(**_TEXT)
 
     @extend_schema(request=InputSerializer, responses={201: MembershipOutputSerializer}, operation_id="invitations_accept")
     def post(self, request):

@@ -57,6 +57,15 @@ def require_capability(*, actor: Any, organisation: Organisation, capability: st
     return membership
 
 
+def organisation_visible(*, actor: Any, organisation_id: int) -> bool:
+    """The visibility rule above, for one organisation's objects (its members, invitations, SuperNode
+    keys): operators see every organisation's; a member sees their own organisation's."""
+    if getattr(actor, "is_operator", False):
+        return True
+    membership = membership_of(user=actor)
+    return membership is not None and membership.organisation_id == organisation_id
+
+
 def require_operator(*, actor: Any) -> None:
     if not getattr(actor, "is_operator", False):
         raise PermissionDenied("Only consortium operators can do this.", code="operator_required")
@@ -80,6 +89,13 @@ def organisation_get(*, actor: Any, slug: str) -> Organisation:
     return organisation
 
 
+def organisation_pending_list(*, actor: Any) -> QuerySet[Organisation]:
+    """Applications waiting for a decision: the operators' work queue; nobody else has one."""
+    if not getattr(actor, "is_operator", False):
+        return Organisation.objects.none()
+    return organisation_list(actor=actor, status=OrganisationStatus.PENDING)
+
+
 def organisation_directory() -> QuerySet[Organisation]:
     """Approved members by name and slug: public within the consortium, for people asking to join."""
     return Organisation.objects.filter(status=OrganisationStatus.APPROVED).only("name", "slug", "country")
@@ -93,25 +109,22 @@ def organisation_directory_get(*, slug: str) -> Organisation:
 
 
 def membership_list(*, actor: Any, organisation: Organisation) -> QuerySet[Membership]:
-    if not actor.is_operator:
-        membership = membership_of(user=actor)
-        if membership is None or membership.organisation_id != organisation.pk:
-            raise NotFound("Organisation not found.")
+    if not organisation_visible(actor=actor, organisation_id=organisation.pk):
+        raise NotFound("Organisation not found.")
     return organisation.memberships.select_related("user").order_by("user__username")
 
 
 def membership_get(*, actor: Any, membership_id: int) -> Membership:
     membership = Membership.objects.select_related("user", "organisation").filter(pk=membership_id).first()
-    if membership is None:
-        raise NotFound("Membership not found.")
-    own = membership_of(user=actor)
-    if not actor.is_operator and (own is None or own.organisation_id != membership.organisation_id):
+    if membership is None or not organisation_visible(actor=actor, organisation_id=membership.organisation_id):
         raise NotFound("Membership not found.")
     return membership
 
 
-def join_request_list(*, actor: Any, organisation: Organisation | None = None) -> QuerySet[JoinRequest]:
-    """Operators: all. Org admins: those addressed to their organisation. Everyone: their own."""
+def join_request_list(*, actor: Any, organisation: Organisation | None = None, status: str | None = None,
+                      own: bool = False) -> QuerySet[JoinRequest]:
+    """Operators: all. Org admins: those addressed to their organisation. Everyone: their own. Narrowed
+    to one organisation's, to one status, or (`own`) to the actor's own requests."""
     requests = JoinRequest.objects.select_related("user", "organisation")
     if actor.is_operator:
         result = requests.all()
@@ -123,6 +136,10 @@ def join_request_list(*, actor: Any, organisation: Organisation | None = None) -
             result = requests.filter(user=actor)
     if organisation is not None:
         result = result.filter(organisation=organisation)
+    if status:
+        result = result.filter(status=status)
+    if own:
+        result = result.filter(user=actor)
     return result.order_by("-created_at")
 
 
@@ -145,9 +162,6 @@ def invitation_list(*, actor: Any, organisation: Organisation) -> QuerySet[Invit
 
 def invitation_get(*, actor: Any, invitation_id: int) -> Invitation:
     invitation = Invitation.objects.select_related("organisation").filter(pk=invitation_id).first()
-    if invitation is None:
-        raise NotFound("Invitation not found.")
-    own = membership_of(user=actor)
-    if not actor.is_operator and (own is None or own.organisation_id != invitation.organisation_id):
+    if invitation is None or not organisation_visible(actor=actor, organisation_id=invitation.organisation_id):
         raise NotFound("Invitation not found.")
     return invitation

@@ -14,7 +14,8 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from clearinghouse.audit.services import audit_record
+from clearinghouse.accounts.services import user_sessions_end
+from clearinghouse.audit.services import audit_lock, audit_record
 from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from clearinghouse.core.text import clean_email, clean_name, clean_slug
 
@@ -76,7 +77,8 @@ def organisation_apply(*, actor: Any, name: str, slug: str, country: str, contac
 def organisation_set_status(*, actor: Any, organisation: Organisation, status: str, reason: str = "") -> Organisation:
     """Operators approve, reject, suspend and reinstate organisations. Rejection and suspension need a reason."""
     require_operator(actor=actor)
-    organisation = Organisation.objects.select_for_update().get(pk=organisation.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    organisation = Organisation.objects.select_for_update(no_key=True).get(pk=organisation.pk)
     reason = reason.strip() if isinstance(reason, str) else ""
     if len(reason) > 2000:
         raise ValidationFailed("reason: at most 2000 characters.", code="invalid_reason")
@@ -88,8 +90,14 @@ def organisation_set_status(*, actor: Any, organisation: Organisation, status: s
     if status == OrganisationStatus.REJECTED:
         # The applicant is free to apply again or join another organisation.
         organisation.memberships.all().delete()
+    extra: dict[str, Any] = {"from": previous, "to": status, "reason": reason}
+    if status == OrganisationStatus.SUSPENDED:
+        # Suspension ends its members' sessions at once: they log in again after a reinstatement.
+        # (Their API tokens stay, refused while the organisation is suspended.)
+        extra["sessions_ended"] = user_sessions_end(
+            user_ids=organisation.memberships.values_list("user_id", flat=True))
     audit_record(actor=actor, action=f"organisation.{status}", organisation=organisation, target=organisation,
-                 extra={"from": previous, "to": status, "reason": reason})
+                 extra=extra)
     return organisation
 
 
@@ -133,7 +141,9 @@ def join_request_create(*, actor: Any, organisation: Organisation, message: str 
 def join_request_decide(*, actor: Any, join_request: JoinRequest, approve: bool,
                         role: str = Role.ANALYST, reason: str = "") -> JoinRequest:
     """The organisation's admins, or an operator, approve (with a role) or reject a join request."""
-    join_request = JoinRequest.objects.select_for_update().select_related("organisation", "user").get(pk=join_request.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    join_request = (JoinRequest.objects.select_for_update(no_key=True, of=("self",))
+                    .select_related("organisation", "user").get(pk=join_request.pk))
     if not actor.is_operator:
         require_capability(actor=actor, organisation=join_request.organisation, capability=MANAGE_MEMBERS)
     if join_request.status != RequestStatus.PENDING:
@@ -158,7 +168,8 @@ def join_request_decide(*, actor: Any, join_request: JoinRequest, approve: bool,
 def join_request_withdraw(*, actor: Any, join_request: JoinRequest) -> JoinRequest:
     if join_request.user_id != actor.pk:
         raise NotFound("Join request not found.")
-    join_request = JoinRequest.objects.select_for_update().get(pk=join_request.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    join_request = JoinRequest.objects.select_for_update(no_key=True).get(pk=join_request.pk)
     if join_request.status != RequestStatus.PENDING:
         raise Conflict(f"This request is already {join_request.status}.", code="join_request_decided")
     join_request.status = RequestStatus.WITHDRAWN
@@ -190,7 +201,8 @@ def invitation_create(*, actor: Any, organisation: Organisation, email: str, rol
 @transaction.atomic
 def invitation_revoke(*, actor: Any, invitation: Invitation) -> Invitation:
     require_capability(actor=actor, organisation=invitation.organisation, capability=MANAGE_MEMBERS)
-    invitation = Invitation.objects.select_for_update().get(pk=invitation.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    invitation = Invitation.objects.select_for_update(no_key=True).get(pk=invitation.pk)
     if not invitation.is_open:
         raise Conflict("This invitation is no longer open.", code="invitation_closed")
     invitation.revoked_at = timezone.now()
@@ -210,7 +222,9 @@ def invitation_find(*, token: str) -> Invitation:
 @transaction.atomic
 def invitation_accept(*, actor: Any, token: str) -> Membership:
     invitation = invitation_find(token=token)
-    invitation = Invitation.objects.select_for_update().select_related("organisation").get(pk=invitation.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    invitation = (Invitation.objects.select_for_update(no_key=True, of=("self",))
+                  .select_related("organisation").get(pk=invitation.pk))
     if not invitation.is_open:
         raise NotFound("This invitation is invalid, expired or already used.", code="invitation_invalid")
     if invitation.email.lower() != (actor.email or "").lower():
@@ -229,7 +243,8 @@ def invitation_accept(*, actor: Any, token: str) -> Membership:
 def _lock_admins(organisation: Organisation) -> int:
     """Locks the organisation row and counts its admins, so two concurrent demotions cannot both
     pass the 'keeps one admin' check."""
-    Organisation.objects.select_for_update().get(pk=organisation.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    Organisation.objects.select_for_update(no_key=True).get(pk=organisation.pk)
     return Membership.objects.filter(organisation=organisation, role=Role.ORG_ADMIN).count()
 
 
@@ -238,7 +253,8 @@ def membership_change_role(*, actor: Any, membership: Membership, role: str) -> 
     require_capability(actor=actor, organisation=membership.organisation, capability=MANAGE_MEMBERS)
     role = _clean_role(role)
     admins = _lock_admins(membership.organisation)
-    membership = Membership.objects.select_for_update().get(pk=membership.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    membership = Membership.objects.select_for_update(no_key=True).get(pk=membership.pk)
     if membership.role == role:
         return membership
     if membership.role == Role.ORG_ADMIN and admins <= 1:
@@ -257,9 +273,15 @@ def membership_remove(*, actor: Any, membership: Membership) -> None:
     if membership.user_id != actor.pk:
         require_capability(actor=actor, organisation=membership.organisation, capability=MANAGE_MEMBERS)
     admins = _lock_admins(membership.organisation)
-    membership = Membership.objects.select_for_update().select_related("user", "organisation").get(pk=membership.pk)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    membership = (Membership.objects.select_for_update(no_key=True, of=("self",))
+                  .select_related("user", "organisation").get(pk=membership.pk))
     if membership.role == Role.ORG_ADMIN and admins <= 1:
         raise Conflict("An organisation must keep at least one admin.", code="last_admin")
+    extra: dict[str, Any] = {"user": membership.user.username, "role": membership.role}
+    if membership.user_id != actor.pk:
+        # A removed member's sessions end (one who leaves keeps the session they left with).
+        extra["sessions_ended"] = user_sessions_end(user_ids=[membership.user_id])
     audit_record(actor=actor, action="membership.removed", organisation=membership.organisation, target=membership,
-                 extra={"user": membership.user.username, "role": membership.role})
+                 extra=extra)
     membership.delete()

@@ -4,8 +4,9 @@ service's error becomes a message (or a 404 page), never a half-done change."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import login
@@ -19,7 +20,7 @@ from clearinghouse.accounts.selectors import api_token_get, api_token_list
 from clearinghouse.accounts.services import api_token_create, api_token_revoke, user_signup
 from clearinghouse.audit.selectors import audit_event_list
 from clearinghouse.core.errors import ApplicationError, NotFound, PermissionDenied
-from clearinghouse.organisations.models import OrganisationStatus
+from clearinghouse.organisations.models import OrganisationStatus, RequestStatus
 from clearinghouse.organisations.roles import MANAGE_MEMBERS, Role
 from clearinghouse.organisations.selectors import (
     invitation_get,
@@ -34,6 +35,7 @@ from clearinghouse.organisations.selectors import (
     organisation_directory_get,
     organisation_get,
     organisation_list,
+    organisation_pending_list,
     require_operator,
     user_capabilities,
 )
@@ -114,12 +116,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     context = {
         "membership": membership,
         "pending_join": join_request_pending_for(user=request.user),
-        "my_requests": join_request_list(actor=request.user).filter(user=request.user)[:10],
+        "my_requests": join_request_list(actor=request.user, own=True)[:10],
         "tokens_active": api_token_list(actor=request.user).filter(revoked_at__isnull=True,
                                                                    expires_at__gt=timezone.now()).count(),
     }
-    if request.user.is_operator:
-        context["pending_organisations"] = organisation_list(actor=request.user, status=OrganisationStatus.PENDING)
+    context["pending_organisations"] = organisation_pending_list(actor=request.user)  # operators' work queue
     return render(request, "portal/dashboard.html", context)
 
 
@@ -212,8 +213,8 @@ def organisation_view(request: HttpRequest) -> HttpResponse:
     }
     if can_manage:
         context["invitations"] = invitation_list(actor=request.user, organisation=organisation)[:50]
-        context["join_requests"] = join_request_list(actor=request.user, organisation=organisation).filter(
-            status="pending")
+        context["join_requests"] = join_request_list(actor=request.user, organisation=organisation,
+                                                     status=RequestStatus.PENDING)
     return render(request, "portal/organisation.html", context)
 
 
@@ -297,7 +298,7 @@ def operator_organisations(request: HttpRequest) -> HttpResponse:
         "organisations": organisation_list(actor=request.user, status=status),
         "status": status,
         "statuses": OrganisationStatus.choices,
-        "join_requests": join_request_list(actor=request.user).filter(status="pending"),
+        "join_requests": join_request_list(actor=request.user, status=RequestStatus.PENDING),
     })
 
 
@@ -325,7 +326,7 @@ OPERATOR_ACTIONS = {
 @require_POST
 @service_errors
 def operator_organisation_decide(request: HttpRequest, slug: str, action: str) -> HttpResponse:
-    require_operator(actor=request.user)
+    # Who may decide is organisation_set_status's to say (operators), as for the API's decisions.
     organisation = organisation_get(actor=request.user, slug=slug)
     organisation_set_status(actor=request.user, organisation=organisation, status=OPERATOR_ACTIONS[action],
                             reason=request.POST.get("reason", ""))

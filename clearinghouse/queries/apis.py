@@ -4,17 +4,25 @@ from dataclasses import asdict
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from clearinghouse.core.apis import validated
-from clearinghouse.datasets.selectors import dataset_get, dataset_is_owner
+from clearinghouse.core.apis import ErrorSerializer, StrictCharField, paginated, validated
+from clearinghouse.datasets.selectors import dataset_get
 from clearinghouse.organisations.selectors import organisation_directory_get
 
 from .ledger import allocation_set, budget_set
-from .selectors import budget_left_for, budget_spending, query_get, query_list
+from .models import QUERY_FINISHED, PrivacyMeasure, QueryStatus
+from .selectors import (
+    budget_left_for,
+    budget_spending,
+    budget_view_for,
+    query_answer_visible,
+    query_get,
+    query_list,
+)
 from .services import (
     query_error_for,
     query_prepare,
@@ -25,6 +33,68 @@ from .services import (
 )
 
 
+class BudgetLeftSerializer(serializers.Serializer):
+    """What the asking analyst may still spend (`ledger.Remaining`)."""
+
+    class Meta:
+        ref_name = "BudgetLeft"
+
+    measure = serializers.ChoiceField(choices=PrivacyMeasure.choices)
+    organisation = serializers.FloatField(help_text="Left of your organisation's allocation.")
+    dataset = serializers.FloatField(help_text="Left of the dataset's total budget.")
+    analyst = serializers.FloatField(allow_null=True, help_text="Left of your personal cap (null: no cap).")
+    delta_organisation = serializers.FloatField()
+    per_query_max = serializers.FloatField(allow_null=True)
+
+
+class BudgetAllocationOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "BudgetAllocationOutput"
+
+    organisation = serializers.CharField()
+    amount = serializers.FloatField()
+    spent = serializers.FloatField()
+    delta_amount = serializers.FloatField()
+    delta_spent = serializers.FloatField()
+
+
+class BudgetDailyOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "BudgetDailyOutput"
+
+    day = serializers.DateField()
+    organisation = serializers.CharField()
+    amount = serializers.FloatField()
+
+
+class BudgetOutputSerializer(serializers.Serializer):
+    """The owner's (and operators') view: `selectors.budget_spending`."""
+
+    class Meta:
+        ref_name = "BudgetOutput"
+
+    measure = serializers.ChoiceField(choices=PrivacyMeasure.choices)
+    total = serializers.FloatField()
+    spent = serializers.FloatField()
+    delta_total = serializers.FloatField()
+    delta_spent = serializers.FloatField()
+    per_query_max = serializers.FloatField(allow_null=True)
+    per_analyst_cap = serializers.FloatField(allow_null=True)
+    max_rows = serializers.IntegerField(help_text="The steward's stated public upper bound on the row count "
+                                                  "(stated, not measured: never the true count).")
+    allocations = BudgetAllocationOutputSerializer(many=True)
+    daily = BudgetDailyOutputSerializer(many=True, help_text="Spending per day and organisation.")
+
+
+class BudgetLeftOutputSerializer(serializers.Serializer):
+    """A grantee's view: only what is left to the asking analyst."""
+
+    class Meta:
+        ref_name = "BudgetLeftOutput"
+
+    left = BudgetLeftSerializer()
+
+
 class BudgetApi(APIView):
     """GET: owners see the whole budget with spending per organisation and per day; others see what
     is left to them. PUT: the owner sets the budget (composition is sequential in `measure`)."""
@@ -33,20 +103,26 @@ class BudgetApi(APIView):
         class Meta:
             ref_name = "BudgetInput"
 
-        measure = serializers.CharField(max_length=16)
+        measure = StrictCharField(max_length=16)
         total = serializers.FloatField()
         delta_total = serializers.FloatField(required=False, default=0.0)
         per_query_max = serializers.FloatField(required=False, allow_null=True, default=None)
         per_analyst_cap = serializers.FloatField(required=False, allow_null=True, default=None)
+        max_rows = serializers.IntegerField(
+            required=False, allow_null=True, default=None,
+            help_text="A public upper bound on the row count, stated from public knowledge (never measured); "
+                      "a tighter one means less noise on float sums. Omitted: unchanged.")
 
-    @extend_schema(responses=dict, operation_id="dataset_budget_get")
+    @extend_schema(responses=PolymorphicProxySerializer(
+        component_name="BudgetView", serializers=[BudgetOutputSerializer, BudgetLeftOutputSerializer],
+        resource_type_field_name=None), operation_id="dataset_budget_get")
     def get(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        if dataset_is_owner(actor=request.user, dataset=dataset) or request.user.is_operator:
-            return Response(budget_spending(actor=request.user, dataset=dataset))
-        return Response({"left": asdict(budget_left_for(actor=request.user, dataset=dataset))})
+        return Response(budget_view_for(actor=request.user, dataset=dataset))
 
-    @extend_schema(request=InputSerializer, responses=dict, operation_id="dataset_budget_set")
+    @extend_schema(request=InputSerializer, responses=BudgetOutputSerializer, operation_id="dataset_budget_set",
+                   examples=[OpenApiExample("Pure DP, ε = 10 in all", value={"measure": "pure", "total": 10.0},
+                                            request_only=True)])
     def put(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         budget_set(actor=request.user, dataset=dataset, **validated(self.InputSerializer, request.data))
@@ -61,7 +137,8 @@ class AllocationApi(APIView):
         amount = serializers.FloatField()
         delta_amount = serializers.FloatField(required=False, default=0.0)
 
-    @extend_schema(request=InputSerializer, responses=dict, operation_id="dataset_budget_allocate")
+    @extend_schema(request=InputSerializer, responses=BudgetOutputSerializer, operation_id="dataset_budget_allocate",
+                   examples=[OpenApiExample("ε = 2 to the organisation", value={"amount": 2.0}, request_only=True)])
     def put(self, request, organisation: str, slug: str, grantee: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         allocation_set(actor=request.user, dataset=dataset, organisation=organisation_directory_get(slug=grantee),
@@ -74,8 +151,8 @@ class QueryInputSerializer(serializers.Serializer):
         ref_name = "QueryInput"
 
     spec = serializers.JSONField(required=False, default=None, help_text="A query spec (JSON).")
-    sql = serializers.CharField(required=False, default=None, max_length=20_000,
-                                help_text="Or SQL in the supported subset, with `privacy`.")
+    sql = StrictCharField(required=False, default=None, max_length=20_000,
+                          help_text="Or SQL in the supported subset, with `privacy`.")
     privacy = serializers.JSONField(required=False, default=None, help_text='e.g. {"epsilon": 1.0}')
 
 
@@ -86,6 +163,134 @@ class QueryBatchInputSerializer(serializers.Serializer):
     queries = QueryInputSerializer(many=True, help_text="Several queries released in one request.")
 
 
+class PrivacyCostSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "PrivacyCost"
+
+    measure = serializers.ChoiceField(choices=PrivacyMeasure.choices)
+    epsilon = serializers.FloatField(allow_null=True)
+    delta = serializers.FloatField()
+    rho = serializers.FloatField(allow_null=True)
+
+
+class NoiseComponentSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "NoiseComponent"
+
+    role = serializers.CharField(help_text="count, sum or quantile")
+    mechanism = serializers.CharField()
+    scale = serializers.FloatField()
+    half_width = serializers.FloatField(allow_null=True)
+    confidence = serializers.FloatField(allow_null=True)
+
+
+class AggregatePreviewSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "AggregatePreview"
+
+    name = serializers.CharField()
+    type = serializers.CharField()
+    column = serializers.CharField(allow_null=True)
+    q = serializers.FloatField(allow_null=True)
+    mechanism = serializers.CharField()
+    scale = serializers.FloatField(allow_null=True)
+    half_width_95 = serializers.FloatField(allow_null=True)
+    components = NoiseComponentSerializer(many=True)
+    note = serializers.CharField()
+    candidates = serializers.IntegerField(allow_null=True)
+
+
+class QueryResultSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "QueryResult"
+
+    columns = serializers.ListField(child=serializers.CharField())
+    rows = serializers.ListField(child=serializers.DictField(), help_text="Group keys and one noisy value per aggregate.")
+    intervals = serializers.ListField(child=serializers.DictField(child=serializers.ListField(
+        child=serializers.FloatField())), help_text="Per row: aggregate name → 95% interval.")
+    aggregates = AggregatePreviewSerializer(many=True)
+    group_by = serializers.ListField(child=serializers.CharField())
+    cost = PrivacyCostSerializer()
+
+
+class QueryCostSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "QueryCost"
+
+    amount = serializers.FloatField(help_text="Debited ε or ρ.")
+    delta = serializers.FloatField()
+
+
+class QueryErrorSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "QueryError"
+
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class QueryOutputSerializer(serializers.Serializer):
+    """`query_body`: a release request and, once released, its answer."""
+
+    class Meta:
+        ref_name = "QueryOutput"
+
+    id = serializers.IntegerField()
+    url = serializers.CharField()
+    status = serializers.ChoiceField(choices=QueryStatus.choices)
+    dataset = serializers.CharField(help_text="owner/slug")
+    version = serializers.IntegerField()
+    query_hash = serializers.CharField()
+    spec = serializers.JSONField(help_text="The canonical query spec.")
+    sql = serializers.CharField(allow_null=True)
+    cost = QueryCostSerializer()
+    replayed = serializers.BooleanField(help_text="An identical earlier query answered, at no new cost.")
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    result = QueryResultSerializer(required=False, help_text="Only when released, and only for the asking "
+                                                             "organisation and the dataset's owner.")
+    error = QueryErrorSerializer(required=False, help_text="Only when refused or failed (lists and batches).")
+
+
+class QueryBatchOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "QueryBatchOutput"
+
+    results = QueryOutputSerializer(many=True, help_text="The queries of the request, in order.")
+
+
+class QueryPreviewOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "QueryPreviewOutput"
+
+    spec_hash = serializers.CharField()
+    schema_fingerprint = serializers.CharField()
+    cost = PrivacyCostSerializer(help_text="The exact cost a release would be debited.")
+    aggregates = AggregatePreviewSerializer(many=True)
+    group_by = serializers.ListField(child=serializers.CharField())
+    public_groups = serializers.IntegerField(allow_null=True)
+    threshold = serializers.IntegerField(allow_null=True)
+    version = serializers.IntegerField()
+    left = BudgetLeftSerializer()
+
+
+class QueryReleaseInputSerializer(QueryInputSerializer):
+    """Documents the release body: one query, or several as `queries` (then the other fields are not read)."""
+
+    class Meta:
+        ref_name = "QueryReleaseInput"
+
+    queries = QueryInputSerializer(many=True, required=False, help_text="Several queries released in one request.")
+
+
+_COUNT_SPEC = {"spec": {"aggregates": [{"type": "count"}], "privacy": {"epsilon": 0.5}}}
+QUERY_EXAMPLES = [
+    OpenApiExample("A count as a spec", value=_COUNT_SPEC, request_only=True),
+    OpenApiExample("SQL", value={"sql": "SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ",
+                                 "privacy": {"epsilon": 1.0}}, request_only=True),
+]
+
+
 def _wait_seconds(request) -> float:
     try:
         asked = float(request.query_params.get("wait", settings.QUERY_WAIT_SECONDS))
@@ -94,7 +299,8 @@ def _wait_seconds(request) -> float:
     return max(0.0, min(asked, settings.QUERY_WAIT_SECONDS))
 
 
-def query_body(query, *, replayed: bool = False) -> dict:
+def query_body(query, *, replayed: bool = False, answer: bool = True) -> dict:
+    """`answer`: whether the viewer may read the released values (`selectors.query_answer_visible`)."""
     body = {
         "id": query.pk, "url": reverse("api:query", args=[query.pk]), "status": query.status,
         "dataset": f"{query.dataset.organisation.slug}/{query.dataset.slug}", "version": query.version.number,
@@ -102,30 +308,40 @@ def query_body(query, *, replayed: bool = False) -> dict:
         "cost": {"amount": query.cost, "delta": query.cost_delta}, "replayed": replayed,
         "created_at": query.created_at, "finished_at": query.finished_at,
     }
-    if query.status == "released":
+    if query.status == "released" and answer:
         body["result"] = {k: query.result[k] for k in ("columns", "rows", "intervals", "aggregates", "group_by", "cost")}
     return body
 
 
 class QueryPreviewApi(APIView):
-    @extend_schema(request=QueryInputSerializer, responses=dict, operation_id="queries_preview")
+    @extend_schema(request=QueryInputSerializer, operation_id="queries_preview", examples=QUERY_EXAMPLES,
+                   responses={200: QueryPreviewOutputSerializer, 503: ErrorSerializer})
     def post(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(QueryInputSerializer, request.data)
-        version, budget, spec = query_prepare(actor=request.user, dataset=dataset, **data)
+        version, _, spec = query_prepare(actor=request.user, dataset=dataset, **data)
         preview = query_preview_run(version=version, spec=spec, timeout=settings.QUERY_WAIT_SECONDS)
         left = budget_left_for(actor=request.user, dataset=dataset)
         return Response({**preview, "version": version.number, "left": asdict(left)})
 
 
 class QueryListSubmitApi(APIView):
-    @extend_schema(responses=dict, operation_id="queries_list")
+    @extend_schema(responses=QueryOutputSerializer(many=True), operation_id="queries_list")
     def get(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        queries = query_list(actor=request.user, dataset=dataset)[:200]
-        return Response({"results": [query_body(q) for q in queries]})
+        return paginated(queryset=query_list(actor=request.user, dataset=dataset), request=request, view=self,
+                         body=lambda q: query_body(q, answer=query_answer_visible(actor=request.user, query=q)))
 
-    @extend_schema(request=QueryInputSerializer, responses={200: dict, 202: dict}, operation_id="queries_release")
+    @extend_schema(
+        request=QueryReleaseInputSerializer,
+        responses={200: PolymorphicProxySerializer(component_name="QueryReleaseOutput", resource_type_field_name=None,
+                                                   serializers=[QueryOutputSerializer, QueryBatchOutputSerializer]),
+                   202: PolymorphicProxySerializer(component_name="QueryReleasePending", resource_type_field_name=None,
+                                                   serializers=[QueryOutputSerializer, QueryBatchOutputSerializer])},
+        parameters=[OpenApiParameter("wait", float, description="Seconds to wait for the release before answering "
+                                     "202 (at most the service's QUERY_WAIT_SECONDS; 0: answer at once).")],
+        examples=[*QUERY_EXAMPLES, OpenApiExample("Several at once", value={"queries": [_COUNT_SPEC]}, request_only=True)],
+        operation_id="queries_release")
     def post(self, request, organisation: str, slug: str):
         """One query (`sql`/`spec` + `privacy`), or several as `{"queries": [...]}` (each priced,
         debited and answered on its own; the response lists them in order)."""
@@ -137,10 +353,10 @@ class QueryListSubmitApi(APIView):
             for query, replayed in outcomes:
                 query = query_wait(query=query, timeout=_wait_seconds(request))
                 body = query_body(query, replayed=replayed)
-                if query.status == "failed":
+                if query.status in {"refused", "failed"}:
                     body["error"] = {"code": query.error_code, "detail": query.error_message}
                 bodies.append(body)
-            done = all(b["status"] in {"released", "failed"} for b in bodies)
+            done = all(b["status"] in QUERY_FINISHED for b in bodies)
             return Response({"results": bodies}, status=200 if done else 202)
         data = validated(QueryInputSerializer, request.data)
         query, replayed = query_submit(actor=request.user, dataset=dataset, **data)
@@ -153,10 +369,10 @@ class QueryListSubmitApi(APIView):
 
 
 class QueryDetailApi(APIView):
-    @extend_schema(responses=dict, operation_id="queries_get")
+    @extend_schema(responses=QueryOutputSerializer, operation_id="queries_get")
     def get(self, request, query_id: int):
         query = query_get(actor=request.user, query_id=query_id)
-        body = query_body(query)
-        if query.status == "failed":
+        body = query_body(query, answer=query_answer_visible(actor=request.user, query=query))
+        if query.status in {"refused", "failed"}:
             body["error"] = {"code": query.error_code, "detail": query.error_message}
         return Response(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,14 +11,15 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from clearinghouse.audit.services import audit_record
+from clearinghouse.audit.services import audit_lock, audit_record
 from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, ValidationFailed
 from clearinghouse.core.metrics import PRIVACY_LOSS_SPENT, count_on_commit
 from clearinghouse.datasets.models import Dataset
-from clearinghouse.datasets.selectors import dataset_require_owner
+from clearinghouse.datasets.selectors import dataset_ready_rows_max, dataset_require_owner
+from clearinghouse.dp.schema import U32_MAX as MAX_ROWS_LIMIT  # OpenDP's max_length is a u32
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
 
-from .models import BudgetAllocation, LedgerEntry, PrivacyBudget, PrivacyMeasure, Query
+from .models import BudgetAllocation, LedgerEntry, PrivacyBudget, PrivacyMeasure, Query, QueryStatus
 
 # Floating-point sums of many small costs may overshoot by rounding alone; this slack is far below any
 # meaningful privacy loss (1e-12 of the total).
@@ -29,18 +31,42 @@ class BudgetExceeded(ApplicationError):
     default_code = "budget_exceeded"
 
 
+# No meaningful privacy budget comes near this (ε = 10⁶ protects nothing); the bound also keeps the
+# ledger's checks (spent ≤ total · (1 + 10⁻⁹)) inside the range of a float in the database.
+MAX_PRIVACY_AMOUNT = 1e6
+
+
 def _amount(value: Any, *, field: str, allow_zero: bool = False, below_one: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValidationFailed(f"{field} must be a finite number.", code="invalid_budget", fields={field: ["Invalid."]})
     value = float(value)
-    if value < 0 or (value == 0 and not allow_zero) or (below_one and value >= 1):
+    if (value < 0 or (value == 0 and not allow_zero) or (below_one and value >= 1) or value > MAX_PRIVACY_AMOUNT
+            or 0 < value < sys.float_info.min):
         raise ValidationFailed(f"{field} is out of range.", code="invalid_budget", fields={field: ["Out of range."]})
+    return value
+
+
+def _row_bound(value: Any, *, dataset: Dataset) -> int:
+    """The steward's stated `max_rows`: a whole number from 1 to the engine's limit, and no lower than
+    the rows of a ready version (a false bound would make every release on it fail after its debit).
+    The refusal states the rule, never the count."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_LIMIT:
+        raise ValidationFailed(f"max_rows must be a whole number from 1 to {MAX_ROWS_LIMIT}.", code="invalid_budget",
+                               fields={"max_rows": ["Out of range."]})
+    largest = dataset_ready_rows_max(dataset=dataset)
+    if largest is not None and value < largest:
+        raise Conflict("max_rows is below the size of a ready version of this dataset; state a public upper bound "
+                       "that holds for all of its data.", code="max_rows_below_data")
     return value
 
 
 @transaction.atomic
 def budget_set(*, actor: Any, dataset: Dataset, measure: str, total: float, delta_total: float = 0.0,
-               per_query_max: float | None = None, per_analyst_cap: float | None = None) -> PrivacyBudget:
+               per_query_max: float | None = None, per_analyst_cap: float | None = None,
+               max_rows: int | None = None) -> PrivacyBudget:
+    """The steward's policy. `max_rows` is a public upper bound on the row count that the DP engine
+    calibrates with (stated, never measured); None keeps the current one (the default for a new
+    budget). Changes apply to queries priced afterwards: released answers are replayed as they were."""
     dataset_require_owner(actor=actor, dataset=dataset)
     if measure not in PrivacyMeasure.values:
         raise ValidationFailed(f"measure must be one of {', '.join(PrivacyMeasure.values)}.", code="invalid_measure")
@@ -48,7 +74,9 @@ def budget_set(*, actor: Any, dataset: Dataset, measure: str, total: float, delt
     delta_total = _amount(delta_total, field="delta_total", allow_zero=True, below_one=True)
     per_query_max = None if per_query_max is None else _amount(per_query_max, field="per_query_max")
     per_analyst_cap = None if per_analyst_cap is None else _amount(per_analyst_cap, field="per_analyst_cap")
-    budget = PrivacyBudget.objects.select_for_update().filter(dataset=dataset).first()
+    max_rows = None if max_rows is None else _row_bound(max_rows, dataset=dataset)
+    audit_lock()  # first: the lock order of every ledger write (see audit_lock)
+    budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset=dataset).first()
     if budget is None:
         budget = PrivacyBudget(dataset=dataset, measure=measure, total=total)
     elif budget.spent > 0 and budget.measure != measure:
@@ -57,11 +85,19 @@ def budget_set(*, actor: Any, dataset: Dataset, measure: str, total: float, delt
         raise Conflict(f"{budget.spent:g} is already spent; the total cannot go below it.", code="below_spent")
     budget.measure, budget.total, budget.delta_total = measure, total, delta_total
     budget.per_query_max, budget.per_analyst_cap = per_query_max, per_analyst_cap
+    if max_rows is not None and max_rows != budget.max_rows:
+        # A paid query still being released was priced under the current bound: it must be released
+        # under it too (a worker that recovers it rebuilds the measurement from the budget).
+        if budget.pk and Query.objects.filter(dataset=dataset, status=QueryStatus.RUNNING).exists():
+            raise Conflict("Paid queries on this dataset are being released under the current max_rows; change it "
+                           "once they have finished.", code="queries_in_flight")
+        budget.max_rows = max_rows
     budget.updated_at = timezone.now()
     budget.save()
     audit_record(actor=actor, action="budget.set", organisation=dataset.organisation, target=budget,
                  extra={"dataset": dataset.slug, "measure": measure, "total": total, "delta_total": delta_total,
-                        "per_query_max": per_query_max, "per_analyst_cap": per_analyst_cap})
+                        "per_query_max": per_query_max, "per_analyst_cap": per_analyst_cap,
+                        "max_rows": budget.max_rows})
     return budget
 
 
@@ -71,12 +107,13 @@ def allocation_set(*, actor: Any, dataset: Dataset, organisation: Organisation, 
     dataset_require_owner(actor=actor, dataset=dataset)
     if organisation.status != OrganisationStatus.APPROVED:
         raise NotFound("Organisation not found.")
-    budget = PrivacyBudget.objects.select_for_update().filter(dataset=dataset).first()
+    audit_lock()  # first: the lock order of every ledger write (see audit_lock)
+    budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset=dataset).first()
     if budget is None:
         raise Conflict("Set the dataset's budget first.", code="no_budget")
     amount = _amount(amount, field="amount", allow_zero=True)
     delta_amount = _amount(delta_amount, field="delta_amount", allow_zero=True, below_one=True)
-    allocation, _ = BudgetAllocation.objects.select_for_update().get_or_create(
+    allocation, _ = BudgetAllocation.objects.select_for_update(no_key=True).get_or_create(
         budget=budget, organisation=organisation, defaults={"amount": amount})
     if amount < allocation.spent or delta_amount < allocation.delta_spent:
         raise Conflict(f"{allocation.spent:g} is already spent by this organisation.", code="below_spent")
@@ -113,22 +150,30 @@ def budget_remaining(*, budget: PrivacyBudget, allocation: BudgetAllocation | No
     )
 
 
-def budget_debit(*, query: Query, amount: float, delta: float = 0.0) -> LedgerEntry:
+def budget_debit(*, query: Query, amount: float, delta: float = 0.0, measure: str | None = None) -> LedgerEntry:
     """Pays for `query`, or raises BudgetExceeded and spends nothing. Must run inside the caller's
     transaction (which also records the query as running), so that the debit and the query's state
-    commit together."""
+    commit together. `measure`: the one `amount` was priced in; if the owner changed the budget's
+    measure since, the query is refused rather than paid in the wrong unit."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("budget_debit must run inside a transaction")
     if not (amount > 0 and math.isfinite(amount)) or not (0 <= delta < 1):
         raise ValidationFailed("The privacy cost must be positive and finite.", code="invalid_privacy_loss")
     # Lock order: budget, then allocation, everywhere, so concurrent debits cannot deadlock.
-    budget = PrivacyBudget.objects.select_for_update().filter(dataset_id=query.dataset_id).first()
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset_id=query.dataset_id).first()
     if budget is None:
         raise NotFound("This dataset has no privacy budget; its owner must set one.", code="no_budget")
-    allocation = BudgetAllocation.objects.select_for_update().filter(budget=budget,
-                                                                     organisation_id=query.organisation_id).first()
-    left = budget_remaining(budget=budget, allocation=allocation, analyst=query.analyst)
+    if measure is not None and measure != budget.measure:
+        raise Conflict("The dataset's privacy measure changed after this query was priced; nothing was spent. "
+                       "Ask again.", code="policy_changed")
+    allocation = BudgetAllocation.objects.select_for_update(no_key=True).filter(
+        budget=budget, organisation_id=query.organisation_id).first()
     unit = "ε" if budget.measure == PrivacyMeasure.PURE else "ρ"
+    if allocation is None:  # however small the cost: nothing was allocated, so nothing may be spent
+        raise BudgetExceeded(f"This query costs {unit}={amount:.6g}; your organisation's allocation has "
+                             f"{unit}=0 left.")
+    left = budget_remaining(budget=budget, allocation=allocation, analyst=query.analyst)
     if left.per_query_max is not None and amount > left.per_query_max * (1 + _SLACK):
         raise BudgetExceeded(f"This query costs {unit}={amount:.6g}, above the per-query maximum "
                              f"{left.per_query_max:g}.", code="above_per_query_max")

@@ -34,7 +34,8 @@ class PrivacyBudget(models.Model):
     delta_spent = models.FloatField(default=0.0)
     per_query_max = models.FloatField(null=True, blank=True)
     per_analyst_cap = models.FloatField(null=True, blank=True)
-    # A public upper bound on the row count (OpenDP's max_length); never the true count.
+    # A public upper bound on the row count (OpenDP's max_length), stated by the steward from public
+    # knowledge; never the true count (ledger.budget_set checks it holds for every ready version).
     max_rows = models.PositiveBigIntegerField(default=10_000_000)
     updated_at = models.DateTimeField(default=timezone.now)
 
@@ -46,6 +47,9 @@ class PrivacyBudget(models.Model):
             models.CheckConstraint(condition=Q(delta_total__gte=0) & Q(delta_total__lt=1), name="budget_delta_range"),
             models.CheckConstraint(condition=Q(delta_spent__lte=F("delta_total") * 1.000000001),
                                    name="budget_delta_within_total"),
+            # OpenDP's max_length is a u32.
+            models.CheckConstraint(condition=Q(max_rows__gte=1) & Q(max_rows__lte=2**32 - 1),
+                                   name="budget_max_rows_range"),
         ]
 
 
@@ -68,10 +72,22 @@ class BudgetAllocation(models.Model):
 
 
 class QueryStatus(models.TextChoices):
+    """pending → running (paid) → released | failed; pending → refused. Every query ends released,
+    refused (nothing spent: the budget, the privacy loss or the query itself said no) or failed (the
+    service could not answer; `cost` says whether it had been paid), never stuck: a sweeper recovers
+    what a dead worker left (see `query_recover_stuck`)."""
+
     PENDING = "pending", "Pending"
     RUNNING = "running", "Running"
     RELEASED = "released", "Released"
+    REFUSED = "refused", "Refused"
     FAILED = "failed", "Failed"
+
+
+QUERY_UNFINISHED = (QueryStatus.PENDING, QueryStatus.RUNNING)
+QUERY_FINISHED = (QueryStatus.RELEASED, QueryStatus.REFUSED, QueryStatus.FAILED)
+# A query in one of these answers later identical ones (pending/running: it is still on its way).
+QUERY_LIVE = (QueryStatus.PENDING, QueryStatus.RUNNING, QueryStatus.RELEASED)
 
 
 class Query(models.Model):
@@ -94,15 +110,21 @@ class Query(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # Last change of state or hand-over to a worker: the sweeper recovers queries idle for too long.
+    updated_at = models.DateTimeField(default=timezone.now)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Recoveries after a lost worker.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["organisation", "version", "query_hash"])]
+        indexes = [models.Index(fields=["organisation", "version", "query_hash"]),
+                   models.Index(fields=["status", "updated_at"], condition=Q(status__in=["pending", "running"]),
+                                name="query_unfinished_idx")]
         constraints = [
             # At most one paid release per organisation, version and canonical query: replay reads it.
             models.UniqueConstraint(fields=["organisation", "version", "query_hash"],
-                                    condition=~Q(status="failed"), name="one_release_per_query"),
+                                    condition=Q(status__in=["pending", "running", "released"]),
+                                    name="one_release_per_query"),
         ]
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from django.db.models import Sum
@@ -7,7 +8,7 @@ from django.db.models.functions import TruncDate
 
 from clearinghouse.core.errors import NotFound
 from clearinghouse.datasets.models import Dataset
-from clearinghouse.datasets.selectors import dataset_is_owner
+from clearinghouse.datasets.selectors import dataset_is_owner_or_operator
 from clearinghouse.organisations.selectors import membership_active
 
 from .ledger import Remaining, budget_remaining
@@ -31,8 +32,9 @@ def budget_left_for(*, actor: Any, dataset: Dataset) -> Remaining:
 
 
 def budget_spending(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
-    """Owners: allocations, spending per organisation and per day (for the dashboard plot)."""
-    if not (dataset_is_owner(actor=actor, dataset=dataset) or actor.is_operator):
+    """Owners and operators (`dataset_is_owner_or_operator`): the policy, allocations, spending per
+    organisation and per day (for the dashboard plot)."""
+    if not dataset_is_owner_or_operator(actor=actor, dataset=dataset):
         raise NotFound("Dataset not found.")
     budget = budget_get(dataset=dataset)
     allocations = [
@@ -46,25 +48,50 @@ def budget_spending(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
         "measure": budget.measure, "total": budget.total, "spent": budget.spent,
         "delta_total": budget.delta_total, "delta_spent": budget.delta_spent,
         "per_query_max": budget.per_query_max, "per_analyst_cap": budget.per_analyst_cap,
+        "max_rows": budget.max_rows,  # stated by the steward, never measured
         "allocations": allocations,
         "daily": [{"day": row["day"].isoformat(), "organisation": row["organisation__slug"], "amount": row["amount"]}
                   for row in daily],
     }
 
 
+def budget_view_for(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
+    """The one rule for reading a budget (`GET .../budget` and the portal budget page): those who
+    oversee the dataset (its owner organisation and operators, `dataset_is_owner_or_operator`) read the
+    whole budget (`budget_spending`); everyone else who sees the dataset (grantees) reads only what is
+    left to them, as `{"left": ...}` (`budget_left_for`). NotFound `no_budget` while it has none.
+    Setting it is the owner's alone (`ledger.budget_set`, `ledger.allocation_set`)."""
+    if dataset_is_owner_or_operator(actor=actor, dataset=dataset):
+        return budget_spending(actor=actor, dataset=dataset)
+    return {"left": asdict(budget_left_for(actor=actor, dataset=dataset))}
+
+
 def query_list(*, actor: Any, dataset: Dataset):
-    """Owners and operators see every query on their dataset; others their organisation's."""
+    """Owners and operators see every query on their dataset; others their organisation's (operators
+    without the answers: `query_answer_visible`)."""
     queries = Query.objects.filter(dataset=dataset).select_related("dataset__organisation", "version")
-    if dataset_is_owner(actor=actor, dataset=dataset) or actor.is_operator:
+    if dataset_is_owner_or_operator(actor=actor, dataset=dataset):
         return queries.order_by("-created_at")
     membership = membership_active(user=actor)
     return queries.filter(organisation=membership.organisation if membership else None).order_by("-created_at")
 
 
-def query_get(*, actor: Any, query_id: int) -> Query:
-    query = Query.objects.select_related("dataset__organisation", "version", "organisation").filter(pk=query_id).first()
+def query_answer_visible(*, actor: Any, query: Query) -> bool:
+    """A release's values are the asking organisation's and the dataset owner's. Operators see that a
+    query ran, what it asked and what it cost, not its answer (they own no data and asked nothing)."""
     membership = membership_active(user=actor)
-    if query is None or not (actor.is_operator or (membership and membership.organisation_id in
-                                                   {query.organisation_id, query.dataset.organisation_id})):
+    return membership is not None and membership.organisation_id in {query.organisation_id,
+                                                                      query.dataset.organisation_id}
+
+
+def query_get(*, actor: Any, query_id: int) -> Query:
+    """A query for those who oversee its dataset (`dataset_is_owner_or_operator`) and for its asking
+    organisation's members, as `query_list` shows it; 404 for everyone else."""
+    query = Query.objects.select_related("dataset__organisation", "version", "organisation").filter(pk=query_id).first()
+    if query is None:
+        raise NotFound("Query not found.")
+    membership = membership_active(user=actor)
+    asked = membership is not None and membership.organisation_id == query.organisation_id
+    if not (asked or dataset_is_owner_or_operator(actor=actor, dataset=query.dataset)):
         raise NotFound("Query not found.")
     return query

@@ -8,13 +8,18 @@ memory and runs the measurement. The web process never loads the keyring and nev
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
-from clearinghouse.audit.services import audit_record
+from clearinghouse.audit.services import OWNER_ONLY, audit_lock, audit_record
+from clearinghouse.core.db import atomic_with_retry, is_retryable
 from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
 from clearinghouse.core.metrics import QUERIES_REFUSED, QUERIES_RELEASED, count_on_commit
 from clearinghouse.datasets.models import Dataset, DatasetVersion
@@ -29,7 +34,15 @@ from clearinghouse.organisations.roles import RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active
 
 from .ledger import BudgetExceeded, budget_debit
-from .models import PrivacyBudget, PrivacyMeasure, Query, QueryStatus
+from .models import (
+    QUERY_FINISHED,
+    QUERY_LIVE,
+    QUERY_UNFINISHED,
+    PrivacyBudget,
+    PrivacyMeasure,
+    Query,
+    QueryStatus,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,133 +136,354 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
                 exc.message = f"queries[{index}]: {exc.message}"
             raise
     membership = membership_active(user=actor)
-    task_id = uuid.uuid4().hex
-    outcomes: list[tuple[Query, bool]] = []
-    created: list[int] = []
-    with transaction.atomic():
-        for item, (version, _, parsed) in zip(items, prepared):
+
+    def record() -> list[tuple[Query, bool]]:
+        audit_lock()  # first: see audit_lock for the lock order that keeps this deadlock-free
+        task_id = uuid.uuid4().hex
+        outcomes: list[tuple[Query, bool]] = []
+        created: list[int] = []
+        for item, (version, _, parsed) in zip(items, prepared, strict=True):
             existing = Query.objects.filter(organisation=membership.organisation, version=version,
-                                            query_hash=parsed.hash).exclude(status=QueryStatus.FAILED).first()
-            if existing is not None:
+                                            query_hash=parsed.hash, status__in=QUERY_LIVE).first()
+            if existing is None:
+                existing = _create(actor=actor, dataset=dataset, version=version, membership=membership, parsed=parsed,
+                                   item=item, task_id=task_id)
+                if existing is not None:
+                    outcomes.append((existing, False))
+                    created.append(existing.pk)
+                    continue
+                # The same query arrived concurrently: answer with that one.
+                existing = Query.objects.get(organisation=membership.organisation, version=version,
+                                             query_hash=parsed.hash, status__in=QUERY_LIVE)
+            if existing.status == QueryStatus.RELEASED:
                 audit_record(actor=actor, action="query.replayed", organisation=membership.organisation,
                              target=existing, extra={"query_hash": parsed.hash})
                 outcomes.append((existing, True))
-                continue
-            try:
-                with transaction.atomic():
-                    query = Query.objects.create(
-                        dataset=dataset, version=version, organisation=membership.organisation, analyst=actor,
-                        spec=parsed.to_dict(), sql=item.get("sql") or "", query_hash=parsed.hash, cost=0.0,
-                        privacy=item.get("privacy") or {}, task_id=task_id)
-            except IntegrityError:  # the same query arrived concurrently (or twice in this request)
-                query = Query.objects.get(organisation=membership.organisation, version=version,
-                                          query_hash=parsed.hash, status__in=[QueryStatus.PENDING,
-                                                                              QueryStatus.RUNNING,
-                                                                              QueryStatus.RELEASED])
-                outcomes.append((query, True))
-                continue
-            audit_record(actor=actor, action="query.submitted", organisation=membership.organisation, target=query,
-                         extra={"dataset": dataset.pk, "version": version.number, "query_hash": parsed.hash})
-            outcomes.append((query, False))
-            created.append(query.pk)
+            else:  # still on its way (another request of the organisation asked it): wait for the same one
+                outcomes.append((existing, False))
         if created:
-            from .tasks import query_execute_task
+            transaction.on_commit(lambda: _enqueue(created, task_id))
+        return outcomes
 
-            transaction.on_commit(lambda: query_execute_task.apply_async((created,), task_id=task_id))
-    return outcomes
+    return atomic_with_retry(record)
 
 
-def _finish(query: Query, *, status: str, result: dict | None = None, code: str = "", message: str = "") -> Query:
-    query.status = status
-    query.result = result
-    query.error_code, query.error_message = code, message
-    query.finished_at = timezone.now()
-    query.save(update_fields=["status", "result", "error_code", "error_message", "finished_at"])
+def _create(*, actor: Any, dataset: Dataset, version: DatasetVersion, membership: Any, parsed: QuerySpec,
+            item: dict, task_id: str) -> Query | None:
+    """Records one new query, or returns None when an identical live one exists already."""
+    try:
+        with transaction.atomic():
+            query = Query.objects.create(
+                dataset=dataset, version=version, organisation=membership.organisation, analyst=actor,
+                spec=parsed.to_dict(), sql=item.get("sql") or "", query_hash=parsed.hash, cost=0.0,
+                privacy=item.get("privacy") or {}, task_id=task_id)
+    except IntegrityError:
+        return None
+    audit_record(actor=actor, action="query.submitted", organisation=membership.organisation, target=query,
+                 extra={"dataset": dataset.pk, "version": version.number, "query_hash": parsed.hash})
     return query
+
+
+def _enqueue(query_ids: list[int], task_id: str) -> None:
+    """Hands the queries to a dp worker (after the commit that recorded them). When the broker cannot
+    take the task, the queries stay pending and the sweeper hands them over later: the request that
+    recorded them has still succeeded."""
+    from .tasks import query_execute_task
+
+    try:
+        query_execute_task.apply_async((query_ids,), task_id=task_id)
+    except Exception as exc:  # noqa: BLE001 - recovered by query_recover_stuck
+        logger.error("Could not enqueue queries %s (%s); the sweeper will retry", query_ids, exc.__class__.__name__)
+
+
+UNPRICEABLE_MESSAGE = "This query cannot be priced with the privacy loss asked for; choose other privacy parameters."
+
+
+@dataclass
+class _Priced:
+    query: Query
+    seen: str = ""  # the query's status when it was read (before any change of ours)
+    measure: str = ""  # the budget's measure the cost is in (a change before the debit refuses it)
+    schema: TableSchema | None = None
+    spec: QuerySpec | None = None
+    amount: float = 0.0
+    delta: float = 0.0
+    refusal: tuple[str, str] | None = None  # (code, message): refused before any spending
+    data: Any = None  # the staged table
+    failure: tuple[str, str] | None = None  # (code, message): the service could not answer
+    failure_reason: str = ""  # what went wrong, for the audit log (the owner's and operators')
+
+
+def _price(query: Query) -> _Priced:
+    """The exact cost of a query from OpenDP's privacy map, or why it cannot be priced. Runs outside
+    any transaction: calibration can take a while, and no lock is held meanwhile."""
+    from clearinghouse.dp import preview
+
+    item = _Priced(query, seen=query.status)
+    try:
+        budget = PrivacyBudget.objects.get(dataset_id=query.dataset_id)
+        item.measure = budget.measure
+        item.schema = query_schema(version=query.version, budget=budget)
+        item.spec = parse_spec(query.spec, item.schema)
+        if query.status == QueryStatus.RUNNING:  # paid already (a recovery): only the release is left
+            item.amount, item.delta = query.cost, query.cost_delta
+            return item
+        cost = preview(item.schema, item.spec).cost
+        item.amount = float(cost.rho if budget.measure == PrivacyMeasure.ZCDP else cost.epsilon)
+        item.delta = float(cost.delta or 0.0)
+    except QueryError as exc:
+        item.refusal = (exc.code, exc.message)
+    except PrivacyBudget.DoesNotExist:
+        item.refusal = ("no_budget", "The dataset's owner has not set a privacy budget.")
+    except Exception as exc:  # noqa: BLE001 - one query that cannot be priced never holds up the others
+        logger.error("Query %s could not be priced: %s", query.pk, exc.__class__.__name__)
+        item.refusal = ("invalid_privacy_loss", UNPRICEABLE_MESSAGE)
+    return item
+
+
+def _set_state(query: Query, *, status: str, expect: tuple[str, ...], result: dict | None = None, code: str = "",
+               message: str = "", **fields: Any) -> bool:
+    """Compare-and-set: moves the query to `status` only if it is still in one of `expect` (a second
+    worker on the same query — a redelivered task, a recovery — then changes nothing)."""
+    now = timezone.now()
+    values: dict[str, Any] = {"status": status, "updated_at": now, **fields}
+    if status in QUERY_FINISHED:
+        values.update(result=result, error_code=code, error_message=message, finished_at=now)
+    changed = Query.objects.filter(pk=query.pk, status__in=expect).update(**values)
+    if changed:
+        for name, value in values.items():
+            setattr(query, name, value)
+    return bool(changed)
 
 
 def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
     """Worker side: the queries of one request, each priced, debited and released on its own.
     `data_loader(version, schema)` returns the decrypted, staged table (the worker caches it).
 
-    Three transactions for the whole request rather than three per query (each commit waits for
-    the disk): (1) lock the queries and debit each that fits, refusing those that do not; (2) run
-    the paid ones (outside any transaction: the spend is committed before noise is drawn); (3) store
-    the releases. A query that fails after its debit keeps the spend (the conservative choice)."""
-    from clearinghouse.dp import preview
-
-    paid: list[tuple[Query, TableSchema, QuerySpec]] = []
-    with transaction.atomic():
-        # Queries first (in id order), then budget and allocation rows inside budget_debit: one lock order.
-        queries = list(Query.objects.select_for_update().select_related("version__dataset", "analyst", "organisation")
-                       .filter(pk__in=query_ids).order_by("pk"))
-        by_id = {query.pk: query for query in queries}
-        for query_id in query_ids:
-            query = by_id.get(query_id)
-            if query is None or query.status != QueryStatus.PENDING:
-                continue  # a redelivered task: never pay twice
-            budget = PrivacyBudget.objects.get(dataset_id=query.dataset_id)
-            schema = query_schema(version=query.version, budget=budget)
-            spec = parse_spec(query.spec, schema)
-            cost = preview(schema, spec).cost  # exact, from the measurement's privacy map
-            amount = cost.rho if budget.measure == PrivacyMeasure.ZCDP else cost.epsilon
-            try:
-                with transaction.atomic():
-                    budget_debit(query=query, amount=float(amount), delta=float(cost.delta or 0.0))
-            except BudgetExceeded as exc:
-                _finish(query, status=QueryStatus.FAILED, code=exc.code, message=exc.message)
-                audit_record(actor=query.analyst, action="query.refused", organisation=query.organisation,
-                             target=query, extra={"code": exc.code, "amount": amount})
-                count_on_commit(QUERIES_REFUSED.labels(code=exc.code))
-                continue
-            query.cost, query.cost_delta, query.status = float(amount), float(cost.delta or 0.0), QueryStatus.RUNNING
-            query.save(update_fields=["cost", "cost_delta", "status"])
-            paid.append((query, schema, spec))
-    released = [(query, _release(query, schema, spec, data_loader)) for query, schema, spec in paid]
-    with transaction.atomic():
-        for query, body in released:
-            if body is None:
-                continue
-            _finish(query, status=QueryStatus.RELEASED, result=body)
-            audit_record(actor=query.analyst, action="query.released", organisation=query.organisation, target=query,
-                         extra={"query_hash": query.query_hash, "cost": query.cost, "delta": query.cost_delta})
-            count_on_commit(QUERIES_RELEASED)
+    (0) outside any transaction, price each query — one that cannot be priced is refused and holds
+    up nothing else; then, one table (version and policy) at a time: (1) load its data, so that a
+    dataset that cannot be read fails its queries before anything is spent; (2) one transaction
+    debits each query that fits (refusing those that do not) and marks it running; (3) run the paid
+    ones, outside any transaction (the spend is committed before noise is drawn); (4) one transaction
+    stores the releases. A table is used while it is loaded (the worker's cache holds a few). Queries
+    found `running` (paid by a worker that died) are released without a new debit. A query that fails
+    after its debit keeps the spend (the conservative choice: noise may have been drawn)."""
+    queries = list(Query.objects.select_related("version__dataset", "dataset__organisation", "analyst",
+                                                "organisation")
+                   .filter(pk__in=query_ids, status__in=QUERY_UNFINISHED).order_by("pk"))
+    groups: dict[tuple[int, str], list[_Priced]] = {}
+    for item in map(_price, queries):
+        key = (item.query.version_id, item.schema.fingerprint if item.schema is not None else "")
+        groups.setdefault(key, []).append(item)
+    for items in groups.values():
+        for item in items:
+            _load(item, data_loader)
+        paid = atomic_with_retry(lambda items=items: _debit_all(items))
+        released = _release_all(paid)
+        atomic_with_retry(lambda released=released: _store_all(released))
+        for item in items:
+            item.data = None  # the cache may close it later; nothing here uses it again
+    by_id = {query.pk: query for query in Query.objects.filter(pk__in=query_ids)}
     return [by_id[query_id] for query_id in query_ids if query_id in by_id]
 
 
-def _release(query: Query, schema: TableSchema, spec: QuerySpec, data_loader) -> dict | None:
-    """Runs one paid query; on failure records it (the spend stays) and returns None."""
-    from clearinghouse.dp import release
+_INTEGRITY_MESSAGE = "The stored data failed its integrity check."
+_UNAVAILABLE_MESSAGE = "The dataset cannot be queried at the moment; its owner can see why in the audit log."
+_RELEASE_FAILED_MESSAGE = "The release failed."
 
+
+def _load(item: _Priced, data_loader) -> _Priced:
+    """Decrypts and stages the query's data (from the worker's cache when it can). A failure is
+    recorded on the item: a pending query then fails without spending, a paid one keeps its spend."""
+    if item.refusal is not None:
+        return item
     try:
-        result = release(schema, spec, data_loader(query.version, schema))
-    except Exception as exc:  # the spend stays: the conservative choice (noise may have been drawn)
-        code = "integrity_error" if exc.__class__.__name__ in {"IntegrityError", "FormatError"} else "release_failed"
-        logger.error("Query %s failed after its debit: %s", query.pk, exc.__class__.__name__)
-        with transaction.atomic():
-            _finish(query, status=QueryStatus.FAILED, code=code,
-                    message="The release failed after the budget was debited; the spend stands.")
-            audit_record(actor=query.analyst, action="query.failed", organisation=query.organisation, target=query,
-                         extra={"code": code})
+        item.data = data_loader(item.query.version, item.schema)
+    except QueryError as exc:  # e.g. more rows than the stated max_rows: the owner's to fix; not said to others
+        logger.error("Query %s: the dataset cannot be queried (the reason is in its owner's audit log)",
+                     item.query.pk)
+        item.failure, item.failure_reason = ("dataset_unavailable", _UNAVAILABLE_MESSAGE), exc.code
+    except Exception as exc:  # noqa: BLE001 - a tampered file, a store that is down: fail this query, not the worker
+        integrity = exc.__class__.__name__ in {"IntegrityError", "FormatError"}
+        logger.error("Query %s: loading the dataset failed: %s", item.query.pk, exc.__class__.__name__)
+        item.failure = ("integrity_error", _INTEGRITY_MESSAGE) if integrity else ("release_failed",
+                                                                                 _RELEASE_FAILED_MESSAGE)
+        item.failure_reason = item.failure[0]
+    return item
+
+
+def _debit_all(priced: list[_Priced]) -> list[_Priced]:
+    audit_lock()  # first, then the queries (by id), then budget and allocation inside budget_debit
+    locked = {query.pk: query for query in Query.objects.select_for_update(no_key=True)
+              .filter(pk__in=[item.query.pk for item in priced], status__in=QUERY_UNFINISHED).order_by("pk")}
+    paid = []
+    for item in priced:
+        query = item.query
+        current = locked.get(query.pk)
+        if current is None:
+            continue  # finished meanwhile (another worker): never pay or answer twice
+        if current.status == QueryStatus.RUNNING:
+            if item.seen == QueryStatus.RUNNING:
+                paid.append(item)  # paid by a worker that died: release it now
+            continue  # paid just now by another worker, which releases it
+        if item.refusal is not None:
+            _refuse(query, *item.refusal)
+            continue
+        if item.failure is not None:
+            _fail(query, item, expect=QueryStatus.PENDING, spent=False)
+            continue
+        try:
+            with transaction.atomic():  # a savepoint: a refusal or an error undoes this query's debit only
+                budget_debit(query=query, amount=item.amount, delta=item.delta, measure=item.measure)
+        except ApplicationError as exc:
+            _refuse(query, exc.code, exc.message)
+            continue
+        except Exception as exc:  # noqa: BLE001 - one query's unexpected error never holds up the others
+            if is_retryable(exc):
+                raise  # the whole transaction was lost: atomic_with_retry runs it again
+            logger.error("Query %s could not be debited: %s", query.pk, exc.__class__.__name__)
+            _refuse(query, "debit_failed", "The ledger could not record this query; nothing was spent.")
+            continue
+        _set_state(query, status=QueryStatus.RUNNING, expect=(QueryStatus.PENDING,), cost=item.amount,
+                   cost_delta=item.delta)
+        paid.append(item)
+    return paid
+
+
+def _fail(query: Query, item: _Priced, *, expect: str, spent: bool) -> None:
+    code, message = item.failure or ("release_failed", _RELEASE_FAILED_MESSAGE)
+    message += " The spend stands." if spent else " Nothing was spent."
+    if _set_state(query, status=QueryStatus.FAILED, expect=(expect,), code=code, message=message):
+        audit_record(actor=query.analyst, action="query.failed", organisation=query.organisation, target=query,
+                     extra={"code": code, "paid": spent})
+        if item.failure_reason and item.failure_reason != code:  # why, for the dataset's owner alone
+            audit_record(actor=None, action="dataset_version.query_failed", organisation=query.dataset.organisation,
+                         target=query.version, extra={"query": query.pk, OWNER_ONLY: {"reason": item.failure_reason}})
         if code == "integrity_error":
             from clearinghouse.datasets.services import dataset_version_mark_corrupt
 
             dataset_version_mark_corrupt(version=query.version)
-        return None
+
+
+def _refuse(query: Query, code: str, message: str) -> None:
+    if _set_state(query, status=QueryStatus.REFUSED, expect=(QueryStatus.PENDING,), code=code, message=message):
+        audit_record(actor=query.analyst, action="query.refused", organisation=query.organisation, target=query,
+                     extra={"code": code})
+        count_on_commit(QUERIES_REFUSED.labels(code=code))
+
+
+def _store_all(released: list[tuple[_Priced, dict | tuple[str, str]]]) -> None:
+    audit_lock()
+    for item, outcome in released:
+        query = item.query
+        if isinstance(outcome, dict):
+            try:
+                with transaction.atomic():  # a savepoint: one answer the database refuses fails alone
+                    stored = _set_state(query, status=QueryStatus.RELEASED, expect=(QueryStatus.RUNNING,),
+                                        result=outcome)
+            except Exception as exc:  # noqa: BLE001 - e.g. a value the JSON column refuses
+                if is_retryable(exc):
+                    raise
+                logger.error("Query %s: its answer could not be stored: %s", query.pk, exc.__class__.__name__)
+                item.failure_reason = exc.__class__.__name__
+                outcome = ("release_failed", _RELEASE_FAILED_MESSAGE)
+            else:
+                if stored:
+                    audit_record(actor=query.analyst, action="query.released", organisation=query.organisation,
+                                 target=query, extra={"query_hash": query.query_hash, "cost": query.cost,
+                                                      "delta": query.cost_delta})
+                    count_on_commit(QUERIES_RELEASED)
+                continue
+        item.failure = outcome
+        _fail(query, item, expect=QueryStatus.RUNNING, spent=True)
+
+
+# While a long batch is being released, its queries are marked alive this often, so that the sweeper
+# (QUERY_STUCK_SECONDS) does not take them for the work of a lost worker.
+_HEARTBEAT_SECONDS = 30.0
+
+
+def _release_all(paid: list[_Priced]) -> list[tuple[_Priced, dict | tuple[str, str]]]:
+    released = []
+    beat = time.monotonic()
+    for item in paid:
+        released.append((item, item.failure or _release(item)))
+        if time.monotonic() - beat > _HEARTBEAT_SECONDS:
+            Query.objects.filter(pk__in=[i.query.pk for i in paid], status=QueryStatus.RUNNING).update(
+                updated_at=timezone.now())
+            beat = time.monotonic()
+    return released
+
+
+def _release(item: _Priced) -> dict | tuple[str, str]:
+    """Runs one paid query: the body to store, or (code, message) of its failure (the spend stays)."""
+    from clearinghouse.dp import release
+
+    try:
+        result = release(item.schema, item.spec, item.data)
+    except Exception as exc:  # noqa: BLE001 - the spend stays: the conservative choice (noise may have been drawn)
+        logger.error("Query %s failed after its debit: %s", item.query.pk, exc.__class__.__name__)
+        item.failure_reason = exc.code if isinstance(exc, QueryError) else exc.__class__.__name__
+        return ("release_failed", _RELEASE_FAILED_MESSAGE)
     body = result.to_dict()
     body["timings_ms"] = result.timings_ms
     return body
 
 
+def query_recover_stuck(*, idle_seconds: float, max_attempts: int) -> dict[str, int]:
+    """The sweeper (Celery beat): a query left pending or running for `idle_seconds` by a worker that
+    died or a task that was lost is handed to a worker again; after `max_attempts` recoveries it is
+    failed with its reason (nothing spent if it was pending; the spend stands if it was running)."""
+    cutoff = timezone.now() - timedelta(seconds=idle_seconds)
+
+    def recover() -> tuple[dict[str, int], list[int], str]:
+        audit_lock()
+        counts = {"requeued": 0, "failed": 0}
+        task_id = uuid.uuid4().hex
+        requeue: list[int] = []
+        stuck = (Query.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
+                 .select_related("analyst", "organisation")
+                 .filter(status__in=QUERY_UNFINISHED, updated_at__lt=cutoff).order_by("pk")[:500])
+        for query in stuck:
+            if query.attempts >= max_attempts:
+                paid = query.status == QueryStatus.RUNNING
+                message = ("The worker was lost repeatedly after the budget was debited; the spend stands." if paid
+                           else "The worker was lost repeatedly before the query was priced; nothing was spent.")
+                _set_state(query, status=QueryStatus.FAILED, expect=(query.status,), code="worker_lost",
+                           message=message)
+                audit_record(actor=query.analyst, action="query.failed", organisation=query.organisation,
+                             target=query, extra={"code": "worker_lost", "paid": paid})
+                counts["failed"] += 1
+            else:
+                Query.objects.filter(pk=query.pk).update(attempts=F("attempts") + 1, updated_at=timezone.now(),
+                                                         task_id=task_id)
+                audit_record(actor=None, action="query.recovered", organisation=query.organisation, target=query,
+                             extra={"status": query.status, "attempt": query.attempts + 1})
+                requeue.append(query.pk)
+                counts["requeued"] += 1
+        if requeue:
+            transaction.on_commit(lambda: _enqueue(requeue, task_id))
+        return counts, requeue, task_id
+
+    counts, _, _ = atomic_with_retry(recover)
+    if counts["requeued"] or counts["failed"]:
+        logger.warning("Recovered stuck queries: %s", counts)
+    return counts
+
+
 def query_error_for(query: Query) -> ApplicationError | None:
-    """The API error a failed query answers with."""
-    if query.status != QueryStatus.FAILED:
-        return None
-    error = BudgetExceeded(query.error_message, code=query.error_code) if query.error_code.startswith(
-        ("budget", "above_", "delta_")) else ApplicationError(query.error_message, code=query.error_code)
-    if not isinstance(error, BudgetExceeded):
-        error.status_code = 500 if query.error_code == "release_failed" else 409
-    return error
+    """The API error a refused or failed query answers with: refusals are the client's to fix (409
+    for the budget, 400 for the query or its privacy loss); a failure is the service's, and 409 too —
+    never a 5xx, since the query itself has ended (its body says whether it was paid)."""
+    if query.status == QueryStatus.REFUSED:
+        if query.error_code.startswith(("budget", "above_", "delta_")) or query.error_code == "no_budget":
+            return BudgetExceeded(query.error_message, code=query.error_code)
+        if query.error_code in {"policy_changed", "debit_failed"}:  # nothing wrong with the query: ask again
+            return Conflict(query.error_message, code=query.error_code)
+        return ValidationFailed(query.error_message, code=query.error_code)
+    if query.status == QueryStatus.FAILED:
+        return Conflict(query.error_message, code=query.error_code or "release_failed")
+    return None
 
 
 def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: float) -> dict:
@@ -259,11 +493,18 @@ def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: floa
     from .tasks import query_preview_task
 
     try:
-        return query_preview_task.apply_async((version.pk, spec.to_dict())).get(timeout=timeout, interval=0.02)
-    except CeleryTimeout:
+        # Celery reads a timeout of 0 as "forever": a preview always waits a little, never for ever.
+        answer = query_preview_task.apply_async((version.pk, spec.to_dict())).get(timeout=max(timeout, 1.0),
+                                                                                  interval=0.02)
+    except Exception as exc:  # noqa: BLE001 - a timeout, or a broker or result store that is down
+        if not isinstance(exc, CeleryTimeout):
+            logger.error("Preview not answered: %s", exc.__class__.__name__)
         busy = ApplicationError("The DP workers did not answer in time; try again.", code="workers_busy")
         busy.status_code = 503
         raise busy from None
+    if "error" in answer:  # the query parsed but cannot be priced (e.g. δ too small to release keys)
+        raise ValidationFailed(answer["error"]["message"], code=answer["error"]["code"])
+    return answer["preview"]
 
 
 def query_wait(*, query: Query, timeout: float) -> Query:
@@ -274,11 +515,13 @@ def query_wait(*, query: Query, timeout: float) -> Query:
     query = _fresh(query)
     # Only wait when still unfinished: waiting again on a task whose result was already consumed
     # (several queries of one request share a task) would idle until the backend's poll times out.
-    if query.status in {QueryStatus.PENDING, QueryStatus.RUNNING} and query.task_id and timeout > 0:
+    if query.status in QUERY_UNFINISHED and query.task_id and timeout > 0:
         try:  # (Celery reads a timeout of 0 as "forever", hence the guard)
             AsyncResult(query.task_id).get(timeout=timeout, propagate=False, interval=0.02)
         except CeleryTimeout:
             pass
+        except Exception as exc:  # noqa: BLE001 - the result store is unreachable: answer with the state as stored
+            logger.warning("Could not wait for query %s: %s", query.pk, exc.__class__.__name__)
         query = _fresh(query)
     return query
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 
 from celery import shared_task
 from celery.signals import worker_process_init
+from django.conf import settings
 
 from clearinghouse.datasets import storage
 from clearinghouse.datasets.models import DatasetVersion
+
+logger = logging.getLogger(__name__)
 
 # Decrypted, staged tables by (version, schema fingerprint), kept in this worker's memory only: a
 # query then costs its OpenDP run, not a decryption. Few entries: each holds a whole table.
@@ -48,14 +52,29 @@ def query_execute_task(query_ids: list[int]) -> list[str]:
 
 @shared_task(name="queries.preview")
 def query_preview_task(version_id: int, spec: dict) -> dict:
-    from clearinghouse.dp import parse_spec, preview
+    """{"preview": ...}, or {"error": {"code", "message"}} for a query that cannot be priced."""
+    from clearinghouse.dp import QueryError, parse_spec, preview
 
     from .models import PrivacyBudget
-    from .services import query_schema
+    from .services import UNPRICEABLE_MESSAGE, query_schema
 
     version = DatasetVersion.objects.select_related("dataset").get(pk=version_id)
     schema = query_schema(version=version, budget=PrivacyBudget.objects.get(dataset_id=version.dataset_id))
-    return preview(schema, parse_spec(spec, schema)).to_dict()
+    try:
+        return {"preview": preview(schema, parse_spec(spec, schema)).to_dict()}
+    except QueryError as exc:
+        return {"error": {"code": exc.code, "message": exc.message}}
+    except Exception as exc:  # noqa: BLE001 - as the release path: an unpriceable query is the client's to change
+        logger.error("A preview could not be priced: %s", exc.__class__.__name__)
+        return {"error": {"code": "invalid_privacy_loss", "message": UNPRICEABLE_MESSAGE}}
+
+
+@shared_task(name="queries.recover_stuck")
+def query_recover_stuck_task() -> dict[str, int]:
+    from .services import query_recover_stuck
+
+    return query_recover_stuck(idle_seconds=settings.QUERY_STUCK_SECONDS,
+                               max_attempts=settings.QUERY_MAX_RECOVERIES)
 
 
 @worker_process_init.connect
@@ -66,5 +85,5 @@ def _warm_up(**_):
 
         schema = TableSchema.from_dict({"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 1}]})
         preview(schema, parse_spec({"aggregates": [{"type": "count"}], "privacy": {"epsilon": 1.0}}, schema))
-    except Exception:  # noqa: BLE001 - warming up is best effort
+    except Exception:  # noqa: BLE001, S110 - warming up is best effort
         pass

@@ -1,4 +1,5 @@
-"""Portal pages: the analyst's query console and the owner's budget dashboard."""
+"""Portal pages: the analyst's query console and the owner's budget dashboard (where the steward
+also sets the budget policy, its stated row bound included)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,16 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
-from django.shortcuts import render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_http_methods
 
-from clearinghouse.core.errors import ApplicationError, NotFound
+from clearinghouse.core.errors import ApplicationError, NotFound, PermissionDenied
 from clearinghouse.datasets.selectors import dataset_get, dataset_is_owner
 from clearinghouse.portal.views import service_errors
 
-from .selectors import budget_left_for, budget_spending, query_list
+from .ledger import budget_set
+from .models import PrivacyMeasure
+from .selectors import budget_left_for, budget_view_for, query_answer_visible, query_list
 from .services import query_error_for, query_prepare, query_preview_run, query_submit, query_wait
 
 
@@ -61,12 +64,16 @@ def query_console(request: HttpRequest, organisation: str, slug: str) -> HttpRes
                 error = query_error_for(query)
                 if error is not None:
                     raise error
-                if replayed:
+                if query.status != "released":  # the worker is busy: the answer lands in the history
+                    messages.info(request, "The query is still being answered; it will appear in the history "
+                                           "below when done.")
+                    query = None
+                elif replayed:
                     messages.info(request, "This exact query was released before: here is that answer again, "
                                            "at no new cost.")
                 context["released"] = query
         except ApplicationError as exc:
-            if isinstance(exc, NotFound):
+            if isinstance(exc, (NotFound, PermissionDenied)):  # refused, as the API refuses it: 404/403
                 raise
             context["error"] = f"{exc.message} ({exc.code})"
     try:
@@ -75,7 +82,8 @@ def query_console(request: HttpRequest, organisation: str, slug: str) -> HttpRes
         context["left"] = None
     history = []
     for query in query_list(actor=request.user, dataset=dataset)[:25]:
-        history.append({"query": query, "table": _rows_with_intervals(query.result) if query.result else []})
+        answer = query.result and query_answer_visible(actor=request.user, query=query)
+        history.append({"query": query, "table": _rows_with_intervals(query.result) if answer else []})
     context["history"] = history
     if context["released"] is not None:
         context["released_table"] = _rows_with_intervals(context["released"].result)
@@ -105,15 +113,55 @@ def _spending_plot(daily: list[dict], total: float) -> dict:
                        for i, (org, points) in enumerate(series.items())]}
 
 
+def _policy_from_form(data) -> dict:
+    """The budget form's fields as budget_set takes them; what does not parse is passed on as typed,
+    so that the service says what is wrong with it. An empty row bound keeps the current one."""
+
+    def number(name: str, *, whole: bool = False, empty=None):
+        text = (data.get(name) or "").strip()
+        if not text:
+            return empty
+        try:
+            return int(text) if whole else float(text)
+        except ValueError:
+            return text
+
+    return {"measure": (data.get("measure") or "").strip(), "total": number("total"),
+            "delta_total": number("delta_total", empty=0.0), "per_query_max": number("per_query_max"),
+            "per_analyst_cap": number("per_analyst_cap"), "max_rows": number("max_rows", whole=True)}
+
+
 @login_required
-@require_GET
+@require_http_methods(["GET", "POST"])
 @service_errors
 def budget_dashboard(request: HttpRequest, organisation: str, slug: str) -> HttpResponse:
+    """What `budget_view_for` shows (the API's `GET .../budget` too): the whole budget with its spending
+    to the owner and operators, what is left to them to grantees; the owner's stewards and admins also
+    set the policy here (`budget_set` decides who may)."""
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-    if not (dataset_is_owner(actor=request.user, dataset=dataset) or request.user.is_operator):
-        raise NotFound("Dataset not found.")
-    spending = budget_spending(actor=request.user, dataset=dataset)
+    owner = dataset_is_owner(actor=request.user, dataset=dataset)  # shows the policy form
+    error = None
+    if request.method == "POST":
+        try:
+            budget_set(actor=request.user, dataset=dataset, **_policy_from_form(request.POST))
+        except (NotFound, PermissionDenied):
+            raise
+        except ApplicationError as exc:
+            error = exc.message
+        else:
+            messages.success(request, "Budget policy saved; it applies to queries priced from now on.")
+            return redirect("portal:budget_dashboard", organisation=organisation, slug=slug)
+    try:
+        view = budget_view_for(actor=request.user, dataset=dataset)
+    except NotFound:
+        if not owner:
+            raise
+        view = {}  # no budget yet: the owner sets the first one here
+    left = view.get("left")
+    spending = None if left is not None or not view else view
     return render(request, "queries/budget.html", {
-        "dataset": dataset, "spending": spending, "plot": _spending_plot(spending["daily"], spending["total"]),
-        "spending_json": json.dumps(spending, indent=2),
+        "dataset": dataset, "spending": spending, "left": left, "owner": owner, "error": error,
+        "measures": PrivacyMeasure.choices, "form": request.POST if error else None,
+        "plot": _spending_plot(spending["daily"], spending["total"]) if spending else None,
+        "spending_json": json.dumps(spending, indent=2) if spending else "",
     })

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import dj_database_url
 
+from clearinghouse.core import client_ip as _client_ip
+
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 VAR_DIR = Path(os.environ.get("CLEARINGHOUSE_VAR_DIR", BASE_DIR / "var"))
 
@@ -36,6 +38,7 @@ DEBUG = False
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+CSRF_FAILURE_VIEW = "clearinghouse.core.views.api_csrf_failure"  # JSON under /api/, Django's page elsewhere
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -61,6 +64,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "clearinghouse.core.middleware.RequestContextMiddleware",
+    "clearinghouse.core.middleware.RefuseNulCharactersMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -159,32 +163,53 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # DRF's JSON parser, also refusing what could not be stored (NUL, lone surrogates, too deep).
+    "DEFAULT_PARSER_CLASSES": ["clearinghouse.core.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "clearinghouse.core.schema.AutoSchema",
     "EXCEPTION_HANDLER": "clearinghouse.core.exception_handler.api_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        # Keyed on the client address of clearinghouse.core.client_ip (see TRUSTED_PROXIES).
+        "clearinghouse.core.throttling.AnonRateThrottle",
+        "clearinghouse.core.throttling.UserRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": os.environ.get("THROTTLE_ANON", "60/minute"),
         "user": os.environ.get("THROTTLE_USER", "1200/minute"),
     },
-    "NUM_PROXIES": int(os.environ.get("NUM_PROXIES", "0")) or None,
 }
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Clearinghouse API",
-    "DESCRIPTION": "Members, organisations, tokens and audit of the Clearinghouse consortium service.",
+    "DESCRIPTION": "Members, organisations, tokens, audit, datasets, differentially private queries and federated "
+                   "jobs of the Clearinghouse consortium service. Lists are pages (`limit`/`offset`); every error "
+                   "answers `{\"code\", \"detail\", \"fields\"?}`.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Error statuses, pagination of lists and enum path segments: clearinghouse.core.schema.
+    "ENUM_NAME_OVERRIDES": {
+        "DatasetVersionStatusEnum": "clearinghouse.datasets.models.VersionStatus",
+        "PrivacyMeasureEnum": "clearinghouse.queries.models.PrivacyMeasure",
+        "QueryStatusEnum": "clearinghouse.queries.models.QueryStatus",
+        "FederatedJobStateEnum": "federation.models.JobState",
+        "FederatedJobStrategyEnum": "federation.models.Strategy.values",
+        "FederatedParticipantStatusEnum": "federation.models.ParticipantStatus",
+        "SuperNodeKeyStatusEnum": "federation.models.NodeKeyStatus",
+    },
 }
 
-# Login throttling (django-axes): lock a username+IP pair after repeated failures.
+# The reverse proxies in front of the web processes (addresses or CIDR networks, comma-separated):
+# X-Forwarded-For is read only from them, right to left, and the first address that is not one of them
+# is the client's (clearinghouse.core.client_ip). Empty: the peer's own address, X-Forwarded-For ignored.
+TRUSTED_PROXIES = env_list("TRUSTED_PROXIES", [])
+_client_ip.parse_networks(TRUSTED_PROXIES)  # a malformed entry stops the start (ImproperlyConfigured)
+
+# Login throttling (django-axes): lock a username+IP pair after repeated failures, where the IP is the
+# client's (not the proxy's, which would lock the username for everyone behind it).
+AXES_CLIENT_IP_CALLABLE = "clearinghouse.core.client_ip.axes_client_ip"
 AXES_FAILURE_LIMIT = int(os.environ.get("LOGIN_FAILURE_LIMIT", "5"))
 AXES_COOLOFF_TIME = timedelta(minutes=int(os.environ.get("LOGIN_COOLOFF_MINUTES", "15")))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
@@ -207,6 +232,19 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {"datasets.*": {"queue": "ingestion"}, "queries.*": {"queue": "dp"},
                       "federation.*": {"queue": "federation"}}
+# A message a worker took but never acknowledged (acks_late; the worker was killed) goes back to the
+# queue after this long on Redis (kombu's default is an hour). It must exceed the longest task: the
+# ingestion task's hard time limit (INGESTION_STUCK_SECONDS less a minute) is the longest. The embedded
+# SQLite transport never redelivers; the beat sweepers below recover from lost messages on any broker.
+# (Only transports that redeliver take the option: the SQLAlchemy one hands its options to create_engine.)
+BROKER_VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("BROKER_VISIBILITY_TIMEOUT_SECONDS", "1800"))
+_REDELIVERING = ("redis://", "rediss://", "sentinel://", "sqs://")
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS} if CELERY_BROKER_URL.startswith(_REDELIVERING) else {})
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = (
+    {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS, "retry_policy": {"timeout": 5.0}}
+    if CELERY_RESULT_BACKEND.startswith(_REDELIVERING) else {})
+CELERY_RESULT_EXPIRES = int(os.environ.get("CELERY_RESULT_EXPIRES_SECONDS", str(24 * 3600)))
 # Periodic tasks (celery beat): running federated jobs are reconciled with the SuperLink.
 CELERY_BEAT_SCHEDULE = {
     "federation-reconcile": {"task": "federation.jobs_reconcile", "schedule": float(
@@ -214,6 +252,12 @@ CELERY_BEAT_SCHEDULE = {
 }
 # How long a release request waits for the dp worker before answering 202 with the query's URL.
 QUERY_WAIT_SECONDS = float(os.environ.get("QUERY_WAIT_SECONDS", "30"))
+# A query pending or running this long with no progress was left by a lost worker or task: beat hands
+# it to a worker again (every QUERY_RECOVER_EVERY_SECONDS), and fails it after QUERY_MAX_RECOVERIES.
+QUERY_STUCK_SECONDS = float(os.environ.get("QUERY_STUCK_SECONDS", "300"))
+QUERY_MAX_RECOVERIES = int(os.environ.get("QUERY_MAX_RECOVERIES", "3"))
+CELERY_BEAT_SCHEDULE["queries-recover-stuck"] = {
+    "task": "queries.recover_stuck", "schedule": float(os.environ.get("QUERY_RECOVER_EVERY_SECONDS", "60"))}
 
 # Keys (see clearinghouse/core/keys.py). Workers: the keyring, a secret file or environment value in
 # production. Web: only the staging public key uploads are encrypted to (not secret).
@@ -235,8 +279,29 @@ FLOWER_APP_DIR = Path(os.environ.get("FLOWER_APP_DIR", BASE_DIR / "federation" /
 # A job still 'scheduled' (never submitted) after this long is failed by the reconciler.
 FLOWER_SUBMIT_TIMEOUT_SECONDS = float(os.environ.get("FLOWER_SUBMIT_TIMEOUT_SECONDS", "600"))
 DATASET_UPLOAD_MAX_BYTES = int(os.environ.get("DATASET_UPLOAD_MAX_BYTES", str(1024 * 1024 * 1024)))
-# Uploads stream through our encrypting handler; nothing is buffered to a plaintext temp file.
-FILE_UPLOAD_HANDLERS = ["clearinghouse.datasets.uploads.EncryptingUploadHandler"]
+# Multipart file parts are never written anywhere by default: the global handler discards them. Only
+# the dataset upload views (API and portal), once the user is authenticated and allowed to upload to
+# that dataset, install the handler that encrypts the one `file` part into MEDIA_ROOT/staging (see
+# clearinghouse/datasets/uploads.py); nothing is buffered to a plaintext temporary file.
+FILE_UPLOAD_HANDLERS = ["clearinghouse.datasets.uploads.DiscardingUploadHandler"]
+# Staging quota per organisation: versions awaiting ingestion (pending or validating), by number and
+# by their uploads' bytes; an upload beyond either is refused (409 staging_quota_exceeded).
+DATASET_STAGED_UPLOADS_MAX = int(os.environ.get("DATASET_STAGED_UPLOADS_MAX", "10"))
+DATASET_STAGED_BYTES_MAX = int(os.environ.get("DATASET_STAGED_BYTES_MAX", str(4 * DATASET_UPLOAD_MAX_BYTES)))
+# A staging file no version records (a request or transaction that died after staging it) is deleted
+# by beat once it is this old (every DATASET_STAGING_SWEEP_EVERY_SECONDS).
+DATASET_STAGING_ORPHAN_SECONDS = float(os.environ.get("DATASET_STAGING_ORPHAN_SECONDS", str(6 * 3600)))
+# A failed version's upload is kept this long for a retry, then deleted (a retry then says upload_gone).
+DATASET_FAILED_STAGING_SECONDS = float(os.environ.get("DATASET_FAILED_STAGING_SECONDS", str(7 * 24 * 3600)))
+CELERY_BEAT_SCHEDULE["datasets-sweep-staging"] = {
+    "task": "datasets.staging_sweep", "schedule": float(os.environ.get("DATASET_STAGING_SWEEP_EVERY_SECONDS", "3600"))}
+# A version pending (its task lost) or validating (its worker lost) this long is handed to a worker again
+# by beat (every INGESTION_RECOVER_EVERY_SECONDS), and failed (ingestion_stuck) once
+# INGESTION_MAX_ATTEMPTS runs have started without finishing; retry accepts such a version too.
+INGESTION_STUCK_SECONDS = float(os.environ.get("INGESTION_STUCK_SECONDS", "1800"))
+INGESTION_MAX_ATTEMPTS = int(os.environ.get("INGESTION_MAX_ATTEMPTS", "3"))
+CELERY_BEAT_SCHEDULE["datasets-recover-stuck"] = {
+    "task": "datasets.recover_stuck", "schedule": float(os.environ.get("INGESTION_RECOVER_EVERY_SECONDS", "60"))}
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 INVITATION_VALIDITY = timedelta(days=int(os.environ.get("INVITATION_VALIDITY_DAYS", "14")))

@@ -19,7 +19,12 @@ Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 TEST_LOG_DIR = Path(os.environ.setdefault("CLEARINGHOUSE_TEST_LOG_DIR", tempfile.mkdtemp(prefix="clearinghouse-logs-")))
 
 from .base import *  # noqa: E402,F401,F403
-from .base import LOGGING, STATIC_ROOT, STORAGES, VAR_DIR  # noqa: E402
+from .base import DATABASES, LOGGING, STATIC_ROOT, STORAGES, VAR_DIR  # noqa: E402
+
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, not the shared in-memory database: tests that run a worker in a thread read while it
+    # writes, and only a file database waits for the lock (timeout, WAL) instead of failing at once.
+    DATABASES["default"]["TEST"] = {"NAME": str(Path(VAR_DIR) / "test-database.sqlite3")}
 
 SECRET_KEY = "test-only-secret-key-not-for-production-0123456789abcdef"
 DEBUG = False

@@ -23,3 +23,19 @@ def test_event_carries_request_id_and_address_of_the_request(world):
 def test_malformed_request_id_is_replaced(world):
     response = api_client(world.a.admin).get("/api/v1/me", HTTP_X_REQUEST_ID="bad id\nwith newline")
     assert response["X-Request-ID"] != "bad id\nwith newline" and len(response["X-Request-ID"]) == 32
+
+
+def test_values_derived_from_data_reach_only_the_owner_organisation(world, media_root):
+    """A version's row and violation counts and its upload size are in the chain (hashed), but only the
+    owner's admins read them: operators and other organisations never do (docs/data-exposure.md)."""
+    from tests.factories import make_dataset
+
+    make_dataset(steward=world.a.steward, slug="counted", csv=b"age,group\n30,a\n41,b\n52,a\n")
+    for action, derived in (("dataset_version.ready", "rows"), ("dataset_version.uploaded", "bytes")):
+        stored = AuditEvent.objects.filter(action=action, organisation=world.a.organisation).order_by("-seq").first()
+        assert derived in stored.extra["owner_only"]
+        url = f"/api/v1/audit-events?action={action}&limit=500"
+        owner = [e for e in api_client(world.a.admin).get(url).json()["results"] if e["seq"] == stored.seq]
+        assert owner and owner[0]["extra"]["owner_only"][derived] == stored.extra["owner_only"][derived]
+        operator = [e for e in api_client(world.operator).get(url).json()["results"] if e["seq"] == stored.seq]
+        assert operator and "owner_only" not in operator[0]["extra"] and derived not in str(operator[0]["extra"])

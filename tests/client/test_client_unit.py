@@ -74,6 +74,20 @@ def test_auth_header_pagination_and_errors():
     assert TOKEN not in repr(client) and TOKEN not in str(caught.value)
 
 
+def test_history_follows_the_pagination():
+    """The query list is paginated like every list: history() reads every page."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/api/v1/datasets/org-a/pums/queries"
+        offset = int(request.url.params.get("offset", 0))
+        following = f"http://service.test/api/v1/datasets/org-a/pums/queries?limit=2&offset={offset + 2}" \
+            if offset < 2 else None
+        return httpx.Response(200, json={"count": 3, "next": following, "previous": None,
+                                         "results": [{"id": i, "status": "released"}
+                                                     for i in range(offset, min(offset + 2, 3))]})
+
+    assert [release.id for release in make_client(handler).history("org-a/pums")] == [0, 1, 2]
+
+
 def test_unreachable_service():
     def handler(request):
         raise httpx.ConnectError("connection refused", request=request)

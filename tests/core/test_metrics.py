@@ -85,7 +85,7 @@ def test_worker_process_counts_reach_metrics_and_carry_the_request_id(dp_worker_
     url = f"/api/v1/datasets/{world.a.organisation.slug}/{world.a.dataset.slug}/queries"
 
     # Organisation A has no allocation on its own dataset yet: the ledger refuses.
-    assert run_query(analyst, url, 0.25, "req-refused-0123456789")["status"] == "failed"
+    assert run_query(analyst, url, 0.25, "req-refused-0123456789")["status"] == "refused"
     allocation_set(actor=world.a.steward, dataset=world.a.dataset, organisation=world.a.organisation, amount=1.0)
     body = run_query(analyst, url, 0.25, "req-released-0123456789")
     assert body["status"] == "released", (body, dp_worker_process.read_text()[-3000:])

@@ -85,6 +85,9 @@ def test_delta_is_budgeted_separately(world):
     ({"total": 0}, "invalid_budget"), ({"total": -1}, "invalid_budget"), ({"total": float("nan")}, "invalid_budget"),
     ({"total": float("inf")}, "invalid_budget"), ({"total": 1, "delta_total": 1.0}, "invalid_budget"),
     ({"total": 1, "measure": "renyi"}, "invalid_measure"),
+    # Values a float column holds but the ledger's checks would overflow on (500 in PostgreSQL before).
+    ({"total": 1.7976931348623155e308}, "invalid_budget"), ({"total": 1e6 * 1.000001}, "invalid_budget"),
+    ({"total": 1, "per_query_max": 1e300}, "invalid_budget"), ({"total": 5e-324}, "invalid_budget"),
 ])
 def test_bad_budget_settings(world, kwargs, code):
     with pytest.raises(ValidationFailed) as info:
@@ -144,3 +147,12 @@ def test_fifty_concurrent_debits_against_a_budget_for_ten(transactional_db):
     assert budget.spent <= budget.total
     assert LedgerEntry.objects.count() == 10
     assert sum(LedgerEntry.objects.values_list("amount", flat=True)) <= budget.total + 1e-9
+
+
+def test_an_allocation_too_large_to_check_is_refused_not_a_500(world):
+    from tests.factories import api_client
+
+    response = api_client(world.a.steward).put(
+        f"/api/v1/datasets/org-a/{world.a.dataset.slug}/budget/allocations/org-b",
+        {"amount": 1.7976931348623155e308}, format="json")
+    assert response.status_code == 400 and response.json()["code"] == "invalid_budget"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import pytest
 from django.test import Client
@@ -40,7 +40,7 @@ def org(w: World, t: Target) -> str:
 def _matrix() -> dict[str, list[Case]]:
     u = reverse
     A401 = {"anonymous": 401}
-    everyone = lambda status: {**A401, "analyst": status, "org_admin": status, "other_admin": status, "operator": status}  # noqa: E731
+    everyone = lambda status: {**A401, "analyst": status, "org_admin": status, "other_admin": status, "operator": status}
     scoped_read = {**A401, "analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}
     return {
         # --- API -------------------------------------------------------------------------------------
@@ -144,7 +144,9 @@ def _matrix() -> dict[str, list[Case]]:
                  {"organisation": "org-c", "purpose": "training"}),
         ],
         "api:dataset_grant_revoke": [
-            Case("post", lambda w, t: u("api:dataset_grant_revoke", args=[w.side(t).grant_id]), owner_write(200)),
+            # Operators may revoke (not create) grants: a safety action (datasets.services.dataset_grant_revoke).
+            Case("post", lambda w, t: u("api:dataset_grant_revoke", args=[w.side(t).grant_id]),
+                 {**owner_write(200), "operator": 200}),
         ],
         "api:dataset_agreement": [
             Case("get", lambda w, t: u("api:dataset_agreement", args=ds(w, t)), scoped_read),
@@ -217,11 +219,17 @@ def _matrix() -> dict[str, list[Case]]:
                  lambda w, t: {"name": "gpu-2", "public_key": fresh_public_key()}),
         ],
         "api:supernode_key_revoke": [
+            # Operators see every organisation's keys (as the list shows them) but act inside none: 403.
             Case("post", lambda w, t: u("api:supernode_key_revoke", args=[w.side(t).node_key_id]),
-                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 404}),
+                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403}),
         ],
         # --- Portal ----------------------------------------------------------------------------------
-        "portal:datasets": [Case("get", lambda w, t: u("portal:datasets"), portal(everyone(200)), object_scoped=False)],
+        "portal:datasets": [
+            Case("get", lambda w, t: u("portal:datasets"), portal(everyone(200)), object_scoped=False),
+            Case("post", lambda w, t: u("portal:datasets"),
+                 portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
+                 {"name": "New", "slug": "new", "schema": json.dumps(SMALL_SCHEMA)}, object_scoped=False),
+        ],
         "portal:dataset": [Case("get", lambda w, t: u("portal:dataset", args=ds(w, t)), portal(scoped_read))],
         "portal:dataset_version": [Case("get", lambda w, t: u("portal:dataset_version", args=[*ds(w, t), 1]),
                                         portal(scoped_read))],
@@ -236,7 +244,7 @@ def _matrix() -> dict[str, list[Case]]:
                                       portal(owner_write(302)), {"organisation": "org-c", "purpose": "training"})],
         "portal:dataset_grant_revoke": [
             Case("post", lambda w, t: u("portal:dataset_grant_revoke", args=[w.side(t).grant_id]),
-                 portal({**owner_write(302), "operator": 404})),
+                 portal({**owner_write(302), "operator": 302})),
         ],
         "portal:query_console": [
             Case("get", lambda w, t: u("portal:query_console", args=ds(w, t)), portal(scoped_read)),
@@ -245,8 +253,11 @@ def _matrix() -> dict[str, list[Case]]:
                  portal({"analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 404}),
                  {"sql": "SELECT COUNT(*) FROM survey", "epsilon": "0.1", "action": "preview"}),
         ],
-        "portal:budget_dashboard": [Case("get", lambda w, t: u("portal:budget_dashboard", args=ds(w, t)),
-                                         portal(scoped_read))],
+        "portal:budget_dashboard": [
+            Case("get", lambda w, t: u("portal:budget_dashboard", args=ds(w, t)), portal(scoped_read)),
+            Case("post", lambda w, t: u("portal:budget_dashboard", args=ds(w, t)), portal(owner_write(302)),
+                 {"measure": "pure", "total": "20"}),
+        ],
         "portal:dataset_agreement": [Case("post", lambda w, t: u("portal:dataset_agreement", args=ds(w, t)),
                                           portal(owner_write(302)), {"text": "v2"})],
         # Federation pages: the same rules as the api:federated_* entries above; a refused action's
@@ -292,7 +303,7 @@ def _matrix() -> dict[str, list[Case]]:
         ],
         "portal:supernode_key_revoke": [
             Case("post", lambda w, t: u("portal:supernode_key_revoke", args=[w.side(t).node_key_id]),
-                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 404})),
+                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403})),
         ],
         # --- Portal ----------------------------------------------------------------------------------
         "portal:home": [Case("get", lambda w, t: u("portal:home"), {**everyone(302), "anonymous": 200}, object_scoped=False)],
@@ -303,10 +314,18 @@ def _matrix() -> dict[str, list[Case]]:
         "portal:logout": [Case("post", lambda w, t: u("portal:logout"), {**everyone(302), "anonymous": 302},
                                object_scoped=False)],
         "portal:dashboard": [Case("get", lambda w, t: u("portal:dashboard"), portal(everyone(200)), object_scoped=False)],
-        "portal:organisation_apply": [Case("get", lambda w, t: u("portal:organisation_apply"), portal(everyone(200)),
-                                           object_scoped=False)],
-        "portal:organisation_join": [Case("get", lambda w, t: u("portal:organisation_join"), portal(everyone(200)),
-                                          object_scoped=False)],
+        # A member's application or join request is a conflict, shown on the form (200), as the API's 409.
+        "portal:organisation_apply": [
+            Case("get", lambda w, t: u("portal:organisation_apply"), portal(everyone(200)), object_scoped=False),
+            Case("post", lambda w, t: u("portal:organisation_apply"), portal({**everyone(200), "operator": 302}),
+                 {"name": "Newcomer", "slug": "newcomer", "country": "DE", "contact_email": "x@newcomer.example.org"},
+                 object_scoped=False),
+        ],
+        "portal:organisation_join": [
+            Case("get", lambda w, t: u("portal:organisation_join"), portal(everyone(200)), object_scoped=False),
+            Case("post", lambda w, t: u("portal:organisation_join"), portal({**everyone(200), "operator": 302}),
+                 {"organisation": "org-a", "message": ""}, object_scoped=False),
+        ],
         "portal:join_request_withdraw": [
             # Only the requester may withdraw; for everyone else the request does not exist.
             Case("post", lambda w, t: u("portal:join_request_withdraw", args=[w.side(t).join_request.pk]),
@@ -361,8 +380,10 @@ def _matrix() -> dict[str, list[Case]]:
                  portal({**everyone(403), "operator": 200})),
         ],
         "portal:operator_organisation_decide": [
+            # As api:organisation_decide: organisation_set_status decides (operators only).
             Case("post", lambda w, t: u("portal:operator_organisation_decide", args=[org(w, t), "suspend"]),
-                 portal({**everyone(403), "operator": 302}), {"reason": "audit"}),
+                 portal({"analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 302}),
+                 {"reason": "audit"}),
         ],
         "portal:audit": [
             Case("get", lambda w, t: u("portal:audit"),
@@ -490,3 +511,298 @@ def test_admin_is_staff_only(world):
     client = Client()
     client.force_login(world.operator)
     assert client.get("/admin/").status_code == 302
+
+
+# --- One rule, two interfaces -------------------------------------------------------------------------
+# Every action that both the API and the portal offer is done through each, by every actor, on an object
+# of the analyst's organisation ("own") and of another ("foreign"). The two must agree: refused by both
+# (API 401/403/404; portal 403/404 or the log-in page) or let through by both, and then with the same
+# state change (the same audit events: every write records one). A pair that drifts fails here, and a
+# write added to either interface without a pair fails `test_every_write_is_paired_or_one_sided`.
+
+# + org A's data steward, org C's admin (C holds query grants), a user of no organisation who asked to join A
+AGREE_ACTORS = [*ACTORS, "steward", "grantee", "joiner"]
+
+
+@dataclass
+class Ctx:
+    world: World
+    actor: str
+    target: Target
+    prepared: dict
+
+    @property
+    def side(self):
+        return self.world.side(self.target)
+
+    def ds(self) -> list[str]:
+        return ds(self.world, self.target)
+
+    def mine(self) -> str:
+        """The acting user's own organisation, for pages that act on it without naming it (org-a for
+        those who have none: operators and anonymous visitors)."""
+        from clearinghouse.organisations.selectors import membership_of
+
+        user = _agree_user(self.world, self.actor)
+        membership = membership_of(user=user) if user is not None else None
+        return membership.organisation.slug if membership else "org-a"
+
+
+@dataclass
+class Call:
+    method: str
+    route: str
+    args: Callable[[Ctx], list] = lambda c: []
+    data: Callable[[Ctx], dict] | dict = field(default_factory=dict)
+
+
+@dataclass
+class Pair:
+    api: Call
+    portal: Call
+    object_scoped: bool = True
+    prepare: Callable[[World], dict] | None = None  # objects the calls need, made once per test
+
+
+def _draft_jobs(*, accepted: bool) -> Callable[[World], dict]:
+    """A draft job per side inviting only that side's organisation (accepted by its admin, or not yet
+    decided), so participation, scheduling and cancelling can succeed."""
+
+    def prepare(world: World) -> dict:
+        from federation.services import job_create, job_participation_decide
+
+        jobs = {}
+        for target in ("own", "foreign"):
+            side = world.side(target)
+            job = job_create(actor=world.operator, name=f"Draft {side.organisation.slug}", text_column="SMS",
+                             label_column="Label", labels=["ham", "spam"],
+                             participants=[{"organisation": side.organisation.slug}], min_clients=1)
+            if accepted:
+                job_participation_decide(actor=side.admin, job=job, decision="accept")
+            jobs[target] = job.pk
+        return jobs
+
+    return prepare
+
+
+def _invitations_to_joiner(world: World) -> dict:
+    from clearinghouse.organisations.services import invitation_create
+
+    return {target: invitation_create(actor=world.side(target).admin, organisation=world.side(target).organisation,
+                                      email=world.a.joiner.email, role="analyst")[1]
+            for target in ("own", "foreign")}
+
+
+def _job(c: Ctx) -> list:
+    return [c.prepared[c.target]]
+
+
+_SQL = "SELECT COUNT(*) FROM survey"
+_JOB_API = {"name": "Spam", "text_column": "SMS", "label_column": "Label", "labels": ["ham", "spam"],
+            "participants": [{"organisation": "org-a"}], "min_clients": 1}
+_JOB_FORM = {"name": "Spam", "base_model": "minilm-l6", "text_column": "SMS", "label_column": "Label",
+             "labels": "ham, spam", "strategy": "fedavg", "num_rounds": 3, "min_clients": 1, "participants": ["org-a"],
+             "settings": ""}
+_APPLY = {"name": "Newcomer", "slug": "newcomer", "country": "DE", "contact_email": "x@newcomer.example.org"}
+
+
+def _upload(c: Ctx) -> dict:
+    return {"file": io.BytesIO(b"age,group\n5,a\n")}
+
+
+def _steward_membership(c: Ctx) -> list:
+    return [c.side.steward.membership.pk]
+
+
+PAIRS: dict[str, Pair] = {
+    # Datasets
+    "dataset register": Pair(Call("post", "api:datasets", data={"name": "New", "slug": "new", "schema": SMALL_SCHEMA}),
+                             Call("post", "portal:datasets",
+                                  data={"name": "New", "slug": "new", "schema": json.dumps(SMALL_SCHEMA)}),
+                             object_scoped=False),
+    "dataset read": Pair(Call("get", "api:dataset", Ctx.ds), Call("get", "portal:dataset", Ctx.ds)),
+    "dataset schema": Pair(Call("patch", "api:dataset", Ctx.ds, {"schema": SMALL_SCHEMA}),
+                           Call("post", "portal:dataset_schema", Ctx.ds, {"schema": json.dumps(SMALL_SCHEMA)})),
+    "dataset upload": Pair(Call("post", "api:dataset_versions", Ctx.ds, _upload),
+                           Call("post", "portal:dataset_upload", Ctx.ds, _upload)),
+    "version read": Pair(Call("get", "api:dataset_version", lambda c: [*c.ds(), 1]),
+                         Call("get", "portal:dataset_version", lambda c: [*c.ds(), 1])),
+    # The version is ready: whoever gets past authorization meets the same conflict.
+    "version retry": Pair(Call("post", "api:dataset_version_retry", lambda c: [*c.ds(), 1]),
+                          Call("post", "portal:dataset_version_retry", lambda c: [*c.ds(), 1])),
+    "grant create": Pair(Call("post", "api:dataset_grants", Ctx.ds, {"organisation": "org-c", "purpose": "training"}),
+                         Call("post", "portal:dataset_grant", Ctx.ds, {"organisation": "org-c", "purpose": "training"})),
+    "grant revoke": Pair(Call("post", "api:dataset_grant_revoke", lambda c: [c.side.grant_id]),
+                         Call("post", "portal:dataset_grant_revoke", lambda c: [c.side.grant_id])),
+    "agreement publish": Pair(Call("post", "api:dataset_agreement", Ctx.ds, {"text": "v2"}),
+                              Call("post", "portal:dataset_agreement", Ctx.ds, {"text": "v2"})),
+    "agreement accept": Pair(Call("post", "api:dataset_agreement_accept", Ctx.ds, {"version": 1}),
+                             Call("post", "portal:dataset_agreement", Ctx.ds, {"action": "accept", "version": "1"})),
+    # Budgets and queries
+    "budget read": Pair(Call("get", "api:dataset_budget", Ctx.ds), Call("get", "portal:budget_dashboard", Ctx.ds)),
+    "budget set": Pair(Call("put", "api:dataset_budget", Ctx.ds, {"measure": "pure", "total": 20}),
+                       Call("post", "portal:budget_dashboard", Ctx.ds, {"measure": "pure", "total": "20"})),
+    "query list": Pair(Call("get", "api:queries", Ctx.ds), Call("get", "portal:query_console", Ctx.ds)),
+    "query submit": Pair(Call("post", "api:queries", Ctx.ds, {"sql": _SQL, "privacy": {"epsilon": 0.1}}),
+                         Call("post", "portal:query_console", Ctx.ds, {"sql": _SQL, "epsilon": "0.1", "action": "release"})),
+    "query preview": Pair(Call("post", "api:query_preview", Ctx.ds, {"sql": _SQL, "privacy": {"epsilon": 0.1}}),
+                          Call("post", "portal:query_console", Ctx.ds,
+                               {"sql": _SQL, "epsilon": "0.1", "action": "preview"})),
+    # Federated jobs
+    "job create": Pair(Call("post", "api:federated_jobs", data=_JOB_API),
+                       Call("post", "portal:federated_job_new", data=_JOB_FORM), object_scoped=False),
+    "job read": Pair(Call("get", "api:federated_job", lambda c: [c.side.job_id]),
+                     Call("get", "portal:federated_job", lambda c: [c.side.job_id])),
+    "job participation": Pair(Call("post", "api:federated_job_participation", _job, {"decision": "accept"}),
+                              Call("post", "portal:federated_job_participation", _job, {"decision": "accept"}),
+                              prepare=_draft_jobs(accepted=False)),
+    "job schedule": Pair(Call("post", "api:federated_job_schedule", _job),
+                         Call("post", "portal:federated_job_schedule", _job), prepare=_draft_jobs(accepted=True)),
+    "job cancel": Pair(Call("post", "api:federated_job_cancel", _job, {"reason": "no longer needed"}),
+                       Call("post", "portal:federated_job_cancel", _job, {"reason": "no longer needed"}),
+                       prepare=_draft_jobs(accepted=True)),
+    "job model": Pair(Call("get", "api:federated_job_artifact", lambda c: [c.side.job_id]),
+                      Call("get", "portal:federated_job_model", lambda c: [c.side.job_id])),
+    "supernode key add": Pair(Call("post", "api:supernode_keys", lambda c: [c.mine()],
+                                   lambda c: {"name": "gpu-2", "public_key": c.prepared["public_key"]}),
+                              Call("post", "portal:supernode_keys",
+                                   data=lambda c: {"name": "gpu-2", "public_key": c.prepared["public_key"]}),
+                              object_scoped=False, prepare=lambda w: {"public_key": fresh_public_key()}),
+    "supernode key revoke": Pair(Call("post", "api:supernode_key_revoke", lambda c: [c.side.node_key_id]),
+                                 Call("post", "portal:supernode_key_revoke", lambda c: [c.side.node_key_id])),
+    # Organisations, members, invitations, join requests
+    "organisation apply": Pair(Call("post", "api:organisations", data=_APPLY),
+                               Call("post", "portal:organisation_apply", data=_APPLY), object_scoped=False),
+    "organisation suspend": Pair(Call("post", "api:organisation_decide", lambda c: [c.side.organisation.slug, "suspend"],
+                                      {"reason": "audit"}),
+                                 Call("post", "portal:operator_organisation_decide",
+                                      lambda c: [c.side.organisation.slug, "suspend"], {"reason": "audit"})),
+    "member role": Pair(Call("patch", "api:membership", _steward_membership, {"role": "analyst"}),
+                        Call("post", "portal:member_role", _steward_membership, {"role": "analyst"})),
+    "member remove": Pair(Call("delete", "api:membership", _steward_membership),
+                          Call("post", "portal:member_remove", _steward_membership)),
+    "invitation create": Pair(Call("post", "api:invitations", lambda c: [c.mine()],
+                                   {"email": "new@example.org", "role": "analyst"}),
+                              Call("post", "portal:invitation_create", data={"email": "new@example.org", "role": "analyst"}),
+                              object_scoped=False),
+    "invitation revoke": Pair(Call("post", "api:invitation_revoke", lambda c: [c.side.invitation.pk]),
+                              Call("post", "portal:invitation_revoke", lambda c: [c.side.invitation.pk])),
+    # Invitations to the joiner's address: only they may accept one, through either interface.
+    "invitation accept": Pair(Call("post", "api:invitation_accept", data=lambda c: {"token": c.prepared[c.target]}),
+                              Call("post", "portal:invitation_accept", lambda c: [c.prepared[c.target]]),
+                              prepare=_invitations_to_joiner),
+    "join request create": Pair(Call("post", "api:join_requests", data={"organisation": "org-a", "message": ""}),
+                                Call("post", "portal:organisation_join", data={"organisation": "org-a", "message": ""}),
+                                object_scoped=False),
+    "join request approve": Pair(Call("post", "api:join_request_decide", lambda c: [c.side.join_request.pk, "approve"],
+                                      {"role": "analyst"}),
+                                 Call("post", "portal:join_request_decide",
+                                      lambda c: [c.side.join_request.pk, "approve"], {"role": "analyst"})),
+    "join request reject": Pair(Call("post", "api:join_request_decide", lambda c: [c.side.join_request.pk, "reject"],
+                                     {"reason": "unknown"}),
+                                Call("post", "portal:join_request_decide", lambda c: [c.side.join_request.pk, "reject"],
+                                     {"reason": "unknown"})),
+    "join request withdraw": Pair(Call("post", "api:join_request_decide", lambda c: [c.side.join_request.pk, "withdraw"]),
+                                  Call("post", "portal:join_request_withdraw", lambda c: [c.side.join_request.pk])),
+    # Tokens
+    "token create": Pair(Call("post", "api:tokens", data={"name": "cli"}),
+                         Call("post", "portal:tokens", data={"name": "cli", "expires_in_days": 30}), object_scoped=False),
+    "token revoke": Pair(Call("post", "api:token_revoke", lambda c: [c.side.admin_token_id]),
+                         Call("post", "portal:token_revoke", lambda c: [c.side.admin_token_id])),
+}
+
+# Writes that exist in one interface only, with the reason; every other write must be in PAIRS.
+API_ONLY = {
+    ("api:organisation", "patch"): "an organisation's details are changed through the API only",
+    ("api:dataset_budget_allocation", "put"): "allocations are set through the API only (the budget page lists them)",
+    ("api:federated_job_events", "post"): "the ServerApp's callback, authenticated by the job's token: no user's action",
+}
+PORTAL_ONLY = {
+    ("portal:logout", "post"): "ends the portal session (API tokens are revoked instead: the `token revoke` pair)",
+}
+
+
+def _agree_user(world: World, actor: str):
+    if actor == "steward":
+        return world.a.steward
+    if actor == "joiner":
+        return world.a.joiner
+    if actor == "grantee":
+        from clearinghouse.accounts.models import User
+
+        return User.objects.get(username="admin_org-c")
+    return world.actor(actor)
+
+
+_remote_addresses = iter(f"10.77.{n // 250}.{n % 250 + 1}" for n in range(1_000_000))
+
+
+def _perform(ctx: Ctx, call: Call, *, api: bool) -> tuple[bool, list[str], str]:
+    """Does `call` as the context's actor inside a savepoint that is rolled back afterwards; returns
+    (refused, the audit actions it recorded, a description)."""
+    from django.db import transaction
+
+    from clearinghouse.audit.models import AuditEvent
+
+    user = _agree_user(ctx.world, ctx.actor)
+    url = reverse(call.route, args=call.args(ctx))
+    data = call.data(ctx) if callable(call.data) else dict(call.data)
+    with transaction.atomic():
+        if api:
+            # Anonymous requests come from addresses of their own, so the anonymous rate limit (per
+            # address) cannot answer 429 for them in a long run.
+            client = api_client(user) if user is not None else api_client(None)
+            if user is None:
+                client.defaults["REMOTE_ADDR"] = next(_remote_addresses)
+        else:
+            client = Client()
+            if user is not None:
+                client.force_login(user)
+        last = AuditEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+        kwargs = {}
+        if api and call.method != "get":
+            kwargs["format"] = "multipart" if "file" in data else "json"
+        response = getattr(client, call.method)(url, data, **kwargs)
+        actions = sorted(AuditEvent.objects.filter(pk__gt=last).values_list("action", flat=True))
+        transaction.set_rollback(True)
+    status = response.status_code
+    if api:
+        refused = status in {401, 403, 404}
+    else:
+        login = reverse("portal:login")
+        refused = status in {403, 404} or (status == 302 and response.headers.get("Location", "").startswith(login))
+    return refused, actions, f"{call.method.upper()} {url} → {status}"
+
+
+def _agreement_params():
+    for name in PAIRS:
+        yield pytest.param(name, id=name.replace(" ", "-"))
+
+
+@pytest.mark.parametrize("name", list(_agreement_params()))
+def test_api_and_portal_agree(world, eager_dp, name):
+    pair = PAIRS[name]
+    prepared = pair.prepare(world) if pair.prepare else {}
+    drifts, allowed = [], 0
+    for actor in AGREE_ACTORS:
+        for target in (("own", "foreign") if pair.object_scoped else ("own",)):
+            ctx = Ctx(world, actor, target, prepared)
+            api = _perform(ctx, pair.api, api=True)
+            portal_ = _perform(ctx, pair.portal, api=False)
+            if api[:2] != portal_[:2]:
+                drifts.append(f"{actor} on {target}: API {api[2]} {'refused' if api[0] else 'let through'}, "
+                              f"audit {api[1]}; portal {portal_[2]} {'refused' if portal_[0] else 'let through'}, "
+                              f"audit {portal_[1]}")
+            allowed += not api[0]
+    assert not drifts, f"{name}: the API and the portal disagree:\n" + "\n".join(drifts)
+    assert allowed, f"{name}: nobody gets past authorization, so the pair checks nothing"
+
+
+def test_every_write_is_paired_or_one_sided():
+    writes = {(route, case.method) for route, cases in MATRIX.items() for case in cases if case.method != "get"}
+    paired = {(call.route, call.method) for pair in PAIRS.values() for call in (pair.api, pair.portal)}
+    assert paired <= {(route, case.method) for route, cases in MATRIX.items() for case in cases}, (
+        "a pair names a route or method the matrix does not have")
+    unpaired = writes - paired - API_ONLY.keys() - PORTAL_ONLY.keys()
+    assert not unpaired, f"writes in one interface only, neither paired nor declared one-sided: {sorted(unpaired)}"
+    assert not (API_ONLY.keys() | PORTAL_ONLY.keys()) & paired, "a pair is also declared one-sided"
