@@ -236,7 +236,6 @@ def dataset_version_ingest(*, version_id: int) -> DatasetVersion:
 def _ingest_claim(version_id: int) -> tuple[DatasetVersion, str] | None:
     claim = uuid.uuid4().hex
     with transaction.atomic():
-        audit_lock()
         if not DatasetVersion.objects.filter(pk=version_id).exists():
             return None
         version = _locked_version(version_id)
@@ -284,7 +283,6 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
     name = storage.data_file_name(**ids, claim=claim)
     info = storage.write_table(name, storage.data_context(**ids), result.table)
     with transaction.atomic():
-        audit_lock()
         version = _locked_version(version.pk)
         if not _holds(version, claim):
             lost = True
@@ -358,7 +356,6 @@ def _mark_stuck_failed(version: DatasetVersion) -> None:
 def _version_failed(version: DatasetVersion, code: str, message: str, *, report: dict | None = None,
                     claim: str | None = None, from_data: bool = False) -> DatasetVersion:
     with transaction.atomic():
-        audit_lock()
         version = _locked_version(version.pk)
         if _holds(version, claim):
             _mark_failed(version, code, message, report=report, from_data=from_data)
@@ -367,7 +364,7 @@ def _version_failed(version: DatasetVersion, code: str, message: str, *, report:
 
 def _schema_proposed(version: DatasetVersion, proposal: dict, *, claim: str | None = None) -> DatasetVersion:
     with transaction.atomic():
-        audit_lock()
+        audit_lock()  # first (the version and then the dataset are locked below)
         version = _locked_version(version.pk)
         if not _holds(version, claim):
             return version
@@ -384,7 +381,6 @@ def _schema_proposed(version: DatasetVersion, proposal: dict, *, claim: str | No
 def _version_corrupt(version: DatasetVersion, message: str, *, claim: str | None = None) -> DatasetVersion:
     logger.error("Dataset version %s failed authentication on decryption", version.pk)
     with transaction.atomic():
-        audit_lock()
         version = _locked_version(version.pk)
         if not _holds(version, claim):
             return version
@@ -417,7 +413,6 @@ def dataset_versions_recover() -> dict[str, int]:
     counts = {"requeued": 0, "failed": 0}
     for pk in list(candidates.order_by("pk").values_list("pk", flat=True)[:500]):
         with transaction.atomic():
-            audit_lock()
             version = _locked_version(pk)
             queued = version.enqueued_at or version.created_at
             if not (version.status == VersionStatus.PENDING and queued < stale_before

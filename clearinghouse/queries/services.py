@@ -436,7 +436,7 @@ def query_recover_stuck(*, idle_seconds: float, max_attempts: int) -> dict[str, 
     failed with its reason (nothing spent if it was pending; the spend stands if it was running)."""
     cutoff = timezone.now() - timedelta(seconds=idle_seconds)
 
-    def recover() -> tuple[dict[str, int], list[int], str]:
+    def recover() -> dict[str, int]:
         audit_lock()
         counts = {"requeued": 0, "failed": 0}
         task_id = uuid.uuid4().hex
@@ -463,9 +463,9 @@ def query_recover_stuck(*, idle_seconds: float, max_attempts: int) -> dict[str, 
                 counts["requeued"] += 1
         if requeue:
             transaction.on_commit(lambda: _enqueue(requeue, task_id))
-        return counts, requeue, task_id
+        return counts
 
-    counts, _, _ = atomic_with_retry(recover)
+    counts = atomic_with_retry(recover)
     if counts["requeued"] or counts["failed"]:
         logger.warning("Recovered stuck queries: %s", counts)
     return counts
