@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Django's command-line utility for Clearinghouse."""
+
 import os
 import sys
 

@@ -52,9 +52,12 @@ def setup_steward():
 
     call_command("migrate", verbosity=0)
     operator, _ = operator_create(username="bench-operator", email="op@bench.example.org")
-    steward = user_signup(username="bench-steward", email="s@bench.example.org", password="Quartz-Lantern-Meadow-88")
-    organisation = organisation_apply(actor=steward, name="Bench", slug="bench", country="NL",
-                                      contact_email="c@bench.example.org")
+    steward = user_signup(
+        username="bench-steward", email="s@bench.example.org", password="Quartz-Lantern-Meadow-88"
+    )
+    organisation = organisation_apply(
+        actor=steward, name="Bench", slug="bench", country="NL", contact_email="c@bench.example.org"
+    )
     organisation_set_status(actor=operator, organisation=organisation, status="approved")
     return steward, organisation
 
@@ -95,13 +98,18 @@ def main() -> None:
         version = dataset_version_ingest(version_id=version.pk)
         ingest_s.append(time.perf_counter() - started)
         assert version.status == "ready", version.error_message
-    print(f"upload (HTTP multipart, encrypted while streaming): {best(upload_s)} -> "
-          f"{mb / statistics.median(upload_s):.0f} MB/s")
-    print(f"ingest (decrypt, parse, check, Parquet, encrypt):   {best(ingest_s)} -> "
-          f"{mb / statistics.median(ingest_s):.0f} MB/s of CSV   [target >= 50 MB/s]")
+    print(
+        f"upload (HTTP multipart, encrypted while streaming): {best(upload_s)} -> "
+        f"{mb / statistics.median(upload_s):.0f} MB/s"
+    )
+    print(
+        f"ingest (decrypt, parse, check, Parquet, encrypt):   {best(ingest_s)} -> "
+        f"{mb / statistics.median(ingest_s):.0f} MB/s of CSV   [target >= 50 MB/s]"
+    )
 
-    context = storage.data_context(organisation_id=organisation.pk, dataset_id=version.dataset_id,
-                                   number=version.number)
+    context = storage.data_context(
+        organisation_id=organisation.pk, dataset_id=version.dataset_id, number=version.number
+    )
     parquet = storage.read_data(version.data_path, context)
     plain_path = Path(os.environ["CLEARINGHOUSE_VAR_DIR"]) / "plain.parquet"
     plain_path.write_bytes(parquet)
@@ -121,10 +129,14 @@ def main() -> None:
         storage.read_table(version.data_path, context)
         load_s.append(time.perf_counter() - started)
     pmb = len(parquet) / 1e6
-    print(f"stored Parquet: {pmb:.1f} MB (LZ4); encrypt {pmb / statistics.median(enc_s):.0f} MB/s, "
-          f"decrypt {pmb / statistics.median(dec_s):.0f} MB/s")
+    print(
+        f"stored Parquet: {pmb:.1f} MB (LZ4); encrypt {pmb / statistics.median(enc_s):.0f} MB/s, "
+        f"decrypt {pmb / statistics.median(dec_s):.0f} MB/s"
+    )
     ratio = statistics.median(load_s) / statistics.median(plain_s)
-    print(f"plain Parquet read: {best(plain_s)}; decrypt+load: {best(load_s)} -> {ratio:.2f}x   [target <= 1.5x]")
+    print(
+        f"plain Parquet read: {best(plain_s)}; decrypt+load: {best(load_s)} -> {ratio:.2f}x   [target <= 1.5x]"
+    )
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ sys.path.insert(0, str(ROOT))
 ENV = {
     "DJANGO_SETTINGS_MODULE": "clearinghouse.settings.dev",
     "CLEARINGHOUSE_VAR_DIR": tempfile.mkdtemp(prefix="clearinghouse-dp-bench-"),
-    "DATABASE_URL": os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/clearinghouse_bench"),
+    "DATABASE_URL": os.environ.get(
+        "BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/clearinghouse_bench"
+    ),
     "CELERY_BROKER_URL": os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/5"),
     "CELERY_RESULT_BACKEND": os.environ.get("BENCH_RESULT_BACKEND", "redis://127.0.0.1:6379/6"),
     "DEBUG": "0",
@@ -84,15 +86,22 @@ def setup(rows: int):
     operator, _ = operator_create(username="operator", email="operator@bench.example.org")
 
     def member_org(slug):
-        admin = user_signup(username=f"admin-{slug}", email=f"admin@{slug}.example.org", password="Quartz-Lantern-88")
-        org = organisation_apply(actor=admin, name=slug.title(), slug=slug, country="NL",
-                                 contact_email=f"c@{slug}.example.org")
+        admin = user_signup(
+            username=f"admin-{slug}", email=f"admin@{slug}.example.org", password="Quartz-Lantern-88"
+        )
+        org = organisation_apply(
+            actor=admin, name=slug.title(), slug=slug, country="NL", contact_email=f"c@{slug}.example.org"
+        )
         return admin, organisation_set_status(actor=operator, organisation=org, status="approved")
 
     owner_admin, owner = member_org("census")
     analyst_admin, analysts = member_org("research")
-    analyst = user_signup(username="analyst", email="analyst@research.example.org", password="Quartz-Lantern-88")
-    _, token = invitation_create(actor=analyst_admin, organisation=analysts, email=analyst.email, role="analyst")
+    analyst = user_signup(
+        username="analyst", email="analyst@research.example.org", password="Quartz-Lantern-88"
+    )
+    _, token = invitation_create(
+        actor=analyst_admin, organisation=analysts, email=analyst.email, role="analyst"
+    )
     invitation_accept(actor=analyst, token=token)
 
     frame = pl.read_csv(ROOT.parent / "shared" / "datasets" / "pums_1000.csv", infer_schema=False)
@@ -126,10 +135,40 @@ def main() -> None:
     token, data = setup(args.rows)
     port = free_port()
     env = {**os.environ, **ENV}
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "clearinghouse", "worker", "-Q", "dp",
-                               "--pool", "solo", "--loglevel", "WARNING"], cwd=ROOT, env=env)
-    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "clearinghouse.wsgi", "-b", f"127.0.0.1:{port}",
-                            "-w", "2", "--log-level", "warning"], cwd=ROOT, env=env)
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "clearinghouse",
+            "worker",
+            "-Q",
+            "dp",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "clearinghouse.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            "2",
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
     import logging
 
     import httpx
@@ -137,8 +176,9 @@ def main() -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
     try:
-        http = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
-                            timeout=120)
+        http = httpx.Client(
+            base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"}, timeout=120
+        )
         for _ in range(100):
             try:
                 http.get("/api/v1/me")
@@ -150,16 +190,22 @@ def main() -> None:
         response = http.post(url, json={"sql": QUERIES[0], "privacy": {"epsilon": 0.1}})
         assert response.status_code == 200, response.text[:300]
         print(f"PUMS resampled to {args.rows:,} rows ({len(data) / 1e6:.1f} MB CSV), stored encrypted")
-        print(f"first request (worker decrypts and stages the table): {(time.perf_counter() - first) * 1000:.0f} ms")
+        print(
+            f"first request (worker decrypts and stages the table): {(time.perf_counter() - first) * 1000:.0f} ms"
+        )
         per_query = {q: [] for q in QUERIES}
         per_set = []
         for run in range(args.runs):
             epsilon = 1 / 3 + (run + 1) * 1e-9  # a different ε each run: never a replay
             started = time.perf_counter()
-            response = http.post(url, json={"queries": [{"sql": q, "privacy": {"epsilon": epsilon}} for q in QUERIES]})
+            response = http.post(
+                url, json={"queries": [{"sql": q, "privacy": {"epsilon": epsilon}} for q in QUERIES]}
+            )
             per_set.append((time.perf_counter() - started) * 1000)
             results = response.json()["results"]
-            assert response.status_code == 200 and not any(r["replayed"] for r in results), response.text[:300]
+            assert response.status_code == 200 and not any(r["replayed"] for r in results), response.text[
+                :300
+            ]
         for run in range(args.runs):
             for q in QUERIES:
                 epsilon = 1 / 3 + (args.runs + run + 1) * 1e-9
@@ -168,8 +214,10 @@ def main() -> None:
                 per_query[q].append((time.perf_counter() - started) * 1000)
                 assert response.status_code == 200 and not response.json()["replayed"], response.text[:300]
         print(f"API + dp worker, {args.runs} runs each (Redis broker, PostgreSQL ledger, gunicorn):")
-        print(f"  ONE request: count + mean(income) + count by educ  p50 {statistics.median(per_set):6.1f} ms  "
-              f"p95 {pct(per_set, 95):6.1f} ms   [target p50 <= 150 ms]")
+        print(
+            f"  ONE request: count + mean(income) + count by educ  p50 {statistics.median(per_set):6.1f} ms  "
+            f"p95 {pct(per_set, 95):6.1f} ms   [target p50 <= 150 ms]"
+        )
         for q, times in per_query.items():
             print(f"  alone: {q:<44} p50 {statistics.median(times):6.1f} ms  p95 {pct(times, 95):6.1f} ms")
 
@@ -181,17 +229,22 @@ def main() -> None:
 
         dp.enable_features("contrib")
         frame = pl.read_csv(io.BytesIO(data), schema_overrides={"income": pl.Float64}).with_columns(
-            pl.col("income").cast(pl.Int64), pl.col("educ").cast(pl.String))
+            pl.col("income").cast(pl.Int64), pl.col("educ").cast(pl.String)
+        )
         context_times = []
         for _ in range(args.context_runs):
             started = time.perf_counter()
             context_path(frame, 1.0)
             context_times.append((time.perf_counter() - started) * 1000)
         context_p50 = statistics.median(context_times)
-        print(f"OpenDP Context path, same three queries on the plaintext, {args.context_runs} runs: "
-              f"p50 {context_p50:.0f} ms")
-        print(f"speed-up of the one-request API path over the Context path: "
-              f"{context_p50 / statistics.median(per_set):.1f}x   [target >= 10x]")
+        print(
+            f"OpenDP Context path, same three queries on the plaintext, {args.context_runs} runs: "
+            f"p50 {context_p50:.0f} ms"
+        )
+        print(
+            f"speed-up of the one-request API path over the Context path: "
+            f"{context_p50 / statistics.median(per_set):.1f}x   [target >= 10x]"
+        )
     finally:
         for process in (web, worker):
             process.terminate()

@@ -32,18 +32,20 @@ PUMS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "pums_1000.
 SEED = 20240601
 EDUC = [str(i) for i in range(1, 17)]
 
-SCHEMA = TableSchema.from_dict({
-    "name": "pums",
-    "columns": [
-        {"name": "age", "type": "integer", "lower": 0, "upper": 100},
-        {"name": "sex", "type": "categorical", "categories": ["0", "1"]},
-        {"name": "educ", "type": "categorical", "categories": EDUC},
-        {"name": "race", "type": "categorical"},
-        {"name": "income", "type": "integer", "lower": 0, "upper": 500_000},
-        {"name": "married", "type": "boolean"},
-    ],
-    "policy": {"measure": "pure", "max_rows": 10_000_000},
-})
+SCHEMA = TableSchema.from_dict(
+    {
+        "name": "pums",
+        "columns": [
+            {"name": "age", "type": "integer", "lower": 0, "upper": 100},
+            {"name": "sex", "type": "categorical", "categories": ["0", "1"]},
+            {"name": "educ", "type": "categorical", "categories": EDUC},
+            {"name": "race", "type": "categorical"},
+            {"name": "income", "type": "integer", "lower": 0, "upper": 500_000},
+            {"name": "married", "type": "boolean"},
+        ],
+        "policy": {"measure": "pure", "max_rows": 10_000_000},
+    }
+)
 
 QUERIES = [
     "SELECT COUNT(*) FROM pums",
@@ -133,8 +135,10 @@ def main() -> None:
     results["fast/no-cache"], _ = timed(uncached, args.runs)
     results["fast/cold (1 run)"] = cold
 
-    breakdown = {k: statistics.median(r.timings_ms[k] for r in releases) for k in ("calibrate_ms", "opendp_ms",
-                                                                                 "assemble_ms")}
+    breakdown = {
+        k: statistics.median(r.timings_ms[k] for r in releases)
+        for k in ("calibrate_ms", "opendp_ms", "assemble_ms")
+    }
     t0 = time.perf_counter()
     with prepare(SCHEMA, df, specs):
         pass
@@ -142,7 +146,9 @@ def main() -> None:
     per_query = [round(r.timings_ms["opendp_ms"], 1) for r in releases]
 
     if args.context_runs:
-        results["context"], (ctx_out, context) = timed(lambda: context_path(df, args.epsilon), args.context_runs)
+        results["context"], (ctx_out, context) = timed(
+            lambda: context_path(df, args.epsilon), args.context_runs
+        )
 
     print(f"\n{'path':<22}{'runs':>6}{'p50 ms':>12}{'p95 ms':>12}")
     for name, times in results.items():
@@ -151,22 +157,30 @@ def main() -> None:
         speedup = statistics.median(results["context"]) / statistics.median(results["fast/prepared"])
         print(f"speed-up (p50 context / p50 fast/prepared): {speedup:.0f}x")
 
-    print(f"\nfast path, where the time goes (median per query unless noted): stage 2 columns once "
-          f"{stage_ms:.1f} ms; calibration (cached) {breakdown['calibrate_ms']:.3f} ms; "
-          f"OpenDP invoke+collect {breakdown['opendp_ms']:.1f} ms (last run per query: {per_query}); "
-          f"assemble {breakdown['assemble_ms']:.2f} ms")
+    print(
+        f"\nfast path, where the time goes (median per query unless noted): stage 2 columns once "
+        f"{stage_ms:.1f} ms; calibration (cached) {breakdown['calibrate_ms']:.3f} ms; "
+        f"OpenDP invoke+collect {breakdown['opendp_ms']:.1f} ms (last run per query: {per_query}); "
+        f"assemble {breakdown['assemble_ms']:.2f} ms"
+    )
 
     print("\nfast path noise scales and cost per query (from OpenDP's summarize / privacy map):")
     for q, spec in zip(QUERIES, specs):
         p = preview(SCHEMA, spec)
-        scales = [(a.name, a.mechanism, a.scale if a.scale is not None else [c.scale for c in a.components])
-                  for a in p.aggregates]
+        scales = [
+            (a.name, a.mechanism, a.scale if a.scale is not None else [c.scale for c in a.components])
+            for a in p.aggregates
+        ]
         print(f"  {q}: ε = {p.cost.epsilon!r}; {scales}")
     print(f"plain answers: n = {plain[0].item()}, mean income = {plain[1].item():.1f}")
-    print(f"fast answers: n = {releases[0].rows[0]['count']}, mean income = {releases[1].rows[0]['mean_income']:.1f}")
+    print(
+        f"fast answers: n = {releases[0].rows[0]['count']}, mean income = {releases[1].rows[0]['mean_income']:.1f}"
+    )
     if "context" in results:
-        print(f"context answers: n = {ctx_out[0].item()}, mean income = {ctx_out[1].item():.1f}; "
-              f"losses per query: {context.current_privacy_loss()}")
+        print(
+            f"context answers: n = {ctx_out[0].item()}, mean income = {ctx_out[1].item():.1f}; "
+            f"losses per query: {context.current_privacy_loss()}"
+        )
 
 
 if __name__ == "__main__":

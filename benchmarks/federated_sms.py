@@ -64,7 +64,9 @@ def evaluate_adapter(config: TrainConfig, adapter: Path, test: LabelledTable) ->
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sms_spam.tsv"))
+    parser.add_argument(
+        "--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "sms_spam.tsv")
+    )
     parser.add_argument("--base-model", default="minilm-l6")
     parser.add_argument("--strategy", default="fedavg", choices=["fedavg", "fedprox", "fedadam"])
     parser.add_argument("--rounds", type=int, default=3)
@@ -227,12 +229,24 @@ def main() -> int:
             ),
             # One member's link per round (its train and evaluate downloads plus its upload): what LoRA
             # saves each member against exchanging the full model.
-            "mean_bytes_per_member_per_round": int(np.mean(
-                [(r["bytes_sent"] + r["bytes_received"]) / max(1, len(members)) for r in rounds])),
-            "bytes_per_member_per_round_vs_full_model": round(float(np.mean(
-                [(r["bytes_sent"] + r["bytes_received"]) / max(1, len(members)) for r in rounds])) / full_model_bytes, 4),
-            "mean_overhead_vs_local_training": round(float(np.mean(
-                [r["flower_overhead_seconds"] / r["slowest_client_train_seconds"] for r in rounds])), 3),
+            "mean_bytes_per_member_per_round": int(
+                np.mean([(r["bytes_sent"] + r["bytes_received"]) / max(1, len(members)) for r in rounds])
+            ),
+            "bytes_per_member_per_round_vs_full_model": round(
+                float(
+                    np.mean([(r["bytes_sent"] + r["bytes_received"]) / max(1, len(members)) for r in rounds])
+                )
+                / full_model_bytes,
+                4,
+            ),
+            "mean_overhead_vs_local_training": round(
+                float(
+                    np.mean(
+                        [r["flower_overhead_seconds"] / r["slowest_client_train_seconds"] for r in rounds]
+                    )
+                ),
+                3,
+            ),
             "per_round": per_round,
         },
         "centralised": None

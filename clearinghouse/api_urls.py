@@ -28,8 +28,14 @@ class _OneOf:
 
 
 def _one_of(name: str, words: tuple[str, ...]) -> None:
-    register_converter(type(f"{name}_converter", (_OneOf,), {
-        "words": words, "regex": "|".join(words), "openapi": {"type": "string", "enum": list(words)}}), name)
+    register_converter(
+        type(
+            f"{name}_converter",
+            (_OneOf,),
+            {"words": words, "regex": "|".join(words), "openapi": {"type": "string", "enum": list(words)}},
+        ),
+        name,
+    )
 
 
 _one_of("organisation_action", tuple(organisations.OrganisationDecisionApi.ACTIONS))
@@ -40,49 +46,125 @@ urlpatterns = [
     path("tokens", accounts.TokenListCreateApi.as_view(), name="tokens"),
     path("tokens/<int:token_id>/revoke", accounts.TokenRevokeApi.as_view(), name="token_revoke"),
     path("organisations", organisations.OrganisationListApplyApi.as_view(), name="organisations"),
-    path("organisations/directory", organisations.OrganisationDirectoryApi.as_view(), name="organisation_directory"),
+    path(
+        "organisations/directory",
+        organisations.OrganisationDirectoryApi.as_view(),
+        name="organisation_directory",
+    ),
     path("organisations/<slug:slug>", organisations.OrganisationDetailApi.as_view(), name="organisation"),
-    path("organisations/<slug:slug>/<organisation_action:action>", organisations.OrganisationDecisionApi.as_view(),
-         name="organisation_decide"),
-    path("organisations/<slug:slug>/memberships", organisations.MembershipListApi.as_view(), name="memberships"),
-    path("organisations/<slug:slug>/invitations", organisations.InvitationListCreateApi.as_view(), name="invitations"),
+    path(
+        "organisations/<slug:slug>/<organisation_action:action>",
+        organisations.OrganisationDecisionApi.as_view(),
+        name="organisation_decide",
+    ),
+    path(
+        "organisations/<slug:slug>/memberships", organisations.MembershipListApi.as_view(), name="memberships"
+    ),
+    path(
+        "organisations/<slug:slug>/invitations",
+        organisations.InvitationListCreateApi.as_view(),
+        name="invitations",
+    ),
     path("memberships/<int:membership_id>", organisations.MembershipDetailApi.as_view(), name="membership"),
-    path("invitations/<int:invitation_id>/revoke", organisations.InvitationRevokeApi.as_view(), name="invitation_revoke"),
+    path(
+        "invitations/<int:invitation_id>/revoke",
+        organisations.InvitationRevokeApi.as_view(),
+        name="invitation_revoke",
+    ),
     path("invitations/accept", organisations.InvitationAcceptApi.as_view(), name="invitation_accept"),
     path("join-requests", organisations.JoinRequestListCreateApi.as_view(), name="join_requests"),
-    path("join-requests/<int:join_request_id>/<join_request_action:action>",
-         organisations.JoinRequestDecisionApi.as_view(), name="join_request_decide"),
+    path(
+        "join-requests/<int:join_request_id>/<join_request_action:action>",
+        organisations.JoinRequestDecisionApi.as_view(),
+        name="join_request_decide",
+    ),
     path("audit-events", audit.AuditEventListApi.as_view(), name="audit_events"),
     path("datasets", datasets.DatasetListRegisterApi.as_view(), name="datasets"),
     path("datasets/<slug:organisation>/<slug:slug>", datasets.DatasetDetailApi.as_view(), name="dataset"),
-    path("datasets/<slug:organisation>/<slug:slug>/versions", datasets.VersionListUploadApi.as_view(),
-         name="dataset_versions"),
-    path("datasets/<slug:organisation>/<slug:slug>/versions/<int:number>", datasets.VersionDetailApi.as_view(),
-         name="dataset_version"),
-    path("datasets/<slug:organisation>/<slug:slug>/versions/<int:number>/retry", datasets.VersionRetryApi.as_view(),
-         name="dataset_version_retry"),
-    path("datasets/<slug:organisation>/<slug:slug>/grants", datasets.GrantListCreateApi.as_view(), name="dataset_grants"),
-    path("dataset-grants/<int:grant_id>/revoke", datasets.GrantRevokeApi.as_view(), name="dataset_grant_revoke"),
-    path("datasets/<slug:organisation>/<slug:slug>/agreement", datasets.AgreementApi.as_view(), name="dataset_agreement"),
-    path("datasets/<slug:organisation>/<slug:slug>/budget", queries.BudgetApi.as_view(), name="dataset_budget"),
-    path("datasets/<slug:organisation>/<slug:slug>/budget/allocations/<slug:grantee>", queries.AllocationApi.as_view(),
-         name="dataset_budget_allocation"),
-    path("datasets/<slug:organisation>/<slug:slug>/queries", queries.QueryListSubmitApi.as_view(), name="queries"),
-    path("datasets/<slug:organisation>/<slug:slug>/queries/preview", queries.QueryPreviewApi.as_view(),
-         name="query_preview"),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/versions",
+        datasets.VersionListUploadApi.as_view(),
+        name="dataset_versions",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/versions/<int:number>",
+        datasets.VersionDetailApi.as_view(),
+        name="dataset_version",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/versions/<int:number>/retry",
+        datasets.VersionRetryApi.as_view(),
+        name="dataset_version_retry",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/grants",
+        datasets.GrantListCreateApi.as_view(),
+        name="dataset_grants",
+    ),
+    path(
+        "dataset-grants/<int:grant_id>/revoke", datasets.GrantRevokeApi.as_view(), name="dataset_grant_revoke"
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/agreement",
+        datasets.AgreementApi.as_view(),
+        name="dataset_agreement",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/budget", queries.BudgetApi.as_view(), name="dataset_budget"
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/budget/allocations/<slug:grantee>",
+        queries.AllocationApi.as_view(),
+        name="dataset_budget_allocation",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/queries",
+        queries.QueryListSubmitApi.as_view(),
+        name="queries",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/queries/preview",
+        queries.QueryPreviewApi.as_view(),
+        name="query_preview",
+    ),
     path("queries/<int:query_id>", queries.QueryDetailApi.as_view(), name="query"),
-    path("datasets/<slug:organisation>/<slug:slug>/agreement/accept", datasets.AgreementAcceptApi.as_view(),
-         name="dataset_agreement_accept"),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/agreement/accept",
+        datasets.AgreementAcceptApi.as_view(),
+        name="dataset_agreement_accept",
+    ),
     path("federated-jobs", federation.JobListCreateApi.as_view(), name="federated_jobs"),
     path("federated-jobs/<int:job_id>", federation.JobDetailApi.as_view(), name="federated_job"),
-    path("federated-jobs/<int:job_id>/participation", federation.JobParticipationApi.as_view(),
-         name="federated_job_participation"),
-    path("federated-jobs/<int:job_id>/schedule", federation.JobScheduleApi.as_view(), name="federated_job_schedule"),
-    path("federated-jobs/<int:job_id>/cancel", federation.JobCancelApi.as_view(), name="federated_job_cancel"),
-    path("federated-jobs/<int:job_id>/rounds", federation.JobRoundsApi.as_view(), name="federated_job_rounds"),
-    path("federated-jobs/<int:job_id>/artifact", federation.JobArtifactApi.as_view(), name="federated_job_artifact"),
+    path(
+        "federated-jobs/<int:job_id>/participation",
+        federation.JobParticipationApi.as_view(),
+        name="federated_job_participation",
+    ),
+    path(
+        "federated-jobs/<int:job_id>/schedule",
+        federation.JobScheduleApi.as_view(),
+        name="federated_job_schedule",
+    ),
+    path(
+        "federated-jobs/<int:job_id>/cancel", federation.JobCancelApi.as_view(), name="federated_job_cancel"
+    ),
+    path(
+        "federated-jobs/<int:job_id>/rounds", federation.JobRoundsApi.as_view(), name="federated_job_rounds"
+    ),
+    path(
+        "federated-jobs/<int:job_id>/artifact",
+        federation.JobArtifactApi.as_view(),
+        name="federated_job_artifact",
+    ),
     path("federated-jobs/<int:job_id>/events", federation.JobEventApi.as_view(), name="federated_job_events"),
-    path("organisations/<slug:slug>/supernode-keys", federation.SuperNodeKeyListCreateApi.as_view(),
-         name="supernode_keys"),
-    path("supernode-keys/<int:key_id>/revoke", federation.SuperNodeKeyRevokeApi.as_view(), name="supernode_key_revoke"),
+    path(
+        "organisations/<slug:slug>/supernode-keys",
+        federation.SuperNodeKeyListCreateApi.as_view(),
+        name="supernode_keys",
+    ),
+    path(
+        "supernode-keys/<int:key_id>/revoke",
+        federation.SuperNodeKeyRevokeApi.as_view(),
+        name="supernode_key_revoke",
+    ),
 ]

@@ -38,7 +38,8 @@ def _receive_request_id(task_id=None, task=None, **_):
         return  # run eagerly inside a request: its context already holds
     # A task queued outside any request gets its own id, so that all its lines still share one.
     _task_contexts[task_id] = request_context.activate(
-        request_context.RequestContext(request_id=request_id or task_id, ip=None))
+        request_context.RequestContext(request_id=request_id or task_id, ip=None)
+    )
 
 
 @task_postrun.connect

@@ -67,8 +67,11 @@ def settings() -> tuple[str, str]:
     url = os.environ.get(ENV_URL) or config.get("url") or ""
     token = os.environ.get(ENV_TOKEN) or config.get("token") or ""
     if not url or not token:
-        raise ClearinghouseError(0, "not_logged_in",
-                                 f"run `clearinghouse login --url URL --token TOKEN` or set {ENV_URL} and {ENV_TOKEN}")
+        raise ClearinghouseError(
+            0,
+            "not_logged_in",
+            f"run `clearinghouse login --url URL --token TOKEN` or set {ENV_URL} and {ENV_TOKEN}",
+        )
     return url, token
 
 
@@ -91,16 +94,19 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: set[int] | None = None,
-                out=None) -> None:
+def print_table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], *, right: set[int] | None = None, out=None
+) -> None:
     """Aligned plain text; columns in `right` are right-aligned (numbers)."""
     out = out or sys.stdout
     right = right or set()
     cells = [[str(h) for h in headers]] + [[c if isinstance(c, str) else fmt(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
-        parts = [cell.rjust(widths[i]) if (i in right and n > 0) else cell.ljust(widths[i])
-                 for i, cell in enumerate(row)]
+        parts = [
+            cell.rjust(widths[i]) if (i in right and n > 0) else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ]
         print("  ".join(parts).rstrip(), file=out)
         if n == 0:
             print("  ".join("-" * w for w in widths), file=out)
@@ -122,8 +128,11 @@ def cost_text(cost: dict | None) -> str:
     if "amount" in cost:
         text = f"{fmt(cost.get('amount'))}"
         return text + (f" (δ={fmt(cost['delta'])})" if cost.get("delta") else "")
-    parts = [f"{k}={fmt(cost[k])}" for k in ("epsilon", "rho", "delta") if cost.get(k) is not None and
-             (k != "delta" or cost[k])]
+    parts = [
+        f"{k}={fmt(cost[k])}"
+        for k in ("epsilon", "rho", "delta")
+        if cost.get(k) is not None and (k != "delta" or cost[k])
+    ]
     measure = f" [{cost['measure']}]" if cost.get("measure") else ""
     return (", ".join(parts) or "-") + measure
 
@@ -135,16 +144,26 @@ def print_release(release: Release) -> None:
     table = release.table()
     columns = [[fmt(record[g]) for record in table] for g in group_by]
     for name in aggregates:
-        parts = [(fmt(r[name]), fmt(r[f"{name}_lo"]), fmt(r[f"{name}_hi"]),
-                  r[f"{name}_lo"] is not None or r[f"{name}_hi"] is not None) for r in table]
+        parts = [
+            (
+                fmt(r[name]),
+                fmt(r[f"{name}_lo"]),
+                fmt(r[f"{name}_hi"]),
+                r[f"{name}_lo"] is not None or r[f"{name}_hi"] is not None,
+            )
+            for r in table
+        ]
         wv, wl, wh = (max((len(p[i]) for p in parts), default=0) for i in range(3))
-        columns.append([v.rjust(wv) + (f"  [{lo.rjust(wl)}, {hi.rjust(wh)}]" if has else "")
-                        for v, lo, hi, has in parts])
+        columns.append(
+            [v.rjust(wv) + (f"  [{lo.rjust(wl)}, {hi.rjust(wh)}]" if has else "") for v, lo, hi, has in parts]
+        )
     rows = [list(cells) for cells in zip(*columns)] if columns else []
     print_table(group_by + aggregates, rows)
     note = " (replayed: the earlier release, no new spending)" if release.replayed else ""
-    print(f"\nquery {release.id}: {len(rows)} rows, cost {cost_text(release.cost)}{note}; "
-          f"[lo, hi] are 95% intervals")
+    print(
+        f"\nquery {release.id}: {len(rows)} rows, cost {cost_text(release.cost)}{note}; "
+        f"[lo, hi] are 95% intervals"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,8 +178,10 @@ def cmd_login(args) -> int:
     if not args.no_verify:
         with Client(url, token, timeout=args.timeout) as client:
             me = client.me()
-        print(f"logged in to {url.rstrip('/')} as {me.get('username')}"
-              + (f" ({me['organisation']}, {me.get('role')})" if me.get("organisation") else ""))
+        print(
+            f"logged in to {url.rstrip('/')} as {me.get('username')}"
+            + (f" ({me['organisation']}, {me.get('role')})" if me.get("organisation") else "")
+        )
     path = save_config(url.rstrip("/"), token)
     print(f"saved to {path}")
     return 0
@@ -172,10 +193,17 @@ def cmd_whoami(args) -> int:
     if args.json:
         print_json(me)
         return 0
-    print_pairs([("user", me.get("username")), ("email", me.get("email")),
-                 ("organisation", me.get("organisation")), ("status", me.get("organisation_status")),
-                 ("role", me.get("role")), ("operator", me.get("is_operator")),
-                 ("capabilities", ", ".join(me.get("capabilities") or []) or "-")])
+    print_pairs(
+        [
+            ("user", me.get("username")),
+            ("email", me.get("email")),
+            ("organisation", me.get("organisation")),
+            ("status", me.get("organisation_status")),
+            ("role", me.get("role")),
+            ("operator", me.get("is_operator")),
+            ("capabilities", ", ".join(me.get("capabilities") or []) or "-"),
+        ]
+    )
     return 0
 
 
@@ -188,10 +216,19 @@ def cmd_datasets(args) -> int:
     if not datasets:
         print("no datasets visible to you")
         return 0
-    print_table(["DATASET", "NAME", "COLUMNS", "CREATED"],
-                [[f"{d.get('organisation')}/{d.get('slug')}", d.get("name") or "",
-                  len((d.get("schema") or {}).get("columns") or []), str(d.get("created_at") or "")[:10]]
-                 for d in datasets], right={2})
+    print_table(
+        ["DATASET", "NAME", "COLUMNS", "CREATED"],
+        [
+            [
+                f"{d.get('organisation')}/{d.get('slug')}",
+                d.get("name") or "",
+                len((d.get("schema") or {}).get("columns") or []),
+                str(d.get("created_at") or "")[:10],
+            ]
+            for d in datasets
+        ],
+        right={2},
+    )
     return 0
 
 
@@ -204,21 +241,45 @@ def cmd_budget(args) -> int:
     if "left" in budget:
         left = budget["left"]
         print(f"privacy budget left to you on {args.dataset} ({left.get('measure')}):")
-        print_pairs([("organisation", left.get("organisation")), ("dataset", left.get("dataset")),
-                     ("analyst", left.get("analyst")), ("delta (organisation)", left.get("delta_organisation")),
-                     ("per query max", left.get("per_query_max"))])
+        print_pairs(
+            [
+                ("organisation", left.get("organisation")),
+                ("dataset", left.get("dataset")),
+                ("analyst", left.get("analyst")),
+                ("delta (organisation)", left.get("delta_organisation")),
+                ("per query max", left.get("per_query_max")),
+            ]
+        )
         return 0
     print(f"privacy budget of {args.dataset} ({budget.get('measure')}):")
-    print_pairs([("total", budget.get("total")), ("spent", budget.get("spent")),
-                 ("delta total", budget.get("delta_total")), ("delta spent", budget.get("delta_spent")),
-                 ("per query max", budget.get("per_query_max")), ("per analyst cap", budget.get("per_analyst_cap")),
-                 ("max rows (stated, not measured)", budget.get("max_rows"))])
+    print_pairs(
+        [
+            ("total", budget.get("total")),
+            ("spent", budget.get("spent")),
+            ("delta total", budget.get("delta_total")),
+            ("delta spent", budget.get("delta_spent")),
+            ("per query max", budget.get("per_query_max")),
+            ("per analyst cap", budget.get("per_analyst_cap")),
+            ("max rows (stated, not measured)", budget.get("max_rows")),
+        ]
+    )
     allocations = budget.get("allocations") or []
     if allocations:
         print()
-        print_table(["ORGANISATION", "ALLOCATED", "SPENT", "DELTA", "DELTA SPENT"],
-                    [[a.get("organisation"), a.get("amount"), a.get("spent"), a.get("delta_amount"),
-                      a.get("delta_spent")] for a in allocations], right={1, 2, 3, 4})
+        print_table(
+            ["ORGANISATION", "ALLOCATED", "SPENT", "DELTA", "DELTA SPENT"],
+            [
+                [
+                    a.get("organisation"),
+                    a.get("amount"),
+                    a.get("spent"),
+                    a.get("delta_amount"),
+                    a.get("delta_spent"),
+                ]
+                for a in allocations
+            ],
+            right={1, 2, 3, 4},
+        )
     return 0
 
 
@@ -254,16 +315,24 @@ def _query_args(args) -> dict:
         privacy["delta"] = args.delta
     if args.sql is not None:
         if "epsilon" not in privacy and "rho" not in privacy:
-            raise ClearinghouseError(0, "invalid_arguments", "give the privacy loss: --epsilon E (or --rho R)")
+            raise ClearinghouseError(
+                0, "invalid_arguments", "give the privacy loss: --epsilon E (or --rho R)"
+            )
         return {"sql": args.sql, "privacy": privacy}
     try:
-        spec = json.loads(Path(args.spec).read_text(encoding="utf-8")) if args.spec != "-" else json.load(sys.stdin)
+        spec = (
+            json.loads(Path(args.spec).read_text(encoding="utf-8"))
+            if args.spec != "-"
+            else json.load(sys.stdin)
+        )
     except OSError as exc:
         raise ClearinghouseError(0, "invalid_arguments", f"cannot read {args.spec}: {exc.strerror}") from None
     except ValueError as exc:
         raise ClearinghouseError(0, "invalid_arguments", f"{args.spec} is not JSON: {exc}") from None
     if not isinstance(spec, dict):
-        raise ClearinghouseError(0, "invalid_arguments", f"{args.spec} must hold a JSON object (a query spec)")
+        raise ClearinghouseError(
+            0, "invalid_arguments", f"{args.spec} must hold a JSON object (a query spec)"
+        )
     if not privacy and "privacy" not in spec:
         raise ClearinghouseError(0, "invalid_arguments", "give the privacy loss: --epsilon E (or --rho R)")
     return {"spec": spec, "privacy": privacy or None}
@@ -275,9 +344,21 @@ def cmd_preview(args) -> int:
     if args.json:
         print_json(preview)
         return 0
-    print_table(["AGGREGATE", "TYPE", "COLUMN", "MECHANISM", "SCALE", "±95%"],
-                [[a.get("name"), a.get("type"), a.get("column"), a.get("mechanism"), a.get("scale"),
-                  a.get("half_width_95")] for a in preview.get("aggregates") or []], right={4, 5})
+    print_table(
+        ["AGGREGATE", "TYPE", "COLUMN", "MECHANISM", "SCALE", "±95%"],
+        [
+            [
+                a.get("name"),
+                a.get("type"),
+                a.get("column"),
+                a.get("mechanism"),
+                a.get("scale"),
+                a.get("half_width_95"),
+            ]
+            for a in preview.get("aggregates") or []
+        ],
+        right={4, 5},
+    )
     print()
     for a in preview.get("aggregates") or []:
         if a.get("half_width_95") is None and a.get("note"):
@@ -290,8 +371,13 @@ def cmd_preview(args) -> int:
         pairs.append(("groups", preview["public_groups"]))
     left = preview.get("left") or {}
     if left:
-        pairs.append(("left to you", fmt(left.get("organisation")) + (f" (per query max {fmt(left['per_query_max'])})"
-                                                                      if left.get("per_query_max") else "")))
+        pairs.append(
+            (
+                "left to you",
+                fmt(left.get("organisation"))
+                + (f" (per query max {fmt(left['per_query_max'])})" if left.get("per_query_max") else ""),
+            )
+        )
     pairs.append(("version", preview.get("version")))
     print_pairs(pairs)
     print("\nA preview spends nothing.")
@@ -305,8 +391,10 @@ def cmd_query(args) -> int:
         if args.json:
             print_json(release.raw)
         else:
-            print(f"query {release.id} is {release.status}; see it later with `clearinghouse history {args.dataset}`"
-                  f" ({release.url})")
+            print(
+                f"query {release.id} is {release.status}; see it later with `clearinghouse history {args.dataset}`"
+                f" ({release.url})"
+            )
         return 0
     if args.csv:
         release.to_csv(args.csv)
@@ -332,8 +420,16 @@ def cmd_history(args) -> int:
     for release in history:
         raw = release.raw
         query = raw.get("sql") or json.dumps(raw.get("spec"), separators=(",", ":"))
-        rows.append([raw.get("id"), raw.get("status"), str(raw.get("created_at") or "")[:19].replace("T", " "),
-                     cost_text(raw.get("cost")), raw.get("version"), query if len(query) <= 70 else query[:67] + "..."])
+        rows.append(
+            [
+                raw.get("id"),
+                raw.get("status"),
+                str(raw.get("created_at") or "")[:19].replace("T", " "),
+                cost_text(raw.get("cost")),
+                raw.get("version"),
+                query if len(query) <= 70 else query[:67] + "...",
+            ]
+        )
     print_table(["ID", "STATUS", "CREATED", "COST", "V", "QUERY"], rows, right={0, 4})
     return 0
 
@@ -345,48 +441,68 @@ def cmd_history(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print the service's JSON instead of tables")
-    common.add_argument("--timeout", type=float, default=60, help="seconds to wait for each answer (default 60)")
+    common.add_argument(
+        "--timeout", type=float, default=60, help="seconds to wait for each answer (default 60)"
+    )
 
-    parser = argparse.ArgumentParser(prog="clearinghouse", description="The Clearinghouse API from a shell.",
-                                     epilog=f"The URL and token come from {ENV_URL} / {ENV_TOKEN}, or from "
-                                            "~/.config/clearinghouse/config.json (see `login`).")
+    parser = argparse.ArgumentParser(
+        prog="clearinghouse",
+        description="The Clearinghouse API from a shell.",
+        epilog=f"The URL and token come from {ENV_URL} / {ENV_TOKEN}, or from "
+        "~/.config/clearinghouse/config.json (see `login`).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
     login = sub.add_parser("login", parents=[common], help="store the service URL and API token")
     login.add_argument("--url", help="e.g. https://clearinghouse.example.org")
     login.add_argument("--token", help="an API token (chp_...), created in the portal")
-    login.add_argument("--no-verify", action="store_true", help="store without checking them against the service")
+    login.add_argument(
+        "--no-verify", action="store_true", help="store without checking them against the service"
+    )
     login.set_defaults(func=cmd_login)
 
     sub.add_parser("whoami", parents=[common], help="who the token belongs to").set_defaults(func=cmd_whoami)
-    sub.add_parser("datasets", parents=[common], help="the datasets you may see").set_defaults(func=cmd_datasets)
+    sub.add_parser("datasets", parents=[common], help="the datasets you may see").set_defaults(
+        func=cmd_datasets
+    )
 
-    budget = sub.add_parser("budget", parents=[common], help="the privacy budget left to you (owners: all of it)")
+    budget = sub.add_parser(
+        "budget", parents=[common], help="the privacy budget left to you (owners: all of it)"
+    )
     budget.add_argument("dataset", metavar="ORG/SLUG")
     budget.set_defaults(func=cmd_budget)
 
-    agreement = sub.add_parser("agreement", parents=[common], help="show (and accept) a dataset's data-use agreement")
+    agreement = sub.add_parser(
+        "agreement", parents=[common], help="show (and accept) a dataset's data-use agreement"
+    )
     agreement.add_argument("dataset", metavar="ORG/SLUG")
     agreement.add_argument("--accept", action="store_true", help="accept the current version")
     agreement.set_defaults(func=cmd_agreement)
 
-    for name, func, text in (("preview", cmd_preview, "what a query would cost and how noisy it is (free)"),
-                             ("query", cmd_query, "release a differentially private query")):
+    for name, func, text in (
+        ("preview", cmd_preview, "what a query would cost and how noisy it is (free)"),
+        ("query", cmd_query, "release a differentially private query"),
+    ):
         command = sub.add_parser(name, parents=[common], help=text)
         command.add_argument("dataset", metavar="ORG/SLUG")
         what = command.add_mutually_exclusive_group(required=True)
-        what.add_argument("--sql", help="SQL in the supported subset, e.g. \"SELECT educ, COUNT(*) FROM t GROUP BY educ\"")
+        what.add_argument(
+            "--sql", help='SQL in the supported subset, e.g. "SELECT educ, COUNT(*) FROM t GROUP BY educ"'
+        )
         what.add_argument("--spec", metavar="FILE.json", help="a query spec in JSON ('-': standard input)")
         command.add_argument("--epsilon", type=float, help="the privacy loss ε")
         loss = command.add_mutually_exclusive_group()
         loss.add_argument("--delta", type=float, help="δ, under an approximate-DP policy")
         loss.add_argument("--rho", type=float, help="ρ, under a zero-concentrated-DP policy")
         if name == "query":
-            command.add_argument("--csv", metavar="OUT.csv", help="also write the result (with intervals) as CSV")
+            command.add_argument(
+                "--csv", metavar="OUT.csv", help="also write the result (with intervals) as CSV"
+            )
             command.add_argument("--no-wait", action="store_true", help="submit and return without waiting")
-            command.add_argument("--wait", type=float, default=120,
-                                 help="seconds to wait for the release (default 120)")
+            command.add_argument(
+                "--wait", type=float, default=120, help="seconds to wait for the release (default 120)"
+            )
         command.set_defaults(func=func)
 
     history = sub.add_parser("history", parents=[common], help="your organisation's queries on a dataset")

@@ -156,15 +156,25 @@ class Client:
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 60, transport: Any = None):
         if not base_url:
-            raise ClearinghouseError(0, "no_url", "give the service's URL (e.g. https://clearinghouse.example.org)")
+            raise ClearinghouseError(
+                0, "no_url", "give the service's URL (e.g. https://clearinghouse.example.org)"
+            )
         if not token:
             raise ClearinghouseError(0, "no_token", "give an API token (create one in the portal)")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         kwargs = {"transport": transport} if transport is not None else {}
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, follow_redirects=False,
-                                  headers={"Authorization": f"Bearer {token}", "Accept": "application/json",
-                                           "User-Agent": "clearinghouse-client/0.1"}, **kwargs)
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            follow_redirects=False,
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": "clearinghouse-client/0.1",
+            },
+            **kwargs,
+        )
 
     # plumbing
     def close(self) -> None:
@@ -179,12 +189,28 @@ class Client:
     def __repr__(self) -> str:  # never the token
         return f"<Client {self.base_url}>"
 
-    def _request(self, method: str, path: str, *, json: Any = None, params: dict | None = None,
-                 timeout: float | None = None) -> tuple[int, Any]:
-        url = path if path.startswith(("http://", "https://")) else (path if path.startswith(API) else API + path)
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: dict | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        url = (
+            path
+            if path.startswith(("http://", "https://"))
+            else (path if path.startswith(API) else API + path)
+        )
         try:
-            response = self._http.request(method, url, json=json, params=params,
-                                          timeout=timeout if timeout is not None else self.timeout)
+            response = self._http.request(
+                method,
+                url,
+                json=json,
+                params=params,
+                timeout=timeout if timeout is not None else self.timeout,
+            )
         except httpx.TimeoutException:
             raise ClearinghouseError(0, "timeout", f"no answer from {self.base_url} in time") from None
         except httpx.HTTPError as exc:
@@ -195,13 +221,17 @@ class Client:
             body = None
         if response.status_code >= 400:
             if isinstance(body, dict) and "code" in body:
-                raise ClearinghouseError(response.status_code, str(body["code"]), str(body.get("detail", "")),
-                                         body.get("fields"))
+                raise ClearinghouseError(
+                    response.status_code, str(body["code"]), str(body.get("detail", "")), body.get("fields")
+                )
             text = response.text.strip()[:200] or response.reason_phrase
             raise ClearinghouseError(response.status_code, f"http_{response.status_code}", text)
         if body is None and response.content:
-            raise ClearinghouseError(response.status_code, "invalid_response",
-                                     f"expected JSON from {url}, got {response.headers.get('content-type')}")
+            raise ClearinghouseError(
+                response.status_code,
+                "invalid_response",
+                f"expected JSON from {url}, got {response.headers.get('content-type')}",
+            )
         return response.status_code, body
 
     def _get(self, path: str, **params) -> Any:
@@ -255,25 +285,40 @@ class Client:
         return self._get(self._dataset_path(ref) + "/agreement")
 
     def accept_agreement(self, ref: str, version: int) -> dict:
-        return self._request("POST", self._dataset_path(ref) + "/agreement/accept", json={"version": int(version)})[1]
+        return self._request(
+            "POST", self._dataset_path(ref) + "/agreement/accept", json={"version": int(version)}
+        )[1]
 
     # queries
-    def preview(self, ref: str, *, sql: str | None = None, spec: dict | None = None,
-                privacy: dict | None = None) -> dict:
+    def preview(
+        self, ref: str, *, sql: str | None = None, spec: dict | None = None, privacy: dict | None = None
+    ) -> dict:
         """What a query would cost and how noisy it would be; spends nothing."""
-        return self._request("POST", self._dataset_path(ref) + "/queries/preview",
-                             json=self._query_body(sql, spec, privacy))[1]
+        return self._request(
+            "POST", self._dataset_path(ref) + "/queries/preview", json=self._query_body(sql, spec, privacy)
+        )[1]
 
-    def query(self, ref: str, *, sql: str | None = None, spec: dict | None = None, privacy: dict | None = None,
-              wait: float = 30) -> Release:
+    def query(
+        self,
+        ref: str,
+        *,
+        sql: str | None = None,
+        spec: dict | None = None,
+        privacy: dict | None = None,
+        wait: float = 30,
+    ) -> Release:
         """Releases a query (an identical earlier one is replayed at no cost) and waits up to `wait`
         seconds for the result. Returns the `Release` (check `.released`: it is still pending when the
         wait ran out; `get_query(release.id)` later); raises `ClearinghouseError` when it failed."""
         wait = max(0.0, float(wait or 0))
         deadline = time.monotonic() + wait
         server_wait = min(wait, max(0.0, self.timeout - 5))
-        _, body = self._request("POST", self._dataset_path(ref) + "/queries",
-                                json=self._query_body(sql, spec, privacy), params={"wait": f"{server_wait:g}"})
+        _, body = self._request(
+            "POST",
+            self._dataset_path(ref) + "/queries",
+            json=self._query_body(sql, spec, privacy),
+            params={"wait": f"{server_wait:g}"},
+        )
         release = Release(body)
         replayed = release.replayed
         pause = 0.25
@@ -291,8 +336,9 @@ class Client:
     def _checked(release: Release) -> Release:
         if release.status in {"refused", "failed"}:
             error = release.error or {}
-            raise ClearinghouseError(0, error.get("code") or "query_failed",
-                                     error.get("detail") or f"query {release.id} failed")
+            raise ClearinghouseError(
+                0, error.get("code") or "query_failed", error.get("detail") or f"query {release.id} failed"
+            )
         return release
 
     def history(self, ref: str) -> list[Release]:

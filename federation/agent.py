@@ -32,13 +32,23 @@ from federation.flower.settings import (
 
 
 def supernode_command(args: argparse.Namespace) -> list[str]:
-    node_config = {NODE_DATA_PATH: str(Path(args.data).resolve()), NODE_TEXT_COLUMN: args.text_column,
-                   NODE_LABEL_COLUMN: args.label_column, NODE_ORGANISATION: args.organisation}
+    node_config = {
+        NODE_DATA_PATH: str(Path(args.data).resolve()),
+        NODE_TEXT_COLUMN: args.text_column,
+        NODE_LABEL_COLUMN: args.label_column,
+        NODE_ORGANISATION: args.organisation,
+    }
     if args.delimiter:
         node_config[NODE_DELIMITER] = args.delimiter
     if args.device:
         node_config[NODE_DEVICE] = args.device
-    command = [_bin("flower-supernode"), "--superlink", args.superlink, "--node-config", config_string(node_config)]
+    command = [
+        _bin("flower-supernode"),
+        "--superlink",
+        args.superlink,
+        "--node-config",
+        config_string(node_config),
+    ]
     if args.root_certificates:
         command += ["--root-certificates", args.root_certificates]
     elif args.insecure:
@@ -75,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--base-model", default="minilm-l6", help="for the preflight: the job's base model")
     run.add_argument("--delimiter", default="")
     run.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
-    run.add_argument("--port", type=int, default=0, help="local ClientAppIo port (several agents on one host)")
+    run.add_argument(
+        "--port", type=int, default=0, help="local ClientAppIo port (several agents on one host)"
+    )
     run.add_argument("--skip-preflight", action="store_true")
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -97,8 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_preflight:
         from federation.flower.preflight import main as preflight_main
 
-        checks = ["--data-path", args.data, "--text-column", args.text_column, "--label-column", args.label_column,
-                  "--labels", args.labels, "--base-model", args.base_model]
+        checks = [
+            "--data-path",
+            args.data,
+            "--text-column",
+            args.text_column,
+            "--label-column",
+            args.label_column,
+            "--labels",
+            args.labels,
+            "--base-model",
+            args.base_model,
+        ]
         if args.delimiter:
             checks += ["--delimiter", args.delimiter]
         if args.device:

@@ -41,38 +41,68 @@ from .services import (
 
 
 def round_body(r: JobRound, *, actor) -> dict:
-    return {"round": r.number, "accuracy": r.accuracy, "macro_f1": r.macro_f1, "loss": r.loss,
-            "clients_trained": r.clients_trained, "bytes_sent": r.bytes_sent, "bytes_received": r.bytes_received,
-            "seconds": r.seconds, "clients": job_round_members_visible(actor=actor, record=r.record),
-            "dropouts": r.record.get("dropouts", []), "flower_overhead_seconds": r.record.get("flower_overhead_seconds")}
+    return {
+        "round": r.number,
+        "accuracy": r.accuracy,
+        "macro_f1": r.macro_f1,
+        "loss": r.loss,
+        "clients_trained": r.clients_trained,
+        "bytes_sent": r.bytes_sent,
+        "bytes_received": r.bytes_received,
+        "seconds": r.seconds,
+        "clients": job_round_members_visible(actor=actor, record=r.record),
+        "dropouts": r.record.get("dropouts", []),
+        "flower_overhead_seconds": r.record.get("flower_overhead_seconds"),
+    }
 
 
 def job_body(job: FederatedJob, *, actor, detail: bool = False) -> dict:
     body = {
-        "id": job.pk, "uid": str(job.uid), "url": reverse("api:federated_job", args=[job.pk]), "name": job.name,
-        "state": job.state, "reason": job.reason, "base_model": job.base_model,
+        "id": job.pk,
+        "uid": str(job.uid),
+        "url": reverse("api:federated_job", args=[job.pk]),
+        "name": job.name,
+        "state": job.state,
+        "reason": job.reason,
+        "base_model": job.base_model,
         "task": {"text_column": job.text_column, "label_column": job.label_column, "labels": job.labels},
-        "strategy": job.strategy, "num_rounds": job.num_rounds, "min_clients": job.min_clients,
-        "settings": job.settings, "created_at": job.created_at, "scheduled_at": job.scheduled_at,
-        "started_at": job.started_at, "finished_at": job.finished_at,
+        "strategy": job.strategy,
+        "num_rounds": job.num_rounds,
+        "min_clients": job.min_clients,
+        "settings": job.settings,
+        "created_at": job.created_at,
+        "scheduled_at": job.scheduled_at,
+        "started_at": job.started_at,
+        "finished_at": job.finished_at,
         # Counted by the list's query; a job just returned by a service is counted here.
         "rounds_completed": job.rounds_done if hasattr(job, "rounds_done") else job.rounds.count(),
     }
     if detail:
         body["participants"] = [
-            {"organisation": p.organisation.slug, "status": p.status, "data_description": p.data_description,
-             "dataset": f"{p.dataset.organisation.slug}/{p.dataset.slug}" if p.dataset else None,
-             "decided_at": p.decided_at}
+            {
+                "organisation": p.organisation.slug,
+                "status": p.status,
+                "data_description": p.data_description,
+                "dataset": f"{p.dataset.organisation.slug}/{p.dataset.slug}" if p.dataset else None,
+                "decided_at": p.decided_at,
+            }
             for p in job_participants(job=job)
         ]
         mine = job_my_participation(actor=actor, job=job)
         body["my_participation"] = mine.status if mine else None
         body["final_evaluation"] = job_evaluation_shared(job.final_evaluation)
         artifact = getattr(job, "artifact", None)
-        body["artifact"] = None if artifact is None else {
-            "size": artifact.size, "sha256": artifact.sha256, "created_at": artifact.created_at,
-            "download_url": reverse("api:federated_job_artifact", args=[job.pk]),
-            "report": job_report_shared(artifact.report)}
+        body["artifact"] = (
+            None
+            if artifact is None
+            else {
+                "size": artifact.size,
+                "sha256": artifact.sha256,
+                "created_at": artifact.created_at,
+                "download_url": reverse("api:federated_job_artifact", args=[job.pk]),
+                "report": job_report_shared(artifact.report),
+            }
+        )
         body["flower_run_id"] = job_flower_run_id_visible(actor=actor, job=job)
     return body
 
@@ -140,8 +170,11 @@ class JobDetailOutputSerializer(JobOutputSerializer):
         ref_name = "FederatedJobDetailOutput"
 
     participants = JobParticipantOutputSerializer(many=True)
-    my_participation = serializers.ChoiceField(choices=ParticipantStatus.choices, allow_null=True,
-                                               help_text="Your organisation's answer, if it is invited.")
+    my_participation = serializers.ChoiceField(
+        choices=ParticipantStatus.choices,
+        allow_null=True,
+        help_text="Your organisation's answer, if it is invited.",
+    )
     final_evaluation = serializers.JSONField(allow_null=True)
     artifact = JobArtifactOutputSerializer(allow_null=True)
     flower_run_id = serializers.CharField(allow_null=True, help_text="Operators only; null for others.")
@@ -161,8 +194,9 @@ class RoundOutputSerializer(serializers.Serializer):
     bytes_sent = serializers.IntegerField()
     bytes_received = serializers.IntegerField()
     seconds = serializers.FloatField()
-    clients = serializers.ListField(child=serializers.JSONField(),
-                                    help_text="Per-member metrics: your own organisation's members only.")
+    clients = serializers.ListField(
+        child=serializers.JSONField(), help_text="Per-member metrics: your own organisation's members only."
+    )
     dropouts = serializers.ListField(child=serializers.JSONField())
     flower_overhead_seconds = serializers.FloatField(allow_null=True)
 
@@ -170,8 +204,12 @@ class RoundOutputSerializer(serializers.Serializer):
 class JobListCreateApi(APIView):
     class ParticipantSerializer(serializers.Serializer):
         organisation = StrictSlugField()
-        dataset = StrictCharField(required=False, allow_null=True, default=None,
-                                  help_text="A registered dataset as 'owner/slug' (optional).")
+        dataset = StrictCharField(
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="A registered dataset as 'owner/slug' (optional).",
+        )
         data_description = StrictCharField(required=False, allow_blank=True, default="", max_length=5000)
 
     class InputSerializer(serializers.Serializer):
@@ -186,17 +224,27 @@ class JobListCreateApi(APIView):
         strategy = serializers.ChoiceField(choices=Strategy.values, default=Strategy.FEDAVG)
         num_rounds = serializers.IntegerField(default=3, min_value=1, max_value=1000)
         min_clients = serializers.IntegerField(default=2, min_value=1, max_value=1000)
-        settings = serializers.DictField(required=False, default=dict,
-                                         help_text="Further run-config values, e.g. {\"lora-r\": 8, \"batch-size\": 16}.")
+        settings = serializers.DictField(
+            required=False,
+            default=dict,
+            help_text='Further run-config values, e.g. {"lora-r": 8, "batch-size": 16}.',
+        )
         participants = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1000)
 
     @extend_schema(responses=JobOutputSerializer(many=True), operation_id="federated_jobs_list")
     def get(self, request):
-        return paginated(queryset=job_list(actor=request.user), body=lambda job: job_body(job, actor=request.user),
-                         request=request, view=self)
+        return paginated(
+            queryset=job_list(actor=request.user),
+            body=lambda job: job_body(job, actor=request.user),
+            request=request,
+            view=self,
+        )
 
-    @extend_schema(request=InputSerializer, responses={201: JobDetailOutputSerializer},
-                   operation_id="federated_jobs_create")
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: JobDetailOutputSerializer},
+        operation_id="federated_jobs_create",
+    )
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
         data["participants"] = [validated(self.ParticipantSerializer, p) for p in data["participants"]]
@@ -219,8 +267,11 @@ class JobParticipationApi(APIView):
         dataset = StrictCharField(required=False, allow_null=True, default=None)
         data_description = StrictCharField(required=False, allow_null=True, default=None, max_length=5000)
 
-    @extend_schema(request=InputSerializer, responses=JobDetailOutputSerializer,
-                   operation_id="federated_jobs_participation")
+    @extend_schema(
+        request=InputSerializer,
+        responses=JobDetailOutputSerializer,
+        operation_id="federated_jobs_participation",
+    )
     def post(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
         job_participation_decide(actor=request.user, job=job, **validated(self.InputSerializer, request.data))
@@ -228,7 +279,9 @@ class JobParticipationApi(APIView):
 
 
 class JobScheduleApi(APIView):
-    @extend_schema(request=None, responses={202: JobDetailOutputSerializer}, operation_id="federated_jobs_schedule")
+    @extend_schema(
+        request=None, responses={202: JobDetailOutputSerializer}, operation_id="federated_jobs_schedule"
+    )
     def post(self, request, job_id: int):
         job = job_schedule(actor=request.user, job=job_get(actor=request.user, job_id=job_id))
         return Response(job_body(job, actor=request.user, detail=True), status=202)
@@ -241,7 +294,9 @@ class JobCancelApi(APIView):
 
         reason = StrictCharField(required=False, allow_blank=True, default="", max_length=500)
 
-    @extend_schema(request=InputSerializer, responses=JobDetailOutputSerializer, operation_id="federated_jobs_cancel")
+    @extend_schema(
+        request=InputSerializer, responses=JobDetailOutputSerializer, operation_id="federated_jobs_cancel"
+    )
     def post(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
         job = job_cancel(actor=request.user, job=job, **validated(self.InputSerializer, request.data))
@@ -252,14 +307,23 @@ class JobRoundsApi(APIView):
     @extend_schema(responses=RoundOutputSerializer(many=True), operation_id="federated_jobs_rounds")
     def get(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
-        return paginated(queryset=job_rounds(job=job), body=lambda r: round_body(r, actor=request.user),
-                         request=request, view=self)
+        return paginated(
+            queryset=job_rounds(job=job),
+            body=lambda r: round_body(r, actor=request.user),
+            request=request,
+            view=self,
+        )
 
 
 class JobArtifactApi(APIView):
-    @extend_schema(responses={(200, "application/octet-stream"): OpenApiResponse(
-        response=OpenApiTypes.BINARY, description="The model adapter (safetensors).")},
-                   operation_id="federated_jobs_artifact")
+    @extend_schema(
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(
+                response=OpenApiTypes.BINARY, description="The model adapter (safetensors)."
+            )
+        },
+        operation_id="federated_jobs_artifact",
+    )
     def get(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
         file, name = job_artifact_file(actor=request.user, job=job)
@@ -282,17 +346,27 @@ class JobEventApi(APIView):
         event = serializers.ChoiceField(choices=["started", "round", "finished", "failed"])
         job_id = StrictCharField(required=False, allow_blank=True)
         time = serializers.DateTimeField(required=False)
-        round = serializers.IntegerField(required=False, min_value=1, max_value=100_000,
-                                         help_text="Round events: the round's number.")
+        round = serializers.IntegerField(
+            required=False, min_value=1, max_value=100_000, help_text="Round events: the round's number."
+        )
         evaluate = serializers.DictField(required=False, help_text="Round events: accuracy, macro_f1, loss.")
-        clients_trained = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**31 - 1)
-        bytes_sent = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**63 - 1)
-        bytes_received = serializers.IntegerField(required=False, allow_null=True, min_value=0, max_value=2**63 - 1)
+        clients_trained = serializers.IntegerField(
+            required=False, allow_null=True, min_value=0, max_value=2**31 - 1
+        )
+        bytes_sent = serializers.IntegerField(
+            required=False, allow_null=True, min_value=0, max_value=2**63 - 1
+        )
+        bytes_received = serializers.IntegerField(
+            required=False, allow_null=True, min_value=0, max_value=2**63 - 1
+        )
         round_seconds = serializers.FloatField(required=False, allow_null=True, min_value=0)
-        clients = serializers.ListField(child=serializers.DictField(), required=False,
-                                        help_text="Round events: per-client metrics.")
+        clients = serializers.ListField(
+            child=serializers.DictField(), required=False, help_text="Round events: per-client metrics."
+        )
         dropouts = serializers.ListField(child=serializers.DictField(), required=False)
-        final_evaluation = serializers.DictField(required=False, allow_null=True, help_text="Finished events.")
+        final_evaluation = serializers.DictField(
+            required=False, allow_null=True, help_text="Finished events."
+        )
         reason = StrictCharField(required=False, allow_blank=True, help_text="Failed events.")
 
     # Kept as validated (numbers); the rest of the record is stored as sent (the parser has made it
@@ -307,9 +381,13 @@ class JobEventApi(APIView):
 
         state = serializers.ChoiceField(choices=JobState.choices)
 
-    @extend_schema(request=InputSerializer, responses=OutputSerializer, operation_id="federated_jobs_event",
-                   description="The ServerApp's callback, authenticated by `Authorization: Bearer <job token>` "
-                               "(the job's own token, never a user's).")
+    @extend_schema(
+        request=InputSerializer,
+        responses=OutputSerializer,
+        operation_id="federated_jobs_event",
+        description="The ServerApp's callback, authenticated by `Authorization: Bearer <job token>` "
+        "(the job's own token, never a user's).",
+    )
     def post(self, request, job_id: int):
         header = request.META.get("HTTP_AUTHORIZATION", "")
         token = header[7:].strip() if header.startswith("Bearer ") else ""
@@ -337,9 +415,16 @@ class SuperNodeKeyOutputSerializer(serializers.Serializer):
 
 
 def key_body(key: SuperNodeKey) -> dict:
-    return {"id": key.pk, "name": key.name, "fingerprint": key.fingerprint, "status": key.status,
-            "node_id": key.node_id or None, "error": key.error or None, "created_at": key.created_at,
-            "public_key": key.public_key}
+    return {
+        "id": key.pk,
+        "name": key.name,
+        "fingerprint": key.fingerprint,
+        "status": key.status,
+        "node_id": key.node_id or None,
+        "error": key.error or None,
+        "created_at": key.created_at,
+        "public_key": key.public_key,
+    }
 
 
 class SuperNodeKeyListCreateApi(APIView):
@@ -353,20 +438,30 @@ class SuperNodeKeyListCreateApi(APIView):
     @extend_schema(responses=SuperNodeKeyOutputSerializer(many=True), operation_id="supernode_keys_list")
     def get(self, request, slug: str):
         organisation = organisation_get(actor=request.user, slug=slug)
-        return paginated(queryset=supernode_key_list(actor=request.user, organisation=organisation), body=key_body,
-                         request=request, view=self)
+        return paginated(
+            queryset=supernode_key_list(actor=request.user, organisation=organisation),
+            body=key_body,
+            request=request,
+            view=self,
+        )
 
-    @extend_schema(request=InputSerializer, responses={201: SuperNodeKeyOutputSerializer},
-                   operation_id="supernode_keys_add")
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: SuperNodeKeyOutputSerializer},
+        operation_id="supernode_keys_add",
+    )
     def post(self, request, slug: str):
         organisation = organisation_get(actor=request.user, slug=slug)
-        key = supernode_key_add(actor=request.user, organisation=organisation,
-                                **validated(self.InputSerializer, request.data))
+        key = supernode_key_add(
+            actor=request.user, organisation=organisation, **validated(self.InputSerializer, request.data)
+        )
         return Response(key_body(key), status=201)
 
 
 class SuperNodeKeyRevokeApi(APIView):
     @extend_schema(request=None, responses=SuperNodeKeyOutputSerializer, operation_id="supernode_keys_revoke")
     def post(self, request, key_id: int):
-        key = supernode_key_revoke(actor=request.user, key=supernode_key_get(actor=request.user, key_id=key_id))
+        key = supernode_key_revoke(
+            actor=request.user, key=supernode_key_get(actor=request.user, key_id=key_id)
+        )
         return Response(key_body(key))

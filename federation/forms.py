@@ -19,26 +19,42 @@ def _comma_separated(text: str) -> list[str]:
 class JobForm(forms.Form):
     name = forms.CharField(max_length=200)
     base_model = forms.CharField(
-        max_length=500, initial="minilm-l6",
-        help_text="A known model name (minilm-l6) or a model directory on the SuperLink host.")
-    text_column = forms.CharField(max_length=200, help_text="The column with the text, in every member's file.")
+        max_length=500,
+        initial="minilm-l6",
+        help_text="A known model name (minilm-l6) or a model directory on the SuperLink host.",
+    )
+    text_column = forms.CharField(
+        max_length=200, help_text="The column with the text, in every member's file."
+    )
     label_column = forms.CharField(max_length=200, help_text="The column with the label.")
-    labels = forms.CharField(max_length=10000, help_text="The label set, comma-separated, in order: ham, spam")
+    labels = forms.CharField(
+        max_length=10000, help_text="The label set, comma-separated, in order: ham, spam"
+    )
     strategy = forms.ChoiceField(choices=Strategy.choices, initial=Strategy.FEDAVG)
     num_rounds = forms.IntegerField(min_value=1, max_value=1000, initial=3)
-    min_clients = forms.IntegerField(min_value=1, max_value=1000, initial=2,
-                                     help_text="A round fails when fewer members return a model update.")
+    min_clients = forms.IntegerField(
+        min_value=1,
+        max_value=1000,
+        initial=2,
+        help_text="A round fails when fewer members return a model update.",
+    )
     participants = forms.MultipleChoiceField(
-        choices=(), widget=forms.SelectMultiple(attrs={"size": 6}),
-        help_text="The approved organisations to invite (Ctrl/Cmd-click for several).")
+        choices=(),
+        widget=forms.SelectMultiple(attrs={"size": 6}),
+        help_text="The approved organisations to invite (Ctrl/Cmd-click for several).",
+    )
     settings = forms.CharField(
-        required=False, widget=forms.Textarea(attrs={"rows": 4, "placeholder": '{"lora-r": 8, "batch-size": 16}'}),
-        help_text="Optional further training settings, as a JSON object.")
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": '{"lora-r": 8, "batch-size": 16}'}),
+        help_text="Optional further training settings, as a JSON object.",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Read per form, not at import: organisations are approved while the service runs.
-        self.fields["participants"].choices = [(o.slug, f"{o.name} ({o.slug})") for o in organisation_directory()]
+        self.fields["participants"].choices = [
+            (o.slug, f"{o.name} ({o.slug})") for o in organisation_directory()
+        ]
 
     def clean_labels(self) -> list[str]:
         labels = _comma_separated(self.cleaned_data["labels"])
@@ -53,7 +69,9 @@ class JobForm(forms.Form):
         try:
             value = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).") from None
+            raise forms.ValidationError(
+                f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})."
+            ) from None
         if not isinstance(value, dict):
             raise forms.ValidationError('Settings must be a JSON object, e.g. {"lora-r": 8}.')
         return value
@@ -67,5 +85,8 @@ class JobForm(forms.Form):
 
 class SuperNodeKeyForm(forms.Form):
     name = forms.CharField(max_length=100, help_text="Which machine runs this SuperNode, e.g. gpu-1.")
-    public_key = forms.CharField(max_length=4000, widget=forms.Textarea(attrs={"rows": 3}),
-                                 help_text="The contents of the .pub file: one line starting ecdsa-sha2-nistp384.")
+    public_key = forms.CharField(
+        max_length=4000,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="The contents of the .pub file: one line starting ecdsa-sha2-nistp384.",
+    )

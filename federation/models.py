@@ -51,8 +51,11 @@ class FederatedJob(models.Model):
     strategy = models.CharField(max_length=16, choices=Strategy.choices, default=Strategy.FEDAVG)
     num_rounds = models.PositiveIntegerField(default=3)
     min_clients = models.PositiveIntegerField(default=2)
-    settings = models.JSONField(default=dict, blank=True,
-                                help_text="Further run-config values (lora, lora-r, batch-size, learning-rate, ...).")
+    settings = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Further run-config values (lora, lora-r, batch-size, learning-rate, ...).",
+    )
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.DRAFT)
     reason = models.TextField(blank=True, help_text="Why the job failed or was cancelled.")
     flower_run_id = models.CharField(max_length=40, blank=True)
@@ -68,7 +71,9 @@ class FederatedJob(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(num_rounds__gte=1), name="job_rounds_positive"),
             models.CheckConstraint(condition=Q(min_clients__gte=1), name="job_min_clients_positive"),
-            models.CheckConstraint(condition=~Q(state="running") | ~Q(flower_run_id=""), name="running_job_has_run"),
+            models.CheckConstraint(
+                condition=~Q(state="running") | ~Q(flower_run_id=""), name="running_job_has_run"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -87,19 +92,26 @@ class ParticipantStatus(models.TextChoices):
 
 class JobParticipant(models.Model):
     job = models.ForeignKey(FederatedJob, on_delete=models.CASCADE, related_name="participants")
-    organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="federated_participations")
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.PROTECT, related_name="federated_participations"
+    )
     # What the member trains on: always a description of its local file; where that data is a
     # registered dataset, the dataset too (its owner, or an organisation with a training grant).
     dataset = models.ForeignKey(Dataset, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     data_description = models.TextField(blank=True)
-    status = models.CharField(max_length=16, choices=ParticipantStatus.choices, default=ParticipantStatus.INVITED)
-    decided_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
-                                   related_name="+")
+    status = models.CharField(
+        max_length=16, choices=ParticipantStatus.choices, default=ParticipantStatus.INVITED
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     decided_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["organisation__slug"]
-        constraints = [models.UniqueConstraint(fields=["job", "organisation"], name="one_participation_per_job")]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "organisation"], name="one_participation_per_job")
+        ]
 
 
 class JobRound(models.Model):
@@ -159,6 +171,9 @@ class SuperNodeKey(models.Model):
     class Meta:
         ordering = ["organisation__slug", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["organisation", "name"], condition=~Q(status="revoked"),
-                                    name="one_live_key_name_per_organisation"),
+            models.UniqueConstraint(
+                fields=["organisation", "name"],
+                condition=~Q(status="revoked"),
+                name="one_live_key_name_per_organisation",
+            ),
         ]

@@ -69,8 +69,17 @@ def job_rounds(*, job: FederatedJob) -> QuerySet[JobRound]:
 # The pooled evaluation's rates, which every viewer of the job sees. Left out: the pooled confusion
 # matrix and example count `n` (exact counts of the members' held-out rows: a member could subtract
 # its own to learn another's) and anything the ServerApp adds later until it is classified here.
-EVALUATION_SHARED = frozenset({"accuracy", "macro_f1", "loss", "mean_client_accuracy", "mean_client_macro_f1",
-                               "per_class_f1", "clients"})
+EVALUATION_SHARED = frozenset(
+    {
+        "accuracy",
+        "macro_f1",
+        "loss",
+        "mean_client_accuracy",
+        "mean_client_macro_f1",
+        "per_class_f1",
+        "clients",
+    }
+)
 
 
 def job_evaluation_shared(evaluation: Any) -> dict[str, Any] | None:
@@ -86,8 +95,11 @@ def job_round_members_visible(*, actor: Any, record: dict[str, Any]) -> list[dic
     if membership is None:
         return []
     slug = membership.organisation.slug
-    return [entry for entry in record.get("clients") or []
-            if isinstance(entry, dict) and entry.get("organisation") == slug]
+    return [
+        entry
+        for entry in record.get("clients") or []
+        if isinstance(entry, dict) and entry.get("organisation") == slug
+    ]
 
 
 def job_report_shared(report: Any) -> dict[str, Any]:
@@ -110,8 +122,11 @@ def job_participation_open_to(*, actor: Any, job: FederatedJob) -> bool:
     """Whether the actor may answer the job's invitation now, as `job_participation_decide` allows:
     a member with the federation capability of an invited organisation, while the job is a draft.
     (The portal offers the form only then; the service decides.)"""
-    return (job.state == JobState.DRAFT and MANAGE_FEDERATION in user_capabilities(user=actor)
-            and job_my_participation(actor=actor, job=job) is not None)
+    return (
+        job.state == JobState.DRAFT
+        and MANAGE_FEDERATION in user_capabilities(user=actor)
+        and job_my_participation(actor=actor, job=job) is not None
+    )
 
 
 def job_receives_model(*, actor: Any, job: FederatedJob) -> bool:
@@ -124,8 +139,9 @@ def job_receives_model(*, actor: Any, job: FederatedJob) -> bool:
 def job_artifact_for_download(*, actor: Any, job: FederatedJob) -> ModelArtifact:
     """Only the job's accepted participants download the model (`job_receives_model`)."""
     if not job_receives_model(actor=actor, job=job):
-        raise PermissionDenied("Only the job's participating organisations can download its model.",
-                               code="not_a_participant")
+        raise PermissionDenied(
+            "Only the job's participating organisations can download its model.", code="not_a_participant"
+        )
     artifact = ModelArtifact.objects.filter(job=job).first()
     if artifact is None:
         raise NotFound("The job has no model yet.", code="no_artifact")

@@ -54,17 +54,32 @@ log = logging.getLogger(__name__)
 
 # Run-config keys the service sets itself (the job's fields and its wiring); every other key the
 # Flower app understands is the operator's to tune through `settings`.
-SERVICE_KEYS = frozenset({
-    "job-id", "labels", "base-model", "strategy", "num-rounds", "min-clients", "participants", "output-dir",
-    "metrics-jsonl", "callback-url", "callback-token", "callback-token-file",
-})
+SERVICE_KEYS = frozenset(
+    {
+        "job-id",
+        "labels",
+        "base-model",
+        "strategy",
+        "num-rounds",
+        "min-clients",
+        "participants",
+        "output-dir",
+        "metrics-jsonl",
+        "callback-url",
+        "callback-token",
+        "callback-token-file",
+    }
+)
 TUNABLE_KEYS = KNOWN_RUN_KEYS - SERVICE_KEYS
 
 
 # ----------------------------------------------------------------------------- helpers
 def _control() -> SuperLinkControl:
-    return SuperLinkControl(address=settings.FLOWER_SUPERLINK, root_certificates=settings.FLOWER_ROOT_CERTIFICATES,
-                            home=Path(settings.FLOWER_SHARED_DIR) / "flwr-home")
+    return SuperLinkControl(
+        address=settings.FLOWER_SUPERLINK,
+        root_certificates=settings.FLOWER_ROOT_CERTIFICATES,
+        home=Path(settings.FLOWER_SHARED_DIR) / "flwr-home",
+    )
 
 
 def job_workdir(job: FederatedJob) -> Path:
@@ -74,22 +89,26 @@ def job_workdir(job: FederatedJob) -> Path:
 
 def _run_config(job: FederatedJob, *, participants: str = "", callback: bool = False) -> dict[str, Any]:
     config: dict[str, Any] = dict(job.settings)
-    config.update({
-        "job-id": str(job.uid),
-        "labels": ",".join(job.labels),
-        "base-model": job.base_model,
-        "strategy": job.strategy,
-        "num-rounds": job.num_rounds,
-        "min-clients": job.min_clients,
-        "participants": participants,
-    })
+    config.update(
+        {
+            "job-id": str(job.uid),
+            "labels": ",".join(job.labels),
+            "base-model": job.base_model,
+            "strategy": job.strategy,
+            "num-rounds": job.num_rounds,
+            "min-clients": job.min_clients,
+            "participants": participants,
+        }
+    )
     if callback:
         workdir = job_workdir(job)
-        config.update({
-            "output-dir": str(workdir / "out"),
-            "callback-url": f"{settings.FLOWER_CALLBACK_URL_BASE.rstrip('/')}/api/v1/federated-jobs/{job.pk}/events",
-            "callback-token-file": str(workdir / "callback.token"),
-        })
+        config.update(
+            {
+                "output-dir": str(workdir / "out"),
+                "callback-url": f"{settings.FLOWER_CALLBACK_URL_BASE.rstrip('/')}/api/v1/federated-jobs/{job.pk}/events",
+                "callback-token-file": str(workdir / "callback.token"),
+            }
+        )
     return config
 
 
@@ -106,7 +125,9 @@ def _training_refused(organisation: Organisation) -> PermissionDenied:
     exist (it names neither the dataset nor the reason), so naming datasets cannot probe which exist."""
     return PermissionDenied(
         f"{organisation.slug} has no training grant on that dataset: an organisation trains only on its own "
-        "registered datasets or on ones whose owner granted it training use.", code="training_grant_required")
+        "registered datasets or on ones whose owner granted it training use.",
+        code="training_grant_required",
+    )
 
 
 def _check_dataset_use(organisation: Organisation, dataset: Dataset | None) -> None:
@@ -124,7 +145,9 @@ def _dataset_for_training(organisation: Organisation, ref: str | None) -> Datase
     if not ref:
         return None
     owner, _, slug = str(ref).partition("/")
-    dataset = Dataset.objects.select_related("organisation").filter(organisation__slug=owner, slug=slug).first()
+    dataset = (
+        Dataset.objects.select_related("organisation").filter(organisation__slug=owner, slug=slug).first()
+    )
     if dataset is None:
         raise _training_refused(organisation)
     _check_dataset_use(organisation, dataset)
@@ -141,8 +164,12 @@ def _set_state(job: FederatedJob, state: str, *, actor: Any = None, reason: str 
     for name, value in fields.items():
         setattr(job, name, value)
     job.save()
-    audit_record(actor=actor, action=f"federated_job.{state}", target=job,
-                 extra={"job": str(job.uid), "from": previous, "reason": job.reason if reason else ""})
+    audit_record(
+        actor=actor,
+        action=f"federated_job.{state}",
+        target=job,
+        extra={"job": str(job.uid), "from": previous, "reason": job.reason if reason else ""},
+    )
 
 
 def _locked(job_id: int) -> FederatedJob | None:
@@ -152,28 +179,48 @@ def _locked(job_id: int) -> FederatedJob | None:
 
 # ----------------------------------------------------------------------------- jobs
 @transaction.atomic
-def job_create(*, actor: Any, name: str, text_column: str, label_column: str, labels: list[str],
-               participants: list[dict[str, Any]], base_model: str = "minilm-l6", strategy: str = "fedavg",
-               num_rounds: int = 3, min_clients: int = 2, settings: dict[str, Any] | None = None) -> FederatedJob:
+def job_create(
+    *,
+    actor: Any,
+    name: str,
+    text_column: str,
+    label_column: str,
+    labels: list[str],
+    participants: list[dict[str, Any]],
+    base_model: str = "minilm-l6",
+    strategy: str = "fedavg",
+    num_rounds: int = 3,
+    min_clients: int = 2,
+    settings: dict[str, Any] | None = None,
+) -> FederatedJob:
     """Operators create a job in draft with the organisations they invite."""
     require_operator(actor=actor)
     extra = dict(settings or {})
     unknown = sorted(set(extra) - TUNABLE_KEYS)
     if unknown:
-        raise ValidationFailed(f"Unknown settings {unknown}; allowed: {sorted(TUNABLE_KEYS)}.", code="invalid_job_settings")
+        raise ValidationFailed(
+            f"Unknown settings {unknown}; allowed: {sorted(TUNABLE_KEYS)}.", code="invalid_job_settings"
+        )
     if not participants:
         raise ValidationFailed("A job needs participants.", code="no_participants")
     job = FederatedJob(
-        name=clean_name(name, field="name", max_length=200), created_by=actor, base_model=base_model.strip(),
+        name=clean_name(name, field="name", max_length=200),
+        created_by=actor,
+        base_model=base_model.strip(),
         text_column=clean_name(text_column, field="text_column", max_length=200),
         label_column=clean_name(label_column, field="label_column", max_length=200),
-        labels=[str(label) for label in labels], strategy=strategy, num_rounds=num_rounds, min_clients=min_clients,
+        labels=[str(label) for label in labels],
+        strategy=strategy,
+        num_rounds=num_rounds,
+        min_clients=min_clients,
         settings=extra,
     )
     _validate_settings(job)
     if min_clients > len(participants):
-        raise ValidationFailed(f"min_clients ({min_clients}) exceeds the {len(participants)} invited participants.",
-                               code="invalid_job_settings")
+        raise ValidationFailed(
+            f"min_clients ({min_clients}) exceeds the {len(participants)} invited participants.",
+            code="invalid_job_settings",
+        )
     job.save()
     seen: set[str] = set()
     for entry in participants:
@@ -185,23 +232,45 @@ def job_create(*, actor: Any, name: str, text_column: str, label_column: str, la
             raise ValidationFailed(f"{slug} is invited twice.", code="duplicate_participant")
         seen.add(slug)
         dataset = _dataset_for_training(organisation, entry.get("dataset"))
-        JobParticipant.objects.create(job=job, organisation=organisation, dataset=dataset,
-                                      data_description=str(entry.get("data_description", ""))[:5000])
-    audit_record(actor=actor, action="federated_job.created", target=job,
-                 extra={"job": str(job.uid), "participants": sorted(seen), "strategy": strategy,
-                        "num_rounds": num_rounds})
+        JobParticipant.objects.create(
+            job=job,
+            organisation=organisation,
+            dataset=dataset,
+            data_description=str(entry.get("data_description", ""))[:5000],
+        )
+    audit_record(
+        actor=actor,
+        action="federated_job.created",
+        target=job,
+        extra={
+            "job": str(job.uid),
+            "participants": sorted(seen),
+            "strategy": strategy,
+            "num_rounds": num_rounds,
+        },
+    )
     return job
 
 
 @transaction.atomic
-def job_participation_decide(*, actor: Any, job: FederatedJob, decision: str, dataset: str | None = None,
-                             data_description: str | None = None) -> JobParticipant:
+def job_participation_decide(
+    *,
+    actor: Any,
+    job: FederatedJob,
+    decision: str,
+    dataset: str | None = None,
+    data_description: str | None = None,
+) -> JobParticipant:
     """A participant's org admin accepts (optionally naming the data) or declines, while in draft."""
     if getattr(actor, "is_operator", False):
         raise PermissionDenied("Operators do not act for member organisations.", code="operator_not_member")
     audit_lock()  # first: the lock order of every write (see audit_lock)
-    participant = (JobParticipant.objects.select_for_update(no_key=True, of=("self",))
-                   .select_related("organisation").filter(job=job, organisation__memberships__user=actor).first())
+    participant = (
+        JobParticipant.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("organisation")
+        .filter(job=job, organisation__memberships__user=actor)
+        .first()
+    )
     if participant is None:
         raise NotFound("Job not found.")
     require_capability(actor=actor, organisation=participant.organisation, capability=MANAGE_FEDERATION)
@@ -209,7 +278,9 @@ def job_participation_decide(*, actor: Any, job: FederatedJob, decision: str, da
         raise ValidationFailed("decision must be 'accept' or 'decline'.", code="invalid_decision")
     job = _locked(job.pk)
     if job.state != JobState.DRAFT:
-        raise Conflict(f"The job is {job.state}; participation is decided while it is a draft.", code="job_not_draft")
+        raise Conflict(
+            f"The job is {job.state}; participation is decided while it is a draft.", code="job_not_draft"
+        )
     if dataset is not None:  # refused even when declining: naming a dataset must not probe it
         participant.dataset = _dataset_for_training(participant.organisation, dataset)
     if data_description is not None:
@@ -219,21 +290,31 @@ def job_participation_decide(*, actor: Any, job: FederatedJob, decision: str, da
     participant.status = ParticipantStatus.ACCEPTED if decision == "accept" else ParticipantStatus.DECLINED
     participant.decided_by, participant.decided_at = actor, timezone.now()
     participant.save()
-    audit_record(actor=actor, action=f"federated_job.participation_{participant.status}",
-                 organisation=participant.organisation, target=job,
-                 extra={"job": str(job.uid), "dataset": participant.dataset_id})
+    audit_record(
+        actor=actor,
+        action=f"federated_job.participation_{participant.status}",
+        organisation=participant.organisation,
+        target=job,
+        extra={"job": str(job.uid), "dataset": participant.dataset_id},
+    )
     return participant
 
 
 def _participant_nodes(job: FederatedJob) -> tuple[list[JobParticipant], list[str]]:
-    accepted = list(job.participants.filter(status=ParticipantStatus.ACCEPTED).select_related("organisation", "dataset"))
+    accepted = list(
+        job.participants.filter(status=ParticipantStatus.ACCEPTED).select_related("organisation", "dataset")
+    )
     nodes: list[str] = []
     for participant in accepted:
         _check_dataset_use(participant.organisation, participant.dataset)
-        keys = SuperNodeKey.objects.filter(organisation=participant.organisation, status=NodeKeyStatus.REGISTERED)
+        keys = SuperNodeKey.objects.filter(
+            organisation=participant.organisation, status=NodeKeyStatus.REGISTERED
+        )
         ids = [k.node_id for k in keys if k.node_id]
         if not ids:
-            raise Conflict(f"{participant.organisation.slug} has no registered SuperNode key.", code="no_supernode")
+            raise Conflict(
+                f"{participant.organisation.slug} has no registered SuperNode key.", code="no_supernode"
+            )
         nodes += [f"node:{node_id}" for node_id in ids]
     return accepted, nodes
 
@@ -248,8 +329,10 @@ def job_schedule(*, actor: Any, job: FederatedJob) -> FederatedJob:
         raise Conflict("No SuperLink is configured (FLOWER_SUPERLINK).", code="federation_disabled")
     accepted, _ = _participant_nodes(job)
     if len(accepted) < job.min_clients:
-        raise Conflict(f"{len(accepted)} participant(s) accepted; the job needs at least {job.min_clients}.",
-                       code="too_few_participants")
+        raise Conflict(
+            f"{len(accepted)} participant(s) accepted; the job needs at least {job.min_clients}.",
+            code="too_few_participants",
+        )
     _validate_settings(job)
     _set_state(job, JobState.SCHEDULED, actor=actor, scheduled_at=timezone.now())
     from .tasks import job_submit_task
@@ -279,8 +362,9 @@ def job_submit(*, job_id: int) -> FederatedJob | None:
         job.callback_token_hash = hashlib.sha256(token.encode()).hexdigest()
         job.save(update_fields=["callback_token_hash"])
     try:
-        run_id = _control().submit(settings.FLOWER_APP_DIR, _run_config(job, participants=",".join(nodes),
-                                                                        callback=True))
+        run_id = _control().submit(
+            settings.FLOWER_APP_DIR, _run_config(job, participants=",".join(nodes), callback=True)
+        )
     except FlowerControlError as exc:
         run_id, refusal = "", str(exc)
     with transaction.atomic():
@@ -307,8 +391,12 @@ def job_cancel(*, actor: Any, job: FederatedJob, reason: str = "") -> FederatedJ
     if job.is_final:
         raise Conflict(f"The job is already {job.state}.", code="job_finished")
     run_id = job.flower_run_id
-    _set_state(job, JobState.CANCELLED, actor=actor, reason=f"Cancelled by {actor.get_username()}"
-               + (f": {reason[:500]}" if reason else "."))
+    _set_state(
+        job,
+        JobState.CANCELLED,
+        actor=actor,
+        reason=f"Cancelled by {actor.get_username()}" + (f": {reason[:500]}" if reason else "."),
+    )
     if run_id:
         from .tasks import job_stop_task
 
@@ -368,15 +456,24 @@ def job_event_record(*, job_id: int, token: str, event: dict[str, Any]) -> Feder
             raise ValidationFailed("A round event needs a positive integer 'round'.", code="invalid_event")
         evaluation = event.get("evaluate") or {}
         values = {
-            "accuracy": _number(evaluation.get("accuracy")), "macro_f1": _number(evaluation.get("macro_f1")),
-            "loss": _number(evaluation.get("loss")), "clients_trained": int(event.get("clients_trained") or 0),
-            "bytes_sent": int(event.get("bytes_sent") or 0), "bytes_received": int(event.get("bytes_received") or 0),
-            "seconds": float(event.get("round_seconds") or 0.0), "record": event, "received_at": timezone.now(),
+            "accuracy": _number(evaluation.get("accuracy")),
+            "macro_f1": _number(evaluation.get("macro_f1")),
+            "loss": _number(evaluation.get("loss")),
+            "clients_trained": int(event.get("clients_trained") or 0),
+            "bytes_sent": int(event.get("bytes_sent") or 0),
+            "bytes_received": int(event.get("bytes_received") or 0),
+            "seconds": float(event.get("round_seconds") or 0.0),
+            "record": event,
+            "received_at": timezone.now(),
         }
         _, created = JobRound.objects.update_or_create(job=job, number=number, defaults=values)
         if created:
-            audit_record(actor=None, action="federated_job.round_recorded", target=job,
-                         extra={"job": str(job.uid), "round": number, "accuracy": values["accuracy"]})
+            audit_record(
+                actor=None,
+                action="federated_job.round_recorded",
+                target=job,
+                extra={"job": str(job.uid), "round": number, "accuracy": values["accuracy"]},
+            )
             count_on_commit(FEDERATED_ROUNDS.labels(strategy=job.strategy))
     elif kind == "finished":
         job.final_evaluation = event.get("final_evaluation")
@@ -385,7 +482,9 @@ def job_event_record(*, job_id: int, token: str, event: dict[str, Any]) -> Feder
 
         transaction.on_commit(lambda: job_finalize_task.delay(job.pk))
     elif kind == "failed":
-        _set_state(job, JobState.FAILED, reason=str(event.get("reason") or "The ServerApp reported a failure."))
+        _set_state(
+            job, JobState.FAILED, reason=str(event.get("reason") or "The ServerApp reported a failure.")
+        )
     elif kind != "started":
         raise ValidationFailed("event must be one of started, round, finished, failed.", code="invalid_event")
     return job
@@ -405,8 +504,15 @@ def job_finalize(*, job_id: int) -> FederatedJob | None:
         report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else {}
         data = adapter.read_bytes()
         name = default_storage.save(f"federation/{job.uid}/adapter.safetensors", ContentFile(data))
-        ModelArtifact.objects.update_or_create(job=job, defaults={
-            "file_name": name, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "report": report})
+        ModelArtifact.objects.update_or_create(
+            job=job,
+            defaults={
+                "file_name": name,
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "report": report,
+            },
+        )
         if job.final_evaluation is None and report.get("history"):
             job.final_evaluation = report["history"][-1].get("evaluate")
         _set_state(job, JobState.SUCCEEDED)
@@ -423,8 +529,12 @@ def jobs_reconcile() -> dict[str, int]:
         with transaction.atomic():
             locked = _locked(job.pk)
             if locked.state == JobState.SCHEDULED:
-                _set_state(locked, JobState.FAILED, reason="The job was never submitted to the SuperLink "
-                           f"(no federation worker took it within {settings.FLOWER_SUBMIT_TIMEOUT_SECONDS:g} s).")
+                _set_state(
+                    locked,
+                    JobState.FAILED,
+                    reason="The job was never submitted to the SuperLink "
+                    f"(no federation worker took it within {settings.FLOWER_SUBMIT_TIMEOUT_SECONDS:g} s).",
+                )
                 counts["changed"] += 1
     running = list(FederatedJob.objects.filter(state=JobState.RUNNING))
     if not running or not settings.FLOWER_SUPERLINK:
@@ -465,8 +575,9 @@ def _parse_public_key(text: str) -> tuple[str, str]:
     except (ValueError, UnicodeEncodeError, UnsupportedAlgorithm) as exc:
         raise ValidationFailed("Not an OpenSSH public key.", code="invalid_public_key") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
-        raise ValidationFailed("A SuperNode key must be an EC P-384 key (ecdsa-sha2-nistp384).",
-                               code="invalid_public_key")
+        raise ValidationFailed(
+            "A SuperNode key must be an EC P-384 key (ecdsa-sha2-nistp384).", code="invalid_public_key"
+        )
     blob = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     return blob.decode("ascii"), hashlib.sha256(blob).hexdigest()
 
@@ -479,12 +590,22 @@ def supernode_key_add(*, actor: Any, organisation: Organisation, name: str, publ
     key_text, fingerprint = _parse_public_key(public_key)
     if SuperNodeKey.objects.filter(fingerprint=fingerprint).exists():
         raise Conflict("This key is already registered.", code="duplicate_key")
-    if SuperNodeKey.objects.filter(organisation=organisation, name=name).exclude(status=NodeKeyStatus.REVOKED).exists():
+    if (
+        SuperNodeKey.objects.filter(organisation=organisation, name=name)
+        .exclude(status=NodeKeyStatus.REVOKED)
+        .exists()
+    ):
         raise Conflict(f"A key named {name!r} exists.", code="duplicate_key_name")
-    key = SuperNodeKey.objects.create(organisation=organisation, name=name, public_key=key_text,
-                                      fingerprint=fingerprint, created_by=actor)
-    audit_record(actor=actor, action="supernode_key.added", organisation=organisation, target=key,
-                 extra={"name": name, "fingerprint": fingerprint})
+    key = SuperNodeKey.objects.create(
+        organisation=organisation, name=name, public_key=key_text, fingerprint=fingerprint, created_by=actor
+    )
+    audit_record(
+        actor=actor,
+        action="supernode_key.added",
+        organisation=organisation,
+        target=key,
+        extra={"name": name, "fingerprint": fingerprint},
+    )
     from .tasks import supernode_key_register_task
 
     transaction.on_commit(lambda: supernode_key_register_task.delay(key.pk))
@@ -502,15 +623,23 @@ def supernode_key_register(*, key_id: int) -> SuperNodeKey | None:
         node_id, error = "", str(exc)[:2000]
     with transaction.atomic():
         audit_lock()  # first: the lock order of every write (see audit_lock)
-        key = (SuperNodeKey.objects.select_for_update(no_key=True, of=("self",)).select_related("organisation")
-               .get(pk=key_id))
+        key = (
+            SuperNodeKey.objects.select_for_update(no_key=True, of=("self",))
+            .select_related("organisation")
+            .get(pk=key_id)
+        )
         if key.status not in (NodeKeyStatus.PENDING, NodeKeyStatus.FAILED):
             return key  # revoked meanwhile: its revocation unregisters what we just registered
         key.node_id, key.error = node_id, error
         key.status = NodeKeyStatus.REGISTERED if node_id else NodeKeyStatus.FAILED
         key.save()
-        audit_record(actor=None, action=f"supernode_key.{key.status}", organisation=key.organisation, target=key,
-                     extra={"node_id": key.node_id, "error": key.error})
+        audit_record(
+            actor=None,
+            action=f"supernode_key.{key.status}",
+            organisation=key.organisation,
+            target=key,
+            extra={"node_id": key.node_id, "error": key.error},
+        )
         return key
 
 
@@ -523,8 +652,13 @@ def supernode_key_revoke(*, actor: Any, key: SuperNodeKey) -> SuperNodeKey:
         raise Conflict("This key is already revoked.", code="key_revoked")
     key.status = NodeKeyStatus.REVOKED
     key.save(update_fields=["status"])
-    audit_record(actor=actor, action="supernode_key.revoked", organisation=key.organisation, target=key,
-                 extra={"node_id": key.node_id})
+    audit_record(
+        actor=actor,
+        action="supernode_key.revoked",
+        organisation=key.organisation,
+        target=key,
+        extra={"node_id": key.node_id},
+    )
     if key.node_id:
         from .tasks import supernode_key_unregister_task
 

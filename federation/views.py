@@ -79,8 +79,9 @@ def job_new_view(request: HttpRequest) -> HttpResponse:
         except ApplicationError as exc:
             _form_error(form, exc)
         else:
-            messages.success(request, f"Job {job.name} created as a draft; the invited organisations decide "
-                                      "now.")
+            messages.success(
+                request, f"Job {job.name} created as a draft; the invited organisations decide now."
+            )
             return redirect("portal:federated_job", job_id=job.pk)
     return render(request, "federation/job_new.html", {"form": form})
 
@@ -95,21 +96,33 @@ def _client_accuracies(members: list[dict[str, Any]]) -> list[tuple[str, float]]
         evaluate = client.get("evaluate")
         accuracy = evaluate.get("eval-accuracy") if isinstance(evaluate, dict) else None
         # A number a float holds (not NaN, not an integer past a float's range).
-        if isinstance(accuracy, (int, float)) and not isinstance(accuracy, bool) and -1e300 < accuracy < 1e300:
+        if (
+            isinstance(accuracy, (int, float))
+            and not isinstance(accuracy, bool)
+            and -1e300 < accuracy < 1e300
+        ):
             who = client.get("organisation") or f"node {client.get('node_id')}"
             accuracies.append((who, float(accuracy)))
     return accuracies
 
 
 def _dropouts(record: dict[str, Any]) -> list[str]:
-    return [f"{d.get('organisation') or 'node ' + str(d.get('node_id'))}: {d.get('reason', '')}"
-            for d in record.get("dropouts") or [] if isinstance(d, dict)]
+    return [
+        f"{d.get('organisation') or 'node ' + str(d.get('node_id'))}: {d.get('reason', '')}"
+        for d in record.get("dropouts") or []
+        if isinstance(d, dict)
+    ]
 
 
 def _round_rows(rounds: list[JobRound], *, actor: Any) -> list[dict[str, Any]]:
-    return [{"round": r, "dropouts": _dropouts(r.record),
-             "client_accuracies": _client_accuracies(job_round_members_visible(actor=actor, record=r.record))}
-            for r in rounds]
+    return [
+        {
+            "round": r,
+            "dropouts": _dropouts(r.record),
+            "client_accuracies": _client_accuracies(job_round_members_visible(actor=actor, record=r.record)),
+        }
+        for r in rounds
+    ]
 
 
 def _round_plot(rounds: list[JobRound]) -> dict[str, Any] | None:
@@ -132,14 +145,25 @@ def _round_plot(rounds: list[JobRound]) -> dict[str, Any] | None:
     loss = [(x(r.number), y(r.loss / loss_max)) for r in rounds if r.loss is not None] if loss_max > 0 else []
     step = math.ceil(len(rounds) / 12)  # at most a dozen round labels under the axis
     return {
-        "width": width, "height": height,
-        "left": pad, "right": width - pad, "top": pad, "bottom": height - pad,
-        "middle": y(0.5), "loss_max": loss_max,
+        "width": width,
+        "height": height,
+        "left": pad,
+        "right": width - pad,
+        "top": pad,
+        "bottom": height - pad,
+        "middle": y(0.5),
+        "loss_max": loss_max,
         # Where the axis labels go: beside the axes, under the ticks, along the edges.
-        "left_labels": pad - 6, "right_labels": width - pad + 6, "loss_title_x": width - 10,
-        "tick_end": height - pad + 4, "tick_labels": height - pad + 16, "x_title_y": height - 6,
-        "accuracy_points": " ".join(f"{px},{py}" for px, py in accuracy), "accuracy_markers": accuracy,
-        "loss_points": " ".join(f"{px},{py}" for px, py in loss), "loss_markers": loss,
+        "left_labels": pad - 6,
+        "right_labels": width - pad + 6,
+        "loss_title_x": width - 10,
+        "tick_end": height - pad + 4,
+        "tick_labels": height - pad + 16,
+        "x_title_y": height - 6,
+        "accuracy_points": " ".join(f"{px},{py}" for px, py in accuracy),
+        "accuracy_markers": accuracy,
+        "loss_points": " ".join(f"{px},{py}" for px, py in loss),
+        "loss_markers": loss,
         "x_ticks": [(x(r.number), r.number) for r in rounds[::step]],
     }
 
@@ -148,22 +172,43 @@ def _evaluation_rows(evaluation: dict[str, Any] | None) -> list[tuple[str, float
     """The final evaluation's numbers (the confusion matrix is left to the API), per-class F1 last."""
     if not isinstance(evaluation, dict):
         return []
-    rows = [(name.replace("_", " "), value) for name, value in evaluation.items()
-            if isinstance(value, (int, float)) and not isinstance(value, bool)]
+    rows = [
+        (name.replace("_", " "), value)
+        for name, value in evaluation.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    ]
     per_class = evaluation.get("per_class_f1")
     if isinstance(per_class, dict):
-        rows += [(f"F1 of {label}", value) for label, value in per_class.items()
-                 if isinstance(value, (int, float))]
+        rows += [
+            (f"F1 of {label}", value) for label, value in per_class.items() if isinstance(value, (int, float))
+        ]
     return rows
 
 
 def _agent_command(job: FederatedJob, organisation_slug: str) -> str:
     """The member agent's command line for this job, with the job's own columns and labels."""
-    command = ["python", "-m", "federation.agent", "run",
-               "--superlink", settings.FLOWER_FLEET_ADDRESS or FLEET_ADDRESS_PLACEHOLDER, "--root-certificates", "ca.crt",
-               "--auth-key", KEY_FILE_PLACEHOLDER, "--data", DATA_FILE_PLACEHOLDER,
-               "--text-column", job.text_column, "--label-column", job.label_column,
-               "--labels", ",".join(job.labels), "--organisation", organisation_slug]
+    command = [
+        "python",
+        "-m",
+        "federation.agent",
+        "run",
+        "--superlink",
+        settings.FLOWER_FLEET_ADDRESS or FLEET_ADDRESS_PLACEHOLDER,
+        "--root-certificates",
+        "ca.crt",
+        "--auth-key",
+        KEY_FILE_PLACEHOLDER,
+        "--data",
+        DATA_FILE_PLACEHOLDER,
+        "--text-column",
+        job.text_column,
+        "--label-column",
+        job.label_column,
+        "--labels",
+        ",".join(job.labels),
+        "--organisation",
+        organisation_slug,
+    ]
     if job.base_model != "minilm-l6":  # the agent's preflight loads minilm-l6 unless told otherwise
         command += ["--base-model", job.base_model]
     return " ".join(shlex.quote(part) for part in command)
@@ -201,11 +246,16 @@ def job_participation_view(request: HttpRequest, job_id: int) -> HttpResponse:
     job = job_get(actor=request.user, job_id=job_id)
     # An empty dataset field keeps the dataset named before (the service changes only what it is given).
     participant = job_participation_decide(
-        actor=request.user, job=job, decision=request.POST.get("decision", ""),
+        actor=request.user,
+        job=job,
+        decision=request.POST.get("decision", ""),
         dataset=request.POST.get("dataset", "").strip() or None,
-        data_description=request.POST.get("data_description"))
-    messages.success(request, f"{participant.organisation.name} {participant.get_status_display().lower()} "
-                              f"the job {job.name}.")
+        data_description=request.POST.get("data_description"),
+    )
+    messages.success(
+        request,
+        f"{participant.organisation.name} {participant.get_status_display().lower()} the job {job.name}.",
+    )
     return redirect("portal:federated_job", job_id=job.pk)
 
 
@@ -222,8 +272,11 @@ def job_schedule_view(request: HttpRequest, job_id: int) -> HttpResponse:
 @require_POST
 @service_errors
 def job_cancel_view(request: HttpRequest, job_id: int) -> HttpResponse:
-    job = job_cancel(actor=request.user, job=job_get(actor=request.user, job_id=job_id),
-                     reason=request.POST.get("reason", ""))
+    job = job_cancel(
+        actor=request.user,
+        job=job_get(actor=request.user, job_id=job_id),
+        reason=request.POST.get("reason", ""),
+    )
     messages.success(request, f"Job {job.name} cancelled.")
     return redirect("portal:federated_job", job_id=job.pk)
 
@@ -252,8 +305,9 @@ def supernode_keys_view(request: HttpRequest) -> HttpResponse:
         else:
             messages.success(request, f"Key {key.name} added; it is being registered with the SuperLink.")
             return redirect("portal:supernode_keys")
-    return render(request, "federation/supernode_keys.html",
-                  {"organisation": organisation, "keys": keys, "form": form})
+    return render(
+        request, "federation/supernode_keys.html", {"organisation": organisation, "keys": keys, "form": form}
+    )
 
 
 @login_required

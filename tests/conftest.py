@@ -52,10 +52,14 @@ def _fixed_secrets() -> dict[str, str]:
     from clearinghouse.queries.management.commands.demo import PASSWORD as DEMO_PASSWORD
     from tests.factories import PASSWORD
 
-    found = {settings.SECRET_KEY: "SECRET_KEY", settings.METRICS_TOKEN: "METRICS_TOKEN",
-             PASSWORD: "factory password", DEMO_PASSWORD: "demo password",
-             # tests/datasets/test_datasets.py::test_no_plaintext_in_storage_or_temp uploads it.
-             "Zebulon-Quixotic-4471": "dataset value"}
+    found = {
+        settings.SECRET_KEY: "SECRET_KEY",
+        settings.METRICS_TOKEN: "METRICS_TOKEN",
+        PASSWORD: "factory password",
+        DEMO_PASSWORD: "demo password",
+        # tests/datasets/test_datasets.py::test_no_plaintext_in_storage_or_temp uploads it.
+        "Zebulon-Quixotic-4471": "dataset value",
+    }
     found.update(log_secrets.keyring_material(Path(settings.VAR_DIR) / "keyring.dev.json"))
     return found
 
@@ -75,8 +79,12 @@ def pytest_sessionfinish(session, exitstatus):
     findings = log_secrets.scan(directory, log_secrets.read_secrets(directory))
     if findings:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        lines = ["", "=" * 30 + " SECRETS IN LOGS " + "=" * 30,
-                 f"{len(findings)} log line(s) under {directory} hold a secret the tests used:", *findings[:50]]
+        lines = [
+            "",
+            "=" * 30 + " SECRETS IN LOGS " + "=" * 30,
+            f"{len(findings)} log line(s) under {directory} hold a secret the tests used:",
+            *findings[:50],
+        ]
         for line in lines:
             reporter.write_line(line, red=True, bold=True) if reporter else print(line)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
@@ -92,15 +100,33 @@ def celery_worker_process():
     from tests.processes import child_env, start, stop
 
     process, output = start(
-        [sys.executable, "-m", "celery", "-A", "clearinghouse", "worker", "--pool", "solo", "--loglevel", "WARNING",
-         "--queues", "default", "--hostname", f"test-{os.getpid()}@%h"],
-        child_env(DJANGO_SETTINGS_MODULE="clearinghouse.settings.test"), "celery-worker")
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "clearinghouse",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "WARNING",
+            "--queues",
+            "default",
+            "--hostname",
+            f"test-{os.getpid()}@%h",
+        ],
+        child_env(DJANGO_SETTINGS_MODULE="clearinghouse.settings.test"),
+        "celery-worker",
+    )
     # Readiness by a task round trip: the embedded SQLite transport has no broadcast for control.ping.
     try:
         ping_task.delay().get(timeout=90)
     except Exception:
         process.kill()
-        raise RuntimeError(f"celery worker did not answer within 90 s: {output.read_text()[-2000:]}") from None
+        raise RuntimeError(
+            f"celery worker did not answer within 90 s: {output.read_text()[-2000:]}"
+        ) from None
     yield process
     stop(process)
 
@@ -109,7 +135,11 @@ def celery_worker_process():
 def media_root(settings, tmp_path):
     """A fresh object store per test, so the no-plaintext search sees only this test's files."""
     store = tmp_path / "store"
-    settings.STORAGES = {**settings.STORAGES,
-                         "default": {"BACKEND": "django.core.files.storage.FileSystemStorage",
-                                     "OPTIONS": {"location": str(store)}}}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(store)},
+        },
+    }
     yield store  # Django's setting_changed signal makes default_storage re-read STORAGES

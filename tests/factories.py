@@ -34,14 +34,21 @@ def make_operator(username: str = "operator") -> User:
 
 
 def make_organisation(*, operator: User, admin: User, slug: str, approve: bool = True) -> Organisation:
-    organisation = organisation_apply(actor=admin, name=f"Org {slug.upper()}", slug=slug, country="NL",
-                                      contact_email=f"contact@{slug}.example.org")
+    organisation = organisation_apply(
+        actor=admin,
+        name=f"Org {slug.upper()}",
+        slug=slug,
+        country="NL",
+        contact_email=f"contact@{slug}.example.org",
+    )
     if approve:
         organisation = organisation_set_status(actor=operator, organisation=organisation, status="approved")
     return organisation
 
 
-def add_member_by_join_request(*, organisation: Organisation, admin: User, user: User, role: str) -> Membership:
+def add_member_by_join_request(
+    *, organisation: Organisation, admin: User, user: User, role: str
+) -> Membership:
     request = join_request_create(actor=user, organisation=organisation, message="hello")
     join_request_decide(actor=admin, join_request=request, approve=True, role=role)
     return Membership.objects.get(user=user)
@@ -96,12 +103,21 @@ class World:
         return self.a if which == "own" else self.b
 
 
-SMALL_SCHEMA = {"columns": [{"name": "age", "type": "integer", "lower": 0, "upper": 100},
-                            {"name": "group", "type": "categorical", "categories": ["a", "b"]}]}
+SMALL_SCHEMA = {
+    "columns": [
+        {"name": "age", "type": "integer", "lower": 0, "upper": 100},
+        {"name": "group", "type": "categorical", "categories": ["a", "b"]},
+    ]
+}
 
 
-def make_dataset(*, steward: User, slug: str = "survey", csv: bytes = b"age,group\n30,a\n41,b\n",
-                 schema: dict = SMALL_SCHEMA):
+def make_dataset(
+    *,
+    steward: User,
+    slug: str = "survey",
+    csv: bytes = b"age,group\n30,a\n41,b\n",
+    schema: dict = SMALL_SCHEMA,
+):
     """A registered dataset with one ready version, uploaded through the real encrypting upload path
     and ingested by the worker-side service."""
     import io
@@ -111,10 +127,13 @@ def make_dataset(*, steward: User, slug: str = "survey", csv: bytes = b"age,grou
 
     client = api_client(steward)
     organisation = steward.membership.organisation
-    response = client.post("/api/v1/datasets", {"name": slug.title(), "slug": slug, "schema": schema}, format="json")
+    response = client.post(
+        "/api/v1/datasets", {"name": slug.title(), "slug": slug, "schema": schema}, format="json"
+    )
     assert response.status_code == 201, response.content
-    response = client.post(f"/api/v1/datasets/{organisation.slug}/{slug}/versions", {"file": io.BytesIO(csv)},
-                           format="multipart")
+    response = client.post(
+        f"/api/v1/datasets/{organisation.slug}/{slug}/versions", {"file": io.BytesIO(csv)}, format="multipart"
+    )
     assert response.status_code == 202, response.content
     version = DatasetVersion.objects.get(dataset__organisation=organisation, dataset__slug=slug, number=1)
     assert dataset_version_ingest(version_id=version.pk).status == "ready"
@@ -130,8 +149,9 @@ def _side(operator: User, slug: str, grantee: Organisation) -> OrgSide:
     add_member_by_invitation(organisation=organisation, admin=admin, user=steward, role=Role.DATA_STEWARD)
     joiner = make_user(f"joiner_{slug}")
     join_request = join_request_create(actor=joiner, organisation=organisation, message="please")
-    invitation, invitation_token = invitation_create(actor=admin, organisation=organisation, email=f"invitee@{slug}.example.org",
-                                      role=Role.ANALYST)
+    invitation, invitation_token = invitation_create(
+        actor=admin, organisation=organisation, email=f"invitee@{slug}.example.org", role=Role.ANALYST
+    )
     token, _ = api_token_create(actor=admin, name="matrix")
     from clearinghouse.datasets.services import agreement_publish, dataset_grant_create
 
@@ -142,8 +162,19 @@ def _side(operator: User, slug: str, grantee: Organisation) -> OrgSide:
 
     budget_set(actor=steward, dataset=dataset, measure="pure", total=10.0)
     allocation_set(actor=steward, dataset=dataset, organisation=grantee, amount=1.0)
-    return OrgSide(organisation, admin, analyst, steward, joiner, join_request, invitation, invitation_token, token.pk,
-                   dataset, grant.pk)
+    return OrgSide(
+        organisation,
+        admin,
+        analyst,
+        steward,
+        joiner,
+        join_request,
+        invitation,
+        invitation_token,
+        token.pk,
+        dataset,
+        grant.pk,
+    )
 
 
 def build_world() -> World:
@@ -160,16 +191,17 @@ def build_world() -> World:
 
 
 def make_node_key(*, admin: User, name: str = "gpu-1"):
-    from federation.flower.security import make_supernode_keypair
-    from federation.services import supernode_key_add
-
     import tempfile
     from pathlib import Path
 
+    from federation.flower.security import make_supernode_keypair
+    from federation.services import supernode_key_add
+
     with tempfile.TemporaryDirectory() as tmp:
         _, public = make_supernode_keypair(Path(tmp), name)
-        return supernode_key_add(actor=admin, organisation=admin.membership.organisation, name=name,
-                                 public_key=public.read_text())
+        return supernode_key_add(
+            actor=admin, organisation=admin.membership.organisation, name=name, public_key=public.read_text()
+        )
 
 
 def make_finished_job(*, operator: User, admin: User):
@@ -182,11 +214,20 @@ def make_finished_job(*, operator: User, admin: User):
     from federation.services import job_create, job_participation_decide
 
     organisation = admin.membership.organisation
-    job = job_create(actor=operator, name=f"Spam filter {organisation.slug}", text_column="SMS", label_column="Label",
-                     labels=["ham", "spam"], participants=[{"organisation": organisation.slug}], min_clients=1)
+    job = job_create(
+        actor=operator,
+        name=f"Spam filter {organisation.slug}",
+        text_column="SMS",
+        label_column="Label",
+        labels=["ham", "spam"],
+        participants=[{"organisation": organisation.slug}],
+        min_clients=1,
+    )
     job_participation_decide(actor=admin, job=job, decision="accept")
     name = default_storage.save(f"federation/{job.uid}/adapter.safetensors", ContentFile(b"model-bytes"))
-    ModelArtifact.objects.create(job=job, file_name=name, size=11, sha256="0" * 64, report={"status": "succeeded"})
+    ModelArtifact.objects.create(
+        job=job, file_name=name, size=11, sha256="0" * 64, report={"status": "succeeded"}
+    )
     FederatedJob.objects.filter(pk=job.pk).update(state=JobState.SUCCEEDED)
     job.refresh_from_db()
     return job

@@ -80,8 +80,11 @@ def scan(directory: Path, secrets: dict[str, str]) -> list[str]:
                 kinds = {label for value, label in others.items() if value in line}
                 for run in _WORD.findall(line):
                     for length, table in words.items():
-                        kinds.update(table[run[i:i + length]] for i in range(len(run) - length + 1)
-                                     if run[i:i + length] in table)
+                        kinds.update(
+                            table[run[i : i + length]]
+                            for i in range(len(run) - length + 1)
+                            if run[i : i + length] in table
+                        )
                 if API_TOKEN.search(line):
                     kinds.add("API token")
                 findings += [f"{path.name}:{number}: {kind}" for kind in sorted(kinds)]

@@ -30,13 +30,20 @@ class MeApi(APIView):
     def get(self, request):
         user = request.user
         membership = membership_of(user=user)
-        return Response(self.OutputSerializer({
-            "id": user.pk, "username": user.username, "email": user.email, "is_operator": user.is_operator,
-            "organisation": membership.organisation.slug if membership else None,
-            "organisation_status": membership.organisation.status if membership else None,
-            "role": membership.role if membership else None,
-            "capabilities": sorted(user_capabilities(user=user)),
-        }).data)
+        return Response(
+            self.OutputSerializer(
+                {
+                    "id": user.pk,
+                    "username": user.username,
+                    "email": user.email,
+                    "is_operator": user.is_operator,
+                    "organisation": membership.organisation.slug if membership else None,
+                    "organisation_status": membership.organisation.status if membership else None,
+                    "role": membership.role if membership else None,
+                    "capabilities": sorted(user_capabilities(user=user)),
+                }
+            ).data
+        )
 
 
 class TokenOutputSerializer(serializers.Serializer):
@@ -66,13 +73,19 @@ class TokenListCreateApi(APIView):
 
     @extend_schema(responses=TokenOutputSerializer(many=True), operation_id="tokens_list")
     def get(self, request):
-        return paginated(queryset=api_token_list(actor=request.user), serializer_class=TokenOutputSerializer,
-                         request=request, view=self)
+        return paginated(
+            queryset=api_token_list(actor=request.user),
+            serializer_class=TokenOutputSerializer,
+            request=request,
+            view=self,
+        )
 
     @extend_schema(request=InputSerializer, responses={201: CreatedSerializer}, operation_id="tokens_create")
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
-        token, text = api_token_create(actor=request.user, name=data["name"], expires_at=data.get("expires_at"))
+        token, text = api_token_create(
+            actor=request.user, name=data["name"], expires_at=data.get("expires_at")
+        )
         body = dict(TokenOutputSerializer(token).data, token=text)
         return Response(body, status=status.HTTP_201_CREATED)
 
@@ -80,5 +93,7 @@ class TokenListCreateApi(APIView):
 class TokenRevokeApi(APIView):
     @extend_schema(request=None, responses=TokenOutputSerializer, operation_id="tokens_revoke")
     def post(self, request, token_id: int):
-        token = api_token_revoke(actor=request.user, token=api_token_get(actor=request.user, token_id=token_id))
+        token = api_token_revoke(
+            actor=request.user, token=api_token_get(actor=request.user, token_id=token_id)
+        )
         return Response(TokenOutputSerializer(token).data)

@@ -18,5 +18,8 @@ class AccountsConfig(AppConfig):
         # Every session is recorded with its user, so that services can end a user's sessions.
         user_logged_in.connect(sessions.session_recorded, dispatch_uid="accounts.session_recorded")
         user_logged_out.connect(sessions.session_forgotten, dispatch_uid="accounts.session_forgotten")
-        post_save.connect(sessions.deactivated_user_sessions_ended, sender=get_user_model(),
-                          dispatch_uid="accounts.deactivated_user_sessions_ended")
+        post_save.connect(
+            sessions.deactivated_user_sessions_ended,
+            sender=get_user_model(),
+            dispatch_uid="accounts.deactivated_user_sessions_ended",
+        )

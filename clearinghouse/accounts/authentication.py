@@ -41,7 +41,8 @@ class APITokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("This account is disabled.", code="user_inactive")
         if user_is_suspended(user=token.user):
             raise exceptions.AuthenticationFailed(
-                "Your organisation is suspended; its users and tokens do not work.", code="organisation_suspended"
+                "Your organisation is suspended; its users and tokens do not work.",
+                code="organisation_suspended",
             )
         # Coarse last-used stamp (once a minute) so that busy tokens do not write on every request.
         if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:

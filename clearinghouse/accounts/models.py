@@ -36,9 +36,13 @@ class APIToken(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "name"], condition=models.Q(revoked_at__isnull=True), name="token_name_unique_active"
+                fields=["user", "name"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="token_name_unique_active",
             ),
-            models.CheckConstraint(condition=models.Q(expires_at__gt=models.F("created_at")), name="token_expiry_after_creation"),
+            models.CheckConstraint(
+                condition=models.Q(expires_at__gt=models.F("created_at")), name="token_expiry_after_creation"
+            ),
         ]
 
     @property

@@ -26,7 +26,9 @@ def _clean_username(value: object) -> str:
     username = clean_name(value, field="username", max_length=USERNAME_MAX, min_length=3)
     if not all(ch.isalnum() or ch in "._-" for ch in username) or not username.isascii():
         message = "Use ASCII letters, digits, '.', '_' and '-'."
-        raise ValidationFailed(f"username: {message}", code="invalid_username", fields={"username": [message]})
+        raise ValidationFailed(
+            f"username: {message}", code="invalid_username", fields={"username": [message]}
+        )
     return username
 
 
@@ -38,13 +40,18 @@ def user_signup(*, username: str, email: str, password: str, full_name: str = ""
     if User.objects.filter(username__iexact=username).exists():
         raise Conflict("This username is taken.", code="duplicate_username", fields={"username": ["Taken."]})
     if User.objects.filter(email__iexact=email).exists():
-        raise Conflict("An account with this email exists.", code="duplicate_email", fields={"email": ["Taken."]})
+        raise Conflict(
+            "An account with this email exists.", code="duplicate_email", fields={"email": ["Taken."]}
+        )
     user = User(username=username, email=email, first_name=full_name)
     try:
         validate_password(password, user)
     except DjangoValidationError as exc:
-        raise ValidationFailed("password: " + " ".join(exc.messages), code="weak_password",
-                               fields={"password": list(exc.messages)}) from None
+        raise ValidationFailed(
+            "password: " + " ".join(exc.messages),
+            code="weak_password",
+            fields={"password": list(exc.messages)},
+        ) from None
     user.set_password(password)
     user.save()
     audit_record(actor=user, action="user.signed_up", target=user)
@@ -74,19 +81,31 @@ def api_token_create(*, actor: User, name: str, expires_at: datetime | None = No
     max_expiry = now + timedelta(days=settings.API_TOKEN_MAX_DAYS)
     expires_at = expires_at or now + timedelta(days=90)
     if expires_at <= now:
-        raise ValidationFailed("expires_at must be in the future.", code="invalid_expiry",
-                               fields={"expires_at": ["Must be in the future."]})
+        raise ValidationFailed(
+            "expires_at must be in the future.",
+            code="invalid_expiry",
+            fields={"expires_at": ["Must be in the future."]},
+        )
     if expires_at > max_expiry:
-        raise ValidationFailed(f"expires_at: at most {settings.API_TOKEN_MAX_DAYS} days ahead.",
-                               code="invalid_expiry", fields={"expires_at": ["Too far ahead."]})
+        raise ValidationFailed(
+            f"expires_at: at most {settings.API_TOKEN_MAX_DAYS} days ahead.",
+            code="invalid_expiry",
+            fields={"expires_at": ["Too far ahead."]},
+        )
     if APIToken.objects.filter(user=actor, name=name, revoked_at__isnull=True).exists():
         raise Conflict("You already have an active token with this name.", code="duplicate_token_name")
     text, prefix, secret_hash = token_generate()
-    token = APIToken.objects.create(user=actor, name=name, prefix=prefix, secret_hash=secret_hash,
-                                    created_at=now, expires_at=expires_at)
+    token = APIToken.objects.create(
+        user=actor, name=name, prefix=prefix, secret_hash=secret_hash, created_at=now, expires_at=expires_at
+    )
     membership = membership_of(user=actor)
-    audit_record(actor=actor, action="api_token.created", organisation=membership.organisation if membership else None,
-                 target=token, extra={"name": name, "expires_at": expires_at.isoformat()})
+    audit_record(
+        actor=actor,
+        action="api_token.created",
+        organisation=membership.organisation if membership else None,
+        target=token,
+        extra={"name": name, "expires_at": expires_at.isoformat()},
+    )
     return token, text
 
 
@@ -101,8 +120,13 @@ def api_token_revoke(*, actor: User, token: APIToken) -> APIToken:
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
     membership = membership_of(user=actor)
-    audit_record(actor=actor, action="api_token.revoked", organisation=membership.organisation if membership else None,
-                 target=token, extra={"name": token.name})
+    audit_record(
+        actor=actor,
+        action="api_token.revoked",
+        organisation=membership.organisation if membership else None,
+        target=token,
+        extra={"name": token.name},
+    )
     return token
 
 

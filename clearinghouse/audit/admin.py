@@ -5,7 +5,15 @@ from .models import AuditEvent
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
-    list_display = ("seq", "created_at", "actor_label", "organisation_label", "action", "target_type", "target_id")
+    list_display = (
+        "seq",
+        "created_at",
+        "actor_label",
+        "organisation_label",
+        "action",
+        "target_type",
+        "target_id",
+    )
     list_filter = ("action",)
 
     def has_add_permission(self, request):

@@ -32,5 +32,12 @@ class AuditEventListApi(APIView):
         action = request.query_params.get("action")
         if action:
             events = events.filter(action=action)
-        return paginated(queryset=events, request=request, view=self, body=lambda event: {
-            **self.OutputSerializer(event).data, "extra": audit_event_extra(actor=request.user, event=event)})
+        return paginated(
+            queryset=events,
+            request=request,
+            view=self,
+            body=lambda event: {
+                **self.OutputSerializer(event).data,
+                "extra": audit_event_extra(actor=request.user, event=event),
+            },
+        )

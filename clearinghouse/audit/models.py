@@ -26,10 +26,36 @@ GENESIS_HASH = "0" * 64
 # The columns each hash format covers, in the form `chained_fields` gives them. Never change a listed
 # version (stored events were hashed with it): add a new one and make it HASH_VERSION.
 HASHED_COLUMNS: dict[int, tuple[str, ...]] = {
-    1: ("seq", "created_at", "actor_id", "actor_label", "organisation_label", "action", "target_type",
-        "target_id", "request_id", "ip", "extra", "prev_hash"),
-    2: ("seq", "hash_version", "created_at", "actor_id", "actor_label", "organisation_id", "organisation_label",
-        "action", "target_type", "target_id", "request_id", "ip", "extra", "prev_hash"),
+    1: (
+        "seq",
+        "created_at",
+        "actor_id",
+        "actor_label",
+        "organisation_label",
+        "action",
+        "target_type",
+        "target_id",
+        "request_id",
+        "ip",
+        "extra",
+        "prev_hash",
+    ),
+    2: (
+        "seq",
+        "hash_version",
+        "created_at",
+        "actor_id",
+        "actor_label",
+        "organisation_id",
+        "organisation_label",
+        "action",
+        "target_type",
+        "target_id",
+        "request_id",
+        "ip",
+        "extra",
+        "prev_hash",
+    ),
 }
 HASH_VERSION = 2
 # Columns outside every hash: the surrogate key (nothing refers to an event by it; `seq` orders the
@@ -105,7 +131,9 @@ class AuditEvent(models.Model):
         return values
 
     def compute_hash(self) -> str:
-        canonical = json.dumps(self.chained_fields(), sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder)
+        canonical = json.dumps(
+            self.chained_fields(), sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     def __str__(self) -> str:

@@ -29,7 +29,11 @@ def audit_event_extra(*, actor: User, event: AuditEvent) -> dict:
     extra = dict(event.extra or {})
     if OWNER_ONLY in extra:
         membership = membership_active(user=actor)
-        if membership is None or event.organisation_id is None or membership.organisation_id != event.organisation_id:
+        if (
+            membership is None
+            or event.organisation_id is None
+            or membership.organisation_id != event.organisation_id
+        ):
             extra.pop(OWNER_ONLY)
     return extra
 
@@ -47,13 +51,17 @@ def audit_chain_problems() -> Iterator[ChainProblem]:
     last_seq = 0
     for event in AuditEvent.objects.order_by("seq").iterator(chunk_size=2000):
         if event.seq != expected_seq:
-            yield ChainProblem(expected_seq, f"event #{expected_seq} is missing (next stored is #{event.seq})")
+            yield ChainProblem(
+                expected_seq, f"event #{expected_seq} is missing (next stored is #{event.seq})"
+            )
         if event.prev_hash != expected_prev:
             yield ChainProblem(event.seq, "its previous-hash does not match the event before it")
         try:
             intact = event.compute_hash() == event.hash
         except UnknownHashVersion:
-            yield ChainProblem(event.seq, f"its hash format version {event.hash_version!r} is unknown (the row was changed)")
+            yield ChainProblem(
+                event.seq, f"its hash format version {event.hash_version!r} is unknown (the row was changed)"
+            )
         else:
             if not intact:
                 yield ChainProblem(event.seq, "its content does not match its hash (the row was changed)")

@@ -17,8 +17,11 @@ class ErrorSerializer(serializers.Serializer):
 
     code = serializers.CharField(help_text="Stable machine-readable code, e.g. `not_found`, `invalid`.")
     detail = serializers.CharField(help_text="A human-readable message.")
-    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False,
-                                   help_text="Per input field, its problems (validation errors only).")
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Per input field, its problems (validation errors only).",
+    )
 
 
 class _StrictText:
@@ -45,9 +48,14 @@ def paginator_class() -> type:
     return api_settings.DEFAULT_PAGINATION_CLASS
 
 
-def paginated(*, queryset: Any, request: Request, view: APIView,
-              serializer_class: type[serializers.Serializer] | None = None,
-              body: Callable[[Any], dict] | None = None) -> Response:
+def paginated(
+    *,
+    queryset: Any,
+    request: Request,
+    view: APIView,
+    serializer_class: type[serializers.Serializer] | None = None,
+    body: Callable[[Any], dict] | None = None,
+) -> Response:
     """One page of `queryset`, each item rendered by `serializer_class` or by `body(item)`."""
     paginator = paginator_class()()
     page = paginator.paginate_queryset(queryset, request, view=view)

@@ -31,7 +31,9 @@ def parse_networks(values: Iterable[str]) -> tuple[IPNetwork, ...]:
         try:
             networks.append(ipaddress.ip_network(value.strip(), strict=False))
         except ValueError:
-            raise ImproperlyConfigured(f"TRUSTED_PROXIES: {value!r} is not an IP address or CIDR network.") from None
+            raise ImproperlyConfigured(
+                f"TRUSTED_PROXIES: {value!r} is not an IP address or CIDR network."
+            ) from None
     return tuple(networks)
 
 

@@ -49,7 +49,11 @@ def atomic_with_retry(fn: Callable[[], T], *, attempts: int = 5, using: str | No
         except OperationalError as exc:
             if attempt == attempts or not is_retryable(exc):
                 raise
-            logger.warning("Transaction aborted by the database (%s); retrying (%d/%d)",
-                           getattr(exc.__cause__, "sqlstate", "?"), attempt, attempts)
+            logger.warning(
+                "Transaction aborted by the database (%s); retrying (%d/%d)",
+                getattr(exc.__cause__, "sqlstate", "?"),
+                attempt,
+                attempts,
+            )
             time.sleep(random.uniform(0.01, 0.05) * attempt)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -27,8 +27,10 @@ def _error_body(code: str, detail: str, fields: dict[str, Any] | None = None) ->
 
 def _flatten_validation(detail: Any) -> dict[str, list[str]]:
     if isinstance(detail, dict):
-        return {key: [str(item) for item in (value if isinstance(value, list) else [value])]
-                for key, value in detail.items()}
+        return {
+            key: [str(item) for item in (value if isinstance(value, list) else [value])]
+            for key, value in detail.items()
+        }
     if isinstance(detail, list):
         return {"non_field_errors": [str(item) for item in detail]}
     return {"non_field_errors": [str(detail)]}
@@ -53,8 +55,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         return Response(_error_body(exc.code, exc.message, exc.fields), status=exc.status_code)
     if database_busy(exc):
         logger.warning("database busy, answered 503: %s", type(exc.__cause__ or exc).__name__)
-        return Response(_error_body("database_busy", "The database is busy: the transaction was rolled back. Try again."),
-                        status=503, headers={"Retry-After": str(DATABASE_BUSY_RETRY_AFTER_SECONDS)})
+        return Response(
+            _error_body("database_busy", "The database is busy: the transaction was rolled back. Try again."),
+            status=503,
+            headers={"Retry-After": str(DATABASE_BUSY_RETRY_AFTER_SECONDS)},
+        )
     if isinstance(exc, Http404):
         exc = drf_exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):

@@ -49,8 +49,11 @@ def _superlink() -> str:
 
 
 def readiness() -> dict[str, str]:
-    return {"database": run_check("database", _database), "broker": run_check("broker", broker_check),
-            "superlink": run_check("superlink", _superlink)}
+    return {
+        "database": run_check("database", _database),
+        "broker": run_check("broker", broker_check),
+        "superlink": run_check("superlink", _superlink),
+    }
 
 
 def is_ready(checks: dict[str, str]) -> bool:

@@ -50,7 +50,9 @@ def staging_public_key() -> StagingPublicKey:
     if settings.STAGING_PUBLIC_KEY_FILE:
         return StagingPublicKey.from_file(settings.STAGING_PUBLIC_KEY_FILE)
     if not settings.KEYRING_ALLOW_DEV:
-        raise KeyringError("No staging public key configured: set STAGING_PUBLIC_KEY_FILE or STAGING_PUBLIC_KEY_JSON.")
+        raise KeyringError(
+            "No staging public key configured: set STAGING_PUBLIC_KEY_FILE or STAGING_PUBLIC_KEY_JSON."
+        )
     if not dev_staging_public_path().exists():
         ensure_dev_keys()
     return StagingPublicKey.from_file(dev_staging_public_path())
@@ -58,7 +60,11 @@ def staging_public_key() -> StagingPublicKey:
 
 def staging_public_key_path() -> Path:
     """Where `keyring_rotate` writes the new staging public key for the web processes."""
-    return Path(settings.STAGING_PUBLIC_KEY_FILE) if settings.STAGING_PUBLIC_KEY_FILE else dev_staging_public_path()
+    return (
+        Path(settings.STAGING_PUBLIC_KEY_FILE)
+        if settings.STAGING_PUBLIC_KEY_FILE
+        else dev_staging_public_path()
+    )
 
 
 # -- workers and management commands: the keyring ----------------------------------------------------------
@@ -71,8 +77,10 @@ def keyring() -> Keyring:
     from . import request_context
 
     if request_context.active() is not None and not current_task:
-        raise KeyringError("The keyring is loaded only by workers and management commands, never while "
-                           "serving a web request; web code encrypts to staging_public_key().")
+        raise KeyringError(
+            "The keyring is loaded only by workers and management commands, never while "
+            "serving a web request; web code encrypts to staging_public_key()."
+        )
     return _load_keyring()
 
 
@@ -96,7 +104,9 @@ def ensure_dev_keys() -> Keyring:
     if not path.exists():
         try:
             Keyring.generate().save(path)
-            logger.warning("Created a DEVELOPMENT keyring at %s: for one machine only, never for real data.", path)
+            logger.warning(
+                "Created a DEVELOPMENT keyring at %s: for one machine only, never for real data.", path
+            )
         except KeyringError:
             pass  # another process created it first
     ring = Keyring.from_file(path)

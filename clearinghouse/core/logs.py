@@ -20,8 +20,11 @@ class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = request_context.active()
         # Django logs a response's warning after the middleware has returned: the request still has its id.
-        record.request_id = ctx.request_id if ctx is not None else getattr(getattr(record, "request", None),
-                                                                           "request_id", None)
+        record.request_id = (
+            ctx.request_id
+            if ctx is not None
+            else getattr(getattr(record, "request", None), "request_id", None)
+        )
         return True
 
 
@@ -37,7 +40,9 @@ class RedactPathFilter(logging.Filter):
         path = getattr(request, "path", None)
         if path and isinstance(record.args, tuple):
             route = route_of(request)
-            record.args = tuple(route if arg in (path, request.get_full_path()) else arg for arg in record.args)
+            record.args = tuple(
+                route if arg in (path, request.get_full_path()) else arg for arg in record.args
+            )
         return True
 
 

@@ -41,7 +41,9 @@ PRIVACY_LOSS_SPENT = Counter(
     ["measure"],
 )
 INGESTION_BYTES = Counter(
-    "clearinghouse_ingestion_bytes", "Bytes of uploaded files whose ingestion finished, by outcome.", ["outcome"]
+    "clearinghouse_ingestion_bytes",
+    "Bytes of uploaded files whose ingestion finished, by outcome.",
+    ["outcome"],
 )
 # Incremented by the federation app when a round of a federated job completes.
 FEDERATED_ROUNDS = Counter(

@@ -43,10 +43,18 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route = route_of(request)
             method = request.method if request.method in _METHODS else "other"
-            REQUEST_LATENCY.labels(method=method, route=route, status=str(response.status_code)).observe(elapsed)
-            access_logger.info("request", extra={"method": method, "route": route,
-                                                 "status": response.status_code,
-                                                 "duration_ms": round(elapsed * 1000, 1)})
+            REQUEST_LATENCY.labels(method=method, route=route, status=str(response.status_code)).observe(
+                elapsed
+            )
+            access_logger.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": response.status_code,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
+            )
         finally:
             request_context.deactivate(token)
         response["X-Request-ID"] = request_id
@@ -71,7 +79,9 @@ class RefuseNulCharactersMiddleware:
             raise BadRequest("NUL characters are not allowed in requests.")
         return self.get_response(request)
 
-    def process_view(self, request: HttpRequest, view_func: Callable, view_args: Any, view_kwargs: Any) -> None:
+    def process_view(
+        self, request: HttpRequest, view_func: Callable, view_args: Any, view_kwargs: Any
+    ) -> None:
         if request.method != "POST" or getattr(view_func, "csrf_exempt", False):
             return
         try:

@@ -38,6 +38,7 @@ def _bad_text(text: str) -> str | None:
 def clean_json(value: Any, *, non_finite_as_null: bool = False) -> Any:
     """Checks (and for non-finite numbers, when asked, fixes) a parsed JSON value without recursion;
     raises ParseError naming the first problem."""
+
     def check(item: Any) -> Any:
         if isinstance(item, str):
             problem = _bad_text(item)

@@ -16,7 +16,9 @@ class RequestContext:
     ip: str | None
 
 
-_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar("request_context", default=None)
+_current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "request_context", default=None
+)
 
 
 def current() -> RequestContext:

@@ -58,8 +58,10 @@ class AutoSchema(openapi.AutoSchema):
     def _resolve_path_parameters(self, variables):
         parameters = super()._resolve_path_parameters(variables)
         converters = get_converters()
-        documented = {match["parameter"]: getattr(converters.get(match["converter"] or ""), "openapi", None)
-                      for match in _PATH_PARAMETER.finditer(self.path_regex)}
+        documented = {
+            match["parameter"]: getattr(converters.get(match["converter"] or ""), "openapi", None)
+            for match in _PATH_PARAMETER.finditer(self.path_regex)
+        }
         for parameter in parameters:
             schema = documented.get(parameter["name"])
             if schema is not None:
@@ -73,9 +75,12 @@ class AutoSchema(openapi.AutoSchema):
         error = self.resolve_serializer(ErrorSerializer(), "response").ref
         responses = operation["responses"]
         for status in error_statuses(operation, self.method):
-            responses.setdefault(str(status), {
-                "content": {"application/json": {"schema": error}},
-                "description": ERROR_DESCRIPTIONS[status],
-            })
+            responses.setdefault(
+                str(status),
+                {
+                    "content": {"application/json": {"schema": error}},
+                    "description": ERROR_DESCRIPTIONS[status],
+                },
+            )
         operation["responses"] = dict(sorted(responses.items()))
         return operation

@@ -38,7 +38,9 @@ def api_permission_denied(request: HttpRequest, exception: Exception | None = No
 
 def api_csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     if is_api(request):
-        return json_error("csrf_failed", f"CSRF Failed: {reason} Send the token in the X-CSRFToken header.", 403)
+        return json_error(
+            "csrf_failed", f"CSRF Failed: {reason} Send the token in the X-CSRFToken header.", 403
+        )
     return csrf_failure(request, reason)
 
 
@@ -46,8 +48,12 @@ def api_server_error(request: HttpRequest) -> HttpResponse:
     """The last resort: an exception nothing handled (Django has logged it with its traceback).
     Never the exception's text, which can hold SQL, paths or data."""
     if is_api(request):
-        return json_error("server_error", "An unexpected error occurred; it has been logged "
-                          f"(request id {getattr(request, 'request_id', 'unknown')}).", 500)
+        return json_error(
+            "server_error",
+            "An unexpected error occurred; it has been logged "
+            f"(request id {getattr(request, 'request_id', 'unknown')}).",
+            500,
+        )
     return server_error(request)
 
 
@@ -62,7 +68,9 @@ def readyz(request: HttpRequest) -> HttpResponse:
     """Readiness: 200 when the database, the broker and (if configured) the SuperLink answer, else 503."""
     checks = health.readiness()
     ready = health.is_ready(checks)
-    return JsonResponse({"status": "ready" if ready else "unready", "checks": checks}, status=200 if ready else 503)
+    return JsonResponse(
+        {"status": "ready" if ready else "unready", "checks": checks}, status=200 if ready else 503
+    )
 
 
 @require_GET

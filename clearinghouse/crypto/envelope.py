@@ -119,7 +119,9 @@ def _derive_keys(data_key: bytes, salt: bytes) -> tuple[bytes, bytes]:
     return payload_key, header_key
 
 
-def _wrap_new(keyring: Keyring | None, recipient: StagingPublicKey | None, data_key: bytes) -> tuple[int, str, bytes]:
+def _wrap_new(
+    keyring: Keyring | None, recipient: StagingPublicKey | None, data_key: bytes
+) -> tuple[int, str, bytes]:
     """(wrap kind, key id, wrapped key) for a new file: under the keyring's current KEK, or to a
     staging public key."""
     if (keyring is None) == (recipient is None):
@@ -209,8 +211,15 @@ class StreamEncryptor:
     key: then this process needs, and gets, no key that could decrypt what it writes).
     """
 
-    def __init__(self, dst: BinaryIO, *, keyring: Keyring | None = None, recipient: StagingPublicKey | None = None,
-                 context: Context, segment_size: int = DEFAULT_SEGMENT_SIZE) -> None:
+    def __init__(
+        self,
+        dst: BinaryIO,
+        *,
+        keyring: Keyring | None = None,
+        recipient: StagingPublicKey | None = None,
+        context: Context,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+    ) -> None:
         ctx = canonical_context(context)
         check_segment_size(segment_size)
         data_key = secrets.token_bytes(DATA_KEY_SIZE)
@@ -256,7 +265,7 @@ class StreamEncryptor:
         size = self._segment_size
         while data:
             take = min(len(data), size + 1 - self._have)
-            self._view[self._have:self._have + take] = data[:take]
+            self._view[self._have : self._have + take] = data[:take]
             self._have += take
             data = data[take:]
             if self._have == size + 1:  # a full segment and the look-ahead byte: not final
@@ -268,7 +277,7 @@ class StreamEncryptor:
         """Feeds everything `src` has, straight into the segment buffer (no intermediate copies)."""
         size = self._segment_size
         while True:
-            got = _fill(src, self._view[self._have:])
+            got = _fill(src, self._view[self._have :])
             self._have += got
             if self._have <= size:
                 return
@@ -306,8 +315,9 @@ def encrypt_stream(
     Memory is bounded by one segment, so datasets of any size stream through. `context` (bytes, or a
     flat mapping such as organisation/dataset/version) must be given again, identical, to decrypt.
     """
-    encryptor = StreamEncryptor(dst, keyring=keyring, recipient=recipient, context=context,
-                                segment_size=segment_size)
+    encryptor = StreamEncryptor(
+        dst, keyring=keyring, recipient=recipient, context=context, segment_size=segment_size
+    )
     encryptor.readinto_from(src)
     return encryptor.finish()
 
@@ -425,8 +435,14 @@ def encrypt_bytes(
 ) -> bytes:
     """`encrypt_stream` for data already in memory; returns the whole encrypted file."""
     out = io.BytesIO()
-    encrypt_stream(io.BytesIO(data), out, keyring=keyring, recipient=recipient, context=context,
-                   segment_size=segment_size)
+    encrypt_stream(
+        io.BytesIO(data),
+        out,
+        keyring=keyring,
+        recipient=recipient,
+        context=context,
+        segment_size=segment_size,
+    )
     return out.getvalue()
 
 
@@ -484,7 +500,9 @@ def rewrap_header(header: bytes, *, keyring: Keyring) -> bytes:
     parsed = parse_header_bytes(header)
     data_key, _, header_key = _open_header(parsed, keyring)
     kek = keyring.current
-    unsigned = replace(parsed, wrap_kind=WRAP_KEK, kek_id=kek.id, wrapped_key=wrap_kek(kek, data_key), mac=b"")
+    unsigned = replace(
+        parsed, wrap_kind=WRAP_KEK, kek_id=kek.id, wrapped_key=wrap_kek(kek, data_key), mac=b""
+    )
     return replace(unsigned, mac=_header_mac(header_key, unsigned)).to_bytes()
 
 

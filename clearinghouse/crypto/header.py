@@ -86,8 +86,15 @@ class Header:
 
     @property
     def size(self) -> int:
-        return (BOUND_PREFIX_SIZE + len(self._kind_bytes) + 1 + len(self.kek_id) + 2 + len(self.wrapped_key)
-                + MAC_SIZE)
+        return (
+            BOUND_PREFIX_SIZE
+            + len(self._kind_bytes)
+            + 1
+            + len(self.kek_id)
+            + 2
+            + len(self.wrapped_key)
+            + MAC_SIZE
+        )
 
     def info(self) -> HeaderInfo:
         return HeaderInfo(

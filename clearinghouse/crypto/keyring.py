@@ -97,7 +97,9 @@ def _entry_id(entry: object, index: int, what: str) -> str:
 
 def _check_key_fields(what: str, key_id: object, key: object, size: int, algorithm: str) -> None:
     if not is_valid_kek_id(key_id):
-        raise KeyringError(f"invalid {what} id: use 1-64 characters of [A-Za-z0-9._:-], starting alphanumeric")
+        raise KeyringError(
+            f"invalid {what} id: use 1-64 characters of [A-Za-z0-9._:-], starting alphanumeric"
+        )
     if not isinstance(key, bytes) or len(key) != size:
         raise KeyringError(f"{what} {key_id!r} must be exactly {size} bytes ({algorithm})")
 
@@ -139,8 +141,15 @@ class StagingPublicKey:
             raise KeyringError(f"staging public key {self.id!r} is not a valid X25519 public key") from None
 
     def to_json(self) -> str:
-        return json.dumps({"format": _PUBLIC_FORMAT_NAME, "version": _PUBLIC_FORMAT_VERSION, "id": self.id,
-                           "key": base64.b64encode(self.key).decode("ascii")}, indent=2)
+        return json.dumps(
+            {
+                "format": _PUBLIC_FORMAT_NAME,
+                "version": _PUBLIC_FORMAT_VERSION,
+                "id": self.id,
+                "key": base64.b64encode(self.key).decode("ascii"),
+            },
+            indent=2,
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StagingPublicKey:
@@ -148,10 +157,15 @@ class StagingPublicKey:
             doc = json.loads(text)
         except (ValueError, UnicodeDecodeError):
             raise KeyringError("staging public key is not valid JSON") from None
-        if not isinstance(doc, Mapping) or doc.get("format") != _PUBLIC_FORMAT_NAME \
-                or doc.get("version") != _PUBLIC_FORMAT_VERSION:
-            raise KeyringError(f'staging public key must have "format": "{_PUBLIC_FORMAT_NAME}" and '
-                               f'"version": {_PUBLIC_FORMAT_VERSION}')
+        if (
+            not isinstance(doc, Mapping)
+            or doc.get("format") != _PUBLIC_FORMAT_NAME
+            or doc.get("version") != _PUBLIC_FORMAT_VERSION
+        ):
+            raise KeyringError(
+                f'staging public key must have "format": "{_PUBLIC_FORMAT_NAME}" and '
+                f'"version": {_PUBLIC_FORMAT_VERSION}'
+            )
         key_id = _entry_id(doc, 0, "staging public key")
         return cls(id=key_id, key=_b64_field(doc, "key", key_id))
 
@@ -160,7 +174,9 @@ class StagingPublicKey:
         try:
             text = Path(path).read_bytes()
         except OSError as exc:
-            raise KeyringError(f"cannot read staging public key file {os.fspath(path)!r}: {exc.strerror}") from None
+            raise KeyringError(
+                f"cannot read staging public key file {os.fspath(path)!r}: {exc.strerror}"
+            ) from None
         return cls.from_json(text)
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -181,8 +197,11 @@ class StagingKey:
 
     @classmethod
     def generate(cls, key_id: str | None = None) -> StagingKey:
-        return cls(id=key_id or generate_kek_id(prefix="stg"), private=secrets.token_bytes(X25519_KEY_SIZE),
-                   created=_utc_now_text())
+        return cls(
+            id=key_id or generate_kek_id(prefix="stg"),
+            private=secrets.token_bytes(X25519_KEY_SIZE),
+            created=_utc_now_text(),
+        )
 
     @property
     def public(self) -> StagingPublicKey:
@@ -196,8 +215,14 @@ class Keyring:
 
     __slots__ = ("_current_id", "_keys", "_staging", "_staging_current_id")
 
-    def __init__(self, keys: Iterable[KeyEncryptionKey], *, current_id: str,
-                 staging: Iterable[StagingKey] = (), staging_current_id: str | None = None) -> None:
+    def __init__(
+        self,
+        keys: Iterable[KeyEncryptionKey],
+        *,
+        current_id: str,
+        staging: Iterable[StagingKey] = (),
+        staging_current_id: str | None = None,
+    ) -> None:
         by_id: dict[str, KeyEncryptionKey] = {}
         for kek in keys:
             if not isinstance(kek, KeyEncryptionKey):
@@ -215,7 +240,8 @@ class Keyring:
                 raise KeyringError(f"duplicate key id {pair.id!r} in keyring")
             staging_by_id[pair.id] = pair
         if (staging_current_id is None) != (not staging_by_id) or (
-                staging_current_id is not None and staging_current_id not in staging_by_id):
+            staging_current_id is not None and staging_current_id not in staging_by_id
+        ):
             raise KeyringError("the current staging key id is not among the keyring's staging keys")
         self._keys = by_id
         self._current_id = current_id
@@ -251,8 +277,10 @@ class Keyring:
         return len(self._keys)
 
     def __repr__(self) -> str:
-        return (f"Keyring(ids={list(self._keys)!r}, current_id={self._current_id!r}, "
-                f"staging_ids={list(self._staging)!r}, staging_current_id={self._staging_current_id!r})")
+        return (
+            f"Keyring(ids={list(self._keys)!r}, current_id={self._current_id!r}, "
+            f"staging_ids={list(self._staging)!r}, staging_current_id={self._staging_current_id!r})"
+        )
 
     @property
     def staging_ids(self) -> tuple[str, ...]:
@@ -281,11 +309,20 @@ class Keyring:
         pair = StagingKey.generate()
         return cls([kek], current_id=kek.id, staging=[pair], staging_current_id=pair.id)
 
-    def _replace(self, *, keys: Iterable[KeyEncryptionKey] | None = None, current_id: str | None = None,
-                 staging: Iterable[StagingKey] | None = None, staging_current_id: str | None = None) -> Keyring:
-        return Keyring(self._keys.values() if keys is None else keys, current_id=current_id or self._current_id,
-                       staging=self._staging.values() if staging is None else staging,
-                       staging_current_id=staging_current_id or self._staging_current_id)
+    def _replace(
+        self,
+        *,
+        keys: Iterable[KeyEncryptionKey] | None = None,
+        current_id: str | None = None,
+        staging: Iterable[StagingKey] | None = None,
+        staging_current_id: str | None = None,
+    ) -> Keyring:
+        return Keyring(
+            self._keys.values() if keys is None else keys,
+            current_id=current_id or self._current_id,
+            staging=self._staging.values() if staging is None else staging,
+            staging_current_id=staging_current_id or self._staging_current_id,
+        )
 
     def with_new_staging_key(self, new_pair: StagingKey | None = None) -> Keyring:
         """This keyring plus a new staging key pair that becomes current (old pairs stay, so uploads
@@ -293,11 +330,15 @@ class Keyring:
         pair = new_pair or StagingKey.generate()
         return self._replace(staging=[*self._staging.values(), pair], staging_current_id=pair.id)
 
-    def rotated(self, new_key: KeyEncryptionKey | None = None, *, new_staging_key: StagingKey | None = None) -> Keyring:
+    def rotated(
+        self, new_key: KeyEncryptionKey | None = None, *, new_staging_key: StagingKey | None = None
+    ) -> Keyring:
         """This keyring plus a new KEK and a new staging key pair, both current. Old keys stay, so old
         files stay readable."""
         kek = new_key or KeyEncryptionKey.generate()
-        return self._replace(keys=[*self._keys.values(), kek], current_id=kek.id).with_new_staging_key(new_staging_key)
+        return self._replace(keys=[*self._keys.values(), kek], current_id=kek.id).with_new_staging_key(
+            new_staging_key
+        )
 
     def without(self, kek_id: str) -> Keyring:
         """This keyring minus a retired KEK or staging key pair. Files still wrapped under it become
@@ -357,18 +398,32 @@ class Keyring:
         for index, entry in enumerate(entries):
             kek_id = _entry_id(entry, index, "keyring")
             created = entry.get("created")
-            keys.append(KeyEncryptionKey(id=kek_id, key=_b64_field(entry, "key", kek_id),
-                                         created=created if isinstance(created, str) else None))
+            keys.append(
+                KeyEncryptionKey(
+                    id=kek_id,
+                    key=_b64_field(entry, "key", kek_id),
+                    created=created if isinstance(created, str) else None,
+                )
+            )
         staging_current = doc.get("staging_current")
         staging_entries = doc.get("staging_keys", [])
-        if staging_current is not None and not isinstance(staging_current, str) or not isinstance(staging_entries, list):
+        if (
+            (staging_current is not None
+            and not isinstance(staging_current, str))
+            or not isinstance(staging_entries, list)
+        ):
             raise KeyringError('keyring "staging_current" must be a string and "staging_keys" a list')
         staging = []
         for index, entry in enumerate(staging_entries):
             key_id = _entry_id(entry, index, "staging key")
             created = entry.get("created")
-            staging.append(StagingKey(id=key_id, private=_b64_field(entry, "private", key_id),
-                                      created=created if isinstance(created, str) else None))
+            staging.append(
+                StagingKey(
+                    id=key_id,
+                    private=_b64_field(entry, "private", key_id),
+                    created=created if isinstance(created, str) else None,
+                )
+            )
         return cls(keys, current_id=current, staging=staging, staging_current_id=staging_current)
 
     @classmethod
@@ -417,7 +472,9 @@ def _write_private_file(path: Path, data: bytes, *, overwrite: bool, mode: int =
         # O_EXCL: never clobber an existing keyring (losing a KEK loses every file wrapped under it).
         # Mode 0600 is given at creation, so the key is never readable by others, not even briefly.
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode & 0o600)
+            fd = os.open(
+                path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), mode & 0o600
+            )
         except FileExistsError:
             raise KeyringError(
                 f"keyring file {str(path)!r} already exists; refusing to overwrite it"

@@ -25,7 +25,15 @@ from Crypto.PublicKey import ECC
 from .errors import IntegrityError
 from .keyring import X25519_KEY_SIZE, KeyEncryptionKey, StagingKey, StagingPublicKey
 
-__all__ = ["WRAPPED_SIZES", "WRAP_KEK", "WRAP_X25519", "unwrap_kek", "unwrap_x25519", "wrap_kek", "wrap_x25519"]
+__all__ = [
+    "WRAPPED_SIZES",
+    "WRAP_KEK",
+    "WRAP_X25519",
+    "unwrap_kek",
+    "unwrap_x25519",
+    "wrap_kek",
+    "wrap_x25519",
+]
 
 WRAP_KEK = 1
 WRAP_X25519 = 2
@@ -62,8 +70,11 @@ def _x25519_wrapping_key(ephemeral_public: bytes, staging_public: bytes):
 def wrap_x25519(recipient: StagingPublicKey, data_key: bytes) -> bytes:
     ephemeral = ECC.generate(curve="Curve25519")
     ephemeral_public = ephemeral.public_key().export_key(format="raw")
-    wrapping_key = key_agreement(static_pub=import_x25519_public_key(recipient.key), eph_priv=ephemeral,
-                                 kdf=_x25519_wrapping_key(ephemeral_public, recipient.key))
+    wrapping_key = key_agreement(
+        static_pub=import_x25519_public_key(recipient.key),
+        eph_priv=ephemeral,
+        kdf=_x25519_wrapping_key(ephemeral_public, recipient.key),
+    )
     return ephemeral_public + AES.new(wrapping_key, AES.MODE_KW).seal(data_key)
 
 
@@ -72,8 +83,13 @@ def unwrap_x25519(pair: StagingKey, wrapped: bytes) -> bytes:
     try:
         ephemeral = import_x25519_public_key(ephemeral_public)
         private = import_x25519_private_key(pair.private)
-        wrapping_key = key_agreement(static_priv=private, eph_pub=ephemeral,
-                                     kdf=_x25519_wrapping_key(ephemeral_public, pair.public.key))
+        wrapping_key = key_agreement(
+            static_priv=private,
+            eph_pub=ephemeral,
+            kdf=_x25519_wrapping_key(ephemeral_public, pair.public.key),
+        )
     except ValueError:  # a low-order or malformed ephemeral key: someone modified the header
-        raise IntegrityError(f"cannot unwrap the data key with staging key {pair.id!r}: invalid ephemeral key") from None
+        raise IntegrityError(
+            f"cannot unwrap the data key with staging key {pair.id!r}: invalid ephemeral key"
+        ) from None
     return _kw_unseal(wrapping_key, sealed, pair.id)

@@ -56,7 +56,8 @@ class DatasetOutputSerializer(serializers.Serializer):
     description = serializers.CharField()
     schema = serializers.SerializerMethodField(
         help_text="The confirmed schema; an unconfirmed proposal (read from the data) only for the owner, "
-                  "null for everyone else.")
+        "null for everyone else."
+    )
     schema_confirmed = serializers.BooleanField()
     created_at = serializers.DateTimeField()
 
@@ -81,7 +82,9 @@ class DatasetDetailOutputSerializer(DatasetOutputSerializer):
     class Meta:
         ref_name = "DatasetDetailOutput"
 
-    agreement_version = serializers.IntegerField(allow_null=True, help_text="The current data-use agreement's.")
+    agreement_version = serializers.IntegerField(
+        allow_null=True, help_text="The current data-use agreement's."
+    )
     agreement_accepted = serializers.BooleanField(help_text="Whether you accepted the current agreement.")
 
 
@@ -108,12 +111,20 @@ class VersionBodySerializer(VersionOutputSerializer):
 def version_body(version, *, owner: bool) -> dict:
     body = dict(VersionOutputSerializer(version).data)
     if owner:
-        body.update(finished_at=serializers.DateTimeField().to_representation(version.finished_at)
-                    if version.finished_at else None,
-                    row_count=version.row_count, source_name=version.source_name, source_format=version.source_format,
-                    source_bytes=version.source_bytes, repair=version.repair, error_code=version.error_code,
-                    error_message=version.error_message, quality_report=version.quality_report,
-                    schema=version.schema)
+        body.update(
+            finished_at=serializers.DateTimeField().to_representation(version.finished_at)
+            if version.finished_at
+            else None,
+            row_count=version.row_count,
+            source_name=version.source_name,
+            source_format=version.source_format,
+            source_bytes=version.source_bytes,
+            repair=version.repair,
+            error_code=version.error_code,
+            error_message=version.error_message,
+            quality_report=version.quality_report,
+            schema=version.schema,
+        )
     return body
 
 
@@ -129,13 +140,22 @@ class DatasetListRegisterApi(APIView):
 
     @extend_schema(responses=DatasetOutputSerializer(many=True), operation_id="datasets_list")
     def get(self, request):
-        return paginated(queryset=dataset_list(actor=request.user), serializer_class=DatasetOutputSerializer,
-                         request=request, view=self)
+        return paginated(
+            queryset=dataset_list(actor=request.user),
+            serializer_class=DatasetOutputSerializer,
+            request=request,
+            view=self,
+        )
 
-    @extend_schema(request=InputSerializer, responses={201: DatasetOutputSerializer}, operation_id="datasets_register")
+    @extend_schema(
+        request=InputSerializer, responses={201: DatasetOutputSerializer}, operation_id="datasets_register"
+    )
     def post(self, request):
-        dataset = dataset_register(actor=request.user, organisation=dataset_register_organisation(actor=request.user),
-                                   **validated(self.InputSerializer, request.data))
+        dataset = dataset_register(
+            actor=request.user,
+            organisation=dataset_register_organisation(actor=request.user),
+            **validated(self.InputSerializer, request.data),
+        )
         return Response(DatasetOutputSerializer(dataset).data, status=status.HTTP_201_CREATED)
 
 
@@ -155,7 +175,9 @@ class DatasetDetailApi(APIView):
         body["agreement_accepted"] = agreement_accepted(user=request.user, dataset=dataset)
         return Response(body)
 
-    @extend_schema(request=InputSerializer, responses=DatasetOutputSerializer, operation_id="datasets_set_schema")
+    @extend_schema(
+        request=InputSerializer, responses=DatasetOutputSerializer, operation_id="datasets_set_schema"
+    )
     def patch(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(self.InputSerializer, request.data)
@@ -171,7 +193,9 @@ class UploadSessionAuthentication(SessionAuthentication):
     def enforce_csrf(self, request):
         reason = csrf_refusal(request._request, None)
         if reason:
-            raise drf_exceptions.PermissionDenied(f"CSRF Failed: {reason} Send the token in the X-CSRFToken header.")
+            raise drf_exceptions.PermissionDenied(
+                f"CSRF Failed: {reason} Send the token in the X-CSRFToken header."
+            )
 
 
 class VersionListUploadApi(APIView):
@@ -185,7 +209,7 @@ class VersionListUploadApi(APIView):
         file = serializers.FileField()
         format = StrictCharField(required=False, default="", **_TEXT)
         delimiter = StrictCharField(required=False, default="", trim_whitespace=False, **_TEXT)
-        quote = StrictCharField(required=False, default='"', help_text='" (default), \' or none')
+        quote = StrictCharField(required=False, default='"', help_text="\" (default), ' or none")
         header = serializers.BooleanField(required=False, default=True)
         repair = StrictCharField(required=False, default="none", **_TEXT)
 
@@ -194,29 +218,46 @@ class VersionListUploadApi(APIView):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         owner = dataset_is_owner(actor=request.user, dataset=dataset)
         versions = dataset_version_list(actor=request.user, dataset=dataset)
-        return paginated(queryset=versions, body=lambda version: version_body(version, owner=owner),
-                         request=request, view=self)
+        return paginated(
+            queryset=versions,
+            body=lambda version: version_body(version, owner=owner),
+            request=request,
+            view=self,
+        )
 
-    @extend_schema(request={"multipart/form-data": InputSerializer}, responses={202: VersionBodySerializer},
-                   operation_id="dataset_versions_upload")
+    @extend_schema(
+        request={"multipart/form-data": InputSerializer},
+        responses={202: VersionBodySerializer},
+        operation_id="dataset_versions_upload",
+    )
     def post(self, request, organisation: str, slug: str):
         # Who may upload here, and the staging quota, before a byte of the body is read or staged.
         dataset = dataset_upload_target(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         if upload_too_large_early(request._request):
             raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
-        with receiving_upload(request._request) as receipt:  # deletes what no version records, however it ends
+        with receiving_upload(
+            request._request
+        ) as receipt:  # deletes what no version records, however it ends
             try:
-                files, data = request.FILES, request.data  # streams the `file` part through the encrypting handler
+                files, data = (
+                    request.FILES,
+                    request.data,
+                )  # streams the `file` part through the encrypting handler
             except UnreadablePostError:
                 raise ValidationFailed("The upload was interrupted.", code="upload_interrupted") from None
             upload = receipt.upload(files)
             delimiter = data.get("delimiter", "")
             delimiter = "\t" if delimiter in {"\\t", "tab"} else delimiter
-            version = dataset_version_create(actor=request.user, dataset=dataset, upload=upload,
-                                             fmt=data.get("format", ""), delimiter=delimiter,
-                                             quote_char="" if data.get("quote") == "none" else data.get("quote", '"'),
-                                             has_header=str(data.get("header", "true")).lower() not in {"false", "0", "no"},
-                                             repair=data.get("repair", "none") or "none")
+            version = dataset_version_create(
+                actor=request.user,
+                dataset=dataset,
+                upload=upload,
+                fmt=data.get("format", ""),
+                delimiter=delimiter,
+                quote_char="" if data.get("quote") == "none" else data.get("quote", '"'),
+                has_header=str(data.get("header", "true")).lower() not in {"false", "0", "no"},
+                repair=data.get("repair", "none") or "none",
+            )
         return Response(version_body(version, owner=True), status=status.HTTP_202_ACCEPTED)
 
 
@@ -235,7 +276,9 @@ class VersionRetryApi(APIView):
 
         repair = StrictCharField(required=False, allow_null=True, default=None, max_length=100)
 
-    @extend_schema(request=InputSerializer, responses={202: VersionBodySerializer}, operation_id="dataset_versions_retry")
+    @extend_schema(
+        request=InputSerializer, responses={202: VersionBodySerializer}, operation_id="dataset_versions_retry"
+    )
     def post(self, request, organisation: str, slug: str, number: int):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         version = dataset_version_get(actor=request.user, dataset=dataset, number=number)
@@ -263,22 +306,32 @@ class GrantListCreateApi(APIView):
     @extend_schema(responses=GrantOutputSerializer(many=True), operation_id="dataset_grants_list")
     def get(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        return paginated(queryset=dataset_grant_list(actor=request.user, dataset=dataset),
-                         serializer_class=GrantOutputSerializer, request=request, view=self)
+        return paginated(
+            queryset=dataset_grant_list(actor=request.user, dataset=dataset),
+            serializer_class=GrantOutputSerializer,
+            request=request,
+            view=self,
+        )
 
-    @extend_schema(request=InputSerializer, responses={201: GrantOutputSerializer}, operation_id="dataset_grants_create")
+    @extend_schema(
+        request=InputSerializer, responses={201: GrantOutputSerializer}, operation_id="dataset_grants_create"
+    )
     def post(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(self.InputSerializer, request.data)
         grantee = organisation_directory_get(slug=data["organisation"])
-        grant = dataset_grant_create(actor=request.user, dataset=dataset, organisation=grantee, purpose=data["purpose"])
+        grant = dataset_grant_create(
+            actor=request.user, dataset=dataset, organisation=grantee, purpose=data["purpose"]
+        )
         return Response(GrantOutputSerializer(grant).data, status=status.HTTP_201_CREATED)
 
 
 class GrantRevokeApi(APIView):
     @extend_schema(request=None, responses=GrantOutputSerializer, operation_id="dataset_grants_revoke")
     def post(self, request, grant_id: int):
-        grant = dataset_grant_revoke(actor=request.user, grant=dataset_grant_get(actor=request.user, grant_id=grant_id))
+        grant = dataset_grant_revoke(
+            actor=request.user, grant=dataset_grant_get(actor=request.user, grant_id=grant_id)
+        )
         return Response(GrantOutputSerializer(grant).data)
 
 
@@ -309,14 +362,20 @@ class AgreementApi(APIView):
         agreement = agreement_current(dataset=dataset)
         if agreement is None:
             raise NotFound("This dataset has no data-use agreement.", code="no_agreement")
-        body = dict(self.OutputSerializer(agreement).data, accepted=agreement_accepted(user=request.user, dataset=dataset))
+        body = dict(
+            self.OutputSerializer(agreement).data,
+            accepted=agreement_accepted(user=request.user, dataset=dataset),
+        )
         return Response(body)
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer}, operation_id="dataset_agreement_publish")
+    @extend_schema(
+        request=InputSerializer, responses={201: OutputSerializer}, operation_id="dataset_agreement_publish"
+    )
     def post(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        agreement = agreement_publish(actor=request.user, dataset=dataset,
-                                      text=validated(self.InputSerializer, request.data)["text"])
+        agreement = agreement_publish(
+            actor=request.user, dataset=dataset, text=validated(self.InputSerializer, request.data)["text"]
+        )
         return Response(self.OutputSerializer(agreement).data, status=status.HTTP_201_CREATED)
 
 
@@ -334,10 +393,14 @@ class AgreementAcceptApi(APIView):
         version = serializers.IntegerField()
         accepted_at = serializers.DateTimeField()
 
-    @extend_schema(request=InputSerializer, responses={201: OutputSerializer}, operation_id="dataset_agreement_accept")
+    @extend_schema(
+        request=InputSerializer, responses={201: OutputSerializer}, operation_id="dataset_agreement_accept"
+    )
     def post(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(self.InputSerializer, request.data)
         acceptance = agreement_accept(actor=request.user, dataset=dataset, version=data["version"])
-        return Response({"version": acceptance.agreement.version, "accepted_at": acceptance.accepted_at},
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            {"version": acceptance.agreement.version, "accepted_at": acceptance.accepted_at},
+            status=status.HTTP_201_CREATED,
+        )

@@ -25,10 +25,19 @@ FIRST_LINES = 5
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
 # One hash lookup per value (faster than lower-casing and two membership tests).
-_BOOLEAN_TEXT = {variant: value for words, value in ((_TRUE, True), (_FALSE, False))
-                 for word in words for variant in {word, word.upper(), word.capitalize()}}
-_POLARS_TYPES = {"integer": pl.Int64, "float": pl.Float64, "boolean": pl.Boolean, "categorical": pl.Utf8,
-                 "text": pl.Utf8}
+_BOOLEAN_TEXT = {
+    variant: value
+    for words, value in ((_TRUE, True), (_FALSE, False))
+    for word in words
+    for variant in {word, word.upper(), word.capitalize()}
+}
+_POLARS_TYPES = {
+    "integer": pl.Int64,
+    "float": pl.Float64,
+    "boolean": pl.Boolean,
+    "categorical": pl.Utf8,
+    "text": pl.Utf8,
+}
 
 
 class IngestError(ValueError):
@@ -53,9 +62,15 @@ def sniff_delimiter(sample: bytes) -> str:
         return ","
 
 
-def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | None = None,
-             column_names: list[str] | None = None, quote_char: str | None = '"',
-             schema: DatasetSchema | None = None) -> pl.DataFrame:
+def read_raw(
+    data: bytes,
+    *,
+    fmt: Literal["csv", "parquet"],
+    delimiter: str | None = None,
+    column_names: list[str] | None = None,
+    quote_char: str | None = '"',
+    schema: DatasetSchema | None = None,
+) -> pl.DataFrame:
     """Every column as text (nulls for empty fields), so that type errors are found and located by
     the checks rather than failing the whole parse. `column_names` reads a CSV without a header row
     (its columns in the declared order); `quote_char=None` reads files whose text holds stray quotes.
@@ -75,13 +90,21 @@ def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | No
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise IngestError(f"The file is not valid UTF-8 (byte offset {exc.start}).", code="invalid_utf8") from None
+        raise IngestError(
+            f"The file is not valid UTF-8 (byte offset {exc.start}).", code="invalid_utf8"
+        ) from None
     separator = delimiter or sniff_delimiter(data[:65536])
     if len(separator) != 1:
         raise IngestError("The delimiter must be a single character.", code="invalid_delimiter")
-    options = {"separator": separator, "infer_schema": False, "quote_char": quote_char or None,
-               "missing_utf8_is_empty_string": False, "raise_if_empty": True, "has_header": column_names is None,
-               "new_columns": column_names}
+    options = {
+        "separator": separator,
+        "infer_schema": False,
+        "quote_char": quote_char or None,
+        "missing_utf8_is_empty_string": False,
+        "raise_if_empty": True,
+        "has_header": column_names is None,
+        "new_columns": column_names,
+    }
     if schema is not None:
         numeric = {c.name: _POLARS_TYPES[c.type] for c in schema.columns if c.is_numeric}
         try:
@@ -99,24 +122,30 @@ def read_raw(data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | No
         raise _column_count_error(column_names) from None
     except pl.exceptions.ComputeError as exc:
         text = str(exc)
-        if "found more fields" in text or "expected" in text and "fields" in text:
-            raise IngestError("Rows have different numbers of fields (ragged rows); check the delimiter "
-                              "and quoting.", code="ragged_rows") from None
-        raise IngestError("The CSV could not be parsed; check the delimiter, quoting and encoding.",
-                          code="unparseable_csv") from None
+        if "found more fields" in text or ("expected" in text and "fields" in text):
+            raise IngestError(
+                "Rows have different numbers of fields (ragged rows); check the delimiter and quoting.",
+                code="ragged_rows",
+            ) from None
+        raise IngestError(
+            "The CSV could not be parsed; check the delimiter, quoting and encoding.", code="unparseable_csv"
+        ) from None
     except pl.exceptions.PolarsError:
         # Any other reader failure is the file's: a clear code, never an unhandled error in the worker.
-        raise IngestError("The CSV could not be parsed; check the delimiter, quoting and encoding.",
-                          code="unparseable_csv") from None
+        raise IngestError(
+            "The CSV could not be parsed; check the delimiter, quoting and encoding.", code="unparseable_csv"
+        ) from None
     if table.height == 0:
         raise IngestError("The file has a header but no rows.", code="empty_file")
     return _headerless_width_checked(table, column_names)  # empty fields are already null
 
 
 def _column_count_error(column_names: list[str] | None) -> IngestError:
-    return IngestError(f"A file without a header row must have exactly the {len(column_names or [])} declared "
-                       f"columns, in the declared order; check the delimiter (or that the file has a header).",
-                       code="column_count_mismatch")
+    return IngestError(
+        f"A file without a header row must have exactly the {len(column_names or [])} declared "
+        f"columns, in the declared order; check the delimiter (or that the file has a header).",
+        code="column_count_mismatch",
+    )
 
 
 def _headerless_width_checked(table: pl.DataFrame, column_names: list[str] | None) -> pl.DataFrame:
@@ -137,9 +166,12 @@ def _refuse_nul_bytes(data: bytes) -> None:
         return
     count = data.count(b"\x00")
     line = data.count(b"\n", 0, first) + 1
-    raise IngestError(f"The file contains {count} NUL byte{'s' if count != 1 else ''} (the first at byte offset {first}, line {line}): it is "
-                      "binary or corrupt, or saved as UTF-16/UTF-32; save it as UTF-8 text.", code="nul_bytes",
-                      report={"nul_bytes": {"count": count, "first_offset": first, "first_line": line}})
+    raise IngestError(
+        f"The file contains {count} NUL byte{'s' if count != 1 else ''} (the first at byte offset {first}, line {line}): it is "
+        "binary or corrupt, or saved as UTF-16/UTF-32; save it as UTF-8 text.",
+        code="nul_bytes",
+        report={"nul_bytes": {"count": count, "first_offset": first, "first_line": line}},
+    )
 
 
 def _refuse_nul_values(table: pl.DataFrame) -> None:
@@ -149,21 +181,36 @@ def _refuse_nul_values(table: pl.DataFrame) -> None:
     hits = table.select(pl.all().str.contains("\x00", literal=True).fill_null(False).sum())
     columns = {name: int(count) for name, count in hits.row(0, named=True).items() if count}
     if columns:
-        raise IngestError(f"Text values contain NUL characters (columns: {', '.join(list(columns)[:10])}); they are "
-                          "a sign of binary or corrupt data.", code="nul_bytes",
-                          report={"nul_bytes": {"count": sum(columns.values()), "columns": columns}})
+        raise IngestError(
+            f"Text values contain NUL characters (columns: {', '.join(list(columns)[:10])}); they are "
+            "a sign of binary or corrupt data.",
+            code="nul_bytes",
+            report={"nul_bytes": {"count": sum(columns.values()), "columns": columns}},
+        )
 
 
 def _parsed(column: Column, dtype: pl.DataType) -> pl.Expr:
     """The column's values in its declared type; null where a value does not parse."""
     raw = pl.col(column.name)
     if column.type == "integer":
-        return raw.cast(pl.Int64) if dtype.is_integer() else raw.cast(pl.Utf8).str.strip_chars().cast(pl.Int64, strict=False)
+        return (
+            raw.cast(pl.Int64)
+            if dtype.is_integer()
+            else raw.cast(pl.Utf8).str.strip_chars().cast(pl.Int64, strict=False)
+        )
     if column.type == "float":
-        value = raw.cast(pl.Float64) if dtype.is_numeric() else raw.str.strip_chars().cast(pl.Float64, strict=False)
+        value = (
+            raw.cast(pl.Float64)
+            if dtype.is_numeric()
+            else raw.str.strip_chars().cast(pl.Float64, strict=False)
+        )
         return pl.when(value.is_finite()).then(value).otherwise(None)
     if column.type == "boolean":
-        return raw.cast(pl.Utf8).str.strip_chars().replace_strict(_BOOLEAN_TEXT, default=None, return_dtype=pl.Boolean)
+        return (
+            raw.cast(pl.Utf8)
+            .str.strip_chars()
+            .replace_strict(_BOOLEAN_TEXT, default=None, return_dtype=pl.Boolean)
+        )
     return raw.cast(pl.Utf8)
 
 
@@ -182,10 +229,14 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
     missing = [name for name in schema.names if name not in raw.columns]
     ignored = [name for name in raw.columns if name not in schema.names]
     if missing:
-        raise IngestError(f"The file lacks declared columns: {', '.join(missing)}. Found: "
-                          f"{', '.join(raw.columns[:30])}.", code="missing_columns")
+        raise IngestError(
+            f"The file lacks declared columns: {', '.join(missing)}. Found: {', '.join(raw.columns[:30])}.",
+            code="missing_columns",
+        )
     raw = raw.select(schema.names)
-    parsed = raw.select([_parsed(column, raw.schema[column.name]).alias(column.name) for column in schema.columns])
+    parsed = raw.select(
+        [_parsed(column, raw.schema[column.name]).alias(column.name) for column in schema.columns]
+    )
     report: dict[str, Any] = {
         "rows_read": raw.height,
         # Row hashes (64-bit) count duplicates in one cheap pass; a collision is a 1-in-2^64 event.
@@ -227,8 +278,11 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
         if column.type == "text":
             lengths = value.str.len_chars()
             entry["text_length"] = {
-                "min": lengths.min(), "median": lengths.median(), "p90": lengths.quantile(0.9),
-                "max": lengths.max(), "mean": round(lengths.mean(), 2) if lengths.len() and lengths.mean() is not None else None,
+                "min": lengths.min(),
+                "median": lengths.median(),
+                "p90": lengths.quantile(0.9),
+                "max": lengths.max(),
+                "mean": round(lengths.mean(), 2) if lengths.len() and lengths.mean() is not None else None,
             }
             too_long = value.is_not_null() & (lengths > column.max_length)
             entry["too_long"] = _lines(too_long)
@@ -247,8 +301,12 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
     report["violations"] = violations
     if violations and repair == "none":
         report["rows_stored"] = 0
-        raise IngestError(f"{int(drop.sum())} rows break the declared schema; fix the file or choose a repair "
-                          f"(drop bad rows, or clamp to bounds).", code="schema_violations", report=report)
+        raise IngestError(
+            f"{int(drop.sum())} rows break the declared schema; fix the file or choose a repair "
+            f"(drop bad rows, or clamp to bounds).",
+            code="schema_violations",
+            report=report,
+        )
     table = parsed.filter(~drop)
     repaired["dropped_rows"] = int(drop.sum())
     if fix_exprs:
@@ -261,8 +319,10 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
         before = table.height
         table = table.filter(pl.col(unit.column).is_not_null())
         table = table.filter(pl.int_range(pl.len()).over(unit.column) < unit.max_rows_per_person)
-        report["contribution_limit"] = {"max_rows_per_person": unit.max_rows_per_person,
-                                        "dropped_rows": before - table.height}
+        report["contribution_limit"] = {
+            "max_rows_per_person": unit.max_rows_per_person,
+            "dropped_rows": before - table.height,
+        }
     report["repaired"] = repaired if repair != "none" else None
     report["rows_stored"] = table.height
     if table.height == 0:
@@ -297,5 +357,5 @@ def infer_schema(raw: pl.DataFrame, *, categorical_max: int = 50) -> dict[str, A
     return {
         "schema": {"columns": columns, "privacy_unit": {"kind": "row"}},
         "warning": "Bounds and categories were read from the data and are proposals only: confirm them "
-                   "from public knowledge (not from this data) before the schema is used.",
+        "from public knowledge (not from this data) before the schema is used.",
     }

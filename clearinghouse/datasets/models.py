@@ -18,12 +18,16 @@ class Dataset(models.Model):
     schema = models.JSONField(null=True, blank=True)
     # An inferred schema is only a proposal until the steward confirms it (bounds from data leak).
     schema_confirmed = models.BooleanField(default=False)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["organisation", "name"]
-        constraints = [models.UniqueConstraint(fields=["organisation", "slug"], name="dataset_slug_unique_per_org")]
+        constraints = [
+            models.UniqueConstraint(fields=["organisation", "slug"], name="dataset_slug_unique_per_org")
+        ]
 
     def __str__(self) -> str:
         return f"{self.organisation.slug}/{self.slug}"
@@ -60,7 +64,9 @@ class DatasetVersion(models.Model):
     quality_report = models.JSONField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
     # Liveness of ingestion (see services.dataset_version_ingest and dataset_versions_recover): when the
@@ -75,10 +81,13 @@ class DatasetVersion(models.Model):
         ordering = ["dataset", "-number"]
         constraints = [
             models.UniqueConstraint(fields=["dataset", "number"], name="dataset_version_number_unique"),
-            models.CheckConstraint(condition=models.Q(status__in=VersionStatus.values), name="dataset_version_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=VersionStatus.values), name="dataset_version_status_valid"
+            ),
             # A ready version always has its encrypted data file.
-            models.CheckConstraint(condition=~models.Q(status="ready") | ~models.Q(data_path=""),
-                                   name="ready_version_has_data"),
+            models.CheckConstraint(
+                condition=~models.Q(status="ready") | ~models.Q(data_path=""), name="ready_version_has_data"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -94,15 +103,20 @@ class DatasetGrant(models.Model):
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="grants")
     organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="dataset_grants")
     purpose = models.CharField(max_length=16, choices=GrantPurpose.choices)
-    granted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    granted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     granted_at = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-granted_at"]
         constraints = [
-            models.UniqueConstraint(fields=["dataset", "organisation", "purpose"], condition=models.Q(revoked_at__isnull=True),
-                                    name="one_active_grant_per_purpose"),
+            models.UniqueConstraint(
+                fields=["dataset", "organisation", "purpose"],
+                condition=models.Q(revoked_at__isnull=True),
+                name="one_active_grant_per_purpose",
+            ),
         ]
 
 
@@ -112,17 +126,23 @@ class DataUseAgreement(models.Model):
     dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="agreements")
     version = models.PositiveIntegerField()
     text = models.TextField(max_length=50_000)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["dataset", "-version"]
-        constraints = [models.UniqueConstraint(fields=["dataset", "version"], name="agreement_version_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "version"], name="agreement_version_unique")
+        ]
 
 
 class AgreementAcceptance(models.Model):
     agreement = models.ForeignKey(DataUseAgreement, on_delete=models.CASCADE, related_name="acceptances")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agreement_acceptances")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agreement_acceptances"
+    )
     accepted_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

@@ -141,7 +141,10 @@ def _column(raw: Any, path: str) -> Column:
         raise SchemaError(f"unknown keys {sorted(unknown)}", path=path)
     name = raw.get("name")
     if not isinstance(name, str) or not COLUMN_NAME.match(name):
-        raise SchemaError("use letters, digits, '_' and '-' (starting with a letter or '_'), at most 63", path=f"{path}.name")
+        raise SchemaError(
+            "use letters, digits, '_' and '-' (starting with a letter or '_'), at most 63",
+            path=f"{path}.name",
+        )
     kind = raw.get("type")
     if kind not in COLUMN_TYPES:
         raise SchemaError(f"type must be one of {', '.join(COLUMN_TYPES)}", path=f"{path}.type")
@@ -153,19 +156,23 @@ def _column(raw: Any, path: str) -> Column:
     max_length = None
     if kind in NUMERIC_TYPES:
         if "lower" not in raw or "upper" not in raw:
-            raise SchemaError("numeric columns need public 'lower' and 'upper' bounds", path=path,
-                              code="bounds_required")
+            raise SchemaError(
+                "numeric columns need public 'lower' and 'upper' bounds", path=path, code="bounds_required"
+            )
         lower = _number(raw["lower"], f"{path}.lower", integer=kind == "integer")
         upper = _number(raw["upper"], f"{path}.upper", integer=kind == "integer")
         if lower >= upper:
-            raise SchemaError(f"lower ({lower}) must be below upper ({upper})", path=f"{path}.lower",
-                              code="invalid_bounds")
+            raise SchemaError(
+                f"lower ({lower}) must be below upper ({upper})", path=f"{path}.lower", code="invalid_bounds"
+            )
     elif "lower" in raw or "upper" in raw:
         raise SchemaError("only numeric columns have bounds", path=path)
     if kind == "categorical" and raw.get("categories") is not None:
         values = raw["categories"]
         if not isinstance(values, list) or not values or len(values) > MAX_CATEGORIES:
-            raise SchemaError(f"a non-empty list of at most {MAX_CATEGORIES} values", path=f"{path}.categories")
+            raise SchemaError(
+                f"a non-empty list of at most {MAX_CATEGORIES} values", path=f"{path}.categories"
+            )
         if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
             raise SchemaError("categories are strings", path=f"{path}.categories")
         categories = tuple(str(v) for v in values)
@@ -175,12 +182,23 @@ def _column(raw: Any, path: str) -> Column:
         raise SchemaError("only categorical columns have categories", path=path)
     if kind == "text":
         max_length = raw.get("max_length", 1000)
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or not 0 < max_length <= MAX_TEXT_LENGTH:
+        if (
+            isinstance(max_length, bool)
+            or not isinstance(max_length, int)
+            or not 0 < max_length <= MAX_TEXT_LENGTH
+        ):
             raise SchemaError(f"a whole number from 1 to {MAX_TEXT_LENGTH}", path=f"{path}.max_length")
     elif raw.get("max_length") is not None:
         raise SchemaError("only text columns have max_length", path=path)
-    return Column(name=name, type=kind, nullable=nullable, lower=lower, upper=upper, categories=categories,
-                  max_length=max_length)
+    return Column(
+        name=name,
+        type=kind,
+        nullable=nullable,
+        lower=lower,
+        upper=upper,
+        categories=categories,
+        max_length=max_length,
+    )
 
 
 def _privacy_unit(raw: Any, columns: tuple[Column, ...]) -> PrivacyUnit:

@@ -47,8 +47,10 @@ def dataset_list(*, actor: Any) -> QuerySet[Dataset]:
     membership = membership_active(user=actor)
     owner_id = membership.organisation_id if membership is not None else None
     datasets = Dataset.objects.select_related("organisation").annotate(
-        viewer_is_owner=ExpressionWrapper(Q(organisation_id=owner_id), output_field=BooleanField()) if owner_id
-        else Value(False, output_field=BooleanField()))
+        viewer_is_owner=ExpressionWrapper(Q(organisation_id=owner_id), output_field=BooleanField())
+        if owner_id
+        else Value(False, output_field=BooleanField())
+    )
     if actor.is_operator:
         return datasets.all()
     if membership is None:
@@ -67,7 +69,9 @@ def dataset_schema_visible(*, dataset: Dataset, owner: bool) -> dict | None:
 
 
 def dataset_get(*, actor: Any, organisation_slug: str, dataset_slug: str) -> Dataset:
-    dataset = dataset_list(actor=actor).filter(organisation__slug=organisation_slug, slug=dataset_slug).first()
+    dataset = (
+        dataset_list(actor=actor).filter(organisation__slug=organisation_slug, slug=dataset_slug).first()
+    )
     if dataset is None:
         raise NotFound("Dataset not found.")
     return dataset
@@ -111,17 +115,22 @@ def dataset_upload_quota_check(*, organisation_id: int, adding_bytes: int = 0) -
     """The staging quota: an organisation may have at most DATASET_STAGED_UPLOADS_MAX versions
     awaiting ingestion (pending or validating), holding at most DATASET_STAGED_BYTES_MAX bytes of
     uploads, this one included. Refused uploads are never staged, or are deleted at once."""
-    waiting = DatasetVersion.objects.filter(dataset__organisation_id=organisation_id,
-                                            status__in=["pending", "validating"])
+    waiting = DatasetVersion.objects.filter(
+        dataset__organisation_id=organisation_id, status__in=["pending", "validating"]
+    )
     totals = waiting.aggregate(count=Count("pk"), size=Sum("source_bytes"))
     if totals["count"] >= settings.DATASET_STAGED_UPLOADS_MAX:
-        raise Conflict(f"Your organisation already has {totals['count']} uploads waiting for validation (the limit "
-                       f"is {settings.DATASET_STAGED_UPLOADS_MAX}); upload again once some have finished.",
-                       code="staging_quota_exceeded")
+        raise Conflict(
+            f"Your organisation already has {totals['count']} uploads waiting for validation (the limit "
+            f"is {settings.DATASET_STAGED_UPLOADS_MAX}); upload again once some have finished.",
+            code="staging_quota_exceeded",
+        )
     if (totals["size"] or 0) + adding_bytes > settings.DATASET_STAGED_BYTES_MAX:
-        raise Conflict(f"Uploads waiting for validation would exceed your organisation's limit of "
-                       f"{settings.DATASET_STAGED_BYTES_MAX} bytes; upload again once some have finished.",
-                       code="staging_quota_exceeded")
+        raise Conflict(
+            f"Uploads waiting for validation would exceed your organisation's limit of "
+            f"{settings.DATASET_STAGED_BYTES_MAX} bytes; upload again once some have finished.",
+            code="staging_quota_exceeded",
+        )
 
 
 def dataset_upload_target(*, actor: Any, organisation_slug: str, dataset_slug: str) -> Dataset:
@@ -175,7 +184,11 @@ def dataset_grant_get(*, actor: Any, grant_id: int) -> DatasetGrant:
     """A grant by id (to revoke it), for those who oversee its dataset (`dataset_is_owner_or_operator`).
     Anyone else gets the same 404 as for an id that does not exist, so another organisation's grant id
     confirms nothing. Whether the actor may revoke it is `dataset_grant_revoke`'s to say."""
-    grant = DatasetGrant.objects.select_related("dataset__organisation", "organisation").filter(pk=grant_id).first()
+    grant = (
+        DatasetGrant.objects.select_related("dataset__organisation", "organisation")
+        .filter(pk=grant_id)
+        .first()
+    )
     if grant is None or not dataset_is_owner_or_operator(actor=actor, dataset=grant.dataset):
         raise NotFound("Grant not found.")
     return grant

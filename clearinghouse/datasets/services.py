@@ -46,24 +46,46 @@ def _schema(value: Any) -> DatasetSchema:
     try:
         return DatasetSchema.parse(value) if isinstance(value, str) else DatasetSchema.from_dict(value)
     except SchemaError as exc:
-        raise ValidationFailed(f"schema: {exc.message}", code=exc.code, fields={"schema": [exc.message]}) from None
+        raise ValidationFailed(
+            f"schema: {exc.message}", code=exc.code, fields={"schema": [exc.message]}
+        ) from None
 
 
 @transaction.atomic
-def dataset_register(*, actor: Any, organisation: Organisation, name: str, slug: str, description: str = "",
-                     schema: dict | str | None = None) -> Dataset:
+def dataset_register(
+    *,
+    actor: Any,
+    organisation: Organisation,
+    name: str,
+    slug: str,
+    description: str = "",
+    schema: dict | str | None = None,
+) -> Dataset:
     require_capability(actor=actor, organisation=organisation, capability=MANAGE_DATASETS)
     name = clean_name(name, field="name", max_length=120)
     slug = clean_slug(slug)
-    description = clean_name(description, field="description", max_length=5000, min_length=0) if description else ""
+    description = (
+        clean_name(description, field="description", max_length=5000, min_length=0) if description else ""
+    )
     parsed = _schema(schema) if schema is not None else None
     if Dataset.objects.filter(organisation=organisation, slug=slug).exists():
         raise Conflict("Your organisation already has a dataset with this slug.", code="duplicate_slug")
-    dataset = Dataset.objects.create(organisation=organisation, name=name, slug=slug, description=description,
-                                     schema=parsed.to_dict() if parsed else None, schema_confirmed=parsed is not None,
-                                     created_by=actor)
-    audit_record(actor=actor, action="dataset.registered", organisation=organisation, target=dataset,
-                 extra={"slug": slug, "schema_declared": parsed is not None})
+    dataset = Dataset.objects.create(
+        organisation=organisation,
+        name=name,
+        slug=slug,
+        description=description,
+        schema=parsed.to_dict() if parsed else None,
+        schema_confirmed=parsed is not None,
+        created_by=actor,
+    )
+    audit_record(
+        actor=actor,
+        action="dataset.registered",
+        organisation=organisation,
+        target=dataset,
+        extra={"slug": slug, "schema_declared": parsed is not None},
+    )
     return dataset
 
 
@@ -78,41 +100,78 @@ def dataset_schema_set(*, actor: Any, dataset: Dataset, schema: dict | str) -> D
     dataset.schema = parsed.to_dict()
     dataset.schema_confirmed = True
     dataset.save(update_fields=["schema", "schema_confirmed"])
-    audit_record(actor=actor, action="dataset.schema_confirmed", organisation=dataset.organisation, target=dataset,
-                 extra={"columns": parsed.names})
+    audit_record(
+        actor=actor,
+        action="dataset.schema_confirmed",
+        organisation=dataset.organisation,
+        target=dataset,
+        extra={"columns": parsed.names},
+    )
     return dataset
 
 
-def dataset_version_create(*, actor: Any, dataset: Dataset, upload: EncryptedUpload, fmt: str = "",
-                           delimiter: str = "", quote_char: str = '"', has_header: bool = True,
-                           repair: str = "none") -> DatasetVersion:
+def dataset_version_create(
+    *,
+    actor: Any,
+    dataset: Dataset,
+    upload: EncryptedUpload,
+    fmt: str = "",
+    delimiter: str = "",
+    quote_char: str = '"',
+    has_header: bool = True,
+    repair: str = "none",
+) -> DatasetVersion:
     """Records an uploaded (already encrypted) file as a new pending version and queues its ingestion.
     Whenever this does not end with the version recorded (refused, or any error rolling it back), the
     staged file is deleted: no version would ever read it."""
     try:
         with transaction.atomic():
-            return _version_record(actor=actor, dataset=dataset, upload=upload, fmt=fmt, delimiter=delimiter,
-                                   quote_char=quote_char, has_header=has_header, repair=repair)
+            return _version_record(
+                actor=actor,
+                dataset=dataset,
+                upload=upload,
+                fmt=fmt,
+                delimiter=delimiter,
+                quote_char=quote_char,
+                has_header=has_header,
+                repair=repair,
+            )
     except BaseException:
         upload.discard()
         raise
 
 
-def _version_record(*, actor: Any, dataset: Dataset, upload: EncryptedUpload, fmt: str, delimiter: str,
-                    quote_char: str, has_header: bool, repair: str) -> DatasetVersion:
+def _version_record(
+    *,
+    actor: Any,
+    dataset: Dataset,
+    upload: EncryptedUpload,
+    fmt: str,
+    delimiter: str,
+    quote_char: str,
+    has_header: bool,
+    repair: str,
+) -> DatasetVersion:
     audit_lock()  # first: this transaction locks the dataset and counts the organisation's waiting uploads
     dataset_require_owner(actor=actor, dataset=dataset)
     fmt = fmt or ("parquet" if upload.name.lower().endswith(".parquet") else "csv")
     if fmt not in FORMATS:
         raise ValidationFailed(f"format must be one of {', '.join(FORMATS)}.", code="invalid_format")
-    if delimiter and (len(delimiter) != 1 or (not delimiter.isprintable() and delimiter != "\t")
-                      or delimiter in {'"', "'", "\r", "\n"}):
-        raise ValidationFailed("delimiter must be one printable character (\\t for tab).", code="invalid_delimiter")
+    if delimiter and (
+        len(delimiter) != 1
+        or (not delimiter.isprintable() and delimiter != "\t")
+        or delimiter in {'"', "'", "\r", "\n"}
+    ):
+        raise ValidationFailed(
+            "delimiter must be one printable character (\\t for tab).", code="invalid_delimiter"
+        )
     if quote_char not in {'"', "'", ""}:
         raise ValidationFailed("quote must be a double quote, a single quote or none.", code="invalid_quote")
     if not has_header and not dataset.schema_confirmed:
-        raise ValidationFailed("A file without a header row needs a confirmed schema to name its columns.",
-                               code="header_required")
+        raise ValidationFailed(
+            "A file without a header row needs a confirmed schema to name its columns.",
+            code="header_required",
+        )
     if repair not in REPAIRS:
         raise ValidationFailed(f"repair must be one of {', '.join(REPAIRS)}.", code="invalid_repair")
     if upload.size == 0:
@@ -121,12 +180,28 @@ def _version_record(*, actor: Any, dataset: Dataset, upload: EncryptedUpload, fm
     dataset = Dataset.objects.select_for_update(no_key=True).get(pk=dataset.pk)
     last = dataset.versions.order_by("-number").values_list("number", flat=True).first() or 0
     version = DatasetVersion.objects.create(
-        dataset=dataset, number=last + 1, source_format=fmt, source_name=upload.name[:255], source_bytes=upload.size,
-        delimiter=delimiter, quote_char=quote_char, has_header=has_header, repair=repair, schema=dataset.schema or {},
-        staging_path=upload.staging_name, kek_id=upload.kek_id, created_by=actor, enqueued_at=timezone.now(),
+        dataset=dataset,
+        number=last + 1,
+        source_format=fmt,
+        source_name=upload.name[:255],
+        source_bytes=upload.size,
+        delimiter=delimiter,
+        quote_char=quote_char,
+        has_header=has_header,
+        repair=repair,
+        schema=dataset.schema or {},
+        staging_path=upload.staging_name,
+        kek_id=upload.kek_id,
+        created_by=actor,
+        enqueued_at=timezone.now(),
     )
-    audit_record(actor=actor, action="dataset_version.uploaded", organisation=dataset.organisation, target=version,
-                 extra={"number": version.number, "format": fmt, OWNER_ONLY: {"bytes": upload.size}})
+    audit_record(
+        actor=actor,
+        action="dataset_version.uploaded",
+        organisation=dataset.organisation,
+        target=version,
+        extra={"number": version.number, "format": fmt, OWNER_ONLY: {"bytes": upload.size}},
+    )
     _enqueue_on_commit(version.pk)
     return version
 
@@ -139,8 +214,17 @@ def _enqueue_on_commit(version_id: int) -> None:
     transaction.on_commit(lambda: dataset_version_ingest_task.delay(version_id), robust=True)
 
 
-def dataset_version_import(*, actor: Any, dataset: Dataset, data: bytes, name: str, fmt: str = "",
-                           delimiter: str = "", quote_char: str = '"', repair: str = "none") -> DatasetVersion:
+def dataset_version_import(
+    *,
+    actor: Any,
+    dataset: Dataset,
+    data: bytes,
+    name: str,
+    fmt: str = "",
+    delimiter: str = "",
+    quote_char: str = '"',
+    repair: str = "none",
+) -> DatasetVersion:
     """A server-side import (demo, bulk loads): the bytes are encrypted into a staging file exactly as
     an HTTP upload would be (to the staging public key), then recorded as a new version (its
     ingestion queued like any other)."""
@@ -154,10 +238,22 @@ def dataset_version_import(*, actor: Any, dataset: Dataset, data: bytes, name: s
     except BaseException:
         default_storage.delete(staging)
         raise
-    upload = EncryptedUpload(staging_name=staging, name=name, content_type="application/octet-stream",
-                             size=len(data), kek_id=info.kek_id)
-    return dataset_version_create(actor=actor, dataset=dataset, upload=upload, fmt=fmt, delimiter=delimiter,
-                                  quote_char=quote_char, repair=repair)
+    upload = EncryptedUpload(
+        staging_name=staging,
+        name=name,
+        content_type="application/octet-stream",
+        size=len(data),
+        kek_id=info.kek_id,
+    )
+    return dataset_version_create(
+        actor=actor,
+        dataset=dataset,
+        upload=upload,
+        fmt=fmt,
+        delimiter=delimiter,
+        quote_char=quote_char,
+        repair=repair,
+    )
 
 
 def _stale_before() -> datetime:
@@ -168,11 +264,14 @@ def _validation_stuck(version: DatasetVersion, stale_before: datetime) -> bool:
     """A validating version whose run started before `stale_before`: its worker is presumed lost (a
     live run finishes well within INGESTION_STUCK_SECONDS: the task's hard time limit is below it)."""
     return version.status == VersionStatus.VALIDATING and (
-        version.validation_started_at is None or version.validation_started_at < stale_before)
+        version.validation_started_at is None or version.validation_started_at < stale_before
+    )
 
 
 @transaction.atomic
-def dataset_version_retry(*, actor: Any, version: DatasetVersion, repair: str | None = None) -> DatasetVersion:
+def dataset_version_retry(
+    *, actor: Any, version: DatasetVersion, repair: str | None = None
+) -> DatasetVersion:
     """Runs ingestion again (after the schema was confirmed, or with a repair chosen); also takes a
     version whose validation has been running past INGESTION_STUCK_SECONDS (its worker was lost)."""
     dataset_require_owner(actor=actor, dataset=version.dataset)
@@ -180,11 +279,17 @@ def dataset_version_retry(*, actor: Any, version: DatasetVersion, repair: str | 
     version = DatasetVersion.objects.select_for_update(no_key=True).get(pk=version.pk)
     stuck = _validation_stuck(version, _stale_before())
     if version.status not in {VersionStatus.FAILED, VersionStatus.PENDING} and not stuck:
-        detail = (f" validation started at {version.validation_started_at:%Y-%m-%d %H:%M:%S} UTC; a run still going "
-                  f"after {int(settings.INGESTION_STUCK_SECONDS)} s can be retried"
-                  if version.status == VersionStatus.VALIDATING and version.validation_started_at else "")
-        raise Conflict(f"Only failed or stuck versions can be retried (this one is {version.status}{';' if detail else ''}"
-                       f"{detail}).", code="not_retryable")
+        detail = (
+            f" validation started at {version.validation_started_at:%Y-%m-%d %H:%M:%S} UTC; a run still going "
+            f"after {int(settings.INGESTION_STUCK_SECONDS)} s can be retried"
+            if version.status == VersionStatus.VALIDATING and version.validation_started_at
+            else ""
+        )
+        raise Conflict(
+            f"Only failed or stuck versions can be retried (this one is {version.status}{';' if detail else ''}"
+            f"{detail}).",
+            code="not_retryable",
+        )
     if not version.staging_path:
         raise Conflict("The upload of this version is gone; upload the file again.", code="upload_gone")
     if repair is not None:
@@ -200,10 +305,26 @@ def dataset_version_retry(*, actor: Any, version: DatasetVersion, repair: str | 
     version.ingest_claim = ""
     version.validation_started_at = None
     version.enqueued_at = timezone.now()
-    version.save(update_fields=["repair", "schema", "status", "error_code", "error_message", "attempts",
-                                "ingest_claim", "validation_started_at", "enqueued_at"])
-    audit_record(actor=actor, action="dataset_version.retried", organisation=version.dataset.organisation,
-                 target=version, extra={"repair": version.repair, "was": previous})
+    version.save(
+        update_fields=[
+            "repair",
+            "schema",
+            "status",
+            "error_code",
+            "error_message",
+            "attempts",
+            "ingest_claim",
+            "validation_started_at",
+            "enqueued_at",
+        ]
+    )
+    audit_record(
+        actor=actor,
+        action="dataset_version.retried",
+        organisation=version.dataset.organisation,
+        target=version,
+        extra={"repair": version.repair, "was": previous},
+    )
     _enqueue_on_commit(version.pk)
     return version
 
@@ -223,14 +344,23 @@ def dataset_version_ingest(*, version_id: int) -> DatasetVersion:
         return _ingest_run(version, claim)
     except KeyringError:
         logger.error("Dataset version %s: the worker's keyring cannot decrypt uploads", version.pk)
-        return _version_failed(version, "keyring_unavailable", "The ingestion worker could not use its keyring "
-                               "(an operator must fix its configuration); retry this version afterwards.",
-                               claim=claim)
+        return _version_failed(
+            version,
+            "keyring_unavailable",
+            "The ingestion worker could not use its keyring "
+            "(an operator must fix its configuration); retry this version afterwards.",
+            claim=claim,
+        )
     except Exception as exc:  # noqa: BLE001 (any failure must end the version failed, never stuck)
         # The exception's text may quote the data: only its type is logged and shown.
         logger.error("Dataset version %s: ingestion failed unexpectedly (%s)", version.pk, type(exc).__name__)
-        return _version_failed(version, "ingestion_error", f"Validation failed unexpectedly ({type(exc).__name__}); "
-                               "retry this version, and upload the file again if it fails again.", claim=claim)
+        return _version_failed(
+            version,
+            "ingestion_error",
+            f"Validation failed unexpectedly ({type(exc).__name__}); "
+            "retry this version, and upload the file again if it fails again.",
+            claim=claim,
+        )
 
 
 def _ingest_claim(version_id: int) -> tuple[DatasetVersion, str] | None:
@@ -245,15 +375,24 @@ def _ingest_claim(version_id: int) -> tuple[DatasetVersion, str] | None:
             _mark_stuck_failed(version)
             return None
         now = timezone.now()
-        claimed = DatasetVersion.objects.filter(pk=version.pk, status=version.status,
-                                                ingest_claim=version.ingest_claim).update(
-            status=VersionStatus.VALIDATING, ingest_claim=claim, validation_started_at=now,
-            attempts=F("attempts") + 1)
+        claimed = DatasetVersion.objects.filter(
+            pk=version.pk, status=version.status, ingest_claim=version.ingest_claim
+        ).update(
+            status=VersionStatus.VALIDATING,
+            ingest_claim=claim,
+            validation_started_at=now,
+            attempts=F("attempts") + 1,
+        )
         if not claimed:
             return None
         version.refresh_from_db()
-        audit_record(actor=None, action="dataset_version.validation_started", organisation=version.dataset.organisation,
-                     target=version, extra={"attempt": version.attempts})
+        audit_record(
+            actor=None,
+            action="dataset_version.validation_started",
+            organisation=version.dataset.organisation,
+            target=version,
+            extra={"attempt": version.attempts},
+        )
     return version, claim
 
 
@@ -264,15 +403,25 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
     except CryptoError as exc:
         if isinstance(exc, KeyringError):
             raise  # the worker's keyring is misconfigured: not the upload's fault, so not "corrupt"
-        return _version_corrupt(version, "The uploaded file failed authentication: it was altered in storage.",
-                                claim=claim)
+        return _version_corrupt(
+            version, "The uploaded file failed authentication: it was altered in storage.", claim=claim
+        )
     except FileNotFoundError:
-        return _version_failed(version, "upload_gone", "The uploaded file is gone; upload it again.", claim=claim)
+        return _version_failed(
+            version, "upload_gone", "The uploaded file is gone; upload it again.", claim=claim
+        )
     try:
-        schema = DatasetSchema.from_dict(version.schema) if dataset.schema_confirmed and version.schema else None
-        raw = read_raw(plaintext, fmt=version.source_format, delimiter=version.delimiter or None,
-                       column_names=None if version.has_header else schema.names,
-                       quote_char=version.quote_char or None, schema=schema)
+        schema = (
+            DatasetSchema.from_dict(version.schema) if dataset.schema_confirmed and version.schema else None
+        )
+        raw = read_raw(
+            plaintext,
+            fmt=version.source_format,
+            delimiter=version.delimiter or None,
+            column_names=None if version.has_header else schema.names,
+            quote_char=version.quote_char or None,
+            schema=schema,
+        )
         del plaintext
         if schema is None:
             return _schema_proposed(version, infer_schema(raw), claim=claim)
@@ -299,14 +448,23 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
             version.ingest_claim = ""
             version.finished_at = timezone.now()
             version.save()
-            audit_record(actor=None, action="dataset_version.ready", organisation=dataset.organisation, target=version,
-                         extra={"repair": version.repair, "attempt": version.attempts,
-                                OWNER_ONLY: {"rows": version.row_count, "violations": result.report["violations"]}})
+            audit_record(
+                actor=None,
+                action="dataset_version.ready",
+                organisation=dataset.organisation,
+                target=version,
+                extra={
+                    "repair": version.repair,
+                    "attempt": version.attempts,
+                    OWNER_ONLY: {"rows": version.row_count, "violations": result.report["violations"]},
+                },
+            )
             count_on_commit(INGESTION_BYTES.labels(outcome="ready"), version.source_bytes)
             # Clean-ups, best effort: a file left behind is only unused ciphertext.
             transaction.on_commit(lambda: default_storage.delete(staging), robust=True)
-            transaction.on_commit(lambda: storage.remove_data_files(storage.version_folder(**ids), keep=name),
-                                  robust=True)
+            transaction.on_commit(
+                lambda: storage.remove_data_files(storage.version_folder(**ids), keep=name), robust=True
+            )
     if lost:  # another run took the version over: its result (or a retry) stands, not this one's
         default_storage.delete(name)
         logger.info("Dataset version %s: a run that lost its claim discarded its result", version.pk)
@@ -317,8 +475,11 @@ def _locked_version(pk: int) -> DatasetVersion:
     """The version, its row locked until the caller's transaction ends (only its row, not those of
     its dataset and organisation, which come along for reading). The audit head first (see audit_lock)."""
     audit_lock()
-    return (DatasetVersion.objects.select_for_update(of=("self",), no_key=True)
-            .select_related("dataset__organisation").get(pk=pk))
+    return (
+        DatasetVersion.objects.select_for_update(of=("self",), no_key=True)
+        .select_related("dataset__organisation")
+        .get(pk=pk)
+    )
 
 
 def _holds(version: DatasetVersion, claim: str | None) -> bool:
@@ -326,8 +487,15 @@ def _holds(version: DatasetVersion, claim: str | None) -> bool:
     return claim is None or (version.status == VersionStatus.VALIDATING and version.ingest_claim == claim)
 
 
-def _mark_failed(version: DatasetVersion, code: str, message: str, *, report: dict | None = None,
-                 extra: dict | None = None, from_data: bool = False) -> None:
+def _mark_failed(
+    version: DatasetVersion,
+    code: str,
+    message: str,
+    *,
+    report: dict | None = None,
+    extra: dict | None = None,
+    from_data: bool = False,
+) -> None:
     """Inside the caller's transaction, on a locked row. `from_data`: the code says something about
     the rows (out of bounds, ragged, NUL bytes, ...): the audit log shows it to the owner alone."""
     version.status = VersionStatus.FAILED
@@ -338,23 +506,40 @@ def _mark_failed(version: DatasetVersion, code: str, message: str, *, report: di
     version.finished_at = timezone.now()
     version.save()
     details = {"code": code, **(extra or {})}
-    audit_record(actor=None, action="dataset_version.failed", organisation=version.dataset.organisation,
-                 target=version, extra={"attempts": version.attempts,
-                                        **({OWNER_ONLY: details} if from_data else details)})
+    audit_record(
+        actor=None,
+        action="dataset_version.failed",
+        organisation=version.dataset.organisation,
+        target=version,
+        extra={"attempts": version.attempts, **({OWNER_ONLY: details} if from_data else details)},
+    )
     count_on_commit(INGESTION_BYTES.labels(outcome="failed"), version.source_bytes)
-    ids = {"organisation_id": version.dataset.organisation_id, "dataset_id": version.dataset_id,
-           "number": version.number}
+    ids = {
+        "organisation_id": version.dataset.organisation_id,
+        "dataset_id": version.dataset_id,
+        "number": version.number,
+    }
     transaction.on_commit(lambda: storage.remove_data_files(storage.version_folder(**ids)), robust=True)
 
 
 def _mark_stuck_failed(version: DatasetVersion) -> None:
-    _mark_failed(version, "ingestion_stuck",
-                 f"Validation did not finish in {version.attempts} attempts (each run stopped without a result: its "
-                 "worker was lost or ran out of time or memory). Retry it, or upload a smaller or simpler file.")
+    _mark_failed(
+        version,
+        "ingestion_stuck",
+        f"Validation did not finish in {version.attempts} attempts (each run stopped without a result: its "
+        "worker was lost or ran out of time or memory). Retry it, or upload a smaller or simpler file.",
+    )
 
 
-def _version_failed(version: DatasetVersion, code: str, message: str, *, report: dict | None = None,
-                    claim: str | None = None, from_data: bool = False) -> DatasetVersion:
+def _version_failed(
+    version: DatasetVersion,
+    code: str,
+    message: str,
+    *,
+    report: dict | None = None,
+    claim: str | None = None,
+    from_data: bool = False,
+) -> DatasetVersion:
     with transaction.atomic():
         version = _locked_version(version.pk)
         if _holds(version, claim):
@@ -373,8 +558,12 @@ def _schema_proposed(version: DatasetVersion, proposal: dict, *, claim: str | No
         if proposed:
             dataset.schema = proposal["schema"]
             dataset.save(update_fields=["schema"])
-        _mark_failed(version, "schema_unconfirmed", "A schema was inferred from this upload. " + proposal["warning"] +
-                     " Then retry this version.", extra={"schema_proposed": proposed})
+        _mark_failed(
+            version,
+            "schema_unconfirmed",
+            "A schema was inferred from this upload. " + proposal["warning"] + " Then retry this version.",
+            extra={"schema_proposed": proposed},
+        )
     return version
 
 
@@ -390,8 +579,13 @@ def _version_corrupt(version: DatasetVersion, message: str, *, claim: str | None
         version.ingest_claim = ""
         version.finished_at = timezone.now()
         version.save()
-        audit_record(actor=None, action="dataset_version.corrupt", organisation=version.dataset.organisation,
-                     target=version, extra={"number": version.number})
+        audit_record(
+            actor=None,
+            action="dataset_version.corrupt",
+            organisation=version.dataset.organisation,
+            target=version,
+            extra={"number": version.number},
+        )
     return version
 
 
@@ -408,17 +602,24 @@ def dataset_versions_recover() -> dict[str, int]:
     stale_before = _stale_before()
     candidates = DatasetVersion.objects.annotate(queued=Coalesce("enqueued_at", "created_at")).filter(
         Q(status=VersionStatus.PENDING, queued__lt=stale_before)
-        | Q(status=VersionStatus.VALIDATING) & (Q(validation_started_at__isnull=True)
-                                                | Q(validation_started_at__lt=stale_before)))
+        | Q(status=VersionStatus.VALIDATING)
+        & (Q(validation_started_at__isnull=True) | Q(validation_started_at__lt=stale_before))
+    )
     counts = {"requeued": 0, "failed": 0}
     for pk in list(candidates.order_by("pk").values_list("pk", flat=True)[:500]):
         with transaction.atomic():
             version = _locked_version(pk)
             queued = version.enqueued_at or version.created_at
-            if not (version.status == VersionStatus.PENDING and queued < stale_before
-                    or _validation_stuck(version, stale_before)):
+            if not (
+                (version.status == VersionStatus.PENDING
+                and queued < stale_before)
+                or _validation_stuck(version, stale_before)
+            ):
                 continue  # it moved on meanwhile
-            if version.status == VersionStatus.VALIDATING and version.attempts >= settings.INGESTION_MAX_ATTEMPTS:
+            if (
+                version.status == VersionStatus.VALIDATING
+                and version.attempts >= settings.INGESTION_MAX_ATTEMPTS
+            ):
                 _mark_stuck_failed(version)
                 counts["failed"] += 1
                 continue
@@ -427,8 +628,13 @@ def dataset_versions_recover() -> dict[str, int]:
             version.ingest_claim = ""  # a run still holding the old claim can no longer finish it
             version.enqueued_at = timezone.now()
             version.save(update_fields=["status", "ingest_claim", "enqueued_at"])
-            audit_record(actor=None, action="dataset_version.requeued", organisation=version.dataset.organisation,
-                         target=version, extra={"was": previous, "attempts": version.attempts})
+            audit_record(
+                actor=None,
+                action="dataset_version.requeued",
+                organisation=version.dataset.organisation,
+                target=version,
+                extra={"was": previous, "attempts": version.attempts},
+            )
             _enqueue_on_commit(version.pk)
             counts["requeued"] += 1
     if any(counts.values()):
@@ -451,8 +657,10 @@ def dataset_staging_sweep() -> dict[str, int]:
     paths = [f"{STAGING_DIR}/{name}" for name in names]
     deleted = 0
     for start in range(0, len(paths), 500):
-        batch = paths[start:start + 500]
-        recorded = set(DatasetVersion.objects.filter(staging_path__in=batch).values_list("staging_path", flat=True))
+        batch = paths[start : start + 500]
+        recorded = set(
+            DatasetVersion.objects.filter(staging_path__in=batch).values_list("staging_path", flat=True)
+        )
         for path in batch:
             if path in recorded:
                 continue
@@ -475,36 +683,56 @@ def _failed_staging_expire() -> int:
     then the upload is deleted (a retry answers `upload_gone`), so failed uploads cannot fill the disk."""
     cutoff = timezone.now() - timedelta(seconds=settings.DATASET_FAILED_STAGING_SECONDS)
     expired = 0
-    for pk in (DatasetVersion.objects.filter(status=VersionStatus.FAILED, finished_at__lt=cutoff)
-               .exclude(staging_path="").values_list("pk", flat=True)[:500]):
+    for pk in (
+        DatasetVersion.objects.filter(status=VersionStatus.FAILED, finished_at__lt=cutoff)
+        .exclude(staging_path="")
+        .values_list("pk", flat=True)[:500]
+    ):
         with transaction.atomic():
             version = _locked_version(pk)
             if version.status != VersionStatus.FAILED or not version.staging_path:
                 continue
             path, version.staging_path = version.staging_path, ""
             version.save(update_fields=["staging_path"])
-            audit_record(actor=None, action="dataset_version.upload_expired", organisation=version.dataset.organisation,
-                         target=version, extra={"number": version.number})
+            audit_record(
+                actor=None,
+                action="dataset_version.upload_expired",
+                organisation=version.dataset.organisation,
+                target=version,
+                extra={"number": version.number},
+            )
             transaction.on_commit(lambda path=path: default_storage.delete(path), robust=True)
         expired += 1
     return expired
 
 
 @transaction.atomic
-def dataset_grant_create(*, actor: Any, dataset: Dataset, organisation: Organisation, purpose: str) -> DatasetGrant:
+def dataset_grant_create(
+    *, actor: Any, dataset: Dataset, organisation: Organisation, purpose: str
+) -> DatasetGrant:
     dataset_require_owner(actor=actor, dataset=dataset)
     if purpose not in GrantPurpose.values:
-        raise ValidationFailed(f"purpose must be one of {', '.join(GrantPurpose.values)}.", code="invalid_purpose")
+        raise ValidationFailed(
+            f"purpose must be one of {', '.join(GrantPurpose.values)}.", code="invalid_purpose"
+        )
     if organisation.pk == dataset.organisation_id:
         raise ValidationFailed("The owner organisation needs no grant.", code="owner_grant")
     if organisation.status != OrganisationStatus.APPROVED:
         raise NotFound("Organisation not found.")
-    if DatasetGrant.objects.filter(dataset=dataset, organisation=organisation, purpose=purpose,
-                                   revoked_at__isnull=True).exists():
+    if DatasetGrant.objects.filter(
+        dataset=dataset, organisation=organisation, purpose=purpose, revoked_at__isnull=True
+    ).exists():
         raise Conflict("This organisation already has this grant.", code="duplicate_grant")
-    grant = DatasetGrant.objects.create(dataset=dataset, organisation=organisation, purpose=purpose, granted_by=actor)
-    audit_record(actor=actor, action="dataset_grant.created", organisation=dataset.organisation, target=grant,
-                 extra={"grantee": organisation.slug, "purpose": purpose, "dataset": dataset.slug})
+    grant = DatasetGrant.objects.create(
+        dataset=dataset, organisation=organisation, purpose=purpose, granted_by=actor
+    )
+    audit_record(
+        actor=actor,
+        action="dataset_grant.created",
+        organisation=dataset.organisation,
+        target=grant,
+        extra={"grantee": organisation.slug, "purpose": purpose, "dataset": dataset.slug},
+    )
     return grant
 
 
@@ -526,8 +754,13 @@ def dataset_grant_revoke(*, actor: Any, grant: DatasetGrant) -> DatasetGrant:
         raise Conflict("This grant is already revoked.", code="grant_revoked")
     grant.revoked_at = timezone.now()
     grant.save(update_fields=["revoked_at"])
-    audit_record(actor=actor, action="dataset_grant.revoked", organisation=grant.dataset.organisation, target=grant,
-                 extra={"grantee": grant.organisation.slug, "purpose": grant.purpose})
+    audit_record(
+        actor=actor,
+        action="dataset_grant.revoked",
+        organisation=grant.dataset.organisation,
+        target=grant,
+        extra={"grantee": grant.organisation.slug, "purpose": grant.purpose},
+    )
     return grant
 
 
@@ -540,10 +773,16 @@ def agreement_publish(*, actor: Any, dataset: Dataset, text: str) -> DataUseAgre
     audit_lock()  # first: the lock order of every write (see audit_lock)
     Dataset.objects.select_for_update(no_key=True).get(pk=dataset.pk)
     current = agreement_current(dataset=dataset)
-    agreement = DataUseAgreement.objects.create(dataset=dataset, version=(current.version + 1) if current else 1,
-                                                text=text, created_by=actor)
-    audit_record(actor=actor, action="agreement.published", organisation=dataset.organisation, target=agreement,
-                 extra={"dataset": dataset.slug, "version": agreement.version})
+    agreement = DataUseAgreement.objects.create(
+        dataset=dataset, version=(current.version + 1) if current else 1, text=text, created_by=actor
+    )
+    audit_record(
+        actor=actor,
+        action="agreement.published",
+        organisation=dataset.organisation,
+        target=agreement,
+        extra={"dataset": dataset.slug, "version": agreement.version},
+    )
     return agreement
 
 
@@ -557,11 +796,18 @@ def agreement_accept(*, actor: Any, dataset: Dataset, version: int) -> Agreement
     if current is None:
         raise NotFound("This dataset has no data-use agreement.", code="no_agreement")
     if current.version != version:
-        raise Conflict(f"Version {current.version} is current; read and accept that one.", code="agreement_outdated")
+        raise Conflict(
+            f"Version {current.version} is current; read and accept that one.", code="agreement_outdated"
+        )
     acceptance, created = AgreementAcceptance.objects.get_or_create(agreement=current, user=actor)
     if created:
-        audit_record(actor=actor, action="agreement.accepted", organisation=membership.organisation, target=acceptance,
-                     extra={"dataset": f"{dataset.organisation.slug}/{dataset.slug}", "version": current.version})
+        audit_record(
+            actor=actor,
+            action="agreement.accepted",
+            organisation=membership.organisation,
+            target=acceptance,
+            extra={"dataset": f"{dataset.organisation.slug}/{dataset.slug}", "version": current.version},
+        )
     return acceptance
 
 
@@ -576,7 +822,9 @@ def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
 
     current = keyring()
     counts = {"rewrapped": 0, "already_current": 0}
-    versions = DatasetVersion.objects.exclude(kek_id=current.current_id).exclude(data_path="", staging_path="")
+    versions = DatasetVersion.objects.exclude(kek_id=current.current_id).exclude(
+        data_path="", staging_path=""
+    )
     for version in versions.iterator():
         for name in filter(None, [version.data_path, version.staging_path]):
             temporary = f"{name}.rewrap"

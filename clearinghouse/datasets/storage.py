@@ -24,7 +24,8 @@ def data_file_name(*, organisation_id: int, dataset_id: int, number: int, claim:
     run that lost its claim (presumed dead, taken over) can never overwrite the file of the run that
     finished the version; the version records the name of the winner's file."""
     return f"{version_folder(organisation_id=organisation_id, dataset_id=dataset_id, number=number)}/" + (
-        f"data.{claim}.parquet.enc" if claim else "data.parquet.enc")
+        f"data.{claim}.parquet.enc" if claim else "data.parquet.enc"
+    )
 
 
 def version_folder(*, organisation_id: int, dataset_id: int, number: int) -> str:
@@ -49,7 +50,12 @@ def remove_data_files(folder: str, *, keep: str = "") -> int:
 
 def data_context(*, organisation_id: int, dataset_id: int, number: int) -> dict[str, int | str]:
     # Binds the ciphertext to exactly this version: a copy under another dataset does not decrypt.
-    return {"purpose": "dataset-version", "organisation": organisation_id, "dataset": dataset_id, "version": number}
+    return {
+        "purpose": "dataset-version",
+        "organisation": organisation_id,
+        "dataset": dataset_id,
+        "version": number,
+    }
 
 
 def read_staging(staging_name: str) -> bytes:

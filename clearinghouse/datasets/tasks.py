@@ -9,8 +9,12 @@ from .services import dataset_staging_sweep, dataset_version_ingest, dataset_ver
 _HARD_LIMIT = max(60.0, settings.INGESTION_STUCK_SECONDS - 60)
 
 
-@shared_task(name="datasets.ingest_version", acks_late=True, time_limit=_HARD_LIMIT,
-             soft_time_limit=max(30.0, _HARD_LIMIT - 60))
+@shared_task(
+    name="datasets.ingest_version",
+    acks_late=True,
+    time_limit=_HARD_LIMIT,
+    soft_time_limit=max(30.0, _HARD_LIMIT - 60),
+)
 def dataset_version_ingest_task(version_id: int) -> str:
     return dataset_version_ingest(version_id=version_id).status
 

@@ -68,7 +68,11 @@ def new_staging_file() -> tuple[str, object, StreamEncryptor]:
     name = f"{STAGING_DIR}/{uuid.uuid4().hex}.enc"
     target = open_for_write(name)
     try:
-        return name, target, StreamEncryptor(target, recipient=staging_public_key(), context=staging_context(name))
+        return (
+            name,
+            target,
+            StreamEncryptor(target, recipient=staging_public_key(), context=staging_context(name)),
+        )
     except BaseException:
         target.close()
         default_storage.delete(name)
@@ -169,8 +173,13 @@ class StagingUploadHandler(FileUploadHandler):
         info = self.encryptor.finish()
         self.target.close()
         self.target = None
-        return EncryptedUpload(staging_name=self.staging_name, name=self.file_name or "upload",
-                               content_type=self.content_type, size=self.size, kek_id=info.kek_id)
+        return EncryptedUpload(
+            staging_name=self.staging_name,
+            name=self.file_name or "upload",
+            content_type=self.content_type,
+            size=self.size,
+            kek_id=info.kek_id,
+        )
 
     def upload_interrupted(self) -> None:
         self._abort()
@@ -187,14 +196,20 @@ class StagingUploadHandler(FileUploadHandler):
         if self.too_large:
             raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
         if self.not_admitted:
-            raise ValidationFailed(f"The file was not accepted: {self.not_admitted}.", code="file_not_admitted")
+            raise ValidationFailed(
+                f"The file was not accepted: {self.not_admitted}.", code="file_not_admitted"
+            )
         if self.refused:
-            raise ValidationFailed(f"Send exactly one file, in the multipart field '{UPLOAD_FIELD}' (refused: "
-                                   f"{'; '.join(self.refused[:3])}).", code="unexpected_file_field")
+            raise ValidationFailed(
+                f"Send exactly one file, in the multipart field '{UPLOAD_FIELD}' (refused: "
+                f"{'; '.join(self.refused[:3])}).",
+                code="unexpected_file_field",
+            )
         upload = files.get(UPLOAD_FIELD)
         if not isinstance(upload, EncryptedUpload):
-            raise ValidationFailed(f"Attach the data file as the multipart field '{UPLOAD_FIELD}'.",
-                                   code="file_required")
+            raise ValidationFailed(
+                f"Attach the data file as the multipart field '{UPLOAD_FIELD}'.", code="file_required"
+            )
         return upload
 
     def release(self) -> None:
@@ -206,8 +221,11 @@ class StagingUploadHandler(FileUploadHandler):
         from .models import DatasetVersion
 
         try:
-            recorded = set(DatasetVersion.objects.filter(staging_path__in=self.staged)
-                           .values_list("staging_path", flat=True))
+            recorded = set(
+                DatasetVersion.objects.filter(staging_path__in=self.staged).values_list(
+                    "staging_path", flat=True
+                )
+            )
         except Exception:  # noqa: BLE001 (the database is unusable here: the staging sweeper deletes them later)
             logger.warning("Could not check %d staged upload(s) at the end of a request", len(self.staged))
             return
@@ -217,8 +235,9 @@ class StagingUploadHandler(FileUploadHandler):
 
 
 @contextmanager
-def receiving_upload(request: HttpRequest, *,
-                     admit: Callable[[QueryDict], str | None] | None = None) -> Iterator[StagingUploadHandler]:
+def receiving_upload(
+    request: HttpRequest, *, admit: Callable[[QueryDict], str | None] | None = None
+) -> Iterator[StagingUploadHandler]:
     """For the body of an upload view, after authentication and authorization and before anything
     reads the request body: stages the `file` part as it is parsed, and deletes on exit whatever
     the request staged that no version records."""
@@ -237,7 +256,9 @@ def upload_too_large_early(request: HttpRequest) -> bool:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError:
         return False
-    return declared > settings.DATASET_UPLOAD_MAX_BYTES + (settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0) + 64 * 1024
+    return (
+        declared > settings.DATASET_UPLOAD_MAX_BYTES + (settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0) + 64 * 1024
+    )
 
 
 class _CsrfProbe(CsrfViewMiddleware):

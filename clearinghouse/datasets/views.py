@@ -52,10 +52,14 @@ from .uploads import csrf_failure_response, csrf_refusal, receiving_upload, uplo
 def dataset_list_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         schema_text = request.POST.get("schema", "").strip()
-        dataset = dataset_register(actor=request.user, organisation=dataset_register_organisation(actor=request.user),
-                                   name=request.POST.get("name", ""), slug=request.POST.get("slug", ""),
-                                   description=request.POST.get("description", ""),
-                                   schema=schema_text or None)
+        dataset = dataset_register(
+            actor=request.user,
+            organisation=dataset_register_organisation(actor=request.user),
+            name=request.POST.get("name", ""),
+            slug=request.POST.get("slug", ""),
+            description=request.POST.get("description", ""),
+            schema=schema_text or None,
+        )
         messages.success(request, f"Dataset {dataset.name} registered.")
         return redirect("portal:dataset", organisation=dataset.organisation.slug, slug=dataset.slug)
     return render(request, "datasets/list.html", {"datasets": dataset_list(actor=request.user)})
@@ -92,10 +96,18 @@ def dataset_version_view(request: HttpRequest, organisation: str, slug: str, num
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
     version = dataset_version_get(actor=request.user, dataset=dataset, number=number)
     owner = dataset_is_owner(actor=request.user, dataset=dataset)
-    return render(request, "datasets/version.html", {
-        "dataset": dataset, "version": version, "owner": owner,
-        "report_json": json.dumps(version.quality_report, indent=2) if owner and version.quality_report else "",
-    })
+    return render(
+        request,
+        "datasets/version.html",
+        {
+            "dataset": dataset,
+            "version": version,
+            "owner": owner,
+            "report_json": json.dumps(version.quality_report, indent=2)
+            if owner and version.quality_report
+            else "",
+        },
+    )
 
 
 @login_required
@@ -128,7 +140,9 @@ def dataset_upload_view(request: HttpRequest, organisation: str, slug: str) -> H
         raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
     with receiving_upload(request, admit=lambda fields: _csrf_before_file(request, fields)) as receipt:
         try:
-            forbidden = csrf_failure_response(request)  # reads the form: the file part streams through the handler
+            forbidden = csrf_failure_response(
+                request
+            )  # reads the form: the file part streams through the handler
         except UnreadablePostError:
             raise ValidationFailed("The upload was interrupted.", code="upload_interrupted") from None
         if forbidden is not None:
@@ -136,10 +150,15 @@ def dataset_upload_view(request: HttpRequest, organisation: str, slug: str) -> H
         upload = receipt.upload(request.FILES)
         delimiter = request.POST.get("delimiter", "")
         version = dataset_version_create(
-            actor=request.user, dataset=dataset, upload=upload, fmt=request.POST.get("format", ""),
+            actor=request.user,
+            dataset=dataset,
+            upload=upload,
+            fmt=request.POST.get("format", ""),
             delimiter="\t" if delimiter in {"\\t", "tab"} else delimiter,
             quote_char="" if request.POST.get("quote") == "none" else '"',
-            has_header=request.POST.get("header", "on") == "on", repair=request.POST.get("repair", "none"))
+            has_header=request.POST.get("header", "on") == "on",
+            repair=request.POST.get("repair", "none"),
+        )
     messages.success(request, f"Version {version.number} uploaded and encrypted; validation is running.")
     return redirect("portal:dataset_version", organisation=organisation, slug=slug, number=version.number)
 
@@ -147,7 +166,9 @@ def dataset_upload_view(request: HttpRequest, organisation: str, slug: str) -> H
 @login_required
 @require_POST
 @service_errors
-def dataset_version_retry_view(request: HttpRequest, organisation: str, slug: str, number: int) -> HttpResponse:
+def dataset_version_retry_view(
+    request: HttpRequest, organisation: str, slug: str, number: int
+) -> HttpResponse:
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
     version = dataset_version_get(actor=request.user, dataset=dataset, number=number)
     dataset_version_retry(actor=request.user, version=version, repair=request.POST.get("repair") or None)
@@ -161,8 +182,9 @@ def dataset_version_retry_view(request: HttpRequest, organisation: str, slug: st
 def dataset_grant_view(request: HttpRequest, organisation: str, slug: str) -> HttpResponse:
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
     grantee = organisation_directory_get(slug=request.POST.get("organisation", ""))
-    dataset_grant_create(actor=request.user, dataset=dataset, organisation=grantee,
-                         purpose=request.POST.get("purpose", ""))
+    dataset_grant_create(
+        actor=request.user, dataset=dataset, organisation=grantee, purpose=request.POST.get("purpose", "")
+    )
     messages.success(request, f"{grantee.name} may now use this dataset ({request.POST.get('purpose')}).")
     return redirect("portal:dataset", organisation=organisation, slug=slug)
 
@@ -171,7 +193,9 @@ def dataset_grant_view(request: HttpRequest, organisation: str, slug: str) -> Ht
 @require_POST
 @service_errors
 def dataset_grant_revoke_view(request: HttpRequest, grant_id: int) -> HttpResponse:
-    grant = dataset_grant_revoke(actor=request.user, grant=dataset_grant_get(actor=request.user, grant_id=grant_id))
+    grant = dataset_grant_revoke(
+        actor=request.user, grant=dataset_grant_get(actor=request.user, grant_id=grant_id)
+    )
     messages.success(request, "Grant revoked.")
     return redirect("portal:dataset", organisation=grant.dataset.organisation.slug, slug=grant.dataset.slug)
 
@@ -189,5 +213,7 @@ def dataset_agreement_view(request: HttpRequest, organisation: str, slug: str) -
         messages.success(request, "Agreement accepted.")
     else:
         agreement = agreement_publish(actor=request.user, dataset=dataset, text=request.POST.get("text", ""))
-        messages.success(request, f"Agreement version {agreement.version} published; analysts must accept it again.")
+        messages.success(
+            request, f"Agreement version {agreement.version} published; analysts must accept it again."
+        )
     return redirect("portal:dataset", organisation=organisation, slug=slug)

@@ -1,13 +1,13 @@
 """Differentially private aggregate queries (pure Python + OpenDP 0.16 / Polars; no Django).
 
-    from clearinghouse.dp import TableSchema, parse_spec, sql_to_spec, preview, release
+from clearinghouse.dp import TableSchema, parse_spec, sql_to_spec, preview, release
 
-    schema = TableSchema.from_dict({...columns, privacy_unit, policy...})
-    spec = sql_to_spec("SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ",
-                       schema, privacy={"epsilon": 1.0})          # or parse_spec({...}, schema)
-    p = preview(schema, spec)          # mechanisms, scales, 95% half-widths, exact cost; no data read
-    r = release(schema, spec, frame)   # polars DataFrame/LazyFrame or prepare(...) → noisy aggregates
-    assert r.cost == p.cost
+schema = TableSchema.from_dict({...columns, privacy_unit, policy...})
+spec = sql_to_spec("SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ",
+                   schema, privacy={"epsilon": 1.0})          # or parse_spec({...}, schema)
+p = preview(schema, spec)          # mechanisms, scales, 95% half-widths, exact cost; no data read
+r = release(schema, spec, frame)   # polars DataFrame/LazyFrame or prepare(...) → noisy aggregates
+assert r.cost == p.cost
 """
 
 from .engine import (

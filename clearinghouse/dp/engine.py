@@ -66,8 +66,13 @@ ALPHA = 0.05
 QUANTILE_GRID = 100  # intervals in the public candidate grid over a column's bounds
 _CACHE_SIZE = 512
 
-_POLARS = {"integer": pl.Int64, "float": pl.Float64, "boolean": pl.Boolean, "categorical": pl.String,
-           "text": pl.String}
+_POLARS = {
+    "integer": pl.Int64,
+    "float": pl.Float64,
+    "boolean": pl.Boolean,
+    "categorical": pl.String,
+    "text": pl.String,
+}
 _OPENDP = {"integer": "i64", "float": "f64", "boolean": "bool", "categorical": "String", "text": "String"}
 
 _ACCURACY: dict[str, Callable[[float, float], float]] = {
@@ -122,9 +127,15 @@ class AggregatePreview:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "type": self.type, "column": self.column, "q": self.q,
-            "mechanism": self.mechanism, "scale": self.scale, "half_width_95": self.half_width_95,
-            "components": [c.__dict__.copy() for c in self.components], "note": self.note,
+            "name": self.name,
+            "type": self.type,
+            "column": self.column,
+            "q": self.q,
+            "mechanism": self.mechanism,
+            "scale": self.scale,
+            "half_width_95": self.half_width_95,
+            "components": [c.__dict__.copy() for c in self.components],
+            "note": self.note,
             "candidates": self.candidates,
         }
 
@@ -142,9 +153,13 @@ class Preview:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "spec_hash": self.spec_hash, "schema_fingerprint": self.schema_fingerprint,
-            "cost": self.cost.to_dict(), "aggregates": [a.to_dict() for a in self.aggregates],
-            "group_by": list(self.group_by), "public_groups": self.public_groups, "threshold": self.threshold,
+            "spec_hash": self.spec_hash,
+            "schema_fingerprint": self.schema_fingerprint,
+            "cost": self.cost.to_dict(),
+            "aggregates": [a.to_dict() for a in self.aggregates],
+            "group_by": list(self.group_by),
+            "public_groups": self.public_groups,
+            "threshold": self.threshold,
         }
 
 
@@ -164,7 +179,9 @@ class Release:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            **self.preview.to_dict(), "columns": list(self.columns), "rows": [dict(r) for r in self.rows],
+            **self.preview.to_dict(),
+            "columns": list(self.columns),
+            "rows": [dict(r) for r in self.rows],
             "intervals": [{k: list(v) for k, v in r.items()} for r in self.intervals],
         }
 
@@ -255,8 +272,14 @@ def _where_expr(node: Where) -> pl.Expr:
     if op == "not_in":
         return functools.reduce(lambda a, b: a & b, [col != pl.lit(v) for v in node.values])
     value = pl.lit(node.value)
-    return {"=": col == value, "!=": col != value, "<": col < value, "<=": col <= value,
-            ">": col > value, ">=": col >= value}[op]
+    return {
+        "=": col == value,
+        "!=": col != value,
+        "<": col < value,
+        "<=": col <= value,
+        ">": col > value,
+        ">=": col >= value,
+    }[op]
 
 
 def _plan(schema: TableSchema, spec: QuerySpec) -> _Plan:
@@ -292,16 +315,23 @@ def _plan(schema: TableSchema, spec: QuerySpec) -> _Plan:
     needed = set(spec.columns)
     if not needed:  # COUNT(*) alone still needs a column to carry the rows
         candidates_ = [c for c in schema.columns if c.name != schema.identifier] or list(schema.columns)
-        needed = {min(candidates_, key=lambda c: (c.type != "boolean", c.type in ("categorical", "text"))).name}
+        needed = {
+            min(candidates_, key=lambda c: (c.type != "boolean", c.type in ("categorical", "text"))).name
+        }
     columns = tuple(c.name for c in schema.columns if c.name in needed)
 
     series = []
     for name in columns:
         column = schema.column(name)
-        atom = dp.atom_domain(T=_OPENDP[column.type], nan=False) if column.type == "float" else \
-            dp.atom_domain(T=_OPENDP[column.type])
+        atom = (
+            dp.atom_domain(T=_OPENDP[column.type], nan=False)
+            if column.type == "float"
+            else dp.atom_domain(T=_OPENDP[column.type])
+        )
         series.append(dp.series_domain(name, dp.option_domain(atom) if column.nullable else atom))
-    domain = dp.with_margin(dp.lazyframe_domain(series), dp.polars.Margin(by=[], max_length=schema.policy.max_rows))
+    domain = dp.with_margin(
+        dp.lazyframe_domain(series), dp.polars.Margin(by=[], max_length=schema.policy.max_rows)
+    )
 
     k = schema.privacy_unit.contributions
     measure_name = schema.policy.measure
@@ -339,9 +369,19 @@ def _plan(schema: TableSchema, spec: QuerySpec) -> _Plan:
             plan_lf = keys.lazy().join(grouped, on=list(spec.group_by), how="left", nulls_equal=True)
     else:
         plan_lf = lf.select(exprs)
-    return _Plan(columns=columns, primitives=tuple(primitives), uses=tuple(uses), keys=keys,
-                 private_keys=private_keys, lazyframe=plan_lf, domain=domain, metric=metric, d_in=d_in,
-                 measure=measure, candidates=candidates)
+    return _Plan(
+        columns=columns,
+        primitives=tuple(primitives),
+        uses=tuple(uses),
+        keys=keys,
+        private_keys=private_keys,
+        lazyframe=plan_lf,
+        domain=domain,
+        metric=metric,
+        d_in=d_in,
+        measure=measure,
+        candidates=candidates,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,10 +390,13 @@ def _plan(schema: TableSchema, spec: QuerySpec) -> _Plan:
 
 def _build(plan: _Plan, scale: float, threshold: int | None):
     try:
-        return dp.m.make_private_lazyframe(plan.domain, plan.metric, plan.measure, plan.lazyframe,
-                                           global_scale=scale, threshold=threshold)
+        return dp.m.make_private_lazyframe(
+            plan.domain, plan.metric, plan.measure, plan.lazyframe, global_scale=scale, threshold=threshold
+        )
     except OpenDPException as exc:
-        raise QueryError("query_not_supported_by_opendp", f"OpenDP cannot build this query: {exc.message}") from None
+        raise QueryError(
+            "query_not_supported_by_opendp", f"OpenDP cannot build this query: {exc.message}"
+        ) from None
 
 
 def _primary(loss: Any) -> float:
@@ -385,13 +428,16 @@ def _calibrate(schema: TableSchema, spec: QuerySpec) -> _Calibrated:
     # 2. key release: the smallest threshold whose δ (from OpenDP's map) fits, by galloping search.
     threshold = None
     if plan.private_keys:
+
         def delta_at(t: int) -> float:
             return float(_build(plan, scale, t).map(plan.d_in)[1])
 
         lo, hi = 1, 2  # OpenDP wants a threshold above 1; invariant: delta_at(lo) > δ (or lo == 1)
         while delta_at(hi) > privacy.delta:
             if hi >= U32_MAX:
-                raise QueryError("invalid_privacy_loss", f"δ = {privacy.delta:g} is too small to release group keys")
+                raise QueryError(
+                    "invalid_privacy_loss", f"δ = {privacy.delta:g} is too small to release group keys"
+                )
             lo, hi = hi, min(hi * 2, U32_MAX)
         while hi - lo > 1:
             mid = (lo + hi) // 2
@@ -423,18 +469,27 @@ def _calibrate(schema: TableSchema, spec: QuerySpec) -> _Calibrated:
         row = by_alias[_alias(index)]
         fn = _ACCURACY.get(row["distribution"])
         accuracy[index] = {a: (float(fn(row["scale"], a)) if fn else None) for a in (ALPHA, ALPHA / 2)}
-        components[index] = Component(role=plan.primitives[index].kind if plan.primitives[index].kind != "len"
-                                      else "count", mechanism=row["distribution"], scale=float(row["scale"]),
-                                      half_width=accuracy[index][ALPHA], confidence=1 - ALPHA if fn else None)
+        components[index] = Component(
+            role=plan.primitives[index].kind if plan.primitives[index].kind != "len" else "count",
+            mechanism=row["distribution"],
+            scale=float(row["scale"]),
+            half_width=accuracy[index][ALPHA],
+            confidence=1 - ALPHA if fn else None,
+        )
 
     previews = []
     for agg, used in zip(spec.aggregates, plan.uses):
         previews.append(_aggregate_preview(schema, agg, used, components, accuracy, plan))
     preview = Preview(
-        spec_hash=spec.hash, schema_fingerprint=schema.fingerprint, cost=cost, aggregates=tuple(previews),
+        spec_hash=spec.hash,
+        schema_fingerprint=schema.fingerprint,
+        cost=cost,
+        aggregates=tuple(previews),
         group_by=spec.group_by,
         public_groups=plan.keys.height if plan.keys is not None else (None if spec.group_by else 1),
-        threshold=threshold, global_scale=scale)
+        threshold=threshold,
+        global_scale=scale,
+    )
     timings = {"calibrate_ms": calibrated_ms, "plan_and_calibrate_ms": (time.perf_counter() - started) * 1000}
     return _Calibrated(plan=plan, measurement=meas, preview=preview, accuracy=accuracy, timings_ms=timings)
 
@@ -443,29 +498,68 @@ def _aggregate_preview(schema, agg: Aggregate, used, components, accuracy, plan)
     if agg.type == "mean":
         s, n = used
         parts = tuple(
-            Component(role=components[i].role, mechanism=components[i].mechanism, scale=components[i].scale,
-                      half_width=accuracy[i][ALPHA / 2], confidence=1 - ALPHA / 2) for i in (s, n))
+            Component(
+                role=components[i].role,
+                mechanism=components[i].mechanism,
+                scale=components[i].scale,
+                half_width=accuracy[i][ALPHA / 2],
+                confidence=1 - ALPHA / 2,
+            )
+            for i in (s, n)
+        )
         column = schema.column(agg.column)
         return AggregatePreview(
-            name=agg.name, type=agg.type, column=agg.column, scale=None, half_width_95=None, components=parts,
+            name=agg.name,
+            type=agg.type,
+            column=agg.column,
+            scale=None,
+            half_width_95=None,
+            components=parts,
             mechanism=f"noisy sum ({parts[0].mechanism}) / noisy count ({parts[1].mechanism})",
-            note=("95% interval is data-dependent: sum and count each get a 97.5% half-width, and the "
-                  f"release reports the range of sum/count over both boxes, within [{column.lower}, {column.upper}]; "
-                  "roughly (h_sum + |mean|·h_count) / count"))
+            note=(
+                "95% interval is data-dependent: sum and count each get a 97.5% half-width, and the "
+                f"release reports the range of sum/count over both boxes, within [{column.lower}, {column.upper}]; "
+                "roughly (h_sum + |mean|·h_count) / count"
+            ),
+        )
     (i,) = used
     comp = components[i]
     if agg.type in ("median", "quantile"):
         column = schema.column(agg.column)
         return AggregatePreview(
-            name=agg.name, type=agg.type, column=agg.column, q=agg.quantile, mechanism=comp.mechanism,
-            scale=comp.scale, half_width_95=None, components=(comp,), candidates=len(plan.candidates[i]),
-            note=(f"selects one of {len(plan.candidates[i])} public candidates between {column.lower} and "
-                  f"{column.upper} (OpenDP's exponential mechanism); no interval"))
-    note = "counts the rows after filtering" if agg.type == "count" and agg.column is None else (
-        "counts non-null values" if agg.type == "count" else
-        f"sum of values clamped to [{schema.column(agg.column).lower}, {schema.column(agg.column).upper}]")
-    return AggregatePreview(name=agg.name, type=agg.type, column=agg.column, mechanism=comp.mechanism,
-                            scale=comp.scale, half_width_95=comp.half_width, components=(comp,), note=note)
+            name=agg.name,
+            type=agg.type,
+            column=agg.column,
+            q=agg.quantile,
+            mechanism=comp.mechanism,
+            scale=comp.scale,
+            half_width_95=None,
+            components=(comp,),
+            candidates=len(plan.candidates[i]),
+            note=(
+                f"selects one of {len(plan.candidates[i])} public candidates between {column.lower} and "
+                f"{column.upper} (OpenDP's exponential mechanism); no interval"
+            ),
+        )
+    note = (
+        "counts the rows after filtering"
+        if agg.type == "count" and agg.column is None
+        else (
+            "counts non-null values"
+            if agg.type == "count"
+            else f"sum of values clamped to [{schema.column(agg.column).lower}, {schema.column(agg.column).upper}]"
+        )
+    )
+    return AggregatePreview(
+        name=agg.name,
+        type=agg.type,
+        column=agg.column,
+        mechanism=comp.mechanism,
+        scale=comp.scale,
+        half_width_95=comp.half_width,
+        components=(comp,),
+        note=note,
+    )
 
 
 class _LRU:
@@ -544,10 +638,20 @@ class PreparedData:
     /dev/shm) the frame is handed over in memory, which is correct but slow for large tables.
     """
 
-    def __init__(self, schema: TableSchema, data: pl.DataFrame | pl.LazyFrame,
-                 columns: tuple[str, ...] | list[str] | None = None, *, spill_dir: str | None | bool = True):
+    def __init__(
+        self,
+        schema: TableSchema,
+        data: pl.DataFrame | pl.LazyFrame,
+        columns: tuple[str, ...] | list[str] | None = None,
+        *,
+        spill_dir: str | bool | None = True,
+    ):
         self.schema = schema
-        names = list(columns) if columns is not None else [c.name for c in schema.columns if c.name != schema.identifier]
+        names = (
+            list(columns)
+            if columns is not None
+            else [c.name for c in schema.columns if c.name != schema.identifier]
+        )
         self.columns = tuple(c.name for c in schema.columns if c.name in set(names))
         self._dir: str | None = None
         self._path: str | None = None
@@ -572,13 +676,20 @@ class PreparedData:
         try:
             frame = lf.select(exprs).collect()
         except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-            raise QueryError("data_does_not_match_schema", f"the data does not have the declared types: {exc}") from None
+            raise QueryError(
+                "data_does_not_match_schema", f"the data does not have the declared types: {exc}"
+            ) from None
         if frame.height > schema.policy.max_rows:
-            raise QueryError("dataset_too_large", f"the table has more rows than the policy's max_rows "
-                                                  f"({schema.policy.max_rows}); raise it in the policy")
+            raise QueryError(
+                "dataset_too_large",
+                f"the table has more rows than the policy's max_rows "
+                f"({schema.policy.max_rows}); raise it in the policy",
+            )
         for name in self.columns:
             if not schema.column(name).nullable and frame[name].null_count():
-                raise QueryError("data_does_not_match_schema", f"'{name}' is not nullable but holds nulls (or NaN)")
+                raise QueryError(
+                    "data_does_not_match_schema", f"'{name}' is not nullable but holds nulls (or NaN)"
+                )
         self.height = frame.height
         self._frame: pl.DataFrame | None = frame
         directory = _default_spill_dir() if spill_dir is True else (spill_dir or None)
@@ -641,8 +752,13 @@ def preview(schema: TableSchema, spec: QuerySpec | dict | str) -> Preview:
     return _calibrated(schema, _ensure_spec(spec, schema)).preview
 
 
-def release(schema: TableSchema, spec: QuerySpec | dict | str,
-            data: pl.DataFrame | pl.LazyFrame | PreparedData, *, spill_dir: str | None | bool = True) -> Release:
+def release(
+    schema: TableSchema,
+    spec: QuerySpec | dict | str,
+    data: pl.DataFrame | pl.LazyFrame | PreparedData,
+    *,
+    spill_dir: str | bool | None = True,
+) -> Release:
     """Runs the calibrated OpenDP measurement on the data once. The caller records `release.cost`
     (equal to `preview(...).cost`) against the budget *before* showing the result to anyone."""
     t0 = time.perf_counter()
@@ -654,20 +770,29 @@ def release(schema: TableSchema, spec: QuerySpec | dict | str,
     try:
         missing = set(cal.plan.columns) - set(prepared.columns)
         if missing:
-            raise QueryError("data_does_not_match_schema", f"the prepared data lacks columns {sorted(missing)}")
+            raise QueryError(
+                "data_does_not_match_schema", f"the prepared data lacks columns {sorted(missing)}"
+            )
         t2 = time.perf_counter()
         try:
             frame = cal.measurement(prepared.frame(cal.plan.columns)).collect()
         except OpenDPException as exc:
-            raise QueryError("query_not_supported_by_opendp", f"OpenDP could not run the query: {exc.message}") from None
+            raise QueryError(
+                "query_not_supported_by_opendp", f"OpenDP could not run the query: {exc.message}"
+            ) from None
         t3 = time.perf_counter()
     finally:
         if owned:
             prepared.close()
     columns, rows, intervals = _assemble(schema, spec, cal, frame)
     t4 = time.perf_counter()
-    timings = {"calibrate_ms": (t1 - t0) * 1000, "prepare_ms": (t2 - t1) * 1000, "opendp_ms": (t3 - t2) * 1000,
-               "assemble_ms": (t4 - t3) * 1000, "total_ms": (t4 - t0) * 1000}
+    timings = {
+        "calibrate_ms": (t1 - t0) * 1000,
+        "prepare_ms": (t2 - t1) * 1000,
+        "opendp_ms": (t3 - t2) * 1000,
+        "assemble_ms": (t4 - t3) * 1000,
+        "total_ms": (t4 - t0) * 1000,
+    }
     return Release(preview=cal.preview, columns=columns, rows=rows, intervals=intervals, timings_ms=timings)
 
 
@@ -675,7 +800,9 @@ def _clip(value: float, lower: float, upper: float) -> float:
     return min(max(value, lower), upper)
 
 
-def _mean_interval(s: float, n: float, hs: float, hn: float, lower: float, upper: float) -> tuple[float, float]:
+def _mean_interval(
+    s: float, n: float, hs: float, hn: float, lower: float, upper: float
+) -> tuple[float, float]:
     if n - hn <= 0:
         return (float(lower), float(upper))
     ratios = [(s + a) / (n + b) for a in (-hs, hs) for b in (-hn, hn)]

@@ -160,8 +160,9 @@ class TableSchema:
         return cached
 
     @classmethod
-    def from_dict(cls, data: Any, *, policy: Policy | dict[str, Any] | None = None,
-                  name: str | None = None) -> TableSchema:
+    def from_dict(
+        cls, data: Any, *, policy: Policy | dict[str, Any] | None = None, name: str | None = None
+    ) -> TableSchema:
         if not isinstance(data, dict):
             raise QueryError("invalid_schema", "a schema is an object with 'columns'")
         unknown = set(data) - {"name", "columns", "privacy_unit", "policy"}
@@ -207,7 +208,9 @@ def _column(raw: Any, index: int) -> Column:
     lower = upper = None
     if kind in NUMERIC_TYPES:
         if raw.get("lower") is None or raw.get("upper") is None:
-            raise QueryError("invalid_schema", f"{where}: numeric column '{name}' needs public lower and upper bounds")
+            raise QueryError(
+                "invalid_schema", f"{where}: numeric column '{name}' needs public lower and upper bounds"
+            )
         lower = _finite_number(raw["lower"], f"{where}.lower")
         upper = _finite_number(raw["upper"], f"{where}.upper")
         if kind == "integer":
@@ -223,8 +226,11 @@ def _column(raw: Any, index: int) -> Column:
         if kind != "categorical":
             raise QueryError("invalid_schema", f"{where}: only categorical columns have categories")
         values = raw["categories"]
-        if not isinstance(values, list) or not values or any(
-                isinstance(v, bool) or not isinstance(v, (str, int)) for v in values):
+        if (
+            not isinstance(values, list)
+            or not values
+            or any(isinstance(v, bool) or not isinstance(v, (str, int)) for v in values)
+        ):
             raise QueryError("invalid_schema", f"{where}.categories must be a non-empty list of strings")
         categories = tuple(str(v) for v in values)
         if len(set(categories)) != len(categories):
@@ -244,7 +250,9 @@ def _privacy_unit(raw: Any, columns: tuple[Column, ...]) -> PrivacyUnit:
         raise QueryError("invalid_schema", "privacy_unit.column must name a declared column")
     bound = raw.get("max_rows_per_person")
     if isinstance(bound, bool) or not isinstance(bound, int) or not 1 <= bound <= 10_000:
-        raise QueryError("invalid_schema", "privacy_unit.max_rows_per_person must be a whole number from 1 to 10000")
+        raise QueryError(
+            "invalid_schema", "privacy_unit.max_rows_per_person must be a whole number from 1 to 10000"
+        )
     return PrivacyUnit(kind="identifier", column=column, max_rows_per_person=bound)
 
 

@@ -158,8 +158,10 @@ class QuerySpec:
         return tuple(seen)
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"aggregates": [a.to_dict() for a in self.aggregates],
-                               "privacy": self.privacy.to_dict()}
+        out: dict[str, Any] = {
+            "aggregates": [a.to_dict() for a in self.aggregates],
+            "privacy": self.privacy.to_dict(),
+        }
         if self.group_by:
             out["group_by"] = list(self.group_by)
         if self.where is not None:
@@ -175,7 +177,9 @@ class QuerySpec:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
     def with_privacy(self, privacy: PrivacyLoss) -> QuerySpec:
-        return QuerySpec(aggregates=self.aggregates, privacy=privacy, group_by=self.group_by, where=self.where)
+        return QuerySpec(
+            aggregates=self.aggregates, privacy=privacy, group_by=self.group_by, where=self.where
+        )
 
 
 def _where_columns(node: Where) -> list[str]:
@@ -199,7 +203,9 @@ def parse_spec(data: Any, schema: TableSchema) -> QuerySpec:
         raise QueryError("invalid_spec", "a query spec is a JSON object")
     unknown = set(data) - {"aggregates", "where", "group_by", "privacy"}
     if unknown:
-        raise QueryError("invalid_spec", f"unknown keys {sorted(unknown)}; allowed: aggregates, where, group_by, privacy")
+        raise QueryError(
+            "invalid_spec", f"unknown keys {sorted(unknown)}; allowed: aggregates, where, group_by, privacy"
+        )
 
     raw_aggs = data.get("aggregates")
     if not isinstance(raw_aggs, list) or not raw_aggs:
@@ -220,8 +226,9 @@ def parse_spec(data: Any, schema: TableSchema) -> QuerySpec:
     histograms = [a for a in aggregates if a.type == "histogram"]
     if histograms:
         if len(aggregates) > 1 or group_by:
-            raise QueryError("invalid_aggregate",
-                             "a histogram stands alone; for counts per group use group_by with count")
+            raise QueryError(
+                "invalid_aggregate", "a histogram stands alone; for counts per group use group_by with count"
+            )
         hist = histograms[0]
         group_by = [hist.column]  # type: ignore[list-item]
         aggregates = [Aggregate(type="count", alias=hist.alias)]
@@ -231,8 +238,10 @@ def parse_spec(data: Any, schema: TableSchema) -> QuerySpec:
     for name in group_by:
         column = schema.column(name)
         if column.type not in GROUPABLE_TYPES:
-            raise QueryError("unsupported_column_type",
-                             f"cannot group by '{name}' ({column.type}); group by categorical or boolean columns")
+            raise QueryError(
+                "unsupported_column_type",
+                f"cannot group by '{name}' ({column.type}); group by categorical or boolean columns",
+            )
 
     where = None
     if data.get("where") is not None:
@@ -254,25 +263,31 @@ def parse_spec(data: Any, schema: TableSchema) -> QuerySpec:
             raise QueryError(
                 "group_by_requires_public_keys",
                 f"'{', '.join(private)}' has no public categories in the schema; under this dataset's "
-                "pure-DP policy only columns with public categories (or booleans) can be grouped on")
+                "pure-DP policy only columns with public categories (or booleans) can be grouped on",
+            )
         if privacy.delta <= 0:
             raise QueryError(
                 "group_by_requires_public_keys",
                 f"'{', '.join(private)}' has no public categories in the schema: releasing which groups "
-                "exist needs δ > 0 (add 'delta' to the privacy loss), or group on a column with categories")
+                "exist needs δ > 0 (add 'delta' to the privacy loss), or group on a column with categories",
+            )
     else:
         groups = 1
         for g in group_by:
             groups *= len(schema.column(g).public_keys or ())
         if groups > MAX_GROUPS:
-            raise QueryError("too_many_groups", f"the group-by would produce {groups} groups; at most {MAX_GROUPS}")
+            raise QueryError(
+                "too_many_groups", f"the group-by would produce {groups} groups; at most {MAX_GROUPS}"
+            )
 
     return QuerySpec(aggregates=tuple(aggregates), privacy=privacy, group_by=tuple(group_by), where=where)
 
 
 def _column_ref(name: Any, schema: TableSchema, where: str) -> Column:
     if not isinstance(name, str) or not schema.has_column(name):
-        raise QueryError("unknown_column", f"{where}: unknown column {name!r}; columns: {', '.join(schema.names)}")
+        raise QueryError(
+            "unknown_column", f"{where}: unknown column {name!r}; columns: {', '.join(schema.names)}"
+        )
     if name == schema.identifier:
         raise QueryError("identifier_column", f"{where}: '{name}' identifies people and cannot be queried")
     return schema.column(name)
@@ -287,8 +302,10 @@ def _aggregate(raw: Any, index: int, schema: TableSchema) -> Aggregate:
         raise QueryError("invalid_spec", f"{where}: unknown keys {sorted(unknown)}")
     kind = raw.get("type")
     if kind not in AGGREGATE_TYPES:
-        raise QueryError("unsupported_aggregate",
-                         f"{where}: {kind!r} is not supported; use one of {', '.join(AGGREGATE_TYPES)}")
+        raise QueryError(
+            "unsupported_aggregate",
+            f"{where}: {kind!r} is not supported; use one of {', '.join(AGGREGATE_TYPES)}",
+        )
     alias = raw.get("alias")
     if alias is not None and (not isinstance(alias, str) or not NAME.match(alias)):
         raise QueryError("invalid_aggregate", f"{where}: alias must be letters, digits and '_' (at most 63)")
@@ -301,11 +318,15 @@ def _aggregate(raw: Any, index: int, schema: TableSchema) -> Aggregate:
         return Aggregate(type="count", alias=alias)
     column = _column_ref(column_name, schema, where)
     if kind in ("sum", "mean", "median", "quantile") and not column.is_numeric:
-        raise QueryError("unsupported_column_type",
-                         f"{where}: {kind} needs an integer or float column; '{column.name}' is {column.type}")
+        raise QueryError(
+            "unsupported_column_type",
+            f"{where}: {kind} needs an integer or float column; '{column.name}' is {column.type}",
+        )
     if kind == "histogram" and column.type not in GROUPABLE_TYPES:
-        raise QueryError("unsupported_column_type",
-                         f"{where}: a histogram needs a categorical or boolean column; '{column.name}' is {column.type}")
+        raise QueryError(
+            "unsupported_column_type",
+            f"{where}: a histogram needs a categorical or boolean column; '{column.name}' is {column.type}",
+        )
     q = raw.get("q")
     if kind == "quantile":
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not math.isfinite(q) or not 0 < q < 1:
@@ -321,7 +342,9 @@ def _literal(value: Any, column: Column, where: str) -> Any:
     kind = column.type
     if kind in ("integer", "float"):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise QueryError("invalid_filter", f"{where}: '{column.name}' is numeric; {value!r} is not a finite number")
+            raise QueryError(
+                "invalid_filter", f"{where}: '{column.name}' is numeric; {value!r} is not a finite number"
+            )
         if isinstance(value, float) and value.is_integer() and kind == "integer":
             return int(value)
         return float(value) if kind == "float" else value
@@ -330,7 +353,9 @@ def _literal(value: Any, column: Column, where: str) -> Any:
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        raise QueryError("invalid_filter", f"{where}: '{column.name}' is boolean; {value!r} is not true or false")
+        raise QueryError(
+            "invalid_filter", f"{where}: '{column.name}' is boolean; {value!r} is not true or false"
+        )
     # categorical, text
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise QueryError("invalid_filter", f"{where}: '{column.name}' holds text; {value!r} is not a string")
@@ -372,9 +397,16 @@ def _where(raw: Any, schema: TableSchema, counter: list[int], where: str = "wher
         raise QueryError("invalid_filter", f"{where}: op must be one of {', '.join(OPERATORS)}")
     column = _column_ref(raw.get("column"), schema, where)
     if op in ORDERED_OPERATORS and not column.is_numeric:
-        raise QueryError("invalid_filter", f"{where}: '{op}' needs a numeric column; '{column.name}' is {column.type}")
-    expected = {"value"} if op in COMPARISONS else {"values"} if op in ("in", "not_in") else (
-        {"low", "high"} if op == "between" else set())
+        raise QueryError(
+            "invalid_filter", f"{where}: '{op}' needs a numeric column; '{column.name}' is {column.type}"
+        )
+    expected = (
+        {"value"}
+        if op in COMPARISONS
+        else {"values"}
+        if op in ("in", "not_in")
+        else ({"low", "high"} if op == "between" else set())
+    )
     present = {k for k in ("value", "values", "low", "high") if k in raw}
     if present != expected:
         need = ", ".join(sorted(expected)) or "no value"
@@ -396,7 +428,12 @@ def _where(raw: Any, schema: TableSchema, counter: list[int], where: str = "wher
 
 
 def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise QueryError("invalid_privacy_loss", f"{name} must be a finite number above 0, not {value!r}")
     if value < sys.float_info.min:  # subnormal: no noise scale can be computed from it
         raise QueryError("invalid_privacy_loss", f"{name} is too small to calibrate noise for: {value!r}")
@@ -420,7 +457,12 @@ def _privacy(raw: Any, schema: TableSchema) -> PrivacyLoss:
     delta = raw.get("delta", 0.0)
     if delta is None:
         delta = 0.0
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or not 0 <= delta < 1:
+    if (
+        isinstance(delta, bool)
+        or not isinstance(delta, (int, float))
+        or not math.isfinite(delta)
+        or not 0 <= delta < 1
+    ):
         raise QueryError("invalid_privacy_loss", f"delta must be a number in [0, 1), not {delta!r}")
     delta = float(delta)
     if 0 < delta < sys.float_info.min:
@@ -428,19 +470,27 @@ def _privacy(raw: Any, schema: TableSchema) -> PrivacyLoss:
     if epsilon is not None and rho is not None:
         raise QueryError("invalid_privacy_loss", "give epsilon or rho, not both")
     if epsilon is None and rho is None:
-        raise QueryError("invalid_privacy_loss", "the privacy loss needs epsilon (or rho under a zCDP policy)")
+        raise QueryError(
+            "invalid_privacy_loss", "the privacy loss needs epsilon (or rho under a zCDP policy)"
+        )
 
     policy = schema.policy
     if policy.measure == "zcdp":
         if rho is None:
-            raise QueryError("privacy_measure_not_allowed", "this dataset's policy is zero-concentrated DP: give rho")
+            raise QueryError(
+                "privacy_measure_not_allowed", "this dataset's policy is zero-concentrated DP: give rho"
+            )
     else:
         if rho is not None:
-            raise QueryError("privacy_measure_not_allowed",
-                             f"this dataset's policy is {'pure' if policy.measure == 'pure' else 'approximate'} DP: give epsilon, not rho")
+            raise QueryError(
+                "privacy_measure_not_allowed",
+                f"this dataset's policy is {'pure' if policy.measure == 'pure' else 'approximate'} DP: give epsilon, not rho",
+            )
     if delta > 0:
         if policy.measure == "pure":
             raise QueryError("privacy_measure_not_allowed", "this dataset's policy is pure ε-DP: δ must be 0")
         if delta > policy.max_delta:
-            raise QueryError("privacy_measure_not_allowed", f"this dataset's policy allows δ ≤ {policy.max_delta:g}")
+            raise QueryError(
+                "privacy_measure_not_allowed", f"this dataset's policy allows δ ≤ {policy.max_delta:g}"
+            )
     return PrivacyLoss(epsilon=epsilon, delta=delta, rho=rho)

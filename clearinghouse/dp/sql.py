@@ -33,13 +33,31 @@ ORDER BY, LIMIT/OFFSET, UNION, more than one statement, arithmetic or functions 
 
 _ALLOWED_SELECT_ARGS = {"expressions", "from", "from_", "where", "group"}
 _FEATURE_NAMES = {
-    "joins": "joins", "with": "WITH (common table expressions)", "with_": "WITH (common table expressions)",
-    "having": "HAVING", "order": "ORDER BY", "limit": "LIMIT", "offset": "OFFSET", "distinct": "DISTINCT",
-    "windows": "window functions", "qualify": "QUALIFY", "laterals": "LATERAL", "into": "SELECT INTO",
-    "sample": "TABLESAMPLE", "settings": "SETTINGS", "connect": "CONNECT BY", "prewhere": "PREWHERE",
-    "locks": "FOR UPDATE", "pivots": "PIVOT", "match": "MATCH_RECOGNIZE", "cluster": "CLUSTER BY",
-    "distribute": "DISTRIBUTE BY", "sort": "SORT BY", "kind": "SELECT AS STRUCT/VALUE", "operation_modifiers":
-    "operation modifiers", "hint": "optimizer hints",
+    "joins": "joins",
+    "with": "WITH (common table expressions)",
+    "with_": "WITH (common table expressions)",
+    "having": "HAVING",
+    "order": "ORDER BY",
+    "limit": "LIMIT",
+    "offset": "OFFSET",
+    "distinct": "DISTINCT",
+    "windows": "window functions",
+    "qualify": "QUALIFY",
+    "laterals": "LATERAL",
+    "into": "SELECT INTO",
+    "sample": "TABLESAMPLE",
+    "settings": "SETTINGS",
+    "connect": "CONNECT BY",
+    "prewhere": "PREWHERE",
+    "locks": "FOR UPDATE",
+    "pivots": "PIVOT",
+    "match": "MATCH_RECOGNIZE",
+    "cluster": "CLUSTER BY",
+    "distribute": "DISTRIBUTE BY",
+    "sort": "SORT BY",
+    "kind": "SELECT AS STRUCT/VALUE",
+    "operation_modifiers": "operation modifiers",
+    "hint": "optimizer hints",
 }
 _COMPARISONS = {exp.EQ: "=", exp.NEQ: "!=", exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<="}
 _FLIPPED = {"=": "=", "!=": "!=", ">": "<", ">=": "<=", "<": ">", "<=": ">="}
@@ -49,8 +67,9 @@ def _refuse(what: str) -> QueryError:
     return QueryError("unsupported_sql", f"{what}.\n{SUPPORTED_SQL}", details={"supported": SUPPORTED_SQL})
 
 
-def sql_to_spec(sql: str, schema: TableSchema, privacy: dict[str, Any] | PrivacyLoss, *,
-                table: str | None = None) -> QuerySpec:
+def sql_to_spec(
+    sql: str, schema: TableSchema, privacy: dict[str, Any] | PrivacyLoss, *, table: str | None = None
+) -> QuerySpec:
     """Translates `sql` into a validated `QuerySpec` with the given privacy loss. If `table` is
     given, FROM must name it (case-insensitive); otherwise any single table name is accepted."""
     data = sql_to_dict(sql, schema, table=table)
@@ -82,7 +101,8 @@ def sql_to_dict(sql: str, schema: TableSchema, *, table: str | None = None) -> d
         if isinstance(node, exp.Join):
             raise _refuse("Joins are not supported")
         if isinstance(node, (exp.Subquery, exp.Union, exp.Intersect, exp.Except)) or (
-                isinstance(node, exp.Select) and node is not stmt):
+            isinstance(node, exp.Select) and node is not stmt
+        ):
             raise _refuse("Subqueries and set operations are not supported")
         if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
             raise _refuse("SELECT * is not supported: name the aggregates")
@@ -176,9 +196,14 @@ class _Walker:
         if isinstance(node, exp.Median):
             return {"type": "median", "column": self.column(node.this)}
         if isinstance(node, (exp.Quantile, exp.ApproxQuantile)):
-            return {"type": "quantile", "column": self.column(node.this),
-                    "q": self.number(node.args.get("quantile"))}
-        if isinstance(node, exp.WithinGroup) and isinstance(node.this, (exp.PercentileCont, exp.PercentileDisc)):
+            return {
+                "type": "quantile",
+                "column": self.column(node.this),
+                "q": self.number(node.args.get("quantile")),
+            }
+        if isinstance(node, exp.WithinGroup) and isinstance(
+            node.this, (exp.PercentileCont, exp.PercentileDisc)
+        ):
             order = node.expression
             if not isinstance(order, exp.Order) or len(order.expressions) != 1:
                 raise _refuse("PERCENTILE_CONT needs WITHIN GROUP (ORDER BY one column)")
@@ -246,11 +271,18 @@ class _Walker:
         if isinstance(node, exp.In):
             if node.args.get("query") is not None or node.args.get("unnest") is not None:
                 raise _refuse("Subqueries are not supported")
-            return {"column": self.column(node.this), "op": "in",
-                    "values": [self.literal(v) for v in node.expressions]}
+            return {
+                "column": self.column(node.this),
+                "op": "in",
+                "values": [self.literal(v) for v in node.expressions],
+            }
         if isinstance(node, exp.Between):
-            return {"column": self.column(node.this), "op": "between",
-                    "low": self.literal(node.args.get("low")), "high": self.literal(node.args.get("high"))}
+            return {
+                "column": self.column(node.this),
+                "op": "between",
+                "low": self.literal(node.args.get("low")),
+                "high": self.literal(node.args.get("high")),
+            }
         if isinstance(node, exp.Is):
             if not isinstance(node.expression, exp.Null):
                 raise _refuse("IS takes NULL (IS NULL / IS NOT NULL)")

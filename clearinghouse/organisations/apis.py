@@ -65,9 +65,15 @@ class OrganisationListApplyApi(APIView):
     @extend_schema(responses=OrganisationOutputSerializer(many=True), operation_id="organisations_list")
     def get(self, request):
         organisations = organisation_list(actor=request.user, status=request.query_params.get("status"))
-        return paginated(queryset=organisations, serializer_class=OrganisationOutputSerializer, request=request, view=self)
+        return paginated(
+            queryset=organisations, serializer_class=OrganisationOutputSerializer, request=request, view=self
+        )
 
-    @extend_schema(request=InputSerializer, responses={201: OrganisationOutputSerializer}, operation_id="organisations_apply")
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: OrganisationOutputSerializer},
+        operation_id="organisations_apply",
+    )
     def post(self, request):
         organisation = organisation_apply(actor=request.user, **validated(self.InputSerializer, request.data))
         return Response(OrganisationOutputSerializer(organisation).data, status=status.HTTP_201_CREATED)
@@ -84,8 +90,12 @@ class OrganisationDirectoryApi(APIView):
 
     @extend_schema(responses=OutputSerializer(many=True), operation_id="organisations_directory")
     def get(self, request):
-        return paginated(queryset=organisation_directory(), serializer_class=self.OutputSerializer,
-                         request=request, view=self)
+        return paginated(
+            queryset=organisation_directory(),
+            serializer_class=self.OutputSerializer,
+            request=request,
+            view=self,
+        )
 
 
 class OrganisationDetailApi(APIView):
@@ -101,11 +111,14 @@ class OrganisationDetailApi(APIView):
     def get(self, request, slug: str):
         return Response(OrganisationOutputSerializer(organisation_get(actor=request.user, slug=slug)).data)
 
-    @extend_schema(request=InputSerializer, responses=OrganisationOutputSerializer, operation_id="organisations_update")
+    @extend_schema(
+        request=InputSerializer, responses=OrganisationOutputSerializer, operation_id="organisations_update"
+    )
     def patch(self, request, slug: str):
         organisation = organisation_get(actor=request.user, slug=slug)
-        organisation = organisation_update(actor=request.user, organisation=organisation,
-                                           **validated(self.InputSerializer, request.data))
+        organisation = organisation_update(
+            actor=request.user, organisation=organisation, **validated(self.InputSerializer, request.data)
+        )
         return Response(OrganisationOutputSerializer(organisation).data)
 
 
@@ -125,12 +138,15 @@ class OrganisationDecisionApi(APIView):
 
         reason = StrictCharField(required=False, default="", **_TEXT)
 
-    @extend_schema(request=InputSerializer, responses=OrganisationOutputSerializer, operation_id="organisations_decide")
+    @extend_schema(
+        request=InputSerializer, responses=OrganisationOutputSerializer, operation_id="organisations_decide"
+    )
     def post(self, request, slug: str, action: str):
         organisation = organisation_get(actor=request.user, slug=slug)
         data = validated(self.InputSerializer, request.data)
-        organisation = organisation_set_status(actor=request.user, organisation=organisation,
-                                               status=self.ACTIONS[action], reason=data["reason"])
+        organisation = organisation_set_status(
+            actor=request.user, organisation=organisation, status=self.ACTIONS[action], reason=data["reason"]
+        )
         return Response(OrganisationOutputSerializer(organisation).data)
 
 
@@ -147,8 +163,12 @@ class MembershipListApi(APIView):
     @extend_schema(responses=MembershipOutputSerializer(many=True), operation_id="memberships_list")
     def get(self, request, slug: str):
         organisation = organisation_get(actor=request.user, slug=slug)
-        return paginated(queryset=membership_list(actor=request.user, organisation=organisation),
-                         serializer_class=MembershipOutputSerializer, request=request, view=self)
+        return paginated(
+            queryset=membership_list(actor=request.user, organisation=organisation),
+            serializer_class=MembershipOutputSerializer,
+            request=request,
+            view=self,
+        )
 
 
 class MembershipDetailApi(APIView):
@@ -160,9 +180,13 @@ class MembershipDetailApi(APIView):
 
     @extend_schema(responses=MembershipOutputSerializer, operation_id="memberships_get")
     def get(self, request, membership_id: int):
-        return Response(MembershipOutputSerializer(membership_get(actor=request.user, membership_id=membership_id)).data)
+        return Response(
+            MembershipOutputSerializer(membership_get(actor=request.user, membership_id=membership_id)).data
+        )
 
-    @extend_schema(request=InputSerializer, responses=MembershipOutputSerializer, operation_id="memberships_change_role")
+    @extend_schema(
+        request=InputSerializer, responses=MembershipOutputSerializer, operation_id="memberships_change_role"
+    )
     def patch(self, request, membership_id: int):
         membership = membership_get(actor=request.user, membership_id=membership_id)
         data = validated(self.InputSerializer, request.data)
@@ -171,7 +195,9 @@ class MembershipDetailApi(APIView):
 
     @extend_schema(responses={204: None}, operation_id="memberships_remove")
     def delete(self, request, membership_id: int):
-        membership_remove(actor=request.user, membership=membership_get(actor=request.user, membership_id=membership_id))
+        membership_remove(
+            actor=request.user, membership=membership_get(actor=request.user, membership_id=membership_id)
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -198,13 +224,21 @@ class JoinRequestListCreateApi(APIView):
     @extend_schema(responses=JoinRequestOutputSerializer(many=True), operation_id="join_requests_list")
     def get(self, request):
         requests = join_request_list(actor=request.user, status=request.query_params.get("status"))
-        return paginated(queryset=requests, serializer_class=JoinRequestOutputSerializer, request=request, view=self)
+        return paginated(
+            queryset=requests, serializer_class=JoinRequestOutputSerializer, request=request, view=self
+        )
 
-    @extend_schema(request=InputSerializer, responses={201: JoinRequestOutputSerializer}, operation_id="join_requests_create")
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: JoinRequestOutputSerializer},
+        operation_id="join_requests_create",
+    )
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
         organisation = organisation_directory_get(slug=data["organisation"])
-        join_request = join_request_create(actor=request.user, organisation=organisation, message=data["message"])
+        join_request = join_request_create(
+            actor=request.user, organisation=organisation, message=data["message"]
+        )
         return Response(JoinRequestOutputSerializer(join_request).data, status=status.HTTP_201_CREATED)
 
 
@@ -216,15 +250,22 @@ class JoinRequestDecisionApi(APIView):
         role = StrictCharField(required=False, default=Role.ANALYST, **_TEXT)
         reason = StrictCharField(required=False, default="", **_TEXT)
 
-    @extend_schema(request=InputSerializer, responses=JoinRequestOutputSerializer, operation_id="join_requests_decide")
+    @extend_schema(
+        request=InputSerializer, responses=JoinRequestOutputSerializer, operation_id="join_requests_decide"
+    )
     def post(self, request, join_request_id: int, action: str):
         join_request = join_request_get(actor=request.user, join_request_id=join_request_id)
         if action == "withdraw":
             join_request = join_request_withdraw(actor=request.user, join_request=join_request)
         else:
             data = validated(self.InputSerializer, request.data)
-            join_request = join_request_decide(actor=request.user, join_request=join_request,
-                                               approve=action == "approve", role=data["role"], reason=data["reason"])
+            join_request = join_request_decide(
+                actor=request.user,
+                join_request=join_request,
+                approve=action == "approve",
+                role=data["role"],
+                reason=data["reason"],
+            )
         return Response(JoinRequestOutputSerializer(join_request).data)
 
 
@@ -253,30 +294,41 @@ class InvitationListCreateApi(APIView):
             ref_name = "InvitationListCreateCreated"
 
         accept_url = serializers.CharField(help_text="The secret link; shown only in this response.")
-        token = serializers.CharField(help_text="The secret token in the link (for `invitations/accept`); "
-                                                "shown only in this response.")
+        token = serializers.CharField(
+            help_text="The secret token in the link (for `invitations/accept`); shown only in this response."
+        )
 
     @extend_schema(responses=InvitationOutputSerializer(many=True), operation_id="invitations_list")
     def get(self, request, slug: str):
         organisation = organisation_get(actor=request.user, slug=slug)
-        return paginated(queryset=invitation_list(actor=request.user, organisation=organisation),
-                         serializer_class=InvitationOutputSerializer, request=request, view=self)
+        return paginated(
+            queryset=invitation_list(actor=request.user, organisation=organisation),
+            serializer_class=InvitationOutputSerializer,
+            request=request,
+            view=self,
+        )
 
-    @extend_schema(request=InputSerializer, responses={201: CreatedSerializer}, operation_id="invitations_create")
+    @extend_schema(
+        request=InputSerializer, responses={201: CreatedSerializer}, operation_id="invitations_create"
+    )
     def post(self, request, slug: str):
         organisation = organisation_get(actor=request.user, slug=slug)
-        invitation, token = invitation_create(actor=request.user, organisation=organisation,
-                                              **validated(self.InputSerializer, request.data))
+        invitation, token = invitation_create(
+            actor=request.user, organisation=organisation, **validated(self.InputSerializer, request.data)
+        )
         url = request.build_absolute_uri(reverse("portal:invitation_accept", args=[token]))
-        return Response(dict(InvitationOutputSerializer(invitation).data, accept_url=url, token=token),
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            dict(InvitationOutputSerializer(invitation).data, accept_url=url, token=token),
+            status=status.HTTP_201_CREATED,
+        )
 
 
 class InvitationRevokeApi(APIView):
     @extend_schema(request=None, responses=InvitationOutputSerializer, operation_id="invitations_revoke")
     def post(self, request, invitation_id: int):
-        invitation = invitation_revoke(actor=request.user,
-                                       invitation=invitation_get(actor=request.user, invitation_id=invitation_id))
+        invitation = invitation_revoke(
+            actor=request.user, invitation=invitation_get(actor=request.user, invitation_id=invitation_id)
+        )
         return Response(InvitationOutputSerializer(invitation).data)
 
 
@@ -287,7 +339,11 @@ class InvitationAcceptApi(APIView):
 
         token = StrictCharField(**_TEXT)
 
-    @extend_schema(request=InputSerializer, responses={201: MembershipOutputSerializer}, operation_id="invitations_accept")
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: MembershipOutputSerializer},
+        operation_id="invitations_accept",
+    )
     def post(self, request):
         data = validated(self.InputSerializer, request.data)
         membership = invitation_accept(actor=request.user, token=data["token"])

@@ -31,7 +31,9 @@ class Organisation(models.Model):
     slug = models.SlugField(max_length=50, unique=True)
     country = models.CharField(max_length=2, help_text="ISO 3166-1 alpha-2 code")
     contact_email = models.EmailField()
-    status = models.CharField(max_length=16, choices=OrganisationStatus.choices, default=OrganisationStatus.PENDING)
+    status = models.CharField(
+        max_length=16, choices=OrganisationStatus.choices, default=OrganisationStatus.PENDING
+    )
     status_reason = models.TextField(blank=True)
     decided_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -46,14 +48,17 @@ class Organisation(models.Model):
         ordering = ["name"]
         constraints = [
             models.UniqueConstraint(Lower("name"), name="organisation_name_unique_ci"),
-            models.CheckConstraint(condition=models.Q(status__in=OrganisationStatus.values), name="organisation_status_valid"),
+            models.CheckConstraint(
+                condition=models.Q(status__in=OrganisationStatus.values), name="organisation_status_valid"
+            ),
         ]
 
     def transition_to(self, status: str, *, by, reason: str) -> str:
         """Moves to `status` if that move is allowed; returns the previous status."""
         if status not in ORGANISATION_TRANSITIONS[self.status]:
             raise Conflict(
-                f"An organisation that is {self.status} cannot become {status}.", code="invalid_status_transition"
+                f"An organisation that is {self.status} cannot become {status}.",
+                code="invalid_status_transition",
             )
         previous = self.status
         self.status = status
@@ -81,7 +86,9 @@ class Membership(models.Model):
 
     class Meta:
         ordering = ["organisation", "user__username"]
-        constraints = [models.CheckConstraint(condition=models.Q(role__in=Role.values), name="membership_role_valid")]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(role__in=Role.values), name="membership_role_valid")
+        ]
 
     def __str__(self) -> str:
         return f"{self.user} @ {self.organisation} ({self.role})"
@@ -113,7 +120,9 @@ class JoinRequest(models.Model):
         ordering = ["-created_at"]
         constraints = [
             models.UniqueConstraint(
-                fields=["user"], condition=models.Q(status="pending"), name="one_pending_join_request_per_user"
+                fields=["user"],
+                condition=models.Q(status="pending"),
+                name="one_pending_join_request_per_user",
             )
         ]
 
@@ -125,7 +134,9 @@ class Invitation(models.Model):
     email = models.EmailField()
     role = models.CharField(max_length=16, choices=Role.choices)
     token_hash = models.CharField(max_length=64, unique=True)
-    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField()
     accepted_at = models.DateTimeField(null=True, blank=True)

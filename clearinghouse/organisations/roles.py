@@ -19,8 +19,9 @@ VIEW_AUDIT = "view_audit"
 MANAGE_FEDERATION = "manage_federation"  # accept federated jobs, register SuperNode keys
 
 ROLE_CAPABILITIES: dict[str, frozenset[str]] = {
-    Role.ORG_ADMIN: frozenset({MANAGE_MEMBERS, MANAGE_ORGANISATION, VIEW_AUDIT, MANAGE_DATASETS, RUN_QUERIES,
-                               MANAGE_FEDERATION}),
+    Role.ORG_ADMIN: frozenset(
+        {MANAGE_MEMBERS, MANAGE_ORGANISATION, VIEW_AUDIT, MANAGE_DATASETS, RUN_QUERIES, MANAGE_FEDERATION}
+    ),
     Role.DATA_STEWARD: frozenset({MANAGE_DATASETS, RUN_QUERIES}),
     Role.ANALYST: frozenset({RUN_QUERIES}),
 }

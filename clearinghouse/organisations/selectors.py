@@ -46,7 +46,9 @@ def require_capability(*, actor: Any, organisation: Organisation, capability: st
     organisation gets NotFound (nothing confirmed); a member without the right gets PermissionDenied."""
     if getattr(actor, "is_operator", False):
         # Operators can see every organisation, so there is nothing to hide: say what is wrong.
-        raise PermissionDenied("Operators do not act inside member organisations.", code="operator_not_member")
+        raise PermissionDenied(
+            "Operators do not act inside member organisations.", code="operator_not_member"
+        )
     membership = membership_of(user=actor)
     if membership is None or membership.organisation_id != organisation.pk:
         raise NotFound("Organisation not found.")
@@ -116,13 +118,16 @@ def membership_list(*, actor: Any, organisation: Organisation) -> QuerySet[Membe
 
 def membership_get(*, actor: Any, membership_id: int) -> Membership:
     membership = Membership.objects.select_related("user", "organisation").filter(pk=membership_id).first()
-    if membership is None or not organisation_visible(actor=actor, organisation_id=membership.organisation_id):
+    if membership is None or not organisation_visible(
+        actor=actor, organisation_id=membership.organisation_id
+    ):
         raise NotFound("Membership not found.")
     return membership
 
 
-def join_request_list(*, actor: Any, organisation: Organisation | None = None, status: str | None = None,
-                      own: bool = False) -> QuerySet[JoinRequest]:
+def join_request_list(
+    *, actor: Any, organisation: Organisation | None = None, status: str | None = None, own: bool = False
+) -> QuerySet[JoinRequest]:
     """Operators: all. Org admins: those addressed to their organisation. Everyone: their own. Narrowed
     to one organisation's, to one status, or (`own`) to the actor's own requests."""
     requests = JoinRequest.objects.select_related("user", "organisation")
@@ -151,7 +156,11 @@ def join_request_get(*, actor: Any, join_request_id: int) -> JoinRequest:
 
 
 def join_request_pending_for(*, user: Any) -> JoinRequest | None:
-    return JoinRequest.objects.filter(user=user, status=RequestStatus.PENDING).select_related("organisation").first()
+    return (
+        JoinRequest.objects.filter(user=user, status=RequestStatus.PENDING)
+        .select_related("organisation")
+        .first()
+    )
 
 
 def invitation_list(*, actor: Any, organisation: Organisation) -> QuerySet[Invitation]:
@@ -162,6 +171,8 @@ def invitation_list(*, actor: Any, organisation: Organisation) -> QuerySet[Invit
 
 def invitation_get(*, actor: Any, invitation_id: int) -> Invitation:
     invitation = Invitation.objects.select_related("organisation").filter(pk=invitation_id).first()
-    if invitation is None or not organisation_visible(actor=actor, organisation_id=invitation.organisation_id):
+    if invitation is None or not organisation_visible(
+        actor=actor, organisation_id=invitation.organisation_id
+    ):
         raise NotFound("Invitation not found.")
     return invitation

@@ -27,7 +27,12 @@ COUNTRY_CODES_HINT = "a two-letter ISO 3166-1 code such as NL or GB"
 
 
 def _clean_country(value: object) -> str:
-    if not isinstance(value, str) or len(value.strip()) != 2 or not value.strip().isascii() or not value.strip().isalpha():
+    if (
+        not isinstance(value, str)
+        or len(value.strip()) != 2
+        or not value.strip().isascii()
+        or not value.strip().isalpha()
+    ):
         message = f"Use {COUNTRY_CODES_HINT}."
         raise ValidationFailed(f"country: {message}", code="invalid_country", fields={"country": [message]})
     return value.strip().upper()
@@ -54,9 +59,17 @@ def organisation_apply(*, actor: Any, name: str, slug: str, country: str, contac
     contact_email = clean_email(contact_email, field="contact_email")
     _require_no_membership(actor)
     if Organisation.objects.filter(slug=slug).exists():
-        raise Conflict("An organisation with this slug already exists.", code="duplicate_slug", fields={"slug": ["Taken."]})
+        raise Conflict(
+            "An organisation with this slug already exists.",
+            code="duplicate_slug",
+            fields={"slug": ["Taken."]},
+        )
     if Organisation.objects.filter(name__iexact=name).exists():
-        raise Conflict("An organisation with this name already exists.", code="duplicate_name", fields={"name": ["Taken."]})
+        raise Conflict(
+            "An organisation with this name already exists.",
+            code="duplicate_name",
+            fields={"name": ["Taken."]},
+        )
     if JoinRequest.objects.filter(user=actor, status=RequestStatus.PENDING).exists():
         raise Conflict("Withdraw your pending join request before applying.", code="join_request_pending")
     try:
@@ -67,14 +80,23 @@ def organisation_apply(*, actor: Any, name: str, slug: str, country: str, contac
             Membership.objects.create(user=actor, organisation=organisation, role=Role.ORG_ADMIN)
     except IntegrityError:
         # A concurrent application took the slug or name between the check and the insert.
-        raise Conflict("An organisation with this name or slug already exists.", code="duplicate_slug") from None
-    audit_record(actor=actor, action="organisation.applied", organisation=organisation, target=organisation,
-                 extra={"name": name, "slug": slug, "country": country})
+        raise Conflict(
+            "An organisation with this name or slug already exists.", code="duplicate_slug"
+        ) from None
+    audit_record(
+        actor=actor,
+        action="organisation.applied",
+        organisation=organisation,
+        target=organisation,
+        extra={"name": name, "slug": slug, "country": country},
+    )
     return organisation
 
 
 @transaction.atomic
-def organisation_set_status(*, actor: Any, organisation: Organisation, status: str, reason: str = "") -> Organisation:
+def organisation_set_status(
+    *, actor: Any, organisation: Organisation, status: str, reason: str = ""
+) -> Organisation:
     """Operators approve, reject, suspend and reinstate organisations. Rejection and suspension need a reason."""
     require_operator(actor=actor)
     audit_lock()  # first: the lock order of every write (see audit_lock)
@@ -83,8 +105,11 @@ def organisation_set_status(*, actor: Any, organisation: Organisation, status: s
     if len(reason) > 2000:
         raise ValidationFailed("reason: at most 2000 characters.", code="invalid_reason")
     if status in {OrganisationStatus.REJECTED, OrganisationStatus.SUSPENDED} and not reason:
-        raise ValidationFailed("A reason is required to reject or suspend.", code="reason_required",
-                               fields={"reason": ["Required."]})
+        raise ValidationFailed(
+            "A reason is required to reject or suspend.",
+            code="reason_required",
+            fields={"reason": ["Required."]},
+        )
     previous = organisation.transition_to(status, by=actor, reason=reason)
     organisation.save(update_fields=["status", "status_reason", "decided_by", "decided_at"])
     if status == OrganisationStatus.REJECTED:
@@ -95,15 +120,27 @@ def organisation_set_status(*, actor: Any, organisation: Organisation, status: s
         # Suspension ends its members' sessions at once: they log in again after a reinstatement.
         # (Their API tokens stay, refused while the organisation is suspended.)
         extra["sessions_ended"] = user_sessions_end(
-            user_ids=organisation.memberships.values_list("user_id", flat=True))
-    audit_record(actor=actor, action=f"organisation.{status}", organisation=organisation, target=organisation,
-                 extra=extra)
+            user_ids=organisation.memberships.values_list("user_id", flat=True)
+        )
+    audit_record(
+        actor=actor,
+        action=f"organisation.{status}",
+        organisation=organisation,
+        target=organisation,
+        extra=extra,
+    )
     return organisation
 
 
 @transaction.atomic
-def organisation_update(*, actor: Any, organisation: Organisation, name: str | None = None,
-                        country: str | None = None, contact_email: str | None = None) -> Organisation:
+def organisation_update(
+    *,
+    actor: Any,
+    organisation: Organisation,
+    name: str | None = None,
+    country: str | None = None,
+    contact_email: str | None = None,
+) -> Organisation:
     require_capability(actor=actor, organisation=organisation, capability=MANAGE_ORGANISATION)
     changes: dict[str, Any] = {}
     if name is not None:
@@ -119,8 +156,13 @@ def organisation_update(*, actor: Any, organisation: Organisation, name: str | N
         setattr(organisation, field, value)
     if changes:
         organisation.save(update_fields=list(changes))
-        audit_record(actor=actor, action="organisation.updated", organisation=organisation, target=organisation,
-                     extra={"fields": sorted(changes)})
+        audit_record(
+            actor=actor,
+            action="organisation.updated",
+            organisation=organisation,
+            target=organisation,
+            extra={"fields": sorted(changes)},
+        )
     return organisation
 
 
@@ -138,12 +180,16 @@ def join_request_create(*, actor: Any, organisation: Organisation, message: str 
 
 
 @transaction.atomic
-def join_request_decide(*, actor: Any, join_request: JoinRequest, approve: bool,
-                        role: str = Role.ANALYST, reason: str = "") -> JoinRequest:
+def join_request_decide(
+    *, actor: Any, join_request: JoinRequest, approve: bool, role: str = Role.ANALYST, reason: str = ""
+) -> JoinRequest:
     """The organisation's admins, or an operator, approve (with a role) or reject a join request."""
     audit_lock()  # first: the lock order of every write (see audit_lock)
-    join_request = (JoinRequest.objects.select_for_update(no_key=True, of=("self",))
-                    .select_related("organisation", "user").get(pk=join_request.pk))
+    join_request = (
+        JoinRequest.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("organisation", "user")
+        .get(pk=join_request.pk)
+    )
     if not actor.is_operator:
         require_capability(actor=actor, organisation=join_request.organisation, capability=MANAGE_MEMBERS)
     if join_request.status != RequestStatus.PENDING:
@@ -159,8 +205,13 @@ def join_request_decide(*, actor: Any, join_request: JoinRequest, approve: bool,
     join_request.decided_by = actor
     join_request.decided_at = timezone.now()
     join_request.save()
-    audit_record(actor=actor, action=f"join_request.{join_request.status}", organisation=join_request.organisation,
-                 target=join_request, extra={"user": join_request.user.username, "role": join_request.role})
+    audit_record(
+        actor=actor,
+        action=f"join_request.{join_request.status}",
+        organisation=join_request.organisation,
+        target=join_request,
+        extra={"user": join_request.user.username, "role": join_request.role},
+    )
     return join_request
 
 
@@ -174,7 +225,12 @@ def join_request_withdraw(*, actor: Any, join_request: JoinRequest) -> JoinReque
         raise Conflict(f"This request is already {join_request.status}.", code="join_request_decided")
     join_request.status = RequestStatus.WITHDRAWN
     join_request.save(update_fields=["status"])
-    audit_record(actor=actor, action="join_request.withdrawn", organisation=join_request.organisation, target=join_request)
+    audit_record(
+        actor=actor,
+        action="join_request.withdrawn",
+        organisation=join_request.organisation,
+        target=join_request,
+    )
     return join_request
 
 
@@ -183,18 +239,29 @@ def _invitation_hash(token: str) -> str:
 
 
 @transaction.atomic
-def invitation_create(*, actor: Any, organisation: Organisation, email: str, role: str) -> tuple[Invitation, str]:
+def invitation_create(
+    *, actor: Any, organisation: Organisation, email: str, role: str
+) -> tuple[Invitation, str]:
     """Returns the invitation and its secret token (shown once; only its hash is stored)."""
     require_capability(actor=actor, organisation=organisation, capability=MANAGE_MEMBERS)
     email = clean_email(email, field="email")
     role = _clean_role(role)
     token = secrets.token_urlsafe(32)
     invitation = Invitation.objects.create(
-        organisation=organisation, email=email, role=role, token_hash=_invitation_hash(token), invited_by=actor,
+        organisation=organisation,
+        email=email,
+        role=role,
+        token_hash=_invitation_hash(token),
+        invited_by=actor,
         expires_at=timezone.now() + settings.INVITATION_VALIDITY,
     )
-    audit_record(actor=actor, action="invitation.created", organisation=organisation, target=invitation,
-                 extra={"email": email, "role": role})
+    audit_record(
+        actor=actor,
+        action="invitation.created",
+        organisation=organisation,
+        target=invitation,
+        extra={"email": email, "role": role},
+    )
     return invitation, token
 
 
@@ -207,14 +274,23 @@ def invitation_revoke(*, actor: Any, invitation: Invitation) -> Invitation:
         raise Conflict("This invitation is no longer open.", code="invitation_closed")
     invitation.revoked_at = timezone.now()
     invitation.save(update_fields=["revoked_at"])
-    audit_record(actor=actor, action="invitation.revoked", organisation=invitation.organisation, target=invitation)
+    audit_record(
+        actor=actor, action="invitation.revoked", organisation=invitation.organisation, target=invitation
+    )
     return invitation
 
 
 def invitation_find(*, token: str) -> Invitation:
-    invitation = Invitation.objects.select_related("organisation").filter(
-        token_hash=_invitation_hash(token or "")).first()
-    if invitation is None or not invitation.is_open or invitation.organisation.status != OrganisationStatus.APPROVED:
+    invitation = (
+        Invitation.objects.select_related("organisation")
+        .filter(token_hash=_invitation_hash(token or ""))
+        .first()
+    )
+    if (
+        invitation is None
+        or not invitation.is_open
+        or invitation.organisation.status != OrganisationStatus.APPROVED
+    ):
         raise NotFound("This invitation is invalid, expired or already used.", code="invitation_invalid")
     return invitation
 
@@ -223,20 +299,34 @@ def invitation_find(*, token: str) -> Invitation:
 def invitation_accept(*, actor: Any, token: str) -> Membership:
     invitation = invitation_find(token=token)
     audit_lock()  # first: the lock order of every write (see audit_lock)
-    invitation = (Invitation.objects.select_for_update(no_key=True, of=("self",))
-                  .select_related("organisation").get(pk=invitation.pk))
+    invitation = (
+        Invitation.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("organisation")
+        .get(pk=invitation.pk)
+    )
     if not invitation.is_open:
         raise NotFound("This invitation is invalid, expired or already used.", code="invitation_invalid")
     if invitation.email.lower() != (actor.email or "").lower():
-        raise PermissionDenied("This invitation was sent to another email address.", code="invitation_email_mismatch")
+        raise PermissionDenied(
+            "This invitation was sent to another email address.", code="invitation_email_mismatch"
+        )
     _require_no_membership(actor)
-    membership = Membership.objects.create(user=actor, organisation=invitation.organisation, role=invitation.role)
+    membership = Membership.objects.create(
+        user=actor, organisation=invitation.organisation, role=invitation.role
+    )
     invitation.accepted_at = timezone.now()
     invitation.accepted_by = actor
     invitation.save(update_fields=["accepted_at", "accepted_by"])
-    JoinRequest.objects.filter(user=actor, status=RequestStatus.PENDING).update(status=RequestStatus.WITHDRAWN)
-    audit_record(actor=actor, action="invitation.accepted", organisation=invitation.organisation, target=membership,
-                 extra={"role": invitation.role})
+    JoinRequest.objects.filter(user=actor, status=RequestStatus.PENDING).update(
+        status=RequestStatus.WITHDRAWN
+    )
+    audit_record(
+        actor=actor,
+        action="invitation.accepted",
+        organisation=invitation.organisation,
+        target=membership,
+        extra={"role": invitation.role},
+    )
     return membership
 
 
@@ -262,8 +352,13 @@ def membership_change_role(*, actor: Any, membership: Membership, role: str) -> 
     previous = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
-    audit_record(actor=actor, action="membership.role_changed", organisation=membership.organisation,
-                 target=membership, extra={"user": membership.user.username, "from": previous, "to": role})
+    audit_record(
+        actor=actor,
+        action="membership.role_changed",
+        organisation=membership.organisation,
+        target=membership,
+        extra={"user": membership.user.username, "from": previous, "to": role},
+    )
     return membership
 
 
@@ -274,14 +369,22 @@ def membership_remove(*, actor: Any, membership: Membership) -> None:
         require_capability(actor=actor, organisation=membership.organisation, capability=MANAGE_MEMBERS)
     admins = _lock_admins(membership.organisation)
     audit_lock()  # first: the lock order of every write (see audit_lock)
-    membership = (Membership.objects.select_for_update(no_key=True, of=("self",))
-                  .select_related("user", "organisation").get(pk=membership.pk))
+    membership = (
+        Membership.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("user", "organisation")
+        .get(pk=membership.pk)
+    )
     if membership.role == Role.ORG_ADMIN and admins <= 1:
         raise Conflict("An organisation must keep at least one admin.", code="last_admin")
     extra: dict[str, Any] = {"user": membership.user.username, "role": membership.role}
     if membership.user_id != actor.pk:
         # A removed member's sessions end (one who leaves keeps the session they left with).
         extra["sessions_ended"] = user_sessions_end(user_ids=[membership.user_id])
-    audit_record(actor=actor, action="membership.removed", organisation=membership.organisation, target=membership,
-                 extra=extra)
+    audit_record(
+        actor=actor,
+        action="membership.removed",
+        organisation=membership.organisation,
+        target=membership,
+        extra=extra,
+    )
     membership.delete()

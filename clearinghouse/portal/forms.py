@@ -14,7 +14,9 @@ class SignupForm(forms.Form):
 
 class OrganisationApplyForm(forms.Form):
     name = forms.CharField(max_length=1000)
-    slug = forms.CharField(max_length=1000, help_text="Short identifier: lower-case letters, digits, hyphens.")
+    slug = forms.CharField(
+        max_length=1000, help_text="Short identifier: lower-case letters, digits, hyphens."
+    )
     country = forms.CharField(max_length=1000, help_text="Two-letter ISO code, e.g. NL.")
     contact_email = forms.CharField(max_length=1000)
 

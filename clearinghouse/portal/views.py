@@ -117,8 +117,9 @@ def dashboard(request: HttpRequest) -> HttpResponse:
         "membership": membership,
         "pending_join": join_request_pending_for(user=request.user),
         "my_requests": join_request_list(actor=request.user, own=True)[:10],
-        "tokens_active": api_token_list(actor=request.user).filter(revoked_at__isnull=True,
-                                                                   expires_at__gt=timezone.now()).count(),
+        "tokens_active": api_token_list(actor=request.user)
+        .filter(revoked_at__isnull=True, expires_at__gt=timezone.now())
+        .count(),
     }
     context["pending_organisations"] = organisation_pending_list(actor=request.user)  # operators' work queue
     return render(request, "portal/dashboard.html", context)
@@ -146,21 +147,26 @@ def organisation_join(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             organisation = organisation_directory_get(slug=form.cleaned_data["organisation"])
-            join_request_create(actor=request.user, organisation=organisation, message=form.cleaned_data["message"])
+            join_request_create(
+                actor=request.user, organisation=organisation, message=form.cleaned_data["message"]
+            )
         except ApplicationError as exc:
             _form_error(form, exc)
         else:
             messages.success(request, f"You asked to join {organisation.name}.")
             return redirect("portal:dashboard")
-    return render(request, "portal/organisation_join.html", {"form": form, "directory": organisation_directory()})
+    return render(
+        request, "portal/organisation_join.html", {"form": form, "directory": organisation_directory()}
+    )
 
 
 @login_required
 @require_POST
 @service_errors
 def join_request_withdraw_view(request: HttpRequest, join_request_id: int) -> HttpResponse:
-    join_request_withdraw(actor=request.user, join_request=join_request_get(actor=request.user,
-                                                                            join_request_id=join_request_id))
+    join_request_withdraw(
+        actor=request.user, join_request=join_request_get(actor=request.user, join_request_id=join_request_id)
+    )
     messages.success(request, "Join request withdrawn.")
     return redirect("portal:dashboard")
 
@@ -172,8 +178,13 @@ def join_request_decide_view(request: HttpRequest, join_request_id: int, action:
     join_request = join_request_get(actor=request.user, join_request_id=join_request_id)
     form = forms.DecisionForm(request.POST)
     form.is_valid()
-    join_request_decide(actor=request.user, join_request=join_request, approve=action == "approve",
-                        role=form.cleaned_data.get("role") or Role.ANALYST, reason=form.cleaned_data.get("reason", ""))
+    join_request_decide(
+        actor=request.user,
+        join_request=join_request,
+        approve=action == "approve",
+        role=form.cleaned_data.get("role") or Role.ANALYST,
+        reason=form.cleaned_data.get("reason", ""),
+    )
     messages.success(request, f"Join request of {join_request.user.username} {action}d.")
     return redirect(request.META.get("HTTP_REFERER") or "portal:dashboard")
 
@@ -185,7 +196,9 @@ def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
     invitation = invitation_find(token=token)
     if request.method == "POST":
         membership = invitation_accept(actor=request.user, token=token)
-        messages.success(request, f"You joined {membership.organisation.name} as {membership.get_role_display()}.")
+        messages.success(
+            request, f"You joined {membership.organisation.name} as {membership.get_role_display()}."
+        )
         return redirect("portal:dashboard")
     return render(request, "portal/invitation_accept.html", {"invitation": invitation})
 
@@ -213,8 +226,9 @@ def organisation_view(request: HttpRequest) -> HttpResponse:
     }
     if can_manage:
         context["invitations"] = invitation_list(actor=request.user, organisation=organisation)[:50]
-        context["join_requests"] = join_request_list(actor=request.user, organisation=organisation,
-                                                     status=RequestStatus.PENDING)
+        context["join_requests"] = join_request_list(
+            actor=request.user, organisation=organisation, status=RequestStatus.PENDING
+        )
     return render(request, "portal/organisation.html", context)
 
 
@@ -235,7 +249,9 @@ def member_remove_view(request: HttpRequest, membership_id: int) -> HttpResponse
     membership = membership_get(actor=request.user, membership_id=membership_id)
     leaving = membership.user_id == request.user.pk
     membership_remove(actor=request.user, membership=membership)
-    messages.success(request, "You left the organisation." if leaving else f"{membership.user.username} removed.")
+    messages.success(
+        request, "You left the organisation." if leaving else f"{membership.user.username} removed."
+    )
     return redirect("portal:dashboard" if leaving else "portal:organisation")
 
 
@@ -244,10 +260,16 @@ def member_remove_view(request: HttpRequest, membership_id: int) -> HttpResponse
 @service_errors
 def invitation_create_view(request: HttpRequest) -> HttpResponse:
     membership = _my_organisation(request)
-    invitation, token = invitation_create(actor=request.user, organisation=membership.organisation,
-                                          email=request.POST.get("email", ""), role=request.POST.get("role", ""))
+    invitation, token = invitation_create(
+        actor=request.user,
+        organisation=membership.organisation,
+        email=request.POST.get("email", ""),
+        role=request.POST.get("role", ""),
+    )
     url = request.build_absolute_uri(f"/invitations/{token}/")
-    messages.success(request, f"Invitation for {invitation.email} created. Send them this link (shown once): {url}")
+    messages.success(
+        request, f"Invitation for {invitation.email} created. Send them this link (shown once): {url}"
+    )
     return redirect("portal:organisation")
 
 
@@ -255,7 +277,9 @@ def invitation_create_view(request: HttpRequest) -> HttpResponse:
 @require_POST
 @service_errors
 def invitation_revoke_view(request: HttpRequest, invitation_id: int) -> HttpResponse:
-    invitation_revoke(actor=request.user, invitation=invitation_get(actor=request.user, invitation_id=invitation_id))
+    invitation_revoke(
+        actor=request.user, invitation=invitation_get(actor=request.user, invitation_id=invitation_id)
+    )
     messages.success(request, "Invitation revoked.")
     return redirect("portal:organisation")
 
@@ -269,14 +293,19 @@ def tokens_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             _, new_token = api_token_create(
-                actor=request.user, name=form.cleaned_data["name"],
-                expires_at=timezone.now() + timedelta(days=form.cleaned_data["expires_in_days"]))
+                actor=request.user,
+                name=form.cleaned_data["name"],
+                expires_at=timezone.now() + timedelta(days=form.cleaned_data["expires_in_days"]),
+            )
         except ApplicationError as exc:
             _form_error(form, exc)
         else:
             form = forms.TokenForm()
-    return render(request, "portal/tokens.html",
-                  {"form": form, "tokens": api_token_list(actor=request.user), "new_token": new_token})
+    return render(
+        request,
+        "portal/tokens.html",
+        {"form": form, "tokens": api_token_list(actor=request.user), "new_token": new_token},
+    )
 
 
 @login_required
@@ -294,12 +323,16 @@ def token_revoke_view(request: HttpRequest, token_id: int) -> HttpResponse:
 def operator_organisations(request: HttpRequest) -> HttpResponse:
     require_operator(actor=request.user)
     status = request.GET.get("status") or None
-    return render(request, "portal/operator_organisations.html", {
-        "organisations": organisation_list(actor=request.user, status=status),
-        "status": status,
-        "statuses": OrganisationStatus.choices,
-        "join_requests": join_request_list(actor=request.user, status=RequestStatus.PENDING),
-    })
+    return render(
+        request,
+        "portal/operator_organisations.html",
+        {
+            "organisations": organisation_list(actor=request.user, status=status),
+            "status": status,
+            "statuses": OrganisationStatus.choices,
+            "join_requests": join_request_list(actor=request.user, status=RequestStatus.PENDING),
+        },
+    )
 
 
 @login_required
@@ -308,10 +341,14 @@ def operator_organisations(request: HttpRequest) -> HttpResponse:
 def operator_organisation_detail(request: HttpRequest, slug: str) -> HttpResponse:
     require_operator(actor=request.user)
     organisation = organisation_get(actor=request.user, slug=slug)
-    return render(request, "portal/operator_organisation.html", {
-        "organisation": organisation,
-        "members": membership_list(actor=request.user, organisation=organisation),
-    })
+    return render(
+        request,
+        "portal/operator_organisation.html",
+        {
+            "organisation": organisation,
+            "members": membership_list(actor=request.user, organisation=organisation),
+        },
+    )
 
 
 OPERATOR_ACTIONS = {
@@ -328,8 +365,12 @@ OPERATOR_ACTIONS = {
 def operator_organisation_decide(request: HttpRequest, slug: str, action: str) -> HttpResponse:
     # Who may decide is organisation_set_status's to say (operators), as for the API's decisions.
     organisation = organisation_get(actor=request.user, slug=slug)
-    organisation_set_status(actor=request.user, organisation=organisation, status=OPERATOR_ACTIONS[action],
-                            reason=request.POST.get("reason", ""))
+    organisation_set_status(
+        actor=request.user,
+        organisation=organisation,
+        status=OPERATOR_ACTIONS[action],
+        reason=request.POST.get("reason", ""),
+    )
     messages.success(request, f"{organisation.name}: {action} done.")
     return redirect("portal:operator_organisation", slug=slug)
 

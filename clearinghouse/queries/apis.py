@@ -80,8 +80,10 @@ class BudgetOutputSerializer(serializers.Serializer):
     delta_spent = serializers.FloatField()
     per_query_max = serializers.FloatField(allow_null=True)
     per_analyst_cap = serializers.FloatField(allow_null=True)
-    max_rows = serializers.IntegerField(help_text="The steward's stated public upper bound on the row count "
-                                                  "(stated, not measured: never the true count).")
+    max_rows = serializers.IntegerField(
+        help_text="The steward's stated public upper bound on the row count "
+        "(stated, not measured: never the true count)."
+    )
     allocations = BudgetAllocationOutputSerializer(many=True)
     daily = BudgetDailyOutputSerializer(many=True, help_text="Spending per day and organisation.")
 
@@ -109,20 +111,35 @@ class BudgetApi(APIView):
         per_query_max = serializers.FloatField(required=False, allow_null=True, default=None)
         per_analyst_cap = serializers.FloatField(required=False, allow_null=True, default=None)
         max_rows = serializers.IntegerField(
-            required=False, allow_null=True, default=None,
+            required=False,
+            allow_null=True,
+            default=None,
             help_text="A public upper bound on the row count, stated from public knowledge (never measured); "
-                      "a tighter one means less noise on float sums. Omitted: unchanged.")
+            "a tighter one means less noise on float sums. Omitted: unchanged.",
+        )
 
-    @extend_schema(responses=PolymorphicProxySerializer(
-        component_name="BudgetView", serializers=[BudgetOutputSerializer, BudgetLeftOutputSerializer],
-        resource_type_field_name=None), operation_id="dataset_budget_get")
+    @extend_schema(
+        responses=PolymorphicProxySerializer(
+            component_name="BudgetView",
+            serializers=[BudgetOutputSerializer, BudgetLeftOutputSerializer],
+            resource_type_field_name=None,
+        ),
+        operation_id="dataset_budget_get",
+    )
     def get(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         return Response(budget_view_for(actor=request.user, dataset=dataset))
 
-    @extend_schema(request=InputSerializer, responses=BudgetOutputSerializer, operation_id="dataset_budget_set",
-                   examples=[OpenApiExample("Pure DP, ε = 10 in all", value={"measure": "pure", "total": 10.0},
-                                            request_only=True)])
+    @extend_schema(
+        request=InputSerializer,
+        responses=BudgetOutputSerializer,
+        operation_id="dataset_budget_set",
+        examples=[
+            OpenApiExample(
+                "Pure DP, ε = 10 in all", value={"measure": "pure", "total": 10.0}, request_only=True
+            )
+        ],
+    )
     def put(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         budget_set(actor=request.user, dataset=dataset, **validated(self.InputSerializer, request.data))
@@ -137,12 +154,20 @@ class AllocationApi(APIView):
         amount = serializers.FloatField()
         delta_amount = serializers.FloatField(required=False, default=0.0)
 
-    @extend_schema(request=InputSerializer, responses=BudgetOutputSerializer, operation_id="dataset_budget_allocate",
-                   examples=[OpenApiExample("ε = 2 to the organisation", value={"amount": 2.0}, request_only=True)])
+    @extend_schema(
+        request=InputSerializer,
+        responses=BudgetOutputSerializer,
+        operation_id="dataset_budget_allocate",
+        examples=[OpenApiExample("ε = 2 to the organisation", value={"amount": 2.0}, request_only=True)],
+    )
     def put(self, request, organisation: str, slug: str, grantee: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        allocation_set(actor=request.user, dataset=dataset, organisation=organisation_directory_get(slug=grantee),
-                       **validated(self.InputSerializer, request.data))
+        allocation_set(
+            actor=request.user,
+            dataset=dataset,
+            organisation=organisation_directory_get(slug=grantee),
+            **validated(self.InputSerializer, request.data),
+        )
         return Response(budget_spending(actor=request.user, dataset=dataset))
 
 
@@ -151,8 +176,12 @@ class QueryInputSerializer(serializers.Serializer):
         ref_name = "QueryInput"
 
     spec = serializers.JSONField(required=False, default=None, help_text="A query spec (JSON).")
-    sql = StrictCharField(required=False, default=None, max_length=20_000,
-                          help_text="Or SQL in the supported subset, with `privacy`.")
+    sql = StrictCharField(
+        required=False,
+        default=None,
+        max_length=20_000,
+        help_text="Or SQL in the supported subset, with `privacy`.",
+    )
     privacy = serializers.JSONField(required=False, default=None, help_text='e.g. {"epsilon": 1.0}')
 
 
@@ -205,9 +234,13 @@ class QueryResultSerializer(serializers.Serializer):
         ref_name = "QueryResult"
 
     columns = serializers.ListField(child=serializers.CharField())
-    rows = serializers.ListField(child=serializers.DictField(), help_text="Group keys and one noisy value per aggregate.")
-    intervals = serializers.ListField(child=serializers.DictField(child=serializers.ListField(
-        child=serializers.FloatField())), help_text="Per row: aggregate name → 95% interval.")
+    rows = serializers.ListField(
+        child=serializers.DictField(), help_text="Group keys and one noisy value per aggregate."
+    )
+    intervals = serializers.ListField(
+        child=serializers.DictField(child=serializers.ListField(child=serializers.FloatField())),
+        help_text="Per row: aggregate name → 95% interval.",
+    )
     aggregates = AggregatePreviewSerializer(many=True)
     group_by = serializers.ListField(child=serializers.CharField())
     cost = PrivacyCostSerializer()
@@ -247,8 +280,10 @@ class QueryOutputSerializer(serializers.Serializer):
     replayed = serializers.BooleanField(help_text="An identical earlier query answered, at no new cost.")
     created_at = serializers.DateTimeField()
     finished_at = serializers.DateTimeField(allow_null=True)
-    result = QueryResultSerializer(required=False, help_text="Only when released, and only for the asking "
-                                                             "organisation and the dataset's owner.")
+    result = QueryResultSerializer(
+        required=False,
+        help_text="Only when released, and only for the asking organisation and the dataset's owner.",
+    )
     error = QueryErrorSerializer(required=False, help_text="Only when refused or failed (lists and batches).")
 
 
@@ -280,14 +315,22 @@ class QueryReleaseInputSerializer(QueryInputSerializer):
     class Meta:
         ref_name = "QueryReleaseInput"
 
-    queries = QueryInputSerializer(many=True, required=False, help_text="Several queries released in one request.")
+    queries = QueryInputSerializer(
+        many=True, required=False, help_text="Several queries released in one request."
+    )
 
 
 _COUNT_SPEC = {"spec": {"aggregates": [{"type": "count"}], "privacy": {"epsilon": 0.5}}}
 QUERY_EXAMPLES = [
     OpenApiExample("A count as a spec", value=_COUNT_SPEC, request_only=True),
-    OpenApiExample("SQL", value={"sql": "SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ",
-                                 "privacy": {"epsilon": 1.0}}, request_only=True),
+    OpenApiExample(
+        "SQL",
+        value={
+            "sql": "SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ",
+            "privacy": {"epsilon": 1.0},
+        },
+        request_only=True,
+    ),
 ]
 
 
@@ -302,20 +345,33 @@ def _wait_seconds(request) -> float:
 def query_body(query, *, replayed: bool = False, answer: bool = True) -> dict:
     """`answer`: whether the viewer may read the released values (`selectors.query_answer_visible`)."""
     body = {
-        "id": query.pk, "url": reverse("api:query", args=[query.pk]), "status": query.status,
-        "dataset": f"{query.dataset.organisation.slug}/{query.dataset.slug}", "version": query.version.number,
-        "query_hash": query.query_hash, "spec": query.spec, "sql": query.sql or None,
-        "cost": {"amount": query.cost, "delta": query.cost_delta}, "replayed": replayed,
-        "created_at": query.created_at, "finished_at": query.finished_at,
+        "id": query.pk,
+        "url": reverse("api:query", args=[query.pk]),
+        "status": query.status,
+        "dataset": f"{query.dataset.organisation.slug}/{query.dataset.slug}",
+        "version": query.version.number,
+        "query_hash": query.query_hash,
+        "spec": query.spec,
+        "sql": query.sql or None,
+        "cost": {"amount": query.cost, "delta": query.cost_delta},
+        "replayed": replayed,
+        "created_at": query.created_at,
+        "finished_at": query.finished_at,
     }
     if query.status == "released" and answer:
-        body["result"] = {k: query.result[k] for k in ("columns", "rows", "intervals", "aggregates", "group_by", "cost")}
+        body["result"] = {
+            k: query.result[k] for k in ("columns", "rows", "intervals", "aggregates", "group_by", "cost")
+        }
     return body
 
 
 class QueryPreviewApi(APIView):
-    @extend_schema(request=QueryInputSerializer, operation_id="queries_preview", examples=QUERY_EXAMPLES,
-                   responses={200: QueryPreviewOutputSerializer, 503: ErrorSerializer})
+    @extend_schema(
+        request=QueryInputSerializer,
+        operation_id="queries_preview",
+        examples=QUERY_EXAMPLES,
+        responses={200: QueryPreviewOutputSerializer, 503: ErrorSerializer},
+    )
     def post(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(QueryInputSerializer, request.data)
@@ -329,19 +385,41 @@ class QueryListSubmitApi(APIView):
     @extend_schema(responses=QueryOutputSerializer(many=True), operation_id="queries_list")
     def get(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        return paginated(queryset=query_list(actor=request.user, dataset=dataset), request=request, view=self,
-                         body=lambda q: query_body(q, answer=query_answer_visible(actor=request.user, query=q)))
+        return paginated(
+            queryset=query_list(actor=request.user, dataset=dataset),
+            request=request,
+            view=self,
+            body=lambda q: query_body(q, answer=query_answer_visible(actor=request.user, query=q)),
+        )
 
     @extend_schema(
         request=QueryReleaseInputSerializer,
-        responses={200: PolymorphicProxySerializer(component_name="QueryReleaseOutput", resource_type_field_name=None,
-                                                   serializers=[QueryOutputSerializer, QueryBatchOutputSerializer]),
-                   202: PolymorphicProxySerializer(component_name="QueryReleasePending", resource_type_field_name=None,
-                                                   serializers=[QueryOutputSerializer, QueryBatchOutputSerializer])},
-        parameters=[OpenApiParameter("wait", float, description="Seconds to wait for the release before answering "
-                                     "202 (at most the service's QUERY_WAIT_SECONDS; 0: answer at once).")],
-        examples=[*QUERY_EXAMPLES, OpenApiExample("Several at once", value={"queries": [_COUNT_SPEC]}, request_only=True)],
-        operation_id="queries_release")
+        responses={
+            200: PolymorphicProxySerializer(
+                component_name="QueryReleaseOutput",
+                resource_type_field_name=None,
+                serializers=[QueryOutputSerializer, QueryBatchOutputSerializer],
+            ),
+            202: PolymorphicProxySerializer(
+                component_name="QueryReleasePending",
+                resource_type_field_name=None,
+                serializers=[QueryOutputSerializer, QueryBatchOutputSerializer],
+            ),
+        },
+        parameters=[
+            OpenApiParameter(
+                "wait",
+                float,
+                description="Seconds to wait for the release before answering "
+                "202 (at most the service's QUERY_WAIT_SECONDS; 0: answer at once).",
+            )
+        ],
+        examples=[
+            *QUERY_EXAMPLES,
+            OpenApiExample("Several at once", value={"queries": [_COUNT_SPEC]}, request_only=True),
+        ],
+        operation_id="queries_release",
+    )
     def post(self, request, organisation: str, slug: str):
         """One query (`sql`/`spec` + `privacy`), or several as `{"queries": [...]}` (each priced,
         debited and answered on its own; the response lists them in order)."""

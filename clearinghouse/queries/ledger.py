@@ -38,11 +38,20 @@ MAX_PRIVACY_AMOUNT = 1e6
 
 def _amount(value: Any, *, field: str, allow_zero: bool = False, below_one: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValidationFailed(f"{field} must be a finite number.", code="invalid_budget", fields={field: ["Invalid."]})
+        raise ValidationFailed(
+            f"{field} must be a finite number.", code="invalid_budget", fields={field: ["Invalid."]}
+        )
     value = float(value)
-    if (value < 0 or (value == 0 and not allow_zero) or (below_one and value >= 1) or value > MAX_PRIVACY_AMOUNT
-            or 0 < value < sys.float_info.min):
-        raise ValidationFailed(f"{field} is out of range.", code="invalid_budget", fields={field: ["Out of range."]})
+    if (
+        value < 0
+        or (value == 0 and not allow_zero)
+        or (below_one and value >= 1)
+        or value > MAX_PRIVACY_AMOUNT
+        or 0 < value < sys.float_info.min
+    ):
+        raise ValidationFailed(
+            f"{field} is out of range.", code="invalid_budget", fields={field: ["Out of range."]}
+        )
     return value
 
 
@@ -51,25 +60,41 @@ def _row_bound(value: Any, *, dataset: Dataset) -> int:
     the rows of a ready version (a false bound would make every release on it fail after its debit).
     The refusal states the rule, never the count."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ROWS_LIMIT:
-        raise ValidationFailed(f"max_rows must be a whole number from 1 to {MAX_ROWS_LIMIT}.", code="invalid_budget",
-                               fields={"max_rows": ["Out of range."]})
+        raise ValidationFailed(
+            f"max_rows must be a whole number from 1 to {MAX_ROWS_LIMIT}.",
+            code="invalid_budget",
+            fields={"max_rows": ["Out of range."]},
+        )
     largest = dataset_ready_rows_max(dataset=dataset)
     if largest is not None and value < largest:
-        raise Conflict("max_rows is below the size of a ready version of this dataset; state a public upper bound "
-                       "that holds for all of its data.", code="max_rows_below_data")
+        raise Conflict(
+            "max_rows is below the size of a ready version of this dataset; state a public upper bound "
+            "that holds for all of its data.",
+            code="max_rows_below_data",
+        )
     return value
 
 
 @transaction.atomic
-def budget_set(*, actor: Any, dataset: Dataset, measure: str, total: float, delta_total: float = 0.0,
-               per_query_max: float | None = None, per_analyst_cap: float | None = None,
-               max_rows: int | None = None) -> PrivacyBudget:
+def budget_set(
+    *,
+    actor: Any,
+    dataset: Dataset,
+    measure: str,
+    total: float,
+    delta_total: float = 0.0,
+    per_query_max: float | None = None,
+    per_analyst_cap: float | None = None,
+    max_rows: int | None = None,
+) -> PrivacyBudget:
     """The steward's policy. `max_rows` is a public upper bound on the row count that the DP engine
     calibrates with (stated, never measured); None keeps the current one (the default for a new
     budget). Changes apply to queries priced afterwards: released answers are replayed as they were."""
     dataset_require_owner(actor=actor, dataset=dataset)
     if measure not in PrivacyMeasure.values:
-        raise ValidationFailed(f"measure must be one of {', '.join(PrivacyMeasure.values)}.", code="invalid_measure")
+        raise ValidationFailed(
+            f"measure must be one of {', '.join(PrivacyMeasure.values)}.", code="invalid_measure"
+        )
     total = _amount(total, field="total")
     delta_total = _amount(delta_total, field="delta_total", allow_zero=True, below_one=True)
     per_query_max = None if per_query_max is None else _amount(per_query_max, field="per_query_max")
@@ -82,28 +107,45 @@ def budget_set(*, actor: Any, dataset: Dataset, measure: str, total: float, delt
     elif budget.spent > 0 and budget.measure != measure:
         raise Conflict("The measure cannot change once budget was spent.", code="measure_locked")
     if total < budget.spent or delta_total < budget.delta_spent:
-        raise Conflict(f"{budget.spent:g} is already spent; the total cannot go below it.", code="below_spent")
+        raise Conflict(
+            f"{budget.spent:g} is already spent; the total cannot go below it.", code="below_spent"
+        )
     budget.measure, budget.total, budget.delta_total = measure, total, delta_total
     budget.per_query_max, budget.per_analyst_cap = per_query_max, per_analyst_cap
     if max_rows is not None and max_rows != budget.max_rows:
         # A paid query still being released was priced under the current bound: it must be released
         # under it too (a worker that recovers it rebuilds the measurement from the budget).
         if budget.pk and Query.objects.filter(dataset=dataset, status=QueryStatus.RUNNING).exists():
-            raise Conflict("Paid queries on this dataset are being released under the current max_rows; change it "
-                           "once they have finished.", code="queries_in_flight")
+            raise Conflict(
+                "Paid queries on this dataset are being released under the current max_rows; change it "
+                "once they have finished.",
+                code="queries_in_flight",
+            )
         budget.max_rows = max_rows
     budget.updated_at = timezone.now()
     budget.save()
-    audit_record(actor=actor, action="budget.set", organisation=dataset.organisation, target=budget,
-                 extra={"dataset": dataset.slug, "measure": measure, "total": total, "delta_total": delta_total,
-                        "per_query_max": per_query_max, "per_analyst_cap": per_analyst_cap,
-                        "max_rows": budget.max_rows})
+    audit_record(
+        actor=actor,
+        action="budget.set",
+        organisation=dataset.organisation,
+        target=budget,
+        extra={
+            "dataset": dataset.slug,
+            "measure": measure,
+            "total": total,
+            "delta_total": delta_total,
+            "per_query_max": per_query_max,
+            "per_analyst_cap": per_analyst_cap,
+            "max_rows": budget.max_rows,
+        },
+    )
     return budget
 
 
 @transaction.atomic
-def allocation_set(*, actor: Any, dataset: Dataset, organisation: Organisation, amount: float,
-                   delta_amount: float = 0.0) -> BudgetAllocation:
+def allocation_set(
+    *, actor: Any, dataset: Dataset, organisation: Organisation, amount: float, delta_amount: float = 0.0
+) -> BudgetAllocation:
     dataset_require_owner(actor=actor, dataset=dataset)
     if organisation.status != OrganisationStatus.APPROVED:
         raise NotFound("Organisation not found.")
@@ -114,14 +156,24 @@ def allocation_set(*, actor: Any, dataset: Dataset, organisation: Organisation, 
     amount = _amount(amount, field="amount", allow_zero=True)
     delta_amount = _amount(delta_amount, field="delta_amount", allow_zero=True, below_one=True)
     allocation, _ = BudgetAllocation.objects.select_for_update(no_key=True).get_or_create(
-        budget=budget, organisation=organisation, defaults={"amount": amount})
+        budget=budget, organisation=organisation, defaults={"amount": amount}
+    )
     if amount < allocation.spent or delta_amount < allocation.delta_spent:
         raise Conflict(f"{allocation.spent:g} is already spent by this organisation.", code="below_spent")
     allocation.amount, allocation.delta_amount = amount, delta_amount
     allocation.save()
-    audit_record(actor=actor, action="budget.allocated", organisation=dataset.organisation, target=allocation,
-                 extra={"dataset": dataset.slug, "grantee": organisation.slug, "amount": amount,
-                        "delta_amount": delta_amount})
+    audit_record(
+        actor=actor,
+        action="budget.allocated",
+        organisation=dataset.organisation,
+        target=allocation,
+        extra={
+            "dataset": dataset.slug,
+            "grantee": organisation.slug,
+            "amount": amount,
+            "delta_amount": delta_amount,
+        },
+    )
     return allocation
 
 
@@ -135,10 +187,14 @@ class Remaining:
     per_query_max: float | None
 
 
-def budget_remaining(*, budget: PrivacyBudget, allocation: BudgetAllocation | None, analyst: Any) -> Remaining:
+def budget_remaining(
+    *, budget: PrivacyBudget, allocation: BudgetAllocation | None, analyst: Any
+) -> Remaining:
     analyst_left = None
     if budget.per_analyst_cap is not None:
-        used = LedgerEntry.objects.filter(budget=budget, analyst=analyst).aggregate(s=Sum("amount"))["s"] or 0.0
+        used = (
+            LedgerEntry.objects.filter(budget=budget, analyst=analyst).aggregate(s=Sum("amount"))["s"] or 0.0
+        )
         analyst_left = max(0.0, budget.per_analyst_cap - used)
     return Remaining(
         measure=budget.measure,
@@ -150,7 +206,9 @@ def budget_remaining(*, budget: PrivacyBudget, allocation: BudgetAllocation | No
     )
 
 
-def budget_debit(*, query: Query, amount: float, delta: float = 0.0, measure: str | None = None) -> LedgerEntry:
+def budget_debit(
+    *, query: Query, amount: float, delta: float = 0.0, measure: str | None = None
+) -> LedgerEntry:
     """Pays for `query`, or raises BudgetExceeded and spends nothing. Must run inside the caller's
     transaction (which also records the query as running), so that the debit and the query's state
     commit together. `measure`: the one `amount` was priced in; if the owner changed the budget's
@@ -165,26 +223,41 @@ def budget_debit(*, query: Query, amount: float, delta: float = 0.0, measure: st
     if budget is None:
         raise NotFound("This dataset has no privacy budget; its owner must set one.", code="no_budget")
     if measure is not None and measure != budget.measure:
-        raise Conflict("The dataset's privacy measure changed after this query was priced; nothing was spent. "
-                       "Ask again.", code="policy_changed")
-    allocation = BudgetAllocation.objects.select_for_update(no_key=True).filter(
-        budget=budget, organisation_id=query.organisation_id).first()
+        raise Conflict(
+            "The dataset's privacy measure changed after this query was priced; nothing was spent. "
+            "Ask again.",
+            code="policy_changed",
+        )
+    allocation = (
+        BudgetAllocation.objects.select_for_update(no_key=True)
+        .filter(budget=budget, organisation_id=query.organisation_id)
+        .first()
+    )
     unit = "ε" if budget.measure == PrivacyMeasure.PURE else "ρ"
     if allocation is None:  # however small the cost: nothing was allocated, so nothing may be spent
-        raise BudgetExceeded(f"This query costs {unit}={amount:.6g}; your organisation's allocation has "
-                             f"{unit}=0 left.")
+        raise BudgetExceeded(
+            f"This query costs {unit}={amount:.6g}; your organisation's allocation has {unit}=0 left."
+        )
     left = budget_remaining(budget=budget, allocation=allocation, analyst=query.analyst)
     if left.per_query_max is not None and amount > left.per_query_max * (1 + _SLACK):
-        raise BudgetExceeded(f"This query costs {unit}={amount:.6g}, above the per-query maximum "
-                             f"{left.per_query_max:g}.", code="above_per_query_max")
-    for name, available in (("your organisation's allocation", left.organisation),
-                            ("the dataset's total budget", left.dataset),
-                            ("your personal cap", left.analyst)):
+        raise BudgetExceeded(
+            f"This query costs {unit}={amount:.6g}, above the per-query maximum {left.per_query_max:g}.",
+            code="above_per_query_max",
+        )
+    for name, available in (
+        ("your organisation's allocation", left.organisation),
+        ("the dataset's total budget", left.dataset),
+        ("your personal cap", left.analyst),
+    ):
         if available is not None and amount > available + _SLACK * max(1.0, budget.total):
-            raise BudgetExceeded(f"This query costs {unit}={amount:.6g}; {name} has {unit}={available:.6g} left.")
+            raise BudgetExceeded(
+                f"This query costs {unit}={amount:.6g}; {name} has {unit}={available:.6g} left."
+            )
     if delta > left.delta_organisation + _SLACK or delta > budget.delta_total - budget.delta_spent + _SLACK:
-        raise BudgetExceeded(f"This query needs δ={delta:g}; δ={left.delta_organisation:g} is left to your "
-                             "organisation.", code="delta_exceeded")
+        raise BudgetExceeded(
+            f"This query needs δ={delta:g}; δ={left.delta_organisation:g} is left to your organisation.",
+            code="delta_exceeded",
+        )
     # Clamp the rounding slack away so that the stored sums never pass their limits.
     allocation.spent = min(allocation.amount, allocation.spent + amount)
     allocation.delta_spent = min(allocation.delta_amount, allocation.delta_spent + delta)
@@ -192,10 +265,28 @@ def budget_debit(*, query: Query, amount: float, delta: float = 0.0, measure: st
     budget.spent = min(budget.total, budget.spent + amount)
     budget.delta_spent = min(budget.delta_total, budget.delta_spent + delta)
     budget.save(update_fields=["spent", "delta_spent"])
-    entry = LedgerEntry.objects.create(budget=budget, organisation_id=query.organisation_id, analyst=query.analyst,
-                                       query=query, query_hash=query.query_hash, amount=amount, delta=delta)
-    audit_record(actor=query.analyst, action="budget.debited", organisation=query.organisation, target=entry,
-                 extra={"dataset": query.dataset_id, "query": query.pk, "query_hash": query.query_hash,
-                        "amount": amount, "delta": delta, "measure": budget.measure})
+    entry = LedgerEntry.objects.create(
+        budget=budget,
+        organisation_id=query.organisation_id,
+        analyst=query.analyst,
+        query=query,
+        query_hash=query.query_hash,
+        amount=amount,
+        delta=delta,
+    )
+    audit_record(
+        actor=query.analyst,
+        action="budget.debited",
+        organisation=query.organisation,
+        target=entry,
+        extra={
+            "dataset": query.dataset_id,
+            "query": query.pk,
+            "query_hash": query.query_hash,
+            "amount": amount,
+            "delta": delta,
+            "measure": budget.measure,
+        },
+    )
     count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), amount)
     return entry

@@ -42,20 +42,28 @@ class PrivacyBudget(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(total__gt=0), name="budget_total_positive"),
-            models.CheckConstraint(condition=Q(spent__gte=0) & Q(spent__lte=F("total") * 1.000000001),
-                                   name="budget_spent_within_total"),
-            models.CheckConstraint(condition=Q(delta_total__gte=0) & Q(delta_total__lt=1), name="budget_delta_range"),
-            models.CheckConstraint(condition=Q(delta_spent__lte=F("delta_total") * 1.000000001),
-                                   name="budget_delta_within_total"),
+            models.CheckConstraint(
+                condition=Q(spent__gte=0) & Q(spent__lte=F("total") * 1.000000001),
+                name="budget_spent_within_total",
+            ),
+            models.CheckConstraint(
+                condition=Q(delta_total__gte=0) & Q(delta_total__lt=1), name="budget_delta_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(delta_spent__lte=F("delta_total") * 1.000000001), name="budget_delta_within_total"
+            ),
             # OpenDP's max_length is a u32.
-            models.CheckConstraint(condition=Q(max_rows__gte=1) & Q(max_rows__lte=2**32 - 1),
-                                   name="budget_max_rows_range"),
+            models.CheckConstraint(
+                condition=Q(max_rows__gte=1) & Q(max_rows__lte=2**32 - 1), name="budget_max_rows_range"
+            ),
         ]
 
 
 class BudgetAllocation(models.Model):
     budget = models.ForeignKey(PrivacyBudget, on_delete=models.CASCADE, related_name="allocations")
-    organisation = models.ForeignKey(Organisation, on_delete=models.CASCADE, related_name="budget_allocations")
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.CASCADE, related_name="budget_allocations"
+    )
     amount = models.FloatField()
     spent = models.FloatField(default=0.0)
     delta_amount = models.FloatField(default=0.0)
@@ -65,9 +73,12 @@ class BudgetAllocation(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["budget", "organisation"], name="one_allocation_per_org"),
             models.CheckConstraint(condition=Q(amount__gte=0), name="allocation_amount_nonnegative"),
-            models.CheckConstraint(condition=Q(spent__lte=F("amount") * 1.000000001), name="allocation_spent_within"),
-            models.CheckConstraint(condition=Q(delta_spent__lte=F("delta_amount") * 1.000000001),
-                                   name="allocation_delta_within"),
+            models.CheckConstraint(
+                condition=Q(spent__lte=F("amount") * 1.000000001), name="allocation_spent_within"
+            ),
+            models.CheckConstraint(
+                condition=Q(delta_spent__lte=F("delta_amount") * 1.000000001), name="allocation_delta_within"
+            ),
         ]
 
 
@@ -117,14 +128,21 @@ class Query(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["organisation", "version", "query_hash"]),
-                   models.Index(fields=["status", "updated_at"], condition=Q(status__in=["pending", "running"]),
-                                name="query_unfinished_idx")]
+        indexes = [
+            models.Index(fields=["organisation", "version", "query_hash"]),
+            models.Index(
+                fields=["status", "updated_at"],
+                condition=Q(status__in=["pending", "running"]),
+                name="query_unfinished_idx",
+            ),
+        ]
         constraints = [
             # At most one paid release per organisation, version and canonical query: replay reads it.
-            models.UniqueConstraint(fields=["organisation", "version", "query_hash"],
-                                    condition=Q(status__in=["pending", "running", "released"]),
-                                    name="one_release_per_query"),
+            models.UniqueConstraint(
+                fields=["organisation", "version", "query_hash"],
+                condition=Q(status__in=["pending", "running", "released"]),
+                name="one_release_per_query",
+            ),
         ]
 
 

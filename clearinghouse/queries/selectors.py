@@ -26,8 +26,11 @@ def budget_left_for(*, actor: Any, dataset: Dataset) -> Remaining:
     """What the actor may still spend on this dataset (analysts see only their own figures)."""
     budget = budget_get(dataset=dataset)
     membership = membership_active(user=actor)
-    allocation = (BudgetAllocation.objects.filter(budget=budget, organisation=membership.organisation).first()
-                  if membership else None)
+    allocation = (
+        BudgetAllocation.objects.filter(budget=budget, organisation=membership.organisation).first()
+        if membership
+        else None
+    )
     return budget_remaining(budget=budget, allocation=allocation, analyst=actor)
 
 
@@ -38,20 +41,40 @@ def budget_spending(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
         raise NotFound("Dataset not found.")
     budget = budget_get(dataset=dataset)
     allocations = [
-        {"organisation": a.organisation.slug, "amount": a.amount, "spent": a.spent,
-         "delta_amount": a.delta_amount, "delta_spent": a.delta_spent}
+        {
+            "organisation": a.organisation.slug,
+            "amount": a.amount,
+            "spent": a.spent,
+            "delta_amount": a.delta_amount,
+            "delta_spent": a.delta_spent,
+        }
         for a in budget.allocations.select_related("organisation").order_by("organisation__slug")
     ]
-    daily = (LedgerEntry.objects.filter(budget=budget).annotate(day=TruncDate("created_at"))
-             .values("day", "organisation__slug").annotate(amount=Sum("amount")).order_by("day"))
+    daily = (
+        LedgerEntry.objects.filter(budget=budget)
+        .annotate(day=TruncDate("created_at"))
+        .values("day", "organisation__slug")
+        .annotate(amount=Sum("amount"))
+        .order_by("day")
+    )
     return {
-        "measure": budget.measure, "total": budget.total, "spent": budget.spent,
-        "delta_total": budget.delta_total, "delta_spent": budget.delta_spent,
-        "per_query_max": budget.per_query_max, "per_analyst_cap": budget.per_analyst_cap,
+        "measure": budget.measure,
+        "total": budget.total,
+        "spent": budget.spent,
+        "delta_total": budget.delta_total,
+        "delta_spent": budget.delta_spent,
+        "per_query_max": budget.per_query_max,
+        "per_analyst_cap": budget.per_analyst_cap,
         "max_rows": budget.max_rows,  # stated by the steward, never measured
         "allocations": allocations,
-        "daily": [{"day": row["day"].isoformat(), "organisation": row["organisation__slug"], "amount": row["amount"]}
-                  for row in daily],
+        "daily": [
+            {
+                "day": row["day"].isoformat(),
+                "organisation": row["organisation__slug"],
+                "amount": row["amount"],
+            }
+            for row in daily
+        ],
     }
 
 
@@ -73,21 +96,29 @@ def query_list(*, actor: Any, dataset: Dataset):
     if dataset_is_owner_or_operator(actor=actor, dataset=dataset):
         return queries.order_by("-created_at")
     membership = membership_active(user=actor)
-    return queries.filter(organisation=membership.organisation if membership else None).order_by("-created_at")
+    return queries.filter(organisation=membership.organisation if membership else None).order_by(
+        "-created_at"
+    )
 
 
 def query_answer_visible(*, actor: Any, query: Query) -> bool:
     """A release's values are the asking organisation's and the dataset owner's. Operators see that a
     query ran, what it asked and what it cost, not its answer (they own no data and asked nothing)."""
     membership = membership_active(user=actor)
-    return membership is not None and membership.organisation_id in {query.organisation_id,
-                                                                      query.dataset.organisation_id}
+    return membership is not None and membership.organisation_id in {
+        query.organisation_id,
+        query.dataset.organisation_id,
+    }
 
 
 def query_get(*, actor: Any, query_id: int) -> Query:
     """A query for those who oversee its dataset (`dataset_is_owner_or_operator`) and for its asking
     organisation's members, as `query_list` shows it; 404 for everyone else."""
-    query = Query.objects.select_related("dataset__organisation", "version", "organisation").filter(pk=query_id).first()
+    query = (
+        Query.objects.select_related("dataset__organisation", "version", "organisation")
+        .filter(pk=query_id)
+        .first()
+    )
     if query is None:
         raise NotFound("Query not found.")
     membership = membership_active(user=actor)

@@ -49,8 +49,11 @@ logger = logging.getLogger(__name__)
 
 def query_schema(*, version: DatasetVersion, budget: PrivacyBudget) -> TableSchema:
     """The DP engine's view of a version: its declared schema plus the dataset's policy."""
-    policy = {"measure": budget.measure, "max_delta": budget.delta_total if budget.measure != PrivacyMeasure.PURE
-              else 0.0, "max_rows": budget.max_rows}
+    policy = {
+        "measure": budget.measure,
+        "max_delta": budget.delta_total if budget.measure != PrivacyMeasure.PURE else 0.0,
+        "max_rows": budget.max_rows,
+    }
     return TableSchema.from_dict(version.schema, policy=policy, name=version.dataset.slug)
 
 
@@ -59,27 +62,33 @@ def query_access(*, actor: Any, dataset: Dataset) -> None:
     organisation with an active query grant who accepted the current data-use agreement."""
     membership = membership_active(user=actor)
     owner = dataset_is_owner(actor=actor, dataset=dataset)
-    if membership is None or not (owner or dataset_grant_active(dataset=dataset, organisation_id=membership.organisation_id,
-                                                               purpose="query")):
+    if membership is None or not (
+        owner
+        or dataset_grant_active(dataset=dataset, organisation_id=membership.organisation_id, purpose="query")
+    ):
         raise NotFound("Dataset not found.")
     from clearinghouse.organisations.roles import ROLE_CAPABILITIES
 
     if RUN_QUERIES not in ROLE_CAPABILITIES[membership.role]:
         raise PermissionDenied("Your role does not allow queries.", code="role_forbidden")
     if not owner and not agreement_accepted(user=actor, dataset=dataset):
-        raise PermissionDenied("Accept the dataset's current data-use agreement before querying.",
-                               code="agreement_required")
+        raise PermissionDenied(
+            "Accept the dataset's current data-use agreement before querying.", code="agreement_required"
+        )
 
 
-def query_parse(*, schema: TableSchema, spec: Any = None, sql: str | None = None,
-                privacy: dict | None = None) -> QuerySpec:
+def query_parse(
+    *, schema: TableSchema, spec: Any = None, sql: str | None = None, privacy: dict | None = None
+) -> QuerySpec:
     try:
         if sql is not None:
             if spec is not None:
                 raise QueryError("invalid_query", "Give either `sql` or `spec`, not both.")
             if not isinstance(privacy, dict):
-                raise QueryError("invalid_privacy_loss", "With `sql`, give the privacy loss as `privacy`, "
-                                 'e.g. {"epsilon": 1.0}.')
+                raise QueryError(
+                    "invalid_privacy_loss",
+                    'With `sql`, give the privacy loss as `privacy`, e.g. {"epsilon": 1.0}.',
+                )
             return sql_to_spec(sql, schema, privacy)
         if spec is None:
             raise QueryError("invalid_query", "Give a query as `spec` (JSON) or `sql`.")
@@ -99,18 +108,25 @@ def _context(*, actor: Any, dataset: Dataset) -> tuple[DatasetVersion, PrivacyBu
     return version, budget
 
 
-def query_prepare(*, actor: Any, dataset: Dataset, spec: Any = None, sql: str | None = None,
-                  privacy: dict | None = None) -> tuple[DatasetVersion, PrivacyBudget, QuerySpec]:
+def query_prepare(
+    *, actor: Any, dataset: Dataset, spec: Any = None, sql: str | None = None, privacy: dict | None = None
+) -> tuple[DatasetVersion, PrivacyBudget, QuerySpec]:
     """Checks access and parses the query; what preview and submit share."""
     version, budget = _context(actor=actor, dataset=dataset)
-    return version, budget, query_parse(schema=query_schema(version=version, budget=budget), spec=spec, sql=sql,
-                                        privacy=privacy)
+    return (
+        version,
+        budget,
+        query_parse(schema=query_schema(version=version, budget=budget), spec=spec, sql=sql, privacy=privacy),
+    )
 
 
-def query_submit(*, actor: Any, dataset: Dataset, spec: Any = None, sql: str | None = None,
-                 privacy: dict | None = None) -> tuple[Query, bool]:
+def query_submit(
+    *, actor: Any, dataset: Dataset, spec: Any = None, sql: str | None = None, privacy: dict | None = None
+) -> tuple[Query, bool]:
     """One query: see `query_submit_many`."""
-    return query_submit_many(actor=actor, dataset=dataset, items=[{"spec": spec, "sql": sql, "privacy": privacy}])[0]
+    return query_submit_many(
+        actor=actor, dataset=dataset, items=[{"spec": spec, "sql": sql, "privacy": privacy}]
+    )[0]
 
 
 MAX_QUERIES_PER_REQUEST = 20
@@ -129,8 +145,15 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
     prepared = []
     for index, item in enumerate(items):
         try:
-            prepared.append((version, budget, query_parse(schema=schema, spec=item.get("spec"), sql=item.get("sql"),
-                                                          privacy=item.get("privacy"))))
+            prepared.append(
+                (
+                    version,
+                    budget,
+                    query_parse(
+                        schema=schema, spec=item.get("spec"), sql=item.get("sql"), privacy=item.get("privacy")
+                    ),
+                )
+            )
         except ValidationFailed as exc:
             if len(items) > 1:
                 exc.message = f"queries[{index}]: {exc.message}"
@@ -143,21 +166,41 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
         outcomes: list[tuple[Query, bool]] = []
         created: list[int] = []
         for item, (version, _, parsed) in zip(items, prepared, strict=True):
-            existing = Query.objects.filter(organisation=membership.organisation, version=version,
-                                            query_hash=parsed.hash, status__in=QUERY_LIVE).first()
+            existing = Query.objects.filter(
+                organisation=membership.organisation,
+                version=version,
+                query_hash=parsed.hash,
+                status__in=QUERY_LIVE,
+            ).first()
             if existing is None:
-                existing = _create(actor=actor, dataset=dataset, version=version, membership=membership, parsed=parsed,
-                                   item=item, task_id=task_id)
+                existing = _create(
+                    actor=actor,
+                    dataset=dataset,
+                    version=version,
+                    membership=membership,
+                    parsed=parsed,
+                    item=item,
+                    task_id=task_id,
+                )
                 if existing is not None:
                     outcomes.append((existing, False))
                     created.append(existing.pk)
                     continue
                 # The same query arrived concurrently: answer with that one.
-                existing = Query.objects.get(organisation=membership.organisation, version=version,
-                                             query_hash=parsed.hash, status__in=QUERY_LIVE)
+                existing = Query.objects.get(
+                    organisation=membership.organisation,
+                    version=version,
+                    query_hash=parsed.hash,
+                    status__in=QUERY_LIVE,
+                )
             if existing.status == QueryStatus.RELEASED:
-                audit_record(actor=actor, action="query.replayed", organisation=membership.organisation,
-                             target=existing, extra={"query_hash": parsed.hash})
+                audit_record(
+                    actor=actor,
+                    action="query.replayed",
+                    organisation=membership.organisation,
+                    target=existing,
+                    extra={"query_hash": parsed.hash},
+                )
                 outcomes.append((existing, True))
             else:  # still on its way (another request of the organisation asked it): wait for the same one
                 outcomes.append((existing, False))
@@ -168,19 +211,40 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
     return atomic_with_retry(record)
 
 
-def _create(*, actor: Any, dataset: Dataset, version: DatasetVersion, membership: Any, parsed: QuerySpec,
-            item: dict, task_id: str) -> Query | None:
+def _create(
+    *,
+    actor: Any,
+    dataset: Dataset,
+    version: DatasetVersion,
+    membership: Any,
+    parsed: QuerySpec,
+    item: dict,
+    task_id: str,
+) -> Query | None:
     """Records one new query, or returns None when an identical live one exists already."""
     try:
         with transaction.atomic():
             query = Query.objects.create(
-                dataset=dataset, version=version, organisation=membership.organisation, analyst=actor,
-                spec=parsed.to_dict(), sql=item.get("sql") or "", query_hash=parsed.hash, cost=0.0,
-                privacy=item.get("privacy") or {}, task_id=task_id)
+                dataset=dataset,
+                version=version,
+                organisation=membership.organisation,
+                analyst=actor,
+                spec=parsed.to_dict(),
+                sql=item.get("sql") or "",
+                query_hash=parsed.hash,
+                cost=0.0,
+                privacy=item.get("privacy") or {},
+                task_id=task_id,
+            )
     except IntegrityError:
         return None
-    audit_record(actor=actor, action="query.submitted", organisation=membership.organisation, target=query,
-                 extra={"dataset": dataset.pk, "version": version.number, "query_hash": parsed.hash})
+    audit_record(
+        actor=actor,
+        action="query.submitted",
+        organisation=membership.organisation,
+        target=query,
+        extra={"dataset": dataset.pk, "version": version.number, "query_hash": parsed.hash},
+    )
     return query
 
 
@@ -193,10 +257,14 @@ def _enqueue(query_ids: list[int], task_id: str) -> None:
     try:
         query_execute_task.apply_async((query_ids,), task_id=task_id)
     except Exception as exc:  # noqa: BLE001 - recovered by query_recover_stuck
-        logger.error("Could not enqueue queries %s (%s); the sweeper will retry", query_ids, exc.__class__.__name__)
+        logger.error(
+            "Could not enqueue queries %s (%s); the sweeper will retry", query_ids, exc.__class__.__name__
+        )
 
 
-UNPRICEABLE_MESSAGE = "This query cannot be priced with the privacy loss asked for; choose other privacy parameters."
+UNPRICEABLE_MESSAGE = (
+    "This query cannot be priced with the privacy loss asked for; choose other privacy parameters."
+)
 
 
 @dataclass
@@ -241,8 +309,16 @@ def _price(query: Query) -> _Priced:
     return item
 
 
-def _set_state(query: Query, *, status: str, expect: tuple[str, ...], result: dict | None = None, code: str = "",
-               message: str = "", **fields: Any) -> bool:
+def _set_state(
+    query: Query,
+    *,
+    status: str,
+    expect: tuple[str, ...],
+    result: dict | None = None,
+    code: str = "",
+    message: str = "",
+    **fields: Any,
+) -> bool:
     """Compare-and-set: moves the query to `status` only if it is still in one of `expect` (a second
     worker on the same query — a redelivered task, a recovery — then changes nothing)."""
     now = timezone.now()
@@ -268,9 +344,11 @@ def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
     stores the releases. A table is used while it is loaded (the worker's cache holds a few). Queries
     found `running` (paid by a worker that died) are released without a new debit. A query that fails
     after its debit keeps the spend (the conservative choice: noise may have been drawn)."""
-    queries = list(Query.objects.select_related("version__dataset", "dataset__organisation", "analyst",
-                                                "organisation")
-                   .filter(pk__in=query_ids, status__in=QUERY_UNFINISHED).order_by("pk"))
+    queries = list(
+        Query.objects.select_related("version__dataset", "dataset__organisation", "analyst", "organisation")
+        .filter(pk__in=query_ids, status__in=QUERY_UNFINISHED)
+        .order_by("pk")
+    )
     groups: dict[tuple[int, str], list[_Priced]] = {}
     for item in map(_price, queries):
         key = (item.query.version_id, item.schema.fingerprint if item.schema is not None else "")
@@ -299,23 +377,33 @@ def _load(item: _Priced, data_loader) -> _Priced:
         return item
     try:
         item.data = data_loader(item.query.version, item.schema)
-    except QueryError as exc:  # e.g. more rows than the stated max_rows: the owner's to fix; not said to others
-        logger.error("Query %s: the dataset cannot be queried (the reason is in its owner's audit log)",
-                     item.query.pk)
+    except (
+        QueryError
+    ) as exc:  # e.g. more rows than the stated max_rows: the owner's to fix; not said to others
+        logger.error(
+            "Query %s: the dataset cannot be queried (the reason is in its owner's audit log)", item.query.pk
+        )
         item.failure, item.failure_reason = ("dataset_unavailable", _UNAVAILABLE_MESSAGE), exc.code
     except Exception as exc:  # noqa: BLE001 - a tampered file, a store that is down: fail this query, not the worker
         integrity = exc.__class__.__name__ in {"IntegrityError", "FormatError"}
         logger.error("Query %s: loading the dataset failed: %s", item.query.pk, exc.__class__.__name__)
-        item.failure = ("integrity_error", _INTEGRITY_MESSAGE) if integrity else ("release_failed",
-                                                                                 _RELEASE_FAILED_MESSAGE)
+        item.failure = (
+            ("integrity_error", _INTEGRITY_MESSAGE)
+            if integrity
+            else ("release_failed", _RELEASE_FAILED_MESSAGE)
+        )
         item.failure_reason = item.failure[0]
     return item
 
 
 def _debit_all(priced: list[_Priced]) -> list[_Priced]:
     audit_lock()  # first, then the queries (by id), then budget and allocation inside budget_debit
-    locked = {query.pk: query for query in Query.objects.select_for_update(no_key=True)
-              .filter(pk__in=[item.query.pk for item in priced], status__in=QUERY_UNFINISHED).order_by("pk")}
+    locked = {
+        query.pk: query
+        for query in Query.objects.select_for_update(no_key=True)
+        .filter(pk__in=[item.query.pk for item in priced], status__in=QUERY_UNFINISHED)
+        .order_by("pk")
+    }
     paid = []
     for item in priced:
         query = item.query
@@ -338,14 +426,19 @@ def _debit_all(priced: list[_Priced]) -> list[_Priced]:
         except ApplicationError as exc:
             _refuse(query, exc.code, exc.message)
             continue
-        except Exception as exc:  # noqa: BLE001 - one query's unexpected error never holds up the others
+        except Exception as exc:
             if is_retryable(exc):
                 raise  # the whole transaction was lost: atomic_with_retry runs it again
             logger.error("Query %s could not be debited: %s", query.pk, exc.__class__.__name__)
             _refuse(query, "debit_failed", "The ledger could not record this query; nothing was spent.")
             continue
-        _set_state(query, status=QueryStatus.RUNNING, expect=(QueryStatus.PENDING,), cost=item.amount,
-                   cost_delta=item.delta)
+        _set_state(
+            query,
+            status=QueryStatus.RUNNING,
+            expect=(QueryStatus.PENDING,),
+            cost=item.amount,
+            cost_delta=item.delta,
+        )
         paid.append(item)
     return paid
 
@@ -354,11 +447,21 @@ def _fail(query: Query, item: _Priced, *, expect: str, spent: bool) -> None:
     code, message = item.failure or ("release_failed", _RELEASE_FAILED_MESSAGE)
     message += " The spend stands." if spent else " Nothing was spent."
     if _set_state(query, status=QueryStatus.FAILED, expect=(expect,), code=code, message=message):
-        audit_record(actor=query.analyst, action="query.failed", organisation=query.organisation, target=query,
-                     extra={"code": code, "paid": spent})
+        audit_record(
+            actor=query.analyst,
+            action="query.failed",
+            organisation=query.organisation,
+            target=query,
+            extra={"code": code, "paid": spent},
+        )
         if item.failure_reason and item.failure_reason != code:  # why, for the dataset's owner alone
-            audit_record(actor=None, action="dataset_version.query_failed", organisation=query.dataset.organisation,
-                         target=query.version, extra={"query": query.pk, OWNER_ONLY: {"reason": item.failure_reason}})
+            audit_record(
+                actor=None,
+                action="dataset_version.query_failed",
+                organisation=query.dataset.organisation,
+                target=query.version,
+                extra={"query": query.pk, OWNER_ONLY: {"reason": item.failure_reason}},
+            )
         if code == "integrity_error":
             from clearinghouse.datasets.services import dataset_version_mark_corrupt
 
@@ -366,9 +469,16 @@ def _fail(query: Query, item: _Priced, *, expect: str, spent: bool) -> None:
 
 
 def _refuse(query: Query, code: str, message: str) -> None:
-    if _set_state(query, status=QueryStatus.REFUSED, expect=(QueryStatus.PENDING,), code=code, message=message):
-        audit_record(actor=query.analyst, action="query.refused", organisation=query.organisation, target=query,
-                     extra={"code": code})
+    if _set_state(
+        query, status=QueryStatus.REFUSED, expect=(QueryStatus.PENDING,), code=code, message=message
+    ):
+        audit_record(
+            actor=query.analyst,
+            action="query.refused",
+            organisation=query.organisation,
+            target=query,
+            extra={"code": code},
+        )
         count_on_commit(QUERIES_REFUSED.labels(code=code))
 
 
@@ -379,9 +489,10 @@ def _store_all(released: list[tuple[_Priced, dict | tuple[str, str]]]) -> None:
         if isinstance(outcome, dict):
             try:
                 with transaction.atomic():  # a savepoint: one answer the database refuses fails alone
-                    stored = _set_state(query, status=QueryStatus.RELEASED, expect=(QueryStatus.RUNNING,),
-                                        result=outcome)
-            except Exception as exc:  # noqa: BLE001 - e.g. a value the JSON column refuses
+                    stored = _set_state(
+                        query, status=QueryStatus.RELEASED, expect=(QueryStatus.RUNNING,), result=outcome
+                    )
+            except Exception as exc:
                 if is_retryable(exc):
                     raise
                 logger.error("Query %s: its answer could not be stored: %s", query.pk, exc.__class__.__name__)
@@ -389,9 +500,13 @@ def _store_all(released: list[tuple[_Priced, dict | tuple[str, str]]]) -> None:
                 outcome = ("release_failed", _RELEASE_FAILED_MESSAGE)
             else:
                 if stored:
-                    audit_record(actor=query.analyst, action="query.released", organisation=query.organisation,
-                                 target=query, extra={"query_hash": query.query_hash, "cost": query.cost,
-                                                      "delta": query.cost_delta})
+                    audit_record(
+                        actor=query.analyst,
+                        action="query.released",
+                        organisation=query.organisation,
+                        target=query,
+                        extra={"query_hash": query.query_hash, "cost": query.cost, "delta": query.cost_delta},
+                    )
                     count_on_commit(QUERIES_RELEASED)
                 continue
         item.failure = outcome
@@ -410,7 +525,8 @@ def _release_all(paid: list[_Priced]) -> list[tuple[_Priced, dict | tuple[str, s
         released.append((item, item.failure or _release(item)))
         if time.monotonic() - beat > _HEARTBEAT_SECONDS:
             Query.objects.filter(pk__in=[i.query.pk for i in paid], status=QueryStatus.RUNNING).update(
-                updated_at=timezone.now())
+                updated_at=timezone.now()
+            )
             beat = time.monotonic()
     return released
 
@@ -441,24 +557,46 @@ def query_recover_stuck(*, idle_seconds: float, max_attempts: int) -> dict[str, 
         counts = {"requeued": 0, "failed": 0}
         task_id = uuid.uuid4().hex
         requeue: list[int] = []
-        stuck = (Query.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
-                 .select_related("analyst", "organisation")
-                 .filter(status__in=QUERY_UNFINISHED, updated_at__lt=cutoff).order_by("pk")[:500])
+        stuck = (
+            Query.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
+            .select_related("analyst", "organisation")
+            .filter(status__in=QUERY_UNFINISHED, updated_at__lt=cutoff)
+            .order_by("pk")[:500]
+        )
         for query in stuck:
             if query.attempts >= max_attempts:
                 paid = query.status == QueryStatus.RUNNING
-                message = ("The worker was lost repeatedly after the budget was debited; the spend stands." if paid
-                           else "The worker was lost repeatedly before the query was priced; nothing was spent.")
-                _set_state(query, status=QueryStatus.FAILED, expect=(query.status,), code="worker_lost",
-                           message=message)
-                audit_record(actor=query.analyst, action="query.failed", organisation=query.organisation,
-                             target=query, extra={"code": "worker_lost", "paid": paid})
+                message = (
+                    "The worker was lost repeatedly after the budget was debited; the spend stands."
+                    if paid
+                    else "The worker was lost repeatedly before the query was priced; nothing was spent."
+                )
+                _set_state(
+                    query,
+                    status=QueryStatus.FAILED,
+                    expect=(query.status,),
+                    code="worker_lost",
+                    message=message,
+                )
+                audit_record(
+                    actor=query.analyst,
+                    action="query.failed",
+                    organisation=query.organisation,
+                    target=query,
+                    extra={"code": "worker_lost", "paid": paid},
+                )
                 counts["failed"] += 1
             else:
-                Query.objects.filter(pk=query.pk).update(attempts=F("attempts") + 1, updated_at=timezone.now(),
-                                                         task_id=task_id)
-                audit_record(actor=None, action="query.recovered", organisation=query.organisation, target=query,
-                             extra={"status": query.status, "attempt": query.attempts + 1})
+                Query.objects.filter(pk=query.pk).update(
+                    attempts=F("attempts") + 1, updated_at=timezone.now(), task_id=task_id
+                )
+                audit_record(
+                    actor=None,
+                    action="query.recovered",
+                    organisation=query.organisation,
+                    target=query,
+                    extra={"status": query.status, "attempt": query.attempts + 1},
+                )
                 requeue.append(query.pk)
                 counts["requeued"] += 1
         if requeue:
@@ -494,8 +632,9 @@ def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: floa
 
     try:
         # Celery reads a timeout of 0 as "forever": a preview always waits a little, never for ever.
-        answer = query_preview_task.apply_async((version.pk, spec.to_dict())).get(timeout=max(timeout, 1.0),
-                                                                                  interval=0.02)
+        answer = query_preview_task.apply_async((version.pk, spec.to_dict())).get(
+            timeout=max(timeout, 1.0), interval=0.02
+        )
     except Exception as exc:  # noqa: BLE001 - a timeout, or a broker or result store that is down
         if not isinstance(exc, CeleryTimeout):
             logger.error("Preview not answered: %s", exc.__class__.__name__)

@@ -31,8 +31,12 @@ def staged_data(version: DatasetVersion, schema):
             _cache.move_to_end(key)
             return _cache[key]
     dataset = version.dataset
-    table = storage.read_table(version.data_path, storage.data_context(
-        organisation_id=dataset.organisation_id, dataset_id=dataset.pk, number=version.number))
+    table = storage.read_table(
+        version.data_path,
+        storage.data_context(
+            organisation_id=dataset.organisation_id, dataset_id=dataset.pk, number=version.number
+        ),
+    )
     prepared = prepare(schema, table)
     with _cache_lock:
         _cache[key] = prepared
@@ -73,8 +77,9 @@ def query_preview_task(version_id: int, spec: dict) -> dict:
 def query_recover_stuck_task() -> dict[str, int]:
     from .services import query_recover_stuck
 
-    return query_recover_stuck(idle_seconds=settings.QUERY_STUCK_SECONDS,
-                               max_attempts=settings.QUERY_MAX_RECOVERIES)
+    return query_recover_stuck(
+        idle_seconds=settings.QUERY_STUCK_SECONDS, max_attempts=settings.QUERY_MAX_RECOVERIES
+    )
 
 
 @worker_process_init.connect
@@ -83,7 +88,9 @@ def _warm_up(**_):
     try:
         from clearinghouse.dp import TableSchema, parse_spec, preview
 
-        schema = TableSchema.from_dict({"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 1}]})
+        schema = TableSchema.from_dict(
+            {"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 1}]}
+        )
         preview(schema, parse_spec({"aggregates": [{"type": "count"}], "privacy": {"epsilon": 1.0}}, schema))
-    except Exception:  # noqa: BLE001, S110 - warming up is best effort
+    except Exception:  # noqa: BLE001 - warming up is best effort
         pass

@@ -33,8 +33,11 @@ def _rows_with_intervals(result: dict) -> list[list[str]]:
             value = row.get(column)
             if column in interval:
                 lo, hi = interval[column]
-                cells.append(f"{value:,.2f}  [{lo:,.2f}, {hi:,.2f}]" if isinstance(value, float)
-                             else f"{value}  [{lo:,.0f}, {hi:,.0f}]")
+                cells.append(
+                    f"{value:,.2f}  [{lo:,.2f}, {hi:,.2f}]"
+                    if isinstance(value, float)
+                    else f"{value}  [{lo:,.0f}, {hi:,.0f}]"
+                )
             else:
                 cells.append(str(value))
         table.append(cells)
@@ -56,8 +59,12 @@ def query_console(request: HttpRequest, organisation: str, slug: str) -> HttpRes
             privacy = {"epsilon": epsilon}  # the service says what is wrong with it
         try:
             if request.POST.get("action") == "preview":
-                version, _, spec = query_prepare(actor=request.user, dataset=dataset, sql=sql, privacy=privacy)
-                context["preview"] = query_preview_run(version=version, spec=spec, timeout=settings.QUERY_WAIT_SECONDS)
+                version, _, spec = query_prepare(
+                    actor=request.user, dataset=dataset, sql=sql, privacy=privacy
+                )
+                context["preview"] = query_preview_run(
+                    version=version, spec=spec, timeout=settings.QUERY_WAIT_SECONDS
+                )
             else:
                 query, replayed = query_submit(actor=request.user, dataset=dataset, sql=sql, privacy=privacy)
                 query = query_wait(query=query, timeout=settings.QUERY_WAIT_SECONDS)
@@ -65,12 +72,16 @@ def query_console(request: HttpRequest, organisation: str, slug: str) -> HttpRes
                 if error is not None:
                     raise error
                 if query.status != "released":  # the worker is busy: the answer lands in the history
-                    messages.info(request, "The query is still being answered; it will appear in the history "
-                                           "below when done.")
+                    messages.info(
+                        request,
+                        "The query is still being answered; it will appear in the history below when done.",
+                    )
                     query = None
                 elif replayed:
-                    messages.info(request, "This exact query was released before: here is that answer again, "
-                                           "at no new cost.")
+                    messages.info(
+                        request,
+                        "This exact query was released before: here is that answer again, at no new cost.",
+                    )
                 context["released"] = query
         except ApplicationError as exc:
             if isinstance(exc, (NotFound, PermissionDenied)):  # refused, as the API refuses it: 404/403
@@ -106,11 +117,22 @@ def _spending_plot(daily: list[dict], total: float) -> dict:
         y = height - pad - per_org[row["organisation"]] / total * (height - 2 * pad)
         series[row["organisation"]].append((round(x, 1), round(y, 1)))
     colours = ["#1f5fbf", "#b3261e", "#1e7a45", "#8a5a00", "#6b3fa0"]
-    return {"width": width, "height": height, "pad": pad, "first": first, "last": last,
-            "series": [{"organisation": org, "colour": colours[i % len(colours)],
-                        "points": " ".join(f"{x},{y}" for x, y in ([(pad, height - pad)] + points)),
-                        "spent": round(per_org[org], 6)}
-                       for i, (org, points) in enumerate(series.items())]}
+    return {
+        "width": width,
+        "height": height,
+        "pad": pad,
+        "first": first,
+        "last": last,
+        "series": [
+            {
+                "organisation": org,
+                "colour": colours[i % len(colours)],
+                "points": " ".join(f"{x},{y}" for x, y in ([(pad, height - pad)] + points)),
+                "spent": round(per_org[org], 6),
+            }
+            for i, (org, points) in enumerate(series.items())
+        ],
+    }
 
 
 def _policy_from_form(data) -> dict:
@@ -126,9 +148,14 @@ def _policy_from_form(data) -> dict:
         except ValueError:
             return text
 
-    return {"measure": (data.get("measure") or "").strip(), "total": number("total"),
-            "delta_total": number("delta_total", empty=0.0), "per_query_max": number("per_query_max"),
-            "per_analyst_cap": number("per_analyst_cap"), "max_rows": number("max_rows", whole=True)}
+    return {
+        "measure": (data.get("measure") or "").strip(),
+        "total": number("total"),
+        "delta_total": number("delta_total", empty=0.0),
+        "per_query_max": number("per_query_max"),
+        "per_analyst_cap": number("per_analyst_cap"),
+        "max_rows": number("max_rows", whole=True),
+    }
 
 
 @login_required
@@ -159,9 +186,18 @@ def budget_dashboard(request: HttpRequest, organisation: str, slug: str) -> Http
         view = {}  # no budget yet: the owner sets the first one here
     left = view.get("left")
     spending = None if left is not None or not view else view
-    return render(request, "queries/budget.html", {
-        "dataset": dataset, "spending": spending, "left": left, "owner": owner, "error": error,
-        "measures": PrivacyMeasure.choices, "form": request.POST if error else None,
-        "plot": _spending_plot(spending["daily"], spending["total"]) if spending else None,
-        "spending_json": json.dumps(spending, indent=2) if spending else "",
-    })
+    return render(
+        request,
+        "queries/budget.html",
+        {
+            "dataset": dataset,
+            "spending": spending,
+            "left": left,
+            "owner": owner,
+            "error": error,
+            "measures": PrivacyMeasure.choices,
+            "form": request.POST if error else None,
+            "plot": _spending_plot(spending["daily"], spending["total"]) if spending else None,
+            "spending_json": json.dumps(spending, indent=2) if spending else "",
+        },
+    )

@@ -137,9 +137,11 @@ STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
 # The encrypted object store. STORAGE_BACKEND/STORAGE_OPTIONS (JSON) select another Django storage,
 # e.g. storages.backends.s3.S3Storage with {"bucket_name": ...}: it only ever receives ciphertext.
 STORAGES = {
-    "default": {"BACKEND": os.environ.get("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
-                "OPTIONS": json.loads(os.environ.get("STORAGE_OPTIONS", "null"))
-                or {"location": str(Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "store")))}},
+    "default": {
+        "BACKEND": os.environ.get("STORAGE_BACKEND", "django.core.files.storage.FileSystemStorage"),
+        "OPTIONS": json.loads(os.environ.get("STORAGE_OPTIONS", "null"))
+        or {"location": str(Path(os.environ.get("MEDIA_ROOT", VAR_DIR / "store")))},
+    },
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
@@ -183,8 +185,8 @@ REST_FRAMEWORK = {
 SPECTACULAR_SETTINGS = {
     "TITLE": "Clearinghouse API",
     "DESCRIPTION": "Members, organisations, tokens, audit, datasets, differentially private queries and federated "
-                   "jobs of the Clearinghouse consortium service. Lists are pages (`limit`/`offset`); every error "
-                   "answers `{\"code\", \"detail\", \"fields\"?}`.",
+    "jobs of the Clearinghouse consortium service. Lists are pages (`limit`/`offset`); every error "
+    'answers `{"code", "detail", "fields"?}`.',
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v1",
@@ -230,8 +232,11 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-CELERY_TASK_ROUTES = {"datasets.*": {"queue": "ingestion"}, "queries.*": {"queue": "dp"},
-                      "federation.*": {"queue": "federation"}}
+CELERY_TASK_ROUTES = {
+    "datasets.*": {"queue": "ingestion"},
+    "queries.*": {"queue": "dp"},
+    "federation.*": {"queue": "federation"},
+}
 # A message a worker took but never acknowledged (acks_late; the worker was killed) goes back to the
 # queue after this long on Redis (kombu's default is an hour). It must exceed the longest task: the
 # ingestion task's hard time limit (INGESTION_STUCK_SECONDS less a minute) is the longest. The embedded
@@ -240,15 +245,22 @@ CELERY_TASK_ROUTES = {"datasets.*": {"queue": "ingestion"}, "queries.*": {"queue
 BROKER_VISIBILITY_TIMEOUT_SECONDS = int(os.environ.get("BROKER_VISIBILITY_TIMEOUT_SECONDS", "1800"))
 _REDELIVERING = ("redis://", "rediss://", "sentinel://", "sqs://")
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS} if CELERY_BROKER_URL.startswith(_REDELIVERING) else {})
+    {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS}
+    if CELERY_BROKER_URL.startswith(_REDELIVERING)
+    else {}
+)
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = (
     {"visibility_timeout": BROKER_VISIBILITY_TIMEOUT_SECONDS, "retry_policy": {"timeout": 5.0}}
-    if CELERY_RESULT_BACKEND.startswith(_REDELIVERING) else {})
+    if CELERY_RESULT_BACKEND.startswith(_REDELIVERING)
+    else {}
+)
 CELERY_RESULT_EXPIRES = int(os.environ.get("CELERY_RESULT_EXPIRES_SECONDS", str(24 * 3600)))
 # Periodic tasks (celery beat): running federated jobs are reconciled with the SuperLink.
 CELERY_BEAT_SCHEDULE = {
-    "federation-reconcile": {"task": "federation.jobs_reconcile", "schedule": float(
-        os.environ.get("FLOWER_RECONCILE_SECONDS", "30"))},
+    "federation-reconcile": {
+        "task": "federation.jobs_reconcile",
+        "schedule": float(os.environ.get("FLOWER_RECONCILE_SECONDS", "30")),
+    },
 }
 # How long a release request waits for the dp worker before answering 202 with the query's URL.
 QUERY_WAIT_SECONDS = float(os.environ.get("QUERY_WAIT_SECONDS", "30"))
@@ -257,7 +269,9 @@ QUERY_WAIT_SECONDS = float(os.environ.get("QUERY_WAIT_SECONDS", "30"))
 QUERY_STUCK_SECONDS = float(os.environ.get("QUERY_STUCK_SECONDS", "300"))
 QUERY_MAX_RECOVERIES = int(os.environ.get("QUERY_MAX_RECOVERIES", "3"))
 CELERY_BEAT_SCHEDULE["queries-recover-stuck"] = {
-    "task": "queries.recover_stuck", "schedule": float(os.environ.get("QUERY_RECOVER_EVERY_SECONDS", "60"))}
+    "task": "queries.recover_stuck",
+    "schedule": float(os.environ.get("QUERY_RECOVER_EVERY_SECONDS", "60")),
+}
 
 # Keys (see clearinghouse/core/keys.py). Workers: the keyring, a secret file or environment value in
 # production. Web: only the staging public key uploads are encrypted to (not secret).
@@ -294,14 +308,18 @@ DATASET_STAGING_ORPHAN_SECONDS = float(os.environ.get("DATASET_STAGING_ORPHAN_SE
 # A failed version's upload is kept this long for a retry, then deleted (a retry then says upload_gone).
 DATASET_FAILED_STAGING_SECONDS = float(os.environ.get("DATASET_FAILED_STAGING_SECONDS", str(7 * 24 * 3600)))
 CELERY_BEAT_SCHEDULE["datasets-sweep-staging"] = {
-    "task": "datasets.staging_sweep", "schedule": float(os.environ.get("DATASET_STAGING_SWEEP_EVERY_SECONDS", "3600"))}
+    "task": "datasets.staging_sweep",
+    "schedule": float(os.environ.get("DATASET_STAGING_SWEEP_EVERY_SECONDS", "3600")),
+}
 # A version pending (its task lost) or validating (its worker lost) this long is handed to a worker again
 # by beat (every INGESTION_RECOVER_EVERY_SECONDS), and failed (ingestion_stuck) once
 # INGESTION_MAX_ATTEMPTS runs have started without finishing; retry accepts such a version too.
 INGESTION_STUCK_SECONDS = float(os.environ.get("INGESTION_STUCK_SECONDS", "1800"))
 INGESTION_MAX_ATTEMPTS = int(os.environ.get("INGESTION_MAX_ATTEMPTS", "3"))
 CELERY_BEAT_SCHEDULE["datasets-recover-stuck"] = {
-    "task": "datasets.recover_stuck", "schedule": float(os.environ.get("INGESTION_RECOVER_EVERY_SECONDS", "60"))}
+    "task": "datasets.recover_stuck",
+    "schedule": float(os.environ.get("INGESTION_RECOVER_EVERY_SECONDS", "60")),
+}
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
 INVITATION_VALIDITY = timedelta(days=int(os.environ.get("INVITATION_VALIDITY_DAYS", "14")))
@@ -320,8 +338,13 @@ LOGGING = {
         "json": {"()": "clearinghouse.core.logs.JsonFormatter"},
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": os.environ.get("LOG_FORMAT", "json"),
-                             "filters": ["request_id", "redact_paths"]}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": os.environ.get("LOG_FORMAT", "json"),
+            "filters": ["request_id", "redact_paths"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"axes": {"level": "WARNING"}},
 }

@@ -3,7 +3,7 @@
 import os
 import secrets
 
-from .base import *  # noqa: F401,F403
+from .base import *  # noqa: F403
 from .base import LOGGING, VAR_DIR, env_bool
 
 DEBUG = env_bool("DEBUG", True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .base import *  # noqa: F401,F403
+from .base import *  # noqa: F403
 from .base import (
     BASE_DIR,
     FLOWER_ROOT_CERTIFICATES,
@@ -18,7 +18,9 @@ from .base import (
     env_list,
 )
 
-DEV_KEYRING_NAME = "keyring.dev.json"  # clearinghouse.core.keys.DEV_KEYRING_NAME (not imported: it needs settings)
+DEV_KEYRING_NAME = (
+    "keyring.dev.json"  # clearinghouse.core.keys.DEV_KEYRING_NAME (not imported: it needs settings)
+)
 
 DEBUG = env_bool("DEBUG", False)
 if DEBUG:
@@ -36,26 +38,38 @@ if not ALLOWED_HOSTS:
 # the staging public key; workers also get KEYRING_FILE or KEYRING_JSON (checked when first loaded).
 KEYRING_ALLOW_DEV = False
 if not (os.environ.get("STAGING_PUBLIC_KEY_FILE") or os.environ.get("STAGING_PUBLIC_KEY_JSON")):
-    raise ImproperlyConfigured("Set STAGING_PUBLIC_KEY_FILE or STAGING_PUBLIC_KEY_JSON: production web processes "
-                               "encrypt uploads to the staging public key (workers also need KEYRING_FILE or KEYRING_JSON).")
+    raise ImproperlyConfigured(
+        "Set STAGING_PUBLIC_KEY_FILE or STAGING_PUBLIC_KEY_JSON: production web processes "
+        "encrypt uploads to the staging public key (workers also need KEYRING_FILE or KEYRING_JSON)."
+    )
 
 # A keyring file named like the development one, or inside the code or data directory (it would end
 # up in an image or a backup of the data), is refused: mount the production keyring as a secret.
 if KEYRING_FILE:
     _keyring = Path(KEYRING_FILE).resolve()
-    if _keyring.name == DEV_KEYRING_NAME or _keyring.is_relative_to(BASE_DIR) or _keyring.is_relative_to(VAR_DIR):
-        raise ImproperlyConfigured("KEYRING_FILE is the development keyring or lies beside the code or data: "
-                                   "mount the production keyring as a secret (e.g. /run/secrets/keyring).")
+    if (
+        _keyring.name == DEV_KEYRING_NAME
+        or _keyring.is_relative_to(BASE_DIR)
+        or _keyring.is_relative_to(VAR_DIR)
+    ):
+        raise ImproperlyConfigured(
+            "KEYRING_FILE is the development keyring or lies beside the code or data: "
+            "mount the production keyring as a secret (e.g. /run/secrets/keyring)."
+        )
 
 # Federation: TLS to the SuperLink is required on servers (insecure is for one machine only).
 if FLOWER_SUPERLINK and not FLOWER_ROOT_CERTIFICATES:
-    raise ImproperlyConfigured("FLOWER_SUPERLINK is set without FLOWER_ROOT_CERTIFICATES: production talks "
-                               "to the SuperLink over TLS only.")
+    raise ImproperlyConfigured(
+        "FLOWER_SUPERLINK is set without FLOWER_ROOT_CERTIFICATES: production talks "
+        "to the SuperLink over TLS only."
+    )
 if FLOWER_ROOT_CERTIFICATES and not Path(FLOWER_ROOT_CERTIFICATES).is_file():
     raise ImproperlyConfigured("FLOWER_ROOT_CERTIFICATES names no readable file.")
 
 if METRICS_TOKEN and len(METRICS_TOKEN) < 32:
-    raise ImproperlyConfigured("METRICS_TOKEN must be at least 32 random characters (or empty: /metrics off).")
+    raise ImproperlyConfigured(
+        "METRICS_TOKEN must be at least 32 random characters (or empty: /metrics off)."
+    )
 
 # Behind a TLS-terminating reverse proxy that sets X-Forwarded-Proto.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

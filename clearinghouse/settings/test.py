@@ -8,7 +8,9 @@ from pathlib import Path
 os.environ.setdefault("CLEARINGHOUSE_VAR_DIR", tempfile.mkdtemp(prefix="clearinghouse-test-"))
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Parallel test processes must not share the embedded broker, keyring or object store.
-    os.environ["CLEARINGHOUSE_VAR_DIR"] = tempfile.mkdtemp(prefix=f"clearinghouse-test-{os.environ['PYTEST_XDIST_WORKER']}-")
+    os.environ["CLEARINGHOUSE_VAR_DIR"] = tempfile.mkdtemp(
+        prefix=f"clearinghouse-test-{os.environ['PYTEST_XDIST_WORKER']}-"
+    )
 
 # Metrics in multiprocess mode, as on a server: a Celery worker started by a test counts into the same
 # directory the test process reads /metrics from. Set before prometheus_client is first imported.
@@ -16,9 +18,11 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(Path(os.environ["CLEARINGHOUSE_VAR_
 Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 # Every log record of the run (this process, xdist workers, worker subprocesses) also goes to a JSON
 # file here; tests/conftest.py checks at the end that none holds a secret the tests used.
-TEST_LOG_DIR = Path(os.environ.setdefault("CLEARINGHOUSE_TEST_LOG_DIR", tempfile.mkdtemp(prefix="clearinghouse-logs-")))
+TEST_LOG_DIR = Path(
+    os.environ.setdefault("CLEARINGHOUSE_TEST_LOG_DIR", tempfile.mkdtemp(prefix="clearinghouse-logs-"))
+)
 
-from .base import *  # noqa: E402,F401,F403
+from .base import *  # noqa: E402, F403
 from .base import DATABASES, LOGGING, STATIC_ROOT, STORAGES, VAR_DIR  # noqa: E402
 
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -35,8 +39,11 @@ Path(VAR_DIR).mkdir(parents=True, exist_ok=True)
 Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 METRICS_TOKEN = "test-metrics-token-7c1f0e9a2b4d4c8e9f3a6b5d1e2c7a90"
 LOGGING["handlers"]["test_log_file"] = {
-    "class": "logging.FileHandler", "filename": str(TEST_LOG_DIR / f"process-{os.getpid()}.jsonl"),
-    "formatter": "json", "filters": ["request_id", "redact_paths"], "delay": True,
+    "class": "logging.FileHandler",
+    "filename": str(TEST_LOG_DIR / f"process-{os.getpid()}.jsonl"),
+    "formatter": "json",
+    "filters": ["request_id", "redact_paths"],
+    "delay": True,
 }
 LOGGING["root"]["handlers"] = [*LOGGING["root"]["handlers"], "test_log_file"]
 # Our own code's debug lines are scanned for secrets too.

@@ -61,16 +61,20 @@ def config_string(values: Mapping[str, Any]) -> str:
 class SuperLinkControl:
     CONNECTION = "clearinghouse"
 
-    def __init__(self, *, address: str, root_certificates: str | Path | None, home: str | Path,
-                 timeout: float = 120.0) -> None:
+    def __init__(
+        self, *, address: str, root_certificates: str | Path | None, home: str | Path, timeout: float = 120.0
+    ) -> None:
         if not address:
             raise FlowerControlError("No SuperLink is configured (FLOWER_SUPERLINK is empty).")
         self.address = address
         self.timeout = timeout
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
-        lines = [f'[superlink]\ndefault = "{self.CONNECTION}"\n', f"[superlink.{self.CONNECTION}]",
-                 f"address = {json.dumps(address)}"]
+        lines = [
+            f'[superlink]\ndefault = "{self.CONNECTION}"\n',
+            f"[superlink.{self.CONNECTION}]",
+            f"address = {json.dumps(address)}",
+        ]
         if root_certificates:
             lines.append(f"root-certificates = {json.dumps(str(root_certificates))}")
         else:
@@ -81,11 +85,19 @@ class SuperLinkControl:
         env = dict(os.environ, FLWR_HOME=str(self.home))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         try:
-            out = subprocess.run([_bin("flwr"), *args, "--format", "json"], env=env, cwd=self.home,
-                                 capture_output=True, text=True, timeout=self.timeout, check=False)
+            out = subprocess.run(
+                [_bin("flwr"), *args, "--format", "json"],
+                env=env,
+                cwd=self.home,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise FlowerControlError(f"The SuperLink at {self.address} did not answer within "
-                                     f"{self.timeout:g} s.") from exc
+            raise FlowerControlError(
+                f"The SuperLink at {self.address} did not answer within {self.timeout:g} s."
+            ) from exc
         try:
             body = json.loads(out.stdout)
         except json.JSONDecodeError as exc:
@@ -102,9 +114,12 @@ class SuperLinkControl:
 
     def runs(self) -> dict[str, RunStatus]:
         body = self._call("ls", self.CONNECTION)
-        return {str(r["run-id"]): RunStatus(str(r["run-id"]), str(r.get("status", "")),
-                                            str(r.get("status-details", "")))
-                for r in body.get("runs", [])}
+        return {
+            str(r["run-id"]): RunStatus(
+                str(r["run-id"]), str(r.get("status", "")), str(r.get("status-details", ""))
+            )
+            for r in body.get("runs", [])
+        }
 
     def stop(self, run_id: str) -> None:
         self._call("stop", str(run_id), self.CONNECTION)

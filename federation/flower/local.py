@@ -64,7 +64,7 @@ class LocalFederation:
         base.update(self.env)
         self.env = base
 
-    def __enter__(self) -> LocalFederation:  # noqa: PYI034
+    def __enter__(self) -> LocalFederation:
         return self
 
     def __exit__(self, *exc: object) -> None:

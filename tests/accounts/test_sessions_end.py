@@ -30,8 +30,12 @@ def test_suspension_ends_sessions_and_reinstatement_does_not_revive_them(world):
     bystander = _logged_in(world.b.analyst.username)
     key = member.cookies["sessionid"].value
 
-    organisation_set_status(actor=world.operator, organisation=world.a.organisation, status="suspended",
-                            reason="breach under investigation")
+    organisation_set_status(
+        actor=world.operator,
+        organisation=world.a.organisation,
+        status="suspended",
+        reason="breach under investigation",
+    )
     assert not Session.objects.filter(session_key=key).exists()
     assert not _session_exists(admin)
     assert not UserSession.objects.filter(user__in=[world.a.analyst, world.a.admin]).exists()
@@ -84,6 +88,8 @@ def test_api_tokens_are_refused_while_suspended(world):
     from tests.factories import api_client
 
     api = api_client(world.a.analyst)
-    organisation_set_status(actor=world.operator, organisation=world.a.organisation, status="suspended", reason="x")
+    organisation_set_status(
+        actor=world.operator, organisation=world.a.organisation, status="suspended", reason="x"
+    )
     response = api.get("/api/v1/me")
     assert response.status_code == 401 and response.json()["code"] == "organisation_suspended"

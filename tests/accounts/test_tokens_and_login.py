@@ -20,7 +20,8 @@ def _bearer(text: str) -> APIClient:
 
 def test_token_secret_is_shown_once_and_only_its_hash_stored(world):
     response = _bearer(api_token_create(actor=world.a.analyst, name="boot")[1]).post(
-        "/api/v1/tokens", {"name": "ci"}, format="json")
+        "/api/v1/tokens", {"name": "ci"}, format="json"
+    )
     assert response.status_code == 201
     text = response.json()["token"]
     stored = APIToken.objects.get(pk=response.json()["id"])
@@ -30,12 +31,15 @@ def test_token_secret_is_shown_once_and_only_its_hash_stored(world):
     assert text not in str(listing)
 
 
-@pytest.mark.parametrize("mangle,code", [
-    (lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"), "token_invalid"),
-    (lambda t: "chp_deadbeef0000_" + t.split("_", 2)[2], "token_invalid"),
-    (lambda t: "garbage", "token_invalid"),
-    (lambda t: t + " extra", "token_invalid"),
-])
+@pytest.mark.parametrize(
+    "mangle,code",
+    [
+        (lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"), "token_invalid"),
+        (lambda t: "chp_deadbeef0000_" + t.split("_", 2)[2], "token_invalid"),
+        (lambda t: "garbage", "token_invalid"),
+        (lambda t: t + " extra", "token_invalid"),
+    ],
+)
 def test_wrong_tokens_are_refused(world, mangle, code):
     _, text = api_token_create(actor=world.a.analyst, name="real")
     response = _bearer(mangle(text)).get("/api/v1/me")
@@ -46,7 +50,9 @@ def test_wrong_tokens_are_refused(world, mangle, code):
 def test_expired_token_is_refused(world):
     token, text = api_token_create(actor=world.a.analyst, name="short")
     now = timezone.now()
-    APIToken.objects.filter(pk=token.pk).update(created_at=now - timedelta(days=2), expires_at=now - timedelta(seconds=1))
+    APIToken.objects.filter(pk=token.pk).update(
+        created_at=now - timedelta(days=2), expires_at=now - timedelta(seconds=1)
+    )
     response = _bearer(text).get("/api/v1/me")
     assert response.status_code == 401 and response.json()["code"] == "token_expired"
 
@@ -60,10 +66,13 @@ def test_revoked_token_is_refused_at_once(world):
     assert response.status_code == 401 and response.json()["code"] == "token_revoked"
 
 
-@pytest.mark.parametrize("expires,code", [
-    (timedelta(seconds=-5), "invalid_expiry"),
-    (timedelta(days=366), "invalid_expiry"),
-])
+@pytest.mark.parametrize(
+    "expires,code",
+    [
+        (timedelta(seconds=-5), "invalid_expiry"),
+        (timedelta(days=366), "invalid_expiry"),
+    ],
+)
 def test_token_expiry_must_be_sensible(world, expires, code):
     with pytest.raises(ValidationFailed) as info:
         api_token_create(actor=world.a.analyst, name="x", expires_at=timezone.now() + expires)
@@ -78,12 +87,16 @@ def test_suspension_stops_tokens_and_sessions_at_once(world):
     assert api.get("/api/v1/me").status_code == 200
     assert portal.get("/dashboard/").status_code == 200
 
-    organisation_set_status(actor=world.operator, organisation=world.a.organisation, status="suspended",
-                            reason="breach under investigation")
+    organisation_set_status(
+        actor=world.operator,
+        organisation=world.a.organisation,
+        status="suspended",
+        reason="breach under investigation",
+    )
 
     response = api.get("/api/v1/me")
     assert response.status_code == 401 and response.json()["code"] == "organisation_suspended"
-    assert portal.get("/dashboard/").status_code == 302            # logged out, sent to log in
+    assert portal.get("/dashboard/").status_code == 302  # logged out, sent to log in
     # Other organisations are untouched.
     _, other = api_token_create(actor=world.b.analyst, name="work")
     assert _bearer(other).get("/api/v1/me").status_code == 200
@@ -98,7 +111,9 @@ def _login(client: Client, username: str, password: str):
 
 def test_password_login_works_and_suspended_members_cannot_log_in(world):
     assert _login(Client(), world.a.analyst.username, PASSWORD).status_code == 302
-    organisation_set_status(actor=world.operator, organisation=world.a.organisation, status="suspended", reason="x")
+    organisation_set_status(
+        actor=world.operator, organisation=world.a.organisation, status="suspended", reason="x"
+    )
     response = _login(Client(), world.a.analyst.username, PASSWORD)
     assert response.status_code == 200 and "_auth_user_id" not in Client().session
 

@@ -50,8 +50,10 @@ def test_rehashed_row_breaks_the_next_link(events):
     event.extra = {"forged": True}
     forged_hash = event.compute_hash()
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE audit_auditevent SET extra = %s, hash = %s WHERE seq = 2",
-                       ['{"forged": true}', forged_hash])
+        cursor.execute(
+            "UPDATE audit_auditevent SET extra = %s, hash = %s WHERE seq = 2",
+            ['{"forged": true}', forged_hash],
+        )
     with pytest.raises(CommandError, match=r"broken at event #3: its previous-hash"):
         call_command("audit_verify")
 

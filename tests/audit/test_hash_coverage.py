@@ -30,8 +30,13 @@ def chain(db):
     org_a = make_organisation(operator=operator, admin=admin_a, slug="org-a")
     org_b = make_organisation(operator=operator, admin=admin_b, slug="org-b")
     with transaction.atomic():
-        event = audit_record(actor=admin_a, action="organisation.updated", organisation=org_a, target=org_a,
-                             extra={"fields": ["name"]})
+        event = audit_record(
+            actor=admin_a,
+            action="organisation.updated",
+            organisation=org_a,
+            target=org_a,
+            extra={"fields": ["name"]},
+        )
     AuditEvent.objects.filter(pk=event.pk).update(ip="10.0.0.7")  # as if recorded from a request
     _rehash(AuditEvent.objects.get(pk=event.pk))
     make_user("later")  # an event after it, so a change cannot hide at the end of the chain
@@ -58,8 +63,17 @@ def test_the_current_hash_covers_every_column():
     assert HASH_VERSION == max(HASHED_COLUMNS)
     covered = set(HASHED_COLUMNS[HASH_VERSION])
     assert covered | UNHASHED_COLUMNS == set(_columns()), "a new column must join a new hash version"
-    assert {"organisation_id", "actor_id", "target_type", "target_id", "request_id", "ip", "created_at",
-            "extra", "hash_version"} <= covered
+    assert {
+        "organisation_id",
+        "actor_id",
+        "target_type",
+        "target_id",
+        "request_id",
+        "ip",
+        "created_at",
+        "extra",
+        "hash_version",
+    } <= covered
 
 
 def test_new_events_use_the_current_hash_version(chain):
@@ -113,7 +127,9 @@ def test_clearing_a_key_is_named_too(chain, column):
 def test_an_unknown_hash_version_is_named(chain):
     event, _ = chain
     AuditEvent.objects.filter(pk=event.pk).update(hash_version=99)
-    with pytest.raises(CommandError, match=rf"broken at event #{event.seq}: its hash format version 99 is unknown"):
+    with pytest.raises(
+        CommandError, match=rf"broken at event #{event.seq}: its hash format version 99 is unknown"
+    ):
         call_command("audit_verify")
 
 
@@ -139,14 +155,36 @@ def test_the_v1_formula_is_the_one_events_were_written_with(db):
     import json
     from datetime import UTC, datetime
 
-    event = AuditEvent(seq=7, hash_version=1, created_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
-                       actor_id=3, actor_label="alice", organisation_id=9, organisation_label="acme",
-                       action="organisation.updated", target_type="organisations.organisation", target_id="9",
-                       request_id="r" * 32, ip="10.0.0.1", extra={"b": 1, "a": [1, 2]}, prev_hash="0" * 64)
-    legacy = {"seq": 7, "created_at": "2026-01-02T03:04:05.000006+00:00", "actor_id": 3, "actor_label": "alice",
-              "organisation_label": "acme", "action": "organisation.updated",
-              "target_type": "organisations.organisation", "target_id": "9", "request_id": "r" * 32,
-              "ip": "10.0.0.1", "extra": {"b": 1, "a": [1, 2]}, "prev_hash": "0" * 64}
+    event = AuditEvent(
+        seq=7,
+        hash_version=1,
+        created_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        actor_id=3,
+        actor_label="alice",
+        organisation_id=9,
+        organisation_label="acme",
+        action="organisation.updated",
+        target_type="organisations.organisation",
+        target_id="9",
+        request_id="r" * 32,
+        ip="10.0.0.1",
+        extra={"b": 1, "a": [1, 2]},
+        prev_hash="0" * 64,
+    )
+    legacy = {
+        "seq": 7,
+        "created_at": "2026-01-02T03:04:05.000006+00:00",
+        "actor_id": 3,
+        "actor_label": "alice",
+        "organisation_label": "acme",
+        "action": "organisation.updated",
+        "target_type": "organisations.organisation",
+        "target_id": "9",
+        "request_id": "r" * 32,
+        "ip": "10.0.0.1",
+        "extra": {"b": 1, "a": [1, 2]},
+        "prev_hash": "0" * 64,
+    }
     expected = hashlib.sha256(json.dumps(legacy, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     assert event.compute_hash() == expected
 
@@ -159,7 +197,8 @@ def test_the_migration_gives_existing_rows_version_1(db):
         cursor.execute(
             "INSERT INTO audit_auditevent (seq, created_at, actor_label, organisation_label, action, target_type, "
             "target_id, request_id, extra, prev_hash, hash) VALUES (%s, %s, '', '', 'x', '', '', '', '{}', %s, %s)",
-            [event.seq + 1, event.created_at, event.hash, "c" * 64])
+            [event.seq + 1, event.created_at, event.hash, "c" * 64],
+        )
     assert AuditEvent.objects.get(seq=event.seq + 1).hash_version == 1
 
 

@@ -30,9 +30,12 @@ def service(transactional_db, live_server, media_root):
     from tests.shared_data import DATASETS as SHARED
 
     world = build_world()
-    dataset = make_dataset(steward=world.a.steward, slug="pums", csv=(SHARED / "pums_1000.csv").read_bytes(),
-                           schema=PUMS_SCHEMA)
-    dataset_grant_create(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, purpose="query")
+    dataset = make_dataset(
+        steward=world.a.steward, slug="pums", csv=(SHARED / "pums_1000.csv").read_bytes(), schema=PUMS_SCHEMA
+    )
+    dataset_grant_create(
+        actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, purpose="query"
+    )
     budget_set(actor=world.a.steward, dataset=dataset, measure="pure", total=3.0, per_query_max=1.5)
     allocation_set(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, amount=2.0)
     _, token = api_token_create(actor=world.b.analyst, name="client-tests")

@@ -30,8 +30,15 @@ def cli(service, tmp_path):
         if with_credentials:
             environment.update(CLEARINGHOUSE_URL=service.url, CLEARINGHOUSE_TOKEN=service.token)
         environment.update(env or {})
-        done = subprocess.run([sys.executable, "-m", "clearinghouse_client", *args], check=False, cwd=tmp_path,
-                              env=environment, capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            [sys.executable, "-m", "clearinghouse_client", *args],
+            check=False,
+            cwd=tmp_path,
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert service.token not in done.stdout + done.stderr  # the token is never printed
         return done
 
@@ -116,11 +123,26 @@ def test_login_stores_credentials_0600_and_agreement(cli, service):
     done = cli("agreement", "org-a/pums", with_credentials=False)  # from the stored config
     assert done.returncode == 0, done.stderr
     assert "Aggregates only, please." in done.stdout and "not accepted yet" in done.stdout
-    done = cli("query", "org-a/pums", "--sql", "SELECT COUNT(*) FROM pums", "--epsilon", "0.1",
-               with_credentials=False)
+    done = cli(
+        "query",
+        "org-a/pums",
+        "--sql",
+        "SELECT COUNT(*) FROM pums",
+        "--epsilon",
+        "0.1",
+        with_credentials=False,
+    )
     assert done.returncode == 1 and done.stderr.startswith("error (agreement_required): ")
     done = cli("agreement", "org-a/pums", "--accept", with_credentials=False)
     assert done.returncode == 0 and "accepted version 1" in done.stdout
-    done = cli("query", "org-a/pums", "--sql", "SELECT COUNT(*) FROM pums", "--epsilon", "0.1", "--no-wait",
-               with_credentials=False)
+    done = cli(
+        "query",
+        "org-a/pums",
+        "--sql",
+        "SELECT COUNT(*) FROM pums",
+        "--epsilon",
+        "0.1",
+        "--no-wait",
+        with_credentials=False,
+    )
     assert done.returncode == 0, done.stderr

@@ -113,7 +113,9 @@ def test_agreement_must_be_accepted(client, service):
         client.query(REF, sql="SELECT COUNT(*) FROM pums", privacy={"epsilon": 0.1})
     assert caught.value.status == 403 and caught.value.code == "agreement_required"
     agreement = client.agreement(REF)
-    assert agreement["version"] == 1 and agreement["text"] == "Research only." and agreement["accepted"] is False
+    assert (
+        agreement["version"] == 1 and agreement["text"] == "Research only." and agreement["accepted"] is False
+    )
     accepted = client.accept_agreement(REF, agreement["version"])
     assert accepted["version"] == 1
     assert client.dataset(REF)["agreement_accepted"] is True

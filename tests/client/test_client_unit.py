@@ -13,9 +13,14 @@ from clearinghouse_client import ClearinghouseError, Client, Release, cli, parse
 
 TOKEN = "chp_unit-test-secret"
 
-RESULT = {"columns": ["sex", "n", "mean"], "group_by": ["sex"], "aggregates": [], "cost": {},
-          "rows": [{"sex": "0", "n": 10, "mean": 2.5}, {"sex": "1", "n": 12, "mean": None}],
-          "intervals": [{"n": [8.0, 12.0], "mean": [1.0, 4.0]}, {"n": [10.0, 14.0]}]}
+RESULT = {
+    "columns": ["sex", "n", "mean"],
+    "group_by": ["sex"],
+    "aggregates": [],
+    "cost": {},
+    "rows": [{"sex": "0", "n": 10, "mean": 2.5}, {"sex": "1", "n": 12, "mean": None}],
+    "intervals": [{"n": [8.0, 12.0], "mean": [1.0, 4.0]}, {"n": [10.0, 14.0]}],
+}
 
 
 def make_client(handler) -> Client:
@@ -23,7 +28,9 @@ def make_client(handler) -> Client:
 
 
 def test_release_table_and_csv():
-    release = Release({"id": 7, "status": "released", "result": RESULT, "cost": {"amount": 0.5, "delta": 0.0}})
+    release = Release(
+        {"id": 7, "status": "released", "result": RESULT, "cost": {"amount": 0.5, "delta": 0.0}}
+    )
     assert release.released and release.aggregates == ["n", "mean"]
     assert release.columns() == ["sex", "n", "n_lo", "n_hi", "mean", "mean_lo", "mean_hi"]
     assert release.table() == [
@@ -32,9 +39,9 @@ def test_release_table_and_csv():
     ]
     buffer = io.StringIO()
     release.to_csv(buffer)
-    assert buffer.getvalue() == ("sex,n,n_lo,n_hi,mean,mean_lo,mean_hi\n"
-                                 "0,10,8.0,12.0,2.5,1.0,4.0\n"
-                                 "1,12,10.0,14.0,,,\n")
+    assert buffer.getvalue() == (
+        "sex,n,n_lo,n_hi,mean,mean_lo,mean_hi\n0,10,8.0,12.0,2.5,1.0,4.0\n1,12,10.0,14.0,,,\n"
+    )
     with pytest.raises(ClearinghouseError) as caught:
         Release({"id": 8, "status": "pending"}).table()
     assert caught.value.code == "not_released"
@@ -55,9 +62,18 @@ def test_auth_header_pagination_and_errors():
         assert request.headers["authorization"] == f"Bearer {TOKEN}"
         if request.url.path == "/api/v1/datasets":
             offset = int(request.url.params.get("offset", 0))
-            following = f"http://service.test/api/v1/datasets?limit=2&offset={offset + 2}" if offset < 2 else None
-            return httpx.Response(200, json={"count": 3, "next": following, "previous": None,
-                                             "results": [{"slug": f"d{i}"} for i in range(offset, min(offset + 2, 3))]})
+            following = (
+                f"http://service.test/api/v1/datasets?limit=2&offset={offset + 2}" if offset < 2 else None
+            )
+            return httpx.Response(
+                200,
+                json={
+                    "count": 3,
+                    "next": following,
+                    "previous": None,
+                    "results": [{"slug": f"d{i}"} for i in range(offset, min(offset + 2, 3))],
+                },
+            )
         if request.url.path == "/api/v1/me":
             return httpx.Response(401, json={"code": "not_authenticated", "detail": "Bad token."})
         return httpx.Response(502, text="<html>Bad gateway</html>")
@@ -67,7 +83,11 @@ def test_auth_header_pagination_and_errors():
     assert len(seen) == 2
     with pytest.raises(ClearinghouseError) as caught:
         client.me()
-    assert (caught.value.status, caught.value.code, caught.value.detail) == (401, "not_authenticated", "Bad token.")
+    assert (caught.value.status, caught.value.code, caught.value.detail) == (
+        401,
+        "not_authenticated",
+        "Bad token.",
+    )
     with pytest.raises(ClearinghouseError) as caught:
         client.budget("org/x")
     assert caught.value.status == 502 and caught.value.code == "http_502"
@@ -76,14 +96,24 @@ def test_auth_header_pagination_and_errors():
 
 def test_history_follows_the_pagination():
     """The query list is paginated like every list: history() reads every page."""
+
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/api/v1/datasets/org-a/pums/queries"
         offset = int(request.url.params.get("offset", 0))
-        following = f"http://service.test/api/v1/datasets/org-a/pums/queries?limit=2&offset={offset + 2}" \
-            if offset < 2 else None
-        return httpx.Response(200, json={"count": 3, "next": following, "previous": None,
-                                         "results": [{"id": i, "status": "released"}
-                                                     for i in range(offset, min(offset + 2, 3))]})
+        following = (
+            f"http://service.test/api/v1/datasets/org-a/pums/queries?limit=2&offset={offset + 2}"
+            if offset < 2
+            else None
+        )
+        return httpx.Response(
+            200,
+            json={
+                "count": 3,
+                "next": following,
+                "previous": None,
+                "results": [{"id": i, "status": "released"} for i in range(offset, min(offset + 2, 3))],
+            },
+        )
 
     assert [release.id for release in make_client(handler).history("org-a/pums")] == [0, 1, 2]
 
@@ -106,15 +136,25 @@ def test_query_polls_a_pending_release_and_merges_spec_privacy(monkeypatch):
             body = json.loads(request.content)
             assert body == {"spec": {"aggregates": [{"type": "count"}], "privacy": {"epsilon": 0.3}}}
             assert request.url.params["wait"] == "30"
-            return httpx.Response(202, json={"id": 5, "url": "/api/v1/queries/5", "status": "pending",
-                                             "replayed": False})
+            return httpx.Response(
+                202, json={"id": 5, "url": "/api/v1/queries/5", "status": "pending", "replayed": False}
+            )
         polls.append(request.url.path)
         status = "running" if len(polls) < 3 else "released"
-        return httpx.Response(200, json={"id": 5, "url": "/api/v1/queries/5", "status": status, "replayed": False,
-                                         **({"result": RESULT} if status == "released" else {})})
+        return httpx.Response(
+            200,
+            json={
+                "id": 5,
+                "url": "/api/v1/queries/5",
+                "status": status,
+                "replayed": False,
+                **({"result": RESULT} if status == "released" else {}),
+            },
+        )
 
-    release = make_client(handler).query("org/x", spec={"aggregates": [{"type": "count"}]},
-                                         privacy={"epsilon": 0.3})
+    release = make_client(handler).query(
+        "org/x", spec={"aggregates": [{"type": "count"}]}, privacy={"epsilon": 0.3}
+    )
     assert release.released and polls == ["/api/v1/queries/5"] * 3
 
 
@@ -124,8 +164,14 @@ def test_failed_query_raises_and_no_wait_returns_pending(monkeypatch):
     def handler(request: httpx.Request) -> httpx.Response:
         if request.method == "POST":
             return httpx.Response(202, json={"id": 6, "url": "/api/v1/queries/6", "status": "pending"})
-        return httpx.Response(200, json={"id": 6, "status": "failed",
-                                         "error": {"code": "budget_exceeded", "detail": "Not enough left."}})
+        return httpx.Response(
+            200,
+            json={
+                "id": 6,
+                "status": "failed",
+                "error": {"code": "budget_exceeded", "detail": "Not enough left."},
+            },
+        )
 
     client = make_client(handler)
     pending = client.query("org/x", sql="SELECT COUNT(*) FROM t", privacy={"epsilon": 1}, wait=0)

@@ -16,16 +16,51 @@ from tests.security.test_authorization_matrix import MATRIX, eager_dp  # noqa: F
 
 HUGE = 99999999999999999999  # past a PostgreSQL bigint and SQLite's INTEGER
 JUNK_BODIES = [[], "x", None, 0, True, [1, 2], {}, {"unexpected": {"nested": [HUGE]}}]
-JUNK_VALUES = [None, "", "x", HUGE, -HUGE, 10**400, -1, 0, 1.5, "nan", "Infinity", True, [], {}, ["x"], {"a": "b"},
-               "\x00", {"a": ["\x00"]}, "\ud800", {"\ud800": 1}, "x" * 20_000]
+JUNK_VALUES = [
+    None,
+    "",
+    "x",
+    HUGE,
+    -HUGE,
+    10**400,
+    -1,
+    0,
+    1.5,
+    "nan",
+    "Infinity",
+    True,
+    [],
+    {},
+    ["x"],
+    {"a": "b"},
+    "\x00",
+    {"a": ["\x00"]},
+    "\ud800",
+    {"\ud800": 1},
+    "x" * 20_000,
+]
 # Bodies json.dumps cannot write: too deep for Python's json, numbers past a float, NaN, NUL, a lone
 # surrogate, not JSON at all, nothing.
-RAW_BODIES = ["[" * 5000 + "]" * 5000, '{"a": ' * 3000 + "1" + "}" * 3000, '{"a": 1e999}', '{"a": NaN}',
-              '{"a": "\\u0000"}', '{"a": "\\ud800"}', "{not json", "", "\x00"]
-JUNK_QUERY = [{"page": "abc", "limit": "abc", "offset": "-1", "wait": "nan"},
-              {"limit": str(HUGE), "offset": str(HUGE), "wait": "inf"},
-              {"status": "x" * 300, "action": "x" * 300}, {"status": "\x00"}, {"action": "\x00"},
-              "action=%ED%A0%80&status=%FF%FE", {"format": "html"}]  # a UTF-8-encoded surrogate, bytes not UTF-8
+RAW_BODIES = [
+    "[" * 5000 + "]" * 5000,
+    '{"a": ' * 3000 + "1" + "}" * 3000,
+    '{"a": 1e999}',
+    '{"a": NaN}',
+    '{"a": "\\u0000"}',
+    '{"a": "\\ud800"}',
+    "{not json",
+    "",
+    "\x00",
+]
+JUNK_QUERY = [
+    {"page": "abc", "limit": "abc", "offset": "-1", "wait": "nan"},
+    {"limit": str(HUGE), "offset": str(HUGE), "wait": "inf"},
+    {"status": "x" * 300, "action": "x" * 300},
+    {"status": "\x00"},
+    {"action": "\x00"},
+    "action=%ED%A0%80&status=%FF%FE",
+    {"format": "html"},
+]  # a UTF-8-encoded surrogate, bytes not UTF-8
 
 
 @pytest.fixture(autouse=True)
@@ -156,8 +191,11 @@ def test_junk_query_parameters_never_5xx(world, actor):
 
 
 def _int_param_routes() -> list[tuple[str, URLPattern]]:
-    return [(name, p) for name, p in API_ROUTES.items()
-            if any(key.endswith("_id") or key == "number" for key in p.pattern.regex.groupindex)]
+    return [
+        (name, p)
+        for name, p in API_ROUTES.items()
+        if any(key.endswith("_id") or key == "number" for key in p.pattern.regex.groupindex)
+    ]
 
 
 @pytest.mark.parametrize("bad", ["abc", str(HUGE), "-1", "1.5", "0x10", "%00", "١٢"])
@@ -226,8 +264,9 @@ PORTAL_JUNK = ["abc", str(HUGE), "-1", "1.5", "nan", "inf", "", "\x00", "x" * 20
 PORTAL_EXTRA_BODIES = {
     "portal:dataset_agreement": [{"action": "accept", "version": "1"}],
     "portal:query_console": [{"sql": "SELECT COUNT(*) FROM survey", "epsilon": "0.1", "action": "release"}],
-    "portal:federated_job_participation": [{"decision": "accept", "dataset": "org-a/survey",
-                                            "data_description": "sms"}],
+    "portal:federated_job_participation": [
+        {"decision": "accept", "dataset": "org-a/survey", "data_description": "sms"}
+    ],
 }
 
 
@@ -250,7 +289,9 @@ def test_portal_forms_with_junk_never_5xx(world, actor):
             url = case.url(world, "own")
             if case.method == "get":
                 for query in JUNK_QUERY:
-                    response = client.get(url, query) if isinstance(query, dict) else client.get(f"{url}?{query}")
+                    response = (
+                        client.get(url, query) if isinstance(query, dict) else client.get(f"{url}?{query}")
+                    )
                     if response.status_code >= 500:
                         problems.append(f"GET {url}?{query!r:.60}: {response.status_code}")
                 continue
@@ -275,27 +316,51 @@ def running_job(world):
 
     job = FederatedJob.objects.get(pk=world.a.job_id)
     FederatedJob.objects.filter(pk=job.pk).update(
-        state=JobState.RUNNING, flower_run_id="123",
-        callback_token_hash=hashlib.sha256(b"job-callback-token").hexdigest())
+        state=JobState.RUNNING,
+        flower_run_id="123",
+        callback_token_hash=hashlib.sha256(b"job-callback-token").hexdigest(),
+    )
     client = _client(None)
     client.credentials(HTTP_AUTHORIZATION="Bearer job-callback-token")
     return job, client
 
 
-ROUND = {"event": "round", "round": 1, "clients_trained": 2, "bytes_sent": 1000, "bytes_received": 900,
-         "round_seconds": 3.5, "evaluate": {"accuracy": 0.9, "macro_f1": 0.8, "loss": 0.3},
-         "clients": [{"organisation": "org-a", "evaluate": {"eval-accuracy": 0.9}}], "dropouts": []}
+ROUND = {
+    "event": "round",
+    "round": 1,
+    "clients_trained": 2,
+    "bytes_sent": 1000,
+    "bytes_received": 900,
+    "round_seconds": 3.5,
+    "evaluate": {"accuracy": 0.9, "macro_f1": 0.8, "loss": 0.3},
+    "clients": [{"organisation": "org-a", "evaluate": {"eval-accuracy": 0.9}}],
+    "dropouts": [],
+}
 
 
-@pytest.mark.parametrize("field", ["event", "round", "clients_trained", "bytes_sent", "bytes_received",
-                                   "round_seconds", "evaluate", "clients", "dropouts", "reason"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "event",
+        "round",
+        "clients_trained",
+        "bytes_sent",
+        "bytes_received",
+        "round_seconds",
+        "evaluate",
+        "clients",
+        "dropouts",
+        "reason",
+    ],
+)
 def test_round_event_with_junk_answers_400_not_500(running_job, field):
     job, client = running_job
     problems: list[str] = []
     for value in JUNK_VALUES + [{"accuracy": "x"}, [{"evaluate": []}], ["x", 1], {"a": "\x00"}]:
         body = {**ROUND, field: value}
-        response = client.post(f"/api/v1/federated-jobs/{job.pk}/events", json.dumps(body),
-                               content_type="application/json")
+        response = client.post(
+            f"/api/v1/federated-jobs/{job.pk}/events", json.dumps(body), content_type="application/json"
+        )
         _check(response, f"{field}={value!r:.40}", problems)
     assert not problems, "\n".join(problems)
 
@@ -306,7 +371,9 @@ def test_round_events_that_are_valid_are_still_recorded(running_job, world):
     job, client = running_job
     url = f"/api/v1/federated-jobs/{job.pk}/events"
     # The ServerApp writes NaN for a metric no client reported (Python's json does): stored as null.
-    body = json.dumps({**ROUND, "evaluate": {"accuracy": float("nan"), "loss": 0.25}, "extra": {"kept": True}})
+    body = json.dumps(
+        {**ROUND, "evaluate": {"accuracy": float("nan"), "loss": 0.25}, "extra": {"kept": True}}
+    )
     response = client.post(url, body, content_type="application/json")
     assert response.status_code == 200, response.content
     stored = JobRound.objects.get(job=job, number=1)

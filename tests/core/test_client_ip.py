@@ -83,16 +83,32 @@ def test_the_audit_log_records_the_client_not_the_proxy(db, settings):
     settings.TRUSTED_PROXIES = [PROXY]
     user = make_user("alice")
     client = api_client(user)
-    response = client.post("/api/v1/tokens", {"name": "laptop"}, format="json", REMOTE_ADDR=PROXY,
-                           HTTP_X_FORWARDED_FOR="6.6.6.6, 198.51.100.7")
+    response = client.post(
+        "/api/v1/tokens",
+        {"name": "laptop"},
+        format="json",
+        REMOTE_ADDR=PROXY,
+        HTTP_X_FORWARDED_FOR="6.6.6.6, 198.51.100.7",
+    )
     assert response.status_code == 201
-    assert AuditEvent.objects.get(action="api_token.created", actor=user, target_id=str(response.json()["id"])).ip \
+    assert (
+        AuditEvent.objects.get(
+            action="api_token.created", actor=user, target_id=str(response.json()["id"])
+        ).ip
         == "198.51.100.7"
+    )
     # Straight to the web process (not through the proxy): the header is the client's own, ignored.
-    response = client.post("/api/v1/tokens", {"name": "direct"}, format="json", REMOTE_ADDR="198.51.100.99",
-                           HTTP_X_FORWARDED_FOR="6.6.6.6")
-    assert AuditEvent.objects.get(action="api_token.created", target_id=str(response.json()["id"])).ip \
+    response = client.post(
+        "/api/v1/tokens",
+        {"name": "direct"},
+        format="json",
+        REMOTE_ADDR="198.51.100.99",
+        HTTP_X_FORWARDED_FOR="6.6.6.6",
+    )
+    assert (
+        AuditEvent.objects.get(action="api_token.created", target_id=str(response.json()["id"])).ip
         == "198.51.100.99"
+    )
 
 
 def _login(username: str, password: str, *, remote: str, forwarded: str | None = None):
@@ -128,8 +144,9 @@ def test_the_anonymous_api_throttle_is_per_client_behind_the_proxy(db, settings)
     url = "/api/v1/federated-jobs/999999/events"  # anonymous by design (the ServerApp's callback)
 
     def post(forwarded: str) -> int:
-        return client.post(url, {"event": "started"}, format="json", REMOTE_ADDR=PROXY,
-                           HTTP_X_FORWARDED_FOR=forwarded).status_code
+        return client.post(
+            url, {"event": "started"}, format="json", REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR=forwarded
+        ).status_code
 
     statuses = [post("203.0.113.5") for _ in range(61)]
     assert statuses[-1] == 429 and set(statuses[:-1]) == {403}

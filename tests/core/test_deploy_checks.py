@@ -19,10 +19,19 @@ PRODUCTION_ENV = {
 
 
 def _manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items()
-             if k not in {"DEBUG", "SECRET_KEY", "KEYRING_JSON", "KEYRING_FILE", "STAGING_PUBLIC_KEY_JSON"}}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**clean, **env},
-                          capture_output=True, text=True, timeout=120)
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DEBUG", "SECRET_KEY", "KEYRING_JSON", "KEYRING_FILE", "STAGING_PUBLIC_KEY_JSON"}
+    }
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_check_deploy_is_clean():
@@ -31,17 +40,26 @@ def test_check_deploy_is_clean():
     assert "no issues" in result.stdout
 
 
-@pytest.mark.parametrize("override,message", [
-    ({"SECRET_KEY": ""}, "SECRET_KEY must be set"),
-    ({"DEBUG": "1"}, "DEBUG must be off"),
-    ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS must name"),
-    ({"STAGING_PUBLIC_KEY_FILE": ""}, "Set STAGING_PUBLIC_KEY_FILE or STAGING_PUBLIC_KEY_JSON"),
-    ({"KEYRING_FILE": "/srv/clearinghouse/var/keyring.dev.json"}, "KEYRING_FILE is the development keyring"),
-    ({"KEYRING_FILE": str(ROOT / "keyring.json")}, "lies beside the code or data"),
-    ({"FLOWER_SUPERLINK": "superlink:9093"}, "TLS only"),
-    ({"FLOWER_SUPERLINK": "superlink:9093", "FLOWER_ROOT_CERTIFICATES": "/nonexistent/ca.crt"}, "names no readable file"),
-    ({"METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 32"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ({"SECRET_KEY": ""}, "SECRET_KEY must be set"),
+        ({"DEBUG": "1"}, "DEBUG must be off"),
+        ({"ALLOWED_HOSTS": ""}, "ALLOWED_HOSTS must name"),
+        ({"STAGING_PUBLIC_KEY_FILE": ""}, "Set STAGING_PUBLIC_KEY_FILE or STAGING_PUBLIC_KEY_JSON"),
+        (
+            {"KEYRING_FILE": "/srv/clearinghouse/var/keyring.dev.json"},
+            "KEYRING_FILE is the development keyring",
+        ),
+        ({"KEYRING_FILE": str(ROOT / "keyring.json")}, "lies beside the code or data"),
+        ({"FLOWER_SUPERLINK": "superlink:9093"}, "TLS only"),
+        (
+            {"FLOWER_SUPERLINK": "superlink:9093", "FLOWER_ROOT_CERTIFICATES": "/nonexistent/ca.crt"},
+            "names no readable file",
+        ),
+        ({"METRICS_TOKEN": "short"}, "METRICS_TOKEN must be at least 32"),
+    ],
+)
 def test_production_refuses_unsafe_configuration(override, message):
     result = _manage("check", env={**PRODUCTION_ENV, **override})
     assert result.returncode != 0

@@ -16,8 +16,10 @@ def test_healthz_answers_without_touching_anything(client):
 def test_readyz_checks_database_and_broker(db, client):
     response = client.get("/readyz")
     assert response.status_code == 200, response.content
-    assert response.json() == {"status": "ready",
-                               "checks": {"database": "ok", "broker": "ok", "superlink": "disabled"}}
+    assert response.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "broker": "ok", "superlink": "disabled"},
+    }
 
 
 def _free_port() -> int:

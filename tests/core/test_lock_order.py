@@ -8,13 +8,21 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = sorted({*ROOT.glob("clearinghouse/*/services.py"), *ROOT.glob("clearinghouse/*/ledger.py"),
-                  ROOT / "federation" / "services.py"})
+SOURCES = sorted(
+    {
+        *ROOT.glob("clearinghouse/*/services.py"),
+        *ROOT.glob("clearinghouse/*/ledger.py"),
+        ROOT / "federation" / "services.py",
+    }
+)
 
 
 def _calls(node: ast.AST, name: str) -> list[ast.Call]:
-    return [n for n in ast.walk(node) if isinstance(n, ast.Call)
-            and getattr(n.func, "attr", getattr(n.func, "id", None)) == name]
+    return [
+        n
+        for n in ast.walk(node)
+        if isinstance(n, ast.Call) and getattr(n.func, "attr", getattr(n.func, "id", None)) == name
+    ]
 
 
 def _row_locks() -> list[tuple[str, ast.FunctionDef, ast.Call]]:
@@ -33,8 +41,11 @@ def test_there_are_row_locks_to_check():
 
 
 def test_every_row_lock_is_for_no_key_update():
-    plain = [where for where, _, call in _row_locks()
-             if not any(k.arg == "no_key" and getattr(k.value, "value", False) is True for k in call.keywords)]
+    plain = [
+        where
+        for where, _, call in _row_locks()
+        if not any(k.arg == "no_key" and getattr(k.value, "value", False) is True for k in call.keywords)
+    ]
     assert not plain, f"select_for_update without no_key=True: {plain}"
 
 
@@ -50,8 +61,13 @@ def test_every_row_lock_comes_after_the_audit_head():
 def test_row_locks_with_joins_lock_only_their_own_table():
     wide = []
     for where, function, call in _row_locks():
-        statement = next(n for n in ast.walk(function) if isinstance(n, ast.stmt) and not isinstance(
-            n, (ast.FunctionDef, ast.With, ast.If, ast.For, ast.Try)) and call in list(ast.walk(n)))
+        statement = next(
+            n
+            for n in ast.walk(function)
+            if isinstance(n, ast.stmt)
+            and not isinstance(n, (ast.FunctionDef, ast.With, ast.If, ast.For, ast.Try))
+            and call in list(ast.walk(n))
+        )
         if "select_related(" in ast.unparse(statement) and not any(k.arg == "of" for k in call.keywords):
             wide.append(where)
     assert not wide, f"select_for_update joined with select_related but without of=('self',): {wide}"

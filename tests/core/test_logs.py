@@ -19,7 +19,9 @@ def this_process_log() -> list[dict]:
 
 
 def test_a_log_line_is_json_with_the_request_id():
-    token = request_context.activate(request_context.RequestContext(request_id="req-logs-0123456789", ip=None))
+    token = request_context.activate(
+        request_context.RequestContext(request_id="req-logs-0123456789", ip=None)
+    )
     try:
         logging.getLogger("clearinghouse.test").warning("something %s", "happened")
     finally:
@@ -40,7 +42,9 @@ def test_request_warnings_name_the_route_not_the_path(world):
     lines = [line for line in this_process_log() if line.get("request_id") == "req-forbidden-0123456789"]
     assert {line["logger"] for line in lines} >= {"django.request", "clearinghouse.access"}
     assert all(world.a.invitation_token not in json.dumps(line) for line in lines)
-    assert any("invitations/<str:token>/" in line["message"] for line in lines if line["logger"] == "django.request")
+    assert any(
+        "invitations/<str:token>/" in line["message"] for line in lines if line["logger"] == "django.request"
+    )
     access = next(line for line in lines if line["logger"] == "clearinghouse.access")
     assert access["route"] == "invitations/<str:token>/" and access["status"] == 403
 
@@ -51,19 +55,31 @@ def test_the_secrets_scan_finds_secrets_and_tokens_and_nothing_else(tmp_path):
         '{"message": "password is correct-horse-battery-staple"}\n'
         '{"message": "Bearer chp_0123456789ab_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}\n'
         '{"message": "key+/material=="}\n'
-        '{"message": "secret inside:tokenpart-xyz_0123456789-tail"}\n')
+        '{"message": "secret inside:tokenpart-xyz_0123456789-tail"}\n'
+    )
     (tmp_path / "secrets-1.json").write_text("{}")  # not a log: never scanned
-    secrets = {"correct-horse-battery-staple": "password", "key+/material==": "keyring key",
-               "tokenpart-xyz_0123456789": "API token secret"}
+    secrets = {
+        "correct-horse-battery-staple": "password",
+        "key+/material==": "keyring key",
+        "tokenpart-xyz_0123456789": "API token secret",
+    }
     assert log_secrets.scan(tmp_path, secrets) == [
-        "process-1.jsonl:2: password", "process-1.jsonl:3: API token", "process-1.jsonl:4: keyring key",
-        "process-1.jsonl:5: API token secret"]
+        "process-1.jsonl:2: password",
+        "process-1.jsonl:3: API token",
+        "process-1.jsonl:4: keyring key",
+        "process-1.jsonl:5: API token secret",
+    ]
     assert log_secrets.scan(tmp_path, {}) == ["process-1.jsonl:3: API token"]
 
 
 def test_keyring_material_lists_key_bytes_in_base64_and_hex(tmp_path):
     path = tmp_path / "keyring.json"
-    path.write_text(json.dumps({"keys": [{"id": "k1", "key": "AAEC"}], "staging_keys": [{"id": "s1", "private": "/w=="}]}))
+    path.write_text(
+        json.dumps({"keys": [{"id": "k1", "key": "AAEC"}], "staging_keys": [{"id": "s1", "private": "/w=="}]})
+    )
     assert log_secrets.keyring_material(path) == {
-        "AAEC": "keyring key (k1)", "000102": "keyring key (k1, hex)",
-        "/w==": "keyring private (s1)", "ff": "keyring private (s1, hex)"}
+        "AAEC": "keyring key (k1)",
+        "000102": "keyring key (k1, hex)",
+        "/w==": "keyring private (s1)",
+        "ff": "keyring private (s1, hex)",
+    }

@@ -53,16 +53,36 @@ def dp_worker_process(transactional_db):
         pytest.skip("needs PostgreSQL (DATABASE_URL): the worker process must open the test database")
     url = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
     process, output = start(
-        [sys.executable, "-m", "celery", "-A", "clearinghouse", "worker", "--pool", "solo", "--loglevel", "INFO",
-         "--queues", "dp", "--hostname", f"dp-{os.getpid()}@%h"],
-        child_env(DJANGO_SETTINGS_MODULE="clearinghouse.settings.test", DATABASE_URL=url), "dp-worker")
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "clearinghouse",
+            "worker",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "--queues",
+            "dp",
+            "--hostname",
+            f"dp-{os.getpid()}@%h",
+        ],
+        child_env(DJANGO_SETTINGS_MODULE="clearinghouse.settings.test", DATABASE_URL=url),
+        "dp-worker",
+    )
     yield output
     stop(process)
 
 
 def run_query(client, url: str, epsilon: float, request_id: str) -> dict:
-    response = client.post(url, {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": epsilon}},
-                           format="json", HTTP_X_REQUEST_ID=request_id)
+    response = client.post(
+        url,
+        {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": epsilon}},
+        format="json",
+        HTTP_X_REQUEST_ID=request_id,
+    )
     assert response.status_code == 202, response.content
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -86,21 +106,33 @@ def test_worker_process_counts_reach_metrics_and_carry_the_request_id(dp_worker_
 
     # Organisation A has no allocation on its own dataset yet: the ledger refuses.
     assert run_query(analyst, url, 0.25, "req-refused-0123456789")["status"] == "refused"
-    allocation_set(actor=world.a.steward, dataset=world.a.dataset, organisation=world.a.organisation, amount=1.0)
+    allocation_set(
+        actor=world.a.steward, dataset=world.a.dataset, organisation=world.a.organisation, amount=1.0
+    )
     body = run_query(analyst, url, 0.25, "req-released-0123456789")
     assert body["status"] == "released", (body, dp_worker_process.read_text()[-3000:])
 
     after = scraper.get("/metrics", **TOKEN_HEADER).content.decode()
-    assert sample(after, "clearinghouse_queries_released_total") == sample(before, "clearinghouse_queries_released_total") + 1
+    assert (
+        sample(after, "clearinghouse_queries_released_total")
+        == sample(before, "clearinghouse_queries_released_total") + 1
+    )
     refused = "clearinghouse_queries_refused_total"
-    assert sample(after, refused, code="budget_exceeded") == sample(before, refused, code="budget_exceeded") + 1
-    spent = (sample(after, "clearinghouse_privacy_loss_spent_total", measure="pure")
-             - sample(before, "clearinghouse_privacy_loss_spent_total", measure="pure"))
+    assert (
+        sample(after, refused, code="budget_exceeded") == sample(before, refused, code="budget_exceeded") + 1
+    )
+    spent = sample(after, "clearinghouse_privacy_loss_spent_total", measure="pure") - sample(
+        before, "clearinghouse_privacy_loss_spent_total", measure="pure"
+    )
     assert spent == pytest.approx(0.25, rel=0.01)  # the refused query spent nothing
 
     # The id of the request that queued the release follows it into the worker: audit events and log lines.
     assert AuditEvent.objects.filter(action="query.released", request_id="req-released-0123456789").exists()
     assert AuditEvent.objects.filter(action="query.refused", request_id="req-refused-0123456789").exists()
-    worker_lines = [json.loads(line) for line in dp_worker_process.read_text().splitlines() if line.startswith("{")]
-    assert any(line["request_id"] == "req-released-0123456789" and line["logger"] == "celery.app.trace"
-               for line in worker_lines)
+    worker_lines = [
+        json.loads(line) for line in dp_worker_process.read_text().splitlines() if line.startswith("{")
+    ]
+    assert any(
+        line["request_id"] == "req-released-0123456789" and line["logger"] == "celery.app.trace"
+        for line in worker_lines
+    )

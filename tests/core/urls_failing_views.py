@@ -25,7 +25,10 @@ class DeadlockedApi(APIView):
     permission_classes = (AllowAny,)
 
     def post(self, request):
-        error = {"deadlock": psycopg.errors.DeadlockDetected, "serialization": psycopg.errors.SerializationFailure}
+        error = {
+            "deadlock": psycopg.errors.DeadlockDetected,
+            "serialization": psycopg.errors.SerializationFailure,
+        }
         cause = error[request.query_params.get("kind", "deadlock")](SECRET_DETAIL)
         raise OperationalError(SECRET_DETAIL) from cause
 

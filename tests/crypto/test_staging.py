@@ -60,7 +60,9 @@ def test_public_key_encrypts_and_only_the_keyring_decrypts(ring, plaintext):
 def test_wrong_private_key_under_the_same_id_is_refused(ring, plaintext):
     blob = to_public(plaintext, ring.staging_current.public)
     impostor = StagingKey(id=ring.staging_current.id, private=os.urandom(32))
-    wrong = Keyring([ring.current], current_id=ring.current_id, staging=[impostor], staging_current_id=impostor.id)
+    wrong = Keyring(
+        [ring.current], current_id=ring.current_id, staging=[impostor], staging_current_id=impostor.id
+    )
     with pytest.raises(IntegrityError, match="cannot unwrap") as excinfo:
         decrypt_to_bytes(blob, keyring=wrong, context=CONTEXT)
     for secret in (impostor.private, ring.staging_current.private):
@@ -73,7 +75,7 @@ def test_each_file_has_its_own_ephemeral_key(ring):
     first, second = header_of(to_public(b"same", public)), header_of(to_public(b"same", public))
     # Ephemeral public key: the 32 bytes after the key id and wrapped-key length.
     id_end = 51 + first[50]
-    assert first[id_end + 2:id_end + 34] != second[id_end + 2:id_end + 34]
+    assert first[id_end + 2 : id_end + 34] != second[id_end + 2 : id_end + 34]
 
 
 def test_every_header_bit_flip_of_a_staging_file_is_refused(ring):
@@ -84,7 +86,7 @@ def test_every_header_bit_flip_of_a_staging_file_is_refused(ring):
         if id_start <= index < id_end:
             continue  # flipped ids name unknown keys (test_envelope covers that case)
         for bit in range(8):
-            tampered = blob[:index] + bytes([blob[index] ^ (1 << bit)]) + blob[index + 1:]
+            tampered = blob[:index] + bytes([blob[index] ^ (1 << bit)]) + blob[index + 1 :]
             with pytest.raises(IntegrityError):
                 decrypt_to_bytes(tampered, keyring=ring, context=CONTEXT)
 
@@ -112,7 +114,7 @@ def test_rewrap_moves_a_staging_file_under_the_current_kek(ring, plaintext):
     info = parse_header(new_header)
     assert (info.wrap_kind, info.kek_id) == (1, ring.current_id)
     assert new_header[:49] == old_header[:49]  # same bound prefix: the segments stay valid
-    rewrapped = new_header + blob[len(old_header):]
+    rewrapped = new_header + blob[len(old_header) :]
     # Without the staging key (retired after the re-wrap), the file still opens under the KEK.
     kek_only = Keyring([ring.current], current_id=ring.current_id)
     assert decrypt_to_bytes(rewrapped, keyring=kek_only, context=CONTEXT) == plaintext
@@ -135,10 +137,13 @@ def test_format_version_1_files_still_decrypt_and_rewrap_as_version_1():
     rotated = ring.rotated()
     header = header_of(V1_FILE)
     new_header = rewrap_header(header, keyring=rotated)
-    assert parse_header(new_header).format_version == 1 and parse_header(new_header).kek_id == rotated.current_id
-    rewrapped = new_header + V1_FILE[len(header):]
+    assert (
+        parse_header(new_header).format_version == 1 and parse_header(new_header).kek_id == rotated.current_id
+    )
+    rewrapped = new_header + V1_FILE[len(header) :]
     assert decrypt_to_bytes(rewrapped, keyring=rotated.without(V1_KEK.id), context=V1_CONTEXT) == (
-        b"format version 1 file, " * 5)
+        b"format version 1 file, " * 5
+    )
 
 
 # -- staging keys in the keyring -------------------------------------------------------------------------
@@ -154,7 +159,9 @@ def test_keyring_with_staging_keys_round_trips_and_rotation_keeps_old_pairs(tmp_
     rotated.save(path)
     assert path.stat().st_mode & 0o777 == 0o600
     loaded = Keyring.from_file(path)
-    assert loaded.staging_ids == rotated.staging_ids and loaded.staging_current.id == rotated.staging_current.id
+    assert (
+        loaded.staging_ids == rotated.staging_ids and loaded.staging_current.id == rotated.staging_current.id
+    )
     assert loaded.staging_get(ring.staging_current.id).private == ring.staging_current.private
     # An old staging pair can be retired; the current one cannot.
     assert ring.staging_current.id not in rotated.without(ring.staging_current.id).staging_ids
@@ -163,8 +170,12 @@ def test_keyring_with_staging_keys_round_trips_and_rotation_keeps_old_pairs(tmp_
 
 
 def test_version_1_keyrings_load_without_staging_keys(kek1):
-    doc = {"format": "clearinghouse-keyring", "version": 1, "current": kek1.id,
-           "keys": [{"id": kek1.id, "key": base64.b64encode(kek1.key).decode()}]}
+    doc = {
+        "format": "clearinghouse-keyring",
+        "version": 1,
+        "current": kek1.id,
+        "keys": [{"id": kek1.id, "key": base64.b64encode(kek1.key).decode()}],
+    }
     ring = Keyring.from_json(json.dumps(doc))
     assert ring.staging_ids == ()
     with pytest.raises(KeyringError, match="no staging key"):
@@ -184,11 +195,19 @@ def test_public_key_file_holds_only_the_public_half(tmp_path):
         assert base64.b64encode(pair.private).decode() not in secret and pair.private.hex() not in secret
 
 
-@pytest.mark.parametrize("doc", [
-    {"format": "clearinghouse-staging-public-key", "version": 1, "id": "stg-x", "key": "AAAA"},
-    {"format": "clearinghouse-keyring", "version": 1, "id": "stg-x", "key": base64.b64encode(b"k" * 32).decode()},
-    {"format": "clearinghouse-staging-public-key", "version": 1, "id": "bad id", "key": ""},
-])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"format": "clearinghouse-staging-public-key", "version": 1, "id": "stg-x", "key": "AAAA"},
+        {
+            "format": "clearinghouse-keyring",
+            "version": 1,
+            "id": "stg-x",
+            "key": base64.b64encode(b"k" * 32).decode(),
+        },
+        {"format": "clearinghouse-staging-public-key", "version": 1, "id": "bad id", "key": ""},
+    ],
+)
 def test_bad_public_key_files_are_refused(doc):
     with pytest.raises(KeyringError):
         StagingPublicKey.from_json(json.dumps(doc))
@@ -196,9 +215,14 @@ def test_bad_public_key_files_are_refused(doc):
 
 def test_staging_key_errors_never_contain_key_material(kek1):
     secret = os.urandom(32)
-    doc = {"format": "clearinghouse-keyring", "version": 2, "current": kek1.id,
-           "keys": [{"id": kek1.id, "key": base64.b64encode(kek1.key).decode()}],
-           "staging_current": "stg-1", "staging_keys": [{"id": "stg-1", "private": base64.b64encode(secret + b"x").decode()}]}
+    doc = {
+        "format": "clearinghouse-keyring",
+        "version": 2,
+        "current": kek1.id,
+        "keys": [{"id": kek1.id, "key": base64.b64encode(kek1.key).decode()}],
+        "staging_current": "stg-1",
+        "staging_keys": [{"id": "stg-1", "private": base64.b64encode(secret + b"x").decode()}],
+    }
     with pytest.raises(CryptoError) as excinfo:
         Keyring.from_json(json.dumps(doc))
     assert base64.b64encode(secret).decode()[:16] not in str(excinfo.value)

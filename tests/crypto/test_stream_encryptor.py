@@ -18,7 +18,7 @@ def test_chunked_writes_round_trip(size, chunk):
     out = io.BytesIO()
     encryptor = StreamEncryptor(out, keyring=keyring, context=CONTEXT, segment_size=64)
     for start in range(0, size, chunk):
-        encryptor.write(data[start:start + chunk])
+        encryptor.write(data[start : start + chunk])
     info = encryptor.finish()
     assert info.plaintext_size == size and info.ciphertext_size == len(out.getvalue())
     assert info.segment_count == max(1, -(-size // 64))

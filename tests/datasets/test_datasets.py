@@ -22,15 +22,17 @@ pytestmark = pytest.mark.usefixtures("media_root")
 
 
 def register(client, slug="pums", schema=PUMS_SCHEMA, **extra):
-    response = client.post("/api/v1/datasets", {"name": slug.upper(), "slug": slug, "schema": schema, **extra},
-                           format="json")
+    response = client.post(
+        "/api/v1/datasets", {"name": slug.upper(), "slug": slug, "schema": schema, **extra}, format="json"
+    )
     assert response.status_code == 201, response.json()
     return response.json()
 
 
 def upload(client, slug, data: bytes, name="data.csv", **fields):
-    response = client.post(f"/api/v1/datasets/org-a/{slug}/versions",
-                           {"file": io.BytesIO(data), **fields}, format="multipart")
+    response = client.post(
+        f"/api/v1/datasets/org-a/{slug}/versions", {"file": io.BytesIO(data), **fields}, format="multipart"
+    )
     return response
 
 
@@ -41,20 +43,52 @@ def ingest(slug: str, number: int = 1) -> DatasetVersion:
 
 def decrypted_table(version: DatasetVersion) -> pl.DataFrame:
     dataset = version.dataset
-    return storage.read_table(version.data_path, storage.data_context(
-        organisation_id=dataset.organisation_id, dataset_id=dataset.pk, number=version.number))
+    return storage.read_table(
+        version.data_path,
+        storage.data_context(
+            organisation_id=dataset.organisation_id, dataset_id=dataset.pk, number=version.number
+        ),
+    )
 
 
-@pytest.mark.parametrize("file,schema,fields,rows", [
-    ("pums_1000.csv", PUMS_SCHEMA, {}, 1000),
-    ("adult.csv", {"columns": [{"name": n, "type": "categorical"} for n in
-                               ["sex", "race", "marital-status", "education", "native-country", "workclass",
-                                "occupation", "salary-class"]] + [{"name": "age", "type": "integer", "lower": 17,
-                                                                   "upper": 90}]}, {}, 30162),
-    ("sms_spam.tsv", {"columns": [{"name": "Label", "type": "categorical", "categories": ["ham", "spam"]},
-                                  {"name": "SMS", "type": "text", "max_length": 1000}]},
-     {"delimiter": "\\t", "quote": "none"}, 5574),
-])
+@pytest.mark.parametrize(
+    "file,schema,fields,rows",
+    [
+        ("pums_1000.csv", PUMS_SCHEMA, {}, 1000),
+        (
+            "adult.csv",
+            {
+                "columns": [
+                    {"name": n, "type": "categorical"}
+                    for n in [
+                        "sex",
+                        "race",
+                        "marital-status",
+                        "education",
+                        "native-country",
+                        "workclass",
+                        "occupation",
+                        "salary-class",
+                    ]
+                ]
+                + [{"name": "age", "type": "integer", "lower": 17, "upper": 90}]
+            },
+            {},
+            30162,
+        ),
+        (
+            "sms_spam.tsv",
+            {
+                "columns": [
+                    {"name": "Label", "type": "categorical", "categories": ["ham", "spam"]},
+                    {"name": "SMS", "type": "text", "max_length": 1000},
+                ]
+            },
+            {"delimiter": "\\t", "quote": "none"},
+            5574,
+        ),
+    ],
+)
 def test_round_trip_of_the_shared_files(world, file, schema, fields, rows):
     from clearinghouse.datasets.ingest import check, read_raw
     from clearinghouse.datasets.schema import DatasetSchema
@@ -68,9 +102,15 @@ def test_round_trip_of_the_shared_files(world, file, schema, fields, rows):
     version = ingest("shared")
     assert version.status == "ready", (version.error_code, version.error_message)
     assert version.row_count == rows
-    expected = check(read_raw(data, fmt="csv", delimiter=fields.get("delimiter", "").replace("\\t", "\t") or None,
-                              quote_char=None if fields.get("quote") == "none" else '"'),
-                     DatasetSchema.from_dict(schema)).table
+    expected = check(
+        read_raw(
+            data,
+            fmt="csv",
+            delimiter=fields.get("delimiter", "").replace("\\t", "\t") or None,
+            quote_char=None if fields.get("quote") == "none" else '"',
+        ),
+        DatasetSchema.from_dict(schema),
+    ).table
     assert decrypted_table(version).equals(expected)
     assert not version.staging_path
     assert AuditEvent.objects.filter(action="dataset_version.ready", target_id=str(version.pk)).exists()
@@ -94,7 +134,9 @@ def test_no_plaintext_in_storage_or_temp(world, media_root):
     schema = {"columns": [{"name": "label", "type": "categorical"}, {"name": "text", "type": "text"}]}
     client = api_client(world.a.steward)
     register(client, "secret", schema)
-    rows = b"label,text\n" + b"".join(b"a,%s row %d\n" % (marker, i) for i in range(30000))  # > 1 MiB: no memory upload
+    rows = b"label,text\n" + b"".join(
+        b"a,%s row %d\n" % (marker, i) for i in range(30000)
+    )  # > 1 MiB: no memory upload
     temp_before = set(_files_under(tempfile.gettempdir()))
     assert upload(client, "secret", rows).status_code == 202
     assert ingest("secret").status == "ready"
@@ -149,8 +191,11 @@ def test_tampered_data_file_is_refused(world, media_root, tamper, settings):
         from clearinghouse.core.keys import keyring
         from clearinghouse.crypto.envelope import encrypt_bytes
 
-        context = storage.data_context(organisation_id=version.dataset.organisation_id,
-                                       dataset_id=version.dataset_id, number=version.number)
+        context = storage.data_context(
+            organisation_id=version.dataset.organisation_id,
+            dataset_id=version.dataset_id,
+            number=version.number,
+        )
         plain = storage.read_data(version.data_path, context)
         blob = bytearray(encrypt_bytes(plain, keyring=keyring(), context=context, segment_size=4096))
         with open(path, "wb") as handle:
@@ -159,8 +204,8 @@ def test_tampered_data_file_is_refused(world, media_root, tamper, settings):
         with open(path, "rb") as handle:
             header_len = len(read_header(handle))
         seg = 4096 + 16
-        first, second = blob[header_len:header_len + seg], blob[header_len + seg:header_len + 2 * seg]
-        blob[header_len:header_len + seg], blob[header_len + seg:header_len + 2 * seg] = second, first
+        first, second = blob[header_len : header_len + seg], blob[header_len + seg : header_len + 2 * seg]
+        blob[header_len : header_len + seg], blob[header_len + seg : header_len + 2 * seg] = second, first
     path.write_bytes(bytes(blob))
     _decrypt_fails(version)
 
@@ -191,12 +236,15 @@ def test_tampered_upload_marks_the_version_corrupt_and_audits(world, media_root)
     assert not version.data_path
 
 
-@pytest.mark.parametrize("data,fields,code", [
-    ((SHARED / "adult.csv").read_bytes(), {"delimiter": ","}, "missing_columns"),
-    (b"age,sex,educ,race,income,married\n1,1,1,1,1,1\n2,1,1,1,1,1,7,7\n", {}, "ragged_rows"),
-    (b"age,sex,educ,race,income,married\n\xff,1,1,1,1,1\n", {}, "invalid_utf8"),
-    (b"age,sex,educ,race,income,married\nold,1,1,1,1,1\n", {}, "schema_violations"),
-])
+@pytest.mark.parametrize(
+    "data,fields,code",
+    [
+        ((SHARED / "adult.csv").read_bytes(), {"delimiter": ","}, "missing_columns"),
+        (b"age,sex,educ,race,income,married\n1,1,1,1,1,1\n2,1,1,1,1,1,7,7\n", {}, "ragged_rows"),
+        (b"age,sex,educ,race,income,married\n\xff,1,1,1,1,1\n", {}, "invalid_utf8"),
+        (b"age,sex,educ,race,income,married\nold,1,1,1,1,1\n", {}, "schema_violations"),
+    ],
+)
 def test_bad_files_fail_with_a_clear_error_and_store_nothing(world, media_root, data, fields, code):
     client = api_client(world.a.steward)
     register(client)
@@ -261,9 +309,21 @@ def test_schema_inferred_from_first_upload_must_be_confirmed(world):
     assert version.error_code == "schema_unconfirmed"
     detail = client.get("/api/v1/datasets/org-a/inferred").json()
     assert detail["schema_confirmed"] is False
-    assert {c["name"] for c in detail["schema"]["columns"]} == {"age", "sex", "educ", "race", "income", "married"}
-    assert client.patch("/api/v1/datasets/org-a/inferred", {"schema": PUMS_SCHEMA}, format="json").status_code == 200
-    assert client.post("/api/v1/datasets/org-a/inferred/versions/1/retry", {}, format="json").status_code == 202
+    assert {c["name"] for c in detail["schema"]["columns"]} == {
+        "age",
+        "sex",
+        "educ",
+        "race",
+        "income",
+        "married",
+    }
+    assert (
+        client.patch("/api/v1/datasets/org-a/inferred", {"schema": PUMS_SCHEMA}, format="json").status_code
+        == 200
+    )
+    assert (
+        client.post("/api/v1/datasets/org-a/inferred/versions/1/retry", {}, format="json").status_code == 202
+    )
     assert ingest("inferred").status == "ready"
 
 
@@ -272,8 +332,12 @@ def test_grantee_sees_schema_but_not_reports_or_files(world):
     steward = api_client(world.a.steward)
     outsider = api_client(world.b.analyst)
     assert outsider.get("/api/v1/datasets/org-a/pums").status_code == 404
-    assert steward.post("/api/v1/datasets/org-a/pums/grants", {"organisation": "org-b", "purpose": "query"},
-                        format="json").status_code == 201
+    assert (
+        steward.post(
+            "/api/v1/datasets/org-a/pums/grants", {"organisation": "org-b", "purpose": "query"}, format="json"
+        ).status_code
+        == 201
+    )
     detail = outsider.get("/api/v1/datasets/org-a/pums")
     assert detail.status_code == 200 and detail.json()["schema"]["columns"][0]["name"] == "age"
     versions = outsider.get("/api/v1/datasets/org-a/pums/versions").json()["results"]
@@ -291,15 +355,28 @@ def test_data_use_agreement_versions_need_new_acceptance(world):
     _ready_version(world)
     steward = api_client(world.a.steward)
     analyst_b = api_client(world.b.analyst)
-    steward.post("/api/v1/datasets/org-a/pums/grants", {"organisation": "org-b", "purpose": "query"}, format="json")
-    assert steward.post("/api/v1/datasets/org-a/pums/agreement", {"text": "Use for research only."},
-                        format="json").status_code == 201
+    steward.post(
+        "/api/v1/datasets/org-a/pums/grants", {"organisation": "org-b", "purpose": "query"}, format="json"
+    )
+    assert (
+        steward.post(
+            "/api/v1/datasets/org-a/pums/agreement", {"text": "Use for research only."}, format="json"
+        ).status_code
+        == 201
+    )
     assert analyst_b.get("/api/v1/datasets/org-a/pums").json()["agreement_accepted"] is False
-    assert analyst_b.post("/api/v1/datasets/org-a/pums/agreement/accept", {"version": 1},
-                          format="json").status_code == 201
+    assert (
+        analyst_b.post(
+            "/api/v1/datasets/org-a/pums/agreement/accept", {"version": 1}, format="json"
+        ).status_code
+        == 201
+    )
     assert analyst_b.get("/api/v1/datasets/org-a/pums").json()["agreement_accepted"] is True
-    steward.post("/api/v1/datasets/org-a/pums/agreement", {"text": "Research only; no re-identification."},
-                 format="json")
+    steward.post(
+        "/api/v1/datasets/org-a/pums/agreement",
+        {"text": "Research only; no re-identification."},
+        format="json",
+    )
     assert analyst_b.get("/api/v1/datasets/org-a/pums").json()["agreement_accepted"] is False
     stale = analyst_b.post("/api/v1/datasets/org-a/pums/agreement/accept", {"version": 1}, format="json")
     assert stale.status_code == 409 and stale.json()["code"] == "agreement_outdated"
@@ -308,7 +385,9 @@ def test_data_use_agreement_versions_need_new_acceptance(world):
 
 def test_analyst_cannot_register_or_upload(world):
     analyst = api_client(world.a.analyst)
-    response = analyst.post("/api/v1/datasets", {"name": "X", "slug": "x", "schema": PUMS_SCHEMA}, format="json")
+    response = analyst.post(
+        "/api/v1/datasets", {"name": "X", "slug": "x", "schema": PUMS_SCHEMA}, format="json"
+    )
     assert response.status_code == 403 and response.json()["code"] == "role_forbidden"
     register(api_client(world.a.steward))
     before = set(_files_under(settings_store()))

@@ -1,6 +1,5 @@
 """Reading and checking uploads (pure Polars) on the real shared datasets and on broken files."""
 
-
 import polars as pl
 import pytest
 
@@ -8,7 +7,7 @@ from clearinghouse.datasets import reference_schemas
 from clearinghouse.datasets.ingest import IngestError, check, infer_schema, read_raw
 from clearinghouse.datasets.schema import DatasetSchema
 from tests.datasets.test_schema import PUMS_YAML
-from tests.shared_data import DATASETS as SHARED  # noqa: E402
+from tests.shared_data import DATASETS as SHARED
 
 PUMS = DatasetSchema.parse(PUMS_YAML)
 ADULT = DatasetSchema.from_dict(reference_schemas.ADULT)
@@ -57,8 +56,10 @@ def test_parquet_upload_is_read():
     assert check(read_raw(buffer.getvalue(), fmt="parquet"), PUMS).table.height == 1000
 
 
-BAD_CSV = b"age,sex,educ,race,income,married\n30,1,9,1,1000,1\nforty,1,9,1,1000,1\n30,1,99,1,1000,1\n" \
-          b"130,1,9,1,1000,1\n30,,9,1,-5,1\n"
+BAD_CSV = (
+    b"age,sex,educ,race,income,married\n30,1,9,1,1000,1\nforty,1,9,1,1000,1\n30,1,99,1,1000,1\n"
+    b"130,1,9,1,1000,1\n30,,9,1,-5,1\n"
+)
 
 
 def test_violations_are_refused_with_line_numbers():
@@ -86,13 +87,16 @@ def test_clamp_repair_clamps_bounds_and_drops_the_unrepairable():
     assert result.report["repaired"] == {"dropped_rows": 3, "clamped_values": 2, "truncated_values": 0}
 
 
-@pytest.mark.parametrize("data,kwargs,code", [
-    (b"", {}, "empty_file"),
-    (b"age,sex\n", {}, "empty_file"),
-    (b"age,sex\n1,2\n3,4,5,6\n", {}, "ragged_rows"),
-    (b"age,sex\n\xff\xfe,1\n", {}, "invalid_utf8"),
-    (b"not parquet", {"fmt": "parquet"}, "unreadable_parquet"),
-])
+@pytest.mark.parametrize(
+    "data,kwargs,code",
+    [
+        (b"", {}, "empty_file"),
+        (b"age,sex\n", {}, "empty_file"),
+        (b"age,sex\n1,2\n3,4,5,6\n", {}, "ragged_rows"),
+        (b"age,sex\n\xff\xfe,1\n", {}, "invalid_utf8"),
+        (b"not parquet", {"fmt": "parquet"}, "unreadable_parquet"),
+    ],
+)
 def test_unreadable_files(data, kwargs, code):
     with pytest.raises(IngestError) as info:
         read_raw(data, **{"fmt": "csv", **kwargs})
@@ -107,9 +111,15 @@ def test_wrong_delimiter_reports_the_missing_columns():
 
 
 def test_identifier_privacy_unit_bounds_contributions():
-    schema = DatasetSchema.from_dict({
-        "columns": [{"name": "pid", "type": "text"}, {"name": "x", "type": "integer", "lower": 0, "upper": 9}],
-        "privacy_unit": {"kind": "identifier", "column": "pid", "max_rows_per_person": 2}})
+    schema = DatasetSchema.from_dict(
+        {
+            "columns": [
+                {"name": "pid", "type": "text"},
+                {"name": "x", "type": "integer", "lower": 0, "upper": 9},
+            ],
+            "privacy_unit": {"kind": "identifier", "column": "pid", "max_rows_per_person": 2},
+        }
+    )
     raw = read_raw(b"pid,x\na,1\na,2\na,3\nb,4\n", fmt="csv")
     result = check(raw, schema)
     assert sorted(result.table["x"].to_list()) == [1, 2, 4]
@@ -124,8 +134,14 @@ def test_inferred_bounds_are_marked_as_proposals():
     DatasetSchema.from_dict(proposal["schema"])  # a valid schema, ready for the steward to edit
 
 
-@pytest.mark.parametrize("data", [BAD_CSV, (SHARED / "pums_1000.csv").read_bytes(),
-                                  b"age,sex,educ,race,income,married\n 31 ,1,9,1, 1e3 ,True\n"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        BAD_CSV,
+        (SHARED / "pums_1000.csv").read_bytes(),
+        b"age,sex,educ,race,income,married\n 31 ,1,9,1, 1e3 ,True\n",
+    ],
+)
 def test_typed_fast_path_reports_exactly_like_the_text_path(data):
     def outcome(raw):
         try:

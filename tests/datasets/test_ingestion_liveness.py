@@ -35,11 +35,17 @@ def steward_client():
     admin = make_user("admin")
     organisation = make_organisation(operator=operator, admin=admin, slug="acme")
     steward = make_user("steward")
-    _, token = invitation_create(actor=admin, organisation=organisation, email=steward.email, role="data_steward")
+    _, token = invitation_create(
+        actor=admin, organisation=organisation, email=steward.email, role="data_steward"
+    )
     invitation_accept(actor=steward, token=token)
     client = api_client(steward)
-    assert client.post("/api/v1/datasets", {"name": "PUMS", "slug": "pums", "schema": PUMS_SCHEMA},
-                       format="json").status_code == 201
+    assert (
+        client.post(
+            "/api/v1/datasets", {"name": "PUMS", "slug": "pums", "schema": PUMS_SCHEMA}, format="json"
+        ).status_code
+        == 201
+    )
     return client
 
 
@@ -57,14 +63,20 @@ def upload(client, data: bytes = CSV, **fields) -> DatasetVersion:
 def as_left_by_a_killed_worker(version: DatasetVersion, *, started_ago: float, attempts: int = 1) -> None:
     """The row a worker leaves when it is killed (-9) after claiming the version."""
     DatasetVersion.objects.filter(pk=version.pk).update(
-        status="validating", ingest_claim="f" * 32, attempts=attempts,
-        validation_started_at=timezone.now() - timedelta(seconds=started_ago))
+        status="validating",
+        ingest_claim="f" * 32,
+        attempts=attempts,
+        validation_started_at=timezone.now() - timedelta(seconds=started_ago),
+    )
 
 
-@pytest.mark.parametrize("data,code", [
-    (b"30\n40\n", "column_count_mismatch"),  # one column where six are declared: polars' ShapeError
-    (b"30,1,9,1,1000,1,7\n", "column_count_mismatch"),  # one too many: would shift or drop silently
-])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"30\n40\n", "column_count_mismatch"),  # one column where six are declared: polars' ShapeError
+        (b"30,1,9,1,1000,1,7\n", "column_count_mismatch"),  # one too many: would shift or drop silently
+    ],
+)
 def test_headerless_file_of_the_wrong_width_fails_with_a_code(steward, data, code):
     version = dataset_version_ingest(version_id=upload(steward, data, header="false").pk)
     assert (version.status, version.error_code) == ("failed", code), version.error_message
@@ -73,11 +85,17 @@ def test_headerless_file_of_the_wrong_width_fails_with_a_code(steward, data, cod
     assert steward.get(f"{VERSIONS}/{version.number}").json()["error_code"] == code
 
 
-@pytest.mark.parametrize("data,first", [
-    # In a categorical value: read (and stored) as it is, before.
-    (b"age,sex,educ,race,income,married\n30,1,9,1\x00,1000,1\n", {"first_offset": 41, "first_line": 2}),
-    ("age,sex,educ,race,income,married\n30,1,9,1,1000,1\n".encode("utf-16-le"), {"first_offset": 1, "first_line": 1}),
-])
+@pytest.mark.parametrize(
+    "data,first",
+    [
+        # In a categorical value: read (and stored) as it is, before.
+        (b"age,sex,educ,race,income,married\n30,1,9,1\x00,1000,1\n", {"first_offset": 41, "first_line": 2}),
+        (
+            "age,sex,educ,race,income,married\n30,1,9,1,1000,1\n".encode("utf-16-le"),
+            {"first_offset": 1, "first_line": 1},
+        ),
+    ],
+)
 def test_text_with_nul_bytes_is_refused(steward, data, first):
     version = dataset_version_ingest(version_id=upload(steward, data).pk)
     assert (version.status, version.error_code) == ("failed", "nul_bytes")
@@ -90,8 +108,9 @@ def test_parquet_text_values_with_nul_are_refused(steward):
     import polars as pl
 
     buffer = io.BytesIO()
-    pl.DataFrame({"age": [30], "sex": [1], "educ": [9], "race": [1], "income": [1000.0],
-                  "married": ["1\x00"]}).write_parquet(buffer)
+    pl.DataFrame(
+        {"age": [30], "sex": [1], "educ": [9], "race": [1], "income": [1000.0], "married": ["1\x00"]}
+    ).write_parquet(buffer)
     version = dataset_version_ingest(version_id=upload(steward, buffer.getvalue(), format="parquet").pk)
     assert (version.status, version.error_code) == ("failed", "nul_bytes")
     assert version.quality_report["nul_bytes"]["columns"] == {"married": 1}
@@ -105,8 +124,9 @@ def test_an_unexpected_error_fails_the_version_instead_of_leaving_it_validating(
     version = dataset_version_ingest(version_id=version.pk)
     assert (version.status, version.error_code) == ("failed", "ingestion_error")
     assert "IsADirectoryError" in version.error_message and not version.ingest_claim
-    assert AuditEvent.objects.filter(action="dataset_version.failed", target_id=str(version.pk),
-                                     extra__code="ingestion_error").exists()
+    assert AuditEvent.objects.filter(
+        action="dataset_version.failed", target_id=str(version.pk), extra__code="ingestion_error"
+    ).exists()
     # Once the file is back, retry finishes it.
     staging.rmdir()
     assert steward.post(f"{VERSIONS}/1/retry", {}, format="json").status_code == 202
@@ -152,22 +172,27 @@ def test_a_run_that_lost_its_claim_cannot_overwrite_the_result(steward, media_ro
     first = services._ingest_claim(version.pk)  # run A claims, then stalls (e.g. a long GC pause)
     assert first is not None
     stalled, claim_a = first
-    DatasetVersion.objects.filter(pk=version.pk).update(validation_started_at=timezone.now() - timedelta(days=1))
+    DatasetVersion.objects.filter(pk=version.pk).update(
+        validation_started_at=timezone.now() - timedelta(days=1)
+    )
     winner = dataset_version_ingest(version_id=version.pk)  # run B takes over and finishes
     assert winner.status == "ready"
     late = services._ingest_run(stalled, claim_a)  # A wakes up and finishes its work
     assert (late.status, late.data_path) == ("ready", winner.data_path)
-    folder = media_root / storage.version_folder(organisation_id=winner.dataset.organisation_id,
-                                                 dataset_id=winner.dataset_id, number=1)
+    folder = media_root / storage.version_folder(
+        organisation_id=winner.dataset.organisation_id, dataset_id=winner.dataset_id, number=1
+    )
     assert [p.name for p in folder.iterdir()] == [winner.data_path.rsplit("/", 1)[1]]
-    context = storage.data_context(organisation_id=winner.dataset.organisation_id, dataset_id=winner.dataset_id,
-                                   number=1)
+    context = storage.data_context(
+        organisation_id=winner.dataset.organisation_id, dataset_id=winner.dataset_id, number=1
+    )
     assert storage.read_table(winner.data_path, context).height == 2
     assert AuditEvent.objects.filter(action="dataset_version.ready").count() == 1
 
 
-def test_recovery_requeues_lost_runs_and_fails_after_the_attempts(steward, settings,
-                                                                  django_capture_on_commit_callbacks):
+def test_recovery_requeues_lost_runs_and_fails_after_the_attempts(
+    steward, settings, django_capture_on_commit_callbacks
+):
     settings.INGESTION_STUCK_SECONDS = 600
     settings.INGESTION_MAX_ATTEMPTS = 2
     killed, lost_message, live, exhausted = (upload(steward) for _ in range(4))
@@ -181,8 +206,12 @@ def test_recovery_requeues_lost_runs_and_fails_after_the_attempts(steward, setti
     # one ingestion task each, sent once the transaction commits
     assert sum(callback.__qualname__.startswith("_enqueue_on_commit") for callback in queued) == 2
     statuses = dict(DatasetVersion.objects.values_list("pk", "status"))
-    assert [statuses[v.pk] for v in (killed, lost_message, live, exhausted)] == \
-        ["pending", "pending", "validating", "failed"]
+    assert [statuses[v.pk] for v in (killed, lost_message, live, exhausted)] == [
+        "pending",
+        "pending",
+        "validating",
+        "failed",
+    ]
     exhausted.refresh_from_db()
     assert exhausted.error_code == "ingestion_stuck" and "2 attempts" in exhausted.error_message
     assert AuditEvent.objects.filter(action="dataset_version.requeued").count() == 2
@@ -206,12 +235,23 @@ def test_redis_redelivers_and_the_task_stops_before_a_run_counts_as_stuck(settin
     if settings.CELERY_BROKER_URL.startswith("redis"):  # CI; the embedded transport never redelivers
         assert app.conf.broker_transport_options["visibility_timeout"] == visibility
     # The settings as a Redis deployment gets them.
-    env = {**os.environ, "CELERY_BROKER_URL": "redis://redis:6379/0", "CELERY_RESULT_BACKEND": "redis://redis:6379/1",
-           "DJANGO_SETTINGS_MODULE": "clearinghouse.settings.test"}
-    probe = ("from django.conf import settings as s; print(s.CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'], "
-             "s.CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS['visibility_timeout'])")
-    out = subprocess.run([sys.executable, "-c", f"import django; django.setup(); {probe}"], env=env, check=True,
-                         capture_output=True, text=True).stdout.split()
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": "redis://redis:6379/0",
+        "CELERY_RESULT_BACKEND": "redis://redis:6379/1",
+        "DJANGO_SETTINGS_MODULE": "clearinghouse.settings.test",
+    }
+    probe = (
+        "from django.conf import settings as s; print(s.CELERY_BROKER_TRANSPORT_OPTIONS['visibility_timeout'], "
+        "s.CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS['visibility_timeout'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {probe}"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     assert out == [str(visibility), str(visibility)]
 
 
@@ -223,15 +263,20 @@ def ingestion_worker():
 
 def wait_until_finished(*versions: DatasetVersion) -> None:
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and DatasetVersion.objects.filter(
-            pk__in=[v.pk for v in versions], status__in=["pending", "validating"]).exists():
+    while (
+        time.monotonic() < deadline
+        and DatasetVersion.objects.filter(
+            pk__in=[v.pk for v in versions], status__in=["pending", "validating"]
+        ).exists()
+    ):
         time.sleep(0.2)
     for version in versions:
         version.refresh_from_db()
 
 
-def test_worker_fails_a_headerless_one_column_file_and_finishes_a_killed_run(transactional_db, media_root,
-                                                                             settings):
+def test_worker_fails_a_headerless_one_column_file_and_finishes_a_killed_run(
+    transactional_db, media_root, settings
+):
     settings.INGESTION_STUCK_SECONDS = 600
     client = steward_client()
     good = upload(client)

@@ -31,17 +31,26 @@ def steward_client():
     admin = make_user("admin")
     organisation = make_organisation(operator=operator, admin=admin, slug="acme")
     steward = make_user("steward")
-    _, token = invitation_create(actor=admin, organisation=organisation, email=steward.email, role="data_steward")
+    _, token = invitation_create(
+        actor=admin, organisation=organisation, email=steward.email, role="data_steward"
+    )
     invitation_accept(actor=steward, token=token)
     client = api_client(steward)
-    assert client.post("/api/v1/datasets", {"name": "PUMS", "slug": "pums", "schema": PUMS_SCHEMA},
-                       format="json").status_code == 201
+    assert (
+        client.post(
+            "/api/v1/datasets", {"name": "PUMS", "slug": "pums", "schema": PUMS_SCHEMA}, format="json"
+        ).status_code
+        == 201
+    )
     return client
 
 
 def upload_pums(client):
-    response = client.post("/api/v1/datasets/acme/pums/versions",
-                           {"file": io.BytesIO((SHARED / "pums_1000.csv").read_bytes())}, format="multipart")
+    response = client.post(
+        "/api/v1/datasets/acme/pums/versions",
+        {"file": io.BytesIO((SHARED / "pums_1000.csv").read_bytes())},
+        format="multipart",
+    )
     assert response.status_code == 202, response.content
 
 

@@ -119,8 +119,9 @@ def test_a_staging_file_does_not_open_with_a_wrong_private_key(fresh_keyring, wo
     staged = _staged_upload(world)
     ring = keyring()
     impostor = StagingKey.generate(ring.staging_current.id)  # same id, another private key
-    Keyring([ring.current], current_id=ring.current_id, staging=[impostor],
-            staging_current_id=impostor.id).save(keyring_path(), overwrite=True)
+    Keyring(
+        [ring.current], current_id=ring.current_id, staging=[impostor], staging_current_id=impostor.id
+    ).save(keyring_path(), overwrite=True)
     keyring_reset_cache()
     version = dataset_version_ingest(version_id=staged.pk)
     assert version.status == "corrupt" and version.error_code == "integrity_error"

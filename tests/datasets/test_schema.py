@@ -22,25 +22,52 @@ def test_yaml_and_json_give_the_same_schema():
     assert from_yaml.column("race").categories is None
 
 
-@pytest.mark.parametrize("columns,code,path", [
-    ([{"name": "age", "type": "integer", "lower": 10, "upper": 5}], "invalid_bounds", "columns[0].lower"),
-    ([{"name": "age", "type": "integer", "lower": 5, "upper": 5}], "invalid_bounds", "columns[0].lower"),
-    ([{"name": "age", "type": "integer"}], "bounds_required", "columns[0]"),
-    ([{"name": "age", "type": "float", "lower": 0, "upper": float("inf")}], "invalid_schema", "columns[0].upper"),
-    ([{"name": "age", "type": "float", "lower": float("nan"), "upper": 1}], "invalid_schema", "columns[0].lower"),
-    ([{"name": "age", "type": "integer", "lower": 0.5, "upper": 3}], "invalid_schema", "columns[0].lower"),
-    ([{"name": "age", "type": "integer", "lower": True, "upper": 3}], "invalid_schema", "columns[0].lower"),
-    ([{"name": "1age", "type": "boolean"}], "invalid_schema", "columns[0].name"),
-    ([{"name": "a; DROP TABLE x", "type": "boolean"}], "invalid_schema", "columns[0].name"),
-    ([{"name": "a", "type": "boolean"}, {"name": "A", "type": "boolean"}], "invalid_schema", "columns[1].name"),
-    ([{"name": "a", "type": "money"}], "invalid_schema", "columns[0].type"),
-    ([{"name": "a", "type": "categorical", "categories": []}], "invalid_schema", "columns[0].categories"),
-    ([{"name": "a", "type": "categorical", "categories": ["x", "x"]}], "invalid_schema", "columns[0].categories"),
-    ([{"name": "a", "type": "text", "max_length": 0}], "invalid_schema", "columns[0].max_length"),
-    ([{"name": "a", "type": "boolean", "lower": 0, "upper": 1}], "invalid_schema", "columns[0]"),
-    ([{"name": "a", "type": "boolean", "secret": 1}], "invalid_schema", "columns[0]"),
-    ([], "invalid_schema", "columns"),
-])
+@pytest.mark.parametrize(
+    "columns,code,path",
+    [
+        ([{"name": "age", "type": "integer", "lower": 10, "upper": 5}], "invalid_bounds", "columns[0].lower"),
+        ([{"name": "age", "type": "integer", "lower": 5, "upper": 5}], "invalid_bounds", "columns[0].lower"),
+        ([{"name": "age", "type": "integer"}], "bounds_required", "columns[0]"),
+        (
+            [{"name": "age", "type": "float", "lower": 0, "upper": float("inf")}],
+            "invalid_schema",
+            "columns[0].upper",
+        ),
+        (
+            [{"name": "age", "type": "float", "lower": float("nan"), "upper": 1}],
+            "invalid_schema",
+            "columns[0].lower",
+        ),
+        (
+            [{"name": "age", "type": "integer", "lower": 0.5, "upper": 3}],
+            "invalid_schema",
+            "columns[0].lower",
+        ),
+        (
+            [{"name": "age", "type": "integer", "lower": True, "upper": 3}],
+            "invalid_schema",
+            "columns[0].lower",
+        ),
+        ([{"name": "1age", "type": "boolean"}], "invalid_schema", "columns[0].name"),
+        ([{"name": "a; DROP TABLE x", "type": "boolean"}], "invalid_schema", "columns[0].name"),
+        (
+            [{"name": "a", "type": "boolean"}, {"name": "A", "type": "boolean"}],
+            "invalid_schema",
+            "columns[1].name",
+        ),
+        ([{"name": "a", "type": "money"}], "invalid_schema", "columns[0].type"),
+        ([{"name": "a", "type": "categorical", "categories": []}], "invalid_schema", "columns[0].categories"),
+        (
+            [{"name": "a", "type": "categorical", "categories": ["x", "x"]}],
+            "invalid_schema",
+            "columns[0].categories",
+        ),
+        ([{"name": "a", "type": "text", "max_length": 0}], "invalid_schema", "columns[0].max_length"),
+        ([{"name": "a", "type": "boolean", "lower": 0, "upper": 1}], "invalid_schema", "columns[0]"),
+        ([{"name": "a", "type": "boolean", "secret": 1}], "invalid_schema", "columns[0]"),
+        ([], "invalid_schema", "columns"),
+    ],
+)
 def test_bad_schemas_are_refused_with_their_place(columns, code, path):
     with pytest.raises(SchemaError) as info:
         DatasetSchema.from_dict({"columns": columns})
@@ -48,11 +75,17 @@ def test_bad_schemas_are_refused_with_their_place(columns, code, path):
     assert info.value.path == path
 
 
-@pytest.mark.parametrize("unit,path", [
-    ({"kind": "person"}, "privacy_unit"),
-    ({"kind": "identifier", "column": "nope", "max_rows_per_person": 2}, "privacy_unit.column"),
-    ({"kind": "identifier", "column": "pid", "max_rows_per_person": 0}, "privacy_unit.max_rows_per_person"),
-])
+@pytest.mark.parametrize(
+    "unit,path",
+    [
+        ({"kind": "person"}, "privacy_unit"),
+        ({"kind": "identifier", "column": "nope", "max_rows_per_person": 2}, "privacy_unit.column"),
+        (
+            {"kind": "identifier", "column": "pid", "max_rows_per_person": 0},
+            "privacy_unit.max_rows_per_person",
+        ),
+    ],
+)
 def test_bad_privacy_units(unit, path):
     with pytest.raises(SchemaError) as info:
         DatasetSchema.from_dict({"columns": [{"name": "pid", "type": "text"}], "privacy_unit": unit})
@@ -60,8 +93,12 @@ def test_bad_privacy_units(unit, path):
 
 
 def test_identifier_privacy_unit_round_trips():
-    schema = DatasetSchema.from_dict({"columns": [{"name": "pid", "type": "text"}],
-                                      "privacy_unit": {"kind": "identifier", "column": "pid", "max_rows_per_person": 3}})
+    schema = DatasetSchema.from_dict(
+        {
+            "columns": [{"name": "pid", "type": "text"}],
+            "privacy_unit": {"kind": "identifier", "column": "pid", "max_rows_per_person": 3},
+        }
+    )
     assert DatasetSchema.from_dict(schema.to_dict()) == schema
 
 

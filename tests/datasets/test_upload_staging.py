@@ -27,8 +27,11 @@ PORTAL_UPLOAD_URL = "/datasets/acme/pums/upload/"
 
 
 def files_under(root) -> list[str]:
-    return sorted(os.path.relpath(os.path.join(folder, name), root)
-                  for folder, _, names in os.walk(root) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(folder, name), root)
+        for folder, _, names in os.walk(root)
+        for name in names
+    )
 
 
 def staged(media_root) -> list[str]:
@@ -45,15 +48,26 @@ def acme(db, media_root):
     people = {}
     for name, role in (("steward", "data_steward"), ("analyst", "analyst")):
         people[name] = make_user(name)
-        _, token = invitation_create(actor=admin, organisation=organisation, email=people[name].email, role=role)
+        _, token = invitation_create(
+            actor=admin, organisation=organisation, email=people[name].email, role=role
+        )
         invitation_accept(actor=people[name], token=token)
     outsider = make_user("outsider")
     make_organisation(operator=operator, admin=outsider, slug="other")
     steward = api_client(people["steward"])
-    assert steward.post("/api/v1/datasets", {"name": "PUMS", "slug": "pums", "schema": PUMS_SCHEMA},
-                        format="json").status_code == 201
-    return SimpleNamespace(steward=steward, steward_user=people["steward"], analyst_user=people["analyst"],
-                           outsider_user=outsider, organisation=organisation)
+    assert (
+        steward.post(
+            "/api/v1/datasets", {"name": "PUMS", "slug": "pums", "schema": PUMS_SCHEMA}, format="json"
+        ).status_code
+        == 201
+    )
+    return SimpleNamespace(
+        steward=steward,
+        steward_user=people["steward"],
+        analyst_user=people["analyst"],
+        outsider_user=outsider,
+        organisation=organisation,
+    )
 
 
 def csrf_client(user) -> tuple[Client, str]:
@@ -77,11 +91,16 @@ def test_anonymous_multipart_login_post_stages_nothing(acme, media_root):
 def test_multipart_to_other_views_stages_nothing(acme, media_root):
     client, token = csrf_client(acme.steward_user)
     # A portal form (the CSRF middleware reads the body) and a session-authenticated JSON-only API view.
-    response = client.post("/datasets/", {"csrfmiddlewaretoken": token, "name": "X", "slug": "x",
-                                          "junk": io.BytesIO(b"a,b\n1,2\n")})
+    response = client.post(
+        "/datasets/",
+        {"csrfmiddlewaretoken": token, "name": "X", "slug": "x", "junk": io.BytesIO(b"a,b\n1,2\n")},
+    )
     assert response.status_code == 302
-    response = client.post("/api/v1/datasets", {"name": "Y", "slug": "y", "junk": io.BytesIO(b"a,b\n1,2\n")},
-                           HTTP_X_CSRFTOKEN=token)
+    response = client.post(
+        "/api/v1/datasets",
+        {"name": "Y", "slug": "y", "junk": io.BytesIO(b"a,b\n1,2\n")},
+        HTTP_X_CSRFTOKEN=token,
+    )
     assert response.status_code == 415 and response.json()["code"] == "unsupported_media_type"
     # A forged (token-less) post to the upload view itself stages nothing either.
     response = client.post(PORTAL_UPLOAD_URL, {"file": io.BytesIO(CSV)})
@@ -99,18 +118,26 @@ def test_upload_by_someone_not_allowed_reads_nothing(acme, media_root, who):
     assert set(response.json()) >= {"code", "detail"}
     if user is not None:  # the same through the portal, CSRF token and all
         client, token = csrf_client(user)
-        response = client.post(PORTAL_UPLOAD_URL, {"csrfmiddlewaretoken": token, "file": io.BytesIO(CSV),
-                                                   "other": io.BytesIO(CSV)})
+        response = client.post(
+            PORTAL_UPLOAD_URL,
+            {"csrfmiddlewaretoken": token, "file": io.BytesIO(CSV), "other": io.BytesIO(CSV)},
+        )
         assert response.status_code == {"analyst": 403, "outsider": 404}[who]
     assert staged(media_root) == []
     assert not DatasetVersion.objects.exists()
 
 
 def test_one_file_field_only(acme, media_root):
-    response = acme.steward.post(UPLOAD_URL, {"file": io.BytesIO(CSV), "extra": io.BytesIO(CSV)}, format="multipart")
-    assert response.status_code == 400 and response.json()["code"] == "unexpected_file_field", response.content
+    response = acme.steward.post(
+        UPLOAD_URL, {"file": io.BytesIO(CSV), "extra": io.BytesIO(CSV)}, format="multipart"
+    )
+    assert response.status_code == 400 and response.json()["code"] == "unexpected_file_field", (
+        response.content
+    )
     response = acme.steward.post(UPLOAD_URL, {"file": [io.BytesIO(CSV), io.BytesIO(CSV)]}, format="multipart")
-    assert response.status_code == 400 and response.json()["code"] == "unexpected_file_field", response.content
+    assert response.status_code == 400 and response.json()["code"] == "unexpected_file_field", (
+        response.content
+    )
     response = acme.steward.post(UPLOAD_URL, {"format": "csv"}, format="multipart")
     assert response.status_code == 400 and response.json()["code"] == "file_required"
     assert staged(media_root) == []
@@ -151,9 +178,13 @@ def test_declared_oversized_body_is_refused_before_reading(acme, media_root, set
 
 def test_interrupted_upload_leaves_nothing(acme, media_root):
     boundary = "BoUnDaRy"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"d.csv\"\r\n"
-            f"Content-Type: text/csv\r\n\r\n").encode() + CSV * 100  # the connection ends inside the file
-    response = acme.steward.generic("POST", UPLOAD_URL, body, content_type=f"multipart/form-data; boundary={boundary}")
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="d.csv"\r\n'
+        f"Content-Type: text/csv\r\n\r\n"
+    ).encode() + CSV * 100  # the connection ends inside the file
+    response = acme.steward.generic(
+        "POST", UPLOAD_URL, body, content_type=f"multipart/form-data; boundary={boundary}"
+    )
     assert response.status_code == 400, response.content
     assert staged(media_root) == []
     assert not DatasetVersion.objects.exists()
@@ -213,8 +244,9 @@ def test_rolled_back_version_leaves_an_orphan_that_the_sweeper_deletes(acme, med
     assert dataset_staging_sweep() == {"deleted": 0, "expired": 0}
 
 
-def test_a_failed_version_keeps_its_upload_for_a_retry_then_loses_it(acme, media_root, settings,
-                                                                     django_capture_on_commit_callbacks):
+def test_a_failed_version_keeps_its_upload_for_a_retry_then_loses_it(
+    acme, media_root, settings, django_capture_on_commit_callbacks
+):
     """Failed uploads cannot fill the disk: after DATASET_FAILED_STAGING_SECONDS the upload goes and a
     retry says so."""
     from django.utils import timezone
@@ -223,8 +255,9 @@ def test_a_failed_version_keeps_its_upload_for_a_retry_then_loses_it(acme, media
 
     dataset = Dataset.objects.get(slug="pums")
     failed = dataset_version_import(actor=acme.steward_user, dataset=dataset, data=CSV, name="failed.csv")
-    DatasetVersion.objects.filter(pk=failed.pk).update(status="failed", error_code="type_errors",
-                                                       finished_at=timezone.now())
+    DatasetVersion.objects.filter(pk=failed.pk).update(
+        status="failed", error_code="type_errors", finished_at=timezone.now()
+    )
     settings.DATASET_FAILED_STAGING_SECONDS = 3600
     assert dataset_staging_sweep() == {"deleted": 0, "expired": 0}
     assert staged(media_root) == [failed.staging_path]
@@ -232,7 +265,9 @@ def test_a_failed_version_keeps_its_upload_for_a_retry_then_loses_it(acme, media
     with django_capture_on_commit_callbacks(execute=True):
         assert dataset_staging_sweep() == {"deleted": 0, "expired": 1}
     assert staged(media_root) == [] and DatasetVersion.objects.get(pk=failed.pk).staging_path == ""
-    assert AuditEvent.objects.filter(action="dataset_version.upload_expired", target_id=str(failed.pk)).exists()
+    assert AuditEvent.objects.filter(
+        action="dataset_version.upload_expired", target_id=str(failed.pk)
+    ).exists()
 
 
 def test_beat_runs_the_sweepers():
@@ -241,4 +276,5 @@ def test_beat_runs_the_sweepers():
     tasks = {entry["task"] for entry in app.conf.beat_schedule.values()}
     assert {"datasets.staging_sweep", "datasets.recover_stuck"} <= tasks
     import clearinghouse.datasets.tasks  # noqa: F401 (registers the tasks)
+
     assert {"datasets.staging_sweep", "datasets.recover_stuck"} <= set(app.tasks)

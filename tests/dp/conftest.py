@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 
 from clearinghouse.dp import TableSchema
-from tests.shared_data import DATASETS  # noqa: E402
+from tests.shared_data import DATASETS
 
 EDUC = [str(i) for i in range(1, 17)]
 
@@ -47,12 +47,16 @@ def pums() -> TableSchema:
 
 @pytest.fixture(scope="session")
 def pums_approx() -> TableSchema:
-    return TableSchema.from_dict(pums_schema_dict({"measure": "approx", "max_delta": 1e-5, "max_rows": 1_000_000}))
+    return TableSchema.from_dict(
+        pums_schema_dict({"measure": "approx", "max_delta": 1e-5, "max_rows": 1_000_000})
+    )
 
 
 @pytest.fixture(scope="session")
 def pums_zcdp() -> TableSchema:
-    return TableSchema.from_dict(pums_schema_dict({"measure": "zcdp", "max_delta": 1e-5, "max_rows": 1_000_000}))
+    return TableSchema.from_dict(
+        pums_schema_dict({"measure": "zcdp", "max_delta": 1e-5, "max_rows": 1_000_000})
+    )
 
 
 @pytest.fixture(scope="session")
@@ -64,19 +68,24 @@ def adult_df() -> pl.DataFrame:
 
 @pytest.fixture(scope="session")
 def adult() -> TableSchema:
-    return TableSchema.from_dict({
-        "name": "adult",
-        "columns": [
-            {"name": "sex", "type": "categorical", "categories": ["Female", "Male"]},
-            {"name": "age", "type": "integer", "lower": 0, "upper": 100},
-            {"name": "race", "type": "categorical", "categories": [
-                "Amer-Indian-Eskimo", "Asian-Pac-Islander", "Black", "Other", "White"]},
-            {"name": "marital-status", "type": "categorical"},
-            {"name": "education", "type": "categorical"},
-            {"name": "native-country", "type": "categorical"},
-            {"name": "workclass", "type": "categorical"},
-            {"name": "occupation", "type": "categorical"},
-            {"name": "salary-class", "type": "categorical", "categories": ["<=50K", ">50K"]},
-        ],
-        "policy": {"measure": "approx", "max_delta": 1e-6, "max_rows": 100_000},
-    })
+    return TableSchema.from_dict(
+        {
+            "name": "adult",
+            "columns": [
+                {"name": "sex", "type": "categorical", "categories": ["Female", "Male"]},
+                {"name": "age", "type": "integer", "lower": 0, "upper": 100},
+                {
+                    "name": "race",
+                    "type": "categorical",
+                    "categories": ["Amer-Indian-Eskimo", "Asian-Pac-Islander", "Black", "Other", "White"],
+                },
+                {"name": "marital-status", "type": "categorical"},
+                {"name": "education", "type": "categorical"},
+                {"name": "native-country", "type": "categorical"},
+                {"name": "workclass", "type": "categorical"},
+                {"name": "occupation", "type": "categorical"},
+                {"name": "salary-class", "type": "categorical", "categories": ["<=50K", ">50K"]},
+            ],
+            "policy": {"measure": "approx", "max_delta": 1e-6, "max_rows": 100_000},
+        }
+    )

@@ -33,17 +33,26 @@ def rebuilt_cost(schema, spec):
     previewed scale/threshold with OpenDP's own constructor, read from its privacy map."""
     cal = engine._calibrated(schema, spec)
     p = cal.preview
-    meas = dp.m.make_private_lazyframe(cal.plan.domain, cal.plan.metric, cal.plan.measure, cal.plan.lazyframe,
-                                       global_scale=p.global_scale, threshold=p.threshold)
+    meas = dp.m.make_private_lazyframe(
+        cal.plan.domain,
+        cal.plan.metric,
+        cal.plan.measure,
+        cal.plan.lazyframe,
+        global_scale=p.global_scale,
+        threshold=p.threshold,
+    )
     return meas.map(cal.plan.d_in)
 
 
-@pytest.mark.parametrize("sql", [
-    "SELECT COUNT(*) FROM pums",
-    "SELECT COUNT(*), AVG(income), SUM(income) FROM pums WHERE age >= 30",
-    "SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ",
-    "SELECT sex, married, MEDIAN(age), QUANTILE(income, 0.9) FROM pums GROUP BY sex, married",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT COUNT(*) FROM pums",
+        "SELECT COUNT(*), AVG(income), SUM(income) FROM pums WHERE age >= 30",
+        "SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ",
+        "SELECT sex, married, MEDIAN(age), QUANTILE(income, 0.9) FROM pums GROUP BY sex, married",
+    ],
+)
 @pytest.mark.parametrize("epsilon", [0.1, 1 / 3, 1.0, 2.5])
 def test_preview_cost_is_the_measurements_map_and_within_budget(pums, sql, epsilon):
     spec = spec_of(sql, pums, epsilon=epsilon)
@@ -74,7 +83,8 @@ def test_preview_describes_each_aggregate(pums):
     assert mean.half_width_95 is None and [c.role for c in mean.components] == ["sum", "count"]
     assert mean.components[0].confidence == 0.975
     assert mean.components[0].half_width == pytest.approx(
-        dp.discrete_laplacian_scale_to_accuracy(total.scale, 0.025))
+        dp.discrete_laplacian_scale_to_accuracy(total.scale, 0.025)
+    )
     assert median.half_width_95 is None and median.candidates == 101 and median.mechanism == "ExponentialMin"
 
 
@@ -91,8 +101,11 @@ def test_half_widths_for_continuous_noise(pums_df):
     assert p.aggregates[0].mechanism == "Float Gaussian"
     assert p.aggregates[0].half_width_95 == pytest.approx(p.aggregates[0].scale * 1.959964, rel=1e-5)
     assert p.cost.rho <= 0.05
-    r = release(zcdp, sql_to_spec("SELECT SUM(income) FROM pums", zcdp, {"rho": 0.05}),
-                pums_df.with_columns(pl.col("income").cast(pl.Float64)))
+    r = release(
+        zcdp,
+        sql_to_spec("SELECT SUM(income) FROM pums", zcdp, {"rho": 0.05}),
+        pums_df.with_columns(pl.col("income").cast(pl.Float64)),
+    )
     assert isinstance(r.rows[0]["sum_income"], float)
 
 
@@ -107,8 +120,11 @@ def test_matches_the_context_binary_search(pums, pums_df):
     """Same plan, same loss: OpenDP's Context (binary search) and the closed form agree on the scale."""
     context = dp.Context.compositor(
         data=pl.LazyFrame(schema={"age": pl.Int64, "income": pl.Int64}),
-        privacy_unit=dp.unit_of(contributions=1), privacy_loss=dp.loss_of(epsilon=0.5), split_evenly_over=1,
-        margins=[dp.polars.Margin(by=[], max_length=1_000_000)])
+        privacy_unit=dp.unit_of(contributions=1),
+        privacy_loss=dp.loss_of(epsilon=0.5),
+        split_evenly_over=1,
+        margins=[dp.polars.Margin(by=[], max_length=1_000_000)],
+    )
     query = context.query().select(dp.len(signed=True), pl.col("income").dp.sum((0, 500_000)))
     context_scale = query.summarize()["scale"][0]
     ours = preview(pums, spec_of("SELECT COUNT(*), SUM(income) FROM pums", pums, epsilon=0.5))
@@ -124,15 +140,24 @@ def test_public_keys_give_a_row_for_every_key_even_when_absent(pums, pums_df):
     assert isinstance(absent["count"], int)  # noise, not a missing value
     assert r.preview.public_groups == 16
     # and values outside the declared categories are simply not released
-    r = release(pums, spec, pums_df.with_columns(pl.when(pl.col("educ") == "1").then(pl.lit("99"))
-                                                  .otherwise(pl.col("educ")).alias("educ")))
+    r = release(
+        pums,
+        spec,
+        pums_df.with_columns(
+            pl.when(pl.col("educ") == "1").then(pl.lit("99")).otherwise(pl.col("educ")).alias("educ")
+        ),
+    )
     assert [row["educ"] for row in r.rows] == EDUC
 
 
 def test_boolean_and_multi_column_public_keys(pums, pums_df):
     r = release(pums, spec_of("SELECT married, sex, COUNT(*) FROM pums GROUP BY married, sex", pums), pums_df)
     assert [(row["married"], row["sex"]) for row in r.rows] == [
-        (False, "0"), (False, "1"), (True, "0"), (True, "1")]
+        (False, "0"),
+        (False, "1"),
+        (True, "0"),
+        (True, "1"),
+    ]
 
 
 def test_private_keys_refused_under_pure_dp_and_thresholded_with_delta(pums, pums_approx, pums_df):
@@ -140,8 +165,9 @@ def test_private_keys_refused_under_pure_dp_and_thresholded_with_delta(pums, pum
         spec_of("SELECT race, COUNT(*) FROM pums GROUP BY race", pums)
     assert info.value.code == "group_by_requires_public_keys"
 
-    spec = spec_of("SELECT race, COUNT(*), AVG(income) FROM pums GROUP BY race", pums_approx,
-                   epsilon=1.0, delta=1e-6)
+    spec = spec_of(
+        "SELECT race, COUNT(*), AVG(income) FROM pums GROUP BY race", pums_approx, epsilon=1.0, delta=1e-6
+    )
     p = preview(pums_approx, spec)
     assert p.threshold is not None and p.threshold > 1 and p.public_groups is None
     assert p.cost.measure == "approx"
@@ -169,7 +195,9 @@ def test_zcdp_policy(pums_zcdp, pums_df):
     assert p.aggregates[0].mechanism == "Integer Gaussian"
     assert len(release(pums_zcdp, spec, pums_df).rows) == 16
 
-    spec = sql_to_spec("SELECT race, COUNT(*) FROM pums GROUP BY race", pums_zcdp, {"rho": 0.1, "delta": 1e-6})
+    spec = sql_to_spec(
+        "SELECT race, COUNT(*) FROM pums GROUP BY race", pums_zcdp, {"rho": 0.1, "delta": 1e-6}
+    )
     p = preview(pums_zcdp, spec)
     assert p.cost.rho <= 0.1 and 0 < p.cost.delta <= 1e-6 and p.threshold
     assert {row["race"] for row in release(pums_zcdp, spec, pums_df).rows} >= {"1", "3"}
@@ -186,16 +214,25 @@ def test_identifier_privacy_unit_scales_the_noise(pums_df):
     assert p.cost.epsilon <= 1.0
     assert p.aggregates[0].scale == pytest.approx(3 * preview(row_level, spec).aggregates[0].scale)
     # one person with 50 rows counts at most 3 times (truncation before OpenDP)
-    frame = pl.concat([pums_df.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("pid")),
-                       pums_df.head(50).with_columns(pl.lit(10**6, dtype=pl.Int64).alias("pid"))])
+    frame = pl.concat(
+        [
+            pums_df.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).alias("pid")),
+            pums_df.head(50).with_columns(pl.lit(10**6, dtype=pl.Int64).alias("pid")),
+        ]
+    )
     with PreparedData(schema, frame, ["age"]) as staged:
         assert staged.height == 1003
 
 
 def test_filters_run_inside_opendp(pums, pums_df):
-    spec = spec_of("SELECT COUNT(*) FROM pums WHERE age >= 30 AND educ IN ('9', '13') AND NOT married", pums,
-                   epsilon=50.0)
-    truth = pums_df.filter((pl.col("age") >= 30) & pl.col("educ").is_in(["9", "13"]) & ~pl.col("married")).height
+    spec = spec_of(
+        "SELECT COUNT(*) FROM pums WHERE age >= 30 AND educ IN ('9', '13') AND NOT married",
+        pums,
+        epsilon=50.0,
+    )
+    truth = pums_df.filter(
+        (pl.col("age") >= 30) & pl.col("educ").is_in(["9", "13"]) & ~pl.col("married")
+    ).height
     r = release(pums, spec, pums_df)
     lo, hi = r.intervals[0]["count"]
     assert abs(r.rows[0]["count"] - truth) <= 3 and lo <= truth <= hi
@@ -205,10 +242,20 @@ def test_nulls_follow_sql_semantics(pums_df):
     data = pums_schema_dict()
     data["columns"][4]["nullable"] = True
     schema = TableSchema.from_dict(data)
-    frame = pums_df.with_columns(pl.when(pl.col("age") < 30).then(None).otherwise(pl.col("income")).alias("income"))
-    spec = parse_spec({"aggregates": [{"type": "count"}, {"type": "count", "column": "income"},
-                                      {"type": "mean", "column": "income"}], "privacy": {"epsilon": 200.0}},
-                      schema)
+    frame = pums_df.with_columns(
+        pl.when(pl.col("age") < 30).then(None).otherwise(pl.col("income")).alias("income")
+    )
+    spec = parse_spec(
+        {
+            "aggregates": [
+                {"type": "count"},
+                {"type": "count", "column": "income"},
+                {"type": "mean", "column": "income"},
+            ],
+            "privacy": {"epsilon": 200.0},
+        },
+        schema,
+    )
     r = release(schema, spec, frame).rows[0]
     non_null = frame["income"].drop_nulls()
     assert abs(r["count"] - 1000) <= 5
@@ -217,7 +264,9 @@ def test_nulls_follow_sql_semantics(pums_df):
 
 
 def test_quantiles_come_from_the_public_grid(pums, pums_df):
-    r = release(pums, spec_of("SELECT MEDIAN(age), QUANTILE(income, 0.5) FROM pums", pums, epsilon=20.0), pums_df)
+    r = release(
+        pums, spec_of("SELECT MEDIAN(age), QUANTILE(income, 0.5) FROM pums", pums, epsilon=20.0), pums_df
+    )
     assert r.rows[0]["median_age"] in range(101)
     assert abs(r.rows[0]["median_age"] - pums_df["age"].median()) <= 3
     assert r.rows[0]["quantile_income_0.5"] % 5000 == 0
@@ -247,8 +296,11 @@ def test_data_must_match_the_schema(pums, pums_df):
         release(small, spec_of("SELECT AVG(income) FROM pums", small), pums_df)
     assert info.value.code == "dataset_too_large"
     # types are cast to the declared ones (OpenDP does not check the data against its domain)
-    r = release(pums, spec_of("SELECT SUM(income) FROM pums", pums, epsilon=100.0),
-                pums_df.with_columns(pl.col("income").cast(pl.Int32)))
+    r = release(
+        pums,
+        spec_of("SELECT SUM(income) FROM pums", pums, epsilon=100.0),
+        pums_df.with_columns(pl.col("income").cast(pl.Int32)),
+    )
     assert isinstance(r.rows[0]["sum_income"], int)
 
 
@@ -291,18 +343,26 @@ def test_counts_land_in_the_previewed_interval_at_the_advertised_rate(pums, pums
 
 
 def test_utility_on_adult(adult, adult_df):
-    spec = sql_to_spec('SELECT "salary-class", COUNT(*), AVG(age) FROM adult GROUP BY "salary-class"', adult,
-                       {"epsilon": 1.0})
+    spec = sql_to_spec(
+        'SELECT "salary-class", COUNT(*), AVG(age) FROM adult GROUP BY "salary-class"',
+        adult,
+        {"epsilon": 1.0},
+    )
     r = release(adult, spec, adult_df)
-    truth = {row["salary-class"]: row for row in adult_df.group_by("salary-class").agg(
-        pl.len().alias("n"), pl.col("age").mean().alias("mean")).to_dicts()}
+    truth = {
+        row["salary-class"]: row
+        for row in adult_df.group_by("salary-class")
+        .agg(pl.len().alias("n"), pl.col("age").mean().alias("mean"))
+        .to_dicts()
+    }
     for row, interval in zip(r.rows, r.intervals):
         t = truth[row["salary-class"]]
         assert abs(row["count"] - t["n"]) < 50
         assert abs(row["mean_age"] - t["mean"]) < 2
         assert interval["mean_age"][0] <= row["mean_age"] <= interval["mean_age"][1]
     # private keys (no categories declared) with δ
-    spec = sql_to_spec('SELECT occupation, COUNT(*) FROM adult GROUP BY occupation', adult,
-                       {"epsilon": 1.0, "delta": 1e-7})
+    spec = sql_to_spec(
+        "SELECT occupation, COUNT(*) FROM adult GROUP BY occupation", adult, {"epsilon": 1.0, "delta": 1e-7}
+    )
     r = release(adult, spec, adult_df)
     assert 10 <= len(r.rows) <= adult_df["occupation"].n_unique()

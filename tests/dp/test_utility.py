@@ -38,9 +38,13 @@ def test_threshold_is_what_the_binomial_says():
 def test_count_and_mean_cover_the_truth(dataset, request):
     schema = request.getfixturevalue(dataset)
     frame = request.getfixturevalue(f"{dataset}_df")
-    column, where = ("income", pl.col("age") >= 30) if dataset == "pums" else ("age", pl.col("sex") == "Female")
+    column, where = (
+        ("income", pl.col("age") >= 30) if dataset == "pums" else ("age", pl.col("sex") == "Female")
+    )
     condition = "age >= 30" if dataset == "pums" else "sex = 'Female'"
-    spec = sql_to_spec(f"SELECT COUNT(*), AVG({column}) FROM {dataset} WHERE {condition}", schema, {"epsilon": 0.5})
+    spec = sql_to_spec(
+        f"SELECT COUNT(*), AVG({column}) FROM {dataset} WHERE {condition}", schema, {"epsilon": 0.5}
+    )
     truth = frame.filter(where)
     exact_count, exact_mean = truth.height, truth[column].mean()
     planned = preview(schema, spec)

@@ -12,8 +12,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from federation.agent import main
 
-ROOT_ARGS = ["--superlink", "link.example.org:9092", "--text-column", "SMS", "--label-column", "Label",
-             "--labels", "ham,spam", "--organisation", "acme"]
+ROOT_ARGS = [
+    "--superlink",
+    "link.example.org:9092",
+    "--text-column",
+    "SMS",
+    "--label-column",
+    "Label",
+    "--labels",
+    "ham,spam",
+    "--organisation",
+    "acme",
+]
 
 
 def test_keygen_writes_a_p384_pair(tmp_path, capsys):
@@ -29,7 +39,10 @@ def test_failed_preflight_never_starts_the_supernode(tmp_path):
     data.write_text("Label\tText\nham\thello\nspam\twin now\n", encoding="utf-8")  # no 'SMS' column
     result = subprocess.run(
         [sys.executable, "-m", "federation.agent", "run", *ROOT_ARGS, "--data", str(data), "--insecure"],
-        capture_output=True, text=True, timeout=300)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "SMS" in result.stderr and "the SuperNode was not started" in result.stderr
 
@@ -47,8 +60,22 @@ def test_run_requires_tls_unless_insecure_is_asked_for(tmp_path, monkeypatch):
         assert "--root-certificates is required" in str(exc)
     else:
         raise AssertionError("started without TLS")
-    assert main(["run", *ROOT_ARGS, "--data", str(data), "--skip-preflight", "--root-certificates", "ca.crt",
-                 "--auth-key", "gpu-1.key"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                *ROOT_ARGS,
+                "--data",
+                str(data),
+                "--skip-preflight",
+                "--root-certificates",
+                "ca.crt",
+                "--auth-key",
+                "gpu-1.key",
+            ]
+        )
+        == 0
+    )
     command = started[0]
     assert command[0].endswith("flower-supernode")
     assert command[command.index("--root-certificates") + 1] == "ca.crt"
@@ -60,9 +87,23 @@ def test_run_requires_tls_unless_insecure_is_asked_for(tmp_path, monkeypatch):
 def test_flower_tls_command_issues_a_server_certificate_for_the_named_hosts(tmp_path):
     from cryptography import x509
 
-    result = subprocess.run([sys.executable, "manage.py", "flower_tls", "--out", str(tmp_path), "--host",
-                             "flower.example.org", "--host", "10.0.0.5"], capture_output=True, text=True, timeout=120,
-                            cwd=Path(__file__).resolve().parents[2])
+    result = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "flower_tls",
+            "--out",
+            str(tmp_path),
+            "--host",
+            "flower.example.org",
+            "--host",
+            "10.0.0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],
+    )
     assert result.returncode == 0, result.stderr
     cert = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())

@@ -50,8 +50,14 @@ def consortium(transactional_db, live_server, media_root, settings, tmp_path, ti
         settings.FLOWER_CALLBACK_URL_BASE = live_server.url
         world = build_world()
         SuperNodeKey.objects.all().delete()  # the world's keys name no running node: the test registers its own
-        admins = {"org-a": world.a.admin, "org-b": world.b.admin, "org-c": User.objects.get(username="admin_org-c")}
-        with start_worker(app, pool="solo", perform_ping_check=False, queues=["federation"], shutdown_timeout=30):
+        admins = {
+            "org-a": world.a.admin,
+            "org-b": world.b.admin,
+            "org-c": User.objects.get(username="admin_org-c"),
+        }
+        with start_worker(
+            app, pool="solo", perform_ping_check=False, queues=["federation"], shutdown_timeout=30
+        ):
             yield fed, world, admins, tmp_path
 
 
@@ -60,26 +66,49 @@ def start_members(fed, admins, tmp_path):
     header, rows = lines[0], lines[1:151]
     for i, org in enumerate(ORGS):
         private, public = make_supernode_keypair(tmp_path / "keys", org)
-        response = api_client(admins[org]).post(f"/api/v1/organisations/{org}/supernode-keys",
-                                                {"name": "gpu-main", "public_key": public.read_text()}, format="json")
+        response = api_client(admins[org]).post(
+            f"/api/v1/organisations/{org}/supernode-keys",
+            {"name": "gpu-main", "public_key": public.read_text()},
+            format="json",
+        )
         assert response.status_code == 201, response.json()
         key_id = response.json()["id"]
-        key = wait_until(lambda: SuperNodeKey.objects.filter(pk=key_id, status__in=["registered", "failed"]).first(),
-                         60, f"registration of {org}'s key")
+        key = wait_until(
+            lambda: SuperNodeKey.objects.filter(pk=key_id, status__in=["registered", "failed"]).first(),
+            60,
+            f"registration of {org}'s key",
+        )
         assert key.status == "registered", key.error
         part = tmp_path / f"{org}.tsv"
         part.write_text("\n".join([header, *rows[i::3]]) + "\n", encoding="utf-8")
-        fed.add_supernode(org, {"data-path": str(part), "text-column": "SMS", "label-column": "Label",
-                                "organisation": org}, threads=1, auth_private_key=private)
+        fed.add_supernode(
+            org,
+            {"data-path": str(part), "text-column": "SMS", "label-column": "Label", "organisation": org},
+            threads=1,
+            auth_private_key=private,
+        )
         # The node id the SuperLink gave the registered key is the id the node runs under.
         assert str(fed.node_id(org)) == key.node_id
 
 
 def new_job(operator, tiny_model_dir, **overrides):
-    body = {"name": "SMS spam", "base_model": str(tiny_model_dir), "text_column": "SMS", "label_column": "Label",
-            "labels": ["ham", "spam"], "participants": [{"organisation": o} for o in ORGS], "num_rounds": 2,
-            "min_clients": 2, "settings": {"batch-size": 16, "max-length": 32, "learning-rate": 0.01,
-                                          "connect-timeout": 30.0, "round-timeout": 120.0}}
+    body = {
+        "name": "SMS spam",
+        "base_model": str(tiny_model_dir),
+        "text_column": "SMS",
+        "label_column": "Label",
+        "labels": ["ham", "spam"],
+        "participants": [{"organisation": o} for o in ORGS],
+        "num_rounds": 2,
+        "min_clients": 2,
+        "settings": {
+            "batch-size": 16,
+            "max-length": 32,
+            "learning-rate": 0.01,
+            "connect-timeout": 30.0,
+            "round-timeout": 120.0,
+        },
+    }
     body.update(overrides)
     response = operator.post("/api/v1/federated-jobs", body, format="json")
     assert response.status_code == 201, response.json()
@@ -88,7 +117,9 @@ def new_job(operator, tiny_model_dir, **overrides):
 
 def accept_all(job, admins):
     for org in ORGS:
-        response = api_client(admins[org]).post(f"{job['url']}/participation", {"decision": "accept"}, format="json")
+        response = api_client(admins[org]).post(
+            f"{job['url']}/participation", {"decision": "accept"}, format="json"
+        )
         assert response.status_code == 200, response.json()
 
 
@@ -104,8 +135,12 @@ def test_job_scheduled_through_the_api_runs_and_returns_metrics_and_model(consor
         state = FederatedJob.objects.get(pk=job["id"]).state
         return state if state in (JobState.SUCCEEDED, JobState.FAILED) else None
 
-    state = wait_until(finished, 300, "the job to finish",
-                       lambda: fed.log_text("superlink")[-3000:] + FederatedJob.objects.get(pk=job["id"]).reason)
+    state = wait_until(
+        finished,
+        300,
+        "the job to finish",
+        lambda: fed.log_text("superlink")[-3000:] + FederatedJob.objects.get(pk=job["id"]).reason,
+    )
     done = FederatedJob.objects.get(pk=job["id"])
     assert state == JobState.SUCCEEDED, done.reason
     assert done.flower_run_id
@@ -136,13 +171,17 @@ def test_cancel_stops_the_run_and_a_lost_run_fails(consortium, tiny_model_dir, s
     job = new_job(operator, tiny_model_dir, num_rounds=500)
     accept_all(job, admins)
     operator.post(f"{job['url']}/schedule")
-    running = wait_until(lambda: FederatedJob.objects.filter(pk=job["id"], state=JobState.RUNNING).first(), 120,
-                         "the job to run")
+    running = wait_until(
+        lambda: FederatedJob.objects.filter(pk=job["id"], state=JobState.RUNNING).first(),
+        120,
+        "the job to run",
+    )
     wait_until(lambda: JobRound.objects.filter(job=running).exists(), 180, "a first round")
     response = operator.post(f"{job['url']}/cancel", {"reason": "wrong labels"}, format="json")
     assert response.status_code == 200 and response.json()["state"] == "cancelled"
-    control = SuperLinkControl(address=fed.address, root_certificates=settings.FLOWER_ROOT_CERTIFICATES,
-                               home=tmp_path / "probe-home")
+    control = SuperLinkControl(
+        address=fed.address, root_certificates=settings.FLOWER_ROOT_CERTIFICATES, home=tmp_path / "probe-home"
+    )
     wait_until(lambda: not control.runs()[running.flower_run_id].active, 60, "the run to stop")
     assert control.runs()[running.flower_run_id].status == "finished:stopped"
     jobs_reconcile()

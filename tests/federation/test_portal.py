@@ -25,16 +25,31 @@ def logged_in(user) -> Client:
 
 
 def form_data(**overrides) -> dict:
-    data = {"name": "Spam filter", "base_model": "minilm-l6", "text_column": "SMS", "label_column": "Label",
-            "labels": "ham, spam", "strategy": "fedprox", "num_rounds": 4, "min_clients": 2,
-            "participants": ["org-a", "org-b"], "settings": '{"lora-r": 4, "batch-size": 8}'}
+    data = {
+        "name": "Spam filter",
+        "base_model": "minilm-l6",
+        "text_column": "SMS",
+        "label_column": "Label",
+        "labels": "ham, spam",
+        "strategy": "fedprox",
+        "num_rounds": 4,
+        "min_clients": 2,
+        "participants": ["org-a", "org-b"],
+        "settings": '{"lora-r": 4, "batch-size": 8}',
+    }
     data.update(overrides)
     return data
 
 
 def draft_job(world) -> FederatedJob:
-    return job_create(actor=world.operator, name="Draft job", text_column="SMS text", label_column="Label",
-                      labels=["ham", "spam"], participants=[{"organisation": "org-a"}, {"organisation": "org-b"}])
+    return job_create(
+        actor=world.operator,
+        name="Draft job",
+        text_column="SMS text",
+        label_column="Label",
+        labels=["ham", "spam"],
+        participants=[{"organisation": "org-a"}, {"organisation": "org-b"}],
+    )
 
 
 def test_operator_creates_a_job_through_the_form(world):
@@ -44,10 +59,15 @@ def test_operator_creates_a_job_through_the_form(world):
     assert 'value="minilm-l6"' in page.content.decode()  # the default base model is filled in
     response = operator.post(reverse("portal:federated_job_new"), form_data())
     job = FederatedJob.objects.get(name="Spam filter")
-    assert response.status_code == 302 and response["Location"] == reverse("portal:federated_job", args=[job.pk])
+    assert response.status_code == 302 and response["Location"] == reverse(
+        "portal:federated_job", args=[job.pk]
+    )
     assert (job.labels, job.strategy, job.num_rounds, job.min_clients) == (["ham", "spam"], "fedprox", 4, 2)
     assert job.settings == {"lora-r": 4, "batch-size": 8} and job.state == JobState.DRAFT
-    assert {p.organisation.slug: p.status for p in job.participants.all()} == {"org-a": "invited", "org-b": "invited"}
+    assert {p.organisation.slug: p.status for p in job.participants.all()} == {
+        "org-a": "invited",
+        "org-b": "invited",
+    }
 
     body = operator.get(response["Location"]).content.decode()
     assert "Spam filter" in body and "Draft" in body and "lora-r = 4" in body
@@ -57,16 +77,19 @@ def test_operator_creates_a_job_through_the_form(world):
     assert reverse("portal:federated_job_new") in listing
 
 
-@pytest.mark.parametrize("overrides,error", [
-    ({"settings": "{not json"}, "Not valid JSON"),
-    ({"settings": "[1, 2]"}, "must be a JSON object"),
-    ({"labels": "spam"}, "at least two labels"),
-    ({"participants": ["org-a", "no-such-org"]}, "not one of the available choices"),
-    # The service's own rules come back onto the form too.
-    ({"settings": '{"callback-url": "http://evil.example"}'}, "Unknown settings"),
-    ({"min_clients": 3}, "min_clients (3) exceeds the 2 invited participants"),
-    ({"base_model": "/nowhere/model"}, "/nowhere/model"),
-])
+@pytest.mark.parametrize(
+    "overrides,error",
+    [
+        ({"settings": "{not json"}, "Not valid JSON"),
+        ({"settings": "[1, 2]"}, "must be a JSON object"),
+        ({"labels": "spam"}, "at least two labels"),
+        ({"participants": ["org-a", "no-such-org"]}, "not one of the available choices"),
+        # The service's own rules come back onto the form too.
+        ({"settings": '{"callback-url": "http://evil.example"}'}, "Unknown settings"),
+        ({"min_clients": 3}, "min_clients (3) exceeds the 2 invited participants"),
+        ({"base_model": "/nowhere/model"}, "/nowhere/model"),
+    ],
+)
 def test_bad_form_input_shows_the_error_and_creates_nothing(world, overrides, error):
     before = FederatedJob.objects.count()
     response = logged_in(world.operator).post(reverse("portal:federated_job_new"), form_data(**overrides))
@@ -86,32 +109,68 @@ def test_participant_admin_accepts_through_the_page(world):
     page = admin.get(url).content.decode()
     assert decide in page and 'value="accept"' in page and 'value="decline"' in page
     # The agent command carries the job's own columns and labels, quoted for the shell.
-    command = re.search(r'data-testid="agent-command">(.*?)</code>', page, re.DOTALL).group(1).replace("&#x27;", "'")
+    command = (
+        re.search(r'data-testid="agent-command">(.*?)</code>', page, re.DOTALL)
+        .group(1)
+        .replace("&#x27;", "'")
+    )
     assert "--text-column 'SMS text' --label-column Label --labels ham,spam --organisation org-a" in command
 
-    response = admin.post(decide, {"decision": "accept", "data_description": "SMS inbox export",
-                                   "dataset": f"org-a/{world.a.dataset.slug}"})
+    response = admin.post(
+        decide,
+        {
+            "decision": "accept",
+            "data_description": "SMS inbox export",
+            "dataset": f"org-a/{world.a.dataset.slug}",
+        },
+    )
     assert response.status_code == 302 and response["Location"] == url
     participant = job.participants.get(organisation=world.a.organisation)
     assert participant.status == ParticipantStatus.ACCEPTED
     assert participant.data_description == "SMS inbox export" and participant.dataset == world.a.dataset
     after = admin.get(url).content.decode()
-    assert "accepted the job" in after and "SMS inbox export" in after and f"org-a/{world.a.dataset.slug}" in after
+    assert (
+        "accepted the job" in after
+        and "SMS inbox export" in after
+        and f"org-a/{world.a.dataset.slug}" in after
+    )
     # A refused decision (B's dataset without a training grant) is a message, and nothing changes.
-    refused = logged_in(world.b.admin).post(decide, {"decision": "accept", "dataset": f"org-a/{world.a.dataset.slug}"},
-                                            HTTP_REFERER=url, follow=True)
+    refused = logged_in(world.b.admin).post(
+        decide,
+        {"decision": "accept", "dataset": f"org-a/{world.a.dataset.slug}"},
+        HTTP_REFERER=url,
+        follow=True,
+    )
     assert refused.status_code == 403 and "no training grant" in refused.content.decode()
     assert job.participants.get(organisation=world.b.organisation).status == ParticipantStatus.INVITED
 
 
 def _add_rounds(job: FederatedJob) -> None:
     for number, accuracy, loss in ((1, 0.6, 0.9), (2, 0.8, 0.5), (3, 0.9, 0.3)):
-        record = {"clients": [{"node_id": 7, "organisation": "org-a",
-                               "evaluate": {"eval-accuracy": accuracy + 0.01, "eval-loss": loss}}],
-                  "dropouts": [{"node_id": 9, "organisation": "org-b", "reason": "no reply within round-timeout"}]
-                  if number == 2 else []}
-        JobRound.objects.create(job=job, number=number, accuracy=accuracy, macro_f1=accuracy - 0.05, loss=loss,
-                                clients_trained=1, bytes_sent=2048, bytes_received=1024, seconds=4.5, record=record)
+        record = {
+            "clients": [
+                {
+                    "node_id": 7,
+                    "organisation": "org-a",
+                    "evaluate": {"eval-accuracy": accuracy + 0.01, "eval-loss": loss},
+                }
+            ],
+            "dropouts": [{"node_id": 9, "organisation": "org-b", "reason": "no reply within round-timeout"}]
+            if number == 2
+            else [],
+        }
+        JobRound.objects.create(
+            job=job,
+            number=number,
+            accuracy=accuracy,
+            macro_f1=accuracy - 0.05,
+            loss=loss,
+            clients_trained=1,
+            bytes_sent=2048,
+            bytes_received=1024,
+            seconds=4.5,
+            record=record,
+        )
 
 
 def _polyline(body: str, series: str) -> list[tuple[float, float]]:
@@ -127,8 +186,14 @@ def test_job_page_shows_rounds_and_the_plot(world):
     assert "No round has been reported yet." in empty and "<svg" not in empty
 
     _add_rounds(job)
-    FederatedJob.objects.filter(pk=job.pk).update(final_evaluation={
-        "accuracy": 0.9, "macro_f1": 0.85, "per_class_f1": {"ham": 0.95, "spam": 0.75}, "confusion": [[9, 1], [1, 9]]})
+    FederatedJob.objects.filter(pk=job.pk).update(
+        final_evaluation={
+            "accuracy": 0.9,
+            "macro_f1": 0.85,
+            "per_class_f1": {"ham": 0.95, "spam": 0.75},
+            "confusion": [[9, 1], [1, 9]],
+        }
+    )
     body = analyst.get(url).content.decode()
     assert "<th>F1 of spam</th><td>0.7500</td>" in body and "<th>macro f1</th><td>0.8500</td>" in body
     # The 640×260 plot has 50 px margins: x runs 50..590 over rounds 1..3, y 210 (0) .. 50 (1).
@@ -163,8 +228,11 @@ def test_model_download_is_for_participants_and_refused_for_the_operator(world):
 
 
 def _public_key_text(private_key) -> str:
-    return private_key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                 serialization.PublicFormat.OpenSSH).decode()
+    return (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
 
 
 def test_key_page_adds_a_valid_key_and_rejects_an_rsa_key(world):

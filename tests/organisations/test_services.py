@@ -31,22 +31,25 @@ def _refused(exc_type, code, call, **kwargs):
     return info.value
 
 
-@pytest.mark.parametrize("field,value,code", [
-    ("name", "", "invalid_name"),
-    ("name", "   ", "invalid_name"),
-    ("name", "x" * 121, "invalid_name"),
-    ("name", "Acme\u202eevil", "invalid_name"),      # right-to-left override disguises the name
-    ("name", "Ac\u200bme", "invalid_name"),           # zero-width space: looks like "Acme"
-    ("name", "Acme\x00", "invalid_name"),
-    ("slug", "Acme", "invalid_slug"),
-    ("slug", "acme-", "invalid_slug"),
-    ("slug", "ac me", "invalid_slug"),
-    ("slug", "аcme", "invalid_slug"),                 # Cyrillic 'а'
-    ("slug", "a" * 51, "invalid_slug"),
-    ("country", "GBR", "invalid_country"),
-    ("country", "1x", "invalid_country"),
-    ("contact_email", "not-an-email", "invalid_email"),
-])
+@pytest.mark.parametrize(
+    "field,value,code",
+    [
+        ("name", "", "invalid_name"),
+        ("name", "   ", "invalid_name"),
+        ("name", "x" * 121, "invalid_name"),
+        ("name", "Acme\u202eevil", "invalid_name"),  # right-to-left override disguises the name
+        ("name", "Ac\u200bme", "invalid_name"),  # zero-width space: looks like "Acme"
+        ("name", "Acme\x00", "invalid_name"),
+        ("slug", "Acme", "invalid_slug"),
+        ("slug", "acme-", "invalid_slug"),
+        ("slug", "ac me", "invalid_slug"),
+        ("slug", "аcme", "invalid_slug"),  # Cyrillic 'а'
+        ("slug", "a" * 51, "invalid_slug"),
+        ("country", "GBR", "invalid_country"),
+        ("country", "1x", "invalid_country"),
+        ("contact_email", "not-an-email", "invalid_email"),
+    ],
+)
 def test_apply_refuses_bad_fields(db, field, value, code):
     user = make_user("applicant")
     error = _refused(ValidationFailed, code, organisation_apply, actor=user, **{**VALID, field: value})
@@ -56,15 +59,20 @@ def test_apply_refuses_bad_fields(db, field, value, code):
 def test_apply_normalises_unicode_and_case(db):
     user = make_user("applicant")
     organisation = organisation_apply(actor=user, **{**VALID, "name": "  Cafe\u0301 Data  "})
-    assert organisation.name == "Café Data"          # NFC: one code point for é
+    assert organisation.name == "Café Data"  # NFC: one code point for é
     assert organisation.country == "GB"
 
 
 def test_duplicate_slug_and_name_are_refused(db):
     organisation_apply(actor=make_user("first"), **VALID)
     _refused(Conflict, "duplicate_slug", organisation_apply, actor=make_user("second"), **VALID)
-    _refused(Conflict, "duplicate_name", organisation_apply, actor=make_user("third"),
-             **{**VALID, "slug": "acme-2", "name": "ACME research"})
+    _refused(
+        Conflict,
+        "duplicate_name",
+        organisation_apply,
+        actor=make_user("third"),
+        **{**VALID, "slug": "acme-2", "name": "ACME research"},
+    )
 
 
 def test_member_cannot_apply_for_a_second_organisation(world):
@@ -72,54 +80,123 @@ def test_member_cannot_apply_for_a_second_organisation(world):
 
 
 def test_analyst_cannot_make_itself_admin(world):
-    _refused(PermissionDenied, "role_forbidden", membership_change_role, actor=world.a.analyst,
-             membership=world.a.analyst.membership, role=Role.ORG_ADMIN)
+    _refused(
+        PermissionDenied,
+        "role_forbidden",
+        membership_change_role,
+        actor=world.a.analyst,
+        membership=world.a.analyst.membership,
+        role=Role.ORG_ADMIN,
+    )
     assert Membership.objects.get(user=world.a.analyst).role == Role.ANALYST
 
 
 def test_admin_of_a_cannot_act_in_b(world):
-    _refused(NotFound, "not_found", membership_change_role, actor=world.a.admin,
-             membership=world.b.analyst.membership, role=Role.ORG_ADMIN)
-    _refused(NotFound, "not_found", membership_remove, actor=world.a.admin, membership=world.b.steward.membership)
-    _refused(NotFound, "not_found", invitation_create, actor=world.a.admin, organisation=world.b.organisation,
-             email="spy@example.org", role=Role.ORG_ADMIN)
-    _refused(NotFound, "not_found", join_request_decide, actor=world.a.admin, join_request=world.b.join_request,
-             approve=True, role=Role.ORG_ADMIN)
+    _refused(
+        NotFound,
+        "not_found",
+        membership_change_role,
+        actor=world.a.admin,
+        membership=world.b.analyst.membership,
+        role=Role.ORG_ADMIN,
+    )
+    _refused(
+        NotFound, "not_found", membership_remove, actor=world.a.admin, membership=world.b.steward.membership
+    )
+    _refused(
+        NotFound,
+        "not_found",
+        invitation_create,
+        actor=world.a.admin,
+        organisation=world.b.organisation,
+        email="spy@example.org",
+        role=Role.ORG_ADMIN,
+    )
+    _refused(
+        NotFound,
+        "not_found",
+        join_request_decide,
+        actor=world.a.admin,
+        join_request=world.b.join_request,
+        approve=True,
+        role=Role.ORG_ADMIN,
+    )
 
 
 def test_invalid_role_is_refused(world):
-    _refused(ValidationFailed, "invalid_role", membership_change_role, actor=world.a.admin,
-             membership=world.a.analyst.membership, role="superuser")
+    _refused(
+        ValidationFailed,
+        "invalid_role",
+        membership_change_role,
+        actor=world.a.admin,
+        membership=world.a.analyst.membership,
+        role="superuser",
+    )
 
 
 def test_last_admin_cannot_be_demoted_or_removed(world):
-    _refused(Conflict, "last_admin", membership_change_role, actor=world.a.admin,
-             membership=world.a.admin.membership, role=Role.ANALYST)
-    _refused(Conflict, "last_admin", membership_remove, actor=world.a.admin, membership=world.a.admin.membership)
+    _refused(
+        Conflict,
+        "last_admin",
+        membership_change_role,
+        actor=world.a.admin,
+        membership=world.a.admin.membership,
+        role=Role.ANALYST,
+    )
+    _refused(
+        Conflict, "last_admin", membership_remove, actor=world.a.admin, membership=world.a.admin.membership
+    )
 
 
 def test_invitation_for_another_email_cannot_be_taken(world):
     outsider = make_user("outsider")
-    _refused(PermissionDenied, "invitation_email_mismatch", invitation_accept, actor=outsider,
-             token=world.a.invitation_token)
+    _refused(
+        PermissionDenied,
+        "invitation_email_mismatch",
+        invitation_accept,
+        actor=outsider,
+        token=world.a.invitation_token,
+    )
 
 
 def test_invitation_token_is_single_use(world):
     invitee = make_user("invitee")
-    _, token = invitation_create(actor=world.a.admin, organisation=world.a.organisation, email=invitee.email,
-                                 role=Role.ANALYST)
+    _, token = invitation_create(
+        actor=world.a.admin, organisation=world.a.organisation, email=invitee.email, role=Role.ANALYST
+    )
     invitation_accept(actor=invitee, token=token)
     other = make_user("other")
     _refused(NotFound, "invitation_invalid", invitation_accept, actor=other, token=token)
 
 
 def test_status_transitions_are_enforced(world):
-    _refused(PermissionDenied, "operator_required", organisation_set_status, actor=world.a.admin,
-             organisation=world.a.organisation, status="suspended", reason="x")
-    _refused(ValidationFailed, "reason_required", organisation_set_status, actor=world.operator,
-             organisation=world.a.organisation, status="suspended", reason="")
-    _refused(Conflict, "invalid_status_transition", organisation_set_status, actor=world.operator,
-             organisation=world.a.organisation, status="rejected", reason="late")
+    _refused(
+        PermissionDenied,
+        "operator_required",
+        organisation_set_status,
+        actor=world.a.admin,
+        organisation=world.a.organisation,
+        status="suspended",
+        reason="x",
+    )
+    _refused(
+        ValidationFailed,
+        "reason_required",
+        organisation_set_status,
+        actor=world.operator,
+        organisation=world.a.organisation,
+        status="suspended",
+        reason="",
+    )
+    _refused(
+        Conflict,
+        "invalid_status_transition",
+        organisation_set_status,
+        actor=world.operator,
+        organisation=world.a.organisation,
+        status="rejected",
+        reason="late",
+    )
 
 
 def test_rejection_frees_the_applicant(db):
@@ -128,7 +205,9 @@ def test_rejection_frees_the_applicant(db):
     operator = make_operator()
     applicant = make_user("applicant")
     organisation = organisation_apply(actor=applicant, **VALID)
-    organisation_set_status(actor=operator, organisation=organisation, status="rejected", reason="not a research body")
+    organisation_set_status(
+        actor=operator, organisation=organisation, status="rejected", reason="not a research body"
+    )
     organisation.refresh_from_db()
     assert organisation.status == "rejected" and organisation.status_reason == "not a research body"
     assert not Membership.objects.filter(user=applicant).exists()

@@ -72,14 +72,25 @@ def test_row_bound_below_a_ready_versions_rows_is_refused(world):
     assert "2" not in response.json()["detail"]  # the message states the rule, not the count
     assert PrivacyBudget.objects.get(dataset=world.a.dataset).max_rows == 10_000_000
     assert AuditEvent.objects.count() == before
-    assert steward.put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=2), format="json").status_code == 200
+    assert (
+        steward.put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=2), format="json").status_code
+        == 200
+    )
 
 
 def test_only_the_owner_states_the_bound_and_grantees_do_not_see_it(world):
-    assert api_client(world.b.admin).put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=50),
-                                         format="json").status_code == 404
-    assert api_client(world.operator).put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=50),
-                                          format="json").status_code == 403
+    assert (
+        api_client(world.b.admin)
+        .put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=50), format="json")
+        .status_code
+        == 404
+    )
+    assert (
+        api_client(world.operator)
+        .put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=50), format="json")
+        .status_code
+        == 403
+    )
     assert PrivacyBudget.objects.get(dataset=world.a.dataset).max_rows == 10_000_000
 
 
@@ -89,8 +100,18 @@ def test_portal_budget_page_sets_the_policy_with_its_row_bound(world):
     steward.force_login(world.a.steward)
     page = steward.get(url).content.decode()
     assert "stated, not measured" in page and 'name="max_rows"' in page
-    response = steward.post(url, {"measure": "pure", "total": "4", "delta_total": "0", "per_query_max": "",
-                                  "per_analyst_cap": "", "max_rows": "5000"}, follow=True)
+    response = steward.post(
+        url,
+        {
+            "measure": "pure",
+            "total": "4",
+            "delta_total": "0",
+            "per_query_max": "",
+            "per_analyst_cap": "",
+            "max_rows": "5000",
+        },
+        follow=True,
+    )
     assert response.status_code == 200
     budget = PrivacyBudget.objects.get(dataset=world.a.dataset)
     assert (budget.total, budget.max_rows, budget.per_query_max) == (4.0, 5000, None)
@@ -111,8 +132,13 @@ def test_portal_budget_page_sets_the_policy_with_its_row_bound(world):
 def test_portal_owner_sets_a_first_budget_where_there_was_none(world):
     from clearinghouse.datasets.services import dataset_register
 
-    dataset = dataset_register(actor=world.a.steward, organisation=world.a.organisation, name="Fresh", slug="fresh",
-                               schema={"columns": [{"name": "x", "type": "float", "lower": 0, "upper": 1}]})
+    dataset = dataset_register(
+        actor=world.a.steward,
+        organisation=world.a.organisation,
+        name="Fresh",
+        slug="fresh",
+        schema={"columns": [{"name": "x", "type": "float", "lower": 0, "upper": 1}]},
+    )
     url = reverse("portal:budget_dashboard", args=["org-a", "fresh"])
     steward = Client()
     steward.force_login(world.a.steward)
@@ -132,19 +158,34 @@ def test_row_bound_cannot_change_under_a_paid_query_being_released(world):
     (the rest of the policy may change)."""
     from clearinghouse.queries.models import Query
 
-    submitted = api_client(world.a.analyst).post("/api/v1/datasets/org-a/survey/queries?wait=0",
-                                                 {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.5}},
-                                                 format="json")
+    submitted = api_client(world.a.analyst).post(
+        "/api/v1/datasets/org-a/survey/queries?wait=0",
+        {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.5}},
+        format="json",
+    )
     assert submitted.status_code == 202, submitted.json()
     query = Query.objects.get(pk=submitted.json()["id"])
     steward = api_client(world.a.steward)
-    assert steward.put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=500), format="json").status_code == 200
-    Query.objects.filter(pk=query.pk).update(status="running")  # a dp worker has debited it and is releasing it
+    assert (
+        steward.put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=500), format="json").status_code
+        == 200
+    )
+    Query.objects.filter(pk=query.pk).update(
+        status="running"
+    )  # a dp worker has debited it and is releasing it
     refused = steward.put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=400), format="json")
     assert refused.status_code == 409 and refused.json()["code"] == "queries_in_flight"
     assert PrivacyBudget.objects.get(dataset=world.a.dataset).max_rows == 500
-    assert steward.put("/api/v1/datasets/org-a/survey/budget", _policy(total=4.0, max_rows=500),
-                       format="json").status_code == 200
+    assert (
+        steward.put(
+            "/api/v1/datasets/org-a/survey/budget", _policy(total=4.0, max_rows=500), format="json"
+        ).status_code
+        == 200
+    )
     Query.objects.filter(pk=query.pk).update(status="released")
-    assert steward.put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=400), format="json").json()[
-        "max_rows"] == 400
+    assert (
+        steward.put("/api/v1/datasets/org-a/survey/budget", _policy(max_rows=400), format="json").json()[
+            "max_rows"
+        ]
+        == 400
+    )

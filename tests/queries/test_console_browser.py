@@ -26,7 +26,9 @@ def test_console_preview_and_run(setup, live_server, browser):  # noqa: F811
     page.get_by_role("button", name="Log in").click()
     page.goto(f"{live_server.url}/datasets/org-a/pums/console/")
     expect(page.get_by_test_id("budget-left")).to_contain_text("ε = 2.0000")
-    page.get_by_label("SQL").fill("SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ")
+    page.get_by_label("SQL").fill(
+        "SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ"
+    )
     page.get_by_label("Privacy loss ε").fill("0.5")
     page.get_by_role("button", name="Preview cost and accuracy").click()
     expect(page.locator("#preview")).to_contain_text("would cost ε = 0.5")

@@ -18,15 +18,22 @@ from tests.factories import build_world
 def _query(world, analyst=None) -> Query:
     dataset = world.a.dataset
     analyst = analyst or world.b.analyst
-    return Query.objects.create(dataset=dataset, version=dataset.versions.get(number=1),
-                                organisation=analyst.membership.organisation, analyst=analyst,
-                                spec={"q": uuid.uuid4().hex}, query_hash=uuid.uuid4().hex, cost=0.1)
+    return Query.objects.create(
+        dataset=dataset,
+        version=dataset.versions.get(number=1),
+        organisation=analyst.membership.organisation,
+        analyst=analyst,
+        spec={"q": uuid.uuid4().hex},
+        query_hash=uuid.uuid4().hex,
+        cost=0.1,
+    )
 
 
 def _setup(world, *, total=1.0, allocation=1.0, **extra):
     budget_set(actor=world.a.steward, dataset=world.a.dataset, measure="pure", total=total, **extra)
-    allocation_set(actor=world.a.steward, dataset=world.a.dataset, organisation=world.b.organisation,
-                   amount=allocation)
+    allocation_set(
+        actor=world.a.steward, dataset=world.a.dataset, organisation=world.b.organisation, amount=allocation
+    )
 
 
 def _debit(query, amount, delta=0.0):
@@ -42,7 +49,9 @@ def test_debits_until_the_allocation_is_spent_then_refuses_saying_what_is_left(w
     with pytest.raises(BudgetExceeded) as info:
         _debit(_query(world), 0.1)
     assert "has ε=0.05 left" in info.value.message and "allocation" in info.value.message
-    allocation = BudgetAllocation.objects.get(budget__dataset=world.a.dataset, organisation=world.b.organisation)
+    allocation = BudgetAllocation.objects.get(
+        budget__dataset=world.a.dataset, organisation=world.b.organisation
+    )
     assert allocation.spent == pytest.approx(0.2)
     assert LedgerEntry.objects.count() == 2 and AuditEvent.objects.count() == events_before
 
@@ -58,7 +67,9 @@ def test_total_per_query_and_analyst_caps(world):
     from tests.factories import add_member_by_invitation, make_user
 
     colleague = make_user("colleague_b")
-    add_member_by_invitation(organisation=world.b.organisation, admin=world.b.admin, user=colleague, role="analyst")
+    add_member_by_invitation(
+        organisation=world.b.organisation, admin=world.b.admin, user=colleague, role="analyst"
+    )
     _debit(_query(world, colleague), 0.15)
     with pytest.raises(BudgetExceeded, match="total budget"):
         _debit(_query(world, colleague), 0.1)  # 0.25 spent of 0.3 total
@@ -81,14 +92,22 @@ def test_delta_is_budgeted_separately(world):
     assert info.value.code == "delta_exceeded"
 
 
-@pytest.mark.parametrize("kwargs,code", [
-    ({"total": 0}, "invalid_budget"), ({"total": -1}, "invalid_budget"), ({"total": float("nan")}, "invalid_budget"),
-    ({"total": float("inf")}, "invalid_budget"), ({"total": 1, "delta_total": 1.0}, "invalid_budget"),
-    ({"total": 1, "measure": "renyi"}, "invalid_measure"),
-    # Values a float column holds but the ledger's checks would overflow on (500 in PostgreSQL before).
-    ({"total": 1.7976931348623155e308}, "invalid_budget"), ({"total": 1e6 * 1.000001}, "invalid_budget"),
-    ({"total": 1, "per_query_max": 1e300}, "invalid_budget"), ({"total": 5e-324}, "invalid_budget"),
-])
+@pytest.mark.parametrize(
+    "kwargs,code",
+    [
+        ({"total": 0}, "invalid_budget"),
+        ({"total": -1}, "invalid_budget"),
+        ({"total": float("nan")}, "invalid_budget"),
+        ({"total": float("inf")}, "invalid_budget"),
+        ({"total": 1, "delta_total": 1.0}, "invalid_budget"),
+        ({"total": 1, "measure": "renyi"}, "invalid_measure"),
+        # Values a float column holds but the ledger's checks would overflow on (500 in PostgreSQL before).
+        ({"total": 1.7976931348623155e308}, "invalid_budget"),
+        ({"total": 1e6 * 1.000001}, "invalid_budget"),
+        ({"total": 1, "per_query_max": 1e300}, "invalid_budget"),
+        ({"total": 5e-324}, "invalid_budget"),
+    ],
+)
 def test_bad_budget_settings(world, kwargs, code):
     with pytest.raises(ValidationFailed) as info:
         budget_set(actor=world.a.steward, dataset=world.a.dataset, **{"measure": "pure", **kwargs})
@@ -154,5 +173,7 @@ def test_an_allocation_too_large_to_check_is_refused_not_a_500(world):
 
     response = api_client(world.a.steward).put(
         f"/api/v1/datasets/org-a/{world.a.dataset.slug}/budget/allocations/org-b",
-        {"amount": 1.7976931348623155e308}, format="json")
+        {"amount": 1.7976931348623155e308},
+        format="json",
+    )
     assert response.status_code == 400 and response.json()["code"] == "invalid_budget"

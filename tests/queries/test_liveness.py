@@ -27,7 +27,10 @@ URL = "/api/v1/datasets/org-a/pums/queries"
 COUNT = {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.2}}
 # Parses and validates (δ is a normal float), but no key-release threshold reaches a δ this small:
 # only pricing (OpenDP, in the worker) finds out.
-UNPRICEABLE = {"sql": "SELECT race, COUNT(*) FROM pums GROUP BY race", "privacy": {"epsilon": 0.5, "delta": 1e-300}}
+UNPRICEABLE = {
+    "sql": "SELECT race, COUNT(*) FROM pums GROUP BY race",
+    "privacy": {"epsilon": 0.5, "delta": 1e-300},
+}
 
 
 class WorkerKilled(BaseException):
@@ -35,18 +38,32 @@ class WorkerKilled(BaseException):
 
 
 def _approx_budget(world, dataset, *, total=3.0, allocation=2.0):
-    budget_set(actor=world.a.steward, dataset=dataset, measure="approx", total=total, delta_total=1e-5,
-               per_query_max=1.5)
-    allocation_set(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, amount=allocation,
-                   delta_amount=1e-5)
+    budget_set(
+        actor=world.a.steward,
+        dataset=dataset,
+        measure="approx",
+        total=total,
+        delta_total=1e-5,
+        per_query_max=1.5,
+    )
+    allocation_set(
+        actor=world.a.steward,
+        dataset=dataset,
+        organisation=world.b.organisation,
+        amount=allocation,
+        delta_amount=1e-5,
+    )
 
 
 @pytest.fixture
 def pums(db, media_root):
     world = build_world()
-    dataset = make_dataset(steward=world.a.steward, slug="pums", csv=(SHARED / "pums_1000.csv").read_bytes(),
-                           schema=PUMS_SCHEMA)
-    dataset_grant_create(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, purpose="query")
+    dataset = make_dataset(
+        steward=world.a.steward, slug="pums", csv=(SHARED / "pums_1000.csv").read_bytes(), schema=PUMS_SCHEMA
+    )
+    dataset_grant_create(
+        actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, purpose="query"
+    )
     _approx_budget(world, dataset)
     return world, dataset
 
@@ -56,11 +73,15 @@ def spent(dataset) -> float:
 
 
 def _submit(world, dataset, *items):
-    return [query for query, _ in query_submit_many(actor=world.b.analyst, dataset=dataset, items=list(items))]
+    return [
+        query for query, _ in query_submit_many(actor=world.b.analyst, dataset=dataset, items=list(items))
+    ]
 
 
 def _age(*queries: Query, seconds: float = 3600) -> None:
-    Query.objects.filter(pk__in=[q.pk for q in queries]).update(updated_at=timezone.now() - timedelta(seconds=seconds))
+    Query.objects.filter(pk__in=[q.pk for q in queries]).update(
+        updated_at=timezone.now() - timedelta(seconds=seconds)
+    )
 
 
 def test_an_unpriceable_query_is_refused_and_its_neighbour_released(pums):
@@ -96,7 +117,9 @@ def test_a_worker_killed_after_the_debit_is_recovered_and_pays_once(pums):
     (query,) = _submit(world, dataset, COUNT)
     _killed_after_debit(query)
     query.refresh_from_db()
-    assert query.status == QueryStatus.RUNNING and query.cost > 0 and spent(dataset) == pytest.approx(query.cost)
+    assert (
+        query.status == QueryStatus.RUNNING and query.cost > 0 and spent(dataset) == pytest.approx(query.cost)
+    )
 
     # Not idle long enough yet: the sweeper leaves it to the worker that may still be on it.
     assert query_recover_stuck(idle_seconds=300, max_attempts=3) == {"requeued": 0, "failed": 0}
@@ -116,8 +139,9 @@ def test_a_worker_killed_after_the_debit_is_recovered_and_pays_once(pums):
 
 def test_a_query_lost_again_and_again_fails_with_its_reason(pums):
     world, dataset = pums
-    pending, running = _submit(world, dataset, COUNT, {"sql": "SELECT AVG(income) FROM pums",
-                                                       "privacy": {"epsilon": 0.3}})
+    pending, running = _submit(
+        world, dataset, COUNT, {"sql": "SELECT AVG(income) FROM pums", "privacy": {"epsilon": 0.3}}
+    )
     _killed_after_debit(running)
     for _ in range(2):
         _age(pending, running)
@@ -138,7 +162,9 @@ def test_a_query_lost_again_and_again_fails_with_its_reason(pums):
 
 def test_a_dataset_that_cannot_be_read_fails_its_queries_before_any_spending(pums):
     world, dataset = pums
-    good, other = _submit(world, dataset, COUNT, {"sql": "SELECT AVG(age) FROM pums", "privacy": {"epsilon": 0.3}})
+    good, other = _submit(
+        world, dataset, COUNT, {"sql": "SELECT AVG(age) FROM pums", "privacy": {"epsilon": 0.3}}
+    )
 
     def unreadable(version, schema):
         raise OSError("the object store is down")
@@ -173,32 +199,58 @@ def test_replay_answers_only_with_released_queries(pums):
 def test_a_refused_query_is_asked_again_not_replayed(pums):
     world, dataset = pums
     costly = {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 1.4}}
-    allocation_set(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, amount=1.0,
-                   delta_amount=1e-5)
+    allocation_set(
+        actor=world.a.steward,
+        dataset=dataset,
+        organisation=world.b.organisation,
+        amount=1.0,
+        delta_amount=1e-5,
+    )
     (query,) = _submit(world, dataset, costly)
     query_execute_many(query_ids=[query.pk], data_loader=staged_data)
     query.refresh_from_db()
     assert query.status == QueryStatus.REFUSED and query.error_code == "budget_exceeded"
-    allocation_set(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, amount=2.0,
-                   delta_amount=1e-5)
+    allocation_set(
+        actor=world.a.steward,
+        dataset=dataset,
+        organisation=world.b.organisation,
+        amount=2.0,
+        delta_amount=1e-5,
+    )
     (again,) = _submit(world, dataset, costly)
     assert again.pk != query.pk
     assert query_execute_many(query_ids=[again.pk], data_loader=staged_data)[0].status == QueryStatus.RELEASED
 
 
 finite = st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=True, width=64)
-privacy_values = st.one_of(finite, st.sampled_from([0.0, 5e-324, 1e-320, 2.2250738585072014e-308, 1e-300,
-                                                     1e-30, 1e-9, 0.5, 1.0, 1e9, 1e300]),
-                           st.integers(-3, 10**20), st.none(), st.text(max_size=3), st.booleans())
-aggregate_sql = st.sampled_from([
-    "SELECT COUNT(*) FROM pums", "SELECT SUM(income) FROM pums", "SELECT AVG(age) FROM pums",
-    "SELECT educ, COUNT(*) FROM pums GROUP BY educ", "SELECT race, COUNT(*) FROM pums GROUP BY race",
-    "SELECT race, AVG(income) FROM pums WHERE age >= 30 GROUP BY race", "SELECT MEDIAN(age) FROM pums",
-])
+privacy_values = st.one_of(
+    finite,
+    st.sampled_from(
+        [0.0, 5e-324, 1e-320, 2.2250738585072014e-308, 1e-300, 1e-30, 1e-9, 0.5, 1.0, 1e9, 1e300]
+    ),
+    st.integers(-3, 10**20),
+    st.none(),
+    st.text(max_size=3),
+    st.booleans(),
+)
+aggregate_sql = st.sampled_from(
+    [
+        "SELECT COUNT(*) FROM pums",
+        "SELECT SUM(income) FROM pums",
+        "SELECT AVG(age) FROM pums",
+        "SELECT educ, COUNT(*) FROM pums GROUP BY educ",
+        "SELECT race, COUNT(*) FROM pums GROUP BY race",
+        "SELECT race, AVG(income) FROM pums WHERE age >= 30 GROUP BY race",
+        "SELECT MEDIAN(age) FROM pums",
+    ]
+)
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(sql=aggregate_sql, epsilon=privacy_values, delta=privacy_values)
 def test_every_query_ends_refused_or_answered_and_the_ledger_adds_up(pums, sql, epsilon, delta):
     world, dataset = pums
@@ -215,7 +267,11 @@ def test_every_query_ends_refused_or_answered_and_the_ledger_adds_up(pums, sql, 
         query.refresh_from_db()
         assert query.status in {QueryStatus.RELEASED, QueryStatus.REFUSED}, (query.status, query.error_code)
         if query.status == QueryStatus.REFUSED:
-            assert query.error_code and query.cost == 0.0 and not LedgerEntry.objects.filter(query=query).exists()
+            assert (
+                query.error_code
+                and query.cost == 0.0
+                and not LedgerEntry.objects.filter(query=query).exists()
+            )
         else:
             assert math.isfinite(query.cost) and query.cost > 0
             assert LedgerEntry.objects.get(query=query).amount == query.cost
@@ -240,8 +296,12 @@ def test_the_api_answers_an_unpriceable_query_with_a_4xx_and_its_neighbour_with_
     assert single.status_code == 400 and single.json()["code"] == "invalid_privacy_loss"
     preview = client.post(URL + "/preview", UNPRICEABLE, format="json")
     assert preview.status_code == 400 and preview.json()["code"] == "invalid_privacy_loss", preview.content
-    for body in ({}, {"queries": [{}]}, {"sql": "SELECT COUNT(*) FROM pums", "spec": {}, "privacy": {"epsilon": 1}},
-                 {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 1e-320}}):
+    for body in (
+        {},
+        {"queries": [{}]},
+        {"sql": "SELECT COUNT(*) FROM pums", "spec": {}, "privacy": {"epsilon": 1}},
+        {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 1e-320}},
+    ):
         for url in (URL, URL + "/preview"):
             response = client.post(url, body, format="json")
             assert response.status_code == 400, (url, body, response.content)
@@ -263,7 +323,9 @@ def test_a_version_above_the_stated_row_bound_fails_queries_unpaid_and_tells_onl
     failed = AuditEvent.objects.get(action="query.failed", target_id=str(query.pk))
     assert failed.organisation == world.b.organisation and "dataset_too_large" not in str(failed.extra)
     told = AuditEvent.objects.get(action="dataset_version.query_failed")
-    assert told.organisation == world.a.organisation and told.extra["owner_only"] == {"reason": "dataset_too_large"}
+    assert told.organisation == world.a.organisation and told.extra["owner_only"] == {
+        "reason": "dataset_too_large"
+    }
 
 
 def test_a_tiny_cost_without_an_allocation_is_refused_and_holds_up_nothing(pums):
@@ -278,7 +340,9 @@ def test_a_tiny_cost_without_an_allocation_is_refused_and_holds_up_nothing(pums)
     query_execute_many(query_ids=[good.pk, small.pk], data_loader=staged_data)
     for query in (good, small):
         query.refresh_from_db()
-        assert query.status == QueryStatus.REFUSED and query.error_code == "budget_exceeded", query.error_message
+        assert query.status == QueryStatus.REFUSED and query.error_code == "budget_exceeded", (
+            query.error_message
+        )
     assert spent(dataset) == 0.0 and not LedgerEntry.objects.exists()
 
 
@@ -303,13 +367,18 @@ def test_one_task_over_more_tables_than_the_worker_caches_answers_every_query(db
     world = build_world()
     queries = []
     for index in range(tasks._CACHE_SIZE + 2):
-        dataset = make_dataset(steward=world.a.steward, slug=f"small{index}",
-                               csv=b"age,group\n30,a\n41,b\n52,a\n")
-        dataset_grant_create(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation,
-                             purpose="query")
+        dataset = make_dataset(
+            steward=world.a.steward, slug=f"small{index}", csv=b"age,group\n30,a\n41,b\n52,a\n"
+        )
+        dataset_grant_create(
+            actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, purpose="query"
+        )
         budget_set(actor=world.a.steward, dataset=dataset, measure="pure", total=1.0)
         allocation_set(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, amount=1.0)
-        queries += _submit(world, dataset, {"sql": f"SELECT COUNT(*) FROM {dataset.slug}",
-                                            "privacy": {"epsilon": 0.1}})
+        queries += _submit(
+            world, dataset, {"sql": f"SELECT COUNT(*) FROM {dataset.slug}", "privacy": {"epsilon": 0.1}}
+        )
     outcome = query_execute_many(query_ids=[q.pk for q in queries], data_loader=staged_data)
-    assert [q.status for q in outcome] == [QueryStatus.RELEASED] * len(queries), [q.error_code for q in outcome]
+    assert [q.status for q in outcome] == [QueryStatus.RELEASED] * len(queries), [
+        q.error_code for q in outcome
+    ]

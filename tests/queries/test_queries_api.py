@@ -57,8 +57,13 @@ def test_release_preview_replay_and_spending(setup):
 
     # The owner sees spending per organisation; the analyst sees what is left to them.
     owner_view = api_client(world.a.steward).get("/api/v1/datasets/org-a/pums/budget").json()
-    assert owner_view["allocations"][0] == {"organisation": "org-b", "amount": 2.0, "spent": pytest.approx(0.75),
-                                            "delta_amount": 0.0, "delta_spent": 0.0}
+    assert owner_view["allocations"][0] == {
+        "organisation": "org-b",
+        "amount": 2.0,
+        "spent": pytest.approx(0.75),
+        "delta_amount": 0.0,
+        "delta_spent": 0.0,
+    }
     left = analyst.get("/api/v1/datasets/org-a/pums/budget").json()["left"]
     assert left["organisation"] == pytest.approx(1.25)
 
@@ -68,25 +73,48 @@ def test_release_preview_replay_and_spending(setup):
     assert spent(dataset) == pytest.approx(0.75)
 
 
-@pytest.mark.parametrize("body,status,code", [
-    ({"spec": {"aggregates": [{"type": "mean", "column": "salary"}], "privacy": {"epsilon": 1}}}, 400,
-     "unknown_column"),
-    ({"spec": {"aggregates": [{"type": "mean", "column": "race"}], "privacy": {"epsilon": 1}}}, 400,
-     "unsupported_column_type"),
-    ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0}}, 400, "invalid_privacy_loss"),
-    ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": -1}}, 400, "invalid_privacy_loss"),
-    ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": "NaN"}}, 400, "invalid_privacy_loss"),
-    ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": "inf"}}, 400, "invalid_privacy_loss"),
-    ({"sql": "SELECT * FROM pums", "privacy": {"epsilon": 1}}, 400, "unsupported_sql"),
-    ({"sql": "SELECT COUNT(*) FROM pums JOIN x ON 1=1", "privacy": {"epsilon": 1}}, 400, "unsupported_sql"),
-    ({"sql": "SELECT COUNT(*) FROM pums; DROP TABLE queries_query", "privacy": {"epsilon": 1}}, 400,
-     "unsupported_sql"),
-    ({"sql": "SELECT COUNT(*) FROM pums WHERE educ = '1' OR '1'='1'", "privacy": {"epsilon": 1}}, 400, None),
-    ({"sql": "SELECT race, COUNT(*) FROM pums GROUP BY race", "privacy": {"epsilon": 1}}, 400,
-     "group_by_requires_public_keys"),
-    ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 1.49}}, 200, None),
-    ({"sql": "SELECT AVG(income) FROM pums", "privacy": {"epsilon": 1.5001}}, 409, "above_per_query_max"),
-])
+@pytest.mark.parametrize(
+    "body,status,code",
+    [
+        (
+            {"spec": {"aggregates": [{"type": "mean", "column": "salary"}], "privacy": {"epsilon": 1}}},
+            400,
+            "unknown_column",
+        ),
+        (
+            {"spec": {"aggregates": [{"type": "mean", "column": "race"}], "privacy": {"epsilon": 1}}},
+            400,
+            "unsupported_column_type",
+        ),
+        ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0}}, 400, "invalid_privacy_loss"),
+        ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": -1}}, 400, "invalid_privacy_loss"),
+        ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": "NaN"}}, 400, "invalid_privacy_loss"),
+        ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": "inf"}}, 400, "invalid_privacy_loss"),
+        ({"sql": "SELECT * FROM pums", "privacy": {"epsilon": 1}}, 400, "unsupported_sql"),
+        (
+            {"sql": "SELECT COUNT(*) FROM pums JOIN x ON 1=1", "privacy": {"epsilon": 1}},
+            400,
+            "unsupported_sql",
+        ),
+        (
+            {"sql": "SELECT COUNT(*) FROM pums; DROP TABLE queries_query", "privacy": {"epsilon": 1}},
+            400,
+            "unsupported_sql",
+        ),
+        (
+            {"sql": "SELECT COUNT(*) FROM pums WHERE educ = '1' OR '1'='1'", "privacy": {"epsilon": 1}},
+            400,
+            None,
+        ),
+        (
+            {"sql": "SELECT race, COUNT(*) FROM pums GROUP BY race", "privacy": {"epsilon": 1}},
+            400,
+            "group_by_requires_public_keys",
+        ),
+        ({"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 1.49}}, 200, None),
+        ({"sql": "SELECT AVG(income) FROM pums", "privacy": {"epsilon": 1.5001}}, 409, "above_per_query_max"),
+    ],
+)
 def test_bad_queries_are_refused_and_spend_nothing(setup, body, status, code):
     world, dataset = setup
     agreement_ok = world.b.analyst  # no agreement published: grantees may query
@@ -102,25 +130,29 @@ def test_bad_queries_are_refused_and_spend_nothing(setup, body, status, code):
 def test_foreign_and_ungranted_datasets_answer_404(setup):
     world, dataset = setup
     # The owner's analyst gets past authorization (and is then told its organisation has no allocation).
-    owner = api_client(world.a.analyst).post(URL, {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.1}},
-                                             format="json")
+    owner = api_client(world.a.analyst).post(
+        URL, {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.1}}, format="json"
+    )
     assert owner.status_code == 409 and "allocation has ε=0 left" in owner.json()["detail"]
     from clearinghouse.organisations.models import Membership
 
     org_c_admin = Membership.objects.get(organisation__slug="org-c").user
-    response = api_client(org_c_admin).post(URL, {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.1}},
-                                            format="json")
+    response = api_client(org_c_admin).post(
+        URL, {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.1}}, format="json"
+    )
     assert response.status_code == 404 and response.json()["code"] == "not_found"
 
 
 def test_several_queries_in_one_request_are_priced_and_answered_each(setup):
     world, dataset = setup
     analyst = api_client(world.b.analyst)
-    body = {"queries": [
-        {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.2}},
-        {"sql": "SELECT AVG(income) FROM pums", "privacy": {"epsilon": 0.2}},
-        {"sql": "SELECT educ, COUNT(*) FROM pums GROUP BY educ", "privacy": {"epsilon": 0.2}},
-    ]}
+    body = {
+        "queries": [
+            {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.2}},
+            {"sql": "SELECT AVG(income) FROM pums", "privacy": {"epsilon": 0.2}},
+            {"sql": "SELECT educ, COUNT(*) FROM pums GROUP BY educ", "privacy": {"epsilon": 0.2}},
+        ]
+    }
     response = analyst.post(URL, body, format="json")
     assert response.status_code == 200, response.json()
     results = response.json()["results"]
@@ -130,7 +162,10 @@ def test_several_queries_in_one_request_are_priced_and_answered_each(setup):
     assert LedgerEntry.objects.filter(budget__dataset=dataset).count() == 3
     again = analyst.post(URL, body, format="json").json()["results"]
     assert all(r["replayed"] for r in again) and spent(dataset) == pytest.approx(0.6)
-    bad = analyst.post(URL, {"queries": [body["queries"][0], {"sql": "SELECT * FROM pums", "privacy": {"epsilon": 1}}]},
-                       format="json")
+    bad = analyst.post(
+        URL,
+        {"queries": [body["queries"][0], {"sql": "SELECT * FROM pums", "privacy": {"epsilon": 1}}]},
+        format="json",
+    )
     assert bad.status_code == 400 and bad.json()["code"] == "unsupported_sql"
     assert bad.json()["detail"].startswith("queries[1]:")

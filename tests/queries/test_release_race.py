@@ -51,7 +51,9 @@ def test_fifty_concurrent_release_requests_end_with_no_5xx_none_stuck_and_exact_
     (world, dataset), base = served
     # Room for exactly ten of the fifty (and a per-analyst cap high enough not to matter).
     budget_set(actor=world.a.steward, dataset=dataset, measure="pure", total=3.0, per_query_max=1.0)
-    allocation_set(actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, amount=10 * EPSILON)
+    allocation_set(
+        actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, amount=10 * EPSILON
+    )
     tokens = []
     for _ in range(THREADS):  # one token per thread, as fifty analysts' clients would have
         tokens.append(api_client(world.b.analyst)._credentials["HTTP_AUTHORIZATION"])
@@ -76,7 +78,9 @@ def test_fifty_concurrent_release_requests_end_with_no_5xx_none_stuck_and_exact_
     for thread in threads:
         thread.join(timeout=180)
     assert len(statuses) == THREADS
-    assert not [s for s in statuses if s >= 500], [b for s, b in zip(statuses, bodies, strict=True) if s >= 500]
+    assert not [s for s in statuses if s >= 500], [
+        b for s, b in zip(statuses, bodies, strict=True) if s >= 500
+    ]
     assert all("code" in b or "status" in b for b in bodies)
 
     deadline = time.monotonic() + 60  # any 202 must still end, on its own

@@ -40,354 +40,865 @@ def org(w: World, t: Target) -> str:
 def _matrix() -> dict[str, list[Case]]:
     u = reverse
     A401 = {"anonymous": 401}
-    everyone = lambda status: {**A401, "analyst": status, "org_admin": status, "other_admin": status, "operator": status}
-    scoped_read = {**A401, "analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}
+    everyone = lambda status: {
+        **A401,
+        "analyst": status,
+        "org_admin": status,
+        "other_admin": status,
+        "operator": status,
+    }
+    scoped_read = {
+        **A401,
+        "analyst": (200, 404),
+        "org_admin": (200, 404),
+        "other_admin": (404, 200),
+        "operator": 200,
+    }
     return {
         # --- API -------------------------------------------------------------------------------------
         "api:me": [Case("get", lambda w, t: u("api:me"), everyone(200), object_scoped=False)],
         "api:tokens": [
             Case("get", lambda w, t: u("api:tokens"), everyone(200), object_scoped=False),
-            Case("post", lambda w, t: u("api:tokens"), everyone(201), {"name": "laptop"}, object_scoped=False),
+            Case(
+                "post", lambda w, t: u("api:tokens"), everyone(201), {"name": "laptop"}, object_scoped=False
+            ),
         ],
-        "api:token_revoke": [Case("post", lambda w, t: u("api:token_revoke", args=[w.side(t).admin_token_id]),
-                                  {**A401, "analyst": 404, "org_admin": (200, 404), "other_admin": (404, 200),
-                                   "operator": 404})],
+        "api:token_revoke": [
+            Case(
+                "post",
+                lambda w, t: u("api:token_revoke", args=[w.side(t).admin_token_id]),
+                {**A401, "analyst": 404, "org_admin": (200, 404), "other_admin": (404, 200), "operator": 404},
+            )
+        ],
         "api:organisations": [
             Case("get", lambda w, t: u("api:organisations"), everyone(200), object_scoped=False),
-            Case("post", lambda w, t: u("api:organisations"),
-                 {**A401, "analyst": 409, "org_admin": 409, "other_admin": 409, "operator": 201},
-                 {"name": "Newcomer", "slug": "newcomer", "country": "DE", "contact_email": "x@newcomer.example.org"},
-                 object_scoped=False),
+            Case(
+                "post",
+                lambda w, t: u("api:organisations"),
+                {**A401, "analyst": 409, "org_admin": 409, "other_admin": 409, "operator": 201},
+                {
+                    "name": "Newcomer",
+                    "slug": "newcomer",
+                    "country": "DE",
+                    "contact_email": "x@newcomer.example.org",
+                },
+                object_scoped=False,
+            ),
         ],
-        "api:organisation_directory": [Case("get", lambda w, t: u("api:organisation_directory"), everyone(200),
-                                            object_scoped=False)],
+        "api:organisation_directory": [
+            Case("get", lambda w, t: u("api:organisation_directory"), everyone(200), object_scoped=False)
+        ],
         "api:organisation": [
             Case("get", lambda w, t: u("api:organisation", args=[org(w, t)]), scoped_read),
-            Case("patch", lambda w, t: u("api:organisation", args=[org(w, t)]),
-                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403},
-                 {"contact_email": "new@example.org"}),
+            Case(
+                "patch",
+                lambda w, t: u("api:organisation", args=[org(w, t)]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 403,
+                },
+                {"contact_email": "new@example.org"},
+            ),
         ],
         "api:organisation_decide": [
-            Case("post", lambda w, t: u("api:organisation_decide", args=[org(w, t), "suspend"]),
-                 {**A401, "analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 200},
-                 {"reason": "audit"}),
+            Case(
+                "post",
+                lambda w, t: u("api:organisation_decide", args=[org(w, t), "suspend"]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (403, 404),
+                    "other_admin": (404, 403),
+                    "operator": 200,
+                },
+                {"reason": "audit"},
+            ),
         ],
         "api:memberships": [Case("get", lambda w, t: u("api:memberships", args=[org(w, t)]), scoped_read)],
         "api:invitations": [
-            Case("get", lambda w, t: u("api:invitations", args=[org(w, t)]),
-                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}),
-            Case("post", lambda w, t: u("api:invitations", args=[org(w, t)]),
-                 {**A401, "analyst": (403, 404), "org_admin": (201, 404), "other_admin": (404, 201), "operator": 403},
-                 {"email": "someone@example.org", "role": "analyst"}),
+            Case(
+                "get",
+                lambda w, t: u("api:invitations", args=[org(w, t)]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 200,
+                },
+            ),
+            Case(
+                "post",
+                lambda w, t: u("api:invitations", args=[org(w, t)]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (201, 404),
+                    "other_admin": (404, 201),
+                    "operator": 403,
+                },
+                {"email": "someone@example.org", "role": "analyst"},
+            ),
         ],
         "api:membership": [
-            Case("get", lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]), scoped_read),
-            Case("patch", lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]),
-                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403},
-                 {"role": "analyst"}),
-            Case("delete", lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]),
-                 {**A401, "analyst": (403, 404), "org_admin": (204, 404), "other_admin": (404, 204), "operator": 403}),
+            Case(
+                "get", lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]), scoped_read
+            ),
+            Case(
+                "patch",
+                lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 403,
+                },
+                {"role": "analyst"},
+            ),
+            Case(
+                "delete",
+                lambda w, t: u("api:membership", args=[w.side(t).steward.membership.pk]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (204, 404),
+                    "other_admin": (404, 204),
+                    "operator": 403,
+                },
+            ),
         ],
         "api:invitation_revoke": [
-            Case("post", lambda w, t: u("api:invitation_revoke", args=[w.side(t).invitation.pk]),
-                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403}),
+            Case(
+                "post",
+                lambda w, t: u("api:invitation_revoke", args=[w.side(t).invitation.pk]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 403,
+                },
+            ),
         ],
         "api:invitation_accept": [
             # The invitation was sent to another address: no actor may take it over.
-            Case("post", lambda w, t: u("api:invitation_accept"), everyone(403),
-                 lambda w, t: {"token": w.side(t).invitation_token}),
+            Case(
+                "post",
+                lambda w, t: u("api:invitation_accept"),
+                everyone(403),
+                lambda w, t: {"token": w.side(t).invitation_token},
+            ),
         ],
         "api:join_requests": [
             Case("get", lambda w, t: u("api:join_requests"), everyone(200), object_scoped=False),
-            Case("post", lambda w, t: u("api:join_requests"),
-                 {**A401, "analyst": 409, "org_admin": 409, "other_admin": 409, "operator": 201},
-                 {"organisation": "org-a"}, object_scoped=False),
+            Case(
+                "post",
+                lambda w, t: u("api:join_requests"),
+                {**A401, "analyst": 409, "org_admin": 409, "other_admin": 409, "operator": 201},
+                {"organisation": "org-a"},
+                object_scoped=False,
+            ),
         ],
         "api:join_request_decide": [
-            Case("post", lambda w, t: u("api:join_request_decide", args=[w.side(t).join_request.pk, "approve"]),
-                 {**A401, "analyst": 404, "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}),
+            Case(
+                "post",
+                lambda w, t: u("api:join_request_decide", args=[w.side(t).join_request.pk, "approve"]),
+                {**A401, "analyst": 404, "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200},
+            ),
         ],
         "api:audit_events": [
-            Case("get", lambda w, t: u("api:audit_events"),
-                 {**A401, "analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 200}, object_scoped=False),
+            Case(
+                "get",
+                lambda w, t: u("api:audit_events"),
+                {**A401, "analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 200},
+                object_scoped=False,
+            ),
         ],
-        "api_schema": [Case("get", lambda w, t: u("api_schema"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
-        "api_docs": [Case("get", lambda w, t: u("api_docs"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
+        "api_schema": [
+            Case(
+                "get", lambda w, t: u("api_schema"), {**everyone(200), "anonymous": 200}, object_scoped=False
+            )
+        ],
+        "api_docs": [
+            Case("get", lambda w, t: u("api_docs"), {**everyone(200), "anonymous": 200}, object_scoped=False)
+        ],
         # --- Operations: probes answer anyone (they say only "ok"/"unreachable"); /metrics answers only
         # the scraper's METRICS_TOKEN, never a session or an API token (tests/core/test_metrics.py).
-        "healthz": [Case("get", lambda w, t: u("healthz"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
-        "readyz": [Case("get", lambda w, t: u("readyz"), {**everyone(200), "anonymous": 200}, object_scoped=False)],
+        "healthz": [
+            Case("get", lambda w, t: u("healthz"), {**everyone(200), "anonymous": 200}, object_scoped=False)
+        ],
+        "readyz": [
+            Case("get", lambda w, t: u("readyz"), {**everyone(200), "anonymous": 200}, object_scoped=False)
+        ],
         "metrics": [Case("get", lambda w, t: u("metrics"), everyone(401), object_scoped=False)],
         "api:datasets": [
             Case("get", lambda w, t: u("api:datasets"), everyone(200), object_scoped=False),
-            Case("post", lambda w, t: u("api:datasets"),
-                 {**A401, "analyst": 403, "org_admin": 201, "other_admin": 201, "operator": 404},
-                 {"name": "New", "slug": "new", "schema": SMALL_SCHEMA}, object_scoped=False),
+            Case(
+                "post",
+                lambda w, t: u("api:datasets"),
+                {**A401, "analyst": 403, "org_admin": 201, "other_admin": 201, "operator": 404},
+                {"name": "New", "slug": "new", "schema": SMALL_SCHEMA},
+                object_scoped=False,
+            ),
         ],
         "api:dataset": [
             Case("get", lambda w, t: u("api:dataset", args=ds(w, t)), scoped_read),
-            Case("patch", lambda w, t: u("api:dataset", args=ds(w, t)), owner_write(200), {"schema": SMALL_SCHEMA}),
+            Case(
+                "patch",
+                lambda w, t: u("api:dataset", args=ds(w, t)),
+                owner_write(200),
+                {"schema": SMALL_SCHEMA},
+            ),
         ],
         "api:dataset_versions": [
             Case("get", lambda w, t: u("api:dataset_versions", args=ds(w, t)), scoped_read),
-            Case("post", lambda w, t: u("api:dataset_versions", args=ds(w, t)), owner_write(202),
-                 lambda w, t: {"file": io.BytesIO(b"age,group\n5,a\n")}),
+            Case(
+                "post",
+                lambda w, t: u("api:dataset_versions", args=ds(w, t)),
+                owner_write(202),
+                lambda w, t: {"file": io.BytesIO(b"age,group\n5,a\n")},
+            ),
         ],
-        "api:dataset_version": [Case("get", lambda w, t: u("api:dataset_version", args=[*ds(w, t), 1]), scoped_read)],
+        "api:dataset_version": [
+            Case("get", lambda w, t: u("api:dataset_version", args=[*ds(w, t), 1]), scoped_read)
+        ],
         "api:dataset_version_retry": [
             # The version is ready, so even its owner gets a conflict: the point is who gets past authorization.
             Case("post", lambda w, t: u("api:dataset_version_retry", args=[*ds(w, t), 1]), owner_write(409)),
         ],
         "api:dataset_grants": [
             Case("get", lambda w, t: u("api:dataset_grants", args=ds(w, t)), scoped_read),
-            Case("post", lambda w, t: u("api:dataset_grants", args=ds(w, t)), owner_write(201),
-                 {"organisation": "org-c", "purpose": "training"}),
+            Case(
+                "post",
+                lambda w, t: u("api:dataset_grants", args=ds(w, t)),
+                owner_write(201),
+                {"organisation": "org-c", "purpose": "training"},
+            ),
         ],
         "api:dataset_grant_revoke": [
             # Operators may revoke (not create) grants: a safety action (datasets.services.dataset_grant_revoke).
-            Case("post", lambda w, t: u("api:dataset_grant_revoke", args=[w.side(t).grant_id]),
-                 {**owner_write(200), "operator": 200}),
+            Case(
+                "post",
+                lambda w, t: u("api:dataset_grant_revoke", args=[w.side(t).grant_id]),
+                {**owner_write(200), "operator": 200},
+            ),
         ],
         "api:dataset_agreement": [
             Case("get", lambda w, t: u("api:dataset_agreement", args=ds(w, t)), scoped_read),
-            Case("post", lambda w, t: u("api:dataset_agreement", args=ds(w, t)), owner_write(201), {"text": "v2"}),
+            Case(
+                "post",
+                lambda w, t: u("api:dataset_agreement", args=ds(w, t)),
+                owner_write(201),
+                {"text": "v2"},
+            ),
         ],
         "api:dataset_agreement_accept": [
-            Case("post", lambda w, t: u("api:dataset_agreement_accept", args=ds(w, t)),
-                 {**A401, "analyst": (201, 404), "org_admin": (201, 404), "other_admin": (404, 201), "operator": 404},
-                 {"version": 1}),
+            Case(
+                "post",
+                lambda w, t: u("api:dataset_agreement_accept", args=ds(w, t)),
+                {
+                    **A401,
+                    "analyst": (201, 404),
+                    "org_admin": (201, 404),
+                    "other_admin": (404, 201),
+                    "operator": 404,
+                },
+                {"version": 1},
+            ),
         ],
         "api:dataset_budget": [
             Case("get", lambda w, t: u("api:dataset_budget", args=ds(w, t)), scoped_read),
-            Case("put", lambda w, t: u("api:dataset_budget", args=ds(w, t)), owner_write(200),
-                 {"measure": "pure", "total": 20}),
+            Case(
+                "put",
+                lambda w, t: u("api:dataset_budget", args=ds(w, t)),
+                owner_write(200),
+                {"measure": "pure", "total": 20},
+            ),
         ],
         "api:dataset_budget_allocation": [
-            Case("put", lambda w, t: u("api:dataset_budget_allocation", args=[*ds(w, t), "org-c"]), owner_write(200),
-                 {"amount": 2}),
+            Case(
+                "put",
+                lambda w, t: u("api:dataset_budget_allocation", args=[*ds(w, t), "org-c"]),
+                owner_write(200),
+                {"amount": 2},
+            ),
         ],
         "api:queries": [
             Case("get", lambda w, t: u("api:queries", args=ds(w, t)), scoped_read),
-            Case("post", lambda w, t: u("api:queries", args=ds(w, t)),
-                 {**A401, "analyst": (202, 404), "org_admin": (202, 404), "other_admin": (404, 202), "operator": 404},
-                 {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.1}}),
+            Case(
+                "post",
+                lambda w, t: u("api:queries", args=ds(w, t)),
+                {
+                    **A401,
+                    "analyst": (202, 404),
+                    "org_admin": (202, 404),
+                    "other_admin": (404, 202),
+                    "operator": 404,
+                },
+                {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.1}},
+            ),
         ],
         "api:query_preview": [
-            Case("post", lambda w, t: u("api:query_preview", args=ds(w, t)),
-                 {**A401, "analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 404},
-                 {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.1}}),
+            Case(
+                "post",
+                lambda w, t: u("api:query_preview", args=ds(w, t)),
+                {
+                    **A401,
+                    "analyst": (200, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 404,
+                },
+                {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.1}},
+            ),
         ],
         "api:query": [Case("get", lambda w, t: u("api:query", args=[query_of(w, t).pk]), scoped_read)],
         "api:federated_jobs": [
             Case("get", lambda w, t: u("api:federated_jobs"), everyone(200), object_scoped=False),
-            Case("post", lambda w, t: u("api:federated_jobs"), {**everyone(403), "operator": 201},
-                 {"name": "Spam", "text_column": "SMS", "label_column": "Label", "labels": ["ham", "spam"],
-                  "participants": [{"organisation": "org-a"}], "min_clients": 1}, object_scoped=False),
+            Case(
+                "post",
+                lambda w, t: u("api:federated_jobs"),
+                {**everyone(403), "operator": 201},
+                {
+                    "name": "Spam",
+                    "text_column": "SMS",
+                    "label_column": "Label",
+                    "labels": ["ham", "spam"],
+                    "participants": [{"organisation": "org-a"}],
+                    "min_clients": 1,
+                },
+                object_scoped=False,
+            ),
         ],
-        "api:federated_job": [Case("get", lambda w, t: u("api:federated_job", args=[w.side(t).job_id]), scoped_read)],
-        "api:federated_job_rounds": [Case("get", lambda w, t: u("api:federated_job_rounds", args=[w.side(t).job_id]),
-                                          scoped_read)],
+        "api:federated_job": [
+            Case("get", lambda w, t: u("api:federated_job", args=[w.side(t).job_id]), scoped_read)
+        ],
+        "api:federated_job_rounds": [
+            Case("get", lambda w, t: u("api:federated_job_rounds", args=[w.side(t).job_id]), scoped_read)
+        ],
         "api:federated_job_participation": [
             # The job has run, so even its participant's admin gets a conflict: the point is who gets past authorization.
-            Case("post", lambda w, t: u("api:federated_job_participation", args=[w.side(t).job_id]),
-                 {**A401, "analyst": (403, 404), "org_admin": (409, 404), "other_admin": (404, 409), "operator": 403},
-                 {"decision": "accept"}),
+            Case(
+                "post",
+                lambda w, t: u("api:federated_job_participation", args=[w.side(t).job_id]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (409, 404),
+                    "other_admin": (404, 409),
+                    "operator": 403,
+                },
+                {"decision": "accept"},
+            ),
         ],
         "api:federated_job_schedule": [
-            Case("post", lambda w, t: u("api:federated_job_schedule", args=[w.side(t).job_id]),
-                 {**A401, "analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 409}),
+            Case(
+                "post",
+                lambda w, t: u("api:federated_job_schedule", args=[w.side(t).job_id]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (403, 404),
+                    "other_admin": (404, 403),
+                    "operator": 409,
+                },
+            ),
         ],
         "api:federated_job_cancel": [
-            Case("post", lambda w, t: u("api:federated_job_cancel", args=[w.side(t).job_id]),
-                 {**A401, "analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 409}),
+            Case(
+                "post",
+                lambda w, t: u("api:federated_job_cancel", args=[w.side(t).job_id]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (403, 404),
+                    "other_admin": (404, 403),
+                    "operator": 409,
+                },
+            ),
         ],
         "api:federated_job_artifact": [
             # Only accepted participants receive the model; operators run jobs but do not get models.
-            Case("get", lambda w, t: u("api:federated_job_artifact", args=[w.side(t).job_id]),
-                 {**A401, "analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403}),
+            Case(
+                "get",
+                lambda w, t: u("api:federated_job_artifact", args=[w.side(t).job_id]),
+                {
+                    **A401,
+                    "analyst": (200, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 403,
+                },
+            ),
         ],
         "api:federated_job_events": [
             # The ServerApp's callback takes the job's own token only: no user (or anonymous) gets in.
-            Case("post", lambda w, t: u("api:federated_job_events", args=[w.side(t).job_id]),
-                 {**everyone(403), "anonymous": 403}, {"event": "failed", "reason": "forged"}),
+            Case(
+                "post",
+                lambda w, t: u("api:federated_job_events", args=[w.side(t).job_id]),
+                {**everyone(403), "anonymous": 403},
+                {"event": "failed", "reason": "forged"},
+            ),
         ],
         "api:supernode_keys": [
-            Case("get", lambda w, t: u("api:supernode_keys", args=[org(w, t)]),
-                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200}),
-            Case("post", lambda w, t: u("api:supernode_keys", args=[org(w, t)]),
-                 {**A401, "analyst": (403, 404), "org_admin": (201, 404), "other_admin": (404, 201), "operator": 403},
-                 lambda w, t: {"name": "gpu-2", "public_key": fresh_public_key()}),
+            Case(
+                "get",
+                lambda w, t: u("api:supernode_keys", args=[org(w, t)]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 200,
+                },
+            ),
+            Case(
+                "post",
+                lambda w, t: u("api:supernode_keys", args=[org(w, t)]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (201, 404),
+                    "other_admin": (404, 201),
+                    "operator": 403,
+                },
+                lambda w, t: {"name": "gpu-2", "public_key": fresh_public_key()},
+            ),
         ],
         "api:supernode_key_revoke": [
             # Operators see every organisation's keys (as the list shows them) but act inside none: 403.
-            Case("post", lambda w, t: u("api:supernode_key_revoke", args=[w.side(t).node_key_id]),
-                 {**A401, "analyst": (403, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403}),
+            Case(
+                "post",
+                lambda w, t: u("api:supernode_key_revoke", args=[w.side(t).node_key_id]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 403,
+                },
+            ),
         ],
         # --- Portal ----------------------------------------------------------------------------------
         "portal:datasets": [
             Case("get", lambda w, t: u("portal:datasets"), portal(everyone(200)), object_scoped=False),
-            Case("post", lambda w, t: u("portal:datasets"),
-                 portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
-                 {"name": "New", "slug": "new", "schema": json.dumps(SMALL_SCHEMA)}, object_scoped=False),
+            Case(
+                "post",
+                lambda w, t: u("portal:datasets"),
+                portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
+                {"name": "New", "slug": "new", "schema": json.dumps(SMALL_SCHEMA)},
+                object_scoped=False,
+            ),
         ],
         "portal:dataset": [Case("get", lambda w, t: u("portal:dataset", args=ds(w, t)), portal(scoped_read))],
-        "portal:dataset_version": [Case("get", lambda w, t: u("portal:dataset_version", args=[*ds(w, t), 1]),
-                                        portal(scoped_read))],
-        "portal:dataset_schema": [Case("post", lambda w, t: u("portal:dataset_schema", args=ds(w, t)),
-                                       portal(owner_write(302)), {"schema": json.dumps(SMALL_SCHEMA)})],
-        "portal:dataset_upload": [Case("post", lambda w, t: u("portal:dataset_upload", args=ds(w, t)),
-                                       portal(owner_write(302)),
-                                       lambda w, t: {"file": io.BytesIO(b"age,group\n5,a\n")})],
-        "portal:dataset_version_retry": [Case("post", lambda w, t: u("portal:dataset_version_retry",
-                                                                     args=[*ds(w, t), 1]), portal(owner_write(302)))],
-        "portal:dataset_grant": [Case("post", lambda w, t: u("portal:dataset_grant", args=ds(w, t)),
-                                      portal(owner_write(302)), {"organisation": "org-c", "purpose": "training"})],
+        "portal:dataset_version": [
+            Case("get", lambda w, t: u("portal:dataset_version", args=[*ds(w, t), 1]), portal(scoped_read))
+        ],
+        "portal:dataset_schema": [
+            Case(
+                "post",
+                lambda w, t: u("portal:dataset_schema", args=ds(w, t)),
+                portal(owner_write(302)),
+                {"schema": json.dumps(SMALL_SCHEMA)},
+            )
+        ],
+        "portal:dataset_upload": [
+            Case(
+                "post",
+                lambda w, t: u("portal:dataset_upload", args=ds(w, t)),
+                portal(owner_write(302)),
+                lambda w, t: {"file": io.BytesIO(b"age,group\n5,a\n")},
+            )
+        ],
+        "portal:dataset_version_retry": [
+            Case(
+                "post",
+                lambda w, t: u("portal:dataset_version_retry", args=[*ds(w, t), 1]),
+                portal(owner_write(302)),
+            )
+        ],
+        "portal:dataset_grant": [
+            Case(
+                "post",
+                lambda w, t: u("portal:dataset_grant", args=ds(w, t)),
+                portal(owner_write(302)),
+                {"organisation": "org-c", "purpose": "training"},
+            )
+        ],
         "portal:dataset_grant_revoke": [
-            Case("post", lambda w, t: u("portal:dataset_grant_revoke", args=[w.side(t).grant_id]),
-                 portal({**owner_write(302), "operator": 302})),
+            Case(
+                "post",
+                lambda w, t: u("portal:dataset_grant_revoke", args=[w.side(t).grant_id]),
+                portal({**owner_write(302), "operator": 302}),
+            ),
         ],
         "portal:query_console": [
             Case("get", lambda w, t: u("portal:query_console", args=ds(w, t)), portal(scoped_read)),
             # A release is queued (no worker here) and the page answers; outsiders get 404.
-            Case("post", lambda w, t: u("portal:query_console", args=ds(w, t)),
-                 portal({"analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 404}),
-                 {"sql": "SELECT COUNT(*) FROM survey", "epsilon": "0.1", "action": "preview"}),
+            Case(
+                "post",
+                lambda w, t: u("portal:query_console", args=ds(w, t)),
+                portal(
+                    {
+                        "analyst": (200, 404),
+                        "org_admin": (200, 404),
+                        "other_admin": (404, 200),
+                        "operator": 404,
+                    }
+                ),
+                {"sql": "SELECT COUNT(*) FROM survey", "epsilon": "0.1", "action": "preview"},
+            ),
         ],
         "portal:budget_dashboard": [
             Case("get", lambda w, t: u("portal:budget_dashboard", args=ds(w, t)), portal(scoped_read)),
-            Case("post", lambda w, t: u("portal:budget_dashboard", args=ds(w, t)), portal(owner_write(302)),
-                 {"measure": "pure", "total": "20"}),
+            Case(
+                "post",
+                lambda w, t: u("portal:budget_dashboard", args=ds(w, t)),
+                portal(owner_write(302)),
+                {"measure": "pure", "total": "20"},
+            ),
         ],
-        "portal:dataset_agreement": [Case("post", lambda w, t: u("portal:dataset_agreement", args=ds(w, t)),
-                                          portal(owner_write(302)), {"text": "v2"})],
+        "portal:dataset_agreement": [
+            Case(
+                "post",
+                lambda w, t: u("portal:dataset_agreement", args=ds(w, t)),
+                portal(owner_write(302)),
+                {"text": "v2"},
+            )
+        ],
         # Federation pages: the same rules as the api:federated_* entries above; a refused action's
         # conflict becomes a message and a redirect (302), a refused read or write 403/404 as there.
-        "portal:federated_jobs": [Case("get", lambda w, t: u("portal:federated_jobs"), portal(everyone(200)),
-                                       object_scoped=False)],
-        "portal:federated_job_new": [
-            Case("get", lambda w, t: u("portal:federated_job_new"), portal({**everyone(403), "operator": 200}),
-                 object_scoped=False),
-            Case("post", lambda w, t: u("portal:federated_job_new"), portal({**everyone(403), "operator": 302}),
-                 {"name": "Spam", "base_model": "minilm-l6", "text_column": "SMS", "label_column": "Label",
-                  "labels": "ham, spam", "strategy": "fedavg", "num_rounds": 3, "min_clients": 1,
-                  "participants": ["org-a"], "settings": ""}, object_scoped=False),
+        "portal:federated_jobs": [
+            Case("get", lambda w, t: u("portal:federated_jobs"), portal(everyone(200)), object_scoped=False)
         ],
-        "portal:federated_job": [Case("get", lambda w, t: u("portal:federated_job", args=[w.side(t).job_id]),
-                                      portal(scoped_read))],
+        "portal:federated_job_new": [
+            Case(
+                "get",
+                lambda w, t: u("portal:federated_job_new"),
+                portal({**everyone(403), "operator": 200}),
+                object_scoped=False,
+            ),
+            Case(
+                "post",
+                lambda w, t: u("portal:federated_job_new"),
+                portal({**everyone(403), "operator": 302}),
+                {
+                    "name": "Spam",
+                    "base_model": "minilm-l6",
+                    "text_column": "SMS",
+                    "label_column": "Label",
+                    "labels": "ham, spam",
+                    "strategy": "fedavg",
+                    "num_rounds": 3,
+                    "min_clients": 1,
+                    "participants": ["org-a"],
+                    "settings": "",
+                },
+                object_scoped=False,
+            ),
+        ],
+        "portal:federated_job": [
+            Case("get", lambda w, t: u("portal:federated_job", args=[w.side(t).job_id]), portal(scoped_read))
+        ],
         "portal:federated_job_participation": [
             # The job has run: its participant's admin gets past authorization to the conflict (a message).
-            Case("post", lambda w, t: u("portal:federated_job_participation", args=[w.side(t).job_id]),
-                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403}),
-                 {"decision": "accept"}),
+            Case(
+                "post",
+                lambda w, t: u("portal:federated_job_participation", args=[w.side(t).job_id]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (302, 404),
+                        "other_admin": (404, 302),
+                        "operator": 403,
+                    }
+                ),
+                {"decision": "accept"},
+            ),
         ],
         "portal:federated_job_schedule": [
-            Case("post", lambda w, t: u("portal:federated_job_schedule", args=[w.side(t).job_id]),
-                 portal({"analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 302})),
+            Case(
+                "post",
+                lambda w, t: u("portal:federated_job_schedule", args=[w.side(t).job_id]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (403, 404),
+                        "other_admin": (404, 403),
+                        "operator": 302,
+                    }
+                ),
+            ),
         ],
         "portal:federated_job_cancel": [
-            Case("post", lambda w, t: u("portal:federated_job_cancel", args=[w.side(t).job_id]),
-                 portal({"analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 302})),
+            Case(
+                "post",
+                lambda w, t: u("portal:federated_job_cancel", args=[w.side(t).job_id]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (403, 404),
+                        "other_admin": (404, 403),
+                        "operator": 302,
+                    }
+                ),
+            ),
         ],
         "portal:federated_job_model": [
             # Only accepted participants receive the model; operators run jobs but do not get models.
-            Case("get", lambda w, t: u("portal:federated_job_model", args=[w.side(t).job_id]),
-                 portal({"analyst": (200, 404), "org_admin": (200, 404), "other_admin": (404, 200), "operator": 403})),
+            Case(
+                "get",
+                lambda w, t: u("portal:federated_job_model", args=[w.side(t).job_id]),
+                portal(
+                    {
+                        "analyst": (200, 404),
+                        "org_admin": (200, 404),
+                        "other_admin": (404, 200),
+                        "operator": 403,
+                    }
+                ),
+            ),
         ],
         "portal:supernode_keys": [
             # The user's own organisation's keys: org admins only; operators belong to none.
-            Case("get", lambda w, t: u("portal:supernode_keys"),
-                 portal({"analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 404}), object_scoped=False),
-            Case("post", lambda w, t: u("portal:supernode_keys"),
-                 portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
-                 lambda w, t: {"name": "gpu-2", "public_key": fresh_public_key()}, object_scoped=False),
+            Case(
+                "get",
+                lambda w, t: u("portal:supernode_keys"),
+                portal({"analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 404}),
+                object_scoped=False,
+            ),
+            Case(
+                "post",
+                lambda w, t: u("portal:supernode_keys"),
+                portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
+                lambda w, t: {"name": "gpu-2", "public_key": fresh_public_key()},
+                object_scoped=False,
+            ),
         ],
         "portal:supernode_key_revoke": [
-            Case("post", lambda w, t: u("portal:supernode_key_revoke", args=[w.side(t).node_key_id]),
-                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403})),
+            Case(
+                "post",
+                lambda w, t: u("portal:supernode_key_revoke", args=[w.side(t).node_key_id]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (302, 404),
+                        "other_admin": (404, 302),
+                        "operator": 403,
+                    }
+                ),
+            ),
         ],
         # --- Portal ----------------------------------------------------------------------------------
-        "portal:home": [Case("get", lambda w, t: u("portal:home"), {**everyone(302), "anonymous": 200}, object_scoped=False)],
-        "portal:signup": [Case("get", lambda w, t: u("portal:signup"), {**everyone(302), "anonymous": 200},
-                               object_scoped=False)],
-        "portal:login": [Case("get", lambda w, t: u("portal:login"), {**everyone(302), "anonymous": 200},
-                              object_scoped=False)],
-        "portal:logout": [Case("post", lambda w, t: u("portal:logout"), {**everyone(302), "anonymous": 302},
-                               object_scoped=False)],
-        "portal:dashboard": [Case("get", lambda w, t: u("portal:dashboard"), portal(everyone(200)), object_scoped=False)],
+        "portal:home": [
+            Case(
+                "get", lambda w, t: u("portal:home"), {**everyone(302), "anonymous": 200}, object_scoped=False
+            )
+        ],
+        "portal:signup": [
+            Case(
+                "get",
+                lambda w, t: u("portal:signup"),
+                {**everyone(302), "anonymous": 200},
+                object_scoped=False,
+            )
+        ],
+        "portal:login": [
+            Case(
+                "get",
+                lambda w, t: u("portal:login"),
+                {**everyone(302), "anonymous": 200},
+                object_scoped=False,
+            )
+        ],
+        "portal:logout": [
+            Case(
+                "post",
+                lambda w, t: u("portal:logout"),
+                {**everyone(302), "anonymous": 302},
+                object_scoped=False,
+            )
+        ],
+        "portal:dashboard": [
+            Case("get", lambda w, t: u("portal:dashboard"), portal(everyone(200)), object_scoped=False)
+        ],
         # A member's application or join request is a conflict, shown on the form (200), as the API's 409.
         "portal:organisation_apply": [
-            Case("get", lambda w, t: u("portal:organisation_apply"), portal(everyone(200)), object_scoped=False),
-            Case("post", lambda w, t: u("portal:organisation_apply"), portal({**everyone(200), "operator": 302}),
-                 {"name": "Newcomer", "slug": "newcomer", "country": "DE", "contact_email": "x@newcomer.example.org"},
-                 object_scoped=False),
+            Case(
+                "get", lambda w, t: u("portal:organisation_apply"), portal(everyone(200)), object_scoped=False
+            ),
+            Case(
+                "post",
+                lambda w, t: u("portal:organisation_apply"),
+                portal({**everyone(200), "operator": 302}),
+                {
+                    "name": "Newcomer",
+                    "slug": "newcomer",
+                    "country": "DE",
+                    "contact_email": "x@newcomer.example.org",
+                },
+                object_scoped=False,
+            ),
         ],
         "portal:organisation_join": [
-            Case("get", lambda w, t: u("portal:organisation_join"), portal(everyone(200)), object_scoped=False),
-            Case("post", lambda w, t: u("portal:organisation_join"), portal({**everyone(200), "operator": 302}),
-                 {"organisation": "org-a", "message": ""}, object_scoped=False),
+            Case(
+                "get", lambda w, t: u("portal:organisation_join"), portal(everyone(200)), object_scoped=False
+            ),
+            Case(
+                "post",
+                lambda w, t: u("portal:organisation_join"),
+                portal({**everyone(200), "operator": 302}),
+                {"organisation": "org-a", "message": ""},
+                object_scoped=False,
+            ),
         ],
         "portal:join_request_withdraw": [
             # Only the requester may withdraw; for everyone else the request does not exist.
-            Case("post", lambda w, t: u("portal:join_request_withdraw", args=[w.side(t).join_request.pk]),
-                 portal(everyone(404))),
+            Case(
+                "post",
+                lambda w, t: u("portal:join_request_withdraw", args=[w.side(t).join_request.pk]),
+                portal(everyone(404)),
+            ),
         ],
         "portal:join_request_decide": [
-            Case("post", lambda w, t: u("portal:join_request_decide", args=[w.side(t).join_request.pk, "approve"]),
-                 portal({"analyst": 404, "org_admin": (302, 404), "other_admin": (404, 302), "operator": 302}),
-                 {"role": "analyst"}),
+            Case(
+                "post",
+                lambda w, t: u("portal:join_request_decide", args=[w.side(t).join_request.pk, "approve"]),
+                portal({"analyst": 404, "org_admin": (302, 404), "other_admin": (404, 302), "operator": 302}),
+                {"role": "analyst"},
+            ),
         ],
         "portal:invitation_accept": [
-            Case("get", lambda w, t: u("portal:invitation_accept", args=[w.side(t).invitation_token]),
-                 portal(everyone(200))),
-            Case("post", lambda w, t: u("portal:invitation_accept", args=[w.side(t).invitation_token]),
-                 portal(everyone(403))),
+            Case(
+                "get",
+                lambda w, t: u("portal:invitation_accept", args=[w.side(t).invitation_token]),
+                portal(everyone(200)),
+            ),
+            Case(
+                "post",
+                lambda w, t: u("portal:invitation_accept", args=[w.side(t).invitation_token]),
+                portal(everyone(403)),
+            ),
         ],
-        "portal:organisation": [Case("get", lambda w, t: u("portal:organisation"),
-                                     portal({**everyone(200), "operator": 404}), object_scoped=False)],
+        "portal:organisation": [
+            Case(
+                "get",
+                lambda w, t: u("portal:organisation"),
+                portal({**everyone(200), "operator": 404}),
+                object_scoped=False,
+            )
+        ],
         "portal:member_role": [
-            Case("post", lambda w, t: u("portal:member_role", args=[w.side(t).steward.membership.pk]),
-                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403}),
-                 {"role": "analyst"}),
+            Case(
+                "post",
+                lambda w, t: u("portal:member_role", args=[w.side(t).steward.membership.pk]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (302, 404),
+                        "other_admin": (404, 302),
+                        "operator": 403,
+                    }
+                ),
+                {"role": "analyst"},
+            ),
         ],
         "portal:member_remove": [
-            Case("post", lambda w, t: u("portal:member_remove", args=[w.side(t).steward.membership.pk]),
-                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403})),
+            Case(
+                "post",
+                lambda w, t: u("portal:member_remove", args=[w.side(t).steward.membership.pk]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (302, 404),
+                        "other_admin": (404, 302),
+                        "operator": 403,
+                    }
+                ),
+            ),
         ],
         "portal:invitation_create": [
-            Case("post", lambda w, t: u("portal:invitation_create"),
-                 portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
-                 {"email": "new@example.org", "role": "analyst"}, object_scoped=False),
+            Case(
+                "post",
+                lambda w, t: u("portal:invitation_create"),
+                portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
+                {"email": "new@example.org", "role": "analyst"},
+                object_scoped=False,
+            ),
         ],
         "portal:invitation_revoke": [
-            Case("post", lambda w, t: u("portal:invitation_revoke", args=[w.side(t).invitation.pk]),
-                 portal({"analyst": (403, 404), "org_admin": (302, 404), "other_admin": (404, 302), "operator": 403})),
+            Case(
+                "post",
+                lambda w, t: u("portal:invitation_revoke", args=[w.side(t).invitation.pk]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (302, 404),
+                        "other_admin": (404, 302),
+                        "operator": 403,
+                    }
+                ),
+            ),
         ],
         "portal:tokens": [
             Case("get", lambda w, t: u("portal:tokens"), portal(everyone(200)), object_scoped=False),
-            Case("post", lambda w, t: u("portal:tokens"), portal(everyone(200)), {"name": "cli", "expires_in_days": 30},
-                 object_scoped=False),
+            Case(
+                "post",
+                lambda w, t: u("portal:tokens"),
+                portal(everyone(200)),
+                {"name": "cli", "expires_in_days": 30},
+                object_scoped=False,
+            ),
         ],
         "portal:token_revoke": [
-            Case("post", lambda w, t: u("portal:token_revoke", args=[w.side(t).admin_token_id]),
-                 portal({"analyst": 404, "org_admin": (302, 404), "other_admin": (404, 302), "operator": 404})),
+            Case(
+                "post",
+                lambda w, t: u("portal:token_revoke", args=[w.side(t).admin_token_id]),
+                portal({"analyst": 404, "org_admin": (302, 404), "other_admin": (404, 302), "operator": 404}),
+            ),
         ],
         "portal:operator_organisations": [
-            Case("get", lambda w, t: u("portal:operator_organisations"), portal({**everyone(403), "operator": 200}),
-                 object_scoped=False),
+            Case(
+                "get",
+                lambda w, t: u("portal:operator_organisations"),
+                portal({**everyone(403), "operator": 200}),
+                object_scoped=False,
+            ),
         ],
         "portal:operator_organisation": [
-            Case("get", lambda w, t: u("portal:operator_organisation", args=[org(w, t)]),
-                 portal({**everyone(403), "operator": 200})),
+            Case(
+                "get",
+                lambda w, t: u("portal:operator_organisation", args=[org(w, t)]),
+                portal({**everyone(403), "operator": 200}),
+            ),
         ],
         "portal:operator_organisation_decide": [
             # As api:organisation_decide: organisation_set_status decides (operators only).
-            Case("post", lambda w, t: u("portal:operator_organisation_decide", args=[org(w, t), "suspend"]),
-                 portal({"analyst": (403, 404), "org_admin": (403, 404), "other_admin": (404, 403), "operator": 302}),
-                 {"reason": "audit"}),
+            Case(
+                "post",
+                lambda w, t: u("portal:operator_organisation_decide", args=[org(w, t), "suspend"]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (403, 404),
+                        "other_admin": (404, 403),
+                        "operator": 302,
+                    }
+                ),
+                {"reason": "audit"},
+            ),
         ],
         "portal:audit": [
-            Case("get", lambda w, t: u("portal:audit"),
-                 portal({"analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 200}), object_scoped=False),
+            Case(
+                "get",
+                lambda w, t: u("portal:audit"),
+                portal({"analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 200}),
+                object_scoped=False,
+            ),
         ],
     }
 
@@ -409,8 +920,13 @@ def fresh_public_key() -> str:
 def owner_write(status: int) -> dict:
     """Writes on a dataset: its organisation's admin (a steward too) succeeds; its analysts are
     forbidden; other organisations do not see it; operators see it but may not change it."""
-    return {"anonymous": 401, "analyst": (403, 404), "org_admin": (status, 404), "other_admin": (404, status),
-            "operator": 403}
+    return {
+        "anonymous": 401,
+        "analyst": (403, 404),
+        "org_admin": (status, 404),
+        "other_admin": (404, status),
+        "operator": 403,
+    }
 
 
 def query_of(w: World, t: Target):
@@ -418,9 +934,15 @@ def query_of(w: World, t: Target):
     from clearinghouse.queries.models import Query
 
     side = w.side(t)
-    return Query.objects.create(dataset=side.dataset, version=side.dataset.versions.get(number=1),
-                                organisation=side.organisation, analyst=side.steward,
-                                spec={}, query_hash=f"matrix-{t}", cost=0.0)
+    return Query.objects.create(
+        dataset=side.dataset,
+        version=side.dataset.versions.get(number=1),
+        organisation=side.organisation,
+        analyst=side.steward,
+        spec={},
+        query_hash=f"matrix-{t}",
+        cost=0.0,
+    )
 
 
 def portal(expect: dict) -> dict:
@@ -451,15 +973,19 @@ def test_every_route_is_in_the_matrix():
     routes = _route_names(get_resolver())
     missing = routes - MATRIX.keys()
     assert not missing, f"routes without an authorization-matrix entry: {sorted(missing)}"
-    assert not MATRIX.keys() - routes, f"matrix entries for routes that do not exist: {sorted(MATRIX.keys() - routes)}"
+    assert not MATRIX.keys() - routes, (
+        f"matrix entries for routes that do not exist: {sorted(MATRIX.keys() - routes)}"
+    )
 
 
 def _params():
     for name, cases in MATRIX.items():
         for index, case in enumerate(cases):
             for actor in ACTORS:
-                for target in (("own", "foreign") if case.object_scoped else ("own",)):
-                    yield pytest.param(name, index, actor, target, id=f"{name}-{case.method}-{actor}-{target}")
+                for target in ("own", "foreign") if case.object_scoped else ("own",):
+                    yield pytest.param(
+                        name, index, actor, target, id=f"{name}-{case.method}-{actor}-{target}"
+                    )
 
 
 def _client(world: World, actor: str, api: bool):
@@ -574,9 +1100,15 @@ def _draft_jobs(*, accepted: bool) -> Callable[[World], dict]:
         jobs = {}
         for target in ("own", "foreign"):
             side = world.side(target)
-            job = job_create(actor=world.operator, name=f"Draft {side.organisation.slug}", text_column="SMS",
-                             label_column="Label", labels=["ham", "spam"],
-                             participants=[{"organisation": side.organisation.slug}], min_clients=1)
+            job = job_create(
+                actor=world.operator,
+                name=f"Draft {side.organisation.slug}",
+                text_column="SMS",
+                label_column="Label",
+                labels=["ham", "spam"],
+                participants=[{"organisation": side.organisation.slug}],
+                min_clients=1,
+            )
             if accepted:
                 job_participation_decide(actor=side.admin, job=job, decision="accept")
             jobs[target] = job.pk
@@ -588,9 +1120,15 @@ def _draft_jobs(*, accepted: bool) -> Callable[[World], dict]:
 def _invitations_to_joiner(world: World) -> dict:
     from clearinghouse.organisations.services import invitation_create
 
-    return {target: invitation_create(actor=world.side(target).admin, organisation=world.side(target).organisation,
-                                      email=world.a.joiner.email, role="analyst")[1]
-            for target in ("own", "foreign")}
+    return {
+        target: invitation_create(
+            actor=world.side(target).admin,
+            organisation=world.side(target).organisation,
+            email=world.a.joiner.email,
+            role="analyst",
+        )[1]
+        for target in ("own", "foreign")
+    }
 
 
 def _job(c: Ctx) -> list:
@@ -598,11 +1136,26 @@ def _job(c: Ctx) -> list:
 
 
 _SQL = "SELECT COUNT(*) FROM survey"
-_JOB_API = {"name": "Spam", "text_column": "SMS", "label_column": "Label", "labels": ["ham", "spam"],
-            "participants": [{"organisation": "org-a"}], "min_clients": 1}
-_JOB_FORM = {"name": "Spam", "base_model": "minilm-l6", "text_column": "SMS", "label_column": "Label",
-             "labels": "ham, spam", "strategy": "fedavg", "num_rounds": 3, "min_clients": 1, "participants": ["org-a"],
-             "settings": ""}
+_JOB_API = {
+    "name": "Spam",
+    "text_column": "SMS",
+    "label_column": "Label",
+    "labels": ["ham", "spam"],
+    "participants": [{"organisation": "org-a"}],
+    "min_clients": 1,
+}
+_JOB_FORM = {
+    "name": "Spam",
+    "base_model": "minilm-l6",
+    "text_column": "SMS",
+    "label_column": "Label",
+    "labels": "ham, spam",
+    "strategy": "fedavg",
+    "num_rounds": 3,
+    "min_clients": 1,
+    "participants": ["org-a"],
+    "settings": "",
+}
 _APPLY = {"name": "Newcomer", "slug": "newcomer", "country": "DE", "contact_email": "x@newcomer.example.org"}
 
 
@@ -616,109 +1169,223 @@ def _steward_membership(c: Ctx) -> list:
 
 PAIRS: dict[str, Pair] = {
     # Datasets
-    "dataset register": Pair(Call("post", "api:datasets", data={"name": "New", "slug": "new", "schema": SMALL_SCHEMA}),
-                             Call("post", "portal:datasets",
-                                  data={"name": "New", "slug": "new", "schema": json.dumps(SMALL_SCHEMA)}),
-                             object_scoped=False),
+    "dataset register": Pair(
+        Call("post", "api:datasets", data={"name": "New", "slug": "new", "schema": SMALL_SCHEMA}),
+        Call(
+            "post", "portal:datasets", data={"name": "New", "slug": "new", "schema": json.dumps(SMALL_SCHEMA)}
+        ),
+        object_scoped=False,
+    ),
     "dataset read": Pair(Call("get", "api:dataset", Ctx.ds), Call("get", "portal:dataset", Ctx.ds)),
-    "dataset schema": Pair(Call("patch", "api:dataset", Ctx.ds, {"schema": SMALL_SCHEMA}),
-                           Call("post", "portal:dataset_schema", Ctx.ds, {"schema": json.dumps(SMALL_SCHEMA)})),
-    "dataset upload": Pair(Call("post", "api:dataset_versions", Ctx.ds, _upload),
-                           Call("post", "portal:dataset_upload", Ctx.ds, _upload)),
-    "version read": Pair(Call("get", "api:dataset_version", lambda c: [*c.ds(), 1]),
-                         Call("get", "portal:dataset_version", lambda c: [*c.ds(), 1])),
+    "dataset schema": Pair(
+        Call("patch", "api:dataset", Ctx.ds, {"schema": SMALL_SCHEMA}),
+        Call("post", "portal:dataset_schema", Ctx.ds, {"schema": json.dumps(SMALL_SCHEMA)}),
+    ),
+    "dataset upload": Pair(
+        Call("post", "api:dataset_versions", Ctx.ds, _upload),
+        Call("post", "portal:dataset_upload", Ctx.ds, _upload),
+    ),
+    "version read": Pair(
+        Call("get", "api:dataset_version", lambda c: [*c.ds(), 1]),
+        Call("get", "portal:dataset_version", lambda c: [*c.ds(), 1]),
+    ),
     # The version is ready: whoever gets past authorization meets the same conflict.
-    "version retry": Pair(Call("post", "api:dataset_version_retry", lambda c: [*c.ds(), 1]),
-                          Call("post", "portal:dataset_version_retry", lambda c: [*c.ds(), 1])),
-    "grant create": Pair(Call("post", "api:dataset_grants", Ctx.ds, {"organisation": "org-c", "purpose": "training"}),
-                         Call("post", "portal:dataset_grant", Ctx.ds, {"organisation": "org-c", "purpose": "training"})),
-    "grant revoke": Pair(Call("post", "api:dataset_grant_revoke", lambda c: [c.side.grant_id]),
-                         Call("post", "portal:dataset_grant_revoke", lambda c: [c.side.grant_id])),
-    "agreement publish": Pair(Call("post", "api:dataset_agreement", Ctx.ds, {"text": "v2"}),
-                              Call("post", "portal:dataset_agreement", Ctx.ds, {"text": "v2"})),
-    "agreement accept": Pair(Call("post", "api:dataset_agreement_accept", Ctx.ds, {"version": 1}),
-                             Call("post", "portal:dataset_agreement", Ctx.ds, {"action": "accept", "version": "1"})),
+    "version retry": Pair(
+        Call("post", "api:dataset_version_retry", lambda c: [*c.ds(), 1]),
+        Call("post", "portal:dataset_version_retry", lambda c: [*c.ds(), 1]),
+    ),
+    "grant create": Pair(
+        Call("post", "api:dataset_grants", Ctx.ds, {"organisation": "org-c", "purpose": "training"}),
+        Call("post", "portal:dataset_grant", Ctx.ds, {"organisation": "org-c", "purpose": "training"}),
+    ),
+    "grant revoke": Pair(
+        Call("post", "api:dataset_grant_revoke", lambda c: [c.side.grant_id]),
+        Call("post", "portal:dataset_grant_revoke", lambda c: [c.side.grant_id]),
+    ),
+    "agreement publish": Pair(
+        Call("post", "api:dataset_agreement", Ctx.ds, {"text": "v2"}),
+        Call("post", "portal:dataset_agreement", Ctx.ds, {"text": "v2"}),
+    ),
+    "agreement accept": Pair(
+        Call("post", "api:dataset_agreement_accept", Ctx.ds, {"version": 1}),
+        Call("post", "portal:dataset_agreement", Ctx.ds, {"action": "accept", "version": "1"}),
+    ),
     # Budgets and queries
-    "budget read": Pair(Call("get", "api:dataset_budget", Ctx.ds), Call("get", "portal:budget_dashboard", Ctx.ds)),
-    "budget set": Pair(Call("put", "api:dataset_budget", Ctx.ds, {"measure": "pure", "total": 20}),
-                       Call("post", "portal:budget_dashboard", Ctx.ds, {"measure": "pure", "total": "20"})),
+    "budget read": Pair(
+        Call("get", "api:dataset_budget", Ctx.ds), Call("get", "portal:budget_dashboard", Ctx.ds)
+    ),
+    "budget set": Pair(
+        Call("put", "api:dataset_budget", Ctx.ds, {"measure": "pure", "total": 20}),
+        Call("post", "portal:budget_dashboard", Ctx.ds, {"measure": "pure", "total": "20"}),
+    ),
     "query list": Pair(Call("get", "api:queries", Ctx.ds), Call("get", "portal:query_console", Ctx.ds)),
-    "query submit": Pair(Call("post", "api:queries", Ctx.ds, {"sql": _SQL, "privacy": {"epsilon": 0.1}}),
-                         Call("post", "portal:query_console", Ctx.ds, {"sql": _SQL, "epsilon": "0.1", "action": "release"})),
-    "query preview": Pair(Call("post", "api:query_preview", Ctx.ds, {"sql": _SQL, "privacy": {"epsilon": 0.1}}),
-                          Call("post", "portal:query_console", Ctx.ds,
-                               {"sql": _SQL, "epsilon": "0.1", "action": "preview"})),
+    "query submit": Pair(
+        Call("post", "api:queries", Ctx.ds, {"sql": _SQL, "privacy": {"epsilon": 0.1}}),
+        Call("post", "portal:query_console", Ctx.ds, {"sql": _SQL, "epsilon": "0.1", "action": "release"}),
+    ),
+    "query preview": Pair(
+        Call("post", "api:query_preview", Ctx.ds, {"sql": _SQL, "privacy": {"epsilon": 0.1}}),
+        Call("post", "portal:query_console", Ctx.ds, {"sql": _SQL, "epsilon": "0.1", "action": "preview"}),
+    ),
     # Federated jobs
-    "job create": Pair(Call("post", "api:federated_jobs", data=_JOB_API),
-                       Call("post", "portal:federated_job_new", data=_JOB_FORM), object_scoped=False),
-    "job read": Pair(Call("get", "api:federated_job", lambda c: [c.side.job_id]),
-                     Call("get", "portal:federated_job", lambda c: [c.side.job_id])),
-    "job participation": Pair(Call("post", "api:federated_job_participation", _job, {"decision": "accept"}),
-                              Call("post", "portal:federated_job_participation", _job, {"decision": "accept"}),
-                              prepare=_draft_jobs(accepted=False)),
-    "job schedule": Pair(Call("post", "api:federated_job_schedule", _job),
-                         Call("post", "portal:federated_job_schedule", _job), prepare=_draft_jobs(accepted=True)),
-    "job cancel": Pair(Call("post", "api:federated_job_cancel", _job, {"reason": "no longer needed"}),
-                       Call("post", "portal:federated_job_cancel", _job, {"reason": "no longer needed"}),
-                       prepare=_draft_jobs(accepted=True)),
-    "job model": Pair(Call("get", "api:federated_job_artifact", lambda c: [c.side.job_id]),
-                      Call("get", "portal:federated_job_model", lambda c: [c.side.job_id])),
-    "supernode key add": Pair(Call("post", "api:supernode_keys", lambda c: [c.mine()],
-                                   lambda c: {"name": "gpu-2", "public_key": c.prepared["public_key"]}),
-                              Call("post", "portal:supernode_keys",
-                                   data=lambda c: {"name": "gpu-2", "public_key": c.prepared["public_key"]}),
-                              object_scoped=False, prepare=lambda w: {"public_key": fresh_public_key()}),
-    "supernode key revoke": Pair(Call("post", "api:supernode_key_revoke", lambda c: [c.side.node_key_id]),
-                                 Call("post", "portal:supernode_key_revoke", lambda c: [c.side.node_key_id])),
+    "job create": Pair(
+        Call("post", "api:federated_jobs", data=_JOB_API),
+        Call("post", "portal:federated_job_new", data=_JOB_FORM),
+        object_scoped=False,
+    ),
+    "job read": Pair(
+        Call("get", "api:federated_job", lambda c: [c.side.job_id]),
+        Call("get", "portal:federated_job", lambda c: [c.side.job_id]),
+    ),
+    "job participation": Pair(
+        Call("post", "api:federated_job_participation", _job, {"decision": "accept"}),
+        Call("post", "portal:federated_job_participation", _job, {"decision": "accept"}),
+        prepare=_draft_jobs(accepted=False),
+    ),
+    "job schedule": Pair(
+        Call("post", "api:federated_job_schedule", _job),
+        Call("post", "portal:federated_job_schedule", _job),
+        prepare=_draft_jobs(accepted=True),
+    ),
+    "job cancel": Pair(
+        Call("post", "api:federated_job_cancel", _job, {"reason": "no longer needed"}),
+        Call("post", "portal:federated_job_cancel", _job, {"reason": "no longer needed"}),
+        prepare=_draft_jobs(accepted=True),
+    ),
+    "job model": Pair(
+        Call("get", "api:federated_job_artifact", lambda c: [c.side.job_id]),
+        Call("get", "portal:federated_job_model", lambda c: [c.side.job_id]),
+    ),
+    "supernode key add": Pair(
+        Call(
+            "post",
+            "api:supernode_keys",
+            lambda c: [c.mine()],
+            lambda c: {"name": "gpu-2", "public_key": c.prepared["public_key"]},
+        ),
+        Call(
+            "post",
+            "portal:supernode_keys",
+            data=lambda c: {"name": "gpu-2", "public_key": c.prepared["public_key"]},
+        ),
+        object_scoped=False,
+        prepare=lambda w: {"public_key": fresh_public_key()},
+    ),
+    "supernode key revoke": Pair(
+        Call("post", "api:supernode_key_revoke", lambda c: [c.side.node_key_id]),
+        Call("post", "portal:supernode_key_revoke", lambda c: [c.side.node_key_id]),
+    ),
     # Organisations, members, invitations, join requests
-    "organisation apply": Pair(Call("post", "api:organisations", data=_APPLY),
-                               Call("post", "portal:organisation_apply", data=_APPLY), object_scoped=False),
-    "organisation suspend": Pair(Call("post", "api:organisation_decide", lambda c: [c.side.organisation.slug, "suspend"],
-                                      {"reason": "audit"}),
-                                 Call("post", "portal:operator_organisation_decide",
-                                      lambda c: [c.side.organisation.slug, "suspend"], {"reason": "audit"})),
-    "member role": Pair(Call("patch", "api:membership", _steward_membership, {"role": "analyst"}),
-                        Call("post", "portal:member_role", _steward_membership, {"role": "analyst"})),
-    "member remove": Pair(Call("delete", "api:membership", _steward_membership),
-                          Call("post", "portal:member_remove", _steward_membership)),
-    "invitation create": Pair(Call("post", "api:invitations", lambda c: [c.mine()],
-                                   {"email": "new@example.org", "role": "analyst"}),
-                              Call("post", "portal:invitation_create", data={"email": "new@example.org", "role": "analyst"}),
-                              object_scoped=False),
-    "invitation revoke": Pair(Call("post", "api:invitation_revoke", lambda c: [c.side.invitation.pk]),
-                              Call("post", "portal:invitation_revoke", lambda c: [c.side.invitation.pk])),
+    "organisation apply": Pair(
+        Call("post", "api:organisations", data=_APPLY),
+        Call("post", "portal:organisation_apply", data=_APPLY),
+        object_scoped=False,
+    ),
+    "organisation suspend": Pair(
+        Call(
+            "post",
+            "api:organisation_decide",
+            lambda c: [c.side.organisation.slug, "suspend"],
+            {"reason": "audit"},
+        ),
+        Call(
+            "post",
+            "portal:operator_organisation_decide",
+            lambda c: [c.side.organisation.slug, "suspend"],
+            {"reason": "audit"},
+        ),
+    ),
+    "member role": Pair(
+        Call("patch", "api:membership", _steward_membership, {"role": "analyst"}),
+        Call("post", "portal:member_role", _steward_membership, {"role": "analyst"}),
+    ),
+    "member remove": Pair(
+        Call("delete", "api:membership", _steward_membership),
+        Call("post", "portal:member_remove", _steward_membership),
+    ),
+    "invitation create": Pair(
+        Call(
+            "post", "api:invitations", lambda c: [c.mine()], {"email": "new@example.org", "role": "analyst"}
+        ),
+        Call("post", "portal:invitation_create", data={"email": "new@example.org", "role": "analyst"}),
+        object_scoped=False,
+    ),
+    "invitation revoke": Pair(
+        Call("post", "api:invitation_revoke", lambda c: [c.side.invitation.pk]),
+        Call("post", "portal:invitation_revoke", lambda c: [c.side.invitation.pk]),
+    ),
     # Invitations to the joiner's address: only they may accept one, through either interface.
-    "invitation accept": Pair(Call("post", "api:invitation_accept", data=lambda c: {"token": c.prepared[c.target]}),
-                              Call("post", "portal:invitation_accept", lambda c: [c.prepared[c.target]]),
-                              prepare=_invitations_to_joiner),
-    "join request create": Pair(Call("post", "api:join_requests", data={"organisation": "org-a", "message": ""}),
-                                Call("post", "portal:organisation_join", data={"organisation": "org-a", "message": ""}),
-                                object_scoped=False),
-    "join request approve": Pair(Call("post", "api:join_request_decide", lambda c: [c.side.join_request.pk, "approve"],
-                                      {"role": "analyst"}),
-                                 Call("post", "portal:join_request_decide",
-                                      lambda c: [c.side.join_request.pk, "approve"], {"role": "analyst"})),
-    "join request reject": Pair(Call("post", "api:join_request_decide", lambda c: [c.side.join_request.pk, "reject"],
-                                     {"reason": "unknown"}),
-                                Call("post", "portal:join_request_decide", lambda c: [c.side.join_request.pk, "reject"],
-                                     {"reason": "unknown"})),
-    "join request withdraw": Pair(Call("post", "api:join_request_decide", lambda c: [c.side.join_request.pk, "withdraw"]),
-                                  Call("post", "portal:join_request_withdraw", lambda c: [c.side.join_request.pk])),
+    "invitation accept": Pair(
+        Call("post", "api:invitation_accept", data=lambda c: {"token": c.prepared[c.target]}),
+        Call("post", "portal:invitation_accept", lambda c: [c.prepared[c.target]]),
+        prepare=_invitations_to_joiner,
+    ),
+    "join request create": Pair(
+        Call("post", "api:join_requests", data={"organisation": "org-a", "message": ""}),
+        Call("post", "portal:organisation_join", data={"organisation": "org-a", "message": ""}),
+        object_scoped=False,
+    ),
+    "join request approve": Pair(
+        Call(
+            "post",
+            "api:join_request_decide",
+            lambda c: [c.side.join_request.pk, "approve"],
+            {"role": "analyst"},
+        ),
+        Call(
+            "post",
+            "portal:join_request_decide",
+            lambda c: [c.side.join_request.pk, "approve"],
+            {"role": "analyst"},
+        ),
+    ),
+    "join request reject": Pair(
+        Call(
+            "post",
+            "api:join_request_decide",
+            lambda c: [c.side.join_request.pk, "reject"],
+            {"reason": "unknown"},
+        ),
+        Call(
+            "post",
+            "portal:join_request_decide",
+            lambda c: [c.side.join_request.pk, "reject"],
+            {"reason": "unknown"},
+        ),
+    ),
+    "join request withdraw": Pair(
+        Call("post", "api:join_request_decide", lambda c: [c.side.join_request.pk, "withdraw"]),
+        Call("post", "portal:join_request_withdraw", lambda c: [c.side.join_request.pk]),
+    ),
     # Tokens
-    "token create": Pair(Call("post", "api:tokens", data={"name": "cli"}),
-                         Call("post", "portal:tokens", data={"name": "cli", "expires_in_days": 30}), object_scoped=False),
-    "token revoke": Pair(Call("post", "api:token_revoke", lambda c: [c.side.admin_token_id]),
-                         Call("post", "portal:token_revoke", lambda c: [c.side.admin_token_id])),
+    "token create": Pair(
+        Call("post", "api:tokens", data={"name": "cli"}),
+        Call("post", "portal:tokens", data={"name": "cli", "expires_in_days": 30}),
+        object_scoped=False,
+    ),
+    "token revoke": Pair(
+        Call("post", "api:token_revoke", lambda c: [c.side.admin_token_id]),
+        Call("post", "portal:token_revoke", lambda c: [c.side.admin_token_id]),
+    ),
 }
 
 # Writes that exist in one interface only, with the reason; every other write must be in PAIRS.
 API_ONLY = {
     ("api:organisation", "patch"): "an organisation's details are changed through the API only",
-    ("api:dataset_budget_allocation", "put"): "allocations are set through the API only (the budget page lists them)",
-    ("api:federated_job_events", "post"): "the ServerApp's callback, authenticated by the job's token: no user's action",
+    (
+        "api:dataset_budget_allocation",
+        "put",
+    ): "allocations are set through the API only (the budget page lists them)",
+    (
+        "api:federated_job_events",
+        "post",
+    ): "the ServerApp's callback, authenticated by the job's token: no user's action",
 }
 PORTAL_ONLY = {
-    ("portal:logout", "post"): "ends the portal session (API tokens are revoked instead: the `token revoke` pair)",
+    (
+        "portal:logout",
+        "post",
+    ): "ends the portal session (API tokens are revoked instead: the `token revoke` pair)",
 }
 
 
@@ -770,7 +1437,9 @@ def _perform(ctx: Ctx, call: Call, *, api: bool) -> tuple[bool, list[str], str]:
         refused = status in {401, 403, 404}
     else:
         login = reverse("portal:login")
-        refused = status in {403, 404} or (status == 302 and response.headers.get("Location", "").startswith(login))
+        refused = status in {403, 404} or (
+            status == 302 and response.headers.get("Location", "").startswith(login)
+        )
     return refused, actions, f"{call.method.upper()} {url} → {status}"
 
 
@@ -785,24 +1454,31 @@ def test_api_and_portal_agree(world, eager_dp, name):
     prepared = pair.prepare(world) if pair.prepare else {}
     drifts, allowed = [], 0
     for actor in AGREE_ACTORS:
-        for target in (("own", "foreign") if pair.object_scoped else ("own",)):
+        for target in ("own", "foreign") if pair.object_scoped else ("own",):
             ctx = Ctx(world, actor, target, prepared)
             api = _perform(ctx, pair.api, api=True)
             portal_ = _perform(ctx, pair.portal, api=False)
             if api[:2] != portal_[:2]:
-                drifts.append(f"{actor} on {target}: API {api[2]} {'refused' if api[0] else 'let through'}, "
-                              f"audit {api[1]}; portal {portal_[2]} {'refused' if portal_[0] else 'let through'}, "
-                              f"audit {portal_[1]}")
+                drifts.append(
+                    f"{actor} on {target}: API {api[2]} {'refused' if api[0] else 'let through'}, "
+                    f"audit {api[1]}; portal {portal_[2]} {'refused' if portal_[0] else 'let through'}, "
+                    f"audit {portal_[1]}"
+                )
             allowed += not api[0]
     assert not drifts, f"{name}: the API and the portal disagree:\n" + "\n".join(drifts)
     assert allowed, f"{name}: nobody gets past authorization, so the pair checks nothing"
 
 
 def test_every_write_is_paired_or_one_sided():
-    writes = {(route, case.method) for route, cases in MATRIX.items() for case in cases if case.method != "get"}
+    writes = {
+        (route, case.method) for route, cases in MATRIX.items() for case in cases if case.method != "get"
+    }
     paired = {(call.route, call.method) for pair in PAIRS.values() for call in (pair.api, pair.portal)}
     assert paired <= {(route, case.method) for route, cases in MATRIX.items() for case in cases}, (
-        "a pair names a route or method the matrix does not have")
+        "a pair names a route or method the matrix does not have"
+    )
     unpaired = writes - paired - API_ONLY.keys() - PORTAL_ONLY.keys()
-    assert not unpaired, f"writes in one interface only, neither paired nor declared one-sided: {sorted(unpaired)}"
+    assert not unpaired, (
+        f"writes in one interface only, neither paired nor declared one-sided: {sorted(unpaired)}"
+    )
     assert not (API_ONLY.keys() | PORTAL_ONLY.keys()) & paired, "a pair is also declared one-sided"

@@ -30,7 +30,9 @@ EXCLUDED: dict[str, str] = {}
 
 EXAMPLES = int(os.environ.get("CONTRACT_EXAMPLES", "12"))  # positive examples per operation and role
 NEGATIVE_EXAMPLES = int(os.environ.get("CONTRACT_NEGATIVE_EXAMPLES", "6"))  # schema-violating requests
-GENERATED_PATH_EXAMPLES = int(os.environ.get("CONTRACT_GENERATED_PATH_EXAMPLES", "3"))  # objects that may not exist
+GENERATED_PATH_EXAMPLES = int(
+    os.environ.get("CONTRACT_GENERATED_PATH_EXAMPLES", "3")
+)  # objects that may not exist
 ROLES = ["analyst", "org_admin", "operator"]
 ONLY = os.environ.get("CONTRACT_ONLY", "")  # e.g. "/queries": only the operations whose label holds it
 
@@ -79,8 +81,11 @@ def test_every_response_is_documented():
             schema = parameter.get("schema", {})
             if parameter["in"] == "path" and "pattern" in schema:
                 problems.append(f"{label}: path parameter {parameter['name']} documented by a pattern")
-            if parameter["in"] == "path" and (parameter["name"].endswith("_id") or parameter["name"] == "number") \
-                    and schema.get("type") != "integer":
+            if (
+                parameter["in"] == "path"
+                and (parameter["name"].endswith("_id") or parameter["name"] == "number")
+                and schema.get("type") != "integer"
+            ):
                 problems.append(f"{label}: path parameter {parameter['name']} is not an integer")
         responses = operation["responses"]
         for status, response in responses.items():
@@ -95,11 +100,14 @@ def test_every_response_is_documented():
                     continue
                 schema = _resolve(document, body.get("schema", {}))
                 if "Unspecified response body" in str(body) or (
-                        schema.get("type") == "object" and not schema.get("properties")):
+                    schema.get("type") == "object" and not schema.get("properties")
+                ):
                     problems.append(f"{label} {status}: a free-form object (responses=dict?)")
                 if schema.get("type") == "array":
                     problems.append(f"{label} {status}: a bare array (lists answer the paginated object)")
-                if status.startswith(("4", "5")) and body.get("schema") != {"$ref": "#/components/schemas/Error"}:
+                if status.startswith(("4", "5")) and body.get("schema") != {
+                    "$ref": "#/components/schemas/Error"
+                }:
                     problems.append(f"{label} {status}: not the error body")
         has_limit = any(p["name"] == "limit" for p in operation.get("parameters", []))
         if has_limit:
@@ -116,8 +124,11 @@ def test_every_response_is_documented():
         if missing := expected - responses.keys():
             problems.append(f"{label}: error statuses {sorted(missing)} undocumented")
     assert not problems, "\n".join(problems)
-    lists = [label for label, method, _, operation in operations
-             if any(p["name"] == "limit" for p in operation.get("parameters", []))]
+    lists = [
+        label
+        for label, method, _, operation in operations
+        if any(p["name"] == "limit" for p in operation.get("parameters", []))
+    ]
     assert len(lists) >= 14, lists
 
 
@@ -134,7 +145,11 @@ def _input_serializers():
                 view = getattr(pattern.callback, "view_class", None)
                 for name in dir(view) if view else ():
                     value = getattr(view, name)
-                    if isinstance(value, type) and issubclass(value, serializers.Serializer) and "Input" in name:
+                    if (
+                        isinstance(value, type)
+                        and issubclass(value, serializers.Serializer)
+                        and "Input" in name
+                    ):
                         found[f"{view.__name__}.{name}"] = value
             else:
                 walk(pattern.url_patterns)
@@ -167,7 +182,9 @@ def test_request_text_fields_take_only_strings():
                 check(f"{where}.{name}", child)
         elif isinstance(field, (serializers.ListField, serializers.DictField)):
             check(where + "[]", field.child)
-        elif isinstance(field, serializers.CharField) and not isinstance(field, (StrictCharField, StrictSlugField)):
+        elif isinstance(field, serializers.CharField) and not isinstance(
+            field, (StrictCharField, StrictSlugField)
+        ):
             lax.append(where)
 
     serializers_found = _input_serializers()
@@ -261,26 +278,64 @@ def contract_world(media_root, world, contract_app):
     allocation_set(actor=a.steward, dataset=a.dataset, organisation=a.organisation, amount=2.0)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_token_create(actor=a.analyst, name='contract')[1]}")
-    response = client.post(f"/api/v1/datasets/{a.organisation.slug}/{a.dataset.slug}/queries?wait=0",
-                           {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.5}}, format="json")
+    response = client.post(
+        f"/api/v1/datasets/{a.organisation.slug}/{a.dataset.slug}/queries?wait=0",
+        {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.5}},
+        format="json",
+    )
     assert response.status_code == 202, response.content
     query_id = response.json()["id"]
     query_execute_task([query_id])
     assert Query.objects.get(pk=query_id).status == "released"
-    JobRound.objects.create(job_id=a.job_id, number=1, accuracy=0.91, macro_f1=0.88, loss=0.31, clients_trained=1,
-                            bytes_sent=1024, bytes_received=2048, seconds=1.5,
-                            record={"event": "round", "round": 1, "clients": [{"organisation": "org-a", "loss": 0.3}],
-                                    "dropouts": [], "flower_overhead_seconds": 0.2})
-    running = job_create(actor=world.operator, name="Contract", text_column="SMS", label_column="Label",
-                         labels=["ham", "spam"], participants=[{"organisation": a.organisation.slug}], min_clients=1)
+    JobRound.objects.create(
+        job_id=a.job_id,
+        number=1,
+        accuracy=0.91,
+        macro_f1=0.88,
+        loss=0.31,
+        clients_trained=1,
+        bytes_sent=1024,
+        bytes_received=2048,
+        seconds=1.5,
+        record={
+            "event": "round",
+            "round": 1,
+            "clients": [{"organisation": "org-a", "loss": 0.3}],
+            "dropouts": [],
+            "flower_overhead_seconds": 0.2,
+        },
+    )
+    running = job_create(
+        actor=world.operator,
+        name="Contract",
+        text_column="SMS",
+        label_column="Label",
+        labels=["ham", "spam"],
+        participants=[{"organisation": a.organisation.slug}],
+        min_clients=1,
+    )
     job_token = "contract-job-token"
     FederatedJob.objects.filter(pk=running.pk).update(
-        state=JobState.RUNNING, flower_run_id="4242", started_at=timezone.now(), callback_token_hash=hashlib.sha256(job_token.encode()).hexdigest())
+        state=JobState.RUNNING,
+        flower_run_id="4242",
+        started_at=timezone.now(),
+        callback_token_hash=hashlib.sha256(job_token.encode()).hexdigest(),
+    )
     return {
-        "organisation": a.organisation.slug, "dataset": a.dataset.slug, "grantee": "org-c", "number": 1,
-        "grant_id": a.grant_id, "job_id": a.job_id, "key_id": a.node_key_id, "membership_id": a.steward.membership.pk,
-        "invitation_id": a.invitation.pk, "join_request_id": a.join_request.pk, "token_id": a.admin_token_id,
-        "query_id": query_id, "running_job_id": running.pk, "job_token": job_token,
+        "organisation": a.organisation.slug,
+        "dataset": a.dataset.slug,
+        "grantee": "org-c",
+        "number": 1,
+        "grant_id": a.grant_id,
+        "job_id": a.job_id,
+        "key_id": a.node_key_id,
+        "membership_id": a.steward.membership.pk,
+        "invitation_id": a.invitation.pk,
+        "join_request_id": a.join_request.pk,
+        "token_id": a.admin_token_id,
+        "query_id": query_id,
+        "running_job_id": running.pk,
+        "job_token": job_token,
     }
 
 
@@ -292,8 +347,12 @@ def _with_world_examples(document: dict, world, known: dict) -> dict:
     from tests.security.test_authorization_matrix import fresh_public_key
 
     examples = {
-        "organisations_apply": {"name": "Newcomer", "slug": "newcomer", "country": "DE",
-                                "contact_email": "x@newcomer.example.org"},
+        "organisations_apply": {
+            "name": "Newcomer",
+            "slug": "newcomer",
+            "country": "DE",
+            "contact_email": "x@newcomer.example.org",
+        },
         "organisations_update": {"contact_email": "new@example.org"},
         "organisations_decide": {"reason": "audit"},
         "invitations_create": {"email": "new-member@example.org", "role": "analyst"},
@@ -306,12 +365,24 @@ def _with_world_examples(document: dict, world, known: dict) -> dict:
         "dataset_grants_create": {"organisation": known["grantee"], "purpose": "training"},
         "dataset_agreement_publish": {"text": "Aggregate research use only, v2."},
         "dataset_agreement_accept": {"version": 1},
-        "federated_jobs_create": {"name": "Spam filter", "text_column": "SMS", "label_column": "Label",
-                                  "labels": ["ham", "spam"], "min_clients": 1,
-                                  "participants": [{"organisation": known["organisation"]}]},
+        "federated_jobs_create": {
+            "name": "Spam filter",
+            "text_column": "SMS",
+            "label_column": "Label",
+            "labels": ["ham", "spam"],
+            "min_clients": 1,
+            "participants": [{"organisation": known["organisation"]}],
+        },
         "federated_jobs_participation": {"decision": "accept"},
-        "federated_jobs_event": {"event": "round", "round": 2, "evaluate": {"accuracy": 0.9, "loss": 0.2},
-                                 "clients_trained": 1, "bytes_sent": 10, "bytes_received": 20, "round_seconds": 1.0},
+        "federated_jobs_event": {
+            "event": "round",
+            "round": 2,
+            "evaluate": {"accuracy": 0.9, "loss": 0.2},
+            "clients_trained": 1,
+            "bytes_sent": 10,
+            "bytes_received": 20,
+            "round_seconds": 1.0,
+        },
         "supernode_keys_add": {"name": "gpu-2", "public_key": fresh_public_key()},
     }
     for _, _, _, operation in _operations(document):
@@ -334,7 +405,10 @@ def _closed(document: dict) -> dict:
 
 def _known_path_parameters(known: dict, path: str) -> dict:
     """Org A's real objects for the operation's path parameters (the enum `action` is generated)."""
-    values = {**known, "slug": known["dataset"] if path.startswith("/api/v1/datasets/") else known["organisation"]}
+    values = {
+        **known,
+        "slug": known["dataset"] if path.startswith("/api/v1/datasets/") else known["organisation"],
+    }
     if path.endswith("/events"):
         values["job_id"] = known["running_job_id"]
     return {name: values[name] for name in re.findall(r"{(\w+)}", path) if name in values}
@@ -352,11 +426,22 @@ def _check_examples(strategy, *, examples: int, headers: dict, statuses: Counter
         status_code_conformance,
     )
 
-    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+    checks = [
+        not_a_server_error,
+        status_code_conformance,
+        content_type_conformance,
+        response_schema_conformance,
+    ]
 
     @given(case=strategy)
-    @hypothesis_settings(max_examples=examples, deadline=None, database=None, derandomize=True,
-                         phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+    @hypothesis_settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case):
         with _rolled_back():
             response = case.call(headers=headers)
@@ -379,9 +464,13 @@ def test_whole_document_as(role, media_root, world, contract_world, contract_app
 
     from clearinghouse.accounts.services import api_token_create
 
-    schema = schemathesis.openapi.from_dict(_closed(_with_world_examples(_schema_document(), world, contract_world)))
+    schema = schemathesis.openapi.from_dict(
+        _closed(_with_world_examples(_schema_document(), world, contract_world))
+    )
     schema.app = contract_app
-    user_headers = {"Authorization": f"Bearer {api_token_create(actor=world.actor(role), name=f'contract-{role}')[1]}"}
+    user_headers = {
+        "Authorization": f"Bearer {api_token_create(actor=world.actor(role), name=f'contract-{role}')[1]}"
+    }
     job_headers = {"Authorization": f"Bearer {contract_world['job_token']}"}
     failures: list[str] = []
     seen: dict[str, Counter] = defaultdict(Counter)  # statuses answered, per operation (printed: -s or -rP)
@@ -393,11 +482,22 @@ def test_whole_document_as(role, media_root, world, contract_world, contract_app
             continue
         known = _known_path_parameters(contract_world, operation.path)
         headers = job_headers if operation.path.endswith("/events") else user_headers
-        runs = [(f"example {index}", strategy, 1) for index, strategy in
-                 enumerate(operation.get_strategies_from_examples(path_parameters=known or None))]
-        runs += [("positive", operation.as_strategy(path_parameters=known or None), EXAMPLES),
-                 ("negative", operation.as_strategy(generation_mode=schemathesis.GenerationMode.NEGATIVE,
-                                                    path_parameters=known or None), NEGATIVE_EXAMPLES)]
+        runs = [
+            (f"example {index}", strategy, 1)
+            for index, strategy in enumerate(
+                operation.get_strategies_from_examples(path_parameters=known or None)
+            )
+        ]
+        runs += [
+            ("positive", operation.as_strategy(path_parameters=known or None), EXAMPLES),
+            (
+                "negative",
+                operation.as_strategy(
+                    generation_mode=schemathesis.GenerationMode.NEGATIVE, path_parameters=known or None
+                ),
+                NEGATIVE_EXAMPLES,
+            ),
+        ]
         if known:
             runs.append(("generated paths", operation.as_strategy(), GENERATED_PATH_EXAMPLES))
         for name, strategy, examples in runs:
@@ -408,7 +508,9 @@ def test_whole_document_as(role, media_root, world, contract_world, contract_app
             except Unsatisfiable as exc:
                 # Negative: nothing of the operation can be made invalid (its only input is the fixed path).
                 if name != "negative":
-                    failures.append(f"--- {operation.label} ({name}) as {role}: no example could be made: {exc}")
+                    failures.append(
+                        f"--- {operation.label} ({name}) as {role}: no example could be made: {exc}"
+                    )
             except (Exception, FailureGroup) as exc:  # noqa: BLE001 - collected: one run lists every failure
                 failures.append(f"--- {operation.label} ({name}) as {role}:\n{exc}"[:3000])
             ran += 1
@@ -416,4 +518,6 @@ def test_whole_document_as(role, media_root, world, contract_world, contract_app
     assert ONLY or len(seen) + len(EXCLUDED) == len(list(schema.get_all_operations()))
     for label, statuses in sorted(seen.items()):
         print(f"  {label}: {dict(sorted(statuses.items()))}")
-    assert not failures, f"{len(failures)} operation run(s) break the contract as {role}:\n" + "\n".join(failures)
+    assert not failures, f"{len(failures)} operation run(s) break the contract as {role}:\n" + "\n".join(
+        failures
+    )

@@ -24,24 +24,37 @@ def record_live_sessions(apps, schema_editor):
     for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator():
         user_id = decoder.decode(session.session_data).get("_auth_user_id")
         if user_id is not None and str(user_id).isdigit() and int(user_id) in users:
-            UserSession.objects.get_or_create(session_key=session.session_key, defaults={"user_id": int(user_id)})
+            UserSession.objects.get_or_create(
+                session_key=session.session_key, defaults={"user_id": int(user_id)}
+            )
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('accounts', '0001_initial'),
-        ('sessions', '0001_initial'),
+        ("accounts", "0001_initial"),
+        ("sessions", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UserSession',
+            name="UserSession",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('session_key', models.CharField(max_length=40, unique=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='+', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("session_key", models.CharField(max_length=40, unique=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
         ),
         migrations.RunPython(record_live_sessions, migrations.RunPython.noop),

@@ -10,32 +10,44 @@ def refuse_to_drop_v2_hashes(apps, schema_editor):
     audit_verify: only possible while none exists."""
     if apps.get_model("audit", "AuditEvent").objects.filter(hash_version=2).exists():
         raise migrations.exceptions.IrreversibleError(
-            "Audit events hashed with format 2 exist; reversing would break the audit chain.")
+            "Audit events hashed with format 2 exist; reversing would break the audit chain."
+        )
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0002_chain_head'),
-        ('organisations', '0001_initial'),
+        ("audit", "0002_chain_head"),
+        ("organisations", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='auditevent',
-            name='hash_version',
+            model_name="auditevent",
+            name="hash_version",
             field=models.PositiveSmallIntegerField(db_default=1, default=2, editable=False),
         ),
         migrations.AlterField(
-            model_name='auditevent',
-            name='actor',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="auditevent",
+            name="actor",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AlterField(
-            model_name='auditevent',
-            name='organisation',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to='organisations.organisation'),
+            model_name="auditevent",
+            name="organisation",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.PROTECT,
+                related_name="+",
+                to="organisations.organisation",
+            ),
         ),
         migrations.RunPython(migrations.RunPython.noop, refuse_to_drop_v2_hashes),
     ]

@@ -7,127 +7,280 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('organisations', '0001_initial'),
+        ("organisations", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='Dataset',
+            name="Dataset",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=120)),
-                ('slug', models.SlugField()),
-                ('description', models.TextField(blank=True, max_length=5000)),
-                ('schema', models.JSONField(blank=True, null=True)),
-                ('schema_confirmed', models.BooleanField(default=False)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('organisation', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='datasets', to='organisations.organisation')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=120)),
+                ("slug", models.SlugField()),
+                ("description", models.TextField(blank=True, max_length=5000)),
+                ("schema", models.JSONField(blank=True, null=True)),
+                ("schema_confirmed", models.BooleanField(default=False)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "organisation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="datasets",
+                        to="organisations.organisation",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['organisation', 'name'],
+                "ordering": ["organisation", "name"],
             },
         ),
         migrations.CreateModel(
-            name='DatasetGrant',
+            name="DatasetGrant",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('purpose', models.CharField(choices=[('query', 'Differentially private queries'), ('training', 'Federated training')], max_length=16)),
-                ('granted_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('revoked_at', models.DateTimeField(blank=True, null=True)),
-                ('dataset', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='grants', to='datasets.dataset')),
-                ('granted_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('organisation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='dataset_grants', to='organisations.organisation')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "purpose",
+                    models.CharField(
+                        choices=[
+                            ("query", "Differentially private queries"),
+                            ("training", "Federated training"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("granted_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("revoked_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "dataset",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="grants",
+                        to="datasets.dataset",
+                    ),
+                ),
+                (
+                    "granted_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "organisation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="dataset_grants",
+                        to="organisations.organisation",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-granted_at'],
+                "ordering": ["-granted_at"],
             },
         ),
         migrations.CreateModel(
-            name='DatasetVersion',
+            name="DatasetVersion",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('number', models.PositiveIntegerField()),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('validating', 'Validating'), ('ready', 'Ready'), ('failed', 'Failed'), ('corrupt', 'Corrupt')], default='pending', max_length=16)),
-                ('source_format', models.CharField(max_length=16)),
-                ('source_name', models.CharField(blank=True, max_length=255)),
-                ('source_bytes', models.BigIntegerField(default=0)),
-                ('delimiter', models.CharField(blank=True, max_length=1)),
-                ('quote_char', models.CharField(blank=True, default='"', help_text='Empty: no quoting.', max_length=1)),
-                ('has_header', models.BooleanField(default=True)),
-                ('repair', models.CharField(default='none', max_length=8)),
-                ('schema', models.JSONField(help_text='The schema this version was checked against (a copy).')),
-                ('staging_path', models.CharField(blank=True, max_length=500)),
-                ('data_path', models.CharField(blank=True, max_length=500)),
-                ('data_bytes', models.BigIntegerField(default=0)),
-                ('kek_id', models.CharField(blank=True, max_length=100)),
-                ('row_count', models.BigIntegerField(blank=True, null=True)),
-                ('quality_report', models.JSONField(blank=True, null=True)),
-                ('error_code', models.CharField(blank=True, max_length=64)),
-                ('error_message', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('dataset', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='versions', to='datasets.dataset')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("number", models.PositiveIntegerField()),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("validating", "Validating"),
+                            ("ready", "Ready"),
+                            ("failed", "Failed"),
+                            ("corrupt", "Corrupt"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("source_format", models.CharField(max_length=16)),
+                ("source_name", models.CharField(blank=True, max_length=255)),
+                ("source_bytes", models.BigIntegerField(default=0)),
+                ("delimiter", models.CharField(blank=True, max_length=1)),
+                (
+                    "quote_char",
+                    models.CharField(blank=True, default='"', help_text="Empty: no quoting.", max_length=1),
+                ),
+                ("has_header", models.BooleanField(default=True)),
+                ("repair", models.CharField(default="none", max_length=8)),
+                (
+                    "schema",
+                    models.JSONField(help_text="The schema this version was checked against (a copy)."),
+                ),
+                ("staging_path", models.CharField(blank=True, max_length=500)),
+                ("data_path", models.CharField(blank=True, max_length=500)),
+                ("data_bytes", models.BigIntegerField(default=0)),
+                ("kek_id", models.CharField(blank=True, max_length=100)),
+                ("row_count", models.BigIntegerField(blank=True, null=True)),
+                ("quality_report", models.JSONField(blank=True, null=True)),
+                ("error_code", models.CharField(blank=True, max_length=64)),
+                ("error_message", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "dataset",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="versions",
+                        to="datasets.dataset",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['dataset', '-number'],
+                "ordering": ["dataset", "-number"],
             },
         ),
         migrations.CreateModel(
-            name='DataUseAgreement',
+            name="DataUseAgreement",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('version', models.PositiveIntegerField()),
-                ('text', models.TextField(max_length=50000)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_by', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('dataset', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='agreements', to='datasets.dataset')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("version", models.PositiveIntegerField()),
+                ("text", models.TextField(max_length=50000)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "created_by",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "dataset",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="agreements",
+                        to="datasets.dataset",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['dataset', '-version'],
+                "ordering": ["dataset", "-version"],
             },
         ),
         migrations.CreateModel(
-            name='AgreementAcceptance',
+            name="AgreementAcceptance",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('accepted_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('user', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='agreement_acceptances', to=settings.AUTH_USER_MODEL)),
-                ('agreement', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='acceptances', to='datasets.datauseagreement')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("accepted_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "user",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="agreement_acceptances",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "agreement",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="acceptances",
+                        to="datasets.datauseagreement",
+                    ),
+                ),
             ],
         ),
         migrations.AddConstraint(
-            model_name='dataset',
-            constraint=models.UniqueConstraint(fields=('organisation', 'slug'), name='dataset_slug_unique_per_org'),
+            model_name="dataset",
+            constraint=models.UniqueConstraint(
+                fields=("organisation", "slug"), name="dataset_slug_unique_per_org"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='datasetgrant',
-            constraint=models.UniqueConstraint(condition=models.Q(('revoked_at__isnull', True)), fields=('dataset', 'organisation', 'purpose'), name='one_active_grant_per_purpose'),
+            model_name="datasetgrant",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("revoked_at__isnull", True)),
+                fields=("dataset", "organisation", "purpose"),
+                name="one_active_grant_per_purpose",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='datasetversion',
-            constraint=models.UniqueConstraint(fields=('dataset', 'number'), name='dataset_version_number_unique'),
+            model_name="datasetversion",
+            constraint=models.UniqueConstraint(
+                fields=("dataset", "number"), name="dataset_version_number_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='datasetversion',
-            constraint=models.CheckConstraint(condition=models.Q(('status__in', ['pending', 'validating', 'ready', 'failed', 'corrupt'])), name='dataset_version_status_valid'),
+            model_name="datasetversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("status__in", ["pending", "validating", "ready", "failed", "corrupt"])),
+                name="dataset_version_status_valid",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='datasetversion',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('status', 'ready'), _negated=True), models.Q(('data_path', ''), _negated=True), _connector='OR'), name='ready_version_has_data'),
+            model_name="datasetversion",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("status", "ready"), _negated=True),
+                    models.Q(("data_path", ""), _negated=True),
+                    _connector="OR",
+                ),
+                name="ready_version_has_data",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='datauseagreement',
-            constraint=models.UniqueConstraint(fields=('dataset', 'version'), name='agreement_version_unique'),
+            model_name="datauseagreement",
+            constraint=models.UniqueConstraint(
+                fields=("dataset", "version"), name="agreement_version_unique"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='agreementacceptance',
-            constraint=models.UniqueConstraint(fields=('agreement', 'user'), name='agreement_accepted_once'),
+            model_name="agreementacceptance",
+            constraint=models.UniqueConstraint(fields=("agreement", "user"), name="agreement_accepted_once"),
         ),
     ]

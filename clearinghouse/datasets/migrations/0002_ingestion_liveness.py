@@ -10,34 +10,34 @@ def started_now(apps, schema_editor):
     from django.utils import timezone
 
     apps.get_model("datasets", "DatasetVersion").objects.filter(
-        status="validating", validation_started_at__isnull=True).update(validation_started_at=timezone.now())
+        status="validating", validation_started_at__isnull=True
+    ).update(validation_started_at=timezone.now())
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('datasets', '0001_initial'),
+        ("datasets", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='datasetversion',
-            name='attempts',
+            model_name="datasetversion",
+            name="attempts",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.AddField(
-            model_name='datasetversion',
-            name='enqueued_at',
+            model_name="datasetversion",
+            name="enqueued_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='datasetversion',
-            name='ingest_claim',
+            model_name="datasetversion",
+            name="ingest_claim",
             field=models.CharField(blank=True, max_length=32),
         ),
         migrations.AddField(
-            model_name='datasetversion',
-            name='validation_started_at',
+            model_name="datasetversion",
+            name="validation_started_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.RunPython(started_now, migrations.RunPython.noop),

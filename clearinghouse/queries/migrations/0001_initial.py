@@ -8,129 +8,310 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('datasets', '0001_initial'),
-        ('organisations', '0001_initial'),
+        ("datasets", "0001_initial"),
+        ("organisations", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='PrivacyBudget',
+            name="PrivacyBudget",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('measure', models.CharField(choices=[('pure', 'Pure DP (ε)'), ('approx', 'Approximate DP (ε, δ)'), ('zcdp', 'Zero-concentrated DP (ρ)')], default='pure', max_length=8)),
-                ('total', models.FloatField(help_text="ε (pure) or ρ (zCDP) for the dataset's whole life.")),
-                ('spent', models.FloatField(default=0.0)),
-                ('delta_total', models.FloatField(default=0.0)),
-                ('delta_spent', models.FloatField(default=0.0)),
-                ('per_query_max', models.FloatField(blank=True, null=True)),
-                ('per_analyst_cap', models.FloatField(blank=True, null=True)),
-                ('max_rows', models.PositiveBigIntegerField(default=10000000)),
-                ('updated_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('dataset', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='privacy_budget', to='datasets.dataset')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "measure",
+                    models.CharField(
+                        choices=[
+                            ("pure", "Pure DP (ε)"),
+                            ("approx", "Approximate DP (ε, δ)"),
+                            ("zcdp", "Zero-concentrated DP (ρ)"),
+                        ],
+                        default="pure",
+                        max_length=8,
+                    ),
+                ),
+                ("total", models.FloatField(help_text="ε (pure) or ρ (zCDP) for the dataset's whole life.")),
+                ("spent", models.FloatField(default=0.0)),
+                ("delta_total", models.FloatField(default=0.0)),
+                ("delta_spent", models.FloatField(default=0.0)),
+                ("per_query_max", models.FloatField(blank=True, null=True)),
+                ("per_analyst_cap", models.FloatField(blank=True, null=True)),
+                ("max_rows", models.PositiveBigIntegerField(default=10000000)),
+                ("updated_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "dataset",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="privacy_budget",
+                        to="datasets.dataset",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='BudgetAllocation',
+            name="BudgetAllocation",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('amount', models.FloatField()),
-                ('spent', models.FloatField(default=0.0)),
-                ('delta_amount', models.FloatField(default=0.0)),
-                ('delta_spent', models.FloatField(default=0.0)),
-                ('organisation', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='budget_allocations', to='organisations.organisation')),
-                ('budget', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='allocations', to='queries.privacybudget')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("amount", models.FloatField()),
+                ("spent", models.FloatField(default=0.0)),
+                ("delta_amount", models.FloatField(default=0.0)),
+                ("delta_spent", models.FloatField(default=0.0)),
+                (
+                    "organisation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="budget_allocations",
+                        to="organisations.organisation",
+                    ),
+                ),
+                (
+                    "budget",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="allocations",
+                        to="queries.privacybudget",
+                    ),
+                ),
             ],
         ),
         migrations.CreateModel(
-            name='Query',
+            name="Query",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('spec', models.JSONField(help_text='Canonical query spec.')),
-                ('sql', models.TextField(blank=True)),
-                ('query_hash', models.CharField(max_length=64)),
-                ('status', models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('released', 'Released'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('cost', models.FloatField(help_text="Debited ε or ρ (exact, from the measurement's privacy map).")),
-                ('cost_delta', models.FloatField(default=0.0)),
-                ('privacy', models.JSONField(default=dict, help_text='The privacy loss asked for.')),
-                ('task_id', models.CharField(blank=True, max_length=64)),
-                ('result', models.JSONField(blank=True, null=True)),
-                ('error_code', models.CharField(blank=True, max_length=64)),
-                ('error_message', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('analyst', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='queries', to=settings.AUTH_USER_MODEL)),
-                ('dataset', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='queries', to='datasets.dataset')),
-                ('organisation', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='queries', to='organisations.organisation')),
-                ('version', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='queries', to='datasets.datasetversion')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("spec", models.JSONField(help_text="Canonical query spec.")),
+                ("sql", models.TextField(blank=True)),
+                ("query_hash", models.CharField(max_length=64)),
+                (
+                    "status",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("running", "Running"),
+                            ("released", "Released"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                (
+                    "cost",
+                    models.FloatField(
+                        help_text="Debited ε or ρ (exact, from the measurement's privacy map)."
+                    ),
+                ),
+                ("cost_delta", models.FloatField(default=0.0)),
+                ("privacy", models.JSONField(default=dict, help_text="The privacy loss asked for.")),
+                ("task_id", models.CharField(blank=True, max_length=64)),
+                ("result", models.JSONField(blank=True, null=True)),
+                ("error_code", models.CharField(blank=True, max_length=64)),
+                ("error_message", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "analyst",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="queries",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "dataset",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="queries",
+                        to="datasets.dataset",
+                    ),
+                ),
+                (
+                    "organisation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="queries",
+                        to="organisations.organisation",
+                    ),
+                ),
+                (
+                    "version",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="queries",
+                        to="datasets.datasetversion",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='LedgerEntry',
+            name="LedgerEntry",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('query_hash', models.CharField(max_length=64)),
-                ('amount', models.FloatField()),
-                ('delta', models.FloatField(default=0.0)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('analyst', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),
-                ('organisation', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='+', to='organisations.organisation')),
-                ('budget', models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name='entries', to='queries.privacybudget')),
-                ('query', models.OneToOneField(on_delete=django.db.models.deletion.PROTECT, related_name='ledger_entry', to='queries.query')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("query_hash", models.CharField(max_length=64)),
+                ("amount", models.FloatField()),
+                ("delta", models.FloatField(default=0.0)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "analyst",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
+                (
+                    "organisation",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="+",
+                        to="organisations.organisation",
+                    ),
+                ),
+                (
+                    "budget",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="entries",
+                        to="queries.privacybudget",
+                    ),
+                ),
+                (
+                    "query",
+                    models.OneToOneField(
+                        on_delete=django.db.models.deletion.PROTECT,
+                        related_name="ledger_entry",
+                        to="queries.query",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
+                "ordering": ["-created_at"],
             },
         ),
         migrations.AddConstraint(
-            model_name='privacybudget',
-            constraint=models.CheckConstraint(condition=models.Q(('total__gt', 0)), name='budget_total_positive'),
+            model_name="privacybudget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("total__gt", 0)), name="budget_total_positive"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='privacybudget',
-            constraint=models.CheckConstraint(condition=models.Q(('spent__gte', 0), ('spent__lte', django.db.models.expressions.CombinedExpression(models.F('total'), '*', models.Value(1.000000001)))), name='budget_spent_within_total'),
+            model_name="privacybudget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    ("spent__gte", 0),
+                    (
+                        "spent__lte",
+                        django.db.models.expressions.CombinedExpression(
+                            models.F("total"), "*", models.Value(1.000000001)
+                        ),
+                    ),
+                ),
+                name="budget_spent_within_total",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='privacybudget',
-            constraint=models.CheckConstraint(condition=models.Q(('delta_total__gte', 0), ('delta_total__lt', 1)), name='budget_delta_range'),
+            model_name="privacybudget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("delta_total__gte", 0), ("delta_total__lt", 1)), name="budget_delta_range"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='privacybudget',
-            constraint=models.CheckConstraint(condition=models.Q(('delta_spent__lte', django.db.models.expressions.CombinedExpression(models.F('delta_total'), '*', models.Value(1.000000001)))), name='budget_delta_within_total'),
+            model_name="privacybudget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "delta_spent__lte",
+                        django.db.models.expressions.CombinedExpression(
+                            models.F("delta_total"), "*", models.Value(1.000000001)
+                        ),
+                    )
+                ),
+                name="budget_delta_within_total",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budgetallocation',
-            constraint=models.UniqueConstraint(fields=('budget', 'organisation'), name='one_allocation_per_org'),
+            model_name="budgetallocation",
+            constraint=models.UniqueConstraint(
+                fields=("budget", "organisation"), name="one_allocation_per_org"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budgetallocation',
-            constraint=models.CheckConstraint(condition=models.Q(('amount__gte', 0)), name='allocation_amount_nonnegative'),
+            model_name="budgetallocation",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("amount__gte", 0)), name="allocation_amount_nonnegative"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budgetallocation',
-            constraint=models.CheckConstraint(condition=models.Q(('spent__lte', django.db.models.expressions.CombinedExpression(models.F('amount'), '*', models.Value(1.000000001)))), name='allocation_spent_within'),
+            model_name="budgetallocation",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "spent__lte",
+                        django.db.models.expressions.CombinedExpression(
+                            models.F("amount"), "*", models.Value(1.000000001)
+                        ),
+                    )
+                ),
+                name="allocation_spent_within",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='budgetallocation',
-            constraint=models.CheckConstraint(condition=models.Q(('delta_spent__lte', django.db.models.expressions.CombinedExpression(models.F('delta_amount'), '*', models.Value(1.000000001)))), name='allocation_delta_within'),
+            model_name="budgetallocation",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    (
+                        "delta_spent__lte",
+                        django.db.models.expressions.CombinedExpression(
+                            models.F("delta_amount"), "*", models.Value(1.000000001)
+                        ),
+                    )
+                ),
+                name="allocation_delta_within",
+            ),
         ),
         migrations.AddIndex(
-            model_name='query',
-            index=models.Index(fields=['organisation', 'version', 'query_hash'], name='queries_que_organis_e955bd_idx'),
+            model_name="query",
+            index=models.Index(
+                fields=["organisation", "version", "query_hash"], name="queries_que_organis_e955bd_idx"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='query',
-            constraint=models.UniqueConstraint(condition=models.Q(('status', 'failed'), _negated=True), fields=('organisation', 'version', 'query_hash'), name='one_release_per_query'),
+            model_name="query",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status", "failed"), _negated=True),
+                fields=("organisation", "version", "query_hash"),
+                name="one_release_per_query",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='ledgerentry',
-            constraint=models.CheckConstraint(condition=models.Q(('amount__gt', 0)), name='ledger_amount_positive'),
+            model_name="ledgerentry",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("amount__gt", 0)), name="ledger_amount_positive"
+            ),
         ),
     ]

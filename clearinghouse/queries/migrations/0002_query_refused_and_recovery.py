@@ -9,7 +9,8 @@ def refusals_are_refused(apps, schema_editor):
     """Before this migration a refusal (nothing spent) was stored as `failed`; it is `refused` now."""
     Query = apps.get_model("queries", "Query")
     Query.objects.filter(status="failed", ledger_entry__isnull=True).exclude(
-        error_code__in=["release_failed", "integrity_error"]).update(status="refused")
+        error_code__in=["release_failed", "integrity_error"]
+    ).update(status="refused")
 
 
 def refused_are_failed_again(apps, schema_editor):
@@ -17,41 +18,58 @@ def refused_are_failed_again(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('datasets', '0001_initial'),
-        ('organisations', '0001_initial'),
-        ('queries', '0001_initial'),
+        ("datasets", "0001_initial"),
+        ("organisations", "0001_initial"),
+        ("queries", "0001_initial"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='query',
-            name='one_release_per_query',
+            model_name="query",
+            name="one_release_per_query",
         ),
         migrations.AddField(
-            model_name='query',
-            name='attempts',
-            field=models.PositiveSmallIntegerField(default=0, help_text='Recoveries after a lost worker.'),
+            model_name="query",
+            name="attempts",
+            field=models.PositiveSmallIntegerField(default=0, help_text="Recoveries after a lost worker."),
         ),
         migrations.AddField(
-            model_name='query',
-            name='updated_at',
+            model_name="query",
+            name="updated_at",
             field=models.DateTimeField(default=django.utils.timezone.now),
         ),
         migrations.AlterField(
-            model_name='query',
-            name='status',
-            field=models.CharField(choices=[('pending', 'Pending'), ('running', 'Running'), ('released', 'Released'), ('refused', 'Refused'), ('failed', 'Failed')], default='pending', max_length=16),
+            model_name="query",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("pending", "Pending"),
+                    ("running", "Running"),
+                    ("released", "Released"),
+                    ("refused", "Refused"),
+                    ("failed", "Failed"),
+                ],
+                default="pending",
+                max_length=16,
+            ),
         ),
         migrations.AddIndex(
-            model_name='query',
-            index=models.Index(condition=models.Q(('status__in', ['pending', 'running'])), fields=['status', 'updated_at'], name='query_unfinished_idx'),
+            model_name="query",
+            index=models.Index(
+                condition=models.Q(("status__in", ["pending", "running"])),
+                fields=["status", "updated_at"],
+                name="query_unfinished_idx",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='query',
-            constraint=models.UniqueConstraint(condition=models.Q(('status__in', ['pending', 'running', 'released'])), fields=('organisation', 'version', 'query_hash'), name='one_release_per_query'),
+            model_name="query",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("status__in", ["pending", "running", "released"])),
+                fields=("organisation", "version", "query_hash"),
+                name="one_release_per_query",
+            ),
         ),
         migrations.RunPython(refusals_are_refused, refused_are_failed_again),
     ]

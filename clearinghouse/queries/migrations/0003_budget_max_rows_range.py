@@ -4,14 +4,16 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('queries', '0002_query_refused_and_recovery'),
+        ("queries", "0002_query_refused_and_recovery"),
     ]
 
     operations = [
         migrations.AddConstraint(
-            model_name='privacybudget',
-            constraint=models.CheckConstraint(condition=models.Q(('max_rows__gte', 1), ('max_rows__lte', 4294967295)), name='budget_max_rows_range'),
+            model_name="privacybudget",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("max_rows__gte", 1), ("max_rows__lte", 4294967295)),
+                name="budget_max_rows_range",
+            ),
         ),
     ]

@@ -19,7 +19,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--out", required=True, help="the keyring file to create (mode 0600)")
-        parser.add_argument("--public-out", required=True, help="the staging public key file for web processes")
+        parser.add_argument(
+            "--public-out", required=True, help="the staging public key file for web processes"
+        )
 
     def handle(self, *args, out: str, public_out: str, **options):
         ring = Keyring.generate().with_new_staging_key()
@@ -28,6 +30,8 @@ class Command(BaseCommand):
         except KeyringError as exc:
             raise CommandError(str(exc)) from None
         ring.staging_current.public.save(public_out)
-        self.stdout.write(f"Keyring {out} (KEK {ring.current.id}, staging key {ring.staging_current.id}); "
-                          f"staging public key {public_out}. Back the keyring up offline: without it the "
-                          "encrypted store cannot be read.")
+        self.stdout.write(
+            f"Keyring {out} (KEK {ring.current.id}, staging key {ring.staging_current.id}); "
+            f"staging public key {public_out}. Back the keyring up offline: without it the "
+            "encrypted store cannot be read."
+        )

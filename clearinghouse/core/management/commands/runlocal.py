@@ -49,21 +49,42 @@ class Command(BaseCommand):
 
     def _ensure_operator(self) -> None:
         if User.objects.filter(is_operator=True).exists():
-            self.stdout.write("Consortium operator exists; log in with the credentials printed at first start.")
+            self.stdout.write(
+                "Consortium operator exists; log in with the credentials printed at first start."
+            )
             return
         user, password = operator_create(username="operator", email="operator@localhost")
         line = "=" * 72
-        self.stdout.write(self.style.WARNING(
-            f"{line}\nFirst consortium operator created (shown only this once):\n"
-            f"  username: {user.username}\n  password: {password}\n"
-            f"Log in at http://127.0.0.1:8000/login/\n{line}"
-        ))
+        self.stdout.write(
+            self.style.WARNING(
+                f"{line}\nFirst consortium operator created (shown only this once):\n"
+                f"  username: {user.username}\n  password: {password}\n"
+                f"Log in at http://127.0.0.1:8000/login/\n{line}"
+            )
+        )
 
     def _start_worker(self) -> subprocess.Popen:
-        env = dict(os.environ, DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "clearinghouse.settings.dev"))
-        command = [sys.executable, "-m", "celery", "-A", "clearinghouse", "worker", "--loglevel", "INFO",
-                   "--concurrency", "2", "--queues", "default,ingestion,dp,federation",
-                   # Embedded beat: periodic tasks (federated jobs reconciled with the SuperLink).
-                   "--beat", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")]
+        env = dict(
+            os.environ,
+            DJANGO_SETTINGS_MODULE=os.environ.get("DJANGO_SETTINGS_MODULE", "clearinghouse.settings.dev"),
+        )
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "clearinghouse",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "--concurrency",
+            "2",
+            "--queues",
+            "default,ingestion,dp,federation",
+            # Embedded beat: periodic tasks (federated jobs reconciled with the SuperLink).
+            "--beat",
+            "--schedule",
+            str(settings.VAR_DIR / "celerybeat-schedule"),
+        ]
         self.stdout.write(f"Starting Celery worker (broker: {settings.CELERY_BROKER_URL.split('://')[0]})")
         return subprocess.Popen(command, env=env, cwd=settings.BASE_DIR)

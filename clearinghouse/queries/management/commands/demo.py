@@ -33,7 +33,9 @@ from clearinghouse.organisations.services import (
 )
 from clearinghouse.queries.ledger import allocation_set, budget_set
 
-DATASETS = Path(os.environ.get("CLEARINGHOUSE_SHARED_DATASETS", settings.BASE_DIR.parent / "shared" / "datasets"))
+DATASETS = Path(
+    os.environ.get("CLEARINGHOUSE_SHARED_DATASETS", settings.BASE_DIR.parent / "shared" / "datasets")
+)
 PASSWORD = "demo-Consortium-2026"
 
 
@@ -46,20 +48,27 @@ class Command(BaseCommand):
         for name in ("pums_1000.csv", "adult.csv"):
             if not (DATASETS / name).exists():
                 raise CommandError(f"{DATASETS / name} is missing: set CLEARINGHOUSE_SHARED_DATASETS.")
-        operator = User.objects.filter(is_operator=True).first() or operator_create(
-            username="operator", email="operator@localhost", password=PASSWORD)[0]
+        operator = (
+            User.objects.filter(is_operator=True).first()
+            or operator_create(username="operator", email="operator@localhost", password=PASSWORD)[0]
+        )
 
         def member(slug: str, name: str, country: str) -> tuple[User, Organisation]:
-            admin = user_signup(username=f"{slug}-admin", email=f"admin@{slug}.example.org", password=PASSWORD)
-            org = organisation_apply(actor=admin, name=name, slug=slug, country=country,
-                                     contact_email=f"data@{slug}.example.org")
+            admin = user_signup(
+                username=f"{slug}-admin", email=f"admin@{slug}.example.org", password=PASSWORD
+            )
+            org = organisation_apply(
+                actor=admin, name=name, slug=slug, country=country, contact_email=f"data@{slug}.example.org"
+            )
             return admin, organisation_set_status(actor=operator, organisation=org, status="approved")
 
         census_admin, census = member("census-bureau", "Census Bureau", "US")
         survey_admin, survey = member("labour-survey", "Labour Survey Institute", "GB")
         research_admin, research = member("research-lab", "Research Lab", "NL")
         analyst = user_signup(username="analyst", email="analyst@research-lab.example.org", password=PASSWORD)
-        _, token = invitation_create(actor=research_admin, organisation=research, email=analyst.email, role="analyst")
+        _, token = invitation_create(
+            actor=research_admin, organisation=research, email=analyst.email, role="analyst"
+        )
         invitation_accept(actor=analyst, token=token)
 
         for admin, org, slug, name, schema, file in (
@@ -67,27 +76,36 @@ class Command(BaseCommand):
             (survey_admin, survey, "adult", "UCI Adult", ADULT, "adult.csv"),
         ):
             dataset = dataset_register(actor=admin, organisation=org, name=name, slug=slug, schema=schema)
-            version = dataset_version_import(actor=admin, dataset=dataset, data=(DATASETS / file).read_bytes(),
-                                             name=file)
+            version = dataset_version_import(
+                actor=admin, dataset=dataset, data=(DATASETS / file).read_bytes(), name=file
+            )
             version = dataset_version_ingest(version_id=version.pk)  # here, so the demo is ready at once
             if version.status != "ready":
                 raise CommandError(f"{slug}: ingestion failed: {version.error_message}")
-            agreement_publish(actor=admin, dataset=dataset, text=f"Use {name} for aggregate research only; "
-                                                                 "no attempt to re-identify anyone.")
+            agreement_publish(
+                actor=admin,
+                dataset=dataset,
+                text=f"Use {name} for aggregate research only; no attempt to re-identify anyone.",
+            )
             dataset_grant_create(actor=admin, dataset=dataset, organisation=research, purpose="query")
             budget_set(actor=admin, dataset=dataset, measure="pure", total=10.0, per_query_max=1.0)
             allocation_set(actor=admin, dataset=dataset, organisation=research, amount=5.0)
             with transaction.atomic():
                 agreement_accept(actor=analyst, dataset=dataset, version=1)
-            self.stdout.write(f"  {org.slug}/{slug}: {version.row_count} rows, encrypted; research-lab may spend ε=5")
+            self.stdout.write(
+                f"  {org.slug}/{slug}: {version.row_count} rows, encrypted; research-lab may spend ε=5"
+            )
         _, api_token = api_token_create(actor=analyst, name="demo")
-        self.stdout.write(self.style.SUCCESS(
-            f"\nDemo consortium ready. Users (password '{PASSWORD}'): operator, census-bureau-admin, "
-            "labour-survey-admin, research-lab-admin, analyst.\n"
-            f"The analyst's API token (shown once): {api_token}\n\n"
-            "Try (with `make run` serving):\n"
-            f"  curl -s -H 'Authorization: Bearer {api_token}' -H 'Content-Type: application/json' \\\n"
-            "    -d '{\"sql\": \"SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ\", "
-            "\"privacy\": {\"epsilon\": 0.5}}' \\\n"
-            "    http://127.0.0.1:8000/api/v1/datasets/census-bureau/pums/queries\n"
-            "or log in at http://127.0.0.1:8000/login/ as 'analyst'."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nDemo consortium ready. Users (password '{PASSWORD}'): operator, census-bureau-admin, "
+                "labour-survey-admin, research-lab-admin, analyst.\n"
+                f"The analyst's API token (shown once): {api_token}\n\n"
+                "Try (with `make run` serving):\n"
+                f"  curl -s -H 'Authorization: Bearer {api_token}' -H 'Content-Type: application/json' \\\n"
+                '    -d \'{"sql": "SELECT educ, COUNT(*), AVG(income) FROM pums WHERE age >= 30 GROUP BY educ", '
+                '"privacy": {"epsilon": 0.5}}\' \\\n'
+                "    http://127.0.0.1:8000/api/v1/datasets/census-bureau/pums/queries\n"
+                "or log in at http://127.0.0.1:8000/login/ as 'analyst'."
+            )
+        )
