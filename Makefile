@@ -7,10 +7,10 @@ PY := $(VENV)/bin/python
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[server,training,dev]'
 	touch $@
 
-.PHONY: install run demo test lint
+.PHONY: install run demo test lint typecheck format lock
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -25,7 +25,25 @@ test: $(VENV)/.installed
 	sh scripts/ensure-compose
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Boundaries (import-linter contracts in pyproject.toml) and no model change without its migration.
+# Style (ruff's rule set and format, in pyproject.toml), boundaries (import-linter contracts) and no
+# model change without its migration. The OpenAPI document is validated by
+# tests/security/test_openapi_contract.py, which `make test` runs.
 lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	$(PY) manage.py makemigrations --check --dry-run
+
+# mypy, strict on the pure cores ([tool.mypy] in pyproject.toml).
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# The server's pinned set (PyPI, CPU torch), for reproducible images: requirements/server.lock.
+lock:
+	$(VENV)/bin/uv pip compile pyproject.toml --extra server --extra training --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --custom-compile-command "make lock" --quiet \
+	  --output-file requirements/server.lock

@@ -165,7 +165,7 @@ def main() -> None:
     )
 
     print("\nfast path noise scales and cost per query (from OpenDP's summarize / privacy map):")
-    for q, spec in zip(QUERIES, specs):
+    for q, spec in zip(QUERIES, specs, strict=True):
         p = preview(SCHEMA, spec)
         scales = [
             (a.name, a.mechanism, a.scale if a.scale is not None else [c.scale for c in a.components])

@@ -33,15 +33,16 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from federation.flower.local import LocalFederation, read_jsonl
-from training.config import TrainConfig
-from training.data import LabelledTable, load_table_for_config, partition, split_train_test
+# The project's packages, importable once the repository root is on the path (above).
+from federation.flower.local import LocalFederation, read_jsonl  # noqa: E402
+from training.config import TrainConfig  # noqa: E402
+from training.data import LabelledTable, load_table_for_config, partition, split_train_test  # noqa: E402
 
 
 def write_tsv(table: LabelledTable, path: Path) -> Path:
     with path.open("w", encoding="utf-8") as handle:
         handle.write("Label\tSMS\n")
-        for text, label_id in zip(table.texts, table.label_ids):
+        for text, label_id in zip(table.texts, table.label_ids, strict=True):
             clean = text.replace("\t", " ").replace("\n", " ").replace("\r", " ")
             handle.write(f"{table.labels[label_id]}\t{clean}\n")
     return path
@@ -144,7 +145,7 @@ def main() -> int:
     started = time.perf_counter()
     with LocalFederation(workdir / "flower") as fed:
         fed.start_superlink()
-        for org, part in zip(orgs, members):
+        for org, part in zip(orgs, members, strict=True):
             path = write_tsv(part, workdir / f"{org}.tsv")
             fed.add_supernode(
                 org,

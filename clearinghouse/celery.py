@@ -7,10 +7,13 @@ Also here, since every process that publishes or runs tasks imports this module:
 - a worker on a host of its own serves that host's metrics on WORKER_METRICS_PORT.
 """
 
+import logging
+import logging.config
 import os
 
 from celery import Celery
 from celery.signals import before_task_publish, setup_logging, task_postrun, task_prerun, worker_ready
+from django.conf import settings
 
 from clearinghouse.core import request_context
 
@@ -53,11 +56,6 @@ def _forget_request_id(task_id=None, **_):
 def _django_logging(loglevel=None, **_):
     """Connecting this signal stops Celery from installing its own log format. The level is the
     command's --loglevel (Celery's default: WARNING), as Celery would set it."""
-    import logging
-    import logging.config
-
-    from django.conf import settings
-
     logging.config.dictConfig(settings.LOGGING)
     if loglevel:
         logging.getLogger().setLevel(loglevel)
@@ -67,6 +65,9 @@ def _django_logging(loglevel=None, **_):
 def _serve_metrics(**_):
     port = os.environ.get("WORKER_METRICS_PORT")
     if port:
+        # Not at the top: `celery -A clearinghouse` imports this module before Django's settings, and
+        # prometheus_client fixes its (multiprocess) mode from PROMETHEUS_MULTIPROC_DIR, which settings
+        # may set, when it is first imported.
         from prometheus_client import start_http_server
 
         from clearinghouse.core.metrics import registry

@@ -157,7 +157,7 @@ def print_release(release: Release) -> None:
         columns.append(
             [v.rjust(wv) + (f"  [{lo.rjust(wl)}, {hi.rjust(wh)}]" if has else "") for v, lo, hi, has in parts]
         )
-    rows = [list(cells) for cells in zip(*columns)] if columns else []
+    rows = [list(cells) for cells in zip(*columns, strict=True)] if columns else []
     print_table(group_by + aggregates, rows)
     note = " (replayed: the earlier release, no new spending)" if release.replayed else ""
     print(

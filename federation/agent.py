@@ -62,7 +62,7 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     return command
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m federation.agent", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -89,43 +89,45 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=0, help="local ClientAppIo port (several agents on one host)"
     )
     run.add_argument("--skip-preflight", action="store_true")
+    return parser
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["preflight"]:
-        from federation.flower.preflight import main as preflight_main
 
-        rest = ["--data-path" if a == "--data" else a for a in argv[1:]]
-        return preflight_main(rest)
-    args = parser.parse_args(argv)
+def _keygen(args: argparse.Namespace) -> int:
+    from federation.flower.security import make_supernode_keypair
 
-    if args.command == "keygen":
-        from federation.flower.security import make_supernode_keypair
+    private, public = make_supernode_keypair(args.out, args.name)
+    print(f"private key: {private} (keep it on this machine)")
+    print(f"public key:  {public} — register it in the portal:\n{public.read_text().strip()}")
+    return 0
 
-        private, public = make_supernode_keypair(args.out, args.name)
-        print(f"private key: {private} (keep it on this machine)")
-        print(f"public key:  {public} — register it in the portal:\n{public.read_text().strip()}")
-        return 0
 
+def _preflight_checks(args: argparse.Namespace) -> list[str]:
+    """The preflight's arguments for what ``run`` was given."""
+    checks = [
+        "--data-path",
+        args.data,
+        "--text-column",
+        args.text_column,
+        "--label-column",
+        args.label_column,
+        "--labels",
+        args.labels,
+        "--base-model",
+        args.base_model,
+    ]
+    if args.delimiter:
+        checks += ["--delimiter", args.delimiter]
+    if args.device:
+        checks += ["--device", args.device]
+    return checks
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Preflight (unless skipped), then become the SuperNode."""
     if not args.skip_preflight:
         from federation.flower.preflight import main as preflight_main
 
-        checks = [
-            "--data-path",
-            args.data,
-            "--text-column",
-            args.text_column,
-            "--label-column",
-            args.label_column,
-            "--labels",
-            args.labels,
-            "--base-model",
-            args.base_model,
-        ]
-        if args.delimiter:
-            checks += ["--delimiter", args.delimiter]
-        if args.device:
-            checks += ["--device", args.device]
-        status = preflight_main(checks)
+        status = preflight_main(_preflight_checks(args))
         if status != 0:
             print("agent: preflight failed; the SuperNode was not started.", file=sys.stderr)
             return status
@@ -133,6 +135,20 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.flush()
     os.execvp(command[0], command)  # become the SuperNode: signals and exit status are its own
     return 0  # pragma: no cover
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["preflight"]:
+        from federation.flower.preflight import main as preflight_main
+
+        rest = ["--data-path" if a == "--data" else a for a in argv[1:]]
+        return preflight_main(rest)
+    args = parser.parse_args(argv)
+    if args.command == "keygen":
+        return _keygen(args)
+    return _run(args)
 
 
 if __name__ == "__main__":

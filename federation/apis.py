@@ -15,6 +15,7 @@ from clearinghouse.organisations.selectors import organisation_get
 
 from .models import FederatedJob, JobRound, JobState, NodeKeyStatus, ParticipantStatus, Strategy, SuperNodeKey
 from .selectors import (
+    job_artifact,
     job_artifact_file,
     job_evaluation_shared,
     job_flower_run_id_visible,
@@ -24,7 +25,9 @@ from .selectors import (
     job_participants,
     job_report_shared,
     job_round_members_visible,
+    job_round_record,
     job_rounds,
+    job_rounds_completed,
     supernode_key_get,
     supernode_key_list,
 )
@@ -41,6 +44,7 @@ from .services import (
 
 
 def round_body(r: JobRound, *, actor) -> dict:
+    record = job_round_record(job_round=r)
     return {
         "round": r.number,
         "accuracy": r.accuracy,
@@ -50,9 +54,9 @@ def round_body(r: JobRound, *, actor) -> dict:
         "bytes_sent": r.bytes_sent,
         "bytes_received": r.bytes_received,
         "seconds": r.seconds,
-        "clients": job_round_members_visible(actor=actor, record=r.record),
-        "dropouts": r.record.get("dropouts", []),
-        "flower_overhead_seconds": r.record.get("flower_overhead_seconds"),
+        "clients": [entry.to_json() for entry in job_round_members_visible(actor=actor, record=record)],
+        "dropouts": [dropout.to_json() for dropout in record.dropouts],
+        "flower_overhead_seconds": record.flower_overhead_seconds,
     }
 
 
@@ -75,7 +79,7 @@ def job_body(job: FederatedJob, *, actor, detail: bool = False) -> dict:
         "started_at": job.started_at,
         "finished_at": job.finished_at,
         # Counted by the list's query; a job just returned by a service is counted here.
-        "rounds_completed": job.rounds_done if hasattr(job, "rounds_done") else job.rounds.count(),
+        "rounds_completed": job_rounds_completed(job=job),
     }
     if detail:
         body["participants"] = [
@@ -91,7 +95,7 @@ def job_body(job: FederatedJob, *, actor, detail: bool = False) -> dict:
         mine = job_my_participation(actor=actor, job=job)
         body["my_participation"] = mine.status if mine else None
         body["final_evaluation"] = job_evaluation_shared(job.final_evaluation)
-        artifact = getattr(job, "artifact", None)
+        artifact = job_artifact(job=job)
         body["artifact"] = (
             None
             if artifact is None

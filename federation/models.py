@@ -113,6 +113,9 @@ class JobParticipant(models.Model):
             models.UniqueConstraint(fields=["job", "organisation"], name="one_participation_per_job")
         ]
 
+    def __str__(self) -> str:
+        return f"organisation {self.organisation_id} in job {self.job_id} ({self.status})"
+
 
 class JobRound(models.Model):
     """One round as the ServerApp reported it (idempotent per (job, number): callbacks may retry)."""
@@ -134,6 +137,9 @@ class JobRound(models.Model):
         ordering = ["job", "number"]
         constraints = [models.UniqueConstraint(fields=["job", "number"], name="one_record_per_round")]
 
+    def __str__(self) -> str:
+        return f"round {self.number} of job {self.job_id}"
+
 
 class ModelArtifact(models.Model):
     """The final aggregated adapter (safetensors) and its evaluation report; downloadable by the
@@ -145,6 +151,9 @@ class ModelArtifact(models.Model):
     sha256 = models.CharField(max_length=64)
     report = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"model artifact {self.file_name}"
 
 
 class NodeKeyStatus(models.TextChoices):
@@ -177,3 +186,6 @@ class SuperNodeKey(models.Model):
                 name="one_live_key_name_per_organisation",
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"SuperNode key {self.name} of organisation {self.organisation_id} ({self.status})"

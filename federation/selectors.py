@@ -21,6 +21,7 @@ from clearinghouse.organisations.selectors import (
     require_capability,
     user_capabilities,
 )
+from federation.flower.reporting import ClientRecord, RoundRecord
 
 from .models import (
     FederatedJob,
@@ -34,8 +35,12 @@ from .models import (
 
 
 def job_list(*, actor: Any) -> QuerySet[FederatedJob]:
-    """With `rounds_done` counted in the same query (distinct: a member's filter joins participants)."""
-    jobs = FederatedJob.objects.annotate(rounds_done=Count("rounds", distinct=True))
+    """With `rounds_done` counted in the same query (distinct: a member's filter joins participants).
+    Ordered explicitly, newest first: an aggregate's GROUP BY drops the model's default ordering, and
+    the API's and the portal's pages need a stable order."""
+    jobs = FederatedJob.objects.annotate(rounds_done=Count("rounds", distinct=True)).order_by(
+        "-created_at", "-pk"
+    )
     if actor.is_operator:
         return jobs
     membership = membership_active(user=actor)
@@ -82,24 +87,40 @@ EVALUATION_SHARED = frozenset(
 )
 
 
+def job_rounds_completed(*, job: FederatedJob) -> int:
+    """Rounds recorded so far: counted by `job_list`'s query when the job came from it, else here
+    (a job just returned by a service)."""
+    counted = getattr(job, "rounds_done", None)
+    return counted if counted is not None else job.rounds.count()
+
+
+def job_artifact(*, job: FederatedJob) -> ModelArtifact | None:
+    """The job's stored model, or None until the run has finished and its model is stored (what is
+    shown about it is decided by the callers' `job_report_shared`; the file by
+    `job_artifact_for_download`)."""
+    return ModelArtifact.objects.filter(job=job).first()
+
+
 def job_evaluation_shared(evaluation: Any) -> dict[str, Any] | None:
     if not isinstance(evaluation, dict):
         return None
     return {key: value for key, value in evaluation.items() if key in EVALUATION_SHARED}
 
 
-def job_round_members_visible(*, actor: Any, record: dict[str, Any]) -> list[dict[str, Any]]:
+def job_round_record(*, job_round: JobRound) -> RoundRecord:
+    """A stored round as the typed record the ServerApp made (rows keep the event as it was sent;
+    `RoundRecord.parse` reads any of them, older ones included)."""
+    return RoundRecord.parse(job_round.record)
+
+
+def job_round_members_visible(*, actor: Any, record: RoundRecord) -> list[ClientRecord]:
     """A round's per-member entries the actor may read: its own organisation's only (as the member's
     node labelled them). Operators, who own no data, get none."""
     membership = membership_active(user=actor)
     if membership is None:
         return []
     slug = membership.organisation.slug
-    return [
-        entry
-        for entry in record.get("clients") or []
-        if isinstance(entry, dict) and entry.get("organisation") == slug
-    ]
+    return [entry for entry in record.clients if entry.organisation == slug]
 
 
 def job_report_shared(report: Any) -> dict[str, Any]:

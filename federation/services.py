@@ -11,10 +11,10 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import secrets
 import shutil
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from clearinghouse.audit.services import audit_lock, audit_record
+from clearinghouse.core.enqueue import enqueue_on_commit
 from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from clearinghouse.core.metrics import FEDERATED_ROUNDS, count_on_commit
 from clearinghouse.core.text import clean_name
@@ -37,6 +38,7 @@ from clearinghouse.organisations.models import Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_FEDERATION
 from clearinghouse.organisations.selectors import require_capability, require_operator
 from federation.flower.control import RUN_COMPLETED, RUN_FAILED, FlowerControlError, SuperLinkControl
+from federation.flower.reporting import RoundRecord
 from federation.flower.settings import KNOWN_RUN_KEYS, FederationConfigError, JobSettings
 
 from .models import (
@@ -105,7 +107,9 @@ def _run_config(job: FederatedJob, *, participants: str = "", callback: bool = F
         config.update(
             {
                 "output-dir": str(workdir / "out"),
-                "callback-url": f"{settings.FLOWER_CALLBACK_URL_BASE.rstrip('/')}/api/v1/federated-jobs/{job.pk}/events",
+                "callback-url": (
+                    f"{settings.FLOWER_CALLBACK_URL_BASE.rstrip('/')}/api/v1/federated-jobs/{job.pk}/events"
+                ),
                 "callback-token-file": str(workdir / "callback.token"),
             }
         )
@@ -175,6 +179,14 @@ def _set_state(job: FederatedJob, state: str, *, actor: Any = None, reason: str 
 def _locked(job_id: int) -> FederatedJob | None:
     audit_lock()  # first: the lock order of every write (see audit_lock)
     return FederatedJob.objects.select_for_update(no_key=True).filter(pk=job_id).first()
+
+
+def _locked_existing(job_id: int) -> FederatedJob:
+    """The job, locked, for a service that was handed it: gone meanwhile (deleted) is a 404."""
+    job = _locked(job_id)
+    if job is None:
+        raise NotFound("Job not found.")
+    return job
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -276,7 +288,7 @@ def job_participation_decide(
     require_capability(actor=actor, organisation=participant.organisation, capability=MANAGE_FEDERATION)
     if decision not in ("accept", "decline"):
         raise ValidationFailed("decision must be 'accept' or 'decline'.", code="invalid_decision")
-    job = _locked(job.pk)
+    job = _locked_existing(job.pk)
     if job.state != JobState.DRAFT:
         raise Conflict(
             f"The job is {job.state}; participation is decided while it is a draft.", code="job_not_draft"
@@ -322,7 +334,7 @@ def _participant_nodes(job: FederatedJob) -> tuple[list[JobParticipant], list[st
 @transaction.atomic
 def job_schedule(*, actor: Any, job: FederatedJob) -> FederatedJob:
     require_operator(actor=actor)
-    job = _locked(job.pk)
+    job = _locked_existing(job.pk)
     if job.state != JobState.DRAFT:
         raise Conflict(f"The job is {job.state}; only a draft can be scheduled.", code="job_not_draft")
     if not settings.FLOWER_SUPERLINK:
@@ -335,9 +347,7 @@ def job_schedule(*, actor: Any, job: FederatedJob) -> FederatedJob:
         )
     _validate_settings(job)
     _set_state(job, JobState.SCHEDULED, actor=actor, scheduled_at=timezone.now())
-    from .tasks import job_submit_task
-
-    transaction.on_commit(lambda: job_submit_task.delay(job.pk))
+    enqueue_on_commit("federation.job_submit", job.pk)
     return job
 
 
@@ -368,14 +378,17 @@ def job_submit(*, job_id: int) -> FederatedJob | None:
     except FlowerControlError as exc:
         run_id, refusal = "", str(exc)
     with transaction.atomic():
-        job = _locked(job_id)
+        locked = _locked(job_id)
+        if locked is None:  # deleted while being submitted: stop the run it no longer owns
+            if run_id:
+                transaction.on_commit(partial(_stop_orphan_run, run_id), robust=True)
+            return None
+        job = locked
         if job.state != JobState.SCHEDULED:  # cancelled while being submitted
             if run_id:
                 job.flower_run_id = run_id
                 job.save(update_fields=["flower_run_id"])
-                from .tasks import job_stop_task
-
-                transaction.on_commit(lambda: job_stop_task.delay(job.pk))
+                enqueue_on_commit("federation.job_stop", job.pk)
             return job
         if not run_id:
             _set_state(job, JobState.FAILED, reason=f"The SuperLink refused the run: {refusal}")
@@ -387,7 +400,7 @@ def job_submit(*, job_id: int) -> FederatedJob | None:
 @transaction.atomic
 def job_cancel(*, actor: Any, job: FederatedJob, reason: str = "") -> FederatedJob:
     require_operator(actor=actor)
-    job = _locked(job.pk)
+    job = _locked_existing(job.pk)
     if job.is_final:
         raise Conflict(f"The job is already {job.state}.", code="job_finished")
     run_id = job.flower_run_id
@@ -398,10 +411,15 @@ def job_cancel(*, actor: Any, job: FederatedJob, reason: str = "") -> FederatedJ
         reason=f"Cancelled by {actor.get_username()}" + (f": {reason[:500]}" if reason else "."),
     )
     if run_id:
-        from .tasks import job_stop_task
-
-        transaction.on_commit(lambda: job_stop_task.delay(job.pk))
+        enqueue_on_commit("federation.job_stop", job.pk)
     return job
+
+
+def _stop_orphan_run(run_id: str) -> None:
+    try:
+        _control().stop(run_id)
+    except FlowerControlError as exc:
+        log.info("stop of run %s (its job is gone): %s", run_id, exc)
 
 
 def job_stop(*, job_id: int) -> None:
@@ -416,17 +434,6 @@ def job_stop(*, job_id: int) -> None:
 
 
 # ----------------------------------------------------------------------------- the ServerApp's reports
-def _number(value: Any) -> float | None:
-    """A reported metric as a float; None for anything else (text, NaN, a number past a float)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _require_job_token(job: FederatedJob | None, token: str) -> FederatedJob:
     expected = job.callback_token_hash if job else ""
     given = hashlib.sha256(token.encode()).hexdigest() if token else ""
@@ -451,19 +458,19 @@ def job_event_record(*, job_id: int, token: str, event: dict[str, Any]) -> Feder
     if job.is_final and kind in ("round", "finished"):
         return job  # e.g. rounds still arriving after a cancel: keep what the job ended with
     if kind == "round":
-        number = event.get("round")
-        if not isinstance(number, int) or number < 1:
+        record = RoundRecord.parse(event)
+        number = record.round
+        if number is None or number < 1:
             raise ValidationFailed("A round event needs a positive integer 'round'.", code="invalid_event")
-        evaluation = event.get("evaluate") or {}
         values = {
-            "accuracy": _number(evaluation.get("accuracy")),
-            "macro_f1": _number(evaluation.get("macro_f1")),
-            "loss": _number(evaluation.get("loss")),
-            "clients_trained": int(event.get("clients_trained") or 0),
-            "bytes_sent": int(event.get("bytes_sent") or 0),
-            "bytes_received": int(event.get("bytes_received") or 0),
-            "seconds": float(event.get("round_seconds") or 0.0),
-            "record": event,
+            "accuracy": record.evaluate.accuracy,
+            "macro_f1": record.evaluate.macro_f1,
+            "loss": record.evaluate.loss,
+            "clients_trained": record.clients_trained,
+            "bytes_sent": record.bytes_sent,
+            "bytes_received": record.bytes_received,
+            "seconds": record.round_seconds or 0.0,
+            "record": event,  # stored as sent: RoundRecord.parse reads it back
             "received_at": timezone.now(),
         }
         _, created = JobRound.objects.update_or_create(job=job, number=number, defaults=values)
@@ -478,9 +485,7 @@ def job_event_record(*, job_id: int, token: str, event: dict[str, Any]) -> Feder
     elif kind == "finished":
         job.final_evaluation = event.get("final_evaluation")
         job.save(update_fields=["final_evaluation"])
-        from .tasks import job_finalize_task
-
-        transaction.on_commit(lambda: job_finalize_task.delay(job.pk))
+        enqueue_on_commit("federation.job_finalize", job.pk)
     elif kind == "failed":
         _set_state(
             job, JobState.FAILED, reason=str(event.get("reason") or "The ServerApp reported a failure.")
@@ -513,8 +518,10 @@ def job_finalize(*, job_id: int) -> FederatedJob | None:
                 "report": report,
             },
         )
-        if job.final_evaluation is None and report.get("history"):
-            job.final_evaluation = report["history"][-1].get("evaluate")
+        # The ServerApp's report names the last round's pooled evaluation `final_evaluation` (a run
+        # whose round events did not all arrive still gets it from the report).
+        if job.final_evaluation is None and isinstance(report.get("final_evaluation"), dict):
+            job.final_evaluation = report["final_evaluation"]
         _set_state(job, JobState.SUCCEEDED)
     shutil.rmtree(job_workdir(job), ignore_errors=True)  # outputs are stored; the token is spent
     return job
@@ -528,7 +535,7 @@ def jobs_reconcile() -> dict[str, int]:
     for job in FederatedJob.objects.filter(state=JobState.SCHEDULED, scheduled_at__lt=stale):
         with transaction.atomic():
             locked = _locked(job.pk)
-            if locked.state == JobState.SCHEDULED:
+            if locked is not None and locked.state == JobState.SCHEDULED:
                 _set_state(
                     locked,
                     JobState.FAILED,
@@ -554,7 +561,7 @@ def jobs_reconcile() -> dict[str, int]:
         else:
             with transaction.atomic():
                 locked = _locked(job.pk)
-                if locked.state != JobState.RUNNING:
+                if locked is None or locked.state != JobState.RUNNING:
                     continue
                 if run is None:
                     reason = f"The SuperLink has no record of run {job.flower_run_id}."
@@ -606,9 +613,7 @@ def supernode_key_add(*, actor: Any, organisation: Organisation, name: str, publ
         target=key,
         extra={"name": name, "fingerprint": fingerprint},
     )
-    from .tasks import supernode_key_register_task
-
-    transaction.on_commit(lambda: supernode_key_register_task.delay(key.pk))
+    enqueue_on_commit("federation.supernode_key_register", key.pk)
     return key
 
 
@@ -660,9 +665,7 @@ def supernode_key_revoke(*, actor: Any, key: SuperNodeKey) -> SuperNodeKey:
         extra={"node_id": key.node_id},
     )
     if key.node_id:
-        from .tasks import supernode_key_unregister_task
-
-        transaction.on_commit(lambda: supernode_key_unregister_task.delay(key.pk))
+        enqueue_on_commit("federation.supernode_key_unregister", key.pk)
     return key
 
 

@@ -22,12 +22,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from clearinghouse.core.errors import ApplicationError, Conflict, ValidationFailed
 from clearinghouse.organisations.selectors import require_operator
 
-# The portal's own helpers, shared so every page reports service errors the same way.
-from clearinghouse.portal.views import _form_error, _my_organisation, service_errors
+# The portal's public helpers, shared so every page reports service errors the same way.
+from clearinghouse.portal.charts import COLOURS, AxisTitle, Line, line_chart
+from clearinghouse.portal.shortcuts import form_error, my_membership, paginate, service_errors
 
 from .forms import JobForm, SuperNodeKeyForm
 from .models import FederatedJob, JobRound, JobState
 from .selectors import (
+    job_artifact,
     job_artifact_file,
     job_evaluation_shared,
     job_flower_run_id_visible,
@@ -38,6 +40,7 @@ from .selectors import (
     job_participation_open_to,
     job_receives_model,
     job_round_members_visible,
+    job_round_record,
     job_rounds,
     supernode_key_get,
     supernode_key_list,
@@ -63,7 +66,7 @@ FLEET_ADDRESS_PLACEHOLDER = "superlink-host:9093"  # when the service has no Sup
 @require_GET
 @service_errors
 def job_list_view(request: HttpRequest) -> HttpResponse:
-    jobs = job_list(actor=request.user)[:200]
+    jobs = paginate(request, job_list(actor=request.user))
     return render(request, "federation/jobs.html", {"jobs": jobs})
 
 
@@ -77,7 +80,7 @@ def job_new_view(request: HttpRequest) -> HttpResponse:
         try:
             job = job_create(actor=request.user, **form.job_create_arguments())
         except ApplicationError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(
                 request, f"Job {job.name} created as a draft; the invited organisations decide now."
@@ -86,86 +89,65 @@ def job_new_view(request: HttpRequest) -> HttpResponse:
     return render(request, "federation/job_new.html", {"form": form})
 
 
-def _client_accuracies(members: list[dict[str, Any]]) -> list[tuple[str, float]]:
-    """Each member's held-out accuracy in a round, as the ServerApp reported it (when it did): only the
-    viewer's own organisation's members (`job_round_members_visible`)."""
-    accuracies = []
-    for client in members:
-        if not isinstance(client, dict):
-            continue
-        evaluate = client.get("evaluate")
-        accuracy = evaluate.get("eval-accuracy") if isinstance(evaluate, dict) else None
-        # A number a float holds (not NaN, not an integer past a float's range).
-        if (
-            isinstance(accuracy, (int, float))
-            and not isinstance(accuracy, bool)
-            and -1e300 < accuracy < 1e300
-        ):
-            who = client.get("organisation") or f"node {client.get('node_id')}"
-            accuracies.append((who, float(accuracy)))
-    return accuracies
-
-
-def _dropouts(record: dict[str, Any]) -> list[str]:
-    return [
-        f"{d.get('organisation') or 'node ' + str(d.get('node_id'))}: {d.get('reason', '')}"
-        for d in record.get("dropouts") or []
-        if isinstance(d, dict)
-    ]
-
-
 def _round_rows(rounds: list[JobRound], *, actor: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "round": r,
-            "dropouts": _dropouts(r.record),
-            "client_accuracies": _client_accuracies(job_round_members_visible(actor=actor, record=r.record)),
-        }
-        for r in rounds
-    ]
+    """Each round with its dropouts, and each of the viewer's own organisation's members' held-out
+    accuracy (when it reported one; `job_round_members_visible`)."""
+    rows = []
+    for r in rounds:
+        record = job_round_record(job_round=r)
+        members = job_round_members_visible(actor=actor, record=record)
+        rows.append(
+            {
+                "round": r,
+                "dropouts": [dropout.label for dropout in record.dropouts],
+                "client_accuracies": [
+                    (member.label, member.evaluate_accuracy)
+                    for member in members
+                    if member.evaluate_accuracy is not None
+                ],
+            }
+        )
+    return rows
 
 
 def _round_plot(rounds: list[JobRound]) -> dict[str, Any] | None:
-    """Accuracy (on 0..1) and loss (scaled to its largest value) per round, as two SVG polylines
-    with a marker per round, so even a single round shows (no JavaScript needed)."""
+    """Accuracy (on 0..1) and loss (scaled to its largest value) per round, as two lines with a marker
+    per round, so even a single round shows (the portal's one chart, `portal.charts`)."""
     if not rounds:
         return None
-    width, height, pad = 640, 260, 50
     first, last = rounds[0].number, rounds[-1].number
     span = max(1, last - first)
 
     def x(number: int) -> float:
-        return round(pad + (number - first) / span * (width - 2 * pad), 1)
+        return (number - first) / span
 
-    def y(fraction: float) -> float:
-        return round(height - pad - min(max(fraction, 0.0), 1.0) * (height - 2 * pad), 1)
-
-    accuracy = [(x(r.number), y(r.accuracy)) for r in rounds if r.accuracy is not None]
     loss_max = max((r.loss for r in rounds if r.loss is not None), default=0.0)
-    loss = [(x(r.number), y(r.loss / loss_max)) for r in rounds if r.loss is not None] if loss_max > 0 else []
+    loss = [(x(r.number), r.loss / loss_max) for r in rounds if r.loss is not None] if loss_max > 0 else []
     step = math.ceil(len(rounds) / 12)  # at most a dozen round labels under the axis
-    return {
-        "width": width,
-        "height": height,
-        "left": pad,
-        "right": width - pad,
-        "top": pad,
-        "bottom": height - pad,
-        "middle": y(0.5),
-        "loss_max": loss_max,
-        # Where the axis labels go: beside the axes, under the ticks, along the edges.
-        "left_labels": pad - 6,
-        "right_labels": width - pad + 6,
-        "loss_title_x": width - 10,
-        "tick_end": height - pad + 4,
-        "tick_labels": height - pad + 16,
-        "x_title_y": height - 6,
-        "accuracy_points": " ".join(f"{px},{py}" for px, py in accuracy),
-        "accuracy_markers": accuracy,
-        "loss_points": " ".join(f"{px},{py}" for px, py in loss),
-        "loss_markers": loss,
-        "x_ticks": [(x(r.number), r.number) for r in rounds[::step]],
-    }
+    accuracy_colour, loss_colour = COLOURS[0], COLOURS[1]
+    return line_chart(
+        chart_id="round-plot",
+        title="Accuracy and loss per round",
+        lines=[
+            Line(
+                "accuracy",
+                [(x(r.number), r.accuracy) for r in rounds if r.accuracy is not None],
+                colour=accuracy_colour,
+                markers=True,
+            ),
+            Line("loss", loss, colour=loss_colour, dashed=True, markers=True),
+        ],
+        width=640,
+        height=260,
+        pad=50,
+        left_labels=[(1.0, "1"), (0.5, "0.5"), (0.0, "0")],
+        right_labels=[(1.0, f"{loss_max:.3f}"), (0.0, "0")],
+        x_labels=[(x(r.number), str(r.number)) for r in rounds[::step]],
+        gridlines=[0.5],
+        left_title=AxisTitle("accuracy", accuracy_colour),
+        right_title=AxisTitle("loss", loss_colour),
+        x_title="round",
+    )
 
 
 def _evaluation_rows(evaluation: dict[str, Any] | None) -> list[tuple[str, float]]:
@@ -221,7 +203,7 @@ def job_detail_view(request: HttpRequest, job_id: int) -> HttpResponse:
     job = job_get(actor=request.user, job_id=job_id)
     rounds = list(job_rounds(job=job))
     mine = job_my_participation(actor=request.user, job=job)
-    artifact = getattr(job, "artifact", None)  # None until the run's model is stored
+    artifact = job_artifact(job=job)  # None until the run's model is stored
     context = {
         "job": job,
         "participants": job_participants(job=job),
@@ -294,14 +276,14 @@ def job_model_view(request: HttpRequest, job_id: int) -> FileResponse:
 @require_http_methods(["GET", "POST"])
 @service_errors
 def supernode_keys_view(request: HttpRequest) -> HttpResponse:
-    organisation = _my_organisation(request).organisation
+    organisation = my_membership(request).organisation
     keys = supernode_key_list(actor=request.user, organisation=organisation)  # org admins only
     form = SuperNodeKeyForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
             key = supernode_key_add(actor=request.user, organisation=organisation, **form.cleaned_data)
         except (ValidationFailed, Conflict) as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, f"Key {key.name} added; it is being registered with the SuperLink.")
             return redirect("portal:supernode_keys")

@@ -4,6 +4,7 @@ without it (e.g. `pytest -p no:django tests/crypto`)."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -122,7 +123,7 @@ def celery_worker_process():
     # Readiness by a task round trip: the embedded SQLite transport has no broadcast for control.ping.
     try:
         ping_task.delay().get(timeout=90)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure to answer means the worker did not start
         process.kill()
         raise RuntimeError(
             f"celery worker did not answer within 90 s: {output.read_text()[-2000:]}"
@@ -143,3 +144,36 @@ def media_root(settings, tmp_path):
         },
     }
     yield store  # Django's setting_changed signal makes default_storage re-read STORAGES
+
+
+# ------------------------------------------------------------------ headless Chromium (browser tests)
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture
+def browser():
+    if not os.path.exists(CHROMIUM):
+        message = "Debian's chromium is not installed (apt-get install chromium)"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    # Playwright's sync API runs an event loop in this thread; the test's own ORM calls are still
+    # synchronous and safe, so lift Django's guard for the duration of the test.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        yield browser
+        browser.close()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)

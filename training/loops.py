@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from training.config import TrainConfig, TrainingError
+from training.metrics import classification_metrics
 from training.models import autocast, autocast_dtype, make_grad_scaler
 from training.params import TrainableStateError, get_trainable_state
 from training.seed import seed_everything
@@ -63,6 +64,130 @@ def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _trainable_named(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise TrainingError("the model has no trainable parameters")
+    return named
+
+
+def _fedprox_anchors(
+    model: nn.Module,
+    named: Sequence[tuple[str, nn.Parameter]],
+    *,
+    mu: float,
+    global_state: Mapping[str, torch.Tensor] | None,
+    device: torch.device,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(parameter, its global value in fp32) for FedProx's term; none when ``mu`` is 0."""
+    if mu <= 0:
+        return []
+    reference = global_state if global_state is not None else get_trainable_state(model)
+    missing = [name for name, _ in named if name not in reference]
+    if missing:
+        raise TrainableStateError(
+            f"global_state lacks {len(missing)} trainable parameter(s), e.g. {missing[0]!r}"
+        )
+    return [(p, reference[name].to(device=device, dtype=torch.float32)) for name, p in named]
+
+
+@dataclass
+class _Stepper:
+    """One call's optimiser, gradient scaler and FedProx anchors; ``prox_sum`` adds up the
+    proximal term of every step."""
+
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler
+    anchors: list[tuple[torch.Tensor, torch.Tensor]]
+    mu: float
+    max_grad_norm: float | None
+    device: torch.device
+    prox_sum: torch.Tensor
+
+    def step(self, model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One optimiser step on ``batch`` (already on the device); the task loss in fp32."""
+        with autocast(self.device, self.amp_dtype):
+            output = model(**batch)
+        task_loss: torch.Tensor = output.loss.float()
+        total = task_loss
+        if self.anchors:
+            # Computed in fp32 outside autocast: tiny differences squared underflow in half precision.
+            zero = torch.zeros((), device=self.device, dtype=torch.float32)
+            prox = 0.5 * self.mu * sum(((p.float() - g).pow(2).sum() for p, g in self.anchors), zero)
+            total = total + prox
+            self.prox_sum += prox.detach().double()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()  # type: ignore[no-untyped-call]  # Tensor.backward is unannotated
+        if self.max_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return task_loss
+
+
+def _stepper(
+    model: nn.Module,
+    *,
+    config: TrainConfig,
+    device: torch.device,
+    global_state: Mapping[str, torch.Tensor] | None,
+) -> _Stepper:
+    named = _trainable_named(model)
+    params = [p for _, p in named]
+    optimizer = torch.optim.AdamW(params, lr=config.effective_learning_rate, weight_decay=config.weight_decay)
+    amp_dtype = autocast_dtype(device, enabled=config.mixed_precision)
+    scaler = make_grad_scaler(device, amp_dtype)
+    mu = float(config.fedprox_mu)
+    anchors = _fedprox_anchors(model, named, mu=mu, global_state=global_state, device=device)
+    return _Stepper(
+        params=params,
+        optimizer=optimizer,
+        amp_dtype=amp_dtype,
+        scaler=scaler,
+        anchors=anchors,
+        mu=mu,
+        max_grad_norm=config.max_grad_norm,
+        device=device,
+        prox_sum=torch.zeros((), device=device, dtype=torch.float64),
+    )
+
+
+@dataclass
+class _Progress:
+    loss_sum: torch.Tensor  # task loss × examples, in fp64
+    steps: int = 0
+    examples: int = 0
+    epochs: int = 0
+
+
+def _run_epochs(
+    model: nn.Module,
+    loader: Iterable[Mapping[str, torch.Tensor]],
+    stepper: _Stepper,
+    *,
+    config: TrainConfig,
+    device: torch.device,
+) -> _Progress:
+    """``config.local_epochs`` passes over ``loader``, cut short after ``config.max_steps`` steps
+    (a pass cut short is not counted in ``epochs``)."""
+    progress = _Progress(loss_sum=torch.zeros((), device=device, dtype=torch.float64))
+    for _ in range(config.local_epochs):
+        for batch in loader:
+            batch = _to_device(batch, device)
+            task_loss = stepper.step(model, batch)
+            n = int(batch["labels"].shape[0])
+            progress.loss_sum += task_loss.detach().double() * n
+            progress.examples += n
+            progress.steps += 1
+            if config.max_steps is not None and progress.steps >= config.max_steps:
+                return progress
+        progress.epochs += 1
+    return progress
+
+
 def train(
     model: nn.Module,
     loader: Iterable[Mapping[str, torch.Tensor]],
@@ -89,70 +214,19 @@ def train(
     seed_everything(config.seed if seed is None else seed)
     model.to(device)
     model.train()
-    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise TrainingError("the model has no trainable parameters")
-    params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=config.effective_learning_rate, weight_decay=config.weight_decay)
-    amp_dtype = autocast_dtype(device, enabled=config.mixed_precision)
-    scaler = make_grad_scaler(device, amp_dtype)
-
-    anchors: list[tuple[torch.Tensor, torch.Tensor]] = []
-    mu = float(config.fedprox_mu)
-    if mu > 0:
-        reference = global_state if global_state is not None else get_trainable_state(model)
-        missing = [name for name, _ in named if name not in reference]
-        if missing:
-            raise TrainableStateError(
-                f"global_state lacks {len(missing)} trainable parameter(s), e.g. {missing[0]!r}"
-            )
-        anchors = [(p, reference[name].to(device=device, dtype=torch.float32)) for name, p in named]
-
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    prox_sum = torch.zeros((), device=device, dtype=torch.float64)
-    steps = examples = epochs = 0
-    done = False
-    for _ in range(config.local_epochs):
-        for batch in loader:
-            batch = _to_device(batch, device)
-            with autocast(device, amp_dtype):
-                output = model(**batch)
-            task_loss = output.loss.float()
-            total = task_loss
-            if anchors:
-                # Computed in fp32 outside autocast: tiny differences squared underflow in half precision.
-                prox = 0.5 * mu * sum((p.float() - g).pow(2).sum() for p, g in anchors)
-                total = total + prox
-                prox_sum += prox.detach().double()
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(total).backward()
-            if config.max_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-
-            n = int(batch["labels"].shape[0])
-            loss_sum += task_loss.detach().double() * n
-            examples += n
-            steps += 1
-            if config.max_steps is not None and steps >= config.max_steps:
-                done = True
-                break
-        if done:
-            break
-        epochs += 1
-    if steps == 0:
+    stepper = _stepper(model, config=config, device=device, global_state=global_state)
+    progress = _run_epochs(model, loader, stepper, config=config, device=device)
+    if progress.steps == 0:
         raise TrainingError("the data loader yielded no batches")
-    loss = float(loss_sum.item()) / examples
+    loss = float(progress.loss_sum.item()) / progress.examples
     if not math.isfinite(loss):
         raise TrainingError("training diverged (loss is not finite); lower the learning rate")
     return TrainResult(
         loss=loss,
-        proximal_loss=float(prox_sum.item()) / steps,
-        steps=steps,
-        examples=examples,
-        epochs=epochs,
+        proximal_loss=float(stepper.prox_sum.item()) / progress.steps,
+        steps=progress.steps,
+        examples=progress.examples,
+        epochs=progress.epochs,
         seconds=time.perf_counter() - started,
     )
 
@@ -208,41 +282,6 @@ def evaluate(
     return EvalResult(loss=loss, **metrics)
 
 
-def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, *, label_names: Sequence[str]
-) -> dict[str, Any]:
-    """Accuracy, macro-F1 (over labels present in truth or predictions), per-class F1, confusion.
-
-    Hand-written (a dozen lines of numpy) rather than a dependency on scikit-learn.
-    """
-    k = len(label_names)
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    tp = np.diag(confusion)
-    support = confusion.sum(axis=1)
-    predicted = confusion.sum(axis=0)
-    per_class: dict[str, float | None] = {}
-    present = []
-    for i, name in enumerate(label_names):
-        if support[i] == 0 and predicted[i] == 0:
-            per_class[name] = None
-            continue
-        # F1 = 2TP / (2TP + FP + FN) = 2TP / (support + predicted); 0 when it never hits.
-        f1 = float(2 * tp[i] / (support[i] + predicted[i]))
-        per_class[name] = f1
-        present.append(f1)
-    n = len(y_true)
-    return {
-        "accuracy": float(tp.sum() / n) if n else 0.0,
-        "macro_f1": float(np.mean(present)) if present else 0.0,
-        "per_class_f1": per_class,
-        "confusion": confusion.tolist(),
-        "n": n,
-    }
-
-
 def predict(
     model: nn.Module,
     *,
@@ -253,7 +292,8 @@ def predict(
 ) -> tuple[list[str], np.ndarray]:
     """Predicted label names and class probabilities ``(len(texts), num_labels)`` for raw texts."""
     if not texts:
-        return [], np.zeros((0, int(model.config.num_labels)), dtype=np.float32)
+        hf_config: Any = model.config  # the transformers model's configuration
+        return [], np.zeros((0, int(hf_config.num_labels)), dtype=np.float32)
     size = config.batch_size * 2  # no gradients: larger batches fit
     batches = (
         dict(

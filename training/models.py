@@ -82,8 +82,9 @@ def _quiet_transformers() -> Iterator[None]:
 
     previous = hf_logging.get_verbosity()
     bar_was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    # transformers' logging helpers carry no annotations.
+    hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
     try:
         with warnings.catch_warnings():
             # peft (0.21) calls a transformers API that transformers 5 deprecates; not actionable here.
@@ -92,7 +93,7 @@ def _quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(previous)
         if bar_was_enabled:
-            hf_logging.enable_progress_bar()
+            hf_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
 
 
 def build_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:

@@ -107,7 +107,9 @@ def arrays_to_state(arrays: Sequence[np.ndarray], *, names: Sequence[str]) -> Or
     """Pair ``arrays`` with ``names`` (normally ``trainable_names(model)``)."""
     if len(arrays) != len(names):
         raise TrainableStateError(f"got {len(arrays)} arrays for {len(names)} trainable parameters")
-    return OrderedDict((name, torch.from_numpy(np.array(a, copy=True))) for name, a in zip(names, arrays))
+    return OrderedDict(
+        (name, torch.from_numpy(np.array(a, copy=True))) for name, a in zip(names, arrays, strict=True)
+    )
 
 
 def get_trainable_arrays(model: nn.Module) -> list[np.ndarray]:

@@ -6,7 +6,7 @@ from .models import APIToken, User
 
 @admin.register(User)
 class ClearinghouseUserAdmin(UserAdmin):
-    fieldsets = UserAdmin.fieldsets + (("Consortium", {"fields": ("is_operator",)}),)
+    fieldsets = (*(UserAdmin.fieldsets or ()), ("Consortium", {"fields": ("is_operator",)}))
     list_display = ("username", "email", "is_operator", "is_active", "date_joined")
 
 

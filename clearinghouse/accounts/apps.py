@@ -1,4 +1,7 @@
 from django.apps import AppConfig
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_logged_in, user_logged_out
+from django.db.models.signals import post_save
 
 
 class AccountsConfig(AppConfig):
@@ -6,10 +9,8 @@ class AccountsConfig(AppConfig):
     label = "accounts"
 
     def ready(self) -> None:
-        from django.contrib.auth import get_user_model
-        from django.contrib.auth.signals import user_logged_in, user_logged_out
-        from django.db.models.signals import post_save
-
+        # Here, not at the top: `sessions` imports models (loadable once the registry is ready), and
+        # `schema` registers its OpenAPI extension as it is imported.
         from . import (
             schema,  # noqa: F401  (registers the OpenAPI description of token auth)
             sessions,

@@ -45,12 +45,12 @@ class APIToken(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"
+
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None and self.expires_at > timezone.now()
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix})"
 
 
 class UserSession(models.Model):

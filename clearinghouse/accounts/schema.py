@@ -19,7 +19,8 @@ class SessionVariantScheme(OpenApiAuthenticationExtension):
     target_class = "rest_framework.authentication.SessionAuthentication"
     match_subclasses = True
     priority = -2  # drf-spectacular's own describes SessionAuthentication itself
-    name: ClassVar[list[str]] = []
+    # drf-spectacular declares `name` an instance attribute; extensions set it on the class.
+    name: ClassVar[list[str]] = []  # type: ignore[misc]
 
     def get_security_requirement(self, auto_schema):
         return {"cookieAuth": []}

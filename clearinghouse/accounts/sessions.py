@@ -13,6 +13,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from .models import UserSession
+from .services import user_sessions_end
 
 
 def session_recorded(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
@@ -39,6 +40,4 @@ def deactivated_user_sessions_ended(sender: Any, instance: Any, **kwargs: Any) -
     """post_save of a user: an inactive account keeps no session (e.g. deactivated in the admin), so
     reactivating it does not bring old sessions back."""
     if not instance.is_active and instance.pk is not None:
-        from .services import user_sessions_end
-
         user_sessions_end(user_ids=[instance.pk])

@@ -28,10 +28,7 @@ class AuditEventListApi(APIView):
 
     @extend_schema(responses=OutputSerializer(many=True), operation_id="audit_events_list")
     def get(self, request):
-        events = audit_event_list(actor=request.user)
-        action = request.query_params.get("action")
-        if action:
-            events = events.filter(action=action)
+        events = audit_event_list(actor=request.user, action=request.query_params.get("action"))
         return paginated(
             queryset=events,
             request=request,

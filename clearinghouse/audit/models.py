@@ -82,6 +82,9 @@ class AuditChainHead(models.Model):
     class Meta:
         constraints = [models.CheckConstraint(condition=models.Q(pk=1), name="audit_head_singleton")]
 
+    def __str__(self) -> str:
+        return f"audit chain head {self.last_hash[:12]}"
+
 
 class AuditEvent(models.Model):
     seq = models.BigIntegerField(unique=True, editable=False)
@@ -112,6 +115,9 @@ class AuditEvent(models.Model):
         ordering = ["-seq"]
         indexes = [models.Index(fields=["organisation", "-seq"]), models.Index(fields=["action"])]
 
+    def __str__(self) -> str:
+        return f"#{self.seq} {self.action} by {self.actor_label or 'system'}"
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
             raise RuntimeError("Audit events are append-only.")
@@ -135,6 +141,3 @@ class AuditEvent(models.Model):
             self.chained_fields(), sort_keys=True, separators=(",", ":"), cls=DjangoJSONEncoder
         )
         return hashlib.sha256(canonical.encode()).hexdigest()
-
-    def __str__(self) -> str:
-        return f"#{self.seq} {self.action} by {self.actor_label or 'system'}"

@@ -12,9 +12,12 @@ from clearinghouse.organisations.selectors import membership_active, user_capabi
 from .models import GENESIS_HASH, OWNER_ONLY, AuditChainHead, AuditEvent, UnknownHashVersion
 
 
-def audit_event_list(*, actor: User) -> QuerySet[AuditEvent]:
-    """Operators see every event; org admins see their own organisation's; nobody else any."""
+def audit_event_list(*, actor: User, action: str | None = None) -> QuerySet[AuditEvent]:
+    """Operators see every event; org admins see their own organisation's; nobody else any. With
+    `action`, only the events of that action (the API's and the portal's filter)."""
     events = AuditEvent.objects.select_related("actor", "organisation")
+    if action:
+        events = events.filter(action=action)
     if actor.is_operator:
         return events.all()
     membership = membership_active(user=actor)

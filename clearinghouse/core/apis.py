@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from rest_framework import serializers
+from rest_framework.pagination import BasePagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
@@ -17,16 +18,19 @@ class ErrorSerializer(serializers.Serializer):
 
     code = serializers.CharField(help_text="Stable machine-readable code, e.g. `not_found`, `invalid`.")
     detail = serializers.CharField(help_text="A human-readable message.")
-    fields = serializers.DictField(
+    # DRF's serializer metaclass takes declared fields off the class, so this `fields` (a key of the
+    # error body) does not replace `Serializer.fields`, which the stubs cannot express.
+    fields = serializers.DictField(  # type: ignore[assignment]
         child=serializers.ListField(child=serializers.CharField()),
         required=False,
         help_text="Per input field, its problems (validation errors only).",
     )
 
 
-class _StrictText:
+class _StrictText(serializers.CharField):
     """Takes only JSON strings: DRF's text fields would turn 12 or 1.5 into "12" or "1.5", so a
-    number sent for a text would pass as that text."""
+    number sent for a text would pass as that text. A mixin placed before a `CharField` subclass
+    (`StrictSlugField`'s MRO stays `_StrictText, SlugField, CharField`)."""
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
@@ -42,10 +46,30 @@ class StrictSlugField(_StrictText, serializers.SlugField):
     pass
 
 
-def paginator_class() -> type:
+# Input text fields accept generous lengths so that the services, not the serializers, produce the
+# one stable error for each rule.
+TEXT_MAX_LENGTH = 10_000
+
+
+class TextFieldOptions(TypedDict, total=False):
+    """What a `text_field` may set besides its length and blank rule."""
+
+    required: bool
+    default: str
+    help_text: str
+    trim_whitespace: bool
+
+
+def text_field(**options: Unpack[TextFieldOptions]) -> StrictCharField:
+    """A strict text input of up to `TEXT_MAX_LENGTH` characters, blank allowed."""
+    return StrictCharField(max_length=TEXT_MAX_LENGTH, allow_blank=True, **options)
+
+
+def paginator_class() -> type[BasePagination]:
     """The one pagination of every list of the API (limit/offset, `{count, next, previous, results}`);
     the OpenAPI document describes lists with the same class (`clearinghouse.core.schema`)."""
-    return api_settings.DEFAULT_PAGINATION_CLASS
+    # The stubs type the setting as written (a dotted path); `api_settings` gives the imported class.
+    return api_settings.DEFAULT_PAGINATION_CLASS  # type: ignore[return-value]
 
 
 def paginated(
@@ -58,8 +82,15 @@ def paginated(
 ) -> Response:
     """One page of `queryset`, each item rendered by `serializer_class` or by `body(item)`."""
     paginator = paginator_class()()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    items = [body(item) for item in page] if body is not None else serializer_class(page, many=True).data
+    page: list[Any] | None = paginator.paginate_queryset(queryset, request, view=view)
+    assert page is not None  # None only without a page size, and the API has one (`PAGE_SIZE`)
+    items: list[Any]
+    if body is not None:
+        items = [body(item) for item in page]
+    else:
+        assert serializer_class is not None, "paginated() needs serializer_class or body"
+        # many=True makes a ListSerializer, whose data is a list: the stubs cannot tell.
+        items = serializer_class(page, many=True).data  # type: ignore[assignment]
     return paginator.get_paginated_response(items)
 
 

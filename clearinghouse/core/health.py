@@ -12,6 +12,7 @@ import socket
 from django.conf import settings
 from django.db import connection
 
+from clearinghouse.celery import app
 from clearinghouse.core.probe import host_port
 
 logger = logging.getLogger(__name__)
@@ -33,8 +34,6 @@ def _database() -> str:
 
 
 def broker_check() -> str:
-    from clearinghouse.celery import app
-
     with app.connection_for_write() as conn:
         conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=TIMEOUT_SECONDS)
     return "ok"

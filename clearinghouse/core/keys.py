@@ -21,10 +21,13 @@ import logging
 import os
 from pathlib import Path
 
+from celery import current_task
 from django.conf import settings
 
 from clearinghouse.crypto.errors import KeyringError
 from clearinghouse.crypto.keyring import Keyring, StagingPublicKey
+
+from . import request_context
 
 logger = logging.getLogger(__name__)
 DEV_KEYRING_NAME = "keyring.dev.json"
@@ -72,10 +75,6 @@ def staging_public_key_path() -> Path:
 
 def keyring() -> Keyring:
     """The full keyring (decrypts). Refused inside an HTTP request: the web process never loads it."""
-    from celery import current_task
-
-    from . import request_context
-
     if request_context.active() is not None and not current_task:
         raise KeyringError(
             "The keyring is loaded only by workers and management commands, never while "

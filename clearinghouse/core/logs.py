@@ -38,7 +38,7 @@ class RedactPathFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         request = getattr(record, "request", None)
         path = getattr(request, "path", None)
-        if path and isinstance(record.args, tuple):
+        if path and request is not None and isinstance(record.args, tuple):
             route = route_of(request)
             record.args = tuple(
                 route if arg in (path, request.get_full_path()) else arg for arg in record.args

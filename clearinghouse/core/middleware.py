@@ -34,7 +34,8 @@ class RequestContextMiddleware:
         started = time.perf_counter()
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        request.request_id = request_id
+        # Our own attribute (HttpRequest declares none such): `logs.RequestIdFilter` reads it back.
+        request.request_id = request_id  # type: ignore[attr-defined]
         token = request_context.activate(
             request_context.RequestContext(request_id=request_id, ip=client_ip(request))
         )

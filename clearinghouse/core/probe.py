@@ -1,8 +1,8 @@
 """Container health checks, one small command for every process kind (docker/compose.yaml):
 
-    python -m clearinghouse.core.probe http http://127.0.0.1:8000/healthz   # web: answers 200
-    python -m clearinghouse.core.probe tcp 127.0.0.1:9093                   # SuperLink, member agent: port open
-    python -m clearinghouse.core.probe broker                               # beat: the broker answers
+    python -m clearinghouse.core.probe http http://127.0.0.1:8000/healthz # web: answers 200
+    python -m clearinghouse.core.probe tcp 127.0.0.1:9093                 # SuperLink, member agent: port open
+    python -m clearinghouse.core.probe broker                             # beat: the broker answers
 
 Exit status 0 when healthy, 1 otherwise, with one line saying which.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import sys
 import urllib.request
+from collections.abc import Callable
 
 TIMEOUT_SECONDS = 5.0
 
@@ -39,6 +40,7 @@ def probe_tcp(address: str) -> bool:
 
 
 def probe_broker() -> bool:
+    # Django is loaded only for this check: `probe http` and `probe tcp` run without settings.
     import django
 
     django.setup()
@@ -48,7 +50,7 @@ def probe_broker() -> bool:
 
 
 def main(argv: list[str]) -> int:
-    checks = {"http": probe_http, "tcp": probe_tcp, "broker": probe_broker}
+    checks: dict[str, Callable[..., bool]] = {"http": probe_http, "tcp": probe_tcp, "broker": probe_broker}
     if not argv or argv[0] not in checks or len(argv) != (1 if argv[0] == "broker" else 2):
         print(__doc__, file=sys.stderr)
         return 2

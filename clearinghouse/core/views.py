@@ -24,13 +24,13 @@ def api_not_found(request: HttpRequest, exception: Exception | None = None) -> H
     return page_not_found(request, exception)
 
 
-def api_bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def api_bad_request(request: HttpRequest, exception: Exception) -> HttpResponse:
     if is_api(request):
         return json_error("bad_request", "The request is malformed.", 400)
     return bad_request(request, exception)
 
 
-def api_permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def api_permission_denied(request: HttpRequest, exception: Exception) -> HttpResponse:
     if is_api(request):
         return json_error("permission_denied", "You do not have permission to perform this action.", 403)
     return permission_denied(request, exception)

@@ -56,7 +56,6 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from Crypto.Hash import HMAC, SHA256
-from Crypto.Protocol.KDF import HKDF
 
 from ._aead import TAG_SIZE, new_segment_cipher
 from .context import Context, canonical_context
@@ -72,7 +71,15 @@ from .header import (
     read_header,
 )
 from .keyring import Keyring, StagingPublicKey
-from .wrapping import WRAP_KEK, WRAP_X25519, unwrap_kek, unwrap_x25519, wrap_kek, wrap_x25519
+from .wrapping import (
+    WRAP_KEK,
+    WRAP_X25519,
+    hkdf_sha256,
+    unwrap_kek,
+    unwrap_x25519,
+    wrap_kek,
+    wrap_x25519,
+)
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -114,8 +121,8 @@ class EncryptionInfo:
 
 
 def _derive_keys(data_key: bytes, salt: bytes) -> tuple[bytes, bytes]:
-    payload_key = HKDF(data_key, 32, salt, SHA256, context=_PAYLOAD_INFO)
-    header_key = HKDF(data_key, 32, salt, SHA256, context=_HEADER_INFO)
+    payload_key = hkdf_sha256(data_key, salt, _PAYLOAD_INFO)
+    header_key = hkdf_sha256(data_key, salt, _HEADER_INFO)
     return payload_key, header_key
 
 
@@ -124,14 +131,14 @@ def _wrap_new(
 ) -> tuple[int, str, bytes]:
     """(wrap kind, key id, wrapped key) for a new file: under the keyring's current KEK, or to a
     staging public key."""
-    if (keyring is None) == (recipient is None):
+    if keyring is not None and recipient is None:
+        kek = keyring.current
+        return WRAP_KEK, kek.id, wrap_kek(kek, data_key)
+    if recipient is None or keyring is not None:
         raise TypeError("pass exactly one of keyring= (its current KEK) or recipient= (a staging public key)")
-    if recipient is not None:
-        if not isinstance(recipient, StagingPublicKey):
-            raise TypeError("recipient must be a StagingPublicKey")
-        return WRAP_X25519, recipient.id, wrap_x25519(recipient, data_key)
-    kek = keyring.current
-    return WRAP_KEK, kek.id, wrap_kek(kek, data_key)
+    if not isinstance(recipient, StagingPublicKey):
+        raise TypeError("recipient must be a StagingPublicKey")
+    return WRAP_X25519, recipient.id, wrap_x25519(recipient, data_key)
 
 
 def _header_mac(header_key: bytes, header: Header) -> bytes:

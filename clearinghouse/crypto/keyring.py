@@ -67,7 +67,7 @@ _PUBLIC_FORMAT_VERSION = 1
 _KEK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 
-def is_valid_kek_id(kek_id: str) -> bool:
+def is_valid_kek_id(kek_id: object) -> bool:
     """Whether `kek_id` is acceptable as a KEK id (1-64 chars of `[A-Za-z0-9._:-]`, starting alphanumeric)."""
     return isinstance(kek_id, str) and _KEK_ID_RE.fullmatch(kek_id) is not None
 
@@ -79,7 +79,7 @@ def generate_kek_id(*, now: dt.datetime | None = None, prefix: str = "kek") -> s
     return f"{prefix}-{day}-{secrets.token_hex(2)}"
 
 
-def _b64_field(entry: Mapping, name: str, key_id: str) -> bytes:
+def _b64_field(entry: Mapping[str, object], name: str, key_id: str) -> bytes:
     raw = entry.get(name)
     try:
         return base64.b64decode(raw if isinstance(raw, str) else "!", validate=True)
@@ -88,11 +88,12 @@ def _b64_field(entry: Mapping, name: str, key_id: str) -> bytes:
 
 
 def _entry_id(entry: object, index: int, what: str) -> str:
-    if not isinstance(entry, Mapping) or not isinstance(entry.get("id"), str):
+    key_id = entry.get("id") if isinstance(entry, Mapping) else None
+    if not isinstance(key_id, str):
         raise KeyringError(f'{what} entry #{index} needs a string "id"')
-    if not is_valid_kek_id(entry["id"]):
+    if not is_valid_kek_id(key_id):
         raise KeyringError(f"{what} entry #{index} has an invalid id")
-    return entry["id"]
+    return key_id
 
 
 def _check_key_fields(what: str, key_id: object, key: object, size: int, algorithm: str) -> None:
@@ -407,10 +408,8 @@ class Keyring:
             )
         staging_current = doc.get("staging_current")
         staging_entries = doc.get("staging_keys", [])
-        if (
-            (staging_current is not None
-            and not isinstance(staging_current, str))
-            or not isinstance(staging_entries, list)
+        if (staging_current is not None and not isinstance(staging_current, str)) or not isinstance(
+            staging_entries, list
         ):
             raise KeyringError('keyring "staging_current" must be a string and "staging_keys" a list')
         staging = []

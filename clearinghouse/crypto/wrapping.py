@@ -16,6 +16,8 @@ Errors name key ids only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from Crypto.Cipher import AES
 from Crypto.Hash import SHA256
 from Crypto.Protocol.DH import import_x25519_private_key, import_x25519_public_key, key_agreement
@@ -42,6 +44,14 @@ WRAPPED_SIZES = {WRAP_KEK: _KW_SIZE, WRAP_X25519: X25519_KEY_SIZE + _KW_SIZE}
 _X25519_INFO = b"clearinghouse.crypto/v2 x25519 data-key wrap"
 
 
+def hkdf_sha256(secret: bytes, salt: bytes, context: bytes) -> bytes:
+    """One 32-byte key from HKDF-SHA256 (the per-file keys, the X25519 wrapping key)."""
+    key = HKDF(secret, 32, salt, SHA256, context=context)
+    if not isinstance(key, bytes):  # pragma: no cover - one key (num_keys=1) comes back as bytes
+        raise TypeError("HKDF returned several keys")
+    return key
+
+
 def wrap_kek(kek: KeyEncryptionKey, data_key: bytes) -> bytes:
     return AES.new(kek.key, AES.MODE_KW).seal(data_key)
 
@@ -60,9 +70,12 @@ def unwrap_kek(kek: KeyEncryptionKey, wrapped: bytes) -> bytes:
     return _kw_unseal(kek.key, wrapped, kek.id)
 
 
-def _x25519_wrapping_key(ephemeral_public: bytes, staging_public: bytes):
-    def kdf(shared_secret: bytes) -> bytes:
-        return HKDF(shared_secret, 32, ephemeral_public + staging_public, SHA256, context=_X25519_INFO)
+def _x25519_wrapping_key(
+    ephemeral_public: bytes, staging_public: bytes
+) -> Callable[[bytes | bytearray | memoryview], bytes]:
+    def kdf(shared_secret: bytes | bytearray | memoryview) -> bytes:
+        # pycryptodome hands over bytes (typed as any buffer); bytes() of bytes is the same object
+        return hkdf_sha256(bytes(shared_secret), ephemeral_public + staging_public, _X25519_INFO)
 
     return kdf
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from django.http import UnreadablePostError
 from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers, status
@@ -10,8 +9,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from clearinghouse.accounts.authentication import APITokenAuthentication
-from clearinghouse.core.apis import StrictCharField, paginated, validated
-from clearinghouse.core.errors import NotFound, ValidationFailed
+from clearinghouse.core.apis import StrictCharField, paginated, text_field, validated
+from clearinghouse.core.errors import NotFound
 from clearinghouse.core.parsers import JSONParser
 from clearinghouse.organisations.selectors import organisation_directory_get
 
@@ -26,7 +25,6 @@ from .selectors import (
     dataset_list,
     dataset_register_organisation,
     dataset_schema_visible,
-    dataset_upload_target,
     dataset_version_get,
     dataset_version_list,
 )
@@ -40,9 +38,7 @@ from .services import (
     dataset_version_create,
     dataset_version_retry,
 )
-from .uploads import csrf_refusal, receiving_upload, upload_too_large_early
-
-_TEXT = {"max_length": 10_000, "allow_blank": True}
+from .uploads import csrf_refusal, dataset_upload_receiving, upload_reader_options
 
 
 class SchemaField(serializers.JSONField):
@@ -74,7 +70,7 @@ class VersionOutputSerializer(serializers.Serializer):
     size signal); owners additionally get those, the report and errors (see `version_body`)."""
 
     number = serializers.IntegerField()
-    status = serializers.CharField()
+    status: serializers.Field = serializers.CharField()  # a ChoiceField in `VersionBodySerializer`
     created_at = serializers.DateTimeField()
 
 
@@ -133,9 +129,9 @@ class DatasetListRegisterApi(APIView):
         class Meta:
             ref_name = "DatasetRegisterInput"
 
-        name = StrictCharField(**_TEXT)
-        slug = StrictCharField(**_TEXT)
-        description = StrictCharField(required=False, default="", **_TEXT)
+        name = text_field()
+        slug = text_field()
+        description = text_field(required=False, default="")
         schema = SchemaField(required=False, allow_null=True, default=None)
 
     @extend_schema(responses=DatasetOutputSerializer(many=True), operation_id="datasets_list")
@@ -206,12 +202,16 @@ class VersionListUploadApi(APIView):
         class Meta:
             ref_name = "DatasetUploadInput"
 
-        file = serializers.FileField()
-        format = StrictCharField(required=False, default="", **_TEXT)
-        delimiter = StrictCharField(required=False, default="", trim_whitespace=False, **_TEXT)
-        quote = StrictCharField(required=False, default='"', help_text="\" (default), ' or none")
+        # The file is staged as it streams in and checked by the staging handler (`file_required`,
+        # `unexpected_file_field`, `file_too_large`) and the service (`empty_file`).
+        file = serializers.FileField(allow_empty_file=True)
+        format = text_field(required=False, default="")
+        delimiter = text_field(
+            required=False, default="", trim_whitespace=False, help_text="\\t or tab for a tab"
+        )
+        quote = text_field(required=False, default='"', help_text="\" (default), ' or none")
         header = serializers.BooleanField(required=False, default=True)
-        repair = StrictCharField(required=False, default="none", **_TEXT)
+        repair = text_field(required=False, default="none")
 
     @extend_schema(responses=VersionBodySerializer(many=True), operation_id="dataset_versions_list")
     def get(self, request, organisation: str, slug: str):
@@ -231,32 +231,24 @@ class VersionListUploadApi(APIView):
         operation_id="dataset_versions_upload",
     )
     def post(self, request, organisation: str, slug: str):
-        # Who may upload here, and the staging quota, before a byte of the body is read or staged.
-        dataset = dataset_upload_target(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-        if upload_too_large_early(request._request):
-            raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
-        with receiving_upload(
-            request._request
-        ) as receipt:  # deletes what no version records, however it ends
-            try:
-                files, data = (
-                    request.FILES,
-                    request.data,
-                )  # streams the `file` part through the encrypting handler
-            except UnreadablePostError:
-                raise ValidationFailed("The upload was interrupted.", code="upload_interrupted") from None
-            upload = receipt.upload(files)
-            delimiter = data.get("delimiter", "")
-            delimiter = "\t" if delimiter in {"\\t", "tab"} else delimiter
+        # Who may upload here, and the staging quota, before a byte of the body is read or staged; on
+        # exit, deletes what no version records, however it ends.
+        with dataset_upload_receiving(
+            request._request, actor=request.user, organisation_slug=organisation, dataset_slug=slug
+        ) as (dataset, receipt):
+            upload = receipt.upload(request.FILES)  # streams the `file` part through the encrypting handler
+            data = validated(self.InputSerializer, request.data)
             version = dataset_version_create(
                 actor=request.user,
                 dataset=dataset,
                 upload=upload,
-                fmt=data.get("format", ""),
-                delimiter=delimiter,
-                quote_char="" if data.get("quote") == "none" else data.get("quote", '"'),
-                has_header=str(data.get("header", "true")).lower() not in {"false", "0", "no"},
-                repair=data.get("repair", "none") or "none",
+                **upload_reader_options(
+                    fmt=data["format"],
+                    delimiter=data["delimiter"],
+                    quote=data["quote"],
+                    has_header=data["header"],
+                    repair=data["repair"],
+                ),
             )
         return Response(version_body(version, owner=True), status=status.HTTP_202_ACCEPTED)
 
@@ -300,8 +292,8 @@ class GrantListCreateApi(APIView):
         class Meta:
             ref_name = "DatasetGrantInput"
 
-        organisation = StrictCharField(**_TEXT)
-        purpose = StrictCharField(**_TEXT)
+        organisation = text_field()
+        purpose = text_field()
 
     @extend_schema(responses=GrantOutputSerializer(many=True), operation_id="dataset_grants_list")
     def get(self, request, organisation: str, slug: str):

@@ -10,18 +10,23 @@ files without line breaks inside quoted fields).
 
 from __future__ import annotations
 
-import csv
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import polars as pl
 
-from .schema import Column, DatasetSchema
+from clearinghouse.dp.schema import Column
+from clearinghouse.tabular import COMMON_DELIMITERS, SAMPLE_SIZE, sniff_delimiter
+
+from .schema import DatasetSchema
 
 Repair = Literal["none", "drop", "clamp"]
 REPAIRS: tuple[str, ...] = ("none", "drop", "clamp")
 FIRST_LINES = 5
+# Uploads come from any tabular export, colon-separated ones included (see clearinghouse.tabular).
+UPLOAD_DELIMITERS = COMMON_DELIMITERS + ":"
 _TRUE = ["true", "t", "yes", "y", "1"]
 _FALSE = ["false", "f", "no", "n", "0"]
 # One hash lookup per value (faster than lower-casing and two membership tests).
@@ -54,14 +59,6 @@ class IngestResult:
     report: dict[str, Any]
 
 
-def sniff_delimiter(sample: bytes) -> str:
-    try:
-        text = sample.decode("utf-8", errors="ignore")
-        return csv.Sniffer().sniff(text, delimiters=",;\t|:").delimiter
-    except csv.Error:
-        return ","
-
-
 def read_raw(
     data: bytes,
     *,
@@ -80,12 +77,31 @@ def read_raw(
     if not data:
         raise IngestError("The file is empty.", code="empty_file")
     if fmt == "parquet":
-        try:
-            table = pl.read_parquet(io.BytesIO(data)).select(pl.all().cast(pl.Utf8))
-        except Exception:  # noqa: BLE001 (whatever the reader raises, the file is not readable Parquet)
-            raise IngestError("The file is not a readable Parquet file.", code="unreadable_parquet") from None
-        _refuse_nul_values(table)
-        return table
+        return _read_parquet(data)
+    options = _csv_options(data, delimiter=delimiter, column_names=column_names, quote_char=quote_char)
+    if schema is not None:
+        table = _read_csv_typed(data, options, schema)
+        if table is not None and table.height:
+            return _headerless_width_checked(table, column_names)
+    table = _read_csv_text(data, options, column_names)
+    if table.height == 0:
+        raise IngestError("The file has a header but no rows.", code="empty_file")
+    return _headerless_width_checked(table, column_names)  # empty fields are already null
+
+
+def _read_parquet(data: bytes) -> pl.DataFrame:
+    try:
+        table = pl.read_parquet(io.BytesIO(data)).select(pl.all().cast(pl.Utf8))
+    except Exception:  # noqa: BLE001 (whatever the reader raises, the file is not readable Parquet)
+        raise IngestError("The file is not a readable Parquet file.", code="unreadable_parquet") from None
+    _refuse_nul_values(table)
+    return table
+
+
+def _csv_options(
+    data: bytes, *, delimiter: str | None, column_names: list[str] | None, quote_char: str | None
+) -> dict[str, Any]:
+    """The reader's options for a CSV upload, once its bytes are known to be UTF-8 text."""
     _refuse_nul_bytes(data)
     try:
         data.decode("utf-8")
@@ -93,10 +109,12 @@ def read_raw(
         raise IngestError(
             f"The file is not valid UTF-8 (byte offset {exc.start}).", code="invalid_utf8"
         ) from None
-    separator = delimiter or sniff_delimiter(data[:65536])
+    separator = delimiter or sniff_delimiter(
+        data[:SAMPLE_SIZE].decode("utf-8", errors="ignore"), candidates=UPLOAD_DELIMITERS
+    )
     if len(separator) != 1:
         raise IngestError("The delimiter must be a single character.", code="invalid_delimiter")
-    options = {
+    return {
         "separator": separator,
         "infer_schema": False,
         "quote_char": quote_char or None,
@@ -105,16 +123,21 @@ def read_raw(
         "has_header": column_names is None,
         "new_columns": column_names,
     }
-    if schema is not None:
-        numeric = {c.name: _POLARS_TYPES[c.type] for c in schema.columns if c.is_numeric}
-        try:
-            table = pl.read_csv(io.BytesIO(data), schema_overrides=numeric, **options)
-            if table.height:
-                return _headerless_width_checked(table, column_names)
-        except pl.exceptions.PolarsError:
-            pass  # fall through to the text read, which reports precisely what is wrong
+
+
+def _read_csv_typed(data: bytes, options: dict[str, Any], schema: DatasetSchema) -> pl.DataFrame | None:
+    """The fast path: numeric columns parsed by the reader; None when any value does not parse."""
+    numeric = {c.name: _POLARS_TYPES[c.type] for c in schema.columns if c.is_numeric}
     try:
-        table = pl.read_csv(io.BytesIO(data), **options)
+        return pl.read_csv(io.BytesIO(data), schema_overrides=numeric, **options)
+    except pl.exceptions.PolarsError:
+        return None  # the text read reports precisely what is wrong
+
+
+def _read_csv_text(data: bytes, options: dict[str, Any], column_names: list[str] | None) -> pl.DataFrame:
+    """Every column as text; a reader failure becomes the file's error code."""
+    try:
+        return pl.read_csv(io.BytesIO(data), **options)
     except pl.exceptions.NoDataError:
         raise IngestError("The file has no rows.", code="empty_file") from None
     except pl.exceptions.ShapeError:
@@ -127,17 +150,16 @@ def read_raw(
                 "Rows have different numbers of fields (ragged rows); check the delimiter and quoting.",
                 code="ragged_rows",
             ) from None
-        raise IngestError(
-            "The CSV could not be parsed; check the delimiter, quoting and encoding.", code="unparseable_csv"
-        ) from None
+        raise _unparseable_csv() from None
     except pl.exceptions.PolarsError:
         # Any other reader failure is the file's: a clear code, never an unhandled error in the worker.
-        raise IngestError(
-            "The CSV could not be parsed; check the delimiter, quoting and encoding.", code="unparseable_csv"
-        ) from None
-    if table.height == 0:
-        raise IngestError("The file has a header but no rows.", code="empty_file")
-    return _headerless_width_checked(table, column_names)  # empty fields are already null
+        raise _unparseable_csv() from None
+
+
+def _unparseable_csv() -> IngestError:
+    return IngestError(
+        "The CSV could not be parsed; check the delimiter, quoting and encoding.", code="unparseable_csv"
+    )
 
 
 def _column_count_error(column_names: list[str] | None) -> IngestError:
@@ -167,8 +189,9 @@ def _refuse_nul_bytes(data: bytes) -> None:
     count = data.count(b"\x00")
     line = data.count(b"\n", 0, first) + 1
     raise IngestError(
-        f"The file contains {count} NUL byte{'s' if count != 1 else ''} (the first at byte offset {first}, line {line}): it is "
-        "binary or corrupt, or saved as UTF-16/UTF-32; save it as UTF-8 text.",
+        f"The file contains {count} NUL byte{'s' if count != 1 else ''} (the first at byte offset "
+        f"{first}, line {line}): it is binary or corrupt, or saved as UTF-16/UTF-32; save it as UTF-8 "
+        "text.",
         code="nul_bytes",
         report={"nul_bytes": {"count": count, "first_offset": first, "first_line": line}},
     )
@@ -220,110 +243,191 @@ def _lines(mask: pl.Series) -> dict[str, Any]:
     return {"count": count, "first_lines": first}
 
 
+@dataclass
+class _Findings:
+    """What the checks found in one column: its report entries, the rows that break the schema
+    (refused, or dropped by a repair) and, with the clamp repair, the rows it fixes and how."""
+
+    entry: dict[str, Any]
+    bad: pl.Series | None = None
+    fixable: pl.Series | None = None
+    fix: pl.Expr | None = None
+
+
+def _check_parsed(column: Column, source: pl.Series, value: pl.Series) -> _Findings:
+    """Every column: values that do not parse as its type, and nulls where none are allowed."""
+    type_errors = source.is_not_null() & value.is_null()
+    entry: dict[str, Any] = {"nulls": int(source.null_count()), "type_errors": _lines(type_errors)}
+    if column.nullable:
+        return _Findings(entry, bad=type_errors)
+    null_rows = source.is_null()
+    entry["nulls_not_allowed"] = _lines(null_rows)
+    return _Findings(entry, bad=type_errors | null_rows)
+
+
+def _check_bounds(column: Column, value: pl.Series, repair: Repair) -> _Findings:
+    """Integer and float columns: values outside the declared bounds (clamped by the clamp repair)."""
+    out = value.is_not_null() & ((value < column.lower) | (value > column.upper))
+    entry = {"out_of_bounds": _lines(out)}
+    if repair == "clamp":
+        return _Findings(entry, fixable=out, fix=pl.col(column.name).clip(column.lower, column.upper))
+    return _Findings(entry, bad=out)
+
+
+def _check_categories(column: Column, value: pl.Series, repair: Repair) -> _Findings:
+    """Categorical columns with declared categories: values outside them (never repairable)."""
+    if column.categories is None:
+        return _Findings({})
+    unknown = value.is_not_null() & ~value.is_in(list(column.categories))
+    return _Findings({"unknown_categories": _lines(unknown)}, bad=unknown)
+
+
+def _check_text(column: Column, value: pl.Series, repair: Repair) -> _Findings:
+    """Text columns: the length distribution, and values over `max_length` (cut by the clamp repair)."""
+    lengths = value.str.len_chars()
+    too_long = value.is_not_null() & (lengths > column.max_length)
+    mean = lengths.mean()  # a float (lengths are integers), None when every value is null
+    entry = {
+        "text_length": {
+            "min": lengths.min(),
+            "median": lengths.median(),
+            "p90": lengths.quantile(0.9),
+            "max": lengths.max(),
+            "mean": round(mean, 2) if lengths.len() and isinstance(mean, int | float) else None,
+        },
+        "too_long": _lines(too_long),
+    }
+    if repair == "clamp":
+        return _Findings(entry, fixable=too_long, fix=pl.col(column.name).str.slice(0, column.max_length))
+    return _Findings(entry, bad=too_long)
+
+
+def _kind_check(column: Column) -> Callable[[Column, pl.Series, Repair], _Findings] | None:
+    """The check of a column's own kind, if it has one (booleans have none beyond parsing)."""
+    if column.is_numeric:
+        return _check_bounds
+    return {"categorical": _check_categories, "text": _check_text}.get(column.type)
+
+
+def _check_column(column: Column, source: pl.Series, value: pl.Series, repair: Repair) -> _Findings:
+    """One column's findings: its parse check, then its kind's check. `bad` and `fixable` are
+    masks over every row (no nulls)."""
+    found = [_check_parsed(column, source, value)]
+    kind_check = _kind_check(column)
+    if kind_check is not None:
+        found.append(kind_check(column, value, repair))
+    bad = fixable = pl.zeros(source.len(), dtype=pl.Boolean, eager=True)
+    merged = _Findings({})
+    for part in found:
+        merged.entry.update(part.entry)
+        if part.bad is not None:
+            bad = bad | part.bad
+        if part.fixable is not None:
+            fixable = fixable | part.fixable
+        merged.fix = part.fix if part.fix is not None else merged.fix
+    merged.bad, merged.fixable = bad.fill_null(False), fixable.fill_null(False)
+    return merged
+
+
+@dataclass
+class _Checked:
+    """Every column's findings together: the report's `columns`, the rows to drop, the clamp
+    repair's expressions and counts."""
+
+    columns: dict[str, Any]
+    drop: pl.Series
+    fixes: list[pl.Expr]
+    violations: int
+    repaired: dict[str, int]
+
+
+def _check_columns(
+    raw: pl.DataFrame, parsed: pl.DataFrame, schema: DatasetSchema, repair: Repair
+) -> _Checked:
+    checked = _Checked(
+        columns={},
+        drop=pl.zeros(raw.height, dtype=pl.Boolean, eager=True),
+        fixes=[],
+        violations=0,
+        repaired={"dropped_rows": 0, "clamped_values": 0, "truncated_values": 0},
+    )
+    for column in schema.columns:
+        name = column.name
+        found = _check_column(column, raw.get_column(name), parsed.get_column(name), repair)
+        assert found.bad is not None and found.fixable is not None  # `_check_column` sets both masks
+        fixed = int(found.fixable.sum())
+        checked.violations += int(found.bad.sum()) + fixed
+        if repair == "clamp":
+            checked.repaired["clamped_values" if column.is_numeric else "truncated_values"] += fixed
+        if found.fix is not None:
+            checked.fixes.append(found.fix)
+        checked.drop = checked.drop | found.bad
+        checked.columns[name] = found.entry
+    return checked
+
+
+def _declared_columns(raw: pl.DataFrame, schema: DatasetSchema) -> list[str]:
+    """The file's columns the schema does not declare (ignored); refuses a file lacking one it does."""
+    missing = [name for name in schema.names if name not in raw.columns]
+    if missing:
+        raise IngestError(
+            f"The file lacks declared columns: {', '.join(missing)}. Found: {', '.join(raw.columns[:30])}.",
+            code="missing_columns",
+        )
+    return [name for name in raw.columns if name not in schema.names]
+
+
+def _limit_contributions(table: pl.DataFrame, schema: DatasetSchema, report: dict[str, Any]) -> pl.DataFrame:
+    unit = schema.privacy_unit
+    if unit.kind != "identifier":
+        return table
+    # Bound each person's contribution: keep their first rows, drop the rest (what DP's
+    # sensitivity assumes). Rows without an identifier cannot be attributed and are dropped.
+    assert unit.column is not None  # an identifier unit names its column (`datasets.schema`)
+    before = table.height
+    table = table.filter(pl.col(unit.column).is_not_null())
+    table = table.filter(pl.int_range(pl.len()).over(unit.column) < unit.max_rows_per_person)
+    report["contribution_limit"] = {
+        "max_rows_per_person": unit.max_rows_per_person,
+        "dropped_rows": before - table.height,
+    }
+    return table
+
+
 def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") -> IngestResult:
     """Checks `raw` (from `read_raw`) against `schema`; returns the normalised typed table and the
     quality report, or raises IngestError(code='schema_violations', report=...) when rows break
     the schema and no repair was chosen."""
     if repair not in REPAIRS:
         raise IngestError(f"repair must be one of {', '.join(REPAIRS)}", code="invalid_repair")
-    missing = [name for name in schema.names if name not in raw.columns]
-    ignored = [name for name in raw.columns if name not in schema.names]
-    if missing:
-        raise IngestError(
-            f"The file lacks declared columns: {', '.join(missing)}. Found: {', '.join(raw.columns[:30])}.",
-            code="missing_columns",
-        )
+    ignored = _declared_columns(raw, schema)
     raw = raw.select(schema.names)
     parsed = raw.select(
         [_parsed(column, raw.schema[column.name]).alias(column.name) for column in schema.columns]
     )
+    checked = _check_columns(raw, parsed, schema, repair)
     report: dict[str, Any] = {
         "rows_read": raw.height,
         # Row hashes (64-bit) count duplicates in one cheap pass; a collision is a 1-in-2^64 event.
         "duplicate_rows": raw.height - raw.hash_rows().n_unique(),
         "ignored_columns": ignored,
-        "columns": {},
+        "columns": checked.columns,
         "repair": repair,
+        "violations": checked.violations,
     }
-    no_rows = pl.zeros(raw.height, dtype=pl.Boolean, eager=True)
-    drop = no_rows
-    fix_exprs: list[pl.Expr] = []
-    violations = 0
-    repaired = {"dropped_rows": 0, "clamped_values": 0, "truncated_values": 0}
-    for column in schema.columns:
-        name = column.name
-        source = raw.get_column(name)
-        value = parsed.get_column(name)
-        entry: dict[str, Any] = {"nulls": int(source.null_count())}
-        type_errors = source.is_not_null() & value.is_null()
-        entry["type_errors"] = _lines(type_errors)
-        bad = type_errors
-        if not column.nullable:
-            null_rows = source.is_null()
-            entry["nulls_not_allowed"] = _lines(null_rows)
-            bad = bad | null_rows
-        fixable = no_rows
-        if column.is_numeric:
-            out = value.is_not_null() & ((value < column.lower) | (value > column.upper))
-            entry["out_of_bounds"] = _lines(out)
-            if repair == "clamp":
-                fixable = out
-                fix_exprs.append(pl.col(name).clip(column.lower, column.upper))
-            else:
-                bad = bad | out
-        if column.type == "categorical" and column.categories is not None:
-            unknown = value.is_not_null() & ~value.is_in(list(column.categories))
-            entry["unknown_categories"] = _lines(unknown)
-            bad = bad | unknown
-        if column.type == "text":
-            lengths = value.str.len_chars()
-            entry["text_length"] = {
-                "min": lengths.min(),
-                "median": lengths.median(),
-                "p90": lengths.quantile(0.9),
-                "max": lengths.max(),
-                "mean": round(lengths.mean(), 2) if lengths.len() and lengths.mean() is not None else None,
-            }
-            too_long = value.is_not_null() & (lengths > column.max_length)
-            entry["too_long"] = _lines(too_long)
-            if repair == "clamp":
-                fixable = fixable | too_long
-                fix_exprs.append(pl.col(name).str.slice(0, column.max_length))
-            else:
-                bad = bad | too_long
-        bad = bad.fill_null(False)
-        violations += int(bad.sum()) + int(fixable.fill_null(False).sum())
-        if repair == "clamp":
-            count = int(fixable.fill_null(False).sum())
-            repaired["clamped_values" if column.is_numeric else "truncated_values"] += count
-        drop = drop | bad
-        report["columns"][name] = entry
-    report["violations"] = violations
-    if violations and repair == "none":
+    if checked.violations and repair == "none":
         report["rows_stored"] = 0
         raise IngestError(
-            f"{int(drop.sum())} rows break the declared schema; fix the file or choose a repair "
+            f"{int(checked.drop.sum())} rows break the declared schema; fix the file or choose a repair "
             f"(drop bad rows, or clamp to bounds).",
             code="schema_violations",
             report=report,
         )
-    table = parsed.filter(~drop)
-    repaired["dropped_rows"] = int(drop.sum())
-    if fix_exprs:
-        table = table.with_columns(fix_exprs)
+    table = parsed.filter(~checked.drop).with_columns(checked.fixes)
+    checked.repaired["dropped_rows"] = int(checked.drop.sum())
     table = table.select([pl.col(c.name).cast(_POLARS_TYPES[c.type]) for c in schema.columns])
-    unit = schema.privacy_unit
-    if unit.kind == "identifier":
-        # Bound each person's contribution: keep their first rows, drop the rest (what DP's
-        # sensitivity assumes). Rows without an identifier cannot be attributed and are dropped.
-        before = table.height
-        table = table.filter(pl.col(unit.column).is_not_null())
-        table = table.filter(pl.int_range(pl.len()).over(unit.column) < unit.max_rows_per_person)
-        report["contribution_limit"] = {
-            "max_rows_per_person": unit.max_rows_per_person,
-            "dropped_rows": before - table.height,
-        }
-    report["repaired"] = repaired if repair != "none" else None
+    table = _limit_contributions(table, schema, report)
+    report["repaired"] = checked.repaired if repair != "none" else None
     report["rows_stored"] = table.height
     if table.height == 0:
         raise IngestError("No rows are left after the checks.", code="no_rows_left", report=report)
@@ -341,16 +445,24 @@ def infer_schema(raw: pl.DataFrame, *, categorical_max: int = 50) -> dict[str, A
         as_int = non_null.cast(pl.Int64, strict=False)
         as_float = non_null.cast(pl.Float64, strict=False)
         lowered = non_null.str.to_lowercase()
+        # Polars types a min or max as any Python scalar: of a non-empty column without nulls, an
+        # Int64 column's are ints and a Float64 column's floats.
         if non_null.len() and as_int.null_count() == 0:
-            proposal.update(type="integer", lower=int(as_int.min()), upper=int(as_int.max()))
+            lowest, highest = as_int.min(), as_int.max()
+            assert isinstance(lowest, int) and isinstance(highest, int)
+            proposal.update(type="integer", lower=int(lowest), upper=int(highest))
         elif non_null.len() and as_float.null_count() == 0:
-            proposal.update(type="float", lower=float(as_float.min()), upper=float(as_float.max()))
+            lowest, highest = as_float.min(), as_float.max()
+            assert isinstance(lowest, float) and isinstance(highest, float)
+            proposal.update(type="float", lower=float(lowest), upper=float(highest))
         elif non_null.len() and lowered.is_in(_TRUE + _FALSE).all():
             proposal.update(type="boolean")
         elif non_null.n_unique() <= categorical_max:
             proposal.update(type="categorical", categories=sorted(non_null.unique().to_list()))
         else:
-            proposal.update(type="text", max_length=int(non_null.str.len_chars().max() or 1))
+            longest = non_null.str.len_chars().max()  # an int, None for a column of nulls only
+            assert longest is None or isinstance(longest, int)
+            proposal.update(type="text", max_length=int(longest or 1))
         if proposal["type"] in {"integer", "float"} and proposal["lower"] == proposal["upper"]:
             proposal["upper"] = proposal["lower"] + 1
         columns.append(proposal)

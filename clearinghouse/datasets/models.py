@@ -119,6 +119,9 @@ class DatasetGrant(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"grant of dataset {self.dataset_id} to organisation {self.organisation_id} ({self.purpose})"
+
 
 class DataUseAgreement(models.Model):
     """Versioned terms an analyst accepts before querying; a new version needs a new acceptance."""
@@ -137,6 +140,9 @@ class DataUseAgreement(models.Model):
             models.UniqueConstraint(fields=["dataset", "version"], name="agreement_version_unique")
         ]
 
+    def __str__(self) -> str:
+        return f"agreement v{self.version} of dataset {self.dataset_id}"
+
 
 class AgreementAcceptance(models.Model):
     agreement = models.ForeignKey(DataUseAgreement, on_delete=models.CASCADE, related_name="acceptances")
@@ -147,3 +153,6 @@ class AgreementAcceptance(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["agreement", "user"], name="agreement_accepted_once")]
+
+    def __str__(self) -> str:
+        return f"acceptance of agreement {self.agreement_id} by user {self.user_id}"

@@ -2,6 +2,9 @@
 
 Pure Python (no Django): the web service validates and stores it, the ingestion worker checks data
 against it, and the DP engine reads bounds and public categories from it — never from the data.
+The model (`Column`, `PrivacyUnit`) is the DP engine's (`clearinghouse.dp.schema`); this module
+parses and validates an uploaded schema document into it, with the stricter rules of an upload
+(plain column names, size limits, a `max_length` for text, error paths).
 """
 
 from __future__ import annotations
@@ -9,14 +12,22 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
-ColumnType = Literal["integer", "float", "boolean", "categorical", "text"]
-COLUMN_TYPES: tuple[str, ...] = ("integer", "float", "boolean", "categorical", "text")
-NUMERIC_TYPES = frozenset({"integer", "float"})
+from clearinghouse.dp.schema import (
+    COLUMN_TYPES,
+    MAX_ROWS_PER_PERSON,
+    NUMERIC_TYPES,
+    Column,
+    PrivacyUnit,
+    is_category,
+    is_number,
+    is_whole_number,
+)
+
 # Column names double as SQL identifiers for analysts, so keep them plain (a hyphen needs quoting).
 COLUMN_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 MAX_COLUMNS = 500
@@ -32,42 +43,6 @@ class SchemaError(ValueError):
         self.message = str(self)
         self.path = path
         self.code = code
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: ColumnType
-    nullable: bool = False
-    lower: float | int | None = None
-    upper: float | int | None = None
-    categories: tuple[str, ...] | None = None
-    max_length: int | None = None
-
-    @property
-    def is_numeric(self) -> bool:
-        return self.type in NUMERIC_TYPES
-
-    def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if v is not None}
-        if self.categories is not None:
-            data["categories"] = list(self.categories)
-        return data
-
-
-@dataclass(frozen=True)
-class PrivacyUnit:
-    """Who is protected: each row is one person, or rows sharing `column` belong to one person,
-    who contributes at most `max_rows_per_person` rows (more are dropped at ingestion)."""
-
-    kind: Literal["row", "identifier"] = "row"
-    column: str | None = None
-    max_rows_per_person: int = 1
-
-    def to_dict(self) -> dict[str, Any]:
-        if self.kind == "row":
-            return {"kind": "row"}
-        return {"kind": "identifier", "column": self.column, "max_rows_per_person": self.max_rows_per_person}
 
 
 @dataclass(frozen=True)
@@ -123,7 +98,7 @@ class DatasetSchema:
 
 
 def _number(value: Any, path: str, *, integer: bool) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise SchemaError("must be a number", path=path)
     if not math.isfinite(value):
         raise SchemaError("must be finite", path=path)
@@ -173,7 +148,7 @@ def _column(raw: Any, path: str) -> Column:
             raise SchemaError(
                 f"a non-empty list of at most {MAX_CATEGORIES} values", path=f"{path}.categories"
             )
-        if not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in values):
+        if not all(is_category(v) for v in values):
             raise SchemaError("categories are strings", path=f"{path}.categories")
         categories = tuple(str(v) for v in values)
         if len(set(categories)) != len(categories):
@@ -182,11 +157,7 @@ def _column(raw: Any, path: str) -> Column:
         raise SchemaError("only categorical columns have categories", path=path)
     if kind == "text":
         max_length = raw.get("max_length", 1000)
-        if (
-            isinstance(max_length, bool)
-            or not isinstance(max_length, int)
-            or not 0 < max_length <= MAX_TEXT_LENGTH
-        ):
+        if not is_whole_number(max_length, 1, MAX_TEXT_LENGTH):
             raise SchemaError(f"a whole number from 1 to {MAX_TEXT_LENGTH}", path=f"{path}.max_length")
     elif raw.get("max_length") is not None:
         raise SchemaError("only text columns have max_length", path=path)
@@ -213,6 +184,8 @@ def _privacy_unit(raw: Any, columns: tuple[Column, ...]) -> PrivacyUnit:
     if column not in {c.name for c in columns}:
         raise SchemaError("must name a declared column", path=f"{path}.column")
     bound = raw.get("max_rows_per_person")
-    if isinstance(bound, bool) or not isinstance(bound, int) or not 1 <= bound <= 10_000:
-        raise SchemaError("a whole number from 1 to 10000", path=f"{path}.max_rows_per_person")
+    if not is_whole_number(bound, 1, MAX_ROWS_PER_PERSON):
+        raise SchemaError(
+            f"a whole number from 1 to {MAX_ROWS_PER_PERSON}", path=f"{path}.max_rows_per_person"
+        )
     return PrivacyUnit(kind="identifier", column=column, max_rows_per_person=bound)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -15,16 +15,19 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from clearinghouse.audit.services import OWNER_ONLY, audit_lock, audit_record
+from clearinghouse.core.enqueue import enqueue
 from clearinghouse.core.errors import Conflict, NotFound, ValidationFailed
+from clearinghouse.core.keys import keyring
 from clearinghouse.core.metrics import INGESTION_BYTES, count_on_commit
 from clearinghouse.core.text import clean_name, clean_slug
+from clearinghouse.crypto.envelope import rewrap_stream
 from clearinghouse.crypto.errors import CryptoError, KeyringError
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_DATASETS
 from clearinghouse.organisations.selectors import membership_active, require_capability
 
 from . import storage
-from .ingest import REPAIRS, IngestError, check, infer_schema, read_raw
+from .ingest import REPAIRS, IngestError, Repair, check, infer_schema, read_raw
 from .models import (
     AgreementAcceptance,
     Dataset,
@@ -36,7 +39,7 @@ from .models import (
 )
 from .schema import DatasetSchema, SchemaError
 from .selectors import agreement_current, dataset_require_owner, dataset_upload_quota_check
-from .uploads import EncryptedUpload
+from .uploads import STAGING_DIR, EncryptedUpload, new_staging_file
 
 logger = logging.getLogger(__name__)
 FORMATS = ("csv", "parquet")
@@ -207,11 +210,9 @@ def _version_record(
 
 
 def _enqueue_on_commit(version_id: int) -> None:
-    from .tasks import dataset_version_ingest_task
-
     # robust: a broker outage must not fail the request that recorded the version (the version is
     # committed; the recovery sweep queues it once the broker is back)
-    transaction.on_commit(lambda: dataset_version_ingest_task.delay(version_id), robust=True)
+    transaction.on_commit(lambda: enqueue("datasets.ingest_version", version_id), robust=True)
 
 
 def dataset_version_import(
@@ -228,8 +229,6 @@ def dataset_version_import(
     """A server-side import (demo, bulk loads): the bytes are encrypted into a staging file exactly as
     an HTTP upload would be (to the staging public key), then recorded as a new version (its
     ingestion queued like any other)."""
-    from .uploads import new_staging_file
-
     staging, target, encryptor = new_staging_file()
     try:
         with target:
@@ -280,14 +279,14 @@ def dataset_version_retry(
     stuck = _validation_stuck(version, _stale_before())
     if version.status not in {VersionStatus.FAILED, VersionStatus.PENDING} and not stuck:
         detail = (
-            f" validation started at {version.validation_started_at:%Y-%m-%d %H:%M:%S} UTC; a run still going "
-            f"after {int(settings.INGESTION_STUCK_SECONDS)} s can be retried"
+            f" validation started at {version.validation_started_at:%Y-%m-%d %H:%M:%S} UTC; a run still "
+            f"going after {int(settings.INGESTION_STUCK_SECONDS)} s can be retried"
             if version.status == VersionStatus.VALIDATING and version.validation_started_at
             else ""
         )
         raise Conflict(
-            f"Only failed or stuck versions can be retried (this one is {version.status}{';' if detail else ''}"
-            f"{detail}).",
+            "Only failed or stuck versions can be retried "
+            f"(this one is {version.status}{';' if detail else ''}{detail}).",
             code="not_retryable",
         )
     if not version.staging_path:
@@ -414,18 +413,24 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
         schema = (
             DatasetSchema.from_dict(version.schema) if dataset.schema_confirmed and version.schema else None
         )
+        column_names = None
+        if not version.has_header:
+            # A file without a header row needs a confirmed schema (`dataset_version_create`).
+            assert schema is not None
+            column_names = schema.names
         raw = read_raw(
             plaintext,
-            fmt=version.source_format,
+            # as `read_raw` reads it: Parquet, or else CSV
+            fmt="parquet" if version.source_format == "parquet" else "csv",
             delimiter=version.delimiter or None,
-            column_names=None if version.has_header else schema.names,
+            column_names=column_names,
             quote_char=version.quote_char or None,
             schema=schema,
         )
         del plaintext
         if schema is None:
             return _schema_proposed(version, infer_schema(raw), claim=claim)
-        result = check(raw, schema, repair=version.repair)
+        result = check(raw, schema, repair=cast(Repair, version.repair))  # `check` refuses any other value
     except IngestError as exc:
         return _version_failed(version, exc.code, exc.message, report=exc.report, claim=claim, from_data=True)
     ids = {"organisation_id": dataset.organisation_id, "dataset_id": dataset.pk, "number": version.number}
@@ -611,8 +616,7 @@ def dataset_versions_recover() -> dict[str, int]:
             version = _locked_version(pk)
             queued = version.enqueued_at or version.created_at
             if not (
-                (version.status == VersionStatus.PENDING
-                and queued < stale_before)
+                (version.status == VersionStatus.PENDING and queued < stale_before)
                 or _validation_stuck(version, stale_before)
             ):
                 continue  # it moved on meanwhile
@@ -647,8 +651,6 @@ def dataset_staging_sweep() -> dict[str, int]:
     DATASET_STAGING_ORPHAN_SECONDS (left by a process killed mid-request, or by a transaction rolled
     back after its request ended; a file still streaming in is younger). Files of versions, failed
     ones included (they can be retried), stay."""
-    from .uploads import STAGING_DIR
-
     cutoff = timezone.now() - timedelta(seconds=settings.DATASET_STAGING_ORPHAN_SECONDS)
     try:
         _, names = default_storage.listdir(STAGING_DIR)
@@ -678,6 +680,11 @@ def dataset_staging_sweep() -> dict[str, int]:
     return {"deleted": deleted, "expired": expired}
 
 
+def _delete_on_commit(name: str) -> None:
+    """Deletes the stored file `name` once the transaction commits (a failure is logged, not raised)."""
+    transaction.on_commit(lambda: default_storage.delete(name), robust=True)
+
+
 def _failed_staging_expire() -> int:
     """A failed version keeps its upload so that it can be retried, for DATASET_FAILED_STAGING_SECONDS;
     then the upload is deleted (a retry answers `upload_gone`), so failed uploads cannot fill the disk."""
@@ -701,7 +708,7 @@ def _failed_staging_expire() -> int:
                 target=version,
                 extra={"number": version.number},
             )
-            transaction.on_commit(lambda path=path: default_storage.delete(path), robust=True)
+            _delete_on_commit(path)
         expired += 1
     return expired
 
@@ -817,9 +824,6 @@ def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
 
     Only headers change (segments are copied byte for byte); each file is replaced atomically, so a
     crash leaves either the old header or the new one, both readable while the old key is kept."""
-    from clearinghouse.core.keys import keyring
-    from clearinghouse.crypto.envelope import rewrap_stream
-
     current = keyring()
     counts = {"rewrapped": 0, "already_current": 0}
     versions = DatasetVersion.objects.exclude(kek_id=current.current_id).exclude(
@@ -830,7 +834,7 @@ def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
             temporary = f"{name}.rewrap"
             try:
                 with default_storage.open(name, "rb") as src, storage.open_for_write(temporary) as dst:
-                    rewrap_stream(src, dst, keyring=current)
+                    rewrap_stream(cast(BinaryIO, src), dst, keyring=current)  # a File proxies a binary file
             except BaseException:
                 default_storage.delete(temporary)  # no half-written copy left beside the file
                 raise

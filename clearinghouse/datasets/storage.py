@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import os
+from typing import BinaryIO, cast
 
 import polars as pl
 from django.core.files.storage import default_storage
@@ -76,7 +77,8 @@ def read_table(name: str, context: dict) -> pl.DataFrame:
 def _decrypt(name: str, context: dict) -> bytes:
     out = io.BytesIO()
     with default_storage.open(name, "rb") as src:
-        decrypt_stream(src, out, keyring=keyring(), context=context)
+        # A Django `File` proxies the binary file it opened.
+        decrypt_stream(cast(BinaryIO, src), out, keyring=keyring(), context=context)
     return out.getvalue()
 
 

@@ -29,12 +29,13 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, BinaryIO, cast
 
 from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import UploadedFile
 from django.core.files.uploadhandler import FileUploadHandler, SkipFile, StopUpload
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, QueryDict, UnreadablePostError
 from django.http.multipartparser import MultiPartParser
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.datastructures import MultiValueDict
@@ -43,12 +44,17 @@ from clearinghouse.core.errors import ValidationFailed
 from clearinghouse.core.keys import staging_public_key
 from clearinghouse.crypto.envelope import StreamEncryptor
 
+from .models import Dataset, DatasetVersion
+from .selectors import dataset_upload_target
+
 STAGING_DIR = "staging"
 UPLOAD_FIELD = "file"
+TAB_WORDS = frozenset({"\\t", "tab"})  # how a form names the tab delimiter
+NO_QUOTE = "none"  # how a form asks for no quote character
 logger = logging.getLogger(__name__)
 
 
-def open_for_write(name: str):
+def open_for_write(name: str) -> BinaryIO:
     """Opens `name` in the object store for streaming writes (local storage needs its folders)."""
     try:
         path = default_storage.path(name)
@@ -56,14 +62,15 @@ def open_for_write(name: str):
         path = None
     if path is not None:
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    return default_storage.open(name, "wb")
+    # A Django `File` proxies the binary file it opened.
+    return cast(BinaryIO, default_storage.open(name, "wb"))
 
 
 def staging_context(staging_name: str) -> dict[str, str]:
     return {"purpose": "upload-staging", "file": staging_name}
 
 
-def new_staging_file() -> tuple[str, object, StreamEncryptor]:
+def new_staging_file() -> tuple[str, BinaryIO, StreamEncryptor]:
     """(name, open target, encryptor) of a new staging file encrypted to the staging public key."""
     name = f"{STAGING_DIR}/{uuid.uuid4().hex}.enc"
     target = open_for_write(name)
@@ -83,7 +90,10 @@ class EncryptedUpload(UploadedFile):
     """What the view receives: where the ciphertext is, how big the plaintext was, and the id of the
     (staging) key its data key is wrapped to."""
 
-    def __init__(self, *, staging_name: str, name: str, content_type: str, size: int, kek_id: str):
+    name: str  # both given to the constructor (`UploadedFile` allows None)
+    size: int
+
+    def __init__(self, *, staging_name: str, name: str, content_type: str | None, size: int, kek_id: str):
         super().__init__(file=None, name=name, content_type=content_type, size=size)
         self.staging_name = staging_name
         self.kek_id = kek_id
@@ -121,7 +131,7 @@ class StagingUploadHandler(FileUploadHandler):
         self.refused: list[str] = []
         self.not_admitted: str | None = None
         self.too_large = False
-        self.target = None
+        self.target: BinaryIO | None = None
         self._parser: MultiPartParser | None = None
 
     def handle_raw_input(self, input_data, META, content_length, boundary, encoding=None):
@@ -218,8 +228,6 @@ class StagingUploadHandler(FileUploadHandler):
         self._abort()
         if not self.staged:
             return
-        from .models import DatasetVersion
-
         try:
             recorded = set(
                 DatasetVersion.objects.filter(staging_path__in=self.staged).values_list(
@@ -249,6 +257,47 @@ def receiving_upload(
         handler.release()
 
 
+@contextmanager
+def dataset_upload_receiving(
+    request: HttpRequest,
+    *,
+    actor: Any,
+    organisation_slug: str,
+    dataset_slug: str,
+    admit: Callable[[QueryDict], str | None] | None = None,
+) -> Iterator[tuple[Dataset, StagingUploadHandler]]:
+    """The one way into an upload, for the API's and the portal's upload views, before anything reads
+    the request body: who may upload to this dataset and the staging quota
+    (`selectors.dataset_upload_target`), a declared body over the limit, then `receiving_upload`.
+    Yields (dataset, receipt); the body of the `with` reads the form (so stages the file), and an
+    interrupted transfer while it does is `upload_interrupted`."""
+    dataset = dataset_upload_target(
+        actor=actor, organisation_slug=organisation_slug, dataset_slug=dataset_slug
+    )
+    if upload_too_large_early(request):
+        raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
+    with receiving_upload(request, admit=admit) as receipt:
+        try:
+            yield dataset, receipt
+        except UnreadablePostError:
+            raise ValidationFailed("The upload was interrupted.", code="upload_interrupted") from None
+
+
+def upload_reader_options(
+    *, fmt: str = "", delimiter: str = "", quote: str = '"', has_header: bool = True, repair: str = ""
+) -> dict[str, Any]:
+    """`dataset_version_create`'s reader options from an upload form's words, the same for the API and
+    the portal: `\\t` or `tab` for a tab delimiter, `none` for no quote character, an empty repair
+    for `none`. The service checks the values themselves."""
+    return {
+        "fmt": fmt,
+        "delimiter": "\t" if delimiter in TAB_WORDS else delimiter,
+        "quote_char": "" if quote == NO_QUOTE else quote,
+        "has_header": has_header,
+        "repair": repair or "none",
+    }
+
+
 def upload_too_large_early(request: HttpRequest) -> bool:
     """Whether the declared body is larger than any acceptable upload, so that it can be refused
     before a byte of it is read (the file limit plus the form fields' own limit)."""
@@ -270,10 +319,14 @@ def _csrf_protected(request):  # the callback the probe checks: not csrf_exempt
     return None
 
 
+def _not_called(request: HttpRequest) -> HttpResponse:  # the middleware's `get_response`: only its checks run
+    raise AssertionError("the CSRF middleware is used for its checks only")
+
+
 def csrf_failure_response(request: HttpRequest) -> HttpResponse | None:
     """Django's CSRF check over the whole form (reading it, so parsing the upload): the CSRF failure
     page, or None."""
-    return CsrfViewMiddleware(lambda r: None).process_view(request, _csrf_protected, (), {})
+    return CsrfViewMiddleware(_not_called).process_view(request, _csrf_protected, (), {})
 
 
 def csrf_refusal(request: HttpRequest, fields: QueryDict | None) -> str | None:
@@ -281,8 +334,10 @@ def csrf_refusal(request: HttpRequest, fields: QueryDict | None) -> str | None:
     for none, so only the X-CSRFToken header counts). Never reads the request body. The reason for
     refusing, or None."""
     probe = copy.copy(request)
-    probe._post = fields if fields is not None else QueryDict()
-    probe._files = MultiValueDict()
-    check = _CsrfProbe(lambda r: None)
+    # `_post` and `_files` are where HttpRequest keeps its parsed form (private: not in the stubs).
+    probe._post = fields if fields is not None else QueryDict()  # type: ignore[attr-defined]
+    probe._files = MultiValueDict()  # type: ignore[attr-defined]
+    check = _CsrfProbe(_not_called)
     check.process_request(probe)
-    return check.process_view(probe, _csrf_protected, (), {})
+    # `_CsrfProbe._reject` makes the verdict the reason, not a response.
+    return cast(str | None, check.process_view(probe, _csrf_protected, (), {}))

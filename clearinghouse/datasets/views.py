@@ -7,14 +7,14 @@ import json
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, UnreadablePostError
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from clearinghouse.core.errors import ValidationFailed
 from clearinghouse.organisations.selectors import organisation_directory_get
-from clearinghouse.portal.views import service_errors
+from clearinghouse.portal.shortcuts import paginate, service_errors
 
 from .forms import AgreementAcceptForm
 from .selectors import (
@@ -29,7 +29,6 @@ from .selectors import (
     dataset_list,
     dataset_register_organisation,
     dataset_schema_visible,
-    dataset_upload_target,
     dataset_version_get,
     dataset_version_list,
 )
@@ -43,7 +42,7 @@ from .services import (
     dataset_version_create,
     dataset_version_retry,
 )
-from .uploads import csrf_failure_response, csrf_refusal, receiving_upload, upload_too_large_early
+from .uploads import csrf_failure_response, csrf_refusal, dataset_upload_receiving, upload_reader_options
 
 
 @login_required
@@ -62,7 +61,9 @@ def dataset_list_view(request: HttpRequest) -> HttpResponse:
         )
         messages.success(request, f"Dataset {dataset.name} registered.")
         return redirect("portal:dataset", organisation=dataset.organisation.slug, slug=dataset.slug)
-    return render(request, "datasets/list.html", {"datasets": dataset_list(actor=request.user)})
+    return render(
+        request, "datasets/list.html", {"datasets": paginate(request, dataset_list(actor=request.user))}
+    )
 
 
 @login_required
@@ -77,7 +78,7 @@ def dataset_detail_view(request: HttpRequest, organisation: str, slug: str) -> H
         "owner": owner,
         "schema": schema,
         "schema_text": json.dumps(schema, indent=2) if owner and schema else "",
-        "versions": dataset_version_list(actor=request.user, dataset=dataset)[:50],
+        "versions": paginate(request, dataset_version_list(actor=request.user, dataset=dataset)),
         "agreement": agreement_current(dataset=dataset),
         "agreement_accepted": agreement_accepted(user=request.user, dataset=dataset),
         "grants": None,  # the owner organisation and operators see the grants (and may revoke them)
@@ -134,30 +135,30 @@ def _csrf_before_file(request: HttpRequest, fields) -> str | None:
 @require_POST
 @service_errors
 def dataset_upload_view(request: HttpRequest, organisation: str, slug: str) -> HttpResponse:
-    # Who may upload here, and the staging quota, before a byte of the body is read or staged.
-    dataset = dataset_upload_target(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-    if upload_too_large_early(request):
-        raise ValidationFailed("The file is larger than the upload limit.", code="file_too_large")
-    with receiving_upload(request, admit=lambda fields: _csrf_before_file(request, fields)) as receipt:
-        try:
-            forbidden = csrf_failure_response(
-                request
-            )  # reads the form: the file part streams through the handler
-        except UnreadablePostError:
-            raise ValidationFailed("The upload was interrupted.", code="upload_interrupted") from None
+    # Who may upload here and the staging quota, before a byte of the body is read or staged (the
+    # same entry as the API's upload).
+    with dataset_upload_receiving(
+        request,
+        actor=request.user,
+        organisation_slug=organisation,
+        dataset_slug=slug,
+        admit=lambda fields: _csrf_before_file(request, fields),
+    ) as (dataset, receipt):
+        forbidden = csrf_failure_response(request)  # reads the form: the file streams through the handler
         if forbidden is not None:
             return forbidden
-        upload = receipt.upload(request.FILES)
-        delimiter = request.POST.get("delimiter", "")
         version = dataset_version_create(
             actor=request.user,
             dataset=dataset,
-            upload=upload,
-            fmt=request.POST.get("format", ""),
-            delimiter="\t" if delimiter in {"\\t", "tab"} else delimiter,
-            quote_char="" if request.POST.get("quote") == "none" else '"',
-            has_header=request.POST.get("header", "on") == "on",
-            repair=request.POST.get("repair", "none"),
+            upload=receipt.upload(request.FILES),
+            **upload_reader_options(
+                fmt=request.POST.get("format", ""),
+                delimiter=request.POST.get("delimiter", ""),
+                # the portal's form offers only the double quote or none
+                quote="none" if request.POST.get("quote") == "none" else '"',
+                has_header=request.POST.get("header", "on") == "on",
+                repair=request.POST.get("repair", ""),
+            ),
         )
     messages.success(request, f"Version {version.number} uploaded and encrypted; validation is running.")
     return redirect("portal:dataset_version", organisation=organisation, slug=slug, number=version.number)

@@ -1,5 +1,9 @@
 """What the DP engine needs to know about a table: a pure description, no Django, no data.
 
+This is the one schema model: `Column` and `PrivacyUnit` are also what a dataset's declared schema
+(`clearinghouse.datasets.schema.DatasetSchema`, which validates uploaded schema documents more
+strictly) is made of; the validation predicates below serve both, and the query spec.
+
 Everything here is *public*: it is declared by the data steward (bounds, categories, the privacy
 unit, the policy), never read from the data. The JSON shape of `columns` and `privacy_unit` is the
 one `clearinghouse.datasets.schema.DatasetSchema.to_dict()` writes, so a dataset's stored schema
@@ -26,7 +30,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from .errors import QueryError
 
@@ -37,6 +41,27 @@ MEASURES = ("pure", "approx", "zcdp")
 # OpenDP's margins hold max_length as u32.
 U32_MAX = 2**32 - 1
 DEFAULT_MAX_ROWS = 10_000_000
+MAX_ROWS_PER_PERSON = 10_000
+
+
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number: an int or a float, not a bool."""
+    return not isinstance(value, bool) and isinstance(value, (int, float))
+
+
+def is_finite_number(value: Any) -> TypeGuard[int | float]:
+    """A JSON number that is neither infinite nor NaN."""
+    return is_number(value) and math.isfinite(value)
+
+
+def is_whole_number(value: Any, low: int, high: int) -> TypeGuard[int]:
+    """An int (not a bool) from `low` to `high`."""
+    return not isinstance(value, bool) and isinstance(value, int) and low <= value <= high
+
+
+def is_category(value: Any) -> bool:
+    """A category value as a schema document may write it: a string, or an int (kept as its text)."""
+    return not isinstance(value, bool) and isinstance(value, (str, int))
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,7 @@ class Column:
     lower: float | int | None = None
     upper: float | int | None = None
     categories: tuple[str, ...] | None = None  # public key-set of a categorical column
+    max_length: int | None = None  # text: the longest value ingestion keeps (the engine reads none)
 
     @property
     def is_numeric(self) -> bool:
@@ -67,13 +93,16 @@ class Column:
             out["lower"], out["upper"] = self.lower, self.upper
         if self.categories is not None:
             out["categories"] = list(self.categories)
+        if self.max_length is not None:
+            out["max_length"] = self.max_length
         return out
 
 
 @dataclass(frozen=True)
 class PrivacyUnit:
-    """Each row is one person (`row`), or rows sharing `column` are one person who contributes at
-    most `max_rows_per_person` rows (ingestion drops extra rows; the engine truncates again)."""
+    """Who is protected: each row is one person (`row`), or rows sharing `column` are one person who
+    contributes at most `max_rows_per_person` rows (ingestion drops extra rows; the engine truncates
+    again)."""
 
     kind: Literal["row", "identifier"] = "row"
     column: str | None = None
@@ -184,7 +213,7 @@ class TableSchema:
 
 
 def _finite_number(value: Any, where: str) -> float | int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_finite_number(value):
         raise QueryError("invalid_schema", f"{where} must be a finite number")
     return value
 
@@ -226,11 +255,7 @@ def _column(raw: Any, index: int) -> Column:
         if kind != "categorical":
             raise QueryError("invalid_schema", f"{where}: only categorical columns have categories")
         values = raw["categories"]
-        if (
-            not isinstance(values, list)
-            or not values
-            or any(isinstance(v, bool) or not isinstance(v, (str, int)) for v in values)
-        ):
+        if not isinstance(values, list) or not values or not all(is_category(v) for v in values):
             raise QueryError("invalid_schema", f"{where}.categories must be a non-empty list of strings")
         categories = tuple(str(v) for v in values)
         if len(set(categories)) != len(categories):
@@ -249,9 +274,10 @@ def _privacy_unit(raw: Any, columns: tuple[Column, ...]) -> PrivacyUnit:
     if column not in {c.name for c in columns}:
         raise QueryError("invalid_schema", "privacy_unit.column must name a declared column")
     bound = raw.get("max_rows_per_person")
-    if isinstance(bound, bool) or not isinstance(bound, int) or not 1 <= bound <= 10_000:
+    if not is_whole_number(bound, 1, MAX_ROWS_PER_PERSON):
         raise QueryError(
-            "invalid_schema", "privacy_unit.max_rows_per_person must be a whole number from 1 to 10000"
+            "invalid_schema",
+            f"privacy_unit.max_rows_per_person must be a whole number from 1 to {MAX_ROWS_PER_PERSON}",
         )
     return PrivacyUnit(kind="identifier", column=column, max_rows_per_person=bound)
 
@@ -266,11 +292,11 @@ def _policy(raw: Any) -> Policy:
     if measure not in MEASURES:
         raise QueryError("invalid_schema", f"policy.measure must be one of {', '.join(MEASURES)}")
     max_delta = raw.get("max_delta", 0.0)
-    if isinstance(max_delta, bool) or not isinstance(max_delta, (int, float)) or not 0 <= max_delta < 1:
+    if not is_number(max_delta) or not 0 <= max_delta < 1:
         raise QueryError("invalid_schema", "policy.max_delta must be a number in [0, 1)")
     if measure == "pure" and max_delta:
         raise QueryError("invalid_schema", "a pure-DP policy has max_delta 0")
     max_rows = raw.get("max_rows", DEFAULT_MAX_ROWS)
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or not 1 <= max_rows <= U32_MAX:
+    if not is_whole_number(max_rows, 1, U32_MAX):
         raise QueryError("invalid_schema", f"policy.max_rows must be a whole number from 1 to {U32_MAX}")
     return Policy(measure=measure, max_delta=float(max_delta), max_rows=max_rows)

@@ -59,7 +59,14 @@ _FEATURE_NAMES = {
     "operation_modifiers": "operation modifiers",
     "hint": "optimizer hints",
 }
-_COMPARISONS = {exp.EQ: "=", exp.NEQ: "!=", exp.GT: ">", exp.GTE: ">=", exp.LT: "<", exp.LTE: "<="}
+_COMPARISONS: dict[type[exp.Expression], str] = {
+    exp.EQ: "=",
+    exp.NEQ: "!=",
+    exp.GT: ">",
+    exp.GTE: ">=",
+    exp.LT: "<",
+    exp.LTE: "<=",
+}
 _FLIPPED = {"=": "=", "!=": "!=", ">": "<", ">=": "<=", "<": ">", "<=": ">="}
 
 
@@ -79,6 +86,22 @@ def sql_to_spec(
 
 def sql_to_dict(sql: str, schema: TableSchema, *, table: str | None = None) -> dict[str, Any]:
     """The JSON spec (without `privacy`) for `sql`; validation is left to `parse_spec`."""
+    stmt = _select(sql)
+    _refuse_features(stmt)
+    walker = _Walker(schema, _table_qualifiers(stmt, table))
+    group_by = _group_by(stmt, walker)
+    aggregates = _aggregates(stmt, walker, group_by)
+    out: dict[str, Any] = {"aggregates": aggregates}
+    if group_by:
+        out["group_by"] = group_by
+    where = stmt.args.get("where")
+    if where is not None:
+        out["where"] = walker.condition(where.this)
+    return out
+
+
+def _select(sql: str) -> exp.Select:
+    """The one SELECT statement of `sql`."""
     if not isinstance(sql, str) or not sql.strip():
         raise _refuse("The query is empty")
     if len(sql) > MAX_SQL_LENGTH:
@@ -93,7 +116,10 @@ def sql_to_dict(sql: str, schema: TableSchema, *, table: str | None = None) -> d
     stmt = statements[0]
     if not isinstance(stmt, exp.Select):
         raise _refuse(f"Only SELECT is supported, not {stmt.key.upper()}")
+    return stmt
 
+
+def _refuse_features(stmt: exp.Select) -> None:
     # Clear messages for the usual suspects, wherever they appear.
     for node in stmt.walk():
         if isinstance(node, exp.Window):
@@ -111,6 +137,9 @@ def sql_to_dict(sql: str, schema: TableSchema, *, table: str | None = None) -> d
             continue
         raise _refuse(f"{_FEATURE_NAMES.get(key, key.upper())} is not supported")
 
+
+def _table_qualifiers(stmt: exp.Select, table: str | None) -> set[str]:
+    """The names a column may be qualified with: the FROM table's, and its alias."""
     source = stmt.args.get("from_") or stmt.args.get("from")
     if source is None or not isinstance(source.this, exp.Table):
         raise _refuse("FROM must name the dataset's table")
@@ -119,9 +148,10 @@ def sql_to_dict(sql: str, schema: TableSchema, *, table: str | None = None) -> d
         raise _refuse("FROM must name the dataset's table, without schema or catalog")
     if table is not None and tbl.name.lower() != table.lower():
         raise QueryError("unknown_table", f"unknown table '{tbl.name}'; query '{table}'")
-    qualifiers = {tbl.name.lower()} | ({tbl.alias.lower()} if tbl.alias else set())
-    walker = _Walker(schema, qualifiers)
+    return {tbl.name.lower()} | ({tbl.alias.lower()} if tbl.alias else set())
 
+
+def _group_by(stmt: exp.Select, walker: _Walker) -> list[str]:
     group_by: list[str] = []
     group = stmt.args.get("group")
     if group is not None:
@@ -131,7 +161,10 @@ def sql_to_dict(sql: str, schema: TableSchema, *, table: str | None = None) -> d
             group_by.append(walker.column(item))
         if any(group.args.get(k) for k in group.args if k != "expressions"):
             raise _refuse("GROUP BY takes column names only (no ROLLUP, CUBE or GROUPING SETS)")
+    return group_by
 
+
+def _aggregates(stmt: exp.Select, walker: _Walker, group_by: list[str]) -> list[dict[str, Any]]:
     aggregates: list[dict[str, Any]] = []
     for item in stmt.expressions:
         alias = None
@@ -151,14 +184,7 @@ def sql_to_dict(sql: str, schema: TableSchema, *, table: str | None = None) -> d
         aggregates.append(agg)
     if not aggregates:
         raise _refuse("Select at least one aggregate")
-
-    out: dict[str, Any] = {"aggregates": aggregates}
-    if group_by:
-        out["group_by"] = group_by
-    where = stmt.args.get("where")
-    if where is not None:
-        out["where"] = walker.condition(where.this)
-    return out
+    return aggregates
 
 
 class _Walker:

@@ -6,11 +6,11 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from clearinghouse.core.apis import StrictCharField, paginated, validated
+from clearinghouse.core.apis import paginated, text_field, validated
 
-from .models import OrganisationStatus
 from .roles import Role
 from .selectors import (
+    ORGANISATION_DECISIONS,
     invitation_get,
     invitation_list,
     join_request_get,
@@ -36,10 +36,6 @@ from .services import (
     organisation_update,
 )
 
-# Input fields accept generous lengths so that the services, not the serializers, produce the
-# one stable error for each rule.
-_TEXT = {"max_length": 10_000, "allow_blank": True}
-
 
 class OrganisationOutputSerializer(serializers.Serializer):
     name = serializers.CharField()
@@ -57,10 +53,10 @@ class OrganisationListApplyApi(APIView):
         class Meta:
             ref_name = "OrganisationListApplyInput"
 
-        name = StrictCharField(**_TEXT)
-        slug = StrictCharField(**_TEXT)
-        country = StrictCharField(**_TEXT)
-        contact_email = StrictCharField(**_TEXT)
+        name = text_field()
+        slug = text_field()
+        country = text_field()
+        contact_email = text_field()
 
     @extend_schema(responses=OrganisationOutputSerializer(many=True), operation_id="organisations_list")
     def get(self, request):
@@ -103,9 +99,9 @@ class OrganisationDetailApi(APIView):
         class Meta:
             ref_name = "OrganisationDetailInput"
 
-        name = StrictCharField(required=False, **_TEXT)
-        country = StrictCharField(required=False, **_TEXT)
-        contact_email = StrictCharField(required=False, **_TEXT)
+        name = text_field(required=False)
+        country = text_field(required=False)
+        contact_email = text_field(required=False)
 
     @extend_schema(responses=OrganisationOutputSerializer, operation_id="organisations_get")
     def get(self, request, slug: str):
@@ -125,18 +121,13 @@ class OrganisationDetailApi(APIView):
 class OrganisationDecisionApi(APIView):
     """Operators move an organisation: approve, reject, suspend, reinstate."""
 
-    ACTIONS = {
-        "approve": OrganisationStatus.APPROVED,
-        "reject": OrganisationStatus.REJECTED,
-        "suspend": OrganisationStatus.SUSPENDED,
-        "reinstate": OrganisationStatus.APPROVED,
-    }
+    ACTIONS = ORGANISATION_DECISIONS  # the portal's decisions too (`organisations.selectors`)
 
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "OrganisationDecisionInput"
 
-        reason = StrictCharField(required=False, default="", **_TEXT)
+        reason = text_field(required=False, default="")
 
     @extend_schema(
         request=InputSerializer, responses=OrganisationOutputSerializer, operation_id="organisations_decide"
@@ -176,7 +167,7 @@ class MembershipDetailApi(APIView):
         class Meta:
             ref_name = "MembershipDetailInput"
 
-        role = StrictCharField(**_TEXT)
+        role = text_field()
 
     @extend_schema(responses=MembershipOutputSerializer, operation_id="memberships_get")
     def get(self, request, membership_id: int):
@@ -218,8 +209,8 @@ class JoinRequestListCreateApi(APIView):
         class Meta:
             ref_name = "JoinRequestListCreateInput"
 
-        organisation = StrictCharField(**_TEXT)
-        message = StrictCharField(required=False, default="", **_TEXT)
+        organisation = text_field()
+        message = text_field(required=False, default="")
 
     @extend_schema(responses=JoinRequestOutputSerializer(many=True), operation_id="join_requests_list")
     def get(self, request):
@@ -247,8 +238,8 @@ class JoinRequestDecisionApi(APIView):
         class Meta:
             ref_name = "JoinRequestDecisionInput"
 
-        role = StrictCharField(required=False, default=Role.ANALYST, **_TEXT)
-        reason = StrictCharField(required=False, default="", **_TEXT)
+        role = text_field(required=False, default=Role.ANALYST)
+        reason = text_field(required=False, default="")
 
     @extend_schema(
         request=InputSerializer, responses=JoinRequestOutputSerializer, operation_id="join_requests_decide"
@@ -286,8 +277,8 @@ class InvitationListCreateApi(APIView):
         class Meta:
             ref_name = "InvitationListCreateInput"
 
-        email = StrictCharField(**_TEXT)
-        role = StrictCharField(**_TEXT)
+        email = text_field()
+        role = text_field()
 
     class CreatedSerializer(InvitationOutputSerializer):
         class Meta:
@@ -337,7 +328,7 @@ class InvitationAcceptApi(APIView):
         class Meta:
             ref_name = "InvitationAcceptInput"
 
-        token = StrictCharField(**_TEXT)
+        token = text_field()
 
     @extend_schema(
         request=InputSerializer,

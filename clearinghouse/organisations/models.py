@@ -53,6 +53,9 @@ class Organisation(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return self.name
+
     def transition_to(self, status: str, *, by, reason: str) -> str:
         """Moves to `status` if that move is allowed; returns the previous status."""
         if status not in ORGANISATION_TRANSITIONS[self.status]:
@@ -70,9 +73,6 @@ class Organisation(models.Model):
     @property
     def is_approved(self) -> bool:
         return self.status == OrganisationStatus.APPROVED
-
-    def __str__(self) -> str:
-        return self.name
 
 
 class Membership(models.Model):
@@ -126,6 +126,9 @@ class JoinRequest(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        return f"join request of user {self.user_id} to organisation {self.organisation_id} ({self.status})"
+
 
 class Invitation(models.Model):
     """An org admin's invitation; accepting needs the secret link, whose hash alone is stored."""
@@ -147,6 +150,9 @@ class Invitation(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"invitation to organisation {self.organisation_id} as {self.role}"
 
     @property
     def is_open(self) -> bool:

@@ -15,6 +15,15 @@ from clearinghouse.core.errors import NotFound, PermissionDenied
 from .models import Invitation, JoinRequest, Membership, Organisation, OrganisationStatus, RequestStatus
 from .roles import ROLE_CAPABILITIES
 
+# An operator's decision on an organisation, by its name in the API's and the portal's URLs, and the
+# status it sets (`organisation_set_status` decides who may, and which moves are allowed).
+ORGANISATION_DECISIONS: dict[str, str] = {
+    "approve": OrganisationStatus.APPROVED,
+    "reject": OrganisationStatus.REJECTED,
+    "suspend": OrganisationStatus.SUSPENDED,
+    "reinstate": OrganisationStatus.APPROVED,
+}
+
 
 def membership_of(*, user: Any) -> Membership | None:
     """Read fresh from the database each time: authorization must not trust a status cached on a
@@ -78,7 +87,11 @@ def organisation_list(*, actor: Any, status: str | None = None) -> QuerySet[Orga
         organisations = Organisation.objects.all()
     else:
         membership = membership_of(user=actor)
-        organisations = Organisation.objects.filter(pk=membership.organisation_id if membership else None)
+        organisations = (
+            Organisation.objects.filter(pk=membership.organisation_id)
+            if membership
+            else Organisation.objects.none()
+        )
     if status:
         organisations = organisations.filter(status=status)
     return organisations.order_by("name")

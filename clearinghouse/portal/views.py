@@ -3,26 +3,25 @@ service's error becomes a message (or a 404 page), never a half-done change."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from clearinghouse.accounts.selectors import api_token_get, api_token_list
+from clearinghouse.accounts.selectors import api_token_active_count, api_token_get, api_token_list
 from clearinghouse.accounts.services import api_token_create, api_token_revoke, user_signup
 from clearinghouse.audit.selectors import audit_event_list
-from clearinghouse.core.errors import ApplicationError, NotFound, PermissionDenied
+from clearinghouse.core.errors import ApplicationError
 from clearinghouse.organisations.models import OrganisationStatus, RequestStatus
 from clearinghouse.organisations.roles import MANAGE_MEMBERS, Role
 from clearinghouse.organisations.selectors import (
+    ORGANISATION_DECISIONS,
     invitation_get,
     invitation_list,
     join_request_get,
@@ -54,35 +53,7 @@ from clearinghouse.organisations.services import (
 )
 
 from . import forms
-
-
-def service_errors(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """Not-found errors become the 404 page; permission errors a 403 page; other service errors a
-    message on the page the user came from."""
-
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-        try:
-            return view(request, *args, **kwargs)
-        except NotFound as exc:
-            raise Http404(exc.message) from None
-        except PermissionDenied as exc:
-            return render(request, "portal/forbidden.html", {"message": exc.message}, status=403)
-        except ApplicationError as exc:
-            messages.error(request, exc.message)
-            return redirect(request.META.get("HTTP_REFERER") or "portal:dashboard")
-
-    return wrapper
-
-
-def _form_error(form: Any, exc: ApplicationError) -> None:
-    """Puts a service error on the matching field when there is one."""
-    for field, problems in exc.fields.items():
-        if field in form.fields:
-            for problem in problems:
-                form.add_error(field, problem)
-            return
-    form.add_error(None, exc.message)
+from .shortcuts import form_error, my_membership, paginate, service_errors, signed_in_user
 
 
 @require_GET
@@ -101,7 +72,7 @@ def signup(request: HttpRequest) -> HttpResponse:
         try:
             user = user_signup(**form.cleaned_data)
         except ApplicationError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             login(request, user, backend="clearinghouse.accounts.backends.MemberAwareBackend")
             messages.success(request, "Welcome! Apply for a new organisation or ask to join one.")
@@ -113,13 +84,11 @@ def signup(request: HttpRequest) -> HttpResponse:
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     membership = membership_of(user=request.user)
-    context = {
+    context: dict[str, Any] = {
         "membership": membership,
         "pending_join": join_request_pending_for(user=request.user),
-        "my_requests": join_request_list(actor=request.user, own=True)[:10],
-        "tokens_active": api_token_list(actor=request.user)
-        .filter(revoked_at__isnull=True, expires_at__gt=timezone.now())
-        .count(),
+        "my_requests": paginate(request, join_request_list(actor=request.user, own=True)),
+        "tokens_active": api_token_active_count(actor=signed_in_user(request)),
     }
     context["pending_organisations"] = organisation_pending_list(actor=request.user)  # operators' work queue
     return render(request, "portal/dashboard.html", context)
@@ -133,7 +102,7 @@ def organisation_apply_view(request: HttpRequest) -> HttpResponse:
         try:
             organisation = organisation_apply(actor=request.user, **form.cleaned_data)
         except ApplicationError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, f"Your application for {organisation.name} was sent to the operators.")
             return redirect("portal:dashboard")
@@ -151,7 +120,7 @@ def organisation_join(request: HttpRequest) -> HttpResponse:
                 actor=request.user, organisation=organisation, message=form.cleaned_data["message"]
             )
         except ApplicationError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             messages.success(request, f"You asked to join {organisation.name}.")
             return redirect("portal:dashboard")
@@ -203,18 +172,11 @@ def invitation_accept_view(request: HttpRequest, token: str) -> HttpResponse:
     return render(request, "portal/invitation_accept.html", {"invitation": invitation})
 
 
-def _my_organisation(request: HttpRequest):
-    membership = membership_of(user=request.user)
-    if membership is None:
-        raise NotFound("You do not belong to an organisation.")
-    return membership
-
-
 @login_required
 @require_GET
 @service_errors
 def organisation_view(request: HttpRequest) -> HttpResponse:
-    membership = _my_organisation(request)
+    membership = my_membership(request)
     organisation = membership.organisation
     can_manage = organisation.is_approved and MANAGE_MEMBERS in user_capabilities(user=request.user)
     context = {
@@ -225,7 +187,9 @@ def organisation_view(request: HttpRequest) -> HttpResponse:
         "invite_form": forms.InviteForm(),
     }
     if can_manage:
-        context["invitations"] = invitation_list(actor=request.user, organisation=organisation)[:50]
+        context["invitations"] = paginate(
+            request, invitation_list(actor=request.user, organisation=organisation)
+        )
         context["join_requests"] = join_request_list(
             actor=request.user, organisation=organisation, status=RequestStatus.PENDING
         )
@@ -259,7 +223,7 @@ def member_remove_view(request: HttpRequest, membership_id: int) -> HttpResponse
 @require_POST
 @service_errors
 def invitation_create_view(request: HttpRequest) -> HttpResponse:
-    membership = _my_organisation(request)
+    membership = my_membership(request)
     invitation, token = invitation_create(
         actor=request.user,
         organisation=membership.organisation,
@@ -293,18 +257,22 @@ def tokens_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         try:
             _, new_token = api_token_create(
-                actor=request.user,
+                actor=signed_in_user(request),
                 name=form.cleaned_data["name"],
                 expires_at=timezone.now() + timedelta(days=form.cleaned_data["expires_in_days"]),
             )
         except ApplicationError as exc:
-            _form_error(form, exc)
+            form_error(form, exc)
         else:
             form = forms.TokenForm()
     return render(
         request,
         "portal/tokens.html",
-        {"form": form, "tokens": api_token_list(actor=request.user), "new_token": new_token},
+        {
+            "form": form,
+            "tokens": paginate(request, api_token_list(actor=signed_in_user(request))),
+            "new_token": new_token,
+        },
     )
 
 
@@ -312,7 +280,8 @@ def tokens_view(request: HttpRequest) -> HttpResponse:
 @require_POST
 @service_errors
 def token_revoke_view(request: HttpRequest, token_id: int) -> HttpResponse:
-    token = api_token_revoke(actor=request.user, token=api_token_get(actor=request.user, token_id=token_id))
+    user = signed_in_user(request)
+    token = api_token_revoke(actor=user, token=api_token_get(actor=user, token_id=token_id))
     messages.success(request, f"Token {token.name} revoked.")
     return redirect("portal:tokens")
 
@@ -327,7 +296,7 @@ def operator_organisations(request: HttpRequest) -> HttpResponse:
         request,
         "portal/operator_organisations.html",
         {
-            "organisations": organisation_list(actor=request.user, status=status),
+            "organisations": paginate(request, organisation_list(actor=request.user, status=status)),
             "status": status,
             "statuses": OrganisationStatus.choices,
             "join_requests": join_request_list(actor=request.user, status=RequestStatus.PENDING),
@@ -351,14 +320,6 @@ def operator_organisation_detail(request: HttpRequest, slug: str) -> HttpRespons
     )
 
 
-OPERATOR_ACTIONS = {
-    "approve": OrganisationStatus.APPROVED,
-    "reject": OrganisationStatus.REJECTED,
-    "suspend": OrganisationStatus.SUSPENDED,
-    "reinstate": OrganisationStatus.APPROVED,
-}
-
-
 @login_required
 @require_POST
 @service_errors
@@ -368,7 +329,7 @@ def operator_organisation_decide(request: HttpRequest, slug: str, action: str) -
     organisation_set_status(
         actor=request.user,
         organisation=organisation,
-        status=OPERATOR_ACTIONS[action],
+        status=ORGANISATION_DECISIONS[action],
         reason=request.POST.get("reason", ""),
     )
     messages.success(request, f"{organisation.name}: {action} done.")
@@ -379,8 +340,6 @@ def operator_organisation_decide(request: HttpRequest, slug: str, action: str) -
 @require_GET
 @service_errors
 def audit_view(request: HttpRequest) -> HttpResponse:
-    events = audit_event_list(actor=request.user)
-    action = request.GET.get("action")
-    if action:
-        events = events.filter(action=action)
-    return render(request, "portal/audit.html", {"events": events[:200], "action": action or ""})
+    action = request.GET.get("action") or ""
+    events = paginate(request, audit_event_list(actor=signed_in_user(request), action=action))
+    return render(request, "portal/audit.html", {"events": events, "action": action})

@@ -58,6 +58,9 @@ class PrivacyBudget(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.measure} budget of dataset {self.dataset_id}"
+
 
 class BudgetAllocation(models.Model):
     budget = models.ForeignKey(PrivacyBudget, on_delete=models.CASCADE, related_name="allocations")
@@ -80,6 +83,9 @@ class BudgetAllocation(models.Model):
                 condition=Q(delta_spent__lte=F("delta_amount") * 1.000000001), name="allocation_delta_within"
             ),
         ]
+
+    def __str__(self) -> str:
+        return f"allocation of budget {self.budget_id} to organisation {self.organisation_id}"
 
 
 class QueryStatus(models.TextChoices):
@@ -145,6 +151,9 @@ class Query(models.Model):
             ),
         ]
 
+    def __str__(self) -> str:
+        return f"query {self.pk} ({self.status})"
+
 
 class LedgerEntry(models.Model):
     budget = models.ForeignKey(PrivacyBudget, on_delete=models.PROTECT, related_name="entries")
@@ -159,3 +168,6 @@ class LedgerEntry(models.Model):
     class Meta:
         ordering = ["-created_at"]
         constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_amount_positive")]
+
+    def __str__(self) -> str:
+        return f"ledger entry {self.pk} of budget {self.budget_id}"

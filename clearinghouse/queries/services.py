@@ -12,14 +12,18 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
+from celery.exceptions import TimeoutError as CeleryTimeout
+from celery.result import AsyncResult
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from clearinghouse.audit.services import OWNER_ONLY, audit_lock, audit_record
 from clearinghouse.core.db import atomic_with_retry, is_retryable
+from clearinghouse.core.enqueue import enqueue
 from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
 from clearinghouse.core.metrics import QUERIES_REFUSED, QUERIES_RELEASED, count_on_commit
 from clearinghouse.datasets.models import Dataset, DatasetVersion
@@ -29,8 +33,9 @@ from clearinghouse.datasets.selectors import (
     dataset_is_owner,
     dataset_version_latest_ready,
 )
-from clearinghouse.dp import QueryError, QuerySpec, TableSchema, parse_spec, sql_to_spec
-from clearinghouse.organisations.roles import RUN_QUERIES
+from clearinghouse.datasets.services import dataset_version_mark_corrupt
+from clearinghouse.dp import QueryError, QuerySpec, TableSchema, parse_spec, preview, sql_to_spec
+from clearinghouse.organisations.roles import ROLE_CAPABILITIES, RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active
 
 from .ledger import BudgetExceeded, budget_debit
@@ -67,8 +72,6 @@ def query_access(*, actor: Any, dataset: Dataset) -> None:
         or dataset_grant_active(dataset=dataset, organisation_id=membership.organisation_id, purpose="query")
     ):
         raise NotFound("Dataset not found.")
-    from clearinghouse.organisations.roles import ROLE_CAPABILITIES
-
     if RUN_QUERIES not in ROLE_CAPABILITIES[membership.role]:
         raise PermissionDenied("Your role does not allow queries.", code="role_forbidden")
     if not owner and not agreement_accepted(user=actor, dataset=dataset):
@@ -159,6 +162,7 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
                 exc.message = f"queries[{index}]: {exc.message}"
             raise
     membership = membership_active(user=actor)
+    assert membership is not None  # `_context` (`query_access`) refused an actor without one
 
     def record() -> list[tuple[Query, bool]]:
         audit_lock()  # first: see audit_lock for the lock order that keeps this deadlock-free
@@ -252,10 +256,8 @@ def _enqueue(query_ids: list[int], task_id: str) -> None:
     """Hands the queries to a dp worker (after the commit that recorded them). When the broker cannot
     take the task, the queries stay pending and the sweeper hands them over later: the request that
     recorded them has still succeeded."""
-    from .tasks import query_execute_task
-
     try:
-        query_execute_task.apply_async((query_ids,), task_id=task_id)
+        enqueue("queries.execute", query_ids, task_id=task_id)
     except Exception as exc:  # noqa: BLE001 - recovered by query_recover_stuck
         logger.error(
             "Could not enqueue queries %s (%s); the sweeper will retry", query_ids, exc.__class__.__name__
@@ -285,8 +287,6 @@ class _Priced:
 def _price(query: Query) -> _Priced:
     """The exact cost of a query from OpenDP's privacy map, or why it cannot be priced. Runs outside
     any transaction: calibration can take a while, and no lock is held meanwhile."""
-    from clearinghouse.dp import preview
-
     item = _Priced(query, seen=query.status)
     try:
         budget = PrivacyBudget.objects.get(dataset_id=query.dataset_id)
@@ -297,7 +297,9 @@ def _price(query: Query) -> _Priced:
             item.amount, item.delta = query.cost, query.cost_delta
             return item
         cost = preview(item.schema, item.spec).cost
-        item.amount = float(cost.rho if budget.measure == PrivacyMeasure.ZCDP else cost.epsilon)
+        spent = cost.rho if budget.measure == PrivacyMeasure.ZCDP else cost.epsilon
+        assert spent is not None  # a cost is given in its policy's measure
+        item.amount = float(spent)
         item.delta = float(cost.delta or 0.0)
     except QueryError as exc:
         item.refusal = (exc.code, exc.message)
@@ -356,9 +358,9 @@ def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
     for items in groups.values():
         for item in items:
             _load(item, data_loader)
-        paid = atomic_with_retry(lambda items=items: _debit_all(items))
+        paid = atomic_with_retry(partial(_debit_all, items))
         released = _release_all(paid)
-        atomic_with_retry(lambda released=released: _store_all(released))
+        atomic_with_retry(partial(_store_all, released))
         for item in items:
             item.data = None  # the cache may close it later; nothing here uses it again
     by_id = {query.pk: query for query in Query.objects.filter(pk__in=query_ids)}
@@ -463,8 +465,6 @@ def _fail(query: Query, item: _Priced, *, expect: str, spent: bool) -> None:
                 extra={"query": query.pk, OWNER_ONLY: {"reason": item.failure_reason}},
             )
         if code == "integrity_error":
-            from clearinghouse.datasets.services import dataset_version_mark_corrupt
-
             dataset_version_mark_corrupt(version=query.version)
 
 
@@ -533,9 +533,12 @@ def _release_all(paid: list[_Priced]) -> list[tuple[_Priced, dict | tuple[str, s
 
 def _release(item: _Priced) -> dict | tuple[str, str]:
     """Runs one paid query: the body to store, or (code, message) of its failure (the spend stays)."""
+    # Looked up at each call, on purpose: tests/queries/test_liveness.py kills the "worker" here by
+    # standing in for clearinghouse.dp.release.
     from clearinghouse.dp import release
 
     try:
+        assert item.schema is not None and item.spec is not None  # `_price` set both before the debit
         result = release(item.schema, item.spec, item.data)
     except Exception as exc:  # noqa: BLE001 - the spend stays: the conservative choice (noise may have been drawn)
         logger.error("Query %s failed after its debit: %s", item.query.pk, exc.__class__.__name__)
@@ -626,13 +629,9 @@ def query_error_for(query: Query) -> ApplicationError | None:
 
 def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: float) -> dict:
     """Asks a dp worker for the preview (OpenDP runs only there) and waits for it."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-
-    from .tasks import query_preview_task
-
     try:
         # Celery reads a timeout of 0 as "forever": a preview always waits a little, never for ever.
-        answer = query_preview_task.apply_async((version.pk, spec.to_dict())).get(
+        answer = enqueue("queries.preview", version.pk, spec.to_dict()).get(
             timeout=max(timeout, 1.0), interval=0.02
         )
     except Exception as exc:  # noqa: BLE001 - a timeout, or a broker or result store that is down
@@ -648,9 +647,6 @@ def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: floa
 
 def query_wait(*, query: Query, timeout: float) -> Query:
     """Waits (up to `timeout`) for a submitted query's worker to finish; returns it fresh."""
-    from celery.exceptions import TimeoutError as CeleryTimeout
-    from celery.result import AsyncResult
-
     query = _fresh(query)
     # Only wait when still unfinished: waiting again on a task whose result was already consumed
     # (several queries of one request share a task) would idle until the backend's poll times out.

@@ -4,32 +4,45 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 
+from cachetools import LRUCache
 from celery import shared_task
 from celery.signals import worker_process_init
 from django.conf import settings
 
 from clearinghouse.datasets import storage
 from clearinghouse.datasets.models import DatasetVersion
+from clearinghouse.dp import PreparedData, QueryError, TableSchema, parse_spec, prepare, preview
+
+from .models import PrivacyBudget
+from .services import UNPRICEABLE_MESSAGE, query_execute_many, query_recover_stuck, query_schema
 
 logger = logging.getLogger(__name__)
 
 # Decrypted, staged tables by (version, schema fingerprint), kept in this worker's memory only: a
 # query then costs its OpenDP run, not a decryption. Few entries: each holds a whole table.
 _CACHE_SIZE = 4
-_cache: OrderedDict[tuple[int, str], object] = OrderedDict()
+
+
+class _TableCache(LRUCache[tuple[int, str], PreparedData]):
+    """An LRU of staged tables that closes the one it evicts (freeing its copy on tmpfs)."""
+
+    def popitem(self) -> tuple[tuple[int, str], PreparedData]:
+        key, evicted = super().popitem()
+        evicted.close()
+        return key, evicted
+
+
+_cache = _TableCache(maxsize=_CACHE_SIZE)
 _cache_lock = threading.Lock()
 
 
-def staged_data(version: DatasetVersion, schema):
-    from clearinghouse.dp import prepare
-
+def staged_data(version: DatasetVersion, schema: TableSchema) -> PreparedData:
     key = (version.pk, schema.fingerprint)
     with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+        hit = _cache.get(key)
+    if hit is not None:
+        return hit
     dataset = version.dataset
     table = storage.read_table(
         version.data_path,
@@ -39,29 +52,19 @@ def staged_data(version: DatasetVersion, schema):
     )
     prepared = prepare(schema, table)
     with _cache_lock:
-        _cache[key] = prepared
-        while len(_cache) > _CACHE_SIZE:
-            _, evicted = _cache.popitem(last=False)
-            evicted.close()
+        _cache[key] = prepared  # evicts, and closes, the least recently used beyond _CACHE_SIZE
     return prepared
 
 
 @shared_task(name="queries.execute", acks_late=True)
 def query_execute_task(query_ids: list[int]) -> list[str]:
     """Releases the queries of one request in order (each priced and debited on its own)."""
-    from .services import query_execute_many
-
     return [query.status for query in query_execute_many(query_ids=query_ids, data_loader=staged_data)]
 
 
 @shared_task(name="queries.preview")
 def query_preview_task(version_id: int, spec: dict) -> dict:
     """{"preview": ...}, or {"error": {"code", "message"}} for a query that cannot be priced."""
-    from clearinghouse.dp import QueryError, parse_spec, preview
-
-    from .models import PrivacyBudget
-    from .services import UNPRICEABLE_MESSAGE, query_schema
-
     version = DatasetVersion.objects.select_related("dataset").get(pk=version_id)
     schema = query_schema(version=version, budget=PrivacyBudget.objects.get(dataset_id=version.dataset_id))
     try:
@@ -75,8 +78,6 @@ def query_preview_task(version_id: int, spec: dict) -> dict:
 
 @shared_task(name="queries.recover_stuck")
 def query_recover_stuck_task() -> dict[str, int]:
-    from .services import query_recover_stuck
-
     return query_recover_stuck(
         idle_seconds=settings.QUERY_STUCK_SECONDS, max_attempts=settings.QUERY_MAX_RECOVERIES
     )
@@ -86,8 +87,6 @@ def query_recover_stuck_task() -> dict[str, int]:
 def _warm_up(**_):
     """OpenDP's first measurement in a process takes ~150 ms; pay it at start, not on a query."""
     try:
-        from clearinghouse.dp import TableSchema, parse_spec, preview
-
         schema = TableSchema.from_dict(
             {"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 1}]}
         )

@@ -7,6 +7,7 @@ import json
 from collections import defaultdict
 from dataclasses import asdict
 from datetime import date
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
@@ -17,17 +18,18 @@ from django.views.decorators.http import require_http_methods
 
 from clearinghouse.core.errors import ApplicationError, NotFound, PermissionDenied
 from clearinghouse.datasets.selectors import dataset_get, dataset_is_owner
-from clearinghouse.portal.views import service_errors
+from clearinghouse.portal.charts import COLOURS, Line, line_chart
+from clearinghouse.portal.shortcuts import paginate, service_errors
 
 from .ledger import budget_set
-from .models import PrivacyMeasure
+from .models import PrivacyMeasure, Query
 from .selectors import budget_left_for, budget_view_for, query_answer_visible, query_list
 from .services import query_error_for, query_prepare, query_preview_run, query_submit, query_wait
 
 
 def _rows_with_intervals(result: dict) -> list[list[str]]:
     table = []
-    for row, interval in zip(result["rows"], result["intervals"]):
+    for row, interval in zip(result["rows"], result["intervals"], strict=False):
         cells = []
         for column in result["columns"]:
             value = row.get(column)
@@ -51,10 +53,16 @@ def query_console(request: HttpRequest, organisation: str, slug: str) -> HttpRes
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
     sql = request.POST.get("sql", f"SELECT COUNT(*) FROM {dataset.slug}")
     epsilon = request.POST.get("epsilon", "0.5")
-    context = {"dataset": dataset, "sql": sql, "epsilon": epsilon, "preview": None, "released": None}
+    context: dict[str, Any] = {
+        "dataset": dataset,
+        "sql": sql,
+        "epsilon": epsilon,
+        "preview": None,
+        "released": None,
+    }
     if request.method == "POST":
         try:
-            privacy = {"epsilon": float(epsilon)}
+            privacy: dict[str, Any] = {"epsilon": float(epsilon)}
         except ValueError:
             privacy = {"epsilon": epsilon}  # the service says what is wrong with it
         try:
@@ -66,6 +74,7 @@ def query_console(request: HttpRequest, organisation: str, slug: str) -> HttpRes
                     version=version, spec=spec, timeout=settings.QUERY_WAIT_SECONDS
                 )
             else:
+                query: Query | None
                 query, replayed = query_submit(actor=request.user, dataset=dataset, sql=sql, privacy=privacy)
                 query = query_wait(query=query, timeout=settings.QUERY_WAIT_SECONDS)
                 error = query_error_for(query)
@@ -91,48 +100,51 @@ def query_console(request: HttpRequest, organisation: str, slug: str) -> HttpRes
         context["left"] = asdict(budget_left_for(actor=request.user, dataset=dataset))
     except ApplicationError:
         context["left"] = None
-    history = []
-    for query in query_list(actor=request.user, dataset=dataset)[:25]:
-        answer = query.result and query_answer_visible(actor=request.user, query=query)
-        history.append({"query": query, "table": _rows_with_intervals(query.result) if answer else []})
-    context["history"] = history
+    history = paginate(request, query_list(actor=request.user, dataset=dataset))
+    context["history_page"] = history
+    context["history"] = [
+        {
+            "query": query,
+            "table": _rows_with_intervals(query.result)
+            if query.result and query_answer_visible(actor=request.user, query=query)
+            else [],
+        }
+        for query in history
+    ]
     if context["released"] is not None:
         context["released_table"] = _rows_with_intervals(context["released"].result)
     return render(request, "queries/console.html", context)
 
 
-def _spending_plot(daily: list[dict], total: float) -> dict:
-    """Cumulative spending per organisation over time, as SVG polylines (no JavaScript needed)."""
+def _spending_plot(daily: list[dict], total: float) -> dict | None:
+    """Cumulative spending per organisation over time, one line each from nothing on the first day
+    (the portal's one chart, `portal.charts`)."""
     if not daily:
-        return {"series": [], "width": 640, "height": 240}
+        return None
     days = sorted({date.fromisoformat(row["day"]) for row in daily})
     first, last = days[0], days[-1]
     span = max(1, (last - first).days)
-    width, height, pad = 640, 240, 40
     per_org: dict[str, float] = defaultdict(float)
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    series: dict[str, list[tuple[float, float]]] = defaultdict(lambda: [(0.0, 0.0)])
     for row in sorted(daily, key=lambda r: r["day"]):
         per_org[row["organisation"]] += row["amount"]
-        x = pad + (date.fromisoformat(row["day"]) - first).days / span * (width - 2 * pad)
-        y = height - pad - per_org[row["organisation"]] / total * (height - 2 * pad)
-        series[row["organisation"]].append((round(x, 1), round(y, 1)))
-    colours = ["#1f5fbf", "#b3261e", "#1e7a45", "#8a5a00", "#6b3fa0"]
-    return {
-        "width": width,
-        "height": height,
-        "pad": pad,
-        "first": first,
-        "last": last,
-        "series": [
-            {
-                "organisation": org,
-                "colour": colours[i % len(colours)],
-                "points": " ".join(f"{x},{y}" for x, y in ([(pad, height - pad)] + points)),
-                "spent": round(per_org[org], 6),
-            }
+        x = (date.fromisoformat(row["day"]) - first).days / span
+        series[row["organisation"]].append((x, per_org[row["organisation"]] / total if total > 0 else 0.0))
+    return line_chart(
+        chart_id="spending-plot",
+        title="Cumulative privacy spending per organisation",
+        lines=[
+            Line(org, points, colour=COLOURS[i % len(COLOURS)], note=f"{round(per_org[org], 6)}")
             for i, (org, points) in enumerate(series.items())
         ],
-    }
+        width=640,
+        height=240,
+        pad=40,
+        left_labels=[(1.0, str(total)), (0.0, "0")],
+        x_labels=[(0.0, first.isoformat()), (1.0, last.isoformat())]
+        if last != first
+        else [(0.0, first.isoformat())],
+    )
 
 
 def _policy_from_form(data) -> dict:

@@ -38,15 +38,23 @@ app = ClientApp()
 _CACHE: dict[tuple[str, NodeSettings, float], tuple[Any, ...]] = {}
 
 
+def _config_number(record: ConfigRecord, key: str, default: float) -> float:
+    """A number the ServerApp put in the message's config."""
+    value = record.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"config {key!r} must be a number, got {value!r}")
+    return float(value)
+
+
 def _prepare(message: Message, context: Context) -> tuple[Any, ...]:
     from training.config import TrainConfig
     from training.data import load_table_for_config, split_train_test
     from training.models import build_model_and_tokenizer, select_device
 
     node = NodeSettings.from_node_config(context.node_config)
-    config_record = message.content["config"]
+    config_record = message.content.config_records["config"]
     train_json = str(config_record["train-config"])
-    test_fraction = float(config_record.get("test-fraction", 0.2))
+    test_fraction = _config_number(config_record, "test-fraction", 0.2)
     key = (train_json, node, test_fraction)
     if key not in _CACHE:
         _CACHE.clear()
@@ -84,12 +92,12 @@ def handle_train(message: Message, context: Context) -> Message:
 
     started = time.perf_counter()
     config, model, tokenizer, train_table, _, device, node = _prepare(message, context)
-    cfg = message.content["config"]
-    server_round = int(cfg.get("server-round", 1))
-    mu = float(cfg.get("proximal-mu", 0.0))
+    cfg = message.content.config_records["config"]
+    server_round = int(_config_number(cfg, "server-round", 1))
+    mu = _config_number(cfg, "proximal-mu", 0.0)
     if mu != config.fedprox_mu:
         config = config.replace(fedprox_mu=mu)
-    _apply_global(model, message.content["arrays"])
+    _apply_global(model, message.content.array_records["arrays"])
     seed = (config.seed + 1000 * server_round) % 2**32  # new batch order / dropout every round
     loader = make_loader(train_table, tokenizer=tokenizer, config=config, shuffle=True, seed=seed)
     result = train(model, loader, config=config, device=device, seed=seed)
@@ -116,7 +124,7 @@ def handle_evaluate(message: Message, context: Context) -> Message:
 
     started = time.perf_counter()
     config, model, tokenizer, _, test_table, device, node = _prepare(message, context)
-    _apply_global(model, message.content["arrays"])
+    _apply_global(model, message.content.array_records["arrays"])
     loader = make_loader(
         test_table, tokenizer=tokenizer, config=config, shuffle=False, batch_size=config.batch_size * 2
     )

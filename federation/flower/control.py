@@ -106,7 +106,7 @@ class SuperLinkControl:
         if not body.get("success", False):
             message = str(body.get("error-message", "unknown error")).strip().splitlines()
             raise FlowerControlError(f"flwr {args[0]}: {message[-1] if message else 'failed'}")
-        return body
+        return dict(body)
 
     def submit(self, app_dir: str | Path, run_config: Mapping[str, Any]) -> str:
         body = self._call("run", str(app_dir), self.CONNECTION, "--run-config", config_string(run_config))

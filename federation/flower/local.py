@@ -49,7 +49,7 @@ class LocalFederation:
     port: int = 0
     tls: Mapping[str, str] | None = None  # {"ca": ..., "cert": ..., "key": ...} for TLS
     node_auth: bool = False  # SuperLink --enable-supernode-auth: only registered SuperNodes join
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     supernode_ports: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,7 +76,7 @@ class LocalFederation:
 
     def _spawn(
         self, name: str, args: Sequence[str], env: Mapping[str, str] | None = None
-    ) -> subprocess.Popen:
+    ) -> subprocess.Popen[bytes]:
         log = (self.workdir / f"{name}.log").open("wb")
         process = subprocess.Popen(
             list(args),
@@ -166,7 +166,9 @@ class LocalFederation:
         if wait:
             self._wait_for(lambda: "SuperNode ID" in self.log_text(name), name, timeout)
 
-    def register_supernode(self, public_key: str | Path, *, name: str = "") -> subprocess.CompletedProcess:
+    def register_supernode(
+        self, public_key: str | Path, *, name: str = ""
+    ) -> subprocess.CompletedProcess[str]:
         """``flwr supernode register <public key> local [--name ...]`` (the operator's side of
         SuperNode authentication)."""
         args = [_bin("flwr"), "supernode", "register", str(public_key), "local"]
@@ -213,7 +215,7 @@ class LocalFederation:
                 except ProcessLookupError:
                     continue
         deadline = time.monotonic() + 10
-        for name, process in self.processes.items():
+        for process in self.processes.values():
             try:
                 process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -232,7 +234,7 @@ class LocalFederation:
         app_dir: Path = APP_DIR,
         timeout: float = 600.0,
         stream_log: str = "flwr-run",
-    ) -> subprocess.CompletedProcess:
+    ) -> subprocess.CompletedProcess[str]:
         """``flwr run <app> local --stream --run-config ...``; returns when the run ends (the
         stream closes) or raises ``subprocess.TimeoutExpired``."""
         args = [

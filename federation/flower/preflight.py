@@ -15,9 +15,14 @@ import argparse
 import json
 import sys
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from federation.flower.settings import NODE_DATA_PATH, NODE_LABEL_COLUMN, NODE_TEXT_COLUMN
+
+if TYPE_CHECKING:  # the ML stack loads when a check runs, not when the module does
+    from training.config import TrainConfig
+    from training.data import LabelledTable
 
 
 def preflight(
@@ -36,9 +41,7 @@ def preflight(
 ) -> dict[str, Any]:
     """Return a JSON-serialisable report; raises ``TrainingError`` subclasses with clear messages."""
     from training.config import TrainConfig
-    from training.data import load_table_for_config, split_train_test
-    from training.models import build_model_and_tokenizer, count_parameters, select_device
-    from training.params import get_trainable_state, state_nbytes
+    from training.data import load_table_for_config
 
     started = time.perf_counter()
     config = TrainConfig(
@@ -52,6 +55,28 @@ def preflight(
     )
     options = {"delimiter": delimiter} if delimiter else {}
     table = load_table_for_config(data_path, config, **options)
+    data, data_warnings = _data_report(table, test_fraction=test_fraction, seed=seed)
+    model, model_warnings = _model_report(table, config, device=device)
+    return {
+        "ok": True,
+        "data_path": str(data_path),
+        **data,
+        "base_model": base_model,
+        **model,
+        "warnings": data_warnings + model_warnings,
+        "seconds": round(time.perf_counter() - started, 2),
+        "node_config": (
+            f"{NODE_DATA_PATH}='{data_path}' {NODE_TEXT_COLUMN}='{text_column}' {NODE_LABEL_COLUMN}='{label_column}'"
+        ),
+    }
+
+
+def _data_report(
+    table: LabelledTable, *, test_fraction: float, seed: int
+) -> tuple[dict[str, Any], list[str]]:
+    """Rows, label counts, the local train/held-out split and text lengths; and warnings."""
+    from training.data import split_train_test
+
     counts = table.label_counts()
     warnings = []
     empty = [label for label, n in counts.items() if n == 0]
@@ -59,38 +84,45 @@ def preflight(
         warnings.append(f"no rows with label(s) {empty!r}: this member cannot help the model learn them")
     train_table, test_table = split_train_test(table, test_fraction=test_fraction, seed=seed)
     lengths = sorted(len(t) for t in table.texts)
+    report = {
+        "rows": len(table),
+        "label_counts": counts,
+        "train_rows": len(train_table),
+        "held_out_rows": len(test_table),
+        "text_chars": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]},
+    }
+    return report, warnings
+
+
+def _model_report(
+    table: LabelledTable, config: TrainConfig, *, device: str | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The model as the job builds it (parameters, bytes per update, device); and a warning when
+    texts will be truncated."""
+    from training.models import build_model_and_tokenizer, count_parameters, select_device
+    from training.params import get_trainable_state, state_nbytes
 
     model, tokenizer = build_model_and_tokenizer(config)
     dev = select_device(device)
     trainable, total = count_parameters(model)
     sample = list(table.texts[:256])
     token_counts = [len(ids) for ids in tokenizer(sample, truncation=False)["input_ids"]]
-    truncated = sum(n > max_length for n in token_counts)
+    truncated = sum(n > config.max_length for n in token_counts)
+    warnings = []
     if truncated:
         warnings.append(
-            f"{truncated} of the first {len(sample)} texts exceed max_length={max_length} tokens and will be truncated"
+            f"{truncated} of the first {len(sample)} texts exceed max_length={config.max_length} tokens "
+            "and will be truncated"
         )
-    return {
-        "ok": True,
-        "data_path": str(data_path),
-        "rows": len(table),
-        "label_counts": counts,
-        "train_rows": len(train_table),
-        "held_out_rows": len(test_table),
-        "text_chars": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]},
-        "base_model": base_model,
+    report = {
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
         "total_parameters": total,
         "trainable_parameters": trainable,
         "trainable_bytes": state_nbytes(get_trainable_state(model)),
         "device": str(dev),
         "cuda_available": dev.type == "cuda",
-        "warnings": warnings,
-        "seconds": round(time.perf_counter() - started, 2),
-        "node_config": (
-            f"{NODE_DATA_PATH}='{data_path}' {NODE_TEXT_COLUMN}='{text_column}' {NODE_LABEL_COLUMN}='{label_column}'"
-        ),
     }
+    return report, warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+    _print_report(report)
+    return 0
+
+
+def _print_report(report: Mapping[str, Any]) -> None:
     print(f"preflight OK ({report['seconds']} s)")
     print(f"  data:    {report['data_path']}: {report['rows']} rows, labels {report['label_counts']}")
     print(f"           local split: {report['train_rows']} train / {report['held_out_rows']} held out")
@@ -146,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     for warning in report["warnings"]:
         print(f"  warning: {warning}")
     print(f'  SuperNode: --node-config "{report["node_config"]}"')
-    return 0
 
 
 if __name__ == "__main__":

@@ -45,20 +45,21 @@ def _write_private(path: Path, data: bytes) -> Path:
     return path
 
 
-def make_tls_material(
-    directory: str | Path, *, hosts: Sequence[str] = ("localhost", "127.0.0.1"), days: int = 30
-) -> TlsMaterial:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
+def _pkcs8_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Clearinghouse Flower CA")])
-    ca_cert = (
+
+def _ca_certificate(
+    key: ec.EllipticCurvePrivateKey, name: x509.Name, now: dt.datetime, days: int
+) -> x509.Certificate:
+    """The self-signed CA (may sign end-entity certificates only)."""
+    return (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
@@ -77,22 +78,32 @@ def make_tls_material(
             ),
             critical=True,
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA384())
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA384())
     )
 
-    server_key = ec.generate_private_key(ec.SECP384R1())
+
+def _server_certificate(
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    hosts: Sequence[str],
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    now: dt.datetime,
+    days: int,
+) -> x509.Certificate:
+    """The SuperLink's certificate, signed by the CA, for ``hosts`` (DNS names or IP addresses)."""
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
-    server_cert = (
+    return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
         .issuer_name(ca_name)
-        .public_key(server_key.public_key())
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=days))
@@ -105,22 +116,27 @@ def make_tls_material(
         .sign(ca_key, hashes.SHA384())
     )
 
+
+def make_tls_material(
+    directory: str | Path, *, hosts: Sequence[str] = ("localhost", "127.0.0.1"), days: int = 30
+) -> TlsMaterial:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Clearinghouse Flower CA")])
+    ca_cert = _ca_certificate(ca_key, ca_name, now, days)
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server_cert = _server_certificate(
+        server_key, hosts=hosts, ca_key=ca_key, ca_name=ca_name, now=now, days=days
+    )
+
     ca_path = directory / "ca.crt"
     ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(
-        directory / "ca.key",
-        ca_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
+    _write_private(directory / "ca.key", _pkcs8_pem(ca_key))
     cert_path = directory / "server.pem"
     cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    key_path = _write_private(
-        directory / "server.key",
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        ),
-    )
+    key_path = _write_private(directory / "server.key", _pkcs8_pem(server_key))
     return TlsMaterial(ca=ca_path, cert=cert_path, key=key_path)
 
 

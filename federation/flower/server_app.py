@@ -13,8 +13,11 @@ Flow of one job (``run_job``):
    replies gathered within ``round-timeout``. Missing or failed replies are dropouts: the round
    completes if at least ``min-clients`` replied, otherwise the job fails with the reason. Then
    ``evaluate`` of the new global state on every member's local held-out split.
-5. Per round, a record goes to the reporter (JSON lines and/or HTTP callback): aggregated and
-   per-client metrics, bytes sent and received, round time, Flower overhead.
+5. Per round, a record (``reporting.RoundRecord``) goes to the reporter (JSON lines and/or HTTP
+   callback): aggregated and per-client metrics, bytes sent and received, round time, Flower overhead.
+
+A round is four steps of ``_Job``: ``_select`` (the participants still connected), ``_train``,
+``_evaluate`` and ``_record``.
 6. At the end: ``adapter.safetensors`` (final global trainable state, training config in its
    metadata) and ``report.json`` in ``output-dir``.
 """
@@ -26,16 +29,27 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
+from flwr.supercore.run import Run
 
-from federation.flower.reporting import MultiReporter, Reporter, build_reporter
+from federation.flower.reporting import (
+    ClientRecord,
+    DropoutRecord,
+    MultiReporter,
+    Reporter,
+    RoundEvaluation,
+    RoundRecord,
+    build_reporter,
+)
 from federation.flower.settings import FederationConfigError, JobFailed, JobSettings, train_config_json
+from training.metrics import confusion_metrics
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +74,21 @@ def build_strategy(settings: JobSettings) -> FedAvg:
     if settings.strategy == "fedprox":
         return FedProx(**common, proximal_mu=settings.proximal_mu)
     if settings.strategy == "fedadam":
-        return FedAdam(**common, **settings.fedadam)
+        adam = settings.fedadam
+        return FedAdam(
+            **common,
+            eta=adam["eta"],
+            eta_l=adam["eta_l"],
+            beta_1=adam["beta_1"],
+            beta_2=adam["beta_2"],
+            tau=adam["tau"],
+        )
     raise FederationConfigError(f"unknown strategy {settings.strategy!r}")
 
 
-class _SelectedGrid:
-    """A view of the grid whose node list is the round's selection (what the strategy samples)."""
+class _SelectedGrid(Grid):
+    """A view of the grid whose node list is the round's selection (what the strategy samples);
+    everything else is the grid's own."""
 
     def __init__(self, grid: Grid, node_ids: Sequence[int]) -> None:
         self._grid = grid
@@ -74,8 +97,33 @@ class _SelectedGrid:
     def get_node_ids(self) -> list[int]:
         return list(self._node_ids)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
+    @property
+    def run(self) -> Run:
+        return self._grid.run
+
+    def set_run(self, run: Run) -> None:
+        self._grid.set_run(run)
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -90,31 +138,11 @@ def initial_arrays(settings: JobSettings) -> ArrayRecord:
 
 def pooled_metrics(confusions: Iterable[Sequence[Sequence[int]]], labels: Sequence[str]) -> dict[str, Any]:
     """Accuracy / macro-F1 / per-class F1 of the members' summed confusion matrices (exactly the
-    metrics of the union of their held-out splits)."""
-    total = None
-    for c in confusions:
-        m = np.asarray(c, dtype=np.int64)
-        total = m if total is None else total + m
-    if total is None:
+    metrics of the union of their held-out splits); ``{}`` when there are none."""
+    matrices = [np.asarray(c, dtype=np.int64) for c in confusions]
+    if not matrices:
         return {}
-    tp = np.diag(total)
-    support, predicted = total.sum(axis=1), total.sum(axis=0)
-    per_class: dict[str, float | None] = {}
-    present = []
-    for i, label in enumerate(labels):
-        if support[i] == 0 and predicted[i] == 0:
-            per_class[label] = None
-            continue
-        per_class[label] = float(2 * tp[i] / (support[i] + predicted[i]))
-        present.append(per_class[label])
-    n = int(total.sum())
-    return {
-        "accuracy": float(tp.sum() / n) if n else 0.0,
-        "macro_f1": float(np.mean(present)) if present else 0.0,
-        "per_class_f1": per_class,
-        "confusion": total.tolist(),
-        "n": n,
-    }
+    return confusion_metrics(sum(matrices[1:], matrices[0]), label_names=labels)
 
 
 def weighted_mean(rows: Sequence[Mapping[str, Any]], key: str, weight: str = "num-examples") -> float | None:
@@ -133,6 +161,16 @@ def _metrics_of(message: Message) -> dict[str, Any]:
 def _info_of(message: Message) -> dict[str, Any]:
     record = message.content.config_records.get("info")
     return dict(record) if record is not None else {}
+
+
+def _confusion_of(message: Message) -> list[list[int]]:
+    """A member's confusion matrix on its held-out split (sent as JSON text in its ``info``)."""
+    confusion: list[list[int]] = json.loads(str(_info_of(message).get("confusion", "[]")))
+    return confusion
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _as_float32(arrays: ArrayRecord) -> ArrayRecord:
@@ -161,14 +199,43 @@ def _arrays_nbytes(message: Message) -> int:
     return sum(r.count_bytes() for r in message.content.array_records.values())
 
 
+@dataclass(frozen=True)
+class _Trained:
+    """The train phase of a round: the new global state and what the members sent back."""
+
+    arrays: ArrayRecord
+    metrics: dict[str, Any]  # the strategy's aggregate of the members' train metrics
+    clients: dict[int, dict[str, Any]]  # node id -> the member's train metrics
+    dropouts: list[DropoutRecord]
+    bytes_sent: int
+    bytes_received: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Evaluated:
+    """The evaluate phase of a round: each member's outcome and the pooled evaluation."""
+
+    clients: dict[int, dict[str, Any]]  # node id -> {"evaluate": metrics} or {"evaluate_error": reason}
+    evaluation: RoundEvaluation
+    bytes_sent: int
+    seconds: float
+
+
 class _Job:
     def __init__(self, grid: Grid, settings: JobSettings, reporter: Reporter) -> None:
         self.grid = grid
         self.settings = settings
         self.reporter = reporter
+        self.config_json = train_config_json(settings)
         self.organisations: dict[int, str] = {}  # node id -> organisation slug ("" if none)
-        self.history: list[dict[str, Any]] = []
+        self.rounds: list[RoundRecord] = []
         self.failed = False
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The rounds so far, as reported."""
+        return [record.to_event() for record in self.rounds]
 
     # ------------------------------------------------------------------ participants
     def _query(self, node_ids: Sequence[int], timeout: float) -> None:
@@ -206,47 +273,41 @@ class _Job:
                 return eligible
             time.sleep(1.0)
 
-    # ------------------------------------------------------------------ the job
-    def fail(self, reason: str, history: list[dict[str, Any]]) -> None:
+    # ------------------------------------------------------------------ failing, reporting
+    def fail(self, reason: str) -> NoReturn:
         self.failed = True
         log.error("federated job failed: %s", reason)
-        self.reporter.emit({"event": "failed", "reason": reason, "rounds_completed": len(history)})
-        self.write_report(status="failed", reason=reason, history=history)
+        self.reporter.emit({"event": "failed", "reason": reason, "rounds_completed": len(self.rounds)})
+        self.write_report(status="failed", reason=reason)
         raise JobFailed(reason)
 
-    def write_report(
-        self,
-        *,
-        status: str,
-        history: list[dict[str, Any]],
-        reason: str = "",
-        extra: Mapping[str, Any] | None = None,
-    ) -> None:
+    def write_report(self, *, status: str, reason: str = "", extra: Mapping[str, Any] | None = None) -> None:
         if not self.settings.output_dir:
             return
         out = Path(self.settings.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        final = history[-1]["evaluate"] if history else None
         report = {
             "status": status,
             "reason": reason,
             "job_id": self.settings.job_id,
             "settings": self.settings.to_public_dict(),
             "organisations": {str(k): v for k, v in self.organisations.items()},
-            "rounds_completed": len(history),
-            "final_evaluation": final,
-            "rounds": history,
+            "rounds_completed": len(self.rounds),
+            "final_evaluation": self._final_evaluation(),
+            "rounds": self.history,
             **dict(extra or {}),
         }
         tmp = out / "report.json.tmp"
         tmp.write_text(json.dumps(report, indent=2, sort_keys=True, default=str), encoding="utf-8")
         tmp.replace(out / "report.json")
 
+    def _final_evaluation(self) -> dict[str, Any] | None:
+        return self.rounds[-1].evaluate.to_json() if self.rounds else None
+
+    # ------------------------------------------------------------------ the job
     def run(self, arrays: ArrayRecord | None = None) -> tuple[ArrayRecord, list[dict[str, Any]]]:
         settings = self.settings
         strategy = build_strategy(settings)
-        labels = list(settings.train["labels"])
-        history = self.history
         started = time.perf_counter()
         if arrays is None:
             arrays = initial_arrays(settings)
@@ -254,171 +315,202 @@ class _Job:
         self.reporter.emit(
             {"event": "started", "settings": settings.to_public_dict(), "trainable_bytes": model_bytes}
         )
-
-        selection = self.eligible(wait=settings.connect_timeout)
-        if len(selection) < settings.min_clients:
-            self.fail(
-                f"only {len(selection)} of the job's participants connected within {settings.connect_timeout:g} s "
-                f"(need min-clients={settings.min_clients}; participants: {settings.participants.to_text() or '*'}; "
-                f"connected nodes: { {n: self.organisations.get(n, '?') for n in self.grid.get_node_ids()} })",
-                history,
-            )
-        log.info("participants: %s", {n: self.organisations.get(n) for n in selection})
-        config_json = train_config_json(settings)
-
+        self._wait_for_participants()
         for server_round in range(1, settings.num_rounds + 1):
             round_started = time.perf_counter()
-            selection = self.eligible(wait=0.0)
-            if len(selection) < settings.min_clients:
-                selection = self.eligible(wait=settings.connect_timeout)
-            if len(selection) < settings.min_clients:
-                self.fail(
-                    f"round {server_round}: only {len(selection)} participant(s) still connected "
-                    f"(need min-clients={settings.min_clients})",
-                    history,
-                )
-            config = ConfigRecord(
-                {
-                    "train-config": config_json,
-                    "test-fraction": settings.test_fraction,
-                    "job-id": settings.job_id,
-                }
-            )
-            messages = list(
-                strategy.configure_train(server_round, arrays, config, _SelectedGrid(self.grid, selection))
-            )
-            sent = sum(_arrays_nbytes(m) for m in messages)
-            train_started = time.perf_counter()
-            replies = list(self.grid.send_and_receive(messages, timeout=settings.round_timeout))
-            train_wall = time.perf_counter() - train_started
-            sent_ids = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-            received = sum(_arrays_nbytes(r) for r in replies)
-            ok = [r for r in replies if not r.has_error()]
-            replied = {_reply_node(r, sent_ids) for r in replies}
-            dropouts = [
-                {
-                    "node_id": _reply_node(r, sent_ids),
-                    "organisation": self.organisations.get(_reply_node(r, sent_ids), ""),
-                    "reason": r.error.reason,
-                }
-                for r in replies
-                if r.has_error()
-            ] + [
-                {
-                    "node_id": m.metadata.dst_node_id,
-                    "organisation": self.organisations.get(m.metadata.dst_node_id, ""),
-                    "reason": f"no reply within round-timeout ({settings.round_timeout:g} s)",
-                }
-                for m in messages
-                if m.metadata.dst_node_id not in replied
-            ]
-            if len(ok) < settings.min_clients:
-                detail = "; ".join(
-                    f"node {d['node_id']} ({d['organisation'] or '?'}): {d['reason']}" for d in dropouts
-                )
-                self.fail(
-                    f"round {server_round}: only {len(ok)} of {len(messages)} clients returned a model update "
-                    f"(need min-clients={settings.min_clients}); {detail}",
-                    history,
-                )
-            new_arrays, agg_train = strategy.aggregate_train(server_round, ok)
-            if new_arrays is None:
-                self.fail(f"round {server_round}: aggregation produced no model", history)
-            arrays = _as_float32(new_arrays)
-            clients: dict[int, dict[str, Any]] = {}
-            for r in ok:
-                node = r.metadata.src_node_id
-                clients[node] = {
-                    "node_id": node,
-                    "organisation": self.organisations.get(node, ""),
-                    "train": _metrics_of(r),
-                }
-            slowest = max(float(c["train"].get("train-seconds", 0.0)) for c in clients.values())
-
-            # ---- federated evaluation of the new global state on the members' held-out splits
-            eval_nodes = sorted(clients)
-            eval_config = ConfigRecord(
-                {
-                    "train-config": config_json,
-                    "test-fraction": settings.test_fraction,
-                    "server-round": server_round,
-                }
-            )
-            content = RecordDict({"arrays": arrays, "config": eval_config})
-            eval_messages = [
-                Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in eval_nodes
-            ]
-            sent += sum(_arrays_nbytes(m) for m in eval_messages)
-            eval_started = time.perf_counter()
-            eval_replies = list(self.grid.send_and_receive(eval_messages, timeout=settings.round_timeout))
-            eval_wall = time.perf_counter() - eval_started
-            eval_ok = [r for r in eval_replies if not r.has_error()]
-            eval_ids = {m.metadata.message_id: m.metadata.dst_node_id for m in eval_messages}
-            for r in eval_replies:
-                node = _reply_node(r, eval_ids)
-                entry = clients.setdefault(
-                    node, {"node_id": node, "organisation": self.organisations.get(node, "")}
-                )
-                if r.has_error():
-                    entry["evaluate_error"] = r.error.reason
-                else:
-                    info = _info_of(r)
-                    entry["evaluate"] = _metrics_of(r)
-                    entry["evaluate"]["confusion"] = json.loads(info.get("confusion", "[]"))
-            eval_rows = [_metrics_of(r) for r in eval_ok]
-            pooled = pooled_metrics([json.loads(_info_of(r).get("confusion", "[]")) for r in eval_ok], labels)
-            evaluation = {
-                "loss": weighted_mean(eval_rows, "eval-loss"),
-                "mean_client_accuracy": weighted_mean(eval_rows, "eval-accuracy"),
-                "mean_client_macro_f1": weighted_mean(eval_rows, "eval-macro-f1"),
-                "clients": len(eval_ok),
-                **pooled,
-            }
-            round_seconds = time.perf_counter() - round_started
-            record = {
-                "event": "round",
-                "round": server_round,
-                "strategy": settings.strategy,
-                "participants": len(selection),
-                "clients_trained": len(ok),
-                "dropouts": dropouts,
-                "train": dict(agg_train) if agg_train is not None else {},
-                "evaluate": evaluation,
-                "clients": [clients[n] for n in sorted(clients)],
-                "bytes_sent": sent,
-                "bytes_received": received,
-                "trainable_bytes": model_bytes,
-                "round_seconds": round_seconds,
-                "train_phase_seconds": train_wall,
-                "evaluate_phase_seconds": eval_wall,
-                "slowest_client_train_seconds": slowest,
-                "flower_overhead_seconds": train_wall - slowest,
-            }
-            history.append(record)
-            self.reporter.emit(record)
-            log.info(
-                "round %d: %d clients, accuracy %.4f, macro-F1 %.4f, %.1f s",
+            selection = self._select(server_round)
+            trained = self._train(server_round, strategy, arrays, selection)
+            arrays = trained.arrays
+            evaluated = self._evaluate(server_round, arrays, sorted(trained.clients))
+            self._record(
                 server_round,
-                len(ok),
-                evaluation.get("accuracy", float("nan")),
-                evaluation.get("macro_f1", float("nan")),
-                round_seconds,
+                selection=selection,
+                trained=trained,
+                evaluated=evaluated,
+                model_bytes=model_bytes,
+                seconds=time.perf_counter() - round_started,
             )
-
         total = time.perf_counter() - started
-        self.save_outputs(arrays, history, total)
+        self.save_outputs(arrays, total)
         self.reporter.emit(
             {
                 "event": "finished",
-                "rounds_completed": len(history),
+                "rounds_completed": len(self.rounds),
                 "seconds": total,
-                "final_evaluation": history[-1]["evaluate"] if history else None,
+                "final_evaluation": self._final_evaluation(),
                 "output_dir": settings.output_dir,
             }
         )
-        return arrays, history
+        return arrays, self.history
 
-    def save_outputs(self, arrays: ArrayRecord, history: list[dict[str, Any]], seconds: float) -> None:
+    def _wait_for_participants(self) -> None:
+        """Before the first round: the job's participants, waited for up to ``connect-timeout``."""
+        settings = self.settings
+        selection = self.eligible(wait=settings.connect_timeout)
+        if len(selection) < settings.min_clients:
+            connected = {n: self.organisations.get(n, "?") for n in self.grid.get_node_ids()}
+            self.fail(
+                f"only {len(selection)} of the job's participants connected within {settings.connect_timeout:g} s "
+                f"(need min-clients={settings.min_clients}; participants: {settings.participants.to_text() or '*'}; "
+                f"connected nodes: {connected})"
+            )
+        log.info("participants: %s", {n: self.organisations.get(n) for n in selection})
+
+    def _select(self, server_round: int) -> list[int]:
+        """The round's participants: those connected now, else waiting up to ``connect-timeout``."""
+        settings = self.settings
+        selection = self.eligible(wait=0.0)
+        if len(selection) < settings.min_clients:
+            selection = self.eligible(wait=settings.connect_timeout)
+        if len(selection) < settings.min_clients:
+            self.fail(
+                f"round {server_round}: only {len(selection)} participant(s) still connected "
+                f"(need min-clients={settings.min_clients})"
+            )
+        return selection
+
+    def _train(
+        self, server_round: int, strategy: FedAvg, arrays: ArrayRecord, selection: Sequence[int]
+    ) -> _Trained:
+        """``train`` to the selection; fails the job if fewer than ``min-clients`` send an update."""
+        settings = self.settings
+        config = ConfigRecord(
+            {
+                "train-config": self.config_json,
+                "test-fraction": settings.test_fraction,
+                "job-id": settings.job_id,
+            }
+        )
+        messages = list(
+            strategy.configure_train(server_round, arrays, config, _SelectedGrid(self.grid, selection))
+        )
+        started = time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=settings.round_timeout))
+        seconds = time.perf_counter() - started
+        ok = [r for r in replies if not r.has_error()]
+        dropouts = self._dropouts(messages, replies)
+        if len(ok) < settings.min_clients:
+            detail = "; ".join(f"node {d.node_id} ({d.organisation or '?'}): {d.reason}" for d in dropouts)
+            self.fail(
+                f"round {server_round}: only {len(ok)} of {len(messages)} clients returned a model update "
+                f"(need min-clients={settings.min_clients}); {detail}"
+            )
+        new_arrays, metrics = strategy.aggregate_train(server_round, ok)
+        if new_arrays is None:
+            self.fail(f"round {server_round}: aggregation produced no model")
+        return _Trained(
+            arrays=_as_float32(new_arrays),
+            metrics=dict(metrics) if metrics is not None else {},
+            clients={r.metadata.src_node_id: _metrics_of(r) for r in ok},
+            dropouts=dropouts,
+            bytes_sent=sum(_arrays_nbytes(m) for m in messages),
+            bytes_received=sum(_arrays_nbytes(r) for r in replies),
+            seconds=seconds,
+        )
+
+    def _dropouts(self, messages: Sequence[Message], replies: Sequence[Message]) -> list[DropoutRecord]:
+        """The selected nodes that sent no update: an error reply, or no reply within the timeout."""
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        replied = {_reply_node(r, sent) for r in replies}
+        failed = [(_reply_node(r, sent), str(r.error.reason)) for r in replies if r.has_error()]
+        silent = [
+            (m.metadata.dst_node_id, f"no reply within round-timeout ({self.settings.round_timeout:g} s)")
+            for m in messages
+            if m.metadata.dst_node_id not in replied
+        ]
+        return [
+            DropoutRecord(node_id=node, organisation=self.organisations.get(node, ""), reason=reason)
+            for node, reason in failed + silent
+        ]
+
+    def _evaluate(self, server_round: int, arrays: ArrayRecord, nodes: Sequence[int]) -> _Evaluated:
+        """``evaluate`` of the new global state on the held-out splits of the members that trained."""
+        settings = self.settings
+        config = ConfigRecord(
+            {
+                "train-config": self.config_json,
+                "test-fraction": settings.test_fraction,
+                "server-round": server_round,
+            }
+        )
+        content = RecordDict({"arrays": arrays, "config": config})
+        messages = [Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
+        started = time.perf_counter()
+        replies = list(self.grid.send_and_receive(messages, timeout=settings.round_timeout))
+        seconds = time.perf_counter() - started
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        clients: dict[int, dict[str, Any]] = {}
+        for r in replies:
+            if r.has_error():
+                clients[_reply_node(r, sent)] = {"evaluate_error": r.error.reason}
+            else:
+                clients[_reply_node(r, sent)] = {
+                    "evaluate": {**_metrics_of(r), "confusion": _confusion_of(r)}
+                }
+        ok = [r for r in replies if not r.has_error()]
+        rows = [_metrics_of(r) for r in ok]
+        evaluation = RoundEvaluation(
+            loss=weighted_mean(rows, "eval-loss"),
+            mean_client_accuracy=weighted_mean(rows, "eval-accuracy"),
+            mean_client_macro_f1=weighted_mean(rows, "eval-macro-f1"),
+            clients=len(ok),
+            **pooled_metrics([_confusion_of(r) for r in ok], list(settings.train["labels"])),
+        )
+        return _Evaluated(
+            clients=clients,
+            evaluation=evaluation,
+            bytes_sent=sum(_arrays_nbytes(m) for m in messages),
+            seconds=seconds,
+        )
+
+    def _record(
+        self,
+        server_round: int,
+        *,
+        selection: Sequence[int],
+        trained: _Trained,
+        evaluated: _Evaluated,
+        model_bytes: int,
+        seconds: float,
+    ) -> None:
+        """The round's record: kept for the report and sent to the reporter."""
+        clients = []
+        for node in sorted(trained.clients.keys() | evaluated.clients.keys()):
+            entry: dict[str, Any] = {"node_id": node, "organisation": self.organisations.get(node, "")}
+            if node in trained.clients:
+                entry["train"] = trained.clients[node]
+            clients.append(ClientRecord(**entry, **evaluated.clients.get(node, {})))
+        slowest = max(float(m.get("train-seconds", 0.0)) for m in trained.clients.values())
+        record = RoundRecord(
+            round=server_round,
+            strategy=self.settings.strategy,
+            participants=len(selection),
+            clients_trained=len(trained.clients),
+            dropouts=trained.dropouts,
+            train=trained.metrics,
+            evaluate=evaluated.evaluation,
+            clients=clients,
+            bytes_sent=trained.bytes_sent + evaluated.bytes_sent,
+            bytes_received=trained.bytes_received,
+            trainable_bytes=model_bytes,
+            round_seconds=seconds,
+            train_phase_seconds=trained.seconds,
+            evaluate_phase_seconds=evaluated.seconds,
+            slowest_client_train_seconds=slowest,
+            flower_overhead_seconds=trained.seconds - slowest,
+        )
+        self.rounds.append(record)
+        self.reporter.emit(record.to_event())
+        log.info(
+            "round %d: %d clients, accuracy %.4f, macro-F1 %.4f, %.1f s",
+            server_round,
+            record.clients_trained,
+            _or_nan(record.evaluate.accuracy),
+            _or_nan(record.evaluate.macro_f1),
+            seconds,
+        )
+
+    def save_outputs(self, arrays: ArrayRecord, seconds: float) -> None:
         if not self.settings.output_dir:
             return
         from training.params import save_trainable_state
@@ -429,18 +521,18 @@ class _Job:
             out / "adapter.safetensors",
             state,
             metadata={
-                "train_config": train_config_json(self.settings),
+                "train_config": self.config_json,
                 "strategy": self.settings.strategy,
-                "rounds": str(len(history)),
+                "rounds": str(len(self.rounds)),
                 "job_id": self.settings.job_id,
             },
         )
-        self.write_report(status="succeeded", history=history, extra={"seconds": seconds})
+        self.write_report(status="succeeded", extra={"seconds": seconds})
 
 
 def run_job(
     grid: Grid, settings: JobSettings, *, reporter: Reporter | None = None, arrays: ArrayRecord | None = None
-):
+) -> tuple[ArrayRecord, list[dict[str, Any]]]:
     """Run a whole job on ``grid``; returns ``(final ArrayRecord, per-round records)``.
     Raises ``JobFailed`` (after reporting it) when too few participants remain; any other error
     is reported as a failure too, then re-raised."""
@@ -452,8 +544,8 @@ def run_job(
     except Exception as exc:
         if not job.failed:
             reason = f"{type(exc).__name__}: {exc}"
-            job.reporter.emit({"event": "failed", "reason": reason, "rounds_completed": len(job.history)})
-            job.write_report(status="failed", reason=reason, history=job.history)
+            job.reporter.emit({"event": "failed", "reason": reason, "rounds_completed": len(job.rounds)})
+            job.write_report(status="failed", reason=reason)
         raise
 
 

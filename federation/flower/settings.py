@@ -12,12 +12,14 @@ Light on purpose (no torch): the clearinghouse validates job settings with it be
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from training.config import TrainConfig, TrainingConfigError
+from training.validation import Rules, positive_int, problem, real, rule
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
 
@@ -166,130 +168,43 @@ class JobSettings:
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> JobSettings:
+        """The job of a run config; ``FederationConfigError`` lists every problem at once."""
         problems: list[str] = []
         unknown = sorted(set(run_config) - KNOWN_RUN_KEYS)
         if unknown:
             problems.append(f"unknown run-config keys {unknown!r}")
-
-        def get(key: str, default: Any) -> Any:
-            return run_config.get(key, default)
-
-        # ---- training core configuration
-        labels_raw = get("labels", "")
-        labels = [s.strip() for s in str(labels_raw).split(",") if s.strip()]
-        train: dict[str, Any] = {"labels": labels}
-        for key, name in _TRAIN_KEYS.items():
-            if key in run_config:
-                train[name] = run_config[key]
-        targets = get("lora-target-modules", None)
-        if targets is not None:
-            train["lora_target_modules"] = [s.strip() for s in str(targets).split(",") if s.strip()]
-        # TOML has no null: 0 / "" stand for "unset".
-        if train.get("max_steps") in (0, ""):
-            train["max_steps"] = None
-        if train.get("learning_rate") in (0, 0.0, ""):
-            train["learning_rate"] = None
-        for name in ("learning_rate", "lora_dropout", "weight_decay"):
-            if isinstance(train.get(name), int) and not isinstance(train.get(name), bool):
-                train[name] = float(train[name])
+        train: dict[str, Any] = {}
         try:
-            # Columns are each member's business (node config); placeholders just to validate.
-            config = TrainConfig.from_dict({**train, "text_column": "text", "label_column": "label"})
-            train = config.to_dict()
-            del train["text_column"], train["label_column"]
+            train = _train_settings(run_config)
         except TrainingConfigError as exc:
             problems.append(str(exc))
-
-        strategy = str(get("strategy", "fedavg")).strip().lower()
-        if strategy not in STRATEGIES:
-            problems.append(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)!r})")
-
-        def positive_int(key: str, default: int) -> int:
-            value = get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                problems.append(f"{key} must be a positive integer, got {value!r}")
-                return default
-            return value
-
-        def positive_real(key: str, default: float, *, allow_zero: bool = False) -> float:
-            value = get(key, default)
-            ok = (
-                isinstance(value, (int, float))
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and (value >= 0 if allow_zero else value > 0)
-            )
-            if not ok:
-                problems.append(
-                    f"{key} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}"
-                )
-                return default
-            return float(value)
-
-        num_rounds = positive_int("num-rounds", 3)
-        min_clients = positive_int("min-clients", 2)
-        round_timeout = positive_real("round-timeout", 600.0)
-        connect_timeout = positive_real("connect-timeout", 120.0)
-        proximal_mu = positive_real("proximal-mu", 0.01, allow_zero=True)
-        if strategy == "fedprox" and proximal_mu == 0:
-            problems.append("strategy 'fedprox' needs proximal-mu > 0 (0 is plain FedAvg)")
-        fedadam = {
-            "eta": positive_real("fedadam-eta", 1e-2),
-            "eta_l": positive_real("fedadam-eta-l", 1e-1),
-            "beta_1": positive_real("fedadam-beta-1", 0.9, allow_zero=True),
-            "beta_2": positive_real("fedadam-beta-2", 0.99, allow_zero=True),
-            "tau": positive_real("fedadam-tau", 1e-3),
-        }
-        for beta in ("beta_1", "beta_2"):
-            if not fedadam[beta] < 1:
-                problems.append(f"fedadam-{beta.replace('_', '-')} must be < 1")
-        test_fraction = positive_real("test-fraction", 0.2)
-        if not 0 < test_fraction < 1:
-            problems.append(f"test-fraction must be strictly between 0 and 1, got {test_fraction!r}")
-
-        try:
-            participants = Participants.parse(str(get("participants", "")))
-        except FederationConfigError as exc:
-            problems.append(str(exc))
-            participants = Participants()
-        if not participants.open and min_clients > participants.declared:
-            problems.append(
-                f"min-clients ({min_clients}) exceeds the number of participants the job names "
-                f"({participants.declared}: {participants.to_text()})"
-            )
-
-        strings = {}
-        for key in (
-            "output-dir",
-            "metrics-jsonl",
-            "callback-url",
-            "callback-token",
-            "callback-token-file",
-            "job-id",
-        ):
-            value = get(key, "")
-            if not isinstance(value, str):
-                problems.append(f"{key} must be a string, got {value!r}")
-                value = ""
-            strings[key.replace("-", "_")] = value
-        url = strings["callback_url"]
-        if url and not url.startswith(("http://", "https://")):
-            problems.append(f"callback-url must be an http(s) URL, got {url!r}")
-
+        problems += _RunConfig.problems(run_config)
         if problems:
             raise FederationConfigError("invalid federated job: " + "; ".join(problems))
+        job = _RunConfig.model_validate(run_config)
         return cls(
             train=train,
-            strategy=strategy,
-            num_rounds=num_rounds,
-            min_clients=min_clients,
-            round_timeout=round_timeout,
-            connect_timeout=connect_timeout,
-            participants=participants,
-            proximal_mu=proximal_mu,
-            fedadam=fedadam,
-            test_fraction=test_fraction,
-            **strings,
+            strategy=job.strategy,
+            num_rounds=job.num_rounds,
+            min_clients=job.min_clients,
+            round_timeout=job.round_timeout,
+            connect_timeout=job.connect_timeout,
+            participants=job.participants,
+            proximal_mu=job.proximal_mu,
+            fedadam={
+                "eta": job.fedadam_eta,
+                "eta_l": job.fedadam_eta_l,
+                "beta_1": job.fedadam_beta_1,
+                "beta_2": job.fedadam_beta_2,
+                "tau": job.fedadam_tau,
+            },
+            test_fraction=job.test_fraction,
+            output_dir=job.output_dir,
+            metrics_jsonl=job.metrics_jsonl,
+            callback_url=job.callback_url,
+            callback_token=job.callback_token,
+            callback_token_file=job.callback_token_file,
+            job_id=job.job_id,
         )
 
     def resolved_callback_token(self) -> str:
@@ -315,6 +230,108 @@ class JobSettings:
         out["participants"] = self.participants.to_text() or "*"
         out["callback_token"] = "***" if self.callback_token else ""
         return out
+
+
+def _train_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The job's ``TrainConfig`` (validated) as a dict, without the per-member columns."""
+    labels = [s.strip() for s in str(run_config.get("labels", "")).split(",") if s.strip()]
+    train: dict[str, Any] = {"labels": labels}
+    for key, name in _TRAIN_KEYS.items():
+        if key in run_config:
+            train[name] = run_config[key]
+    targets = run_config.get("lora-target-modules")
+    if targets is not None:
+        train["lora_target_modules"] = [s.strip() for s in str(targets).split(",") if s.strip()]
+    # TOML has no null: 0 / "" stand for "unset".
+    if train.get("max_steps") in (0, ""):
+        train["max_steps"] = None
+    if train.get("learning_rate") in (0, 0.0, ""):
+        train["learning_rate"] = None
+    for name in ("learning_rate", "lora_dropout", "weight_decay"):
+        if isinstance(train.get(name), int) and not isinstance(train.get(name), bool):
+            train[name] = float(train[name])
+    # Columns are each member's business (node config); placeholders just to validate.
+    config = TrainConfig.from_dict({**train, "text_column": "text", "label_column": "label"})
+    train = config.to_dict()
+    del train["text_column"], train["label_column"]
+    return train
+
+
+def _strategy_name(value: Any) -> str:
+    return str(value).strip().lower()
+
+
+def _known_strategy(strategy: str) -> str:
+    if strategy not in STRATEGIES:
+        raise problem(f"unknown strategy {strategy!r} (one of {list(STRATEGIES)!r})")
+    return strategy
+
+
+def _participants(value: Any) -> Participants:
+    try:
+        return Participants.parse(str(value))
+    except FederationConfigError as exc:
+        raise problem(str(exc)) from exc
+
+
+_Text = Annotated[str, rule("must be a string")]
+
+
+def _default(name: str) -> Any:
+    """``JobSettings``'s default for ``name``: what a run config that leaves the key out gets."""
+    return JobSettings.__dataclass_fields__[name].default
+
+
+class _RunConfig(Rules):
+    """The run-config keys of the job itself (the training ones are ``TrainConfig``'s), each with
+    its rule; keys are the run config's own (``num-rounds``)."""
+
+    strategy: Annotated[str, BeforeValidator(_strategy_name), AfterValidator(_known_strategy)] = Field(
+        _default("strategy"), alias="strategy"
+    )
+    num_rounds: Annotated[int, positive_int()] = Field(_default("num_rounds"), alias="num-rounds")
+    min_clients: Annotated[int, positive_int()] = Field(_default("min_clients"), alias="min-clients")
+    round_timeout: Annotated[float, real(0, low_open=True)] = Field(
+        _default("round_timeout"), alias="round-timeout"
+    )
+    connect_timeout: Annotated[float, real(0, low_open=True)] = Field(
+        _default("connect_timeout"), alias="connect-timeout"
+    )
+    proximal_mu: Annotated[float, real(0)] = Field(_default("proximal_mu"), alias="proximal-mu")
+    fedadam_eta: Annotated[float, real(0, low_open=True)] = Field(1e-2, alias="fedadam-eta")
+    fedadam_eta_l: Annotated[float, real(0, low_open=True)] = Field(1e-1, alias="fedadam-eta-l")
+    fedadam_beta_1: Annotated[float, real(0, high=1, high_open=True)] = Field(0.9, alias="fedadam-beta-1")
+    fedadam_beta_2: Annotated[float, real(0, high=1, high_open=True)] = Field(0.99, alias="fedadam-beta-2")
+    fedadam_tau: Annotated[float, real(0, low_open=True)] = Field(1e-3, alias="fedadam-tau")
+    test_fraction: Annotated[float, real(0, high=1, low_open=True, high_open=True)] = Field(
+        _default("test_fraction"), alias="test-fraction"
+    )
+    participants: Annotated[Participants, BeforeValidator(_participants)] = Field(
+        Participants(), alias="participants"
+    )
+    output_dir: _Text = Field("", alias="output-dir")
+    metrics_jsonl: _Text = Field("", alias="metrics-jsonl")
+    callback_url: Annotated[str, rule("must be an http(s) URL", pattern=r"^(?:https?://[\s\S]*)?$")] = Field(
+        "", alias="callback-url"
+    )
+    callback_token: _Text = Field("", alias="callback-token")
+    callback_token_file: _Text = Field("", alias="callback-token-file")
+    job_id: _Text = Field("", alias="job-id")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _RunConfig:
+        problems = []
+        if self.strategy == "fedprox" and self.proximal_mu == 0:
+            problems.append("strategy 'fedprox' needs proximal-mu > 0 (0 is plain FedAvg)")
+        declared = self.participants.declared
+        if not self.participants.open and self.min_clients > declared:
+            problems.append(
+                f"min-clients ({self.min_clients}) exceeds the number of participants the job names "
+                f"({declared}: {self.participants.to_text()})"
+            )
+        if problems:
+            raise problem("; ".join(problems))
+        return self
 
 
 def train_config_json(settings: JobSettings) -> str:

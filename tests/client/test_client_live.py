@@ -48,7 +48,7 @@ def test_preview_release_replay_csv_and_history(client, service, tmp_path):
     table = release.table()
     assert len(table) == 16 and {r["educ"] for r in table} == {str(i) for i in range(1, 17)}
     assert list(table[0]) == ["educ", "n", "n_lo", "n_hi", "mean_income", "mean_income_lo", "mean_income_hi"]
-    for record, row, interval in zip(table, release.rows, release.intervals):
+    for record, row, interval in zip(table, release.rows, release.intervals, strict=True):
         assert record["n"] == row["n"] and [record["n_lo"], record["n_hi"]] == interval["n"]
         assert record["n_lo"] <= record["n"] <= record["n_hi"]
     assert client.budget(REF)["left"]["organisation"] == pytest.approx(1.5)

@@ -356,7 +356,7 @@ ROUND = {
 def test_round_event_with_junk_answers_400_not_500(running_job, field):
     job, client = running_job
     problems: list[str] = []
-    for value in JUNK_VALUES + [{"accuracy": "x"}, [{"evaluate": []}], ["x", 1], {"a": "\x00"}]:
+    for value in [*JUNK_VALUES, {"accuracy": "x"}, [{"evaluate": []}], ["x", 1], {"a": "\x00"}]:
         body = {**ROUND, field: value}
         response = client.post(
             f"/api/v1/federated-jobs/{job.pk}/events", json.dumps(body), content_type="application/json"

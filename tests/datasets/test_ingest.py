@@ -153,3 +153,24 @@ def test_typed_fast_path_reports_exactly_like_the_text_path(data):
     fast, slow = outcome(read_raw(data, fmt="csv", schema=PUMS)), outcome(read_raw(data, fmt="csv"))
     assert fast[:2] == slow[:2]
     assert (fast[2] is None and slow[2] is None) or fast[2].equals(slow[2])
+
+
+@pytest.mark.parametrize(
+    "data,code,where",
+    [
+        # The sniffer gives up on these (a short row): the header's semicolons still decide, so the
+        # report locates the row instead of claiming the declared columns are missing.
+        (b"age;sex\n30;1\n31;2\n32\n", "schema_violations", ("sex", "nulls_not_allowed", [4])),
+        (b"age;sex\n30;1\n31;2\n32;1;7\n", "ragged_rows", None),
+    ],
+)
+def test_a_delimiter_the_sniffer_gives_up_on_comes_from_the_header(data, code, where):
+    schema = DatasetSchema.from_dict(
+        {"columns": [{"name": n, "type": "integer", "lower": 0, "upper": 100} for n in ("age", "sex")]}
+    )
+    with pytest.raises(IngestError) as info:
+        check(read_raw(data, fmt="csv"), schema)
+    assert info.value.code == code
+    if where is not None:
+        column, finding, lines = where
+        assert info.value.report["columns"][column][finding]["first_lines"] == lines

@@ -6,7 +6,9 @@ PUMS_YAML = """
 columns:
   - {name: age, type: integer, lower: 0, upper: 100}
   - {name: sex, type: categorical, categories: ["0", "1"]}
-  - {name: educ, type: categorical, categories: ["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16"]}
+  - name: educ
+    type: categorical
+    categories: ["1","2","3","4","5","6","7","8","9","10","11","12","13","14","15","16"]
   - {name: race, type: categorical}
   - {name: income, type: float, lower: 0, upper: 500000}
   - {name: married, type: boolean}

@@ -355,7 +355,7 @@ def test_utility_on_adult(adult, adult_df):
         .agg(pl.len().alias("n"), pl.col("age").mean().alias("mean"))
         .to_dicts()
     }
-    for row, interval in zip(r.rows, r.intervals):
+    for row, interval in zip(r.rows, r.intervals, strict=True):
         t = truth[row["salary-class"]]
         assert abs(row["count"] - t["n"]) < 50
         assert abs(row["mean_age"] - t["mean"]) < 2

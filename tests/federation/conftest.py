@@ -18,7 +18,10 @@ def toy_tsv(tmp_path: Path) -> Path:
     """A separable toy data file with SMS-style columns (``Label<TAB>SMS``)."""
     texts, labels = make_texts(40, seed=3)
     path = tmp_path / "toy.tsv"
-    path.write_text("Label\tSMS\n" + "".join(f"{l}\t{t}\n" for t, l in zip(texts, labels)), encoding="utf-8")
+    path.write_text(
+        "Label\tSMS\n" + "".join(f"{label}\t{text}\n" for text, label in zip(texts, labels, strict=True)),
+        encoding="utf-8",
+    )
     return path
 
 

@@ -22,7 +22,10 @@ from training.config import TrainingDataError
 
 def write_tsv(path: Path, n: int, seed: int) -> Path:
     texts, labels = make_texts(n, seed=seed)
-    path.write_text("Label\tSMS\n" + "".join(f"{l}\t{t}\n" for t, l in zip(texts, labels)), encoding="utf-8")
+    path.write_text(
+        "Label\tSMS\n" + "".join(f"{label}\t{text}\n" for text, label in zip(texts, labels, strict=True)),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -290,9 +293,9 @@ def test_jsonl_reporter(tmp_path):
     reporter = JsonLinesReporter(tmp_path / "sub" / "m.jsonl", job_id="j")
     reporter.emit({"event": "round", "round": 1})
     reporter.emit({"event": "finished"})
-    lines = [json.loads(l) for l in (tmp_path / "sub" / "m.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "sub" / "m.jsonl").read_text().splitlines()]
     assert (
-        [l["event"] for l in lines] == ["round", "finished"]
+        [line["event"] for line in lines] == ["round", "finished"]
         and lines[0]["job_id"] == "j"
         and "time" in lines[0]
     )

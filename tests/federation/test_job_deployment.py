@@ -74,7 +74,9 @@ def start_members(fed, admins, tmp_path):
         assert response.status_code == 201, response.json()
         key_id = response.json()["id"]
         key = wait_until(
-            lambda: SuperNodeKey.objects.filter(pk=key_id, status__in=["registered", "failed"]).first(),
+            lambda key_id=key_id: SuperNodeKey.objects.filter(
+                pk=key_id, status__in=["registered", "failed"]
+            ).first(),
             60,
             f"registration of {org}'s key",
         )

@@ -221,3 +221,25 @@ def test_model_download_is_for_accepted_participants(world):
     assert response.status_code == 200 and b"".join(response.streaming_content) == b"model-bytes"
     assert api_client(world.b.admin).get(url).status_code == 404
     assert api_client(world.operator).get(url).status_code == 403
+
+
+def test_finalize_takes_the_final_evaluation_from_the_report_when_no_round_event_arrived(world, media_root):
+    """A run whose round events were all lost still ends with its pooled evaluation: the ServerApp's
+    report.json carries it as `final_evaluation`."""
+    import json
+
+    from federation.services import job_finalize, job_workdir
+
+    job = _running_job(world, "t0ken")
+    assert job.final_evaluation is None
+    out = job_workdir(job) / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "adapter.safetensors").write_bytes(b"adapter")
+    evaluation = {"accuracy": 0.97, "macro_f1": 0.93, "loss": 0.1}
+    (out / "report.json").write_text(
+        json.dumps({"status": "succeeded", "final_evaluation": evaluation, "rounds": [{"round": 1}]})
+    )
+    job_finalize(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.state == JobState.SUCCEEDED
+    assert job.final_evaluation == evaluation

@@ -120,3 +120,27 @@ def test_callback_token_from_file(base, tmp_path):
     missing = JobSettings.from_run_config({**base, "callback-token-file": str(tmp_path / "nope")})
     with pytest.raises(FederationConfigError, match="cannot read callback-token-file"):
         missing.resolved_callback_token()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"fedadam-beta-1": 1.0}, "fedadam-beta-1 must be a finite number >= 0 and < 1, got 1.0"),
+        ({"test-fraction": 1}, "test-fraction must be a finite number > 0 and < 1, got 1"),
+        ({"num-rounds": True}, "num-rounds must be a positive integer, got True"),
+        ({"num-rounds": 2.0}, "num-rounds must be a positive integer, got 2.0"),
+        ({"output-dir": 5}, "output-dir must be a string, got 5"),
+    ],
+)
+def test_each_rule_is_named_by_its_run_config_key(base, overrides, message):
+    with pytest.raises(FederationConfigError) as info:
+        JobSettings.from_run_config({**base, **overrides})
+    assert str(info.value) == f"invalid federated job: {message}"
+
+
+def test_run_config_values_keep_their_meaning(base):
+    settings = JobSettings.from_run_config(
+        {**base, "round-timeout": 5, "strategy": " FedAdam ", "fedadam-eta": 1}
+    )
+    assert settings.round_timeout == 5.0 and isinstance(settings.round_timeout, float)
+    assert settings.strategy == "fedadam" and settings.fedadam["eta"] == 1.0

@@ -7,12 +7,12 @@ import pytest
 
 from tests.factories import PASSWORD
 from tests.federation.test_portal import _add_rounds
-from tests.portal.test_join_flow_browser import ARTIFACTS, browser  # noqa: F401 (the Chromium fixture)
+from tests.portal.test_join_flow_browser import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
 
-def test_job_page_with_rounds(live_server, browser, world):  # noqa: F811 (the imported fixture)
+def test_job_page_with_rounds(live_server, browser, world):
     from playwright.sync_api import expect
 
     from federation.models import FederatedJob

@@ -5,12 +5,12 @@ import pytest
 
 from clearinghouse.datasets.services import agreement_accept, agreement_publish
 from tests.factories import PASSWORD
-from tests.portal.test_join_flow_browser import ARTIFACTS, browser  # noqa: F401 (fixture)
+from tests.portal.test_join_flow_browser import ARTIFACTS
 
 pytestmark = pytest.mark.browser
 
 
-def test_console_preview_and_run(setup, live_server, browser):  # noqa: F811
+def test_console_preview_and_run(setup, live_server, browser):
     from playwright.sync_api import expect
 
     world, dataset = setup

@@ -128,7 +128,7 @@ def test_bad_queries_are_refused_and_spend_nothing(setup, body, status, code):
 
 
 def test_foreign_and_ungranted_datasets_answer_404(setup):
-    world, dataset = setup
+    world, _dataset = setup
     # The owner's analyst gets past authorization (and is then told its organisation has no allocation).
     owner = api_client(world.a.analyst).post(
         URL, {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.1}}, format="json"

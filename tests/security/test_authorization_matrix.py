@@ -40,13 +40,16 @@ def org(w: World, t: Target) -> str:
 def _matrix() -> dict[str, list[Case]]:
     u = reverse
     A401 = {"anonymous": 401}
-    everyone = lambda status: {
-        **A401,
-        "analyst": status,
-        "org_admin": status,
-        "other_admin": status,
-        "operator": status,
-    }
+
+    def everyone(status):
+        return {
+            **A401,
+            "analyst": status,
+            "org_admin": status,
+            "other_admin": status,
+            "operator": status,
+        }
+
     scoped_read = {
         **A401,
         "analyst": (200, 404),
@@ -226,6 +229,9 @@ def _matrix() -> dict[str, list[Case]]:
         "api_docs": [
             Case("get", lambda w, t: u("api_docs"), {**everyone(200), "anonymous": 200}, object_scoped=False)
         ],
+        "api_redoc": [
+            Case("get", lambda w, t: u("api_redoc"), {**everyone(200), "anonymous": 200}, object_scoped=False)
+        ],
         # --- Operations: probes answer anyone (they say only "ok"/"unreachable"); /metrics answers only
         # the scraper's METRICS_TOKEN, never a session or an API token (tests/core/test_metrics.py).
         "healthz": [
@@ -381,7 +387,8 @@ def _matrix() -> dict[str, list[Case]]:
             Case("get", lambda w, t: u("api:federated_job_rounds", args=[w.side(t).job_id]), scoped_read)
         ],
         "api:federated_job_participation": [
-            # The job has run, so even its participant's admin gets a conflict: the point is who gets past authorization.
+            # The job has run, so even its participant's admin gets a conflict: the point is who gets
+            # past authorization.
             Case(
                 "post",
                 lambda w, t: u("api:federated_job_participation", args=[w.side(t).job_id]),

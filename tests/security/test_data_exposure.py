@@ -255,8 +255,9 @@ def exposure(transactional_db, media_root, settings, tmp_path):
 
 
 # ------------------------------------------------------------------------- what non-owners may see
-# Lists may be paginated (count, next, previous, results). Key paths: "a.b" for nested objects, "a[]" for list items. A path in OPAQUE is not descended into
-# (its keys are chosen by people, not by us: metric names, labels, settings, query specs).
+# Lists may be paginated (count, next, previous, results). Key paths: "a.b" for nested objects,
+# "a[]" for list items. A path in OPAQUE is not descended into (its keys are chosen by people, not by
+# us: metric names, labels, settings, query specs).
 _SCHEMA = {
     "schema",
     "schema.columns",

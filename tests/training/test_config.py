@@ -70,7 +70,7 @@ def test_unknown_base_model_is_refused(tmp_path):
         TrainingConfigError, match="neither 'minilm-l6' nor an existing local model directory"
     ):
         TrainConfig(labels=("a", "b"), base_model=str(tmp_path / "missing"))
-    with pytest.raises(TrainingConfigError, match="no config.json"):
+    with pytest.raises(TrainingConfigError, match=r"no config\.json"):
         TrainConfig(labels=("a", "b"), base_model=str(tmp_path))
     with pytest.raises(TrainingConfigError):
         TrainConfig(labels=("a", "b"), base_model="")
@@ -103,3 +103,23 @@ def test_config_is_frozen():
     config = TrainConfig(labels=("a", "b"))
     with pytest.raises(AttributeError):
         config.lora_r = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"max_length": 5000}, "max_length must be a positive integer (at most 4096), got 5000"),
+        ({"weight_decay": True}, "weight_decay must be a finite number >= 0.0 and <= 1.0, got True"),
+        ({"batch_size": "16"}, "batch_size must be a positive integer, got '16'"),
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0.0 and <= 1.0, got inf"),
+        (
+            {"lora_target_modules": ("query", "")},
+            "lora_target_modules must be a non-empty list of module names",
+        ),
+    ],
+)
+def test_each_rule_is_one_readable_sentence(changes, message):
+    with pytest.raises(TrainingConfigError) as info:
+        TrainConfig(**{"labels": ("ham", "spam"), **changes})
+    assert message in str(info.value)
+    assert str(info.value).count(message.split(" must")[0] + " must") == 1  # one sentence per rule

@@ -94,7 +94,7 @@ def test_unknown_labels_are_listed_with_counts(tmp_path):
 
 
 def test_empty_and_header_only_files(tmp_path):
-    with pytest.raises(TrainingDataError, match="'empty.csv' is empty"):
+    with pytest.raises(TrainingDataError, match=r"'empty\.csv' is empty"):
         _load(_write(tmp_path / "empty.csv", ""))
     with pytest.raises(TrainingDataError, match="no data rows"):
         _load(_write(tmp_path / "header.csv", "text,label\n"))
@@ -104,13 +104,13 @@ def test_empty_and_header_only_files(tmp_path):
 
 def test_missing_text_is_an_error(tmp_path):
     path = _write(tmp_path / "m.csv", "text,label\nhello,ham\n,spam\n")
-    with pytest.raises(TrainingDataError, match="1 empty or missing value.*data row 2"):
+    with pytest.raises(TrainingDataError, match=r"1 empty or missing value.*data row 2"):
         _load(path)
 
 
 def test_ragged_lines_are_reported(tmp_path):
     path = _write(tmp_path / "m.csv", "text,label\nhello,ham\nwin,spam,extra,more\n")
-    with pytest.raises(TrainingDataError, match="cannot parse 'm.csv'"):
+    with pytest.raises(TrainingDataError, match=r"cannot parse 'm\.csv'"):
         _load(path)
 
 

@@ -50,7 +50,8 @@ class Command(BaseCommand):
     def _ensure_operator(self) -> None:
         if User.objects.filter(is_operator=True).exists():
             self.stdout.write(
-                "Consortium operator exists; log in with the credentials printed at first start."
+                "A consortium operator exists; log in with the credentials printed when it was created "
+                "(at the first `make run`, or by `make demo`: demo-operator)."
             )
             return
         user, password = operator_create(username="operator", email="operator@localhost")

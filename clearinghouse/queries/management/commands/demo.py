@@ -37,6 +37,7 @@ DATASETS = Path(
     os.environ.get("CLEARINGHOUSE_SHARED_DATASETS", settings.BASE_DIR.parent / "shared" / "datasets")
 )
 PASSWORD = "demo-Consortium-2026"
+DEMO_OPERATOR = "demo-operator"
 
 
 class Command(BaseCommand):
@@ -48,9 +49,11 @@ class Command(BaseCommand):
         for name in ("pums_1000.csv", "adult.csv"):
             if not (DATASETS / name).exists():
                 raise CommandError(f"{DATASETS / name} is missing: set CLEARINGHOUSE_SHARED_DATASETS.")
+        # The demo's own operator, with the demo password: an operator `make run` created first keeps
+        # its own (random) password, so the credentials printed below work in either order.
         operator = (
-            User.objects.filter(is_operator=True).first()
-            or operator_create(username="operator", email="operator@localhost", password=PASSWORD)[0]
+            User.objects.filter(username=DEMO_OPERATOR, is_operator=True).first()
+            or operator_create(username=DEMO_OPERATOR, email="demo-operator@localhost", password=PASSWORD)[0]
         )
 
         def member(slug: str, name: str, country: str) -> tuple[User, Organisation]:
@@ -98,7 +101,7 @@ class Command(BaseCommand):
         _, api_token = api_token_create(actor=analyst, name="demo")
         self.stdout.write(
             self.style.SUCCESS(
-                f"\nDemo consortium ready. Users (password '{PASSWORD}'): operator, census-bureau-admin, "
+                f"\nDemo consortium ready. Users (password '{PASSWORD}'): {DEMO_OPERATOR}, census-bureau-admin, "
                 "labour-survey-admin, research-lab-admin, analyst.\n"
                 f"The analyst's API token (shown once): {api_token}\n\n"
                 "Try (with `make run` serving):\n"

@@ -1,0 +1,11 @@
+"""The portal's query pages (a dataset's query console and budget). `clearinghouse.portal.urls`
+includes them, by name, into the `portal` namespace, so that the portal imports none of the apps' views."""
+
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("datasets/<slug:organisation>/<slug:slug>/console/", views.query_console, name="query_console"),
+    path("datasets/<slug:organisation>/<slug:slug>/budget/", views.budget_dashboard, name="budget_dashboard"),
+]
