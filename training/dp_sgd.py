@@ -29,7 +29,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -238,6 +238,17 @@ def _checked_delta_and_steps(delta: float | None, steps: int) -> float:
     return delta
 
 
+def _placed(model: nn.Module, device: torch.device | str | None) -> tuple[torch.device, list[nn.Parameter]]:
+    """Move ``model`` to ``device`` (default: where its parameters are); the device and its
+    trainable parameters (refused if none)."""
+    target = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(target)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters")
+    return target, params
+
+
 def _base_optimizer(
     params: list[nn.Parameter],
     optimizer: Literal["adamw", "sgd"],
@@ -313,7 +324,12 @@ def _run_private_steps(
     return tally
 
 
-def _accounted(private: PrivateTraining, delta: float) -> tuple[History, float]:
+class _Accounted(NamedTuple):
+    history: History
+    epsilon: float
+
+
+def _accounted(private: PrivateTraining, delta: float) -> _Accounted:
     """The accountant's history and ε at ``delta`` over all of it (∞ where it has no finite one)."""
     history: History = tuple((float(s), float(q), int(k)) for s, q, k in private.engine.accountant.history)
     try:
@@ -321,15 +337,14 @@ def _accounted(private: PrivateTraining, delta: float) -> tuple[History, float]:
     except (ValueError, OverflowError, MemoryError):
         # PRV's grid cannot hold the loss of a (near) noiseless run: no finite guarantee.
         epsilon = math.inf
-    return history, epsilon
+    return _Accounted(history, epsilon)
 
 
 def _report(
     private: PrivateTraining,
     tally: _Tally,
+    accounted: _Accounted,
     *,
-    history: History,
-    epsilon: float,
     delta: float,
     accountant: OpacusAccountant,
     started: float,
@@ -339,14 +354,14 @@ def _report(
         raise TrainingError("training diverged (loss is not finite); lower the learning rate")
     return DpSgdReport(
         steps=tally.steps,
-        total_steps=sum(k for _, _, k in history),
+        total_steps=sum(k for _, _, k in accounted.history),
         noise_multiplier=float(private.optimizer.noise_multiplier),
         max_grad_norm=float(private.optimizer.max_grad_norm),
         sample_rate=float(private.loader.sample_rate),  # type: ignore[attr-defined]  # a DPDataLoader
         delta=float(delta),
-        epsilon=epsilon,
+        epsilon=accounted.epsilon,
         accountant=accountant,
-        history=history,
+        history=accounted.history,
         examples=tally.examples,
         empty_batches=tally.empty,
         loss=loss,
@@ -381,11 +396,7 @@ def train_private(
     """
     started = time.perf_counter()
     checked_delta = _checked_delta_and_steps(delta, steps)
-    target = torch.device(device) if device is not None else next(model.parameters()).device
-    model.to(target)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TrainingError("the model has no trainable parameters")
+    target, params = _placed(model, device)
     base = _base_optimizer(params, optimizer, learning_rate, weight_decay)
     with _expected_opacus_warnings_ignored():
         private = make_private(
@@ -400,19 +411,11 @@ def train_private(
         )
         try:
             tally = _run_private_steps(private, params, steps, target, prior_history)
-            history, epsilon = _accounted(private, checked_delta)
+            accounted = _accounted(private, checked_delta)
         finally:
             private.optimizer.zero_grad(set_to_none=True)
             private.close()
-    return _report(
-        private,
-        tally,
-        history=history,
-        epsilon=epsilon,
-        delta=checked_delta,
-        accountant=accountant,
-        started=started,
-    )
+    return _report(private, tally, accounted, delta=checked_delta, accountant=accountant, started=started)
 
 
 def train_with_plan(

@@ -213,34 +213,52 @@ def _search(epsilon_of: Callable[[float], float], target: float) -> tuple[float,
     ε decreases in σ and is close to a power of σ, so regula falsi on (ln σ, ln ε) with the Illinois
     modification needs few evaluations. Only a σ whose ε was computed and found ≤ target is returned.
     """
-    # Bracket: lo with ε > target, hi with ε ≤ target; outwards from σ = 1.
+    lo, eps_lo, hi, eps_hi = _bracket(epsilon_of, target)
+    if lo == hi:  # the target is met already at MIN_NOISE_MULTIPLIER
+        return hi, eps_hi
+    return _narrow(epsilon_of, target, lo, eps_lo, hi, eps_hi)
+
+
+def _bracket(epsilon_of: Callable[[float], float], target: float) -> tuple[float, float, float, float]:
+    """(lo, ε(lo), hi, ε(hi)) with ε(lo) > target ≥ ε(hi), outwards from σ = 1; lo == hi where
+    ε(MIN_NOISE_MULTIPLIER) ≤ target already. Refuses a target that σ = MAX does not meet."""
     lo, eps_lo = 1.0, epsilon_of(1.0)
     if eps_lo <= target:
         hi, eps_hi = lo, eps_lo
         while True:
             if hi <= MIN_NOISE_MULTIPLIER:
-                return hi, eps_hi
+                return hi, eps_hi, hi, eps_hi
             lo = max(hi / 1.5, MIN_NOISE_MULTIPLIER)  # small σ are slow to account: go down gently
             eps_lo = epsilon_of(lo)
             if eps_lo > target:
-                break
+                return lo, eps_lo, hi, eps_hi
             hi, eps_hi = lo, eps_lo
-    else:
-        while True:
-            # σ = MAX is evaluated only when needed: accountants are slowest for tiny losses.
-            sigma = min(lo * 2, MAX_NOISE_MULTIPLIER)
-            eps = epsilon_of(sigma)
-            if eps <= target:
-                hi, eps_hi = sigma, eps
-                break
-            if sigma >= MAX_NOISE_MULTIPLIER:
-                raise DpSgdError(
-                    "noise_too_large",
-                    f"ε ≤ {target} would need a noise multiplier above {MAX_NOISE_MULTIPLIER}: would need too "
-                    "much noise (raise ε, or train fewer steps or on a smaller share of the rows per step)",
-                    field="target_epsilon",
-                )
-            lo, eps_lo = sigma, eps
+    while True:
+        # σ = MAX is evaluated only when needed: accountants are slowest for tiny losses.
+        sigma = min(lo * 2, MAX_NOISE_MULTIPLIER)
+        eps = epsilon_of(sigma)
+        if eps <= target:
+            return lo, eps_lo, sigma, eps
+        if sigma >= MAX_NOISE_MULTIPLIER:
+            raise DpSgdError(
+                "noise_too_large",
+                f"ε ≤ {target} would need a noise multiplier above {MAX_NOISE_MULTIPLIER}: would need too "
+                "much noise (raise ε, or train fewer steps or on a smaller share of the rows per step)",
+                field="target_epsilon",
+            )
+        lo, eps_lo = sigma, eps
+
+
+def _narrow(
+    epsilon_of: Callable[[float], float],
+    target: float,
+    lo: float,
+    eps_lo: float,
+    hi: float,
+    eps_hi: float,
+) -> tuple[float, float]:
+    """Narrow the bracket [lo, hi] by Illinois regula falsi on (ln σ, ln ε) until ε(hi) is within
+    EPSILON_RTOL of ``target``; (hi, ε(hi))."""
 
     def gap(eps: float) -> float:  # ln(ε / target): > 0 is too little noise
         return math.log(eps / target) if eps > 0 else -math.inf

@@ -1,29 +1,70 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
 
 from django.db.models import QuerySet
+from django.utils import timezone
 
 from clearinghouse.accounts.models import User
-from clearinghouse.core.errors import PermissionDenied
+from clearinghouse.core.errors import PermissionDenied, ValidationFailed
+from clearinghouse.datasets.models import DatasetVersion
+from clearinghouse.datasets.selectors import dataset_list
 from clearinghouse.organisations.selectors import membership_active, user_capabilities
+from clearinghouse.queries.models import Query
+from federation.selectors import job_list
 
 from .models import GENESIS_HASH, OWNER_ONLY, AuditChainHead, AuditEvent, UnknownHashVersion
 
 
-def audit_event_list(*, actor: User, action: str | None = None) -> QuerySet[AuditEvent]:
-    """Operators see every event; org admins see their own organisation's; nobody else any. With
-    `action`, only the events of that action (the API's and the portal's filter)."""
+def audit_event_list(
+    *,
+    actor: User,
+    action: str | None = None,
+    actor_username: str | None = None,
+    organisation_slug: str | None = None,
+    date_from: date | None = None,
+    date_to: date | None = None,
+) -> QuerySet[AuditEvent]:
+    """Operators see every event; org admins see their own organisation's; nobody else any. The
+    filters (the API's and the portal's, parsed by each) only narrow what the actor sees: `action`
+    exact, or a prefix when it ends with "." or "*" (`dataset.`); `actor_username` and
+    `organisation_slug` as the rows show them (the names at the time of the event); `date_from` and
+    `date_to` whole days, both included, in the server's time zone. A range that ends before it
+    starts is `invalid_date_range`."""
     events = AuditEvent.objects.select_related("actor", "organisation")
+    if not actor.is_operator:
+        membership = membership_active(user=actor)
+        if membership is None or "view_audit" not in user_capabilities(user=actor):
+            raise PermissionDenied("Only organisation admins and operators can read the audit log.")
+        events = events.filter(organisation=membership.organisation)
+    if date_from is not None and date_to is not None and date_from > date_to:
+        raise ValidationFailed(
+            "The start date is after the end date.",
+            code="invalid_date_range",
+            fields={"date_to": ["Must be on or after the start date."]},
+        )
     if action:
-        events = events.filter(action=action)
-    if actor.is_operator:
-        return events.all()
-    membership = membership_active(user=actor)
-    if membership is None or "view_audit" not in user_capabilities(user=actor):
-        raise PermissionDenied("Only organisation admins and operators can read the audit log.")
-    return events.filter(organisation=membership.organisation)
+        if action.endswith(("*", ".")):
+            events = events.filter(action__startswith=action.rstrip("*"))
+        else:
+            events = events.filter(action=action)
+    if actor_username:
+        events = events.filter(actor_label=actor_username)
+    if organisation_slug:
+        events = events.filter(organisation_label=organisation_slug)
+    if date_from is not None:
+        events = events.filter(created_at__gte=_day_start(date_from))
+    if date_to is not None:
+        events = events.filter(created_at__lt=_day_start(date_to + timedelta(days=1)))
+    return events.all()
+
+
+def _day_start(day: date) -> datetime:
+    """Midnight at the start of `day` in the server's time zone (an index-friendly bound, unlike
+    `created_at__date`)."""
+    return timezone.make_aware(datetime.combine(day, time.min))
 
 
 def audit_event_extra(*, actor: User, event: AuditEvent) -> dict:
@@ -39,6 +80,82 @@ def audit_event_extra(*, actor: User, event: AuditEvent) -> dict:
         ):
             extra.pop(OWNER_ONLY)
     return extra
+
+
+@dataclass(frozen=True)
+class AuditTarget:
+    """The object an event is about, as a portal page names it: `kind` is "organisation" (with
+    `organisation` the slug; `own` when it is the viewer's, whose page is "my organisation"),
+    "dataset" or "query_console" (`organisation` and `dataset` slugs) or "federated_job" (`job_id`)."""
+
+    kind: str
+    organisation: str = ""
+    dataset: str = ""
+    job_id: int = 0
+    own: bool = False
+
+
+def audit_event_targets(*, actor: User, events: Iterable[AuditEvent]) -> dict[int, AuditTarget]:
+    """Per event seq, the object it is about, only where the actor may see that object (the same
+    selectors as its own page: `dataset_list`, `job_list`, operators for any organisation, members
+    for their own); events about anything else, or about what the actor may not see, get none. Four
+    queries at most for a page of events."""
+    events = list(events)
+    by_type: dict[str, set[int]] = {}
+    for event in events:
+        if event.target_id.isdigit():
+            by_type.setdefault(event.target_type, set()).add(int(event.target_id))
+    version_dataset = dict(
+        DatasetVersion.objects.filter(pk__in=by_type.get("datasets.datasetversion", ())).values_list(
+            "pk", "dataset_id"
+        )
+    )
+    query_dataset = dict(
+        Query.objects.filter(pk__in=by_type.get("queries.query", ())).values_list("pk", "dataset_id")
+    )
+    dataset_ids = (
+        by_type.get("datasets.dataset", set()) | set(version_dataset.values()) | set(query_dataset.values())
+    )
+    datasets = (
+        {
+            dataset.pk: (dataset.organisation.slug, dataset.slug)
+            for dataset in dataset_list(actor=actor).filter(pk__in=dataset_ids)
+        }
+        if dataset_ids
+        else {}
+    )
+    job_ids = by_type.get("federation.federatedjob", set())
+    jobs = (
+        set(job_list(actor=actor).filter(pk__in=job_ids).values_list("pk", flat=True)) if job_ids else set()
+    )
+    membership = membership_active(user=actor)
+    own_organisation_id = membership.organisation_id if membership is not None else None
+    targets: dict[int, AuditTarget] = {}
+    for event in events:
+        if not event.target_id.isdigit():
+            continue
+        pk = int(event.target_id)
+        target: AuditTarget | None = None
+        if event.target_type == "organisations.organisation" and event.organisation_id == pk:
+            assert event.organisation is not None
+            own = pk == own_organisation_id
+            if own or actor.is_operator:
+                target = AuditTarget("organisation", organisation=event.organisation.slug, own=own)
+        elif event.target_type == "federation.federatedjob" and pk in jobs:
+            target = AuditTarget("federated_job", job_id=pk)
+        else:
+            dataset_id = {
+                "datasets.dataset": pk,
+                "datasets.datasetversion": version_dataset.get(pk),
+                "queries.query": query_dataset.get(pk),
+            }.get(event.target_type)
+            if dataset_id in datasets:
+                organisation, slug = datasets[dataset_id]
+                kind = "query_console" if event.target_type == "queries.query" else "dataset"
+                target = AuditTarget(kind, organisation=organisation, dataset=slug)
+        if target is not None:
+            targets[event.seq] = target
+    return targets
 
 
 @dataclass(frozen=True)

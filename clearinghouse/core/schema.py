@@ -5,7 +5,8 @@
   `results`) with its `limit`/`offset` parameters, for plain `APIView`s too.
 - Errors: the statuses an operation can answer besides its own, each with the error body
   (`ErrorSerializer`, see `exception_handler`), derived from what the operation is: authenticated,
-  with path parameters (objects that may not exist or be visible), with a request body.
+  with path parameters (objects that may not exist or be visible), with a request body; and 400
+  for any operation (a NUL character in the query string is refused before the view runs).
   A view that declares one of these statuses itself keeps its own.
 - Path parameters: a converter with an `openapi` attribute (see `clearinghouse.api_urls`) is
   documented by that schema (an enum of words), not by its regular expression.
@@ -37,7 +38,9 @@ ERROR_DESCRIPTIONS = {
 
 def error_statuses(operation: dict[str, Any], method: str) -> list[int]:
     """The error statuses an operation can answer, from its shape (see the module docstring)."""
-    statuses = {429}
+    # Any request may be refused with a 400 before its view runs: a NUL character in the query string
+    # (core.middleware.RefuseNulCharactersMiddleware), which PostgreSQL could not hold.
+    statuses = {400, 429}
     has_path_parameters = any(p.get("in") == "path" for p in operation.get("parameters", []))
     authenticated = any(requirement for requirement in operation.get("security", []))
     if authenticated:

@@ -17,6 +17,7 @@ from clearinghouse.organisations.selectors import organisation_directory_get
 from clearinghouse.portal.shortcuts import paginate, service_errors
 
 from .forms import AgreementAcceptForm
+from .quality import report_tables
 from .selectors import (
     agreement_accepted,
     agreement_current,
@@ -104,6 +105,8 @@ def dataset_version_view(request: HttpRequest, organisation: str, slug: str, num
             "dataset": dataset,
             "version": version,
             "owner": owner,
+            # The quality report is derived from the rows: its owner's alone (docs/data-exposure.md).
+            "quality": report_tables(version.quality_report) if owner and version.quality_report else None,
             "report_json": json.dumps(version.quality_report, indent=2)
             if owner and version.quality_report
             else "",

@@ -43,3 +43,20 @@ class DecisionForm(forms.Form):
 class TokenForm(forms.Form):
     name = forms.CharField(max_length=1000)
     expires_in_days = forms.IntegerField(min_value=1, max_value=365, initial=90)
+
+
+class AuditFilterForm(forms.Form):
+    """The audit log's filters (GET), the API's query parameters by the same names."""
+
+    action = forms.CharField(max_length=1000, required=False, help_text='Exact, or a prefix: "dataset."')
+    actor = forms.CharField(max_length=1000, required=False, label="Actor (username)")
+    organisation = forms.CharField(max_length=1000, required=False, label="Organisation (slug)")
+    date_from = forms.DateField(
+        required=False,
+        label="From",
+        widget=forms.DateInput(attrs={"type": "date"}),
+        input_formats=["%Y-%m-%d"],
+    )
+    date_to = forms.DateField(
+        required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}), input_formats=["%Y-%m-%d"]
+    )

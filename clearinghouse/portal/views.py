@@ -11,13 +11,14 @@ from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from clearinghouse.accounts.selectors import api_token_active_count, api_token_get, api_token_list
 from clearinghouse.accounts.services import api_token_create, api_token_revoke, user_signup
-from clearinghouse.audit.selectors import audit_event_list
-from clearinghouse.core.errors import ApplicationError
+from clearinghouse.audit.selectors import AuditTarget, audit_event_list, audit_event_targets
+from clearinghouse.core.errors import ApplicationError, ValidationFailed
 from clearinghouse.organisations.models import OrganisationStatus, RequestStatus
 from clearinghouse.organisations.roles import MANAGE_MEMBERS, Role
 from clearinghouse.organisations.selectors import (
@@ -340,6 +341,40 @@ def operator_organisation_decide(request: HttpRequest, slug: str, action: str) -
 @require_GET
 @service_errors
 def audit_view(request: HttpRequest) -> HttpResponse:
-    action = request.GET.get("action") or ""
-    events = paginate(request, audit_event_list(actor=signed_in_user(request), action=action))
-    return render(request, "portal/audit.html", {"events": events, "action": action})
+    # The API's filters by the same names; a bad date or range is an error on the form, no events.
+    user = signed_in_user(request)
+    form = forms.AuditFilterForm(request.GET)
+    events: Any = []
+    if form.is_valid():
+        filters = form.cleaned_data
+        try:
+            events = audit_event_list(
+                actor=user,
+                action=filters["action"],
+                actor_username=filters["actor"],
+                organisation_slug=filters["organisation"],
+                date_from=filters["date_from"],
+                date_to=filters["date_to"],
+            )
+        except ValidationFailed as exc:
+            form_error(form, exc)
+    else:
+        audit_event_list(actor=user)  # who may read the log at all (403 page otherwise)
+    page = paginate(request, events)
+    targets = audit_event_targets(actor=user, events=page.object_list)
+    rows = [(event, _audit_target_link(targets.get(event.seq))) for event in page.object_list]
+    return render(request, "portal/audit.html", {"events": page, "rows": rows, "form": form})
+
+
+def _audit_target_link(target: AuditTarget | None) -> str:
+    """The portal page of an event's object (`audit_event_targets` says which the viewer may see)."""
+    if target is None:
+        return ""
+    if target.kind == "organisation":
+        if target.own:
+            return reverse("portal:organisation")
+        return reverse("portal:operator_organisation", kwargs={"slug": target.organisation})
+    if target.kind == "federated_job":
+        return reverse("portal:federated_job", kwargs={"job_id": target.job_id})
+    name = "portal:query_console" if target.kind == "query_console" else "portal:dataset"
+    return reverse(name, kwargs={"organisation": target.organisation, "slug": target.dataset})

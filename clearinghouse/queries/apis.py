@@ -45,6 +45,8 @@ class BudgetLeftSerializer(serializers.Serializer):
     analyst = serializers.FloatField(allow_null=True, help_text="Left of your personal cap (null: no cap).")
     delta_organisation = serializers.FloatField()
     per_query_max = serializers.FloatField(allow_null=True)
+    organisation_allocated = serializers.FloatField(help_text="Your organisation's allocation.")
+    organisation_spent = serializers.FloatField(help_text="What your organisation has spent of it.")
 
 
 class BudgetAllocationOutputSerializer(serializers.Serializer):
@@ -54,6 +56,7 @@ class BudgetAllocationOutputSerializer(serializers.Serializer):
     organisation = serializers.CharField()
     amount = serializers.FloatField()
     spent = serializers.FloatField()
+    left = serializers.FloatField(help_text="The allocation less what the organisation spent.")
     delta_amount = serializers.FloatField()
     delta_spent = serializers.FloatField()
 

@@ -71,6 +71,7 @@ def _row_bound(value: Any, *, dataset: Dataset) -> int:
             "max_rows is below the size of a ready version of this dataset; state a public upper bound "
             "that holds for all of its data.",
             code="max_rows_below_data",
+            fields={"max_rows": ["Below the size of a ready version."]},
         )
     return value
 
@@ -93,11 +94,19 @@ def budget_set(
     dataset_require_owner(actor=actor, dataset=dataset)
     if measure not in PrivacyMeasure.values:
         raise ValidationFailed(
-            f"measure must be one of {', '.join(PrivacyMeasure.values)}.", code="invalid_measure"
+            f"measure must be one of {', '.join(PrivacyMeasure.values)}.",
+            code="invalid_measure",
+            fields={"measure": [f"Choose one of {', '.join(PrivacyMeasure.values)}."]},
         )
     total = _amount(total, field="total")
     delta_total = _amount(delta_total, field="delta_total", allow_zero=True, below_one=True)
     per_query_max = None if per_query_max is None else _amount(per_query_max, field="per_query_max")
+    if per_query_max is not None and per_query_max > total:
+        raise ValidationFailed(
+            "per_query_max cannot exceed the total.",
+            code="invalid_budget",
+            fields={"per_query_max": ["Above the total."]},
+        )
     per_analyst_cap = None if per_analyst_cap is None else _amount(per_analyst_cap, field="per_analyst_cap")
     max_rows = None if max_rows is None else _row_bound(max_rows, dataset=dataset)
     audit_lock()  # first: the lock order of every ledger write (see audit_lock)
@@ -105,10 +114,17 @@ def budget_set(
     if budget is None:
         budget = PrivacyBudget(dataset=dataset, measure=measure, total=total)
     elif budget.spent > 0 and budget.measure != measure:
-        raise Conflict("The measure cannot change once budget was spent.", code="measure_locked")
-    if total < budget.spent or delta_total < budget.delta_spent:
         raise Conflict(
-            f"{budget.spent:g} is already spent; the total cannot go below it.", code="below_spent"
+            "The measure cannot change once budget was spent.",
+            code="measure_locked",
+            fields={"measure": ["Locked: budget was spent."]},
+        )
+    if total < budget.spent or delta_total < budget.delta_spent:
+        field = "total" if total < budget.spent else "delta_total"
+        raise Conflict(
+            f"{budget.spent:g} is already spent; the total cannot go below it.",
+            code="below_spent",
+            fields={field: ["Below what was already spent."]},
         )
     budget.measure, budget.total, budget.delta_total = measure, total, delta_total
     budget.per_query_max, budget.per_analyst_cap = per_query_max, per_analyst_cap
@@ -159,7 +175,11 @@ def allocation_set(
         budget=budget, organisation=organisation, defaults={"amount": amount}
     )
     if amount < allocation.spent or delta_amount < allocation.delta_spent:
-        raise Conflict(f"{allocation.spent:g} is already spent by this organisation.", code="below_spent")
+        raise Conflict(
+            f"{allocation.spent:g} is already spent by this organisation.",
+            code="below_spent",
+            fields={"amount" if amount < allocation.spent else "delta_amount": ["Below what was spent."]},
+        )
     allocation.amount, allocation.delta_amount = amount, delta_amount
     allocation.save()
     audit_record(
@@ -185,6 +205,9 @@ class Remaining:
     analyst: float | None
     delta_organisation: float
     per_query_max: float | None
+    # The organisation's own allocation and what it has spent of it (`organisation` is what is left).
+    organisation_allocated: float = 0.0
+    organisation_spent: float = 0.0
 
 
 def budget_remaining(
@@ -203,6 +226,8 @@ def budget_remaining(
         analyst=analyst_left,
         delta_organisation=max(0.0, allocation.delta_amount - allocation.delta_spent) if allocation else 0.0,
         per_query_max=budget.per_query_max,
+        organisation_allocated=allocation.amount if allocation else 0.0,
+        organisation_spent=allocation.spent if allocation else 0.0,
     )
 
 

@@ -6,9 +6,15 @@ from typing import Any
 from django.db.models import Sum
 from django.db.models.functions import TruncDate
 
-from clearinghouse.core.errors import NotFound
+from clearinghouse.core.errors import ApplicationError, NotFound
 from clearinghouse.datasets.models import Dataset
-from clearinghouse.datasets.selectors import dataset_is_owner_or_operator
+from clearinghouse.datasets.selectors import (
+    dataset_grant_active,
+    dataset_grant_list,
+    dataset_is_owner_or_operator,
+    dataset_list,
+    dataset_require_owner,
+)
 from clearinghouse.organisations.selectors import membership_active
 
 from .ledger import Remaining, budget_remaining
@@ -45,6 +51,8 @@ def budget_spending(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
             "organisation": a.organisation.slug,
             "amount": a.amount,
             "spent": a.spent,
+            # What the organisation may still spend: the allocation less what it spent.
+            "left": max(0.0, a.amount - a.spent),
             "delta_amount": a.delta_amount,
             "delta_spent": a.delta_spent,
         }
@@ -87,6 +95,74 @@ def budget_view_for(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
     if dataset_is_owner_or_operator(actor=actor, dataset=dataset):
         return budget_spending(actor=actor, dataset=dataset)
     return {"left": asdict(budget_left_for(actor=actor, dataset=dataset))}
+
+
+def budget_editable(*, actor: Any, dataset: Dataset) -> bool:
+    """Whether the actor may set the budget and its allocations: exactly `ledger.budget_set`'s and
+    `ledger.allocation_set`'s rule (`dataset_require_owner`), asked without raising."""
+    try:
+        dataset_require_owner(actor=actor, dataset=dataset)
+    except ApplicationError:
+        return False
+    return True
+
+
+def budget_allocation_rows(*, actor: Any, dataset: Dataset) -> list[dict[str, Any]]:
+    """The owner's allocation editor: one row per organisation holding an active grant on the dataset
+    or an allocation of its budget, with its allocation, spending and what is left (zeros when it has
+    none yet). Those who oversee the dataset only (`dataset_grant_list` decides)."""
+    organisations = {
+        grant.organisation.slug: grant.organisation
+        for grant in dataset_grant_list(actor=actor, dataset=dataset).filter(revoked_at__isnull=True)
+    }
+    budget = PrivacyBudget.objects.filter(dataset=dataset).first()
+    allocations = {
+        a.organisation.slug: a
+        for a in (
+            budget.allocations.select_related("organisation") if budget else BudgetAllocation.objects.none()
+        )
+    }
+    rows = []
+    for slug in sorted(organisations.keys() | allocations.keys()):
+        allocation = allocations.get(slug)
+        organisation = allocation.organisation if allocation else organisations[slug]
+        amount = allocation.amount if allocation else 0.0
+        spent = allocation.spent if allocation else 0.0
+        rows.append(
+            {
+                "organisation": organisation.slug,
+                "name": organisation.name,
+                "granted": slug in organisations,
+                "amount": amount,
+                "spent": spent,
+                "left": max(0.0, amount - spent),
+                "delta_amount": allocation.delta_amount if allocation else 0.0,
+                "delta_spent": allocation.delta_spent if allocation else 0.0,
+            }
+        )
+    return rows
+
+
+def budget_views_mine(*, actor: Any) -> list[dict[str, Any]]:
+    """The analyst's budget page: each dataset of another organisation that the actor's organisation
+    holds a query grant on, with what `budget_view_for` shows them of its budget (`left`: their
+    organisation's allocation, spent, left, the per-query cap), or None while it has no budget."""
+    membership = membership_active(user=actor)
+    if membership is None:
+        return []
+    rows = []
+    mine = dataset_list(actor=actor).exclude(organisation_id=membership.organisation_id)
+    for dataset in mine.order_by("organisation__slug", "slug"):
+        if not dataset_grant_active(
+            dataset=dataset, organisation_id=membership.organisation_id, purpose="query"
+        ):
+            continue
+        try:
+            left = budget_view_for(actor=actor, dataset=dataset).get("left")
+        except NotFound:
+            left = None
+        rows.append({"dataset": dataset, "left": left})
+    return rows
 
 
 def query_list(*, actor: Any, dataset: Dataset):

@@ -8,4 +8,10 @@ from . import views
 urlpatterns = [
     path("datasets/<slug:organisation>/<slug:slug>/console/", views.query_console, name="query_console"),
     path("datasets/<slug:organisation>/<slug:slug>/budget/", views.budget_dashboard, name="budget_dashboard"),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/budget/allocations/<slug:grantee>/",
+        views.budget_allocation,
+        name="budget_allocation",
+    ),
+    path("budgets/", views.my_budgets, name="my_budgets"),
 ]

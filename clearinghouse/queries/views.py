@@ -18,12 +18,22 @@ from django.views.decorators.http import require_http_methods
 
 from clearinghouse.core.errors import ApplicationError, NotFound, PermissionDenied
 from clearinghouse.datasets.selectors import dataset_get, dataset_is_owner
+from clearinghouse.organisations.selectors import organisation_directory_get
 from clearinghouse.portal.charts import COLOURS, Line, line_chart
-from clearinghouse.portal.shortcuts import paginate, service_errors
+from clearinghouse.portal.shortcuts import form_error, paginate, service_errors
 
-from .ledger import budget_set
+from .forms import MEASURE_HELP, AllocationForm, BudgetPolicyForm
+from .ledger import allocation_set, budget_set
 from .models import PrivacyMeasure, Query
-from .selectors import budget_left_for, budget_view_for, query_answer_visible, query_list
+from .selectors import (
+    budget_allocation_rows,
+    budget_editable,
+    budget_left_for,
+    budget_view_for,
+    budget_views_mine,
+    query_answer_visible,
+    query_list,
+)
 from .services import query_error_for, query_prepare, query_preview_run, query_submit, query_wait
 
 
@@ -147,69 +157,116 @@ def _spending_plot(daily: list[dict], total: float) -> dict | None:
     )
 
 
-def _policy_from_form(data) -> dict:
-    """The budget form's fields as budget_set takes them; what does not parse is passed on as typed,
-    so that the service says what is wrong with it. An empty row bound keeps the current one."""
-
-    def number(name: str, *, whole: bool = False, empty=None):
-        text = (data.get(name) or "").strip()
-        if not text:
-            return empty
-        try:
-            return int(text) if whole else float(text)
-        except ValueError:
-            return text
-
-    return {
-        "measure": (data.get("measure") or "").strip(),
-        "total": number("total"),
-        "delta_total": number("delta_total", empty=0.0),
-        "per_query_max": number("per_query_max"),
-        "per_analyst_cap": number("per_analyst_cap"),
-        "max_rows": number("max_rows", whole=True),
+def _dashboard(
+    request: HttpRequest,
+    dataset: Any,
+    *,
+    policy_form: BudgetPolicyForm | None = None,
+    allocation_forms: dict[str, AllocationForm] | None = None,
+    error: str | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    """The budget page: what `budget_view_for` shows the viewer, and, to those who may set the budget
+    (`budget_editable`: `budget_set`'s own rule), the policy form and the allocation editor. A refused
+    save passes its bound form back, so the page shows what was typed with the service's error."""
+    editable = budget_editable(actor=request.user, dataset=dataset)
+    try:
+        view = budget_view_for(actor=request.user, dataset=dataset)
+    except NotFound:
+        if not dataset_is_owner(actor=request.user, dataset=dataset):
+            raise
+        view = {}  # no budget yet: the owner's steward or admin sets the first one here
+    left = view.get("left")
+    spending = None if left is not None or not view else view
+    context: dict[str, Any] = {
+        "dataset": dataset,
+        "spending": spending,
+        "left": left,
+        "owner": editable,  # shows the policy form and the allocation editor
+        "error": error,
+        "plot": _spending_plot(spending["daily"], spending["total"]) if spending else None,
+        "spending_json": json.dumps(spending, indent=2) if spending else "",
     }
+    if editable:
+        if policy_form is None:
+            current = spending or {}  # the form starts from the policy in force
+            policy_form = BudgetPolicyForm(
+                initial={key: current.get(key) for key in BudgetPolicyForm.base_fields}
+            )
+        forms_by_org = allocation_forms or {}
+        rows = budget_allocation_rows(actor=request.user, dataset=dataset)
+        for row in rows:
+            row["form"] = forms_by_org.get(row["organisation"]) or AllocationForm(
+                initial={"amount": row["amount"], "delta_amount": row["delta_amount"]}
+            )
+        context |= {
+            "policy_form": policy_form,
+            "measures": [(value, label, MEASURE_HELP[value]) for value, label in PrivacyMeasure.choices],
+            "allocation_rows": rows,
+            # A measure the service refused, shown back as typed next to its error.
+            "unknown_measure": ""
+            if policy_form.data.get("measure", "") in {"", *PrivacyMeasure.values}
+            else policy_form.data["measure"],
+        }
+    return render(request, "queries/budget.html", context, status=status)
+
+
+def _refused(exc: ApplicationError) -> None:
+    """Refusals of who may act are answered as the API answers them (404/403, `service_errors`)."""
+    if isinstance(exc, (NotFound, PermissionDenied)):
+        raise exc
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 @service_errors
 def budget_dashboard(request: HttpRequest, organisation: str, slug: str) -> HttpResponse:
-    """What `budget_view_for` shows (the API's `GET .../budget` too): the whole budget with its spending
-    to the owner and operators, what is left to them to grantees; the owner's stewards and admins also
-    set the policy here (`budget_set` decides who may)."""
+    """What `budget_view_for` shows (the API's `GET .../budget` too): the whole budget with allocated,
+    spent and left per organisation to the owner and operators, what is left to them to grantees; the
+    owner's stewards and admins also set the policy here (`budget_set`, as `PUT .../budget`)."""
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
-    owner = dataset_is_owner(actor=request.user, dataset=dataset)  # shows the policy form
-    error = None
-    if request.method == "POST":
-        try:
-            budget_set(actor=request.user, dataset=dataset, **_policy_from_form(request.POST))
-        except (NotFound, PermissionDenied):
-            raise
-        except ApplicationError as exc:
-            error = exc.message
-        else:
-            messages.success(request, "Budget policy saved; it applies to queries priced from now on.")
-            return redirect("portal:budget_dashboard", organisation=organisation, slug=slug)
+    if request.method != "POST":
+        return _dashboard(request, dataset)
+    form = BudgetPolicyForm(request.POST)
+    form.is_valid()  # text fields only: always valid; the service checks the values
     try:
-        view = budget_view_for(actor=request.user, dataset=dataset)
-    except NotFound:
-        if not owner:
-            raise
-        view = {}  # no budget yet: the owner sets the first one here
-    left = view.get("left")
-    spending = None if left is not None or not view else view
-    return render(
-        request,
-        "queries/budget.html",
-        {
-            "dataset": dataset,
-            "spending": spending,
-            "left": left,
-            "owner": owner,
-            "error": error,
-            "measures": PrivacyMeasure.choices,
-            "form": request.POST if error else None,
-            "plot": _spending_plot(spending["daily"], spending["total"]) if spending else None,
-            "spending_json": json.dumps(spending, indent=2) if spending else "",
-        },
-    )
+        budget_set(actor=request.user, dataset=dataset, **form.policy())
+    except ApplicationError as exc:
+        _refused(exc)
+        form_error(form, exc)
+        return _dashboard(request, dataset, policy_form=form, error=exc.message, status=400)
+    messages.success(request, "Budget policy saved; it applies to queries priced from now on.")
+    return redirect("portal:budget_dashboard", organisation=organisation, slug=slug)
+
+
+@login_required
+@require_http_methods(["POST"])
+@service_errors
+def budget_allocation(request: HttpRequest, organisation: str, slug: str, grantee: str) -> HttpResponse:
+    """Sets one organisation's share of the budget (`allocation_set`, as `PUT .../budget/allocations/
+    <grantee>`); a refused amount is shown back on the budget page next to its row."""
+    dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+    form = AllocationForm(request.POST)
+    form.is_valid()
+    try:
+        allocation_set(
+            actor=request.user,
+            dataset=dataset,
+            organisation=organisation_directory_get(slug=grantee),
+            **form.allocation(),
+        )
+    except ApplicationError as exc:
+        _refused(exc)
+        form_error(form, exc)
+        return _dashboard(request, dataset, allocation_forms={grantee: form}, error=exc.message, status=400)
+    messages.success(request, f"Allocation of {grantee} saved.")
+    return redirect("portal:budget_dashboard", organisation=organisation, slug=slug)
+
+
+@login_required
+@require_http_methods(["GET"])
+@service_errors
+def my_budgets(request: HttpRequest) -> HttpResponse:
+    """The analyst's budgets: per dataset their organisation may query, its allocation, what it spent
+    and has left, and the per-query cap, as `GET .../budget` answers a grantee (`budget_view_for`)."""
+    return render(request, "queries/my_budgets.html", {"rows": budget_views_mine(actor=request.user)})

@@ -195,14 +195,14 @@ def test_job_page_shows_rounds_and_the_plot(world):
         }
     )
     body = analyst.get(url).content.decode()
-    assert "<th>F1 of spam</th><td>0.7500</td>" in body and "<th>macro f1</th><td>0.8500</td>" in body
+    assert "<th>F1 of spam</th><td>0.75</td>" in body and "<th>macro f1</th><td>0.85</td>" in body
     # The 640×260 plot has 50 px margins: x runs 50..590 over rounds 1..3, y 210 (0) .. 50 (1).
     assert _polyline(body, "accuracy") == [(50.0, 114.0), (320.0, 82.0), (590.0, 66.0)]
     # Loss is scaled to its largest value (0.9), so round 1 touches the top.
     assert _polyline(body, "loss") == [(50.0, 50.0), (320.0, 121.1), (590.0, 156.7)]
     assert ">accuracy</text>" in body and ">loss</text>" in body and ">round</text>" in body
-    assert "0.9000" in body and "0.8500" in body  # round 3's accuracy and macro-F1 in the table
-    assert "org-a: 0.9100" in body  # the client's own held-out accuracy
+    assert "<td>0.9</td>" in body and "<td>0.85</td>" in body  # round 3's accuracy and macro-F1 in the table
+    assert "org-a: 0.91" in body  # the client's own held-out accuracy
     assert "org-b: no reply within round-timeout" in body
     assert "3 of 3 done" in body
     assert 'http-equiv="refresh"' not in body  # a finished job does not change any more

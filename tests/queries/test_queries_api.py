@@ -61,6 +61,7 @@ def test_release_preview_replay_and_spending(setup):
         "organisation": "org-b",
         "amount": 2.0,
         "spent": pytest.approx(0.75),
+        "left": pytest.approx(1.25),
         "delta_amount": 0.0,
         "delta_spent": 0.0,
     }

@@ -569,6 +569,18 @@ def _matrix() -> dict[str, list[Case]]:
                 {"measure": "pure", "total": "20"},
             ),
         ],
+        "portal:budget_allocation": [
+            Case(
+                "post",
+                lambda w, t: u("portal:budget_allocation", args=[*ds(w, t), "org-c"]),
+                portal(owner_write(302)),
+                {"amount": "2"},
+            ),
+        ],
+        # Each signed-in user's own budgets (their organisation's grants; none for operators).
+        "portal:my_budgets": [
+            Case("get", lambda w, t: u("portal:my_budgets"), portal(everyone(200)), object_scoped=False),
+        ],
         "portal:dataset_agreement": [
             Case(
                 "post",
@@ -1225,6 +1237,10 @@ PAIRS: dict[str, Pair] = {
         Call("put", "api:dataset_budget", Ctx.ds, {"measure": "pure", "total": 20}),
         Call("post", "portal:budget_dashboard", Ctx.ds, {"measure": "pure", "total": "20"}),
     ),
+    "budget allocate": Pair(
+        Call("put", "api:dataset_budget_allocation", lambda c: [*c.ds(), "org-c"], {"amount": 2}),
+        Call("post", "portal:budget_allocation", lambda c: [*c.ds(), "org-c"], {"amount": "2"}),
+    ),
     "query list": Pair(Call("get", "api:queries", Ctx.ds), Call("get", "portal:query_console", Ctx.ds)),
     "query submit": Pair(
         Call("post", "api:queries", Ctx.ds, {"sql": _SQL, "privacy": {"epsilon": 0.1}}),
@@ -1379,10 +1395,6 @@ PAIRS: dict[str, Pair] = {
 # Writes that exist in one interface only, with the reason; every other write must be in PAIRS.
 API_ONLY = {
     ("api:organisation", "patch"): "an organisation's details are changed through the API only",
-    (
-        "api:dataset_budget_allocation",
-        "put",
-    ): "allocations are set through the API only (the budget page lists them)",
     (
         "api:federated_job_events",
         "post",

@@ -286,6 +286,8 @@ _LEFT = {
     "left.analyst",
     "left.delta_organisation",
     "left.per_query_max",
+    "left.organisation_allocated",
+    "left.organisation_spent",
 }
 _QUERY = {
     "id",
@@ -420,6 +422,7 @@ ALLOWED: dict[str, set[str]] = {
         "allocations[].organisation",
         "allocations[].amount",
         "allocations[].spent",
+        "allocations[].left",
         "allocations[].delta_amount",
         "allocations[].delta_spent",
         "daily",
@@ -581,6 +584,7 @@ def _portal_pages(job_id: int) -> list[str]:
         reverse("portal:datasets"),
         reverse("portal:federated_jobs"),
         reverse("portal:federated_job", args=[job_id]),
+        reverse("portal:my_budgets"),
     ]
     for slug in ("proposed", "ready"):
         pages += [
