@@ -56,7 +56,7 @@ def audit_event_list(
         events = events.filter(organisation_label=organisation_slug)
     if date_from is not None:
         events = events.filter(created_at__gte=_day_start(date_from))
-    if date_to is not None:
+    if date_to is not None and date_to < date.max:  # the last representable day bounds nothing
         events = events.filter(created_at__lt=_day_start(date_to + timedelta(days=1)))
     return events.all()
 

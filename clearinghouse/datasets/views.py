@@ -159,6 +159,7 @@ def dataset_upload_view(request: HttpRequest, organisation: str, slug: str) -> H
                 delimiter=request.POST.get("delimiter", ""),
                 # the portal's form offers only the double quote or none
                 quote="none" if request.POST.get("quote") == "none" else '"',
+                # The form sends "off", then "on" when its box is ticked: the last value decides.
                 has_header=request.POST.get("header", "on") == "on",
                 repair=request.POST.get("repair", ""),
             ),

@@ -101,12 +101,6 @@ def budget_set(
     total = _amount(total, field="total")
     delta_total = _amount(delta_total, field="delta_total", allow_zero=True, below_one=True)
     per_query_max = None if per_query_max is None else _amount(per_query_max, field="per_query_max")
-    if per_query_max is not None and per_query_max > total:
-        raise ValidationFailed(
-            "per_query_max cannot exceed the total.",
-            code="invalid_budget",
-            fields={"per_query_max": ["Above the total."]},
-        )
     per_analyst_cap = None if per_analyst_cap is None else _amount(per_analyst_cap, field="per_analyst_cap")
     max_rows = None if max_rows is None else _row_bound(max_rows, dataset=dataset)
     audit_lock()  # first: the lock order of every ledger write (see audit_lock)
@@ -118,6 +112,15 @@ def budget_set(
             "The measure cannot change once budget was spent.",
             code="measure_locked",
             fields={"measure": ["Locked: budget was spent."]},
+        )
+    # A per-query maximum above the total is refused when it is set or the total changes; a policy
+    # saved before this rule existed can still be re-saved as it is.
+    changed = budget.pk is None or (per_query_max, total) != (budget.per_query_max, budget.total)
+    if per_query_max is not None and per_query_max > total and changed:
+        raise ValidationFailed(
+            "per_query_max cannot exceed the total.",
+            code="invalid_budget",
+            fields={"per_query_max": ["Above the total."]},
         )
     if total < budget.spent or delta_total < budget.delta_spent:
         field = "total" if total < budget.spent else "delta_total"

@@ -17,7 +17,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from clearinghouse.core.errors import ApplicationError, NotFound, PermissionDenied
-from clearinghouse.datasets.selectors import dataset_get, dataset_is_owner
+from clearinghouse.datasets.selectors import dataset_get, dataset_is_owner, dataset_require_owner
 from clearinghouse.organisations.selectors import organisation_directory_get
 from clearinghouse.portal.charts import COLOURS, Line, line_chart
 from clearinghouse.portal.shortcuts import form_error, paginate, service_errors
@@ -211,6 +211,9 @@ def _dashboard(
     return render(request, "queries/budget.html", context, status=status)
 
 
+FORM_INVALID = "Correct the fields marked below."
+
+
 def _refused(exc: ApplicationError) -> None:
     """Refusals of who may act are answered as the API answers them (404/403, `service_errors`)."""
     if isinstance(exc, (NotFound, PermissionDenied)):
@@ -228,7 +231,11 @@ def budget_dashboard(request: HttpRequest, organisation: str, slug: str) -> Http
     if request.method != "POST":
         return _dashboard(request, dataset)
     form = BudgetPolicyForm(request.POST)
-    form.is_valid()  # text fields only: always valid; the service checks the values
+    # Who may set it first (404/403, as the service and the API answer), then the form's own limit
+    # (text of at most 100 characters); the service checks the values.
+    dataset_require_owner(actor=request.user, dataset=dataset)
+    if not form.is_valid():
+        return _dashboard(request, dataset, policy_form=form, error=FORM_INVALID, status=400)
     try:
         budget_set(actor=request.user, dataset=dataset, **form.policy())
     except ApplicationError as exc:
@@ -247,7 +254,9 @@ def budget_allocation(request: HttpRequest, organisation: str, slug: str, grante
     <grantee>`); a refused amount is shown back on the budget page next to its row."""
     dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
     form = AllocationForm(request.POST)
-    form.is_valid()
+    dataset_require_owner(actor=request.user, dataset=dataset)  # as in budget_dashboard
+    if not form.is_valid():
+        return _dashboard(request, dataset, allocation_forms={grantee: form}, error=FORM_INVALID, status=400)
     try:
         allocation_set(
             actor=request.user,

@@ -241,3 +241,13 @@ def test_rows_link_to_their_objects_only_where_the_viewer_may_see_them(world):
     assert reverse("portal:federated_job", kwargs={"job_id": world.b.job_id}) not in admin
     for link in admin:
         assert _logged_in(world.a.admin).get(link).status_code == 200, link
+
+
+def test_the_last_representable_day_is_a_valid_bound(world):
+    """`date_to=9999-12-31` (the day after it does not exist) answers every event, not a 500."""
+    operator = world.operator
+    api = api_client(operator)
+    everything = api.get("/api/v1/audit-events").json()["count"]
+    response = api.get("/api/v1/audit-events", {"date_to": "9999-12-31", "date_from": "0001-01-01"})
+    assert response.status_code == 200 and response.json()["count"] == everything
+    assert _logged_in(operator).get(reverse("portal:audit"), {"date_to": "9999-12-31"}).status_code == 200

@@ -278,3 +278,16 @@ def test_beat_runs_the_sweepers():
     import clearinghouse.datasets.tasks  # noqa: F401 (registers the tasks)
 
     assert {"datasets.staging_sweep", "datasets.recover_stuck"} <= set(app.tasks)
+
+
+def test_portal_upload_without_a_header_row(acme, media_root):
+    """The upload form's unticked "First row is a header" box sends only its hidden "off": the
+    version is stored as headerless (the ticked box sends "off" then "on")."""
+    client, token = csrf_client(acme.steward_user)
+    assert b'name="header" value="off"' in client.get("/datasets/acme/pums/").content
+    for values, expected in ((["off"], False), (["off", "on"], True)):
+        response = client.post(
+            PORTAL_UPLOAD_URL, {"csrfmiddlewaretoken": token, "header": values, "file": io.BytesIO(CSV)}
+        )
+        assert response.status_code == 302, response.content
+        assert DatasetVersion.objects.order_by("-number").first().has_header is expected

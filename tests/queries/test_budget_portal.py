@@ -203,3 +203,32 @@ def test_another_organisations_members_get_404_and_write_nothing(world):
     analyst = _client(world.a.analyst)
     assert 'name="total"' not in analyst.get(DASHBOARD).content.decode()
     assert analyst.post(DASHBOARD, _policy()).status_code == 403
+
+
+@pytest.mark.parametrize("field", ["total", "measure", "per_query_max"])
+def test_overlong_policy_input_is_a_400_with_the_input_kept_never_a_500(world, field):
+    steward = _client(world.a.steward)
+    junk = "1" * 150
+    response = steward.post(DASHBOARD, _policy(**{field: junk}))
+    assert response.status_code == 400
+    assert not PrivacyBudget.objects.filter(dataset=world.a.dataset, total=6.0).exists()
+    allocate = reverse("portal:budget_allocation", args=["org-a", "survey", "org-b"])
+    assert steward.post(allocate, {"amount": junk}).status_code == 400
+    # Who may set it is decided first: another organisation's admin is told it does not exist.
+    assert _client(world.b.admin).post(DASHBOARD, _policy(**{field: junk})).status_code == 404
+    assert _client(world.b.admin).post(allocate, {"amount": junk}).status_code == 404
+
+
+def test_a_policy_saved_before_the_per_query_rule_can_be_saved_again_as_it_is(world):
+    """A per-query maximum above the total is refused when set, but a stored policy that has one
+    (saved before the rule) is re-saved unchanged, e.g. when only the row bound changes."""
+    steward = _client(world.a.steward)
+    assert steward.post(DASHBOARD, _policy(total="2", per_query_max="1")).status_code == 302
+    PrivacyBudget.objects.filter(dataset=world.a.dataset).update(per_query_max=5.0)  # as stored before
+    assert (
+        steward.post(DASHBOARD, _policy(total="2", per_query_max="5", per_analyst_cap="1")).status_code == 302
+    )
+    assert PrivacyBudget.objects.get(dataset=world.a.dataset).per_analyst_cap == 1.0
+    refused = steward.post(DASHBOARD, _policy(total="3", per_query_max="5"))  # the total changes
+    assert refused.status_code == 400
+    assert steward.post(DASHBOARD, _policy(total="2", per_query_max="6")).status_code == 400
