@@ -27,6 +27,7 @@ from federation.flower.settings import (
     NODE_DEVICE,
     NODE_LABEL_COLUMN,
     NODE_ORGANISATION,
+    NODE_REQUIRE_DP,
     NODE_TEXT_COLUMN,
 )
 
@@ -42,6 +43,8 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
         node_config[NODE_DELIMITER] = args.delimiter
     if args.device:
         node_config[NODE_DEVICE] = args.device
+    if args.require_dp:
+        node_config[NODE_REQUIRE_DP] = "true"
     command = [
         _bin("flower-supernode"),
         "--superlink",
@@ -87,6 +90,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     run.add_argument(
         "--port", type=int, default=0, help="local ClientAppIo port (several agents on one host)"
+    )
+    run.add_argument(
+        "--require-dp",
+        action="store_true",
+        help="train only private jobs (record-level DP-SGD, priced on the ledger); refuse every other job",
     )
     run.add_argument("--skip-preflight", action="store_true")
     return parser

@@ -41,6 +41,7 @@ __all__ = [
     "DpSgdPlan",
     "epsilon_for",
     "noise_multiplier_for",
+    "train_rows",
 ]
 
 Accountant = Literal["pld", "prv", "rdp"]
@@ -68,6 +69,9 @@ CODES = frozenset(
         "missing_dp_parameter",  # σ, C or δ not given
         "unsupported_data_loader",  # not a map-style, batch-size DataLoader
         "plan_mismatch",  # the run would not be the mechanism the plan priced
+        "too_few_rows",  # a member's data cannot be split into train and test
+        "invalid_test_fraction",  # the held-out share is not strictly between 0 and 1
+        "dp_required",  # a member that trains only with DP got a job without a plan for it
     }
 )
 
@@ -98,6 +102,22 @@ def _check_epsilon(epsilon: float, field: str = "target_epsilon") -> None:
         raise DpSgdError(
             "invalid_privacy_loss", f"{field} must be a finite number > 0, not {epsilon!r}", field=field
         )
+
+
+def train_rows(rows: int, test_fraction: float) -> int:
+    """How many of a member's ``rows`` rows train in a DP job: the train side of an unstratified
+    ``training.data.split_train_test`` (what a DP job's members use), so that the clearinghouse
+    prices each member's DP-SGD from the registered row count alone — a stratified split's size
+    would depend on the labels."""
+    if not _is_count(rows) or rows < 2:
+        raise DpSgdError("too_few_rows", f"cannot split {rows!r} row(s) into train and test", field="rows")
+    if not _is_number(test_fraction) or not 0.0 < test_fraction < 1.0:
+        raise DpSgdError(
+            "invalid_test_fraction",
+            f"test_fraction must lie strictly between 0 and 1, not {test_fraction!r}",
+            field="test_fraction",
+        )
+    return rows - min(max(round(rows * test_fraction), 1), rows - 1)
 
 
 def _check_delta(delta: float, rows: int | None = None) -> None:

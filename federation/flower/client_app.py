@@ -9,6 +9,14 @@ Messages from the ServerApp:
   the locally trained trainable state + train metrics.
 - ``evaluate``: global trainable state -> metrics on the member's local held-out split.
 
+A private job (``private`` in the config) sends each member its priced DP-SGD plan (``dp-plan``,
+``dp-round-steps``, ``dp-prior-steps``): the member trains with record-level DP-SGD (Opacus:
+Poisson sampling, per-example clipping, Gaussian noise on the trainable parameters) exactly as
+priced, on the train side of an unstratified split (whose size the plan was priced on), and reports
+the steps, σ, C, q and Opacus' ε. There is no non-private fallback: a private job without a plan
+for this member, or any run that would not match the plan, is refused; a member whose node config
+says ``require-dp=true`` refuses every job that is not private.
+
 Where the data is and which columns hold text and label come from the node config
 (``--node-config "data-path='/data/sms.tsv' text-column='SMS' label-column='Label'
 organisation='acme'"``), never from the server. Only trainable parameters (LoRA adapters + head)
@@ -35,7 +43,7 @@ log = logging.getLogger(__name__)
 app = ClientApp()
 
 # Per-process cache: (train-config JSON, node settings) -> (config, model, tokenizer, train, test).
-_CACHE: dict[tuple[str, NodeSettings, float], tuple[Any, ...]] = {}
+_CACHE: dict[tuple[str, NodeSettings, float, bool], tuple[Any, ...]] = {}
 
 
 def _config_number(record: ConfigRecord, key: str, default: float) -> float:
@@ -44,6 +52,11 @@ def _config_number(record: ConfigRecord, key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"config {key!r} must be a number, got {value!r}")
     return float(value)
+
+
+def _private(record: ConfigRecord) -> bool:
+    """Whether the job is private (its members train and split as DP-SGD plans assume)."""
+    return record.get("private", False) is True
 
 
 def _prepare(message: Message, context: Context) -> tuple[Any, ...]:
@@ -55,7 +68,10 @@ def _prepare(message: Message, context: Context) -> tuple[Any, ...]:
     config_record = message.content.config_records["config"]
     train_json = str(config_record["train-config"])
     test_fraction = _config_number(config_record, "test-fraction", 0.2)
-    key = (train_json, node, test_fraction)
+    # A private job's split is unstratified: its train side's size, which the member's DP-SGD
+    # plan was priced on, then depends on the row count alone (training.privacy.train_rows).
+    stratify = not _private(config_record)
+    key = (train_json, node, test_fraction, stratify)
     if key not in _CACHE:
         _CACHE.clear()
         config = TrainConfig.from_dict(
@@ -63,7 +79,9 @@ def _prepare(message: Message, context: Context) -> tuple[Any, ...]:
         )
         options = {"delimiter": node.delimiter} if node.delimiter else {}
         table = load_table_for_config(node.data_path, config, **options)
-        train_table, test_table = split_train_test(table, test_fraction=test_fraction, seed=config.seed)
+        train_table, test_table = split_train_test(
+            table, test_fraction=test_fraction, seed=config.seed, stratify=stratify
+        )
         model, tokenizer = build_model_and_tokenizer(config)
         device = select_device(node.device)
         model.to(device)
@@ -85,14 +103,87 @@ def _state_record(model: Any) -> ArrayRecord:
     return ArrayRecord(OrderedDict((k, v.float() if v.is_floating_point() else v) for k, v in state.items()))
 
 
+def _dp_plan(cfg: ConfigRecord, node: NodeSettings) -> Any:
+    """The member's DP-SGD plan from a train message, or None for a non-private job; refuses
+    (``dp_required``) a private job without one, and any job without one on a member that
+    requires DP."""
+    from training.privacy import DpSgdError, DpSgdPlan
+
+    raw = cfg.get("dp-plan")
+    if not isinstance(raw, str) or not raw:
+        if _private(cfg):
+            raise DpSgdError("dp_required", "the job is private but sent no DP-SGD plan for this member")
+        if node.require_dp:
+            raise DpSgdError(
+                "dp_required", "this member trains only with DP-SGD (require-dp) and the job is not private"
+            )
+        return None
+    if not _private(cfg):
+        raise DpSgdError("plan_mismatch", "a DP-SGD plan came with a job that is not private")
+    return DpSgdPlan(**json.loads(raw))
+
+
+def _train_private(message: Message, plan: Any, prepared: tuple[Any, ...], started: float) -> MetricRecord:
+    """One round of the member's DP-SGD plan: ``dp-round-steps`` steps after the ``dp-prior-steps``
+    its earlier rounds took (all at the plan's σ and Poisson rate, as Opacus accounts them)."""
+    from training.data import make_loader
+    from training.dp_sgd import train_with_plan
+
+    config, model, tokenizer, train_table, _, device, _ = prepared
+    cfg = message.content.config_records["config"]
+    _apply_global(model, message.content.array_records["arrays"])
+    round_steps = int(_config_number(cfg, "dp-round-steps", 0))
+    prior_steps = int(_config_number(cfg, "dp-prior-steps", 0))
+    # Opacus resamples the loader (Poisson, rate 1/len(loader)) with its own unpredictable generator.
+    loader = make_loader(train_table, tokenizer=tokenizer, config=config, shuffle=False)
+    prior = [(plan.noise_multiplier, 1.0 / len(loader), prior_steps)] if prior_steps else []
+    report = train_with_plan(
+        model,
+        loader,
+        plan,
+        learning_rate=config.effective_learning_rate,
+        steps=round_steps,
+        prior_history=prior,
+        weight_decay=config.weight_decay,
+        device=device,
+    )
+    return MetricRecord(
+        {
+            "num-examples": len(train_table),
+            "train-loss": report.loss,
+            "train-proximal-loss": report.loss,
+            "train-steps": report.steps,
+            "train-examples": report.examples,
+            "train-seconds": report.seconds,
+            "client-seconds": time.perf_counter() - started,
+            "dp-steps": report.steps,
+            "dp-total-steps": report.total_steps,
+            "dp-noise-multiplier": report.noise_multiplier,
+            "dp-max-grad-norm": report.max_grad_norm,
+            "dp-sample-rate": report.sample_rate,
+            "dp-delta": report.delta,
+            "dp-epsilon": report.epsilon,
+            "dp-empty-batches": report.empty_batches,
+        }
+    )
+
+
 def handle_train(message: Message, context: Context) -> Message:
-    """Train on the local split starting from the received global state."""
+    """Train on the local split starting from the received global state (with DP-SGD, exactly as
+    planned, in a private job)."""
     from training.data import make_loader
     from training.loops import train
 
     started = time.perf_counter()
-    config, model, tokenizer, train_table, _, device, node = _prepare(message, context)
     cfg = message.content.config_records["config"]
+    plan = _dp_plan(cfg, NodeSettings.from_node_config(context.node_config))
+    prepared = _prepare(message, context)
+    config, model, tokenizer, train_table, _, device, node = prepared
+    if plan is not None:
+        metrics = _train_private(message, plan, prepared, started)
+        content = RecordDict({"arrays": _state_record(model), "metrics": metrics})
+        content["info"] = ConfigRecord({"organisation": node.organisation, "device": str(device)})
+        return Message(content=content, reply_to=message)
     server_round = int(_config_number(cfg, "server-round", 1))
     mu = _config_number(cfg, "proximal-mu", 0.0)
     if mu != config.fedprox_mu:

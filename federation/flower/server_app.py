@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
@@ -231,6 +232,10 @@ class _Job:
         self.organisations: dict[int, str] = {}  # node id -> organisation slug ("" if none)
         self.rounds: list[RoundRecord] = []
         self.failed = False
+        # A private job: per organisation, the DP-SGD steps its member took and reported (checked
+        # against its plan), and its last report (for the artifact's guarantee).
+        self.dp_steps: dict[str, int] = {}
+        self.dp_reports: dict[str, dict[str, Any]] = {}
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -264,6 +269,8 @@ class _Job:
                 for n in connected
                 if n in self.organisations and participants.admits(n, self.organisations[n])
             )
+            if self.settings.private:
+                eligible = self._one_planned_node_each(eligible)
             if participants.open:
                 complete = len(eligible) >= self.settings.min_clients
             else:
@@ -295,6 +302,7 @@ class _Job:
             "rounds_completed": len(self.rounds),
             "final_evaluation": self._final_evaluation(),
             "rounds": self.history,
+            "privacy": self.privacy_report(),
             **dict(extra or {}),
         }
         tmp = out / "report.json.tmp"
@@ -379,16 +387,22 @@ class _Job:
                 "train-config": self.config_json,
                 "test-fraction": settings.test_fraction,
                 "job-id": settings.job_id,
+                "private": settings.private,
             }
         )
         messages = list(
             strategy.configure_train(server_round, arrays, config, _SelectedGrid(self.grid, selection))
         )
+        if settings.private:
+            messages = [self._with_dp_plan(m) for m in messages]
         started = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages, timeout=settings.round_timeout))
         seconds = time.perf_counter() - started
         ok = [r for r in replies if not r.has_error()]
         dropouts = self._dropouts(messages, replies)
+        if settings.private:
+            ok, refused = self._dp_checked(messages, ok)
+            dropouts += refused
         if len(ok) < settings.min_clients:
             detail = "; ".join(f"node {d.node_id} ({d.organisation or '?'}): {d.reason}" for d in dropouts)
             self.fail(
@@ -407,6 +421,96 @@ class _Job:
             bytes_received=sum(_arrays_nbytes(r) for r in replies),
             seconds=seconds,
         )
+
+    # ------------------------------------------------------------------ private jobs
+    def _one_planned_node_each(self, nodes: Sequence[int]) -> list[int]:
+        """In a private job, the nodes of organisations with a DP-SGD plan, one each (the lowest
+        id): a second node of the same organisation would train its rows again under one plan."""
+        chosen: dict[str, int] = {}
+        for node in sorted(nodes):
+            organisation = self.organisations.get(node, "")
+            if organisation in self.settings.dp_plans and organisation not in chosen:
+                chosen[organisation] = node
+        return sorted(chosen.values())
+
+    def _with_dp_plan(self, message: Message) -> Message:
+        """The train message for one member of a private job: its own plan, this round's steps and
+        the steps it took before (the strategy's messages share one record, so each gets a copy)."""
+        node = message.metadata.dst_node_id
+        organisation = self.organisations.get(node, "")
+        plan = self.settings.dp_plans[organisation]  # a private job admits only planned organisations
+        config = ConfigRecord(dict(message.content.config_records["config"]))
+        config["dp-plan"] = json.dumps(plan, sort_keys=True)
+        config["dp-round-steps"] = self.settings.dp_round_steps(organisation)
+        config["dp-prior-steps"] = self.dp_steps.get(organisation, 0)
+        content = RecordDict({"arrays": message.content.array_records["arrays"], "config": config})
+        return Message(
+            content=content,
+            dst_node_id=node,
+            message_type=message.metadata.message_type,
+            group_id=message.metadata.group_id,
+        )
+
+    def _dp_checked(
+        self, messages: Sequence[Message], ok: Sequence[Message]
+    ) -> tuple[list[Message], list[DropoutRecord]]:
+        """The replies of a private job whose member reports the planned DP-SGD round (its σ and C,
+        a Poisson rate no higher than planned, this round's steps after the earlier ones); any
+        other update is refused — never aggregated — and recorded as a dropout with the reason."""
+        sent = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        accepted: list[Message] = []
+        refused: list[DropoutRecord] = []
+        for reply in ok:
+            node = _reply_node(reply, sent)
+            organisation = self.organisations.get(node, "")
+            problem = self._dp_problem(organisation, _metrics_of(reply))
+            if problem:
+                log.warning("refused the update of node %s (%s): %s", node, organisation, problem)
+                refused.append(DropoutRecord(node_id=node, organisation=organisation, reason=problem))
+                continue
+            metrics = _metrics_of(reply)
+            self.dp_steps[organisation] = int(metrics["dp-total-steps"])
+            self.dp_reports[organisation] = metrics
+            accepted.append(reply)
+        return accepted, refused
+
+    def _dp_problem(self, organisation: str, metrics: Mapping[str, Any]) -> str:
+        """Why a member's reported round is not its plan's ("" when it is)."""
+        plan = self.settings.dp_plan_for(organisation)
+        if plan is None:
+            return "refused: no DP-SGD plan for this organisation"
+        keys = ("dp-steps", "dp-total-steps", "dp-noise-multiplier", "dp-max-grad-norm", "dp-sample-rate")
+        if any(not isinstance(metrics.get(k), (int, float)) for k in keys):
+            return "refused: the update does not report a DP-SGD round (trained without DP?)"
+        expected = self.settings.dp_round_steps(organisation)
+        before = self.dp_steps.get(organisation, 0)
+        problems = []
+        if int(metrics["dp-steps"]) != expected or int(metrics["dp-total-steps"]) != before + expected:
+            problems.append(
+                f"{metrics['dp-steps']:g} steps ({metrics['dp-total-steps']:g} in all), planned {expected} "
+                f"({before + expected} in all)"
+            )
+        if not math.isclose(float(metrics["dp-noise-multiplier"]), plan.noise_multiplier, rel_tol=1e-9):
+            problems.append(f"noise multiplier {metrics['dp-noise-multiplier']} ≠ {plan.noise_multiplier}")
+        if not math.isclose(float(metrics["dp-max-grad-norm"]), plan.max_grad_norm, rel_tol=1e-9):
+            problems.append(f"clipping norm {metrics['dp-max-grad-norm']} ≠ {plan.max_grad_norm}")
+        if float(metrics["dp-sample-rate"]) > plan.sample_rate * (1 + 1e-9):
+            problems.append(f"sample rate {metrics['dp-sample-rate']} above the planned {plan.sample_rate}")
+        return "refused: not the planned DP-SGD round: " + "; ".join(problems) if problems else ""
+
+    def privacy_report(self) -> dict[str, Any]:
+        """Per organisation, the guarantee its data has in the model: the plan (ε, δ, accountant,
+        σ, C, q, steps) and what its member reported doing."""
+        if not self.settings.private:
+            return {}
+        return {
+            organisation: {
+                "plan": plan,
+                "steps_taken": self.dp_steps.get(organisation, 0),
+                "reported_epsilon": self.dp_reports.get(organisation, {}).get("dp-epsilon"),
+            }
+            for organisation, plan in sorted(self.settings.dp_plans.items())
+        }
 
     def _dropouts(self, messages: Sequence[Message], replies: Sequence[Message]) -> list[DropoutRecord]:
         """The selected nodes that sent no update: an error reply, or no reply within the timeout."""
@@ -431,6 +535,7 @@ class _Job:
                 "train-config": self.config_json,
                 "test-fraction": settings.test_fraction,
                 "server-round": server_round,
+                "private": settings.private,
             }
         )
         content = RecordDict({"arrays": arrays, "config": config})
@@ -525,6 +630,8 @@ class _Job:
                 "strategy": self.settings.strategy,
                 "rounds": str(len(self.rounds)),
                 "job_id": self.settings.job_id,
+                # The guarantee travels with the adapter: per organisation, the DP-SGD it trained under.
+                "privacy": json.dumps(self.privacy_report(), sort_keys=True),
             },
         )
         self.write_report(status="succeeded", extra={"seconds": seconds})

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from training.config import TrainConfig, TrainingConfigError
+from training.privacy import DpSgdError, DpSgdPlan
 from training.validation import Rules, positive_int, problem, real, rule
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
@@ -30,6 +31,8 @@ NODE_LABEL_COLUMN = "label-column"
 NODE_ORGANISATION = "organisation"
 NODE_DELIMITER = "delimiter"
 NODE_DEVICE = "device"
+#: A member that sets ``require-dp=true`` trains only jobs that carry a DP-SGD plan for it.
+NODE_REQUIRE_DP = "require-dp"
 
 #: Run-config keys that map one-to-one onto ``TrainConfig`` fields.
 _TRAIN_KEYS = {
@@ -72,6 +75,7 @@ KNOWN_RUN_KEYS = frozenset(
         "callback-token",
         "callback-token-file",
         "job-id",
+        "dp-plans",
         *_TRAIN_KEYS,
     }
 )
@@ -165,6 +169,26 @@ class JobSettings:
         ""  # a file on the SuperLink host holding the token (kept out of the run config)
     )
     job_id: str = ""
+    # A DP job: organisation slug -> its member's priced DP-SGD plan (``DpSgdPlan.to_dict()``).
+    # Only a node of a planned organisation takes part (one node per organisation: two would train
+    # the same rows twice under one plan); none trains without its plan.
+    dp_plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def private(self) -> bool:
+        """Whether every member trains with record-level DP-SGD (the job carries their plans)."""
+        return bool(self.dp_plans)
+
+    def dp_plan_for(self, organisation: str) -> DpSgdPlan | None:
+        """The member's DP-SGD plan (None in a non-private job; a private job has one for each
+        of its participants, checked when the settings were read)."""
+        plan = self.dp_plans.get(organisation)
+        return DpSgdPlan(**plan) if plan is not None else None
+
+    def dp_round_steps(self, organisation: str) -> int:
+        """The DP-SGD steps the member takes each round: its plan's steps over the rounds."""
+        plan = self.dp_plan_for(organisation)
+        return plan.steps // self.num_rounds if plan is not None else 0
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> JobSettings:
@@ -182,6 +206,9 @@ class JobSettings:
         if problems:
             raise FederationConfigError("invalid federated job: " + "; ".join(problems))
         job = _RunConfig.model_validate(run_config)
+        dp_plans, dp_problems = _dp_plans(run_config.get("dp-plans", ""), job=job, train=train)
+        if dp_problems:
+            raise FederationConfigError("invalid federated job: " + "; ".join(dp_problems))
         return cls(
             train=train,
             strategy=job.strategy,
@@ -205,6 +232,7 @@ class JobSettings:
             callback_token=job.callback_token,
             callback_token_file=job.callback_token_file,
             job_id=job.job_id,
+            dp_plans=dp_plans,
         )
 
     def resolved_callback_token(self) -> str:
@@ -255,6 +283,55 @@ def _train_settings(run_config: Mapping[str, Any]) -> dict[str, Any]:
     train = config.to_dict()
     del train["text_column"], train["label_column"]
     return train
+
+
+def _dp_plans(
+    value: Any, *, job: _RunConfig, train: Mapping[str, Any]
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The ``dp-plans`` run-config value (a JSON object: organisation slug -> DP-SGD plan) checked
+    against the job: ``({}, [])`` for a non-private job, else the plans or every problem found."""
+    if value in ("", None):
+        return {}, []
+    try:
+        raw = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError as exc:
+        return {}, [f"dp-plans is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"]
+    if not isinstance(raw, dict) or not raw:
+        return {}, ["dp-plans must be a JSON object of organisation slug -> DP-SGD plan"]
+    problems: list[str] = []
+    plans: dict[str, dict[str, Any]] = {}
+    for organisation, fields in sorted(raw.items()):
+        try:
+            plan = DpSgdPlan(**fields) if isinstance(fields, dict) else None
+        except (DpSgdError, TypeError) as exc:
+            problems.append(f"dp-plans[{organisation!r}]: {exc}")
+            continue
+        if plan is None:
+            problems.append(f"dp-plans[{organisation!r}] must be an object")
+            continue
+        if plan.rows is None or plan.batch_size is None:
+            problems.append(f"dp-plans[{organisation!r}] must state the rows and the batch size it priced")
+        elif plan.batch_size != train.get("batch_size"):
+            problems.append(
+                f"dp-plans[{organisation!r}] priced batches of {plan.batch_size}, "
+                f"the job trains with {train.get('batch_size')}"
+            )
+        if plan.steps % job.num_rounds:
+            problems.append(
+                f"dp-plans[{organisation!r}]: {plan.steps} steps do not split evenly over {job.num_rounds} rounds"
+            )
+        plans[organisation] = plan.to_dict()
+    if job.strategy == "fedprox":
+        problems.append(
+            "a DP job cannot use fedprox: its proximal term is not part of the priced DP-SGD step"
+        )
+    participants = job.participants
+    if participants.open:
+        problems.append("a DP job names its participants (organisations or registered nodes)")
+    missing = sorted(participants.organisations - set(raw))
+    if missing:
+        problems.append(f"dp-plans has no plan for participant(s) {missing}")
+    return plans, problems
 
 
 def _strategy_name(value: Any) -> str:
@@ -348,6 +425,7 @@ class NodeSettings:
     organisation: str = ""
     delimiter: str | None = None
     device: str | None = None
+    require_dp: bool = False
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, Any]) -> NodeSettings:
@@ -368,4 +446,6 @@ class NodeSettings:
             organisation=str(node_config.get(NODE_ORGANISATION, "")),
             delimiter=delimiter,
             device=str(node_config.get(NODE_DEVICE)) if node_config.get(NODE_DEVICE) else None,
+            require_dp=str(node_config.get(NODE_REQUIRE_DP, "")).strip().lower()
+            in ("1", "true", "yes", "on"),
         )

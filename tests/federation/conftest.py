@@ -38,3 +38,36 @@ def task_identity():
     TaskIdentity._run_id, TaskIdentity._node_id = saved[0], saved[1]
     if hasattr(TaskIdentity, "_task_id"):
         TaskIdentity._task_id = saved[2]
+
+
+def write_tsv(path: Path, n: int, seed: int) -> Path:
+    texts, labels = make_texts(n, seed=seed)
+    path.write_text(
+        "Label\tSMS\n" + "".join(f"{label}\t{text}\n" for text, label in zip(texts, labels, strict=True)),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture
+def three_nodes(tmp_path):
+    return {
+        101: {
+            "data-path": str(write_tsv(tmp_path / "a.tsv", 40, 11)),
+            "text-column": "SMS",
+            "label-column": "Label",
+            "organisation": "acme",
+        },
+        202: {
+            "data-path": str(write_tsv(tmp_path / "b.tsv", 40, 12)),
+            "text-column": "SMS",
+            "label-column": "Label",
+            "organisation": "globex",
+        },
+        303: {
+            "data-path": str(write_tsv(tmp_path / "c.tsv", 40, 13)),
+            "text-column": "SMS",
+            "label-column": "Label",
+            "organisation": "initech",
+        },
+    }

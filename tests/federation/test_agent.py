@@ -84,6 +84,22 @@ def test_run_requires_tls_unless_insecure_is_asked_for(tmp_path, monkeypatch):
     assert f'data-path="{data.resolve()}"' in node_config and 'organisation="acme"' in node_config
 
 
+def test_a_member_that_requires_dp_says_so_in_its_node_config(tmp_path, monkeypatch):
+    from federation import agent
+    from federation.flower.settings import NodeSettings
+
+    started = []
+    monkeypatch.setattr(agent.os, "execvp", lambda program, args: started.append(args))
+    data = tmp_path / "local.tsv"
+    data.write_text("Label\tSMS\nham\thi\n", encoding="utf-8")
+    base = ["run", *ROOT_ARGS, "--data", str(data), "--skip-preflight", "--insecure"]
+    assert main(base) == 0 and main([*base, "--require-dp"]) == 0
+    plain, private = (command[command.index("--node-config") + 1] for command in started)
+    assert "require-dp" not in plain and 'require-dp="true"' in private
+    assert NodeSettings.from_node_config({"data-path": str(data), "require-dp": "true"}).require_dp
+    assert not NodeSettings.from_node_config({"data-path": str(data)}).require_dp
+
+
 def test_flower_tls_command_issues_a_server_certificate_for_the_named_hosts(tmp_path):
     from cryptography import x509
 

@@ -7,7 +7,6 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from itertools import count
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,17 +15,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 
 from federation.flower.reporting import HttpCallbackReporter, JsonLinesReporter, MemoryReporter
 from federation.flower.settings import JobFailed, JobSettings
-from tests.training.conftest import make_texts
 from training.config import TrainingDataError
-
-
-def write_tsv(path: Path, n: int, seed: int) -> Path:
-    texts, labels = make_texts(n, seed=seed)
-    path.write_text(
-        "Label\tSMS\n" + "".join(f"{label}\t{text}\n" for text, label in zip(texts, labels, strict=True)),
-        encoding="utf-8",
-    )
-    return path
 
 
 def settings_for(tiny_model_dir, tmp_path, **overrides):
@@ -82,30 +71,6 @@ class InProcessGrid:
             )
             replies.append(app(message, context))
         return replies
-
-
-@pytest.fixture
-def three_nodes(tmp_path):
-    return {
-        101: {
-            "data-path": str(write_tsv(tmp_path / "a.tsv", 40, 11)),
-            "text-column": "SMS",
-            "label-column": "Label",
-            "organisation": "acme",
-        },
-        202: {
-            "data-path": str(write_tsv(tmp_path / "b.tsv", 40, 12)),
-            "text-column": "SMS",
-            "label-column": "Label",
-            "organisation": "globex",
-        },
-        303: {
-            "data-path": str(write_tsv(tmp_path / "c.tsv", 40, 13)),
-            "text-column": "SMS",
-            "label-column": "Label",
-            "organisation": "initech",
-        },
-    }
 
 
 # ----------------------------------------------------------------------------- ClientApp
