@@ -79,6 +79,7 @@ urlpatterns = [
         name="join_request_decide",
     ),
     path("audit-events", audit.AuditEventListApi.as_view(), name="audit_events"),
+    path("operator/overview", organisations.OperatorOverviewApi.as_view(), name="operator_overview"),
     path("datasets", datasets.DatasetListRegisterApi.as_view(), name="datasets"),
     path("datasets/<slug:organisation>/<slug:slug>", datasets.DatasetDetailApi.as_view(), name="dataset"),
     path(
@@ -127,11 +128,38 @@ urlpatterns = [
         queries.QueryPreviewApi.as_view(),
         name="query_preview",
     ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/queries/plan",
+        queries.QueryPlanApi.as_view(),
+        name="query_plan",
+    ),
     path("queries/<int:query_id>", queries.QueryDetailApi.as_view(), name="query"),
     path(
         "datasets/<slug:organisation>/<slug:slug>/agreement/accept",
         datasets.AgreementAcceptApi.as_view(),
         name="dataset_agreement_accept",
+    ),
+    path("catalogue", datasets.CatalogueApi.as_view(), name="catalogue"),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/listing",
+        datasets.DatasetListingApi.as_view(),
+        name="dataset_listing",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/access-requests",
+        datasets.DatasetAccessRequestListCreateApi.as_view(),
+        name="dataset_access_requests",
+    ),
+    path("access-requests", datasets.AccessRequestListApi.as_view(), name="access_requests"),
+    path(
+        "access-requests/<int:request_id>/decide",
+        datasets.AccessRequestDecideApi.as_view(),
+        name="access_request_decide",
+    ),
+    path(
+        "access-requests/<int:request_id>/withdraw",
+        datasets.AccessRequestWithdrawApi.as_view(),
+        name="access_request_withdraw",
     ),
     path("federated-jobs", federation.JobListCreateApi.as_view(), name="federated_jobs"),
     path("federated-jobs/<int:job_id>", federation.JobDetailApi.as_view(), name="federated_job"),
@@ -157,6 +185,11 @@ urlpatterns = [
         name="federated_job_artifact",
     ),
     path("federated-jobs/<int:job_id>/events", federation.JobEventApi.as_view(), name="federated_job_events"),
+    path(
+        "federated-jobs/<int:job_id>/privacy",
+        federation.JobPrivacyApi.as_view(),
+        name="federated_job_privacy",
+    ),
     path(
         "organisations/<slug:slug>/supernode-keys",
         federation.SuperNodeKeyListCreateApi.as_view(),

@@ -4,6 +4,7 @@
     clearinghouse datasets
     clearinghouse agreement org-a/pums --accept
     clearinghouse preview org-a/pums --sql "SELECT educ, COUNT(*) FROM pums GROUP BY educ" --epsilon 0.5
+    clearinghouse plan org-a/pums --sql "SELECT educ, COUNT(*) FROM pums GROUP BY educ" --target 50 --curve
     clearinghouse query org-a/pums --sql "SELECT educ, COUNT(*) FROM pums GROUP BY educ" --epsilon 0.5 --csv out.csv
 
 The URL and token come from CLEARINGHOUSE_URL / CLEARINGHOUSE_TOKEN when set, otherwise from
@@ -305,6 +306,19 @@ def cmd_agreement(args) -> int:
     return 0
 
 
+def _read_spec(path: str) -> dict:
+    """A query spec from a JSON file ('-': standard input)."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8")) if path != "-" else json.load(sys.stdin)
+    except OSError as exc:
+        raise ClearinghouseError(0, "invalid_arguments", f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ClearinghouseError(0, "invalid_arguments", f"{path} is not JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise ClearinghouseError(0, "invalid_arguments", f"{path} must hold a JSON object (a query spec)")
+    return spec
+
+
 def _query_args(args) -> dict:
     privacy: dict[str, float] = {}
     if args.epsilon is not None:
@@ -319,20 +333,7 @@ def _query_args(args) -> dict:
                 0, "invalid_arguments", "give the privacy loss: --epsilon E (or --rho R)"
             )
         return {"sql": args.sql, "privacy": privacy}
-    try:
-        spec = (
-            json.loads(Path(args.spec).read_text(encoding="utf-8"))
-            if args.spec != "-"
-            else json.load(sys.stdin)
-        )
-    except OSError as exc:
-        raise ClearinghouseError(0, "invalid_arguments", f"cannot read {args.spec}: {exc.strerror}") from None
-    except ValueError as exc:
-        raise ClearinghouseError(0, "invalid_arguments", f"{args.spec} is not JSON: {exc}") from None
-    if not isinstance(spec, dict):
-        raise ClearinghouseError(
-            0, "invalid_arguments", f"{args.spec} must hold a JSON object (a query spec)"
-        )
+    spec = _read_spec(args.spec)
     if not privacy and "privacy" not in spec:
         raise ClearinghouseError(0, "invalid_arguments", "give the privacy loss: --epsilon E (or --rho R)")
     return {"spec": spec, "privacy": privacy or None}
@@ -381,6 +382,85 @@ def cmd_preview(args) -> int:
     pairs.append(("version", preview.get("version")))
     print_pairs(pairs)
     print("\nA preview spends nothing.")
+    return 0
+
+
+def _plan_args(args) -> dict:
+    if args.target is None and not args.curve and not args.levels:
+        raise ClearinghouseError(
+            0, "invalid_arguments", "give --target HALF_WIDTH, or ask for the curve: --curve or --levels"
+        )
+    levels = None
+    if args.levels:
+        try:
+            levels = [float(x) for x in args.levels.split(",") if x.strip()]
+        except ValueError:
+            raise ClearinghouseError(
+                0, "invalid_arguments", f"--levels takes numbers separated by commas, not {args.levels!r}"
+            ) from None
+    privacy: dict[str, float] = {}
+    if args.delta is not None:
+        privacy["delta"] = args.delta
+    if args.sql is not None:
+        what: dict[str, Any] = {"sql": args.sql}
+    else:
+        what = {"spec": _read_spec(args.spec)}
+    return {**what, "privacy": privacy or None, "target": args.target, "curve": args.curve, "levels": levels}
+
+
+def cmd_plan(args) -> int:
+    with make_client(args) as client:
+        plan = client.plan(args.dataset, **_plan_args(args))
+    if args.json:
+        print_json(plan)
+        return 0
+    name = "ε" if plan.get("measure") == "epsilon" else "ρ"
+    preview = plan.get("preview")
+    if preview is not None:
+        print(f"least {name} for ±{fmt(plan.get('target_half_width'))} at 95%: {fmt(plan.get('level'))}")
+        print(f"cost at that level: {cost_text(preview.get('cost'))}\n")
+        print_table(
+            ["AGGREGATE", "TYPE", "MECHANISM", "±95%"],
+            [
+                [a.get("name"), a.get("type"), a.get("mechanism"), a.get("half_width_95")]
+                for a in preview.get("aggregates") or []
+            ],
+            right={3},
+        )
+        for item in plan.get("unplanned") or []:
+            print(f"not planned: {item.get('aggregate')}: {item.get('reason')}")
+        for warning in preview.get("warnings") or []:
+            print(f"warning ({warning.get('code')}): {warning.get('message')}")
+    curve = plan.get("curve")
+    if curve:
+        names = [
+            n
+            for n in curve[0].get("half_widths") or {}
+            if any(p["half_widths"].get(n) is not None for p in curve)
+        ]
+        means = list(curve[0].get("min_group_sizes") or {})
+        if preview is not None:
+            print()
+        print_table(
+            [
+                str(plan.get("measure") or "level").upper(),
+                *[f"±{n}" for n in names],
+                *[f"{m} n≥" for m in means],
+            ],
+            [
+                [
+                    p.get("level"),
+                    *[p["half_widths"].get(n) for n in names],
+                    *[p["min_group_sizes"].get(m) for m in means],
+                ]
+                for p in curve
+            ],
+            right=set(range(1 + len(names) + len(means))),
+        )
+    left = plan.get("left") or {}
+    if left:
+        print(f"\nleft to you: {fmt(left.get('organisation'))}")
+    print("A plan spends nothing.")
     return 0
 
 
@@ -504,6 +584,23 @@ def build_parser() -> argparse.ArgumentParser:
                 "--wait", type=float, default=120, help="seconds to wait for the release (default 120)"
             )
         command.set_defaults(func=func)
+
+    plan = sub.add_parser(
+        "plan",
+        parents=[common],
+        help="the least ε (or ρ) for a 95%% half-width, and the accuracy curve (free)",
+    )
+    plan.add_argument("dataset", metavar="ORG/SLUG")
+    what = plan.add_mutually_exclusive_group(required=True)
+    what.add_argument("--sql", help="SQL in the supported subset")
+    what.add_argument("--spec", metavar="FILE.json", help="a query spec in JSON ('-': standard input)")
+    plan.add_argument(
+        "--target", type=float, help="the 95%% half-width every count and sum must meet, e.g. 50"
+    )
+    plan.add_argument("--curve", action="store_true", help="also show half-widths at a few levels")
+    plan.add_argument("--levels", metavar="L1,L2,...", help="the curve's levels (ε, or ρ under zCDP)")
+    plan.add_argument("--delta", type=float, help="δ, under an approximate-DP policy")
+    plan.set_defaults(func=cmd_plan)
 
     history = sub.add_parser("history", parents=[common], help="your organisation's queries on a dataset")
     history.add_argument("dataset", metavar="ORG/SLUG")

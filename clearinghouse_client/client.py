@@ -298,6 +298,30 @@ class Client:
             "POST", self._dataset_path(ref) + "/queries/preview", json=self._query_body(sql, spec, privacy)
         )[1]
 
+    def plan(
+        self,
+        ref: str,
+        *,
+        sql: str | None = None,
+        spec: dict | None = None,
+        target: float | None = None,
+        privacy: dict | None = None,
+        curve: bool = False,
+        levels: list[float] | None = None,
+    ) -> dict:
+        """Plans a query by accuracy; spends nothing. With `target` (a 95% half-width), the least ε (ρ
+        under zCDP) at which every count and sum meets it, as `level`, with the `preview` at that level
+        (and its `warnings`); with `curve` (or `levels`), the half-widths at several levels as `curve`.
+        Give no ε/ρ with a target (`privacy` may carry δ)."""
+        body = self._query_body(sql, spec, privacy)
+        if body.get("privacy", {}) is None:
+            del body["privacy"]
+        body["target_half_width"] = target
+        body["curve"] = bool(curve)
+        if levels is not None:
+            body["levels"] = list(levels)
+        return self._request("POST", self._dataset_path(ref) + "/queries/plan", json=body)[1]
+
     def query(
         self,
         ref: str,

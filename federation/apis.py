@@ -37,6 +37,7 @@ from .services import (
     job_create,
     job_event_record,
     job_participation_decide,
+    job_privacy_preview,
     job_schedule,
     supernode_key_add,
     supernode_key_revoke,
@@ -74,6 +75,9 @@ def job_body(job: FederatedJob, *, actor, detail: bool = False) -> dict:
         "num_rounds": job.num_rounds,
         "min_clients": job.min_clients,
         "settings": job.settings,
+        "privacy": None
+        if not job.is_private
+        else {"epsilon": job.dp_epsilon, "delta": job.dp_delta, "max_grad_norm": job.dp_max_grad_norm},
         "created_at": job.created_at,
         "scheduled_at": job.scheduled_at,
         "started_at": job.started_at,
@@ -120,6 +124,19 @@ class JobTaskOutputSerializer(serializers.Serializer):
     labels = serializers.ListField(child=serializers.CharField())
 
 
+class JobPrivacySerializer(serializers.Serializer):
+    """A private job's target: every participating dataset's rows are (ε, δ)-DP in the model."""
+
+    class Meta:
+        ref_name = "FederatedJobPrivacy"
+
+    epsilon = serializers.FloatField(help_text="Target ε per participating dataset (> 0).")
+    delta = serializers.FloatField(help_text="δ per participating dataset (0 < δ < 1/rows).")
+    max_grad_norm = serializers.FloatField(
+        required=False, default=1.0, help_text="DP-SGD's per-example clipping norm C (> 0)."
+    )
+
+
 class JobOutputSerializer(serializers.Serializer):
     """`job_body`: a job as lists show it."""
 
@@ -138,6 +155,9 @@ class JobOutputSerializer(serializers.Serializer):
     num_rounds = serializers.IntegerField()
     min_clients = serializers.IntegerField()
     settings = serializers.DictField()
+    privacy = JobPrivacySerializer(
+        allow_null=True, help_text="A private job's DP-SGD target; null: trained without DP."
+    )
     created_at = serializers.DateTimeField()
     scheduled_at = serializers.DateTimeField(allow_null=True)
     started_at = serializers.DateTimeField(allow_null=True)
@@ -234,6 +254,13 @@ class JobListCreateApi(APIView):
             help_text='Further run-config values, e.g. {"lora-r": 8, "batch-size": 16}.',
         )
         participants = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=1000)
+        privacy = serializers.DictField(
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="A private job: {epsilon, delta, max_grad_norm}, the DP-SGD target per participating "
+            "dataset, priced and debited from each dataset's budget at schedule. Omitted: not private.",
+        )
 
     @extend_schema(responses=JobOutputSerializer(many=True), operation_id="federated_jobs_list")
     def get(self, request):
@@ -260,6 +287,64 @@ class JobDetailApi(APIView):
     @extend_schema(responses=JobDetailOutputSerializer, operation_id="federated_jobs_get")
     def get(self, request, job_id: int):
         return Response(job_body(job_get(actor=request.user, job_id=job_id), actor=request.user, detail=True))
+
+
+class JobPlanOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "FederatedJobDpPlan"
+
+    target_epsilon = serializers.FloatField()
+    epsilon = serializers.FloatField(help_text="The accountant's ε for (σ, q, steps) at δ (≤ the target).")
+    delta = serializers.FloatField()
+    noise_multiplier = serializers.FloatField(help_text="σ: the Gaussian noise is σ·C.")
+    max_grad_norm = serializers.FloatField(help_text="C: each example's gradient is clipped to it.")
+    sample_rate = serializers.FloatField(help_text="q: Poisson sampling rate (batch size / training rows).")
+    steps = serializers.IntegerField(help_text="DP-SGD steps over all rounds.")
+    batch_size = serializers.IntegerField(allow_null=True)
+    accountant = serializers.CharField()
+
+
+class JobRefusalOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "FederatedJobPriceRefusal"
+
+    code = serializers.CharField()
+    detail = serializers.CharField()
+
+
+class JobPriceOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "FederatedJobParticipantPrice"
+
+    organisation = serializers.CharField()
+    status = serializers.ChoiceField(choices=ParticipantStatus.choices)
+    dataset = serializers.CharField(allow_null=True, help_text="'owner/slug' of a registered dataset.")
+    plan = JobPlanOutputSerializer(allow_null=True, help_text="Null: not private, or refused.")
+    debited = serializers.BooleanField(help_text="Whether the dataset's budget paid it (at schedule).")
+    refusal = JobRefusalOutputSerializer(allow_null=True, help_text="Why it cannot take part as it is.")
+
+
+class JobPrivacyOutputSerializer(serializers.Serializer):
+    """`job_privacy_preview`."""
+
+    class Meta:
+        ref_name = "FederatedJobPrivacyPreview"
+
+    private = serializers.BooleanField()
+    epsilon = serializers.FloatField(allow_null=True)
+    delta = serializers.FloatField(allow_null=True)
+    max_grad_norm = serializers.FloatField(allow_null=True)
+    participants = JobPriceOutputSerializer(many=True)
+
+
+class JobPrivacyApi(APIView):
+    """What a private job costs each participating dataset (σ, steps, q, the accountant's ε) before it
+    is scheduled and debited, or why a participant cannot take part; for the job's viewers."""
+
+    @extend_schema(responses=JobPrivacyOutputSerializer, operation_id="federated_jobs_privacy")
+    def get(self, request, job_id: int):
+        job = job_get(actor=request.user, job_id=job_id)
+        return Response(job_privacy_preview(job=job))
 
 
 class JobParticipationApi(APIView):

@@ -48,6 +48,23 @@ class JobForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": '{"lora-r": 8, "batch-size": 16}'}),
         help_text="Optional further training settings, as a JSON object.",
     )
+    # A private job: all three empty means not private (the service checks the values).
+    epsilon = forms.FloatField(
+        required=False,
+        label="Privacy: target ε per dataset (optional)",
+        help_text="Train with DP-SGD so each participating dataset's rows are (ε, δ)-DP in the model, "
+        "paid from its privacy budget when the job is scheduled; empty: not private.",
+    )
+    delta = forms.FloatField(
+        required=False,
+        label="Privacy: δ per dataset",
+        help_text="The failure probability, below 1/rows of every dataset (e.g. 1e-5); needed with ε.",
+    )
+    max_grad_norm = forms.FloatField(
+        required=False,
+        label="Privacy: clipping norm C",
+        help_text="Each example's gradient is clipped to this L2 norm before the noise (empty: 1.0).",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -80,6 +97,9 @@ class JobForm(forms.Form):
         """The cleaned form as `job_create`'s keyword arguments."""
         data = dict(self.cleaned_data)
         data["participants"] = [{"organisation": slug} for slug in data["participants"]]
+        privacy = {key: data.pop(key) for key in ("epsilon", "delta", "max_grad_norm")}
+        given = {key: value for key, value in privacy.items() if value is not None}
+        data["privacy"] = given or None
         return data
 
 

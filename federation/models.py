@@ -56,6 +56,13 @@ class FederatedJob(models.Model):
         blank=True,
         help_text="Further run-config values (lora, lora-r, batch-size, learning-rate, ...).",
     )
+    # A private job (dp_epsilon set): every participant trains with record-level DP-SGD at (ε, δ) on
+    # its data, priced per participating dataset and debited from its privacy budget at schedule.
+    dp_epsilon = models.FloatField(
+        null=True, blank=True, help_text="Target ε per dataset; null: not private."
+    )
+    dp_delta = models.FloatField(null=True, blank=True, help_text="δ per dataset (a private job only).")
+    dp_max_grad_norm = models.FloatField(default=1.0, help_text="DP-SGD's per-example clipping norm C.")
     state = models.CharField(max_length=16, choices=JobState.choices, default=JobState.DRAFT)
     reason = models.TextField(blank=True, help_text="Why the job failed or was cancelled.")
     flower_run_id = models.CharField(max_length=40, blank=True)
@@ -74,6 +81,12 @@ class FederatedJob(models.Model):
             models.CheckConstraint(
                 condition=~Q(state="running") | ~Q(flower_run_id=""), name="running_job_has_run"
             ),
+            models.CheckConstraint(
+                condition=(Q(dp_epsilon__isnull=True) & Q(dp_delta__isnull=True))
+                | (Q(dp_epsilon__gt=0) & Q(dp_delta__gt=0) & Q(dp_delta__lt=1)),
+                name="job_privacy_loss_valid",
+            ),
+            models.CheckConstraint(condition=Q(dp_max_grad_norm__gt=0), name="job_max_grad_norm_positive"),
         ]
 
     def __str__(self) -> str:
@@ -82,6 +95,11 @@ class FederatedJob(models.Model):
     @property
     def is_final(self) -> bool:
         return self.state in FINAL_STATES
+
+    @property
+    def is_private(self) -> bool:
+        """Whether the job trains with DP-SGD (and is paid from its datasets' privacy budgets)."""
+        return self.dp_epsilon is not None
 
 
 class ParticipantStatus(models.TextChoices):
@@ -106,6 +124,9 @@ class JobParticipant(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     decided_at = models.DateTimeField(null=True, blank=True)
+    # A private job's priced DP-SGD plan for this member (`DpSgdPlan.to_dict()`), stored when the job
+    # is scheduled and its dataset's budget debited; null until then and in a non-private job.
+    dp_plan = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["organisation__slug"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.files.storage import default_storage
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from clearinghouse.core.errors import NotFound, PermissionDenied
 from clearinghouse.organisations.models import Organisation
@@ -19,6 +19,7 @@ from clearinghouse.organisations.selectors import (
     membership_active,
     organisation_visible,
     require_capability,
+    require_operator,
     user_capabilities,
 )
 from federation.flower.reporting import ClientRecord, RoundRecord
@@ -130,7 +131,43 @@ def job_report_shared(report: Any) -> dict[str, Any]:
     shared: dict[str, Any] = {key: report[key] for key in ("status", "rounds_completed") if key in report}
     if "final_evaluation" in report:
         shared["final_evaluation"] = job_evaluation_shared(report["final_evaluation"])
+    guarantee = job_privacy_guarantee(report)
+    if guarantee:
+        shared["privacy"] = guarantee
     return shared
+
+
+# What the model's report says of each member's DP-SGD (the ServerApp's `privacy` section): the plan
+# as priced, without its row count, and the steps the member reported taking.
+GUARANTEE_SHARED = (
+    "target_epsilon",
+    "epsilon",
+    "delta",
+    "noise_multiplier",
+    "max_grad_norm",
+    "sample_rate",
+    "steps",
+    "accountant",
+)
+
+
+def job_privacy_guarantee(report: Any) -> dict[str, dict[str, Any]]:
+    """Per organisation, the guarantee its data has in a private job's model (ε, δ, accountant, σ, C,
+    q, steps, and the steps its member took), from the stored report's `privacy` section; empty for a
+    model trained without DP."""
+    section = report.get("privacy") if isinstance(report, dict) else None
+    if not isinstance(section, dict):
+        return {}
+    guarantee = {}
+    for organisation, entry in sorted(section.items()):
+        plan = entry.get("plan") if isinstance(entry, dict) else None
+        if not isinstance(plan, dict):
+            continue
+        guarantee[str(organisation)] = {
+            **{key: plan.get(key) for key in GUARANTEE_SHARED},
+            "steps_taken": entry.get("steps_taken"),
+        }
+    return guarantee
 
 
 def job_flower_run_id_visible(*, actor: Any, job: FederatedJob) -> str | None:
@@ -190,3 +227,24 @@ def supernode_key_get(*, actor: Any, key_id: int) -> SuperNodeKey:
     if key is None or not organisation_visible(actor=actor, organisation_id=key.organisation_id):
         raise NotFound("Key not found.")
     return key
+
+
+def jobs_overview(*, actor: Any, q: str = "") -> QuerySet[FederatedJob]:
+    """The operators' consortium overview (`portal:operator_overview`, `GET /api/v1/operator/overview`):
+    every federated job as `job_list` gives it to operators (with `rounds_done`), with
+    `participants_count` (organisations invited) and `participants_accepted`. `q` keeps the jobs whose
+    name, or one of whose participants' name or slug, holds it. Operators only (PermissionDenied
+    otherwise)."""
+    require_operator(actor=actor)
+    jobs = job_list(actor=actor).annotate(
+        participants_count=Count("participants", distinct=True),
+        participants_accepted=Count(
+            "participants", filter=Q(participants__status=ParticipantStatus.ACCEPTED), distinct=True
+        ),
+    )
+    if q:
+        named = JobParticipant.objects.filter(
+            Q(organisation__name__icontains=q) | Q(organisation__slug__icontains=q)
+        ).values("job_id")
+        jobs = jobs.filter(Q(name__icontains=q) | Q(pk__in=named))
+    return jobs

@@ -7,12 +7,15 @@ reconcile, key registration); the web process only changes the database and enqu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import math
 import secrets
 import shutil
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -29,17 +32,21 @@ from django.utils import timezone
 
 from clearinghouse.audit.services import audit_lock, audit_record
 from clearinghouse.core.enqueue import enqueue_on_commit
-from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
 from clearinghouse.core.metrics import FEDERATED_ROUNDS, count_on_commit
 from clearinghouse.core.text import clean_name
 from clearinghouse.datasets.models import Dataset
-from clearinghouse.datasets.selectors import dataset_grant_active
+from clearinghouse.datasets.selectors import dataset_grant_active, dataset_version_latest_ready
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_FEDERATION
 from clearinghouse.organisations.selectors import require_capability, require_operator
+from clearinghouse.queries.ledger import MAX_PRIVACY_AMOUNT, budget_debit_training
+from clearinghouse.queries.models import PrivacyBudget, PrivacyMeasure, TrainingPolicy
 from federation.flower.control import RUN_COMPLETED, RUN_FAILED, FlowerControlError, SuperLinkControl
 from federation.flower.reporting import RoundRecord
 from federation.flower.settings import KNOWN_RUN_KEYS, FederationConfigError, JobSettings
+from federation.selectors import GUARANTEE_SHARED
+from training.privacy import DpSgdError, DpSgdPlan, train_rows
 
 from .models import (
     FederatedJob,
@@ -70,6 +77,7 @@ SERVICE_KEYS = frozenset(
         "callback-url",
         "callback-token",
         "callback-token-file",
+        "dp-plans",  # a private job's priced plans: the service's, set when the job is scheduled
     }
 )
 TUNABLE_KEYS = KNOWN_RUN_KEYS - SERVICE_KEYS
@@ -102,6 +110,9 @@ def _run_config(job: FederatedJob, *, participants: str = "", callback: bool = F
             "participants": participants,
         }
     )
+    plans = _dp_plans(job)
+    if plans:
+        config["dp-plans"] = json.dumps(plans, sort_keys=True)
     if callback:
         workdir = job_workdir(job)
         config.update(
@@ -116,10 +127,23 @@ def _run_config(job: FederatedJob, *, participants: str = "", callback: bool = F
     return config
 
 
-def _validate_settings(job: FederatedJob) -> None:
+def _dp_plans(job: FederatedJob) -> dict[str, dict[str, Any]]:
+    """A private job's priced DP-SGD plans, organisation slug -> plan (stored on its accepted
+    participants when it was scheduled); empty for a non-private job or one not yet priced."""
+    if not job.is_private or job.pk is None:
+        return {}
+    return {
+        p.organisation.slug: dict(p.dp_plan or {})
+        for p in job.participants.filter(status=ParticipantStatus.ACCEPTED, dp_plan__isnull=False)
+        .select_related("organisation")
+        .order_by("organisation__slug")
+    }
+
+
+def _validate_settings(job: FederatedJob, *, participants: str = "") -> None:
     """Every problem of the job's settings at once, in the ServerApp's own words."""
     try:
-        JobSettings.from_run_config(_run_config(job))
+        JobSettings.from_run_config(_run_config(job, participants=participants))
     except FederationConfigError as exc:
         raise ValidationFailed(str(exc), code="invalid_job_settings") from exc
 
@@ -204,9 +228,19 @@ def job_create(
     num_rounds: int = 3,
     min_clients: int = 2,
     settings: dict[str, Any] | None = None,
+    privacy: dict[str, Any] | None = None,
 ) -> FederatedJob:
-    """Operators create a job in draft with the organisations they invite."""
+    """Operators create a job in draft with the organisations they invite. `privacy` ({epsilon,
+    delta, max_grad_norm}) makes it a private job: every participant trains with DP-SGD at (ε, δ) on
+    its registered dataset, priced and paid from that dataset's budget when the job is scheduled."""
     require_operator(actor=actor)
+    dp_epsilon, dp_delta, dp_max_grad_norm = _privacy_loss(privacy)
+    if dp_epsilon is not None and strategy == "fedprox":
+        raise ValidationFailed(
+            "A private job cannot use fedprox: its proximal term is not part of the priced DP-SGD step.",
+            code="invalid_job_settings",
+            fields={"strategy": ["Not with DP-SGD."]},
+        )
     extra = dict(settings or {})
     unknown = sorted(set(extra) - TUNABLE_KEYS)
     if unknown:
@@ -226,6 +260,9 @@ def job_create(
         num_rounds=num_rounds,
         min_clients=min_clients,
         settings=extra,
+        dp_epsilon=dp_epsilon,
+        dp_delta=dp_delta,
+        dp_max_grad_norm=dp_max_grad_norm,
     )
     _validate_settings(job)
     if min_clients > len(participants):
@@ -259,6 +296,9 @@ def job_create(
             "participants": sorted(seen),
             "strategy": strategy,
             "num_rounds": num_rounds,
+            "privacy": None
+            if dp_epsilon is None
+            else {"epsilon": dp_epsilon, "delta": dp_delta, "max_grad_norm": dp_max_grad_norm},
         },
     )
     return job
@@ -331,9 +371,308 @@ def _participant_nodes(job: FederatedJob) -> tuple[list[JobParticipant], list[st
     return accepted, nodes
 
 
+# ----------------------------------------------------------------------------- private jobs
+PRIVACY_KEYS = frozenset({"epsilon", "delta", "max_grad_norm"})
+
+
+def _privacy_loss(privacy: dict[str, Any] | None) -> tuple[float | None, float | None, float]:
+    """(ε, δ, C) of a private job, or (None, None, 1.0) for a non-private one: ε > 0 and C > 0
+    finite, 0 < δ < 1 (`invalid_privacy_loss` otherwise)."""
+    if privacy is None:
+        return None, None, 1.0
+
+    def refuse(field: str, rule: str) -> ValidationFailed:
+        return ValidationFailed(
+            f"privacy.{field} must be {rule}.",
+            code="invalid_privacy_loss",
+            fields={field: [f"Must be {rule}."]},
+        )
+
+    if not isinstance(privacy, dict):
+        raise ValidationFailed(
+            "privacy must be an object {epsilon, delta, max_grad_norm}.", code="invalid_privacy_loss"
+        )
+    unknown = sorted(set(privacy) - PRIVACY_KEYS)
+    if unknown:
+        raise ValidationFailed(f"Unknown privacy keys {unknown}.", code="invalid_privacy_loss")
+    values = {}
+    for field, rule in (
+        ("epsilon", "a finite number above 0"),
+        ("delta", "a number strictly between 0 and 1"),
+        ("max_grad_norm", "a finite number above 0"),
+    ):
+        value = privacy.get(field, 1.0 if field == "max_grad_norm" else None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise refuse(field, rule)
+        if value <= 0 or value > MAX_PRIVACY_AMOUNT or (field == "delta" and value >= 1):
+            raise refuse(field, rule)
+        values[field] = float(value)
+    return values["epsilon"], values["delta"], values["max_grad_norm"]
+
+
+@dataclass(frozen=True)
+class ParticipantPrice:
+    """One participant of a job as priced: its DP-SGD plan, or why it cannot take part (`refusal`,
+    an ApplicationError with a stable code, its message naming the organisation)."""
+
+    participant: JobParticipant
+    plan: DpSgdPlan | None = None
+    refusal: ApplicationError | None = None
+
+    @property
+    def debited(self) -> bool:
+        """Whether its dataset's budget paid for it (the plan is stored when the job is scheduled)."""
+        return self.participant.dp_plan is not None
+
+
+# DpSgdError codes whose own message states a member's row count: the refusal says what to change
+# without it (the clearinghouse never shows a dataset's exact size to anyone but its owner).
+_ROW_FREE_MESSAGES = {
+    "delta_too_large": "δ = {delta:g} is not below 1/n for the n rows it trains on; choose a smaller δ.",
+    "invalid_sample_rate": "its training rows are fewer than one batch; choose a smaller batch-size.",
+    "too_few_rows": "its dataset has too few rows to split into train and test.",
+}
+
+
+def _training_policy_of(participant: JobParticipant) -> PrivacyBudget | None:
+    return (
+        PrivacyBudget.objects.filter(dataset=participant.dataset).first() if participant.dataset_id else None
+    )
+
+
+@functools.lru_cache(maxsize=512)
+def _plan(
+    rows: int,
+    batch_size: int,
+    rounds: int,
+    epsilon: float,
+    delta: float,
+    max_grad_norm: float,
+    local_steps: int,
+) -> DpSgdPlan:
+    """`DpSgdPlan.from_job`, remembered per process: the noise search takes about a second, and a
+    job's page and preview price the same plans again until it is scheduled (a plan is immutable)."""
+    return DpSgdPlan.from_job(
+        rows=rows,
+        batch_size=batch_size,
+        rounds=rounds,
+        target_epsilon=epsilon,
+        delta=delta,
+        max_grad_norm=max_grad_norm,
+        local_steps=local_steps,
+    )
+
+
+def _price_participant(job: FederatedJob, participant: JobParticipant, train: dict[str, Any]) -> DpSgdPlan:
+    """The participant's DP-SGD plan for `job`, or the refusal (an ApplicationError naming it)."""
+    slug = participant.organisation.slug
+    dataset = participant.dataset
+    if dataset is None:
+        raise Conflict(
+            f"{slug}: a private job trains only on registered datasets (their budgets pay for it); name "
+            "the dataset when accepting.",
+            code="dp_needs_registered_dataset",
+        )
+    budget = _training_policy_of(participant)
+    if budget is None:
+        raise Conflict(
+            f"{slug}: its dataset has no privacy budget, so nothing can pay for private training on it.",
+            code="no_budget",
+        )
+    if budget.training == TrainingPolicy.FORBIDDEN:
+        raise Conflict(
+            f"{slug}: the dataset's owner allows no federated training on it.", code="training_forbidden"
+        )
+    if budget.measure != PrivacyMeasure.APPROX:
+        why = (
+            "DP-SGD cannot give pure ε-DP (its Gaussian noise always needs a δ > 0)"
+            if budget.measure == PrivacyMeasure.PURE
+            else "DP-SGD is priced in (ε, δ), and the budget is stated in ρ (zero-concentrated DP)"
+        )
+        raise Conflict(
+            f"{slug}: {why}; the dataset's budget must be stated as approximate DP (ε, δ) to pay for it.",
+            code="training_needs_approx_dp",
+        )
+    version = dataset_version_latest_ready(dataset=dataset)
+    if version is None or not version.row_count:
+        raise Conflict(f"{slug}: its dataset has no ready version to price on.", code="no_ready_version")
+    try:
+        rows = train_rows(version.row_count, train["test_fraction"])
+        batch_size = train["batch_size"]
+        local_steps = train["max_steps"] or train["local_epochs"] * math.ceil(rows / batch_size)
+        return _plan(
+            rows, batch_size, job.num_rounds, job.dp_epsilon, job.dp_delta, job.dp_max_grad_norm, local_steps
+        )
+    except DpSgdError as exc:
+        message = _ROW_FREE_MESSAGES.get(exc.code, "{message}").format(
+            delta=job.dp_delta, message=exc.message
+        )
+        raise ValidationFailed(f"{slug}: {message}", code=exc.code) from exc
+
+
+def _train_shape(job: FederatedJob) -> dict[str, Any]:
+    """What pricing needs of the job's training settings, as the ServerApp will read them."""
+    config = {key: value for key, value in _run_config(job).items() if key != "dp-plans"}
+    try:
+        settings_ = JobSettings.from_run_config(config)
+    except FederationConfigError as exc:
+        raise ValidationFailed(str(exc), code="invalid_job_settings") from exc
+    return {
+        "batch_size": settings_.train["batch_size"],
+        "local_epochs": settings_.train["local_epochs"],
+        "max_steps": settings_.train.get("max_steps"),
+        "test_fraction": settings_.test_fraction,
+    }
+
+
+def job_privacy_price(
+    *, job: FederatedJob, participants: list[JobParticipant] | None = None
+) -> list[ParticipantPrice]:
+    """Prices a private job: for each participant (default: the accepted ones), its member's DP-SGD
+    plan on its registered dataset, from the latest ready version's row count (the train side of an
+    unstratified split, `train_rows`), the job's batch size, local epochs or steps and rounds, and
+    the job's target (ε, δ) and clipping norm C; or why it cannot be priced. A non-private job has no
+    plans, but a participant whose dataset's budget requires DP (`training_requires_dp`) or forbids
+    training (`training_forbidden`) is refused. Writes nothing."""
+    if participants is None:
+        participants = list(
+            job.participants.filter(status=ParticipantStatus.ACCEPTED).select_related(
+                "organisation", "dataset"
+            )
+        )
+    prices: list[ParticipantPrice] = []
+    if not job.is_private:
+        for participant in participants:
+            try:
+                _check_training_without_dp(participant)
+            except ApplicationError as exc:
+                prices.append(ParticipantPrice(participant=participant, refusal=exc))
+            else:
+                prices.append(ParticipantPrice(participant=participant))
+        return prices
+    train: dict[str, Any] = {}
+    datasets: dict[int, str] = {}
+    for participant in participants:
+        try:
+            if participant.dataset_id is not None and participant.dataset_id in datasets:
+                raise Conflict(
+                    f"{participant.organisation.slug}: {datasets[participant.dataset_id]} trains on the same "
+                    "dataset in this job; a private job pays once per dataset, so one participant trains on it.",
+                    code="dataset_used_twice",
+                )
+            if participant.dataset_id is not None:
+                datasets[participant.dataset_id] = participant.organisation.slug
+            if participant.dp_plan is not None:  # as debited, once scheduled
+                plan = DpSgdPlan(**participant.dp_plan)
+            else:
+                train = train or _train_shape(job)
+                plan = _price_participant(job, participant, train)
+            prices.append(ParticipantPrice(participant=participant, plan=plan))
+        except ApplicationError as exc:
+            prices.append(ParticipantPrice(participant=participant, refusal=exc))
+    return prices
+
+
+def _check_training_without_dp(participant: JobParticipant) -> None:
+    """A non-private job trains on a registered dataset only where its budget's policy allows training
+    without DP (`any`); a dataset with no budget keeps its training grant's say."""
+    budget = _training_policy_of(participant)
+    if budget is None or budget.training == TrainingPolicy.ANY:
+        return
+    slug = participant.organisation.slug
+    if budget.training == TrainingPolicy.FORBIDDEN:
+        raise Conflict(
+            f"{slug}: the dataset's owner allows no federated training on it.", code="training_forbidden"
+        )
+    raise Conflict(
+        f"{slug}: the dataset's owner allows training on it only with DP-SGD; make the job private "
+        "(privacy: epsilon, delta).",
+        code="training_requires_dp",
+    )
+
+
+def job_privacy_preview(*, job: FederatedJob) -> dict[str, Any]:
+    """What a private job would cost each participating dataset, as `job_privacy_price` prices it
+    (the accepted and the still invited participants; declined ones take no part), and whether it was
+    debited. For the job's viewers (the caller authorises with `job_get`). The plans' q (batch / rows)
+    and steps tell the job's operator and participants each member's training row count to within a
+    batch (docs/data-exposure.md)."""
+    participants = list(
+        job.participants.exclude(status=ParticipantStatus.DECLINED).select_related(
+            "organisation", "dataset__organisation"
+        )
+    )
+    prices = job_privacy_price(job=job, participants=participants)
+    return {
+        "private": job.is_private,
+        "epsilon": job.dp_epsilon,
+        "delta": job.dp_delta,
+        "max_grad_norm": job.dp_max_grad_norm if job.is_private else None,
+        "participants": [_price_body(price) for price in prices],
+    }
+
+
+# The preview shows what the model's report will say of each member (`GUARANTEE_SHARED`) and the
+# batch size the plan was priced for.
+PLAN_SHOWN = (*GUARANTEE_SHARED, "batch_size")
+
+
+def _price_body(price: ParticipantPrice) -> dict[str, Any]:
+    participant = price.participant
+    plan = price.plan.to_dict() if price.plan is not None else None
+    return {
+        "organisation": participant.organisation.slug,
+        "status": participant.status,
+        "dataset": f"{participant.dataset.organisation.slug}/{participant.dataset.slug}"
+        if participant.dataset
+        else None,
+        # The plan without its row count (q and the batch size state it; no need to print it).
+        "plan": {key: plan[key] for key in PLAN_SHOWN} if plan else None,
+        "debited": price.debited,
+        "refusal": None
+        if price.refusal is None
+        else {"code": price.refusal.code, "detail": price.refusal.message},
+    }
+
+
+def _debit_private_job(job: FederatedJob, accepted: list[JobParticipant]) -> None:
+    """Prices every accepted participant, then debits each dataset's budget (in dataset order, so
+    concurrent schedules lock budgets in one order) and stores each plan on its participant. Any
+    refusal raises, naming the participant: the caller's transaction then rolls every debit back."""
+    prices = job_privacy_price(job=job, participants=accepted)
+    for price in prices:
+        if price.refusal is not None:
+            raise price.refusal
+    for price in sorted(prices, key=lambda p: p.participant.dataset_id or 0):
+        participant, plan = price.participant, price.plan
+        assert plan is not None and participant.dataset is not None  # priced: a plan on a dataset
+        try:
+            budget_debit_training(
+                dataset=participant.dataset,
+                organisation=participant.organisation,
+                payer=participant.decided_by,
+                job_uid=job.uid,
+                plan=plan.to_dict(),
+                epsilon=plan.epsilon,
+                delta=plan.delta,
+            )
+        except ApplicationError as exc:
+            raise type(exc)(
+                f"{participant.organisation.slug}: {exc.message}", code=exc.code, fields=exc.fields
+            ) from exc
+        participant.dp_plan = plan.to_dict()
+        participant.save(update_fields=["dp_plan"])
+
+
 @transaction.atomic
 def job_schedule(*, actor: Any, job: FederatedJob) -> FederatedJob:
+    """Operators schedule a draft whose accepted participants can all take part; a private job's
+    participating datasets are priced and debited here, all or none."""
     require_operator(actor=actor)
+    if job.is_private:
+        # The noise search takes about a second per plan: run it before taking the locks (every
+        # audited write waits on the audit head), so that pricing again under them hits `_plan`'s cache.
+        job_privacy_price(job=job)
     job = _locked_existing(job.pk)
     if job.state != JobState.DRAFT:
         raise Conflict(f"The job is {job.state}; only a draft can be scheduled.", code="job_not_draft")
@@ -346,6 +685,16 @@ def job_schedule(*, actor: Any, job: FederatedJob) -> FederatedJob:
             code="too_few_participants",
         )
     _validate_settings(job)
+    if job.is_private:
+        # Priced and paid now, atomically: a refusal anywhere rolls back every debit (this
+        # transaction). What was debited stays spent if the job is later cancelled or fails.
+        _debit_private_job(job, accepted)
+    else:
+        for price in job_privacy_price(job=job, participants=accepted):
+            if price.refusal is not None:
+                raise price.refusal
+    # With the plans, every accepted organisation named: a private job's plans must cover them all.
+    _validate_settings(job, participants=",".join(f"org:{p.organisation.slug}" for p in accepted))
     _set_state(job, JobState.SCHEDULED, actor=actor, scheduled_at=timezone.now())
     enqueue_on_commit("federation.job_submit", job.pk)
     return job

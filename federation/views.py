@@ -8,7 +8,6 @@ what; the pages only hide buttons that would be refused anyway.
 
 from __future__ import annotations
 
-import math
 import shlex
 from typing import Any
 
@@ -23,7 +22,7 @@ from clearinghouse.core.errors import ApplicationError, Conflict, ValidationFail
 from clearinghouse.organisations.selectors import require_operator
 
 # The portal's public helpers, shared so every page reports service errors the same way.
-from clearinghouse.portal.charts import COLOURS, AxisTitle, Line, line_chart
+from clearinghouse.portal.charts import Chart, Line, line_chart
 from clearinghouse.portal.shortcuts import form_error, my_membership, paginate, service_errors
 
 from .forms import JobForm, SuperNodeKeyForm
@@ -38,6 +37,7 @@ from .selectors import (
     job_my_participation,
     job_participants,
     job_participation_open_to,
+    job_privacy_guarantee,
     job_receives_model,
     job_round_members_visible,
     job_round_record,
@@ -49,6 +49,7 @@ from .services import (
     job_cancel,
     job_create,
     job_participation_decide,
+    job_privacy_preview,
     job_schedule,
     supernode_key_add,
     supernode_key_revoke,
@@ -110,43 +111,33 @@ def _round_rows(rounds: list[JobRound], *, actor: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _round_plot(rounds: list[JobRound]) -> dict[str, Any] | None:
-    """Accuracy (on 0..1) and loss (scaled to its largest value) per round, as two lines with a marker
-    per round, so even a single round shows (the portal's one chart, `portal.charts`)."""
+def _round_plot(rounds: list[JobRound]) -> Chart | None:
+    """Accuracy (0 to 1, left axis) and loss (right axis) per round, as two lines with a marker per
+    round, so even a single round shows (the portal's one chart helper, `portal.charts`)."""
     if not rounds:
         return None
-    first, last = rounds[0].number, rounds[-1].number
-    span = max(1, last - first)
-
-    def x(number: int) -> float:
-        return (number - first) / span
-
     loss_max = max((r.loss for r in rounds if r.loss is not None), default=0.0)
-    loss = [(x(r.number), r.loss / loss_max) for r in rounds if r.loss is not None] if loss_max > 0 else []
-    step = math.ceil(len(rounds) / 12)  # at most a dozen round labels under the axis
-    accuracy_colour, loss_colour = COLOURS[0], COLOURS[1]
     return line_chart(
         chart_id="round-plot",
         title="Accuracy and loss per round",
         lines=[
             Line(
-                "accuracy",
-                [(x(r.number), r.accuracy) for r in rounds if r.accuracy is not None],
-                colour=accuracy_colour,
-                markers=True,
+                "accuracy", [(r.number, r.accuracy) for r in rounds if r.accuracy is not None], markers=True
             ),
-            Line("loss", loss, colour=loss_colour, dashed=True, markers=True),
+            Line(
+                "loss",
+                [(r.number, r.loss) for r in rounds if r.loss is not None],
+                dashed=True,
+                markers=True,
+                right=True,
+            ),
         ],
-        width=640,
-        height=260,
-        pad=50,
-        left_labels=[(1.0, "1"), (0.5, "0.5"), (0.0, "0")],
-        right_labels=[(1.0, f"{loss_max:.3f}"), (0.0, "0")],
-        x_labels=[(x(r.number), str(r.number)) for r in rounds[::step]],
-        gridlines=[0.5],
-        left_title=AxisTitle("accuracy", accuracy_colour),
-        right_title=AxisTitle("loss", loss_colour),
-        x_title="round",
+        x_label="round",
+        y_label="accuracy",
+        right_label="loss",
+        y_range=(0.0, 1.0),
+        right_range=(0.0, loss_max * 1.05 if loss_max > 0 else 1.0),
+        integer_x=True,
     )
 
 
@@ -217,6 +208,10 @@ def job_detail_view(request: HttpRequest, job_id: int) -> HttpResponse:
         "can_download": artifact is not None and job_receives_model(actor=request.user, job=job),
         "flower_run_id": job_flower_run_id_visible(actor=request.user, job=job),
         "agent_command": _agent_command(job, mine.organisation.slug) if mine is not None else "",
+        # What each participating dataset pays (a private job) or why one cannot take part, as
+        # `GET .../privacy` answers; and the guarantee the stored model carries.
+        "privacy": job_privacy_preview(job=job) if not job.is_final or job.is_private else None,
+        "guarantee": job_privacy_guarantee(artifact.report) if artifact is not None else {},
     }
     return render(request, "federation/job.html", context)
 

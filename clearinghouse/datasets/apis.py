@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema, extend_schema_field
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers, status
 from rest_framework.authentication import SessionAuthentication
@@ -9,15 +9,28 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from clearinghouse.accounts.authentication import APITokenAuthentication
-from clearinghouse.core.apis import StrictCharField, paginated, text_field, validated
+from clearinghouse.core.apis import ErrorSerializer, StrictCharField, paginated, text_field, validated
 from clearinghouse.core.errors import NotFound
 from clearinghouse.core.parsers import JSONParser
+from clearinghouse.core.schema import ERROR_DESCRIPTIONS
 from clearinghouse.organisations.selectors import organisation_directory_get
 
-from .models import VersionStatus
+from .models import (
+    ACCESS_REQUEST_NOTE_MAX,
+    ACCESS_REQUEST_REASON_MAX,
+    AccessRequestStatus,
+    GrantPurpose,
+    VersionStatus,
+)
 from .selectors import (
+    access_request_get,
+    access_request_list_for_dataset,
+    access_request_mine,
     agreement_accepted,
     agreement_current,
+    catalogue_budget_terms,
+    catalogue_dataset_get,
+    catalogue_list,
     dataset_get,
     dataset_grant_get,
     dataset_grant_list,
@@ -29,10 +42,15 @@ from .selectors import (
     dataset_version_list,
 )
 from .services import (
+    ACCESS_DECISIONS,
+    access_request_create,
+    access_request_decide,
+    access_request_withdraw,
     agreement_accept,
     agreement_publish,
     dataset_grant_create,
     dataset_grant_revoke,
+    dataset_listing_set,
     dataset_register,
     dataset_schema_set,
     dataset_version_create,
@@ -91,7 +109,12 @@ class VersionBodySerializer(VersionOutputSerializer):
     class Meta:
         ref_name = "DatasetVersionOutput"
 
-    status = serializers.ChoiceField(choices=VersionStatus.choices)
+    status = serializers.ChoiceField(
+        choices=VersionStatus.choices,
+        help_text="`awaiting_schema`: a first upload of a dataset without a confirmed schema; a schema was "
+        "proposed from it (`error_code` `schema_unconfirmed`), and confirming the dataset's schema "
+        "validates it again by itself (no retry needed). Not a failure.",
+    )
     finished_at = serializers.DateTimeField(required=False, allow_null=True)
     row_count = serializers.IntegerField(required=False, allow_null=True)
     source_name = serializers.CharField(required=False)
@@ -396,3 +419,270 @@ class AgreementAcceptApi(APIView):
             {"version": acceptance.agreement.version, "accepted_at": acceptance.accepted_at},
             status=status.HTTP_201_CREATED,
         )
+
+
+# --- Catalogue and access requests -----------------------------------------------------------------
+
+
+def _errors(**descriptions: str) -> dict:
+    """Documented error answers: status → the codes it carries here."""
+    return {
+        int(status[1:]): OpenApiResponse(
+            ErrorSerializer, description=f"{ERROR_DESCRIPTIONS[int(status[1:])]} {text}"
+        )
+        for status, text in descriptions.items()
+    }
+
+
+class BudgetTermsSerializer(serializers.Serializer):
+    measure = serializers.CharField(help_text="pure (ε) or zCDP (ρ).")
+    total = serializers.FloatField(help_text="The dataset's whole-life budget.")
+    per_query_max = serializers.FloatField(allow_null=True, help_text="The most one query may spend.")
+
+
+class AccessSerializer(serializers.Serializer):
+    granted = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="The purposes (query, training) your organisation holds an active grant for.",
+    )
+    pending = serializers.ListField(
+        child=serializers.CharField(),
+        help_text="The purposes (query, training) your organisation has a pending access request for.",
+    )
+
+
+class CatalogueEntryOutputSerializer(serializers.Serializer):
+    """A listed dataset's public facts: never a schema proposal, row counts, versions or spending."""
+
+    organisation = serializers.CharField(source="organisation.slug")
+    organisation_name = serializers.CharField(source="organisation.name")
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField()
+    schema = serializers.SerializerMethodField(
+        help_text="The confirmed schema (columns, types, bounds, categories)."
+    )
+    budget = serializers.SerializerMethodField(
+        help_text="The budget policy's public terms; null while the owner has set none."
+    )
+    yours = serializers.BooleanField(source="viewer_is_owner", help_text="Your organisation owns it.")
+    access = serializers.SerializerMethodField()
+
+    @extend_schema_field(serializers.DictField())
+    def get_schema(self, dataset) -> dict | None:
+        return dataset_schema_visible(dataset=dataset, owner=False)  # listed datasets' is confirmed
+
+    @extend_schema_field(BudgetTermsSerializer(allow_null=True))
+    def get_budget(self, dataset) -> dict | None:
+        return catalogue_budget_terms(dataset=dataset)
+
+    @extend_schema_field(AccessSerializer)
+    def get_access(self, dataset) -> dict:
+        return {
+            "granted": [p for p in GrantPurpose.values if getattr(dataset, f"granted_{p}", False)],
+            "pending": [p for p in GrantPurpose.values if getattr(dataset, f"pending_{p}", False)],
+        }
+
+
+class CatalogueApi(APIView):
+    @extend_schema(responses=CatalogueEntryOutputSerializer(many=True), operation_id="catalogue_list")
+    def get(self, request):
+        return paginated(
+            queryset=catalogue_list(actor=request.user),
+            serializer_class=CatalogueEntryOutputSerializer,
+            request=request,
+            view=self,
+        )
+
+
+class DatasetListingApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "DatasetListingInput"
+
+        listed = serializers.BooleanField(
+            help_text="true: offer the dataset in the catalogue; false: take it out."
+        )
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "DatasetListingOutput"
+
+        organisation = serializers.CharField(source="organisation.slug")
+        slug = serializers.CharField()
+        listed = serializers.BooleanField()
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: OutputSerializer,
+            **_errors(
+                _403="`not_owner` (operators), `permission_denied` (a role without the dataset capability).",
+                _404="`not_found`: no such dataset, or not your organisation's.",
+                _409="`schema_not_confirmed`: only a dataset with a confirmed schema can be listed.",
+            ),
+        },
+        operation_id="datasets_set_listing",
+    )
+    def put(self, request, organisation: str, slug: str):
+        dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        data = validated(self.InputSerializer, request.data)
+        dataset = dataset_listing_set(actor=request.user, dataset=dataset, listed=data["listed"])
+        return Response(self.OutputSerializer(dataset).data)
+
+
+class AccessRequestOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "AccessRequestOutput"
+
+    id = serializers.IntegerField()
+    dataset_organisation = serializers.CharField(source="dataset.organisation.slug")
+    dataset = serializers.CharField(source="dataset.slug")
+    dataset_name = serializers.CharField(source="dataset.name")
+    organisation = serializers.CharField(source="organisation.slug", help_text="The requesting organisation.")
+    organisation_name = serializers.CharField(source="organisation.name")
+    requested_by = serializers.CharField(source="requested_by.username", allow_null=True, default=None)
+    purpose = serializers.ChoiceField(choices=GrantPurpose.choices)
+    reason = serializers.CharField()
+    status = serializers.ChoiceField(choices=AccessRequestStatus.choices)
+    decided_by = serializers.CharField(source="decided_by.username", allow_null=True, default=None)
+    decided_at = serializers.DateTimeField(allow_null=True)
+    decision_note = serializers.CharField()
+    grant_id = serializers.IntegerField(allow_null=True, help_text="The grant an approval made.")
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+
+
+class DatasetAccessRequestListCreateApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AccessRequestCreateInput"
+
+        purpose = text_field(help_text="query or training")
+        reason = text_field(
+            help_text=f"Why you need it (required, at most {ACCESS_REQUEST_REASON_MAX} characters)."
+        )
+
+    @extend_schema(
+        responses=AccessRequestOutputSerializer(many=True),
+        operation_id="dataset_access_requests_list",
+        description="The owner organisation (and operators): every request for the dataset; anyone else "
+        "who sees it (in the catalogue): their own organisation's.",
+    )
+    def get(self, request, organisation: str, slug: str):
+        dataset = catalogue_dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        return paginated(
+            queryset=access_request_list_for_dataset(actor=request.user, dataset=dataset),
+            serializer_class=AccessRequestOutputSerializer,
+            request=request,
+            view=self,
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            201: AccessRequestOutputSerializer,
+            **_errors(
+                _400="`invalid_purpose`, `reason_required`, `text_too_long`, `invalid_name`, `own_dataset`.",
+                _403="`operator_not_member`: operators belong to no organisation.",
+                _404="`not_found`: not in the catalogue and not visible to you.",
+                _409="`not_listed`, `already_granted`, `duplicate_request` (one pending request per "
+                "dataset, organisation and purpose).",
+            ),
+        },
+        operation_id="dataset_access_requests_create",
+    )
+    def post(self, request, organisation: str, slug: str):
+        dataset = catalogue_dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        data = validated(self.InputSerializer, request.data)
+        access_request = access_request_create(
+            actor=request.user, dataset=dataset, purpose=data["purpose"], reason=data["reason"]
+        )
+        return Response(AccessRequestOutputSerializer(access_request).data, status=status.HTTP_201_CREATED)
+
+
+class AccessRequestListApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        """The filters (query parameters), both optional."""
+
+        class Meta:
+            ref_name = "AccessRequestListInput"
+
+        direction = serializers.ChoiceField(
+            choices=["incoming", "outgoing"],
+            required=False,
+            help_text="incoming: to your organisation's datasets; outgoing: your organisation's requests.",
+        )
+        status = serializers.ChoiceField(choices=AccessRequestStatus.choices, required=False)
+
+    @extend_schema(
+        parameters=[InputSerializer],
+        responses={200: AccessRequestOutputSerializer(many=True)},
+        operation_id="access_requests_list",
+    )
+    def get(self, request):
+        filters = validated(self.InputSerializer, request.query_params)
+        return paginated(
+            queryset=access_request_mine(
+                actor=request.user, direction=filters.get("direction"), status=filters.get("status")
+            ),
+            serializer_class=AccessRequestOutputSerializer,
+            request=request,
+            view=self,
+        )
+
+
+class AccessRequestDecideApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "AccessRequestDecideInput"
+
+        decision = serializers.ChoiceField(choices=list(ACCESS_DECISIONS))
+        note = text_field(
+            required=False,
+            default="",
+            help_text=f"Shown to the requester (at most {ACCESS_REQUEST_NOTE_MAX} characters).",
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={
+            200: AccessRequestOutputSerializer,
+            **_errors(
+                _400="`invalid_decision`, `text_too_long`, `invalid_name`.",
+                _403="`not_owner` (the requester, operators), `permission_denied` (a role without the "
+                "dataset capability).",
+                _404="`not_found`: no such request, or not concerning your organisation.",
+                _409="`access_request_decided`, `already_granted`, `requester_not_approved`.",
+            ),
+        },
+        operation_id="access_requests_decide",
+        description="Approving makes the grant (as `dataset_grants_create` does) in the same transaction.",
+    )
+    def post(self, request, request_id: int):
+        access_request = access_request_get(actor=request.user, request_id=request_id)
+        data = validated(self.InputSerializer, request.data)
+        access_request = access_request_decide(
+            actor=request.user, access_request=access_request, decision=data["decision"], note=data["note"]
+        )
+        return Response(AccessRequestOutputSerializer(access_request).data)
+
+
+class AccessRequestWithdrawApi(APIView):
+    @extend_schema(
+        request=None,
+        responses={
+            200: AccessRequestOutputSerializer,
+            **_errors(
+                _403="`not_requester` (the dataset's owner, operators).",
+                _404="`not_found`: no such request, or not concerning your organisation.",
+                _409="`access_request_decided`: it is no longer pending.",
+            ),
+        },
+        operation_id="access_requests_withdraw",
+    )
+    def post(self, request, request_id: int):
+        access_request = access_request_withdraw(
+            actor=request.user, access_request=access_request_get(actor=request.user, request_id=request_id)
+        )
+        return Response(AccessRequestOutputSerializer(access_request).data)

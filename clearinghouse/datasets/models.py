@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 from clearinghouse.organisations.models import Organisation
@@ -18,6 +19,10 @@ class Dataset(models.Model):
     schema = models.JSONField(null=True, blank=True)
     # An inferred schema is only a proposal until the steward confirms it (bounds from data leak).
     schema_confirmed = models.BooleanField(default=False)
+    # Offered to the consortium: shown in the catalogue, where other organisations may ask for access
+    # (`AccessRequest`). Only a confirmed schema's public facts are shown there, so only a dataset with
+    # one can be listed.
+    listed = models.BooleanField(default=False)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -26,7 +31,10 @@ class Dataset(models.Model):
     class Meta:
         ordering = ["organisation", "name"]
         constraints = [
-            models.UniqueConstraint(fields=["organisation", "slug"], name="dataset_slug_unique_per_org")
+            models.UniqueConstraint(fields=["organisation", "slug"], name="dataset_slug_unique_per_org"),
+            models.CheckConstraint(
+                condition=Q(listed=False) | Q(schema_confirmed=True), name="listed_dataset_schema_confirmed"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -36,6 +44,9 @@ class Dataset(models.Model):
 class VersionStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     VALIDATING = "validating", "Validating"
+    # A first upload of a dataset without a confirmed schema: a schema was proposed from it, and it is
+    # validated again as soon as the steward confirms one (`dataset_schema_set`). Not a failure.
+    AWAITING_SCHEMA = "awaiting_schema", "Awaiting schema confirmation"
     READY = "ready", "Ready"
     FAILED = "failed", "Failed"
     CORRUPT = "corrupt", "Corrupt"
@@ -156,3 +167,72 @@ class AgreementAcceptance(models.Model):
 
     def __str__(self) -> str:
         return f"acceptance of agreement {self.agreement_id} by user {self.user_id}"
+
+
+class AccessRequestStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    APPROVED = "approved", "Approved"
+    DECLINED = "declined", "Declined"
+    WITHDRAWN = "withdrawn", "Withdrawn"
+
+
+ACCESS_REQUEST_REASON_MAX = 2000
+ACCESS_REQUEST_NOTE_MAX = 2000
+
+
+class AccessRequest(models.Model):
+    """An organisation asking a listed dataset's owner for a grant (query or training). The owner's
+    admins and stewards approve it (the grant is made then, in the same transaction) or decline it;
+    the requesting organisation may withdraw it while it is pending."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="access_requests")
+    organisation = models.ForeignKey(
+        Organisation, on_delete=models.CASCADE, related_name="dataset_access_requests"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    purpose = models.CharField(max_length=16, choices=GrantPurpose.choices)
+    reason = models.TextField(max_length=ACCESS_REQUEST_REASON_MAX)
+    status = models.CharField(
+        max_length=16, choices=AccessRequestStatus.choices, default=AccessRequestStatus.PENDING
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_note = models.TextField(blank=True, max_length=ACCESS_REQUEST_NOTE_MAX)
+    grant = models.ForeignKey(
+        DatasetGrant, null=True, blank=True, on_delete=models.SET_NULL, related_name="access_requests"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["dataset", "organisation", "purpose"],
+                condition=Q(status="pending"),
+                name="one_pending_access_request",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=AccessRequestStatus.values), name="access_request_status_valid"
+            ),
+            models.CheckConstraint(
+                condition=Q(purpose__in=GrantPurpose.values), name="access_request_purpose_valid"
+            ),
+            models.CheckConstraint(condition=~Q(reason=""), name="access_request_reason_required"),
+            # A decision records when it was made.
+            models.CheckConstraint(
+                condition=~Q(status__in=["approved", "declined"]) | Q(decided_at__isnull=False),
+                name="access_request_decided_at",
+            ),
+        ]
+        indexes = [models.Index(fields=["organisation", "status"], name="access_request_org_status")]
+
+    def __str__(self) -> str:
+        return (
+            f"access request of organisation {self.organisation_id} to dataset {self.dataset_id} "
+            f"({self.purpose}, {self.status})"
+        )

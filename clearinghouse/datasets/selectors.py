@@ -25,16 +25,26 @@ from django.db.models import (
     Value,
 )
 
-from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied
-from clearinghouse.organisations.models import Organisation
+from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
+from clearinghouse.organisations.models import Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_DATASETS
 from clearinghouse.organisations.selectors import (
     membership_active,
     organisation_directory,
     require_capability,
+    require_operator,
 )
 
-from .models import AgreementAcceptance, Dataset, DatasetGrant, DatasetVersion, DataUseAgreement
+from .models import (
+    AccessRequest,
+    AccessRequestStatus,
+    AgreementAcceptance,
+    Dataset,
+    DatasetGrant,
+    DatasetVersion,
+    DataUseAgreement,
+    GrantPurpose,
+)
 
 
 def _active_grants(organisation_id: int, purpose: str | None = None) -> QuerySet[DatasetGrant]:
@@ -113,11 +123,12 @@ def dataset_require_owner(*, actor: Any, dataset: Dataset) -> None:
 
 def dataset_upload_quota_check(*, organisation_id: int, adding_bytes: int = 0) -> None:
     """The staging quota: an organisation may have at most DATASET_STAGED_UPLOADS_MAX versions
-    awaiting ingestion (pending or validating), holding at most DATASET_STAGED_BYTES_MAX bytes of
-    uploads, this one included. Refused uploads are never staged, or are deleted at once."""
+    awaiting ingestion (pending or validating, or waiting for the schema's confirmation, which queues
+    them all at once), holding at most DATASET_STAGED_BYTES_MAX bytes of uploads, this one included.
+    Refused uploads are never staged, or are deleted at once."""
     waiting = DatasetVersion.objects.filter(
-        dataset__organisation_id=organisation_id, status__in=["pending", "validating"]
-    )
+        dataset__organisation_id=organisation_id, status__in=["pending", "validating", "awaiting_schema"]
+    ).exclude(staging_path="")
     totals = waiting.aggregate(count=Count("pk"), size=Sum("source_bytes"))
     if totals["count"] >= settings.DATASET_STAGED_UPLOADS_MAX:
         raise Conflict(
@@ -209,3 +220,171 @@ def agreement_accepted(*, user: Any, dataset: Dataset) -> bool:
     if agreement is None:
         return True
     return AgreementAcceptance.objects.filter(agreement=agreement, user=user).exists()
+
+
+def datasets_overview(*, actor: Any, q: str = "") -> QuerySet[Dataset]:
+    """The operators' consortium overview (`portal:operator_overview`, `GET /api/v1/operator/overview`):
+    every dataset, with what operators already read of it (docs/data-exposure.md): its owner, name,
+    whether its schema is confirmed, and of its versions only the ready ones, as
+    `dataset_version_list` shows non-owners: `versions_ready` (how many), `latest_version` and
+    `latest_version_at` (the newest one's number and upload time; None while none is ready). Never a
+    row count, a size, a file name or a pending or failed version. `q` keeps the datasets whose name or
+    slug, or whose owner's name or slug, holds it. Operators only (PermissionDenied otherwise)."""
+    require_operator(actor=actor)
+    ready = Q(versions__status="ready")
+    datasets = Dataset.objects.select_related("organisation").annotate(
+        versions_ready=Count("versions", filter=ready),
+        latest_version=Max("versions__number", filter=ready),
+        latest_version_at=Max("versions__created_at", filter=ready),
+    )
+    if q:
+        datasets = datasets.filter(
+            Q(name__icontains=q)
+            | Q(slug__icontains=q)
+            | Q(organisation__name__icontains=q)
+            | Q(organisation__slug__icontains=q)
+        )
+    return datasets.order_by("organisation__slug", "slug", "pk")
+
+
+# --- Catalogue and access requests -----------------------------------------------------------------
+# The catalogue: the datasets their owners offer to the consortium (`Dataset.listed`, only ever with a
+# confirmed schema), shown to every approved organisation's members and to operators with the
+# steward's public facts only: name, description, owner, the confirmed schema and the budget policy's
+# public terms. Other organisations ask for access there (`AccessRequest`); the owner decides.
+
+
+def catalogue_list(*, actor: Any) -> QuerySet[Dataset]:
+    """The listed datasets of approved organisations, each annotated with the viewer's view of it:
+    `viewer_is_owner`, and for the viewer's organisation `granted_query`/`granted_training` (an active
+    grant) and `pending_query`/`pending_training` (a pending access request). Nothing for users of no
+    approved organisation (operators excepted: they see every dataset anyway)."""
+    membership = membership_active(user=actor)
+    if membership is None and not getattr(actor, "is_operator", False):
+        return Dataset.objects.none()
+    datasets = Dataset.objects.select_related("organisation", "privacy_budget").filter(
+        listed=True, schema_confirmed=True, organisation__status=OrganisationStatus.APPROVED
+    )
+    false = Value(False, output_field=BooleanField())
+    if membership is None:
+        return datasets.annotate(
+            viewer_is_owner=false,
+            granted_query=false,
+            granted_training=false,
+            pending_query=false,
+            pending_training=false,
+        )
+    org_id = membership.organisation_id
+    grants = _active_grants(org_id).filter(dataset=OuterRef("pk"))
+    pending = AccessRequest.objects.filter(
+        dataset=OuterRef("pk"), organisation_id=org_id, status=AccessRequestStatus.PENDING
+    )
+    return datasets.annotate(
+        viewer_is_owner=ExpressionWrapper(Q(organisation_id=org_id), output_field=BooleanField()),
+        granted_query=Exists(grants.filter(purpose=GrantPurpose.QUERY)),
+        granted_training=Exists(grants.filter(purpose=GrantPurpose.TRAINING)),
+        pending_query=Exists(pending.filter(purpose=GrantPurpose.QUERY)),
+        pending_training=Exists(pending.filter(purpose=GrantPurpose.TRAINING)),
+    )
+
+
+def catalogue_budget_terms(*, dataset: Dataset) -> dict | None:
+    """The budget policy's public terms (its measure, total and per-query maximum), or None while the
+    owner has set none. Never what was spent, allocations or anything about queries."""
+    budget = getattr(dataset, "privacy_budget", None)  # the reverse one-to-one of queries.PrivacyBudget
+    if budget is None:
+        return None
+    return {"measure": budget.measure, "total": budget.total, "per_query_max": budget.per_query_max}
+
+
+def catalogue_dataset_get(*, actor: Any, organisation_slug: str, dataset_slug: str) -> Dataset:
+    """A dataset whose access requests the actor may address: one in the catalogue, or one they see
+    already (`dataset_list`: their own, granted ones, and operators' every one). Else NotFound."""
+    dataset = (
+        catalogue_list(actor=actor).filter(organisation__slug=organisation_slug, slug=dataset_slug).first()
+    )
+    if dataset is None:
+        return dataset_get(actor=actor, organisation_slug=organisation_slug, dataset_slug=dataset_slug)
+    return dataset
+
+
+def _access_requests() -> QuerySet[AccessRequest]:
+    return AccessRequest.objects.select_related(
+        "dataset__organisation", "organisation", "requested_by", "decided_by"
+    )
+
+
+def access_request_list_for_dataset(*, actor: Any, dataset: Dataset) -> QuerySet[AccessRequest]:
+    """A dataset's access requests: all of them for those who oversee it (its owner organisation's
+    members, operators: `dataset_is_owner_or_operator`, as for its grants); for anyone else, their own
+    organisation's requests for it."""
+    requests = _access_requests().filter(dataset=dataset)
+    if dataset_is_owner_or_operator(actor=actor, dataset=dataset):
+        return requests
+    membership = membership_active(user=actor)
+    if membership is None:
+        return requests.none()
+    return requests.filter(organisation_id=membership.organisation_id)
+
+
+def access_request_incoming(*, actor: Any) -> QuerySet[AccessRequest]:
+    """Requests to the actor's organisation's datasets (the owner's side)."""
+    membership = membership_active(user=actor)
+    if membership is None:
+        return AccessRequest.objects.none()
+    return _access_requests().filter(dataset__organisation_id=membership.organisation_id)
+
+
+def access_request_outgoing(*, actor: Any) -> QuerySet[AccessRequest]:
+    """Requests the actor's organisation made (the requester's side)."""
+    membership = membership_active(user=actor)
+    if membership is None:
+        return AccessRequest.objects.none()
+    return _access_requests().filter(organisation_id=membership.organisation_id)
+
+
+def access_request_mine(
+    *, actor: Any, direction: str | None = None, status: str | None = None
+) -> QuerySet[AccessRequest]:
+    """The actor's organisation's requests, incoming and outgoing (or one `direction`), optionally of
+    one `status`. Operators, members of no organisation: none (they neither own nor request)."""
+    membership = membership_active(user=actor)
+    if membership is None:
+        return AccessRequest.objects.none()
+    org_id = membership.organisation_id
+    mine = {
+        "incoming": Q(dataset__organisation_id=org_id),
+        "outgoing": Q(organisation_id=org_id),
+    }
+    if direction is not None and direction not in mine:
+        raise ValidationFailed(
+            "direction must be incoming or outgoing.",
+            code="invalid_direction",
+            fields={"direction": ["Use incoming or outgoing."]},
+        )
+    if status is not None and status not in AccessRequestStatus.values:
+        raise ValidationFailed(
+            f"status must be one of {', '.join(AccessRequestStatus.values)}.",
+            code="invalid_status",
+            fields={"status": [f"Use one of {', '.join(AccessRequestStatus.values)}."]},
+        )
+    condition = mine[direction] if direction else mine["incoming"] | mine["outgoing"]
+    requests = _access_requests().filter(condition)
+    return requests.filter(status=status) if status else requests
+
+
+def access_request_get(*, actor: Any, request_id: int) -> AccessRequest:
+    """An access request by id, for the two organisations it concerns (the dataset's owner, the
+    requester) and operators; anyone else gets the same 404 as for an id that does not exist."""
+    access_request = _access_requests().filter(pk=request_id).first()
+    if access_request is None:
+        raise NotFound("Access request not found.")
+    if getattr(actor, "is_operator", False):
+        return access_request
+    membership = membership_active(user=actor)
+    if membership is None or membership.organisation_id not in {
+        access_request.organisation_id,
+        access_request.dataset.organisation_id,
+    }:
+        raise NotFound("Access request not found.")
+    return access_request

@@ -9,26 +9,30 @@ from typing import Any, BinaryIO, cast
 
 from django.conf import settings
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from clearinghouse.audit.services import OWNER_ONLY, audit_lock, audit_record
 from clearinghouse.core.enqueue import enqueue
-from clearinghouse.core.errors import Conflict, NotFound, ValidationFailed
+from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from clearinghouse.core.keys import keyring
 from clearinghouse.core.metrics import INGESTION_BYTES, count_on_commit
 from clearinghouse.core.text import clean_name, clean_slug
 from clearinghouse.crypto.envelope import rewrap_stream
 from clearinghouse.crypto.errors import CryptoError, KeyringError
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
-from clearinghouse.organisations.roles import MANAGE_DATASETS
+from clearinghouse.organisations.roles import MANAGE_DATASETS, RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active, require_capability
 
 from . import storage
 from .ingest import REPAIRS, IngestError, Repair, check, infer_schema, read_raw
 from .models import (
+    ACCESS_REQUEST_NOTE_MAX,
+    ACCESS_REQUEST_REASON_MAX,
+    AccessRequest,
+    AccessRequestStatus,
     AgreementAcceptance,
     Dataset,
     DatasetGrant,
@@ -45,13 +49,22 @@ logger = logging.getLogger(__name__)
 FORMATS = ("csv", "parquet")
 
 
+class SchemaRejected(ValidationFailed):
+    """A schema document the schema model refused. `path` says where (`columns[2].lower`,
+    `privacy_unit.column`; empty for the document as a whole) and `problem` what, without the path:
+    the portal's schema form puts it on that column's field."""
+
+    def __init__(self, exc: SchemaError):
+        super().__init__(f"schema: {exc.message}", code=exc.code, fields={"schema": [exc.message]})
+        self.path = exc.path
+        self.problem = exc.message.removeprefix(f"{exc.path}: ") if exc.path else exc.message
+
+
 def _schema(value: Any) -> DatasetSchema:
     try:
         return DatasetSchema.parse(value) if isinstance(value, str) else DatasetSchema.from_dict(value)
     except SchemaError as exc:
-        raise ValidationFailed(
-            f"schema: {exc.message}", code=exc.code, fields={"schema": [exc.message]}
-        ) from None
+        raise SchemaRejected(exc) from None
 
 
 @transaction.atomic
@@ -95,7 +108,8 @@ def dataset_register(
 @transaction.atomic
 def dataset_schema_set(*, actor: Any, dataset: Dataset, schema: dict | str) -> Dataset:
     """Declares or confirms the schema. Later versions are checked against it; earlier versions
-    keep the copy they were checked against."""
+    keep the copy they were checked against. Versions awaiting a schema (a first upload, from which
+    a schema was proposed) are validated against it at once: queued when this commits."""
     dataset_require_owner(actor=actor, dataset=dataset)
     parsed = _schema(schema)
     audit_lock()  # first: the lock order of every write (see audit_lock)
@@ -103,13 +117,22 @@ def dataset_schema_set(*, actor: Any, dataset: Dataset, schema: dict | str) -> D
     dataset.schema = parsed.to_dict()
     dataset.schema_confirmed = True
     dataset.save(update_fields=["schema", "schema_confirmed"])
+    awaiting = list(
+        DatasetVersion.objects.select_for_update(no_key=True)
+        .filter(dataset=dataset, status=VersionStatus.AWAITING_SCHEMA)
+        .exclude(staging_path="")
+        .order_by("number")
+    )
     audit_record(
         actor=actor,
         action="dataset.schema_confirmed",
         organisation=dataset.organisation,
         target=dataset,
-        extra={"columns": parsed.names},
+        extra={"columns": parsed.names, "revalidating": [version.number for version in awaiting]},
     )
+    for version in awaiting:
+        version.dataset = dataset
+        _requeue(version, actor=actor, action="dataset_version.revalidating", extra={"reason": "schema"})
     return dataset
 
 
@@ -192,7 +215,7 @@ def _version_record(
         quote_char=quote_char,
         has_header=has_header,
         repair=repair,
-        schema=dataset.schema or {},
+        schema=_schema_copy(dataset),
         staging_path=upload.staging_name,
         kek_id=upload.kek_id,
         created_by=actor,
@@ -277,7 +300,8 @@ def dataset_version_retry(
     audit_lock()
     version = DatasetVersion.objects.select_for_update(no_key=True).get(pk=version.pk)
     stuck = _validation_stuck(version, _stale_before())
-    if version.status not in {VersionStatus.FAILED, VersionStatus.PENDING} and not stuck:
+    retryable = {VersionStatus.FAILED, VersionStatus.PENDING, VersionStatus.AWAITING_SCHEMA}
+    if version.status not in retryable and not stuck:
         detail = (
             f" validation started at {version.validation_started_at:%Y-%m-%d %H:%M:%S} UTC; a run still "
             f"going after {int(settings.INGESTION_STUCK_SECONDS)} s can be retried"
@@ -295,8 +319,22 @@ def dataset_version_retry(
         if repair not in REPAIRS:
             raise ValidationFailed(f"repair must be one of {', '.join(REPAIRS)}.", code="invalid_repair")
         version.repair = repair
+    return _requeue(version, actor=actor, action="dataset_version.retried", extra={"repair": version.repair})
+
+
+def _schema_copy(dataset: Dataset) -> dict:
+    """The schema a new ingestion cycle checks a version against: the confirmed schema, else none —
+    never a proposal read from data (a version checked against it would store, and queries would be
+    calibrated on, bounds taken from the rows). A version without one proposes a schema, or, once
+    one is confirmed, is queued again against it (`_schema_proposed`)."""
+    return (dataset.schema or {}) if dataset.schema_confirmed else {}
+
+
+def _requeue(version: DatasetVersion, *, actor: Any, action: str, extra: dict) -> DatasetVersion:
+    """Inside the caller's transaction, on a locked row that keeps its upload: a new cycle of
+    ingestion against the dataset's current schema, queued when the transaction commits."""
     previous = version.status
-    version.schema = version.dataset.schema or {}
+    version.schema = _schema_copy(version.dataset)
     version.status = VersionStatus.PENDING
     version.error_code = version.error_message = ""
     # A new cycle of attempts; a run still holding the old claim can no longer finish the version.
@@ -319,10 +357,10 @@ def dataset_version_retry(
     )
     audit_record(
         actor=actor,
-        action="dataset_version.retried",
+        action=action,
         organisation=version.dataset.organisation,
         target=version,
-        extra={"repair": version.repair, "was": previous},
+        extra={**extra, "was": previous},
     )
     _enqueue_on_commit(version.pk)
     return version
@@ -559,15 +597,33 @@ def _schema_proposed(version: DatasetVersion, proposal: dict, *, claim: str | No
         if not _holds(version, claim):
             return version
         dataset = Dataset.objects.select_for_update(no_key=True).get(pk=version.dataset_id)
-        proposed = not dataset.schema_confirmed
-        if proposed:
-            dataset.schema = proposal["schema"]
-            dataset.save(update_fields=["schema"])
-        _mark_failed(
-            version,
-            "schema_unconfirmed",
-            "A schema was inferred from this upload. " + proposal["warning"] + " Then retry this version.",
-            extra={"schema_proposed": proposed},
+        version.dataset = dataset
+        if dataset.schema_confirmed:
+            # The steward confirmed a schema while this run was reading the file: check it against that.
+            return _requeue(
+                version, actor=None, action="dataset_version.revalidating", extra={"reason": "schema"}
+            )
+        # The latest upload's proposal replaces an earlier one (a confirmed schema is never replaced).
+        dataset.schema = proposal["schema"]
+        dataset.save(update_fields=["schema"])
+        # Not a failure: the version waits, its upload kept, until the steward confirms a schema
+        # (`dataset_schema_set` then queues it again).
+        version.status = VersionStatus.AWAITING_SCHEMA
+        version.error_code = "schema_unconfirmed"
+        version.error_message = (
+            "A schema was proposed from this upload. " + proposal["warning"] + " This version is "
+            "validated as soon as the schema is confirmed."
+        )
+        version.quality_report = None
+        version.ingest_claim = ""
+        version.finished_at = timezone.now()
+        version.save()
+        audit_record(
+            actor=None,
+            action="dataset_version.awaiting_schema",
+            organisation=dataset.organisation,
+            target=version,
+            extra={"number": version.number, "schema_proposed": True},
         )
     return version
 
@@ -687,20 +743,28 @@ def _delete_on_commit(name: str) -> None:
 
 def _failed_staging_expire() -> int:
     """A failed version keeps its upload so that it can be retried, for DATASET_FAILED_STAGING_SECONDS;
-    then the upload is deleted (a retry answers `upload_gone`), so failed uploads cannot fill the disk."""
+    then the upload is deleted (a retry answers `upload_gone`), so failed uploads cannot fill the disk.
+    A version awaiting a schema for that long loses its upload too, and fails (`upload_gone`)."""
     cutoff = timezone.now() - timedelta(seconds=settings.DATASET_FAILED_STAGING_SECONDS)
+    kept = {VersionStatus.FAILED, VersionStatus.AWAITING_SCHEMA}
     expired = 0
     for pk in (
-        DatasetVersion.objects.filter(status=VersionStatus.FAILED, finished_at__lt=cutoff)
+        DatasetVersion.objects.filter(status__in=kept, finished_at__lt=cutoff)
         .exclude(staging_path="")
         .values_list("pk", flat=True)[:500]
     ):
         with transaction.atomic():
             version = _locked_version(pk)
-            if version.status != VersionStatus.FAILED or not version.staging_path:
+            if version.status not in kept or not version.staging_path:
                 continue
             path, version.staging_path = version.staging_path, ""
             version.save(update_fields=["staging_path"])
+            if version.status == VersionStatus.AWAITING_SCHEMA:
+                _mark_failed(
+                    version,
+                    "upload_gone",
+                    "The upload waited for a confirmed schema too long and was deleted; upload it again.",
+                )
             audit_record(
                 actor=None,
                 action="dataset_version.upload_expired",
@@ -715,8 +779,12 @@ def _failed_staging_expire() -> int:
 
 @transaction.atomic
 def dataset_grant_create(
-    *, actor: Any, dataset: Dataset, organisation: Organisation, purpose: str
+    *, actor: Any, dataset: Dataset, organisation: Organisation, purpose: str, answering: int | None = None
 ) -> DatasetGrant:
+    """The owner grants an approved organisation a use of the dataset. The organisation's pending
+    access requests for that use are answered by it (approved, linked to the grant), so none stays
+    open to be declined while access is held; `answering`: the request `access_request_decide` is
+    approving itself (it records that decision)."""
     dataset_require_owner(actor=actor, dataset=dataset)
     if purpose not in GrantPurpose.values:
         raise ValidationFailed(
@@ -726,6 +794,7 @@ def dataset_grant_create(
         raise ValidationFailed("The owner organisation needs no grant.", code="owner_grant")
     if organisation.status != OrganisationStatus.APPROVED:
         raise NotFound("Organisation not found.")
+    audit_lock()  # first: this transaction locks the organisation's pending access requests below
     if DatasetGrant.objects.filter(
         dataset=dataset, organisation=organisation, purpose=purpose, revoked_at__isnull=True
     ).exists():
@@ -740,6 +809,32 @@ def dataset_grant_create(
         target=grant,
         extra={"grantee": organisation.slug, "purpose": purpose, "dataset": dataset.slug},
     )
+    answered = AccessRequest.objects.select_for_update(no_key=True, of=("self",)).filter(
+        dataset=dataset, organisation=organisation, purpose=purpose, status=AccessRequestStatus.PENDING
+    )
+    if answering is not None:
+        answered = answered.exclude(pk=answering)
+    now = timezone.now()
+    for request in answered:
+        request.status = AccessRequestStatus.APPROVED
+        request.decided_by, request.decided_at, request.updated_at = actor, now, now
+        request.grant = grant
+        request.decision_note = "Granted directly by the owner."
+        request.save(
+            update_fields=["status", "decided_by", "decided_at", "decision_note", "grant", "updated_at"]
+        )
+        audit_record(
+            actor=actor,
+            action="access_request.approved",
+            organisation=dataset.organisation,
+            target=request,
+            extra={
+                "dataset": dataset.slug,
+                "requester": organisation.slug,
+                "purpose": purpose,
+                "grant": grant.pk,
+            },
+        )
     return grant
 
 
@@ -845,3 +940,259 @@ def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
     with transaction.atomic():
         audit_record(actor=actor, action="keyring.rewrapped", extra={"kek_id": current.current_id, **counts})
     return counts
+
+
+# --- Catalogue listing and access requests ---------------------------------------------------------
+
+
+def _clean_text(value: Any, *, field: str, max_length: int, required: bool) -> str:
+    """A person's free text (a reason, a note): lines allowed, otherwise `clean_name`'s rules (no
+    control, invisible or bidirectional characters), at most `max_length` characters."""
+    if not isinstance(value, str):
+        raise ValidationFailed(
+            f"{field} must be text.", code="invalid_text", fields={field: ["Must be text."]}
+        )
+    text = value.replace("\r\n", "\n").replace("\r", "\n").strip()
+    if not text:
+        if required:
+            raise ValidationFailed(
+                f"{field} is required.", code=f"{field}_required", fields={field: ["Required."]}
+            )
+        return ""
+    if len(text) > max_length:
+        message = f"At most {max_length} characters."
+        raise ValidationFailed(f"{field}: {message}", code="text_too_long", fields={field: [message]})
+    # clean_name checks every character; line breaks and tabs are the ones free text may add.
+    clean_name(text.replace("\n", " ").replace("\t", " "), field=field, max_length=max_length)
+    return text
+
+
+@transaction.atomic
+def dataset_listing_set(*, actor: Any, dataset: Dataset, listed: bool) -> Dataset:
+    """Lists a dataset in the consortium's catalogue (or takes it out). The owner organisation's
+    admins and stewards only (`dataset_require_owner`); only a dataset with a confirmed schema can be
+    listed (`schema_not_confirmed`; the catalogue shows that schema, never a proposal read from the
+    data). Unlisting leaves grants and pending requests as they are. Setting what is already set
+    changes nothing and records nothing."""
+    dataset_require_owner(actor=actor, dataset=dataset)
+    if not isinstance(listed, bool):
+        raise ValidationFailed(
+            "listed must be true or false.", code="invalid_listed", fields={"listed": ["Must be a boolean."]}
+        )
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    dataset = (
+        Dataset.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("organisation")
+        .get(pk=dataset.pk)
+    )
+    if listed and not dataset.schema_confirmed:
+        raise Conflict(
+            "Only a dataset with a confirmed schema can be listed in the catalogue; confirm its schema first.",
+            code="schema_not_confirmed",
+        )
+    if dataset.listed == listed:
+        return dataset
+    dataset.listed = listed
+    dataset.save(update_fields=["listed"])
+    audit_record(
+        actor=actor,
+        action="dataset.listed" if listed else "dataset.unlisted",
+        organisation=dataset.organisation,
+        target=dataset,
+        extra={"slug": dataset.slug},
+    )
+    return dataset
+
+
+def _requester_membership(actor: Any):
+    """The membership an access request is made (or withdrawn) under: an approved organisation's,
+    with the query capability (every role has it). Operators act inside no organisation."""
+    if getattr(actor, "is_operator", False):
+        raise PermissionDenied(
+            "Operators do not act inside member organisations.", code="operator_not_member"
+        )
+    membership = membership_active(user=actor)
+    if membership is None:
+        raise NotFound("You are not a member of an approved organisation.", code="no_organisation")
+    require_capability(actor=actor, organisation=membership.organisation, capability=RUN_QUERIES)
+    return membership
+
+
+@transaction.atomic
+def access_request_create(*, actor: Any, dataset: Dataset, purpose: str, reason: str) -> AccessRequest:
+    """Asks a listed dataset's owner for a grant (`purpose`: query or training), with a reason. Refused:
+    one's own dataset (`own_dataset`), a dataset not listed (`not_listed`), access the organisation
+    already holds (`already_granted`), and a second pending request for the same dataset and purpose
+    (`duplicate_request`; the database holds it to one as well). Callers find `dataset` through
+    `catalogue_dataset_get`."""
+    membership = _requester_membership(actor)
+    if purpose not in GrantPurpose.values:
+        raise ValidationFailed(
+            f"purpose must be one of {', '.join(GrantPurpose.values)}.",
+            code="invalid_purpose",
+            fields={"purpose": [f"Use one of {', '.join(GrantPurpose.values)}."]},
+        )
+    reason = _clean_text(reason, field="reason", max_length=ACCESS_REQUEST_REASON_MAX, required=True)
+    if dataset.organisation_id == membership.organisation_id:
+        raise ValidationFailed(
+            "Your organisation owns this dataset: it needs no access request.", code="own_dataset"
+        )
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    dataset = (
+        Dataset.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("organisation")
+        .get(pk=dataset.pk)
+    )
+    if not dataset.listed:
+        raise Conflict("This dataset is not offered in the catalogue.", code="not_listed")
+    if DatasetGrant.objects.filter(
+        dataset=dataset, organisation_id=membership.organisation_id, purpose=purpose, revoked_at__isnull=True
+    ).exists():
+        raise Conflict("Your organisation already has this access.", code="already_granted")
+    duplicate = Conflict(
+        "Your organisation already has a pending request for this dataset and purpose.",
+        code="duplicate_request",
+    )
+    if AccessRequest.objects.filter(
+        dataset=dataset,
+        organisation_id=membership.organisation_id,
+        purpose=purpose,
+        status=AccessRequestStatus.PENDING,
+    ).exists():
+        raise duplicate
+    try:
+        with transaction.atomic():
+            access_request = AccessRequest.objects.create(
+                dataset=dataset,
+                organisation=membership.organisation,
+                requested_by=actor,
+                purpose=purpose,
+                reason=reason,
+            )
+    except IntegrityError:  # one_pending_access_request: a concurrent twin committed first
+        raise duplicate from None
+    audit_record(
+        actor=actor,
+        action="access_request.created",
+        organisation=membership.organisation,
+        target=access_request,
+        extra={"dataset": str(dataset), "purpose": purpose},
+    )
+    return access_request
+
+
+ACCESS_DECISIONS = ("approve", "decline")
+
+
+@transaction.atomic
+def access_request_decide(
+    *, actor: Any, access_request: AccessRequest, decision: str, note: str = ""
+) -> AccessRequest:
+    """The dataset owner's admins and stewards (the rule of `dataset_grant_create`) approve a pending
+    request, which makes the grant through `dataset_grant_create` in this same transaction, or decline
+    it; either with an optional note the requester reads. A decided request is `access_request_decided`."""
+    if decision not in ACCESS_DECISIONS:
+        raise ValidationFailed(
+            "decision must be approve or decline.",
+            code="invalid_decision",
+            fields={"decision": ["Use approve or decline."]},
+        )
+    membership = membership_active(user=actor)
+    dataset = access_request.dataset
+    if membership is not None and membership.organisation_id == access_request.organisation_id:
+        raise PermissionDenied(
+            "Only the dataset's owner organisation decides access requests.", code="not_owner"
+        )
+    dataset_require_owner(actor=actor, dataset=dataset)
+    note = _clean_text(note, field="note", max_length=ACCESS_REQUEST_NOTE_MAX, required=False)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    access_request = (
+        AccessRequest.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("dataset__organisation", "organisation")
+        .get(pk=access_request.pk)
+    )
+    if access_request.status != AccessRequestStatus.PENDING:
+        raise Conflict(f"This request is already {access_request.status}.", code="access_request_decided")
+    grant = None
+    if decision == "approve":
+        # Granting decides who may get a grant (one rule): its refusals, in this request's words.
+        try:
+            grant = dataset_grant_create(
+                actor=actor,
+                dataset=access_request.dataset,
+                organisation=access_request.organisation,
+                purpose=access_request.purpose,
+                answering=access_request.pk,
+            )
+        except NotFound:
+            raise Conflict(
+                "The requesting organisation is no longer approved; decline the request.",
+                code="requester_not_approved",
+            ) from None
+        except Conflict as exc:
+            if exc.code != "duplicate_grant":
+                raise
+            raise Conflict(
+                "The requesting organisation already has this access; decline the request.",
+                code="already_granted",
+            ) from None
+    now = timezone.now()
+    access_request.status = AccessRequestStatus.APPROVED if grant else AccessRequestStatus.DECLINED
+    access_request.decided_by = actor
+    access_request.decided_at = now
+    access_request.decision_note = note
+    access_request.grant = grant
+    access_request.updated_at = now
+    access_request.save(
+        update_fields=["status", "decided_by", "decided_at", "decision_note", "grant", "updated_at"]
+    )
+    audit_record(
+        actor=actor,
+        action=f"access_request.{access_request.status}",
+        organisation=access_request.dataset.organisation,
+        target=access_request,
+        extra={
+            "dataset": access_request.dataset.slug,
+            "requester": access_request.organisation.slug,
+            "purpose": access_request.purpose,
+            "grant": grant.pk if grant else None,
+        },
+    )
+    return access_request
+
+
+@transaction.atomic
+def access_request_withdraw(*, actor: Any, access_request: AccessRequest) -> AccessRequest:
+    """The requesting organisation's members take back a pending request. The dataset's owner is told
+    no (`not_requester`); anyone else that it does not exist."""
+    if getattr(actor, "is_operator", False):
+        raise PermissionDenied(
+            "Only the requesting organisation withdraws its request.", code="not_requester"
+        )
+    membership = membership_active(user=actor)
+    if membership is None or membership.organisation_id != access_request.organisation_id:
+        if membership is not None and membership.organisation_id == access_request.dataset.organisation_id:
+            raise PermissionDenied(
+                "Only the requesting organisation withdraws its request.", code="not_requester"
+            )
+        raise NotFound("Access request not found.")
+    _requester_membership(actor)
+    audit_lock()  # first: the lock order of every write (see audit_lock)
+    access_request = (
+        AccessRequest.objects.select_for_update(no_key=True, of=("self",))
+        .select_related("dataset__organisation", "organisation")
+        .get(pk=access_request.pk)
+    )
+    if access_request.status != AccessRequestStatus.PENDING:
+        raise Conflict(f"This request is already {access_request.status}.", code="access_request_decided")
+    access_request.status = AccessRequestStatus.WITHDRAWN
+    access_request.updated_at = timezone.now()
+    access_request.save(update_fields=["status", "updated_at"])
+    audit_record(
+        actor=actor,
+        action="access_request.withdrawn",
+        organisation=access_request.organisation,
+        target=access_request,
+        extra={"dataset": str(access_request.dataset), "purpose": access_request.purpose},
+    )
+    return access_request

@@ -3,7 +3,7 @@ namespace (`portal:dataset`, ...), so that the portal imports none of the apps' 
 
 from django.urls import path
 
-from . import views
+from . import views, views_catalogue
 
 urlpatterns = [
     path("datasets/", views.dataset_list_view, name="datasets"),
@@ -12,12 +12,22 @@ urlpatterns = [
         "datasets/<slug:organisation>/<slug:slug>/schema/", views.dataset_schema_view, name="dataset_schema"
     ),
     path(
+        "datasets/<slug:organisation>/<slug:slug>/schema/edit/",
+        views.dataset_schema_edit_view,
+        name="dataset_schema_edit",
+    ),
+    path(
         "datasets/<slug:organisation>/<slug:slug>/upload/", views.dataset_upload_view, name="dataset_upload"
     ),
     path(
         "datasets/<slug:organisation>/<slug:slug>/versions/<int:number>/",
         views.dataset_version_view,
         name="dataset_version",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/versions/<int:number>/quality.json",
+        views.dataset_version_quality_view,
+        name="dataset_version_quality",
     ),
     path(
         "datasets/<slug:organisation>/<slug:slug>/versions/<int:number>/retry/",
@@ -32,5 +42,28 @@ urlpatterns = [
         "datasets/<slug:organisation>/<slug:slug>/agreement/",
         views.dataset_agreement_view,
         name="dataset_agreement",
+    ),
+    # The catalogue and access requests (views_catalogue).
+    path("catalogue/", views_catalogue.catalogue_view, name="catalogue"),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/access-requests/",
+        views_catalogue.dataset_access_request_view,
+        name="dataset_access_request",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/listing/",
+        views_catalogue.dataset_listing_view,
+        name="dataset_listing",
+    ),
+    path("access-requests/", views_catalogue.access_requests_view, name="access_requests"),
+    path(
+        "access-requests/<int:request_id>/decide/",
+        views_catalogue.access_request_decide_view,
+        name="access_request_decide",
+    ),
+    path(
+        "access-requests/<int:request_id>/withdraw/",
+        views_catalogue.access_request_withdraw_view,
+        name="access_request_withdraw",
     ),
 ]

@@ -125,6 +125,16 @@ def _cost(
     return PrivacyCost(measure=schema.policy.measure, epsilon=main, delta=delta)
 
 
+def _accuracy(fn: Callable[[float, float], float], scale: float, alpha: float) -> float | None:
+    """OpenDP's half-width at 1 - alpha. Its discrete-Laplace formula overflows to -inf at tiny scales
+    (below ~0.0014, i.e. a very large ε): the noise is then 0 with probability above 1 - alpha, so the
+    half-width is 0. NaN (never seen) is no interval rather than an answer JSON cannot carry."""
+    width = float(fn(scale, alpha))
+    if math.isnan(width):
+        return None
+    return max(width, 0.0)
+
+
 def _components(plan: _Plan, meas: Measurement) -> tuple[dict[int, Component], Accuracy]:
     """Each primitive's noise (OpenDP's summary) and its half-widths at 95% and 97.5%."""
     summary = dp.summarize_polars_measurement(meas)
@@ -134,7 +144,7 @@ def _components(plan: _Plan, meas: Measurement) -> tuple[dict[int, Component], A
     for index, prim in enumerate(plan.primitives):
         row = by_alias[_alias(index)]
         fn = _ACCURACY.get(row["distribution"])
-        accuracy[index] = {a: (float(fn(row["scale"], a)) if fn else None) for a in (ALPHA, ALPHA / 2)}
+        accuracy[index] = {a: (_accuracy(fn, row["scale"], a) if fn else None) for a in (ALPHA, ALPHA / 2)}
         components[index] = Component(
             role=prim.kind if prim.kind != "len" else "count",
             mechanism=row["distribution"],

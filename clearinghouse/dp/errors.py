@@ -31,6 +31,9 @@ CODES = frozenset(
         "data_does_not_match_schema",  # the data handed to release() breaks the declared schema
         "dataset_too_large",  # more rows than the policy's public `max_rows`
         "query_not_supported_by_opendp",  # OpenDP refused to build the measurement
+        # accuracy planning (planner.py)
+        "accuracy_target_invalid",  # a target half-width ≤ 0, not finite, or out of reach
+        "accuracy_not_plannable",  # no aggregate of the query has a data-independent half-width
     }
 )
 

@@ -4,9 +4,13 @@ from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
 from clearinghouse.core.apis import paginated, text_field, validated
+from clearinghouse.datasets.selectors import datasets_overview
+from clearinghouse.queries.selectors import budgets_overview
+from federation.selectors import jobs_overview
 
 from .roles import Role
 from .selectors import (
@@ -21,6 +25,7 @@ from .selectors import (
     organisation_directory_get,
     organisation_get,
     organisation_list,
+    organisations_overview,
 )
 from .services import (
     invitation_accept,
@@ -339,3 +344,148 @@ class InvitationAcceptApi(APIView):
         data = validated(self.InputSerializer, request.data)
         membership = invitation_accept(actor=request.user, token=data["token"])
         return Response(MembershipOutputSerializer(membership).data, status=status.HTTP_201_CREATED)
+
+
+# --- The operators' consortium overview: metadata of every organisation, dataset, budget and
+# federated job (what operators read anyway through the endpoints above and the datasets', queries'
+# and federation's, never rows, row counts, sizes, keys or tokens: docs/data-exposure.md). The portal's
+# `portal:operator_overview` shows the same selectors' answers.
+class OverviewOrganisationSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OverviewOrganisation"
+
+    name = serializers.CharField()
+    slug = serializers.CharField()
+    country = serializers.CharField()
+    status = serializers.CharField()
+    members = serializers.IntegerField(help_text="How many people belong to it.")
+    created_at = serializers.DateTimeField()
+
+
+class OverviewDatasetSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OverviewDataset"
+
+    organisation = serializers.CharField(source="organisation.slug")
+    slug = serializers.CharField()
+    name = serializers.CharField()
+    schema_confirmed = serializers.BooleanField()
+    listed = serializers.BooleanField(
+        allow_null=True, help_text="Offered in the catalogue (null where this deployment has no catalogue)."
+    )
+    versions_ready = serializers.IntegerField(help_text="Ready versions (non-owners see no other).")
+    latest_version = serializers.IntegerField(allow_null=True, help_text="The newest ready version.")
+    latest_version_at = serializers.DateTimeField(allow_null=True, help_text="Its upload time.")
+    created_at = serializers.DateTimeField()
+
+
+class OverviewBudgetSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OverviewBudget"
+
+    dataset = serializers.SerializerMethodField(help_text="owner/slug")
+    measure = serializers.CharField()
+    total = serializers.FloatField()
+    spent = serializers.FloatField()
+    left = serializers.FloatField(help_text="The total less what was spent.")
+    delta_total = serializers.FloatField()
+    delta_spent = serializers.FloatField()
+    allocations = serializers.IntegerField(source="allocations_count", help_text="Organisations allocated.")
+
+    def get_dataset(self, budget) -> str:
+        return f"{budget.dataset.organisation.slug}/{budget.dataset.slug}"
+
+
+class OverviewJobSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OverviewJob"
+
+    id = serializers.IntegerField()
+    name = serializers.CharField()
+    state = serializers.CharField()
+    participants = serializers.IntegerField(source="participants_count", help_text="Organisations invited.")
+    participants_accepted = serializers.IntegerField()
+    rounds_completed = serializers.IntegerField(source="rounds_done")
+    num_rounds = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class OverviewOrganisationsSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OverviewOrganisations"
+
+    count = serializers.IntegerField(help_text="How many match `q`.")
+    results = OverviewOrganisationSerializer(many=True, help_text="This page of them.")
+
+
+class OverviewDatasetsSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OverviewDatasets"
+
+    count = serializers.IntegerField(help_text="How many match `q`.")
+    results = OverviewDatasetSerializer(many=True, help_text="This page of them.")
+
+
+class OverviewBudgetsSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OverviewBudgets"
+
+    count = serializers.IntegerField(help_text="How many match `q`.")
+    results = OverviewBudgetSerializer(many=True, help_text="This page of them.")
+
+
+class OverviewJobsSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "OverviewJobs"
+
+    count = serializers.IntegerField(help_text="How many match `q`.")
+    results = OverviewJobSerializer(many=True, help_text="This page of them.")
+
+
+class OperatorOverviewApi(APIView):
+    """Operators only (403 `operator_required` for everyone else): one page of each section."""
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OperatorOverviewInput"
+
+        q = text_field(
+            required=False,
+            default="",
+            help_text="Keeps what names it: an organisation's, dataset's or job's name or slug (any case).",
+        )
+        page = serializers.IntegerField(
+            required=False,
+            default=1,
+            min_value=1,
+            max_value=1_000_000,
+            help_text="The page of every section (as many items a page as the API's lists).",
+        )
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "OperatorOverviewOutput"
+
+        q = serializers.CharField()
+        page = serializers.IntegerField()
+        organisations = OverviewOrganisationsSerializer()
+        datasets = OverviewDatasetsSerializer()
+        budgets = OverviewBudgetsSerializer()
+        jobs = OverviewJobsSerializer()
+
+    @extend_schema(parameters=[InputSerializer], responses=OutputSerializer, operation_id="operator_overview")
+    def get(self, request):
+        filters = validated(self.InputSerializer, request.query_params)
+        q, page = filters["q"].strip(), filters["page"]
+        size = api_settings.PAGE_SIZE
+        sections = {
+            "organisations": organisations_overview(actor=request.user, q=q),
+            "datasets": datasets_overview(actor=request.user, q=q),
+            "budgets": budgets_overview(actor=request.user, q=q),
+            "jobs": jobs_overview(actor=request.user, q=q),
+        }
+        body = {
+            name: {"count": items.count(), "results": items[(page - 1) * size : page * size]}
+            for name, items in sections.items()
+        }
+        return Response(self.OutputSerializer({"q": q, "page": page, **body}).data)

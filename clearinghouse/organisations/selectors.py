@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from clearinghouse.core.errors import NotFound, PermissionDenied
 
@@ -189,3 +189,15 @@ def invitation_get(*, actor: Any, invitation_id: int) -> Invitation:
     ):
         raise NotFound("Invitation not found.")
     return invitation
+
+
+def organisations_overview(*, actor: Any, q: str = "") -> QuerySet[Organisation]:
+    """The operators' consortium overview (`portal:operator_overview`, `GET /api/v1/operator/overview`):
+    every organisation, whatever its status, with `members` (how many people belong to it: operators
+    read its members anyway, `membership_list`). `q` keeps those whose name or slug holds it. Operators
+    only (PermissionDenied `operator_required` for everyone else)."""
+    require_operator(actor=actor)
+    organisations = Organisation.objects.annotate(members=Count("memberships"))
+    if q:
+        organisations = organisations.filter(Q(name__icontains=q) | Q(slug__icontains=q))
+    return organisations.order_by("name", "pk")

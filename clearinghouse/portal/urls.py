@@ -41,6 +41,7 @@ urlpatterns = [
     ),
     path("tokens/", views.tokens_view, name="tokens"),
     path("tokens/<int:token_id>/revoke/", views.token_revoke_view, name="token_revoke"),
+    path("operator/", views.operator_overview, name="operator_overview"),
     path("operator/organisations/", views.operator_organisations, name="operator_organisations"),
     path(
         "operator/organisations/<slug:slug>/",

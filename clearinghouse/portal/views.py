@@ -19,6 +19,7 @@ from clearinghouse.accounts.selectors import api_token_active_count, api_token_g
 from clearinghouse.accounts.services import api_token_create, api_token_revoke, user_signup
 from clearinghouse.audit.selectors import AuditTarget, audit_event_list, audit_event_targets
 from clearinghouse.core.errors import ApplicationError, ValidationFailed
+from clearinghouse.datasets.selectors import datasets_overview
 from clearinghouse.organisations.models import OrganisationStatus, RequestStatus
 from clearinghouse.organisations.roles import MANAGE_MEMBERS, Role
 from clearinghouse.organisations.selectors import (
@@ -36,6 +37,7 @@ from clearinghouse.organisations.selectors import (
     organisation_get,
     organisation_list,
     organisation_pending_list,
+    organisations_overview,
     require_operator,
     user_capabilities,
 )
@@ -52,6 +54,8 @@ from clearinghouse.organisations.services import (
     organisation_apply,
     organisation_set_status,
 )
+from clearinghouse.queries.selectors import budgets_overview
+from federation.selectors import jobs_overview
 
 from . import forms
 from .shortcuts import form_error, my_membership, paginate, service_errors, signed_in_user
@@ -378,3 +382,23 @@ def _audit_target_link(target: AuditTarget | None) -> str:
         return reverse("portal:federated_job", kwargs={"job_id": target.job_id})
     name = "portal:query_console" if target.kind == "query_console" else "portal:dataset"
     return reverse(name, kwargs={"organisation": target.organisation, "slug": target.dataset})
+
+
+@login_required
+@require_GET
+@service_errors
+def operator_overview(request: HttpRequest) -> HttpResponse:
+    """The consortium at a glance, for operators (the API's `GET /api/v1/operator/overview`, from the
+    same selectors): organisations, datasets, budgets and federated jobs, metadata only, each list
+    paged on its own; `q` filters them all by name or slug. Everyone else gets the 403 page."""
+    q = request.GET.get("q", "").strip()
+    sections = {
+        "organisations": organisations_overview(actor=request.user, q=q),
+        "datasets": datasets_overview(actor=request.user, q=q),
+        "budgets": budgets_overview(actor=request.user, q=q),
+        "jobs": jobs_overview(actor=request.user, q=q),
+    }
+    context: dict[str, Any] = {
+        name: paginate(request, items, param=f"{name}_page") for name, items in sections.items()
+    }
+    return render(request, "portal/operator_overview.html", {**context, "q": q})

@@ -4,7 +4,14 @@ from dataclasses import asdict
 
 from django.conf import settings
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, PolymorphicProxySerializer, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_field,
+)
 from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -14,7 +21,7 @@ from clearinghouse.datasets.selectors import dataset_get
 from clearinghouse.organisations.selectors import organisation_directory_get
 
 from .ledger import allocation_set, budget_set
-from .models import QUERY_FINISHED, PrivacyMeasure, QueryStatus
+from .models import QUERY_FINISHED, PrivacyMeasure, QueryStatus, TrainingPolicy
 from .selectors import (
     budget_left_for,
     budget_spending,
@@ -25,6 +32,8 @@ from .selectors import (
 )
 from .services import (
     query_error_for,
+    query_plan_prepare,
+    query_plan_run,
     query_prepare,
     query_preview_run,
     query_submit,
@@ -87,6 +96,11 @@ class BudgetOutputSerializer(serializers.Serializer):
         help_text="The steward's stated public upper bound on the row count "
         "(stated, not measured: never the true count)."
     )
+    training = serializers.ChoiceField(
+        choices=TrainingPolicy.choices,
+        help_text="Federated training on the dataset: forbidden, only with DP-SGD paid from this budget "
+        "(dp), or also without DP (any: such a model carries no guarantee).",
+    )
     allocations = BudgetAllocationOutputSerializer(many=True)
     daily = BudgetDailyOutputSerializer(many=True, help_text="Spending per day and organisation.")
 
@@ -119,6 +133,14 @@ class BudgetApi(APIView):
             default=None,
             help_text="A public upper bound on the row count, stated from public knowledge (never measured); "
             "a tighter one means less noise on float sums. Omitted: unchanged.",
+        )
+        training = StrictCharField(
+            max_length=16,
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="Federated training: 'forbidden', 'dp' (only with DP-SGD, paid from this budget; "
+            "needs the approx measure) or 'any' (also without DP). Omitted: unchanged ('dp' for a new budget).",
         )
 
     @extend_schema(
@@ -297,9 +319,27 @@ class QueryBatchOutputSerializer(serializers.Serializer):
     results = QueryOutputSerializer(many=True, help_text="The queries of the request, in order.")
 
 
-class QueryPreviewOutputSerializer(serializers.Serializer):
+class PreviewWarningSerializer(serializers.Serializer):
+    """Something to know before spending (`dp.planner.preview_warnings`)."""
+
     class Meta:
-        ref_name = "QueryPreviewOutput"
+        ref_name = "PreviewWarning"
+
+    code = serializers.CharField(
+        help_text="Stable: `interval_covers_range` (a 95% interval would cover at least half of the "
+        "aggregate's public range, from the stated row bound and the column's bounds) or "
+        "`group_too_small_for_mean` (smaller groups get a mean interval wider than half the column's range)."
+    )
+    aggregate = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.DictField(help_text="e.g. `min_group_size`, `half_width_95`, `public_range`.")
+
+
+class PlannedPreviewSerializer(serializers.Serializer):
+    """A preview (mechanisms, 95% half-widths, exact cost) and its warnings; spends nothing."""
+
+    class Meta:
+        ref_name = "PlannedPreview"
 
     spec_hash = serializers.CharField()
     schema_fingerprint = serializers.CharField()
@@ -308,6 +348,16 @@ class QueryPreviewOutputSerializer(serializers.Serializer):
     group_by = serializers.ListField(child=serializers.CharField())
     public_groups = serializers.IntegerField(allow_null=True)
     threshold = serializers.IntegerField(allow_null=True)
+    warnings = PreviewWarningSerializer(many=True, help_text="Read them before spending.")
+
+
+class QueryPreviewOutputSerializer(PlannedPreviewSerializer):
+    """What a query would cost and how noisy it would be, with the warnings to read before spending,
+    the dataset version it was priced on and what is left to the asking analyst."""
+
+    class Meta:
+        ref_name = "QueryPreviewOutput"
+
     version = serializers.IntegerField()
     left = BudgetLeftSerializer()
 
@@ -382,6 +432,127 @@ class QueryPreviewApi(APIView):
         preview = query_preview_run(version=version, spec=spec, timeout=settings.QUERY_WAIT_SECONDS)
         left = budget_left_for(actor=request.user, dataset=dataset)
         return Response({**preview, "version": version.number, "left": asdict(left)})
+
+
+class UnplannedAggregateSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "UnplannedAggregate"
+
+    aggregate = serializers.CharField()
+    type = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class AccuracyCurvePointSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "AccuracyCurvePoint"
+
+    level = serializers.FloatField(help_text="ε, or ρ under a zCDP policy (see `measure`).")
+    half_widths = serializers.DictField(
+        child=serializers.FloatField(allow_null=True),
+        help_text="Aggregate name → 95% half-width (null: a mean's depends on the data; a quantile has none).",
+    )
+    min_group_sizes = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="Mean name → the least group size whose 95% interval is narrower than half the column's range.",
+    )
+
+
+class QueryPlanOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "QueryPlanOutput"
+
+    measure = serializers.CharField(help_text="What `level` is: `epsilon`, or `rho` under a zCDP policy.")
+    target_half_width = serializers.FloatField(allow_null=True)
+    level = serializers.FloatField(
+        allow_null=True,
+        help_text="The least ε (or ρ) at which every count and sum has a 95% half-width ≤ the target, "
+        "checked with the real calibration (null without a target).",
+    )
+    preview = PlannedPreviewSerializer(
+        allow_null=True, help_text="The preview at `level`, with its warnings."
+    )
+    unplanned = UnplannedAggregateSerializer(
+        many=True, help_text="Aggregates the target does not apply to (means, quantiles), and why."
+    )
+    min_group_sizes = serializers.DictField(
+        child=serializers.IntegerField(), help_text="At `level`: mean name → its least group size."
+    )
+    calibrations = serializers.IntegerField(allow_null=True, help_text="Real calibrations the search made.")
+    curve = AccuracyCurvePointSerializer(
+        many=True, allow_null=True, help_text="Half-widths per level, when asked for (`curve` or `levels`)."
+    )
+    version = serializers.IntegerField()
+    left = BudgetLeftSerializer()
+
+
+@extend_schema_field(OpenApiTypes.NUMBER)
+class _CheckedNumberField(serializers.Field):
+    """A number passed on as given: the service checks it and answers with its own stable code
+    (`accuracy_target_invalid`), as it does for a privacy loss."""
+
+    def to_internal_value(self, data):
+        return data
+
+    def to_representation(self, value):
+        return value
+
+
+class QueryPlanApi(APIView):
+    """Plans a query by accuracy before spending: the least ε (ρ under zCDP) at which every count and
+    sum has a 95% half-width within `target_half_width`, with the preview at that level, and/or the
+    accuracy curve (half-widths at several levels). Spends nothing, reads no data."""
+
+    class InputSerializer(QueryInputSerializer):
+        class Meta:
+            ref_name = "QueryPlanInput"
+
+        target_half_width = _CheckedNumberField(
+            required=False,
+            allow_null=True,
+            default=None,
+            help_text="The 95% half-width every count and sum must meet; give no ε/ρ with it (δ may be given).",
+        )
+        curve = serializers.BooleanField(
+            required=False, default=False, help_text="Also answer the accuracy curve (default levels)."
+        )
+        levels = serializers.ListField(
+            child=serializers.FloatField(),
+            required=False,
+            allow_null=True,
+            default=None,
+            max_length=20,
+            help_text="The curve's levels (ε, or ρ under zCDP); implies `curve`.",
+        )
+
+    @extend_schema(
+        request=InputSerializer,
+        operation_id="queries_plan",
+        examples=[
+            OpenApiExample(
+                "The least epsilon for counts within 50, and the curve",
+                value={
+                    "sql": "SELECT educ, COUNT(*) FROM pums GROUP BY educ",
+                    "target_half_width": 50,
+                    "curve": True,
+                },
+                request_only=True,
+            ),
+            OpenApiExample(
+                "The curve at chosen levels",
+                value={"spec": {"aggregates": [{"type": "sum", "column": "income"}]}, "levels": [0.1, 1, 10]},
+                request_only=True,
+            ),
+        ],
+        responses={200: QueryPlanOutputSerializer, 503: ErrorSerializer},
+    )
+    def post(self, request, organisation: str, slug: str):
+        dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        data = validated(self.InputSerializer, request.data)
+        plan_request = query_plan_prepare(actor=request.user, dataset=dataset, **data)
+        plan = query_plan_run(request=plan_request, timeout=settings.QUERY_WAIT_SECONDS)
+        left = budget_left_for(actor=request.user, dataset=dataset)
+        return Response({**plan, "version": plan_request.version.number, "left": asdict(left)})
 
 
 class QueryListSubmitApi(APIView):

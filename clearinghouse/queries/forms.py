@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 
-from .models import PrivacyMeasure
+from .models import PrivacyMeasure, TrainingPolicy
 
 # One line each, shown next to the choice.
 MEASURE_HELP: dict[str, str] = {
@@ -17,6 +17,15 @@ MEASURE_HELP: dict[str, str] = {
     "(e.g. group keys that are not public).",
     PrivacyMeasure.ZCDP: "ρ (zero-concentrated DP): Gaussian noise, tighter when many queries "
     "compose; costs add up in ρ.",
+}
+
+
+TRAINING_HELP: dict[str, str] = {
+    TrainingPolicy.FORBIDDEN: "No federated job may train on this dataset.",
+    TrainingPolicy.DP: "Jobs train only with DP-SGD; each job's (ε, δ) is paid from this budget when it is "
+    "scheduled (needs approximate DP).",
+    TrainingPolicy.ANY: "Jobs may also train without DP (a training grant suffices); such a model carries "
+    "no privacy guarantee.",
 }
 
 
@@ -31,11 +40,12 @@ class BudgetPolicyForm(forms.Form):
     per_query_max = _text()
     per_analyst_cap = _text()
     max_rows = _text()
+    training = _text(widget=forms.Select(choices=TrainingPolicy.choices))
 
     def policy(self) -> dict[str, Any]:
         """The fields as `budget_set` takes them; what does not parse is passed on as typed, so that
         the service says what is wrong with it. Empty caps mean none; an empty row bound keeps the
-        current one; an empty δ is 0."""
+        current one; an empty δ is 0; an empty training policy keeps the current one."""
         data = self.cleaned_data
         return {
             "measure": data["measure"],
@@ -44,6 +54,8 @@ class BudgetPolicyForm(forms.Form):
             "per_query_max": _number(data["per_query_max"]),
             "per_analyst_cap": _number(data["per_analyst_cap"]),
             "max_rows": _number(data["max_rows"], whole=True),
+            # Empty keeps the policy in force (a form saved before the field existed changes nothing).
+            "training": data["training"] or None,
         }
 
 

@@ -1,9 +1,14 @@
-"""Budget settings and the atomic debit. Every write is audited in its own transaction."""
+"""Budget settings and the atomic debit. Every write is audited in its own transaction.
+
+One debit (`_debit`) pays every use of a dataset: a query's release (`budget_debit`) and a federated
+job's DP-SGD training (`budget_debit_training`, priced in (ε, δ), approximate-DP budgets only), under
+the same locks and limits."""
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +24,16 @@ from clearinghouse.datasets.selectors import dataset_ready_rows_max, dataset_req
 from clearinghouse.dp.schema import U32_MAX as MAX_ROWS_LIMIT  # OpenDP's max_length is a u32
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
 
-from .models import BudgetAllocation, LedgerEntry, PrivacyBudget, PrivacyMeasure, Query, QueryStatus
+from .models import (
+    BudgetAllocation,
+    LedgerEntry,
+    LedgerKind,
+    PrivacyBudget,
+    PrivacyMeasure,
+    Query,
+    QueryStatus,
+    TrainingPolicy,
+)
 
 # Floating-point sums of many small costs may overshoot by rounding alone; this slack is far below any
 # meaningful privacy loss (1e-12 of the total).
@@ -87,11 +101,21 @@ def budget_set(
     per_query_max: float | None = None,
     per_analyst_cap: float | None = None,
     max_rows: int | None = None,
+    training: str | None = None,
 ) -> PrivacyBudget:
     """The steward's policy. `max_rows` is a public upper bound on the row count that the DP engine
     calibrates with (stated, never measured); None keeps the current one (the default for a new
-    budget). Changes apply to queries priced afterwards: released answers are replayed as they were."""
+    budget). `training` (a `TrainingPolicy`): whether federated jobs may train on the dataset, only
+    with DP-SGD paid from this budget, or also without DP; None keeps the current one (`dp` for a new
+    budget). Changes apply to queries priced and jobs scheduled afterwards: released answers are
+    replayed as they were, and jobs already scheduled keep what they were debited."""
     dataset_require_owner(actor=actor, dataset=dataset)
+    if training is not None and training not in TrainingPolicy.values:
+        raise ValidationFailed(
+            f"training must be one of {', '.join(TrainingPolicy.values)}.",
+            code="invalid_training_policy",
+            fields={"training": [f"Choose one of {', '.join(TrainingPolicy.values)}."]},
+        )
     if measure not in PrivacyMeasure.values:
         raise ValidationFailed(
             f"measure must be one of {', '.join(PrivacyMeasure.values)}.",
@@ -141,6 +165,8 @@ def budget_set(
                 code="queries_in_flight",
             )
         budget.max_rows = max_rows
+    if training is not None:
+        budget.training = training
     budget.updated_at = timezone.now()
     budget.save()
     audit_record(
@@ -156,6 +182,7 @@ def budget_set(
             "per_query_max": per_query_max,
             "per_analyst_cap": per_analyst_cap,
             "max_rows": budget.max_rows,
+            "training": budget.training,
         },
     )
     return budget
@@ -234,56 +261,64 @@ def budget_remaining(
     )
 
 
-def budget_debit(
-    *, query: Query, amount: float, delta: float = 0.0, measure: str | None = None
-) -> LedgerEntry:
-    """Pays for `query`, or raises BudgetExceeded and spends nothing. Must run inside the caller's
-    transaction (which also records the query as running), so that the debit and the query's state
-    commit together. `measure`: the one `amount` was priced in; if the owner changed the budget's
-    measure since, the query is refused rather than paid in the wrong unit."""
+@dataclass(frozen=True)
+class _Payer:
+    """Who pays a debit and how its refusals name what: a query's asking organisation and analyst
+    ("This query", "your organisation's allocation"), or a federated job's participant and the admin
+    who accepted it (named, since the operator who schedules the job reads the refusal)."""
+
+    organisation_id: int
+    analyst: Any
+    use: str
+    allocation: str = "your organisation's allocation"
+    cap: str = "your personal cap"
+    delta_to: str = "your organisation"
+
+
+def _debit(
+    *, dataset_id: int, payer: _Payer, amount: float, delta: float, check: Callable[[PrivacyBudget], None]
+) -> PrivacyBudget:
+    """The one debit: locks the budget, then the payer's allocation (after the audit head: the lock
+    order of every ledger write), checks every limit (allocation, per-use maximum, the dataset's
+    total, the payer's personal cap, δ) and adds `amount` and `delta` to the spent sums, or raises
+    and spends nothing. `check(budget)` refuses a budget that cannot pay this kind of use (its
+    measure). The caller writes the ledger entry and its audit event in the same transaction."""
     if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("budget_debit must run inside a transaction")
+        raise RuntimeError("a ledger debit must run inside a transaction")
     if not (amount > 0 and math.isfinite(amount)) or not (0 <= delta < 1):
         raise ValidationFailed("The privacy cost must be positive and finite.", code="invalid_privacy_loss")
     # Lock order: budget, then allocation, everywhere, so concurrent debits cannot deadlock.
     audit_lock()  # first: the lock order of every write (see audit_lock)
-    budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset_id=query.dataset_id).first()
+    budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset_id=dataset_id).first()
     if budget is None:
         raise NotFound("This dataset has no privacy budget; its owner must set one.", code="no_budget")
-    if measure is not None and measure != budget.measure:
-        raise Conflict(
-            "The dataset's privacy measure changed after this query was priced; nothing was spent. "
-            "Ask again.",
-            code="policy_changed",
-        )
+    check(budget)
     allocation = (
         BudgetAllocation.objects.select_for_update(no_key=True)
-        .filter(budget=budget, organisation_id=query.organisation_id)
+        .filter(budget=budget, organisation_id=payer.organisation_id)
         .first()
     )
-    unit = "ε" if budget.measure == PrivacyMeasure.PURE else "ρ"
+    unit = "ρ" if budget.measure == PrivacyMeasure.ZCDP else "ε"
     if allocation is None:  # however small the cost: nothing was allocated, so nothing may be spent
-        raise BudgetExceeded(
-            f"This query costs {unit}={amount:.6g}; your organisation's allocation has {unit}=0 left."
-        )
-    left = budget_remaining(budget=budget, allocation=allocation, analyst=query.analyst)
+        raise BudgetExceeded(f"{payer.use} costs {unit}={amount:.6g}; {payer.allocation} has {unit}=0 left.")
+    left = budget_remaining(budget=budget, allocation=allocation, analyst=payer.analyst)
     if left.per_query_max is not None and amount > left.per_query_max * (1 + _SLACK):
         raise BudgetExceeded(
-            f"This query costs {unit}={amount:.6g}, above the per-query maximum {left.per_query_max:g}.",
+            f"{payer.use} costs {unit}={amount:.6g}, above the per-query maximum {left.per_query_max:g}.",
             code="above_per_query_max",
         )
     for name, available in (
-        ("your organisation's allocation", left.organisation),
+        (payer.allocation, left.organisation),
         ("the dataset's total budget", left.dataset),
-        ("your personal cap", left.analyst),
+        (payer.cap, left.analyst),
     ):
         if available is not None and amount > available + _SLACK * max(1.0, budget.total):
             raise BudgetExceeded(
-                f"This query costs {unit}={amount:.6g}; {name} has {unit}={available:.6g} left."
+                f"{payer.use} costs {unit}={amount:.6g}; {name} has {unit}={available:.6g} left."
             )
     if delta > left.delta_organisation + _SLACK or delta > budget.delta_total - budget.delta_spent + _SLACK:
         raise BudgetExceeded(
-            f"This query needs δ={delta:g}; δ={left.delta_organisation:g} is left to your organisation.",
+            f"{payer.use} needs δ={delta:g}; δ={left.delta_organisation:g} is left to {payer.delta_to}.",
             code="delta_exceeded",
         )
     # Clamp the rounding slack away so that the stored sums never pass their limits.
@@ -293,8 +328,36 @@ def budget_debit(
     budget.spent = min(budget.total, budget.spent + amount)
     budget.delta_spent = min(budget.delta_total, budget.delta_spent + delta)
     budget.save(update_fields=["spent", "delta_spent"])
+    count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), amount)
+    return budget
+
+
+def budget_debit(
+    *, query: Query, amount: float, delta: float = 0.0, measure: str | None = None
+) -> LedgerEntry:
+    """Pays for `query`, or raises BudgetExceeded and spends nothing. Must run inside the caller's
+    transaction (which also records the query as running), so that the debit and the query's state
+    commit together. `measure`: the one `amount` was priced in; if the owner changed the budget's
+    measure since, the query is refused rather than paid in the wrong unit."""
+
+    def check(budget: PrivacyBudget) -> None:
+        if measure is not None and measure != budget.measure:
+            raise Conflict(
+                "The dataset's privacy measure changed after this query was priced; nothing was spent. "
+                "Ask again.",
+                code="policy_changed",
+            )
+
+    budget = _debit(
+        dataset_id=query.dataset_id,
+        payer=_Payer(organisation_id=query.organisation_id, analyst=query.analyst, use="This query"),
+        amount=amount,
+        delta=delta,
+        check=check,
+    )
     entry = LedgerEntry.objects.create(
         budget=budget,
+        kind=LedgerKind.QUERY,
         organisation_id=query.organisation_id,
         analyst=query.analyst,
         query=query,
@@ -308,6 +371,7 @@ def budget_debit(
         organisation=query.organisation,
         target=entry,
         extra={
+            "kind": LedgerKind.QUERY,
             "dataset": query.dataset_id,
             "query": query.pk,
             "query_hash": query.query_hash,
@@ -316,5 +380,89 @@ def budget_debit(
             "measure": budget.measure,
         },
     )
-    count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), amount)
+    return entry
+
+
+def _can_pay_training(budget: PrivacyBudget) -> None:
+    """Training is priced in (ε, δ): only an approximate-DP budget with training allowed pays it."""
+    if budget.training == TrainingPolicy.FORBIDDEN:
+        raise Conflict("The dataset's owner allows no federated training on it.", code="training_forbidden")
+    if budget.measure == PrivacyMeasure.PURE:
+        raise Conflict(
+            "DP-SGD cannot give pure ε-DP (its Gaussian noise always needs a δ > 0): the dataset's budget "
+            "is pure ε, so it cannot pay for training. Its owner may state the budget as approximate DP "
+            "(ε, δ).",
+            code="training_needs_approx_dp",
+        )
+    if budget.measure != PrivacyMeasure.APPROX:
+        raise Conflict(
+            "DP-SGD is priced in (ε, δ), and the dataset's budget is stated in ρ (zero-concentrated DP), "
+            "which the ledger does not convert: it cannot pay for training. Its owner may state the budget "
+            "as approximate DP (ε, δ).",
+            code="training_needs_approx_dp",
+        )
+
+
+def budget_debit_training(
+    *,
+    dataset: Dataset,
+    organisation: Organisation,
+    payer: Any,
+    job_uid: Any,
+    plan: dict[str, Any],
+    epsilon: float,
+    delta: float,
+) -> LedgerEntry:
+    """Pays for a federated job's DP-SGD training on `dataset` by `organisation` (a participant of
+    job `job_uid`): (`epsilon`, `delta`) from the organisation's allocation on the dataset's
+    approximate-DP budget, under the same limits as a query (allocation, per-use maximum, total, the
+    payer's personal cap, δ). `payer` is the participant's admin who accepted the job (the entry's
+    analyst); `plan` the priced DP-SGD plan, kept with the entry. Must run inside the caller's
+    transaction (the job's scheduling), so that a refusal anywhere rolls every debit back. One entry
+    per job and budget: a second debit of the same job is refused (`already_debited`)."""
+    if LedgerEntry.objects.filter(
+        budget__dataset=dataset, kind=LedgerKind.TRAINING, job_uid=job_uid
+    ).exists():
+        raise Conflict("This job has already paid for training on this dataset.", code="already_debited")
+    name = getattr(payer, "get_username", lambda: "the payer")()
+    budget = _debit(
+        dataset_id=dataset.pk,
+        payer=_Payer(
+            organisation_id=organisation.pk,
+            analyst=payer,
+            use="Training on this dataset",
+            allocation=f"{organisation.slug}'s allocation",
+            cap=f"{name}'s personal cap",
+            delta_to=organisation.slug,
+        ),
+        amount=epsilon,
+        delta=delta,
+        check=_can_pay_training,
+    )
+    entry = LedgerEntry.objects.create(
+        budget=budget,
+        kind=LedgerKind.TRAINING,
+        organisation=organisation,
+        analyst=payer,
+        job_uid=job_uid,
+        details=plan,
+        amount=epsilon,
+        delta=delta,
+    )
+    audit_record(
+        actor=payer,
+        action="budget.debited",
+        organisation=organisation,
+        target=entry,
+        extra={
+            "kind": LedgerKind.TRAINING,
+            "dataset": dataset.pk,
+            "job": str(job_uid),
+            "amount": epsilon,
+            "delta": delta,
+            "measure": budget.measure,
+            "noise_multiplier": plan.get("noise_multiplier"),
+            "steps": plan.get("steps"),
+        },
+    )
     return entry

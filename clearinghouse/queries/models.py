@@ -4,7 +4,8 @@ A dataset's owner sets a total budget in the dataset's privacy measure (ε under
 zero-concentrated DP) and allocates shares of it to organisations. Every release debits the ledger
 in one transaction that locks the budget row first and the allocation row second, so concurrent
 releases are serialised per dataset and the sums can never pass their limits. Composition is
-sequential: spent = the sum of the entries.
+sequential: spent = the sum of the entries. A federated job's DP-SGD training on the dataset is a
+ledger entry too (kind `training`), paid from the same budget when the job is scheduled.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ class PrivacyMeasure(models.TextChoices):
     ZCDP = "zcdp", "Zero-concentrated DP (ρ)"
 
 
+class TrainingPolicy(models.TextChoices):
+    """Whether a dataset's rows may train a federated model, and how that is paid for."""
+
+    FORBIDDEN = "forbidden", "No federated training"
+    DP = "dp", "Only with DP-SGD, paid from this budget"
+    ANY = "any", "Also without DP: such a model carries no guarantee"
+
+
 class PrivacyBudget(models.Model):
     dataset = models.OneToOneField(Dataset, on_delete=models.CASCADE, related_name="privacy_budget")
     measure = models.CharField(max_length=8, choices=PrivacyMeasure.choices, default=PrivacyMeasure.PURE)
@@ -37,6 +46,9 @@ class PrivacyBudget(models.Model):
     # A public upper bound on the row count (OpenDP's max_length), stated by the steward from public
     # knowledge; never the true count (ledger.budget_set checks it holds for every ready version).
     max_rows = models.PositiveBigIntegerField(default=10_000_000)
+    # Federated training on the dataset (through its owner's or a grantee's training grant): DP-SGD
+    # priced in (ε, δ) and debited at schedule (`ledger.budget_debit_training`), or not at all.
+    training = models.CharField(max_length=16, choices=TrainingPolicy.choices, default=TrainingPolicy.DP)
     updated_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -55,6 +67,9 @@ class PrivacyBudget(models.Model):
             # OpenDP's max_length is a u32.
             models.CheckConstraint(
                 condition=Q(max_rows__gte=1) & Q(max_rows__lte=2**32 - 1), name="budget_max_rows_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(training__in=TrainingPolicy.values), name="budget_training_policy_known"
             ),
         ]
 
@@ -155,19 +170,45 @@ class Query(models.Model):
         return f"query {self.pk} ({self.status})"
 
 
+class LedgerKind(models.TextChoices):
+    QUERY = "query", "Query release"
+    TRAINING = "training", "Federated training (DP-SGD)"
+
+
 class LedgerEntry(models.Model):
+    """One paid use of a dataset: a query's release, or a federated job's DP-SGD training on it
+    (`job_uid` names the job: the queries app knows nothing of federation; `details` holds the
+    priced DP-SGD plan)."""
+
     budget = models.ForeignKey(PrivacyBudget, on_delete=models.PROTECT, related_name="entries")
+    kind = models.CharField(max_length=16, choices=LedgerKind.choices, default=LedgerKind.QUERY)
     organisation = models.ForeignKey(Organisation, on_delete=models.PROTECT, related_name="+")
     analyst = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    query = models.OneToOneField(Query, on_delete=models.PROTECT, related_name="ledger_entry")
-    query_hash = models.CharField(max_length=64)
+    query = models.OneToOneField(
+        Query, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger_entry"
+    )
+    query_hash = models.CharField(max_length=64, blank=True)
+    job_uid = models.UUIDField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
     amount = models.FloatField()
     delta = models.FloatField(default=0.0)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_amount_positive")]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount__gt=0), name="ledger_amount_positive"),
+            models.CheckConstraint(
+                condition=(Q(kind="query") & Q(query__isnull=False) & Q(job_uid__isnull=True))
+                | (Q(kind="training") & Q(query__isnull=True) & Q(job_uid__isnull=False)),
+                name="ledger_entry_kind_matches",
+            ),
+            models.UniqueConstraint(
+                fields=["budget", "job_uid"],
+                condition=Q(kind="training"),
+                name="one_training_entry_per_budget_and_job",
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"ledger entry {self.pk} of budget {self.budget_id}"
+        return f"{self.kind} ledger entry {self.pk} of budget {self.budget_id}"

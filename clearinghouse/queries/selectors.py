@@ -3,8 +3,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from django.db.models import Sum
-from django.db.models.functions import TruncDate
+from django.db.models import Count, F, FloatField, Max, Q, QuerySet, Sum, Value
+from django.db.models.functions import Greatest, TruncDate
 
 from clearinghouse.core.errors import ApplicationError, NotFound
 from clearinghouse.datasets.models import Dataset
@@ -15,10 +15,10 @@ from clearinghouse.datasets.selectors import (
     dataset_list,
     dataset_require_owner,
 )
-from clearinghouse.organisations.selectors import membership_active
+from clearinghouse.organisations.selectors import membership_active, require_operator
 
 from .ledger import Remaining, budget_remaining
-from .models import BudgetAllocation, LedgerEntry, PrivacyBudget, Query
+from .models import BudgetAllocation, LedgerEntry, LedgerKind, PrivacyBudget, Query
 
 
 def budget_get(*, dataset: Dataset) -> PrivacyBudget:
@@ -74,6 +74,7 @@ def budget_spending(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
         "per_query_max": budget.per_query_max,
         "per_analyst_cap": budget.per_analyst_cap,
         "max_rows": budget.max_rows,  # stated by the steward, never measured
+        "training": budget.training,
         "allocations": allocations,
         "daily": [
             {
@@ -202,3 +203,72 @@ def query_get(*, actor: Any, query_id: int) -> Query:
     if not (asked or dataset_is_owner_or_operator(actor=actor, dataset=query.dataset)):
         raise NotFound("Query not found.")
     return query
+
+
+def budget_spending_by_analyst(*, actor: Any, dataset: Dataset) -> list[dict[str, Any]]:
+    """Who ran what, for the budget dashboard: per organisation and analyst, how many releases were
+    paid from the dataset's budget (`queries`; a replay costs nothing and is not one), how many
+    federated trainings (`trainings`: the participant's admin who accepted the job paid them), what
+    they cost in all (`amount`, ε or ρ, and `delta`) and when the last one was paid (`last`). The ledger is
+    privacy accounting, not data: those who oversee the dataset read it (`dataset_is_owner_or_operator`,
+    as `budget_spending`); everyone else is told the dataset does not exist."""
+    if not dataset_is_owner_or_operator(actor=actor, dataset=dataset):
+        raise NotFound("Dataset not found.")
+    rows = (
+        LedgerEntry.objects.filter(budget__dataset=dataset)
+        .values("organisation__slug", "analyst__username")
+        .annotate(
+            queries=Count("pk", filter=Q(kind=LedgerKind.QUERY)),
+            trainings=Count("pk", filter=Q(kind=LedgerKind.TRAINING)),
+            amount=Sum("amount"),
+            delta=Sum("delta"),
+            last=Max("created_at"),
+        )
+        .order_by("organisation__slug", "analyst__username")
+    )
+    return [
+        {
+            "organisation": row["organisation__slug"],
+            "analyst": row["analyst__username"],
+            "queries": row["queries"],
+            "trainings": row["trainings"],
+            "amount": row["amount"],
+            "delta": row["delta"],
+            "last": row["last"],
+        }
+        for row in rows
+    ]
+
+
+def budget_ledger_entries(*, actor: Any, dataset: Dataset) -> QuerySet[LedgerEntry]:
+    """Every paid use of the dataset, newest first: query releases with their query, federated
+    trainings (`kind` training, `job_uid`, the plan in `details`), with organisation and analyst (the
+    rows behind `budget_spending_by_analyst`, for the same readers)."""
+    if not dataset_is_owner_or_operator(actor=actor, dataset=dataset):
+        raise NotFound("Dataset not found.")
+    return (
+        LedgerEntry.objects.filter(budget__dataset=dataset)
+        .select_related("organisation", "analyst", "query")
+        .order_by("-created_at", "-pk")
+    )
+
+
+def budgets_overview(*, actor: Any, q: str = "") -> QuerySet[PrivacyBudget]:
+    """The operators' consortium overview (`portal:operator_overview`, `GET /api/v1/operator/overview`):
+    every dataset's budget with its policy and spending as operators read it on `GET .../budget`
+    (`budget_spending`; docs/data-exposure.md): `left` (the total less what was spent, never below
+    0, as `ledger.budget_remaining` counts it) and `allocations_count`. `q` keeps the budgets whose
+    dataset's, or its owner's, name or slug holds it. Operators only (PermissionDenied otherwise)."""
+    require_operator(actor=actor)
+    budgets = PrivacyBudget.objects.select_related("dataset__organisation").annotate(
+        left=Greatest(F("total") - F("spent"), Value(0.0), output_field=FloatField()),
+        allocations_count=Count("allocations"),
+    )
+    if q:
+        budgets = budgets.filter(
+            Q(dataset__name__icontains=q)
+            | Q(dataset__slug__icontains=q)
+            | Q(dataset__organisation__name__icontains=q)
+            | Q(dataset__organisation__slug__icontains=q)
+        )
+    return budgets.order_by("dataset__organisation__slug", "dataset__slug", "pk")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
@@ -35,6 +36,7 @@ from clearinghouse.datasets.selectors import (
 )
 from clearinghouse.datasets.services import dataset_version_mark_corrupt
 from clearinghouse.dp import QueryError, QuerySpec, TableSchema, parse_spec, preview, sql_to_spec
+from clearinghouse.dp.planner import check_levels, check_target
 from clearinghouse.organisations.roles import ROLE_CAPABILITIES, RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active
 
@@ -627,22 +629,120 @@ def query_error_for(query: Query) -> ApplicationError | None:
     return None
 
 
-def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: float) -> dict:
-    """Asks a dp worker for the preview (OpenDP runs only there) and waits for it."""
+def _ask_dp_worker(send: Callable[[], AsyncResult], task: str, *, timeout: float) -> dict:
+    """Runs a data-independent task on a dp worker (OpenDP runs only there; `send` enqueues it) and
+    waits for it: a timeout (or a broker down) answers 503 `workers_busy`; a query that parsed but
+    cannot be priced (e.g. δ too small to release keys) answers 400 with the engine's code."""
     try:
-        # Celery reads a timeout of 0 as "forever": a preview always waits a little, never for ever.
-        answer = enqueue("queries.preview", version.pk, spec.to_dict()).get(
-            timeout=max(timeout, 1.0), interval=0.02
-        )
+        # Celery reads a timeout of 0 as "forever": the web process always waits a little, never for ever.
+        answer = send().get(timeout=max(timeout, 1.0), interval=0.02)
     except Exception as exc:  # noqa: BLE001 - a timeout, or a broker or result store that is down
         if not isinstance(exc, CeleryTimeout):
-            logger.error("Preview not answered: %s", exc.__class__.__name__)
+            logger.error("%s not answered: %s", task, exc.__class__.__name__)
         busy = ApplicationError("The DP workers did not answer in time; try again.", code="workers_busy")
         busy.status_code = 503
         raise busy from None
-    if "error" in answer:  # the query parsed but cannot be priced (e.g. δ too small to release keys)
+    if "error" in answer:
         raise ValidationFailed(answer["error"]["message"], code=answer["error"]["code"])
-    return answer["preview"]
+    return answer
+
+
+def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: float) -> dict:
+    """Asks a dp worker for the preview (with its warnings) and waits for it."""
+    return _ask_dp_worker(
+        lambda: enqueue("queries.preview", version.pk, spec.to_dict()), "queries.preview", timeout=timeout
+    )["preview"]
+
+
+# The level a spec is parsed at when planning without one (the planner replaces it).
+PLAN_REFERENCE_LEVEL = 1.0
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """A checked request to the accuracy planner (`query_plan_prepare`), for `query_plan_run`."""
+
+    version: DatasetVersion
+    budget: PrivacyBudget
+    spec: QuerySpec
+    target_half_width: float | None
+    levels: list[float] | None
+    curve: bool
+
+
+def query_plan_prepare(
+    *,
+    actor: Any,
+    dataset: Dataset,
+    spec: Any = None,
+    sql: str | None = None,
+    privacy: Any = None,
+    target_half_width: Any = None,
+    levels: Any = None,
+    curve: bool = False,
+) -> PlanRequest:
+    """As `query_prepare`, for the accuracy planner. The privacy level (ε, or ρ under zCDP) may be left
+    out — δ alone, or nothing — and must be when a target half-width is given (the planner finds the
+    least one); a spec's own `privacy` is read as the top-level `privacy` is. Asks for a target or
+    the curve (`curve`, or explicit `levels`); checks the target and the levels."""
+    version, budget = _context(actor=actor, dataset=dataset)
+    schema = query_schema(version=version, budget=budget)
+    level = "rho" if schema.policy.measure == PrivacyMeasure.ZCDP else "epsilon"
+    if target_half_width is None and not curve and levels is None:
+        raise ValidationFailed(
+            "Give target_half_width, or ask for the accuracy curve (curve or levels).", code="invalid_query"
+        )
+
+    def completed(loss: Any) -> Any:
+        if loss is None:
+            loss = {}
+        if not isinstance(loss, dict):
+            return loss  # the parser says what is wrong with it
+        if "epsilon" in loss or "rho" in loss:
+            if target_half_width is not None:
+                raise ValidationFailed(
+                    "With target_half_width, give no ε or ρ: the planner finds the least one "
+                    "(δ may be given).",
+                    code="invalid_privacy_loss",
+                )
+            return loss
+        return {**loss, level: PLAN_REFERENCE_LEVEL}
+
+    if sql is not None:
+        privacy = completed(privacy)
+    elif isinstance(spec, dict):
+        spec = {**spec, "privacy": completed(spec.get("privacy", privacy))}
+    parsed = query_parse(schema=schema, spec=spec, sql=sql, privacy=privacy)
+    try:
+        target = None if target_half_width is None else check_target(target_half_width)
+        checked = None if levels is None else list(check_levels(schema, levels))
+    except QueryError as exc:
+        raise ValidationFailed(exc.message, code=exc.code) from None
+    return PlanRequest(
+        version=version,
+        budget=budget,
+        spec=parsed,
+        target_half_width=target,
+        levels=checked,
+        curve=bool(curve),
+    )
+
+
+def query_plan_run(*, request: PlanRequest, timeout: float) -> dict:
+    """Asks a dp worker to plan the query (`dp.planner.plan_query`): the least ε/ρ meeting the target
+    with the preview (and its warnings) at it, and/or the accuracy curve. Reads no data, spends nothing."""
+    return _ask_dp_worker(
+        lambda: enqueue(
+            "queries.plan",
+            request.version.pk,
+            request.spec.to_dict(),
+            request.target_half_width,
+            request.levels,
+            request.curve,
+        ),
+        "queries.plan",
+        timeout=timeout,
+    )["plan"]
 
 
 def query_wait(*, query: Query, timeout: float) -> Query:

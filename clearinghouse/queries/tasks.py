@@ -13,6 +13,7 @@ from django.conf import settings
 from clearinghouse.datasets import storage
 from clearinghouse.datasets.models import DatasetVersion
 from clearinghouse.dp import PreparedData, QueryError, TableSchema, parse_spec, prepare, preview
+from clearinghouse.dp.planner import plan_query, preview_with_warnings
 
 from .models import PrivacyBudget
 from .services import UNPRICEABLE_MESSAGE, query_execute_many, query_recover_stuck, query_schema
@@ -68,11 +69,36 @@ def query_preview_task(version_id: int, spec: dict) -> dict:
     version = DatasetVersion.objects.select_related("dataset").get(pk=version_id)
     schema = query_schema(version=version, budget=PrivacyBudget.objects.get(dataset_id=version.dataset_id))
     try:
-        return {"preview": preview(schema, parse_spec(spec, schema)).to_dict()}
+        return {"preview": preview_with_warnings(schema, parse_spec(spec, schema))}
     except QueryError as exc:
         return {"error": {"code": exc.code, "message": exc.message}}
     except Exception as exc:  # noqa: BLE001 - as the release path: an unpriceable query is the client's to change
         logger.error("A preview could not be priced: %s", exc.__class__.__name__)
+        return {"error": {"code": "invalid_privacy_loss", "message": UNPRICEABLE_MESSAGE}}
+
+
+@shared_task(name="queries.plan")
+def query_plan_task(
+    version_id: int, spec: dict, target_half_width: float | None, levels: list[float] | None, curve: bool
+) -> dict:
+    """{"plan": ...} (`dp.planner.plan_query`: the least ε/ρ for a target, the accuracy curve), or
+    {"error": {"code", "message"}}. Reads no data, spends nothing."""
+    version = DatasetVersion.objects.select_related("dataset").get(pk=version_id)
+    schema = query_schema(version=version, budget=PrivacyBudget.objects.get(dataset_id=version.dataset_id))
+    try:
+        return {
+            "plan": plan_query(
+                schema,
+                parse_spec(spec, schema),
+                target_half_width=target_half_width,
+                levels=levels,
+                curve=curve,
+            )
+        }
+    except QueryError as exc:
+        return {"error": {"code": exc.code, "message": exc.message}}
+    except Exception as exc:  # noqa: BLE001 - as the preview: an unpriceable query is the client's to change
+        logger.error("A plan could not be priced: %s", exc.__class__.__name__)
         return {"error": {"code": "invalid_privacy_loss", "message": UNPRICEABLE_MESSAGE}}
 
 

@@ -14,4 +14,14 @@ urlpatterns = [
         name="budget_allocation",
     ),
     path("budgets/", views.my_budgets, name="my_budgets"),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/queries/<int:query_id>/",
+        views.query_result,
+        name="query_result",
+    ),
+    path(
+        "datasets/<slug:organisation>/<slug:slug>/queries/<int:query_id>/csv/",
+        views.query_result_csv,
+        name="query_result_csv",
+    ),
 ]

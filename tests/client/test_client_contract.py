@@ -53,6 +53,9 @@ def test_every_client_answer_matches_the_document(service, document):
         with pytest.raises(ClearinghouseError):  # no agreement is set for this dataset: a 404
             client.agreement(REF)
         client.preview(REF, sql=SQL, privacy={"epsilon": 0.2})
+        client.plan(REF, sql=SQL, target=20, curve=True)
+        with pytest.raises(ClearinghouseError):  # a plan refused with its code
+            client.plan(REF, sql="SELECT MEDIAN(age) FROM pums", target=5)
         release = client.query(REF, sql=SQL, privacy={"epsilon": 0.2}, wait=60)
         client.get_query(release.id)
         client.history(REF)

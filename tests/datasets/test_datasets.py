@@ -306,7 +306,11 @@ def test_schema_inferred_from_first_upload_must_be_confirmed(world):
     register(client, "inferred", schema=None)
     assert upload(client, "inferred", (SHARED / "pums_1000.csv").read_bytes()).status_code == 202
     version = ingest("inferred")
-    assert version.error_code == "schema_unconfirmed"
+    # Not failed: the version waits for the schema, its upload kept (tests/datasets/test_first_upload_flow.py).
+    assert (version.status, version.error_code) == ("awaiting_schema", "schema_unconfirmed")
+    assert version.staging_path and version.quality_report is None
+    body = client.get("/api/v1/datasets/org-a/inferred/versions/1").json()
+    assert (body["status"], body["error_code"]) == ("awaiting_schema", "schema_unconfirmed")
     detail = client.get("/api/v1/datasets/org-a/inferred").json()
     assert detail["schema_confirmed"] is False
     assert {c["name"] for c in detail["schema"]["columns"]} == {
@@ -321,9 +325,8 @@ def test_schema_inferred_from_first_upload_must_be_confirmed(world):
         client.patch("/api/v1/datasets/org-a/inferred", {"schema": PUMS_SCHEMA}, format="json").status_code
         == 200
     )
-    assert (
-        client.post("/api/v1/datasets/org-a/inferred/versions/1/retry", {}, format="json").status_code == 202
-    )
+    # Confirming the schema queued the waiting version again: no retry is needed.
+    assert client.get("/api/v1/datasets/org-a/inferred/versions/1").json()["status"] == "pending"
     assert ingest("inferred").status == "ready"
 
 

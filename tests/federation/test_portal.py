@@ -174,8 +174,23 @@ def _add_rounds(job: FederatedJob) -> None:
 
 
 def _polyline(body: str, series: str) -> list[tuple[float, float]]:
-    points = re.search(rf'<polyline data-series="{series}"[^>]*points="([^"]*)"', body).group(1)
-    return [tuple(float(v) for v in point.split(",")) for point in points.split()]
+    """The (x, y) points of a line of the matplotlib chart (`portal.charts`: a path of M/L commands
+    in the group that carries the series' name)."""
+    path = re.search(rf'<g id="[^"]+" data-series="{series}">\s*<path d="([^"]*)"', body).group(1)
+    numbers = [float(v) for v in path.replace("M", " ").replace("L", " ").split()]
+    return list(zip(numbers[0::2], numbers[1::2], strict=True))
+
+
+def _proportional(points: list[tuple[float, float]], values: list[float]) -> bool:
+    """Points equally spaced along x whose heights follow `values` linearly (SVG y grows downwards,
+    so a larger value is drawn higher: a smaller y)."""
+    (x1, y1), (x2, y2), (x3, y3) = points
+    scale = (y1 - y2) / (values[1] - values[0])
+    return (
+        abs((x2 - x1) - (x3 - x2)) < 0.01
+        and scale > 0
+        and abs((y2 - y3) / (values[2] - values[1]) / scale - 1) < 1e-3
+    )
 
 
 def test_job_page_shows_rounds_and_the_plot(world):
@@ -196,10 +211,9 @@ def test_job_page_shows_rounds_and_the_plot(world):
     )
     body = analyst.get(url).content.decode()
     assert "<th>F1 of spam</th><td>0.75</td>" in body and "<th>macro f1</th><td>0.85</td>" in body
-    # The 640×260 plot has 50 px margins: x runs 50..590 over rounds 1..3, y 210 (0) .. 50 (1).
-    assert _polyline(body, "accuracy") == [(50.0, 114.0), (320.0, 82.0), (590.0, 66.0)]
-    # Loss is scaled to its largest value (0.9), so round 1 touches the top.
-    assert _polyline(body, "loss") == [(50.0, 50.0), (320.0, 121.1), (590.0, 156.7)]
+    # Rounds 1..3 equally spaced; accuracy (0.6, 0.8, 0.9) on its 0..1 axis, loss (0.9, 0.5, 0.3) on its own.
+    assert _proportional(_polyline(body, "accuracy"), [0.6, 0.8, 0.9])
+    assert _proportional(_polyline(body, "loss"), [0.9, 0.5, 0.3])
     assert ">accuracy</text>" in body and ">loss</text>" in body and ">round</text>" in body
     assert "<td>0.9</td>" in body and "<td>0.85</td>" in body  # round 3's accuracy and macro-F1 in the table
     assert "org-a: 0.91" in body  # the client's own held-out accuracy

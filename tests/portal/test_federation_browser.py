@@ -33,6 +33,6 @@ def test_job_page_with_rounds(live_server, browser, world):
     plot = page.get_by_test_id("round-plot")
     expect(plot).to_be_visible()
     # Drawn, not just present: the accuracy line spans the plot's width.
-    assert plot.locator('polyline[data-series="accuracy"]').bounding_box()["width"] > 400
+    assert plot.locator('[data-series="accuracy"]').bounding_box()["width"] > 400
     expect(page.get_by_role("link", name="Download the model (safetensors adapter)")).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "federated-job-rounds.png"), full_page=True)

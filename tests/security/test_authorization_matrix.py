@@ -213,6 +213,14 @@ def _matrix() -> dict[str, list[Case]]:
                 {**A401, "analyst": 404, "org_admin": (200, 404), "other_admin": (404, 200), "operator": 200},
             ),
         ],
+        "api:operator_overview": [
+            Case(
+                "get",
+                lambda w, t: u("api:operator_overview"),
+                {**everyone(403), "operator": 200},
+                object_scoped=False,
+            ),
+        ],
         "api:audit_events": [
             Case(
                 "get",
@@ -316,6 +324,83 @@ def _matrix() -> dict[str, list[Case]]:
                 {"version": 1},
             ),
         ],
+        "api:catalogue": [Case("get", lambda w, t: u("api:catalogue"), everyone(200), object_scoped=False)],
+        "api:dataset_listing": [
+            Case(
+                "put",
+                lambda w, t: u("api:dataset_listing", args=ds(w, t)),
+                owner_write(200),
+                {"listed": True},
+            )
+        ],
+        "api:dataset_access_requests": [
+            Case("get", lambda w, t: u("api:dataset_access_requests", args=ds(w, t)), scoped_read),
+            # The world's datasets are not listed: only their owner (for its own dataset: 400 own_dataset)
+            # and operators (who belong to no organisation: 403) find them.
+            Case(
+                "post",
+                lambda w, t: u("api:dataset_access_requests", args=ds(w, t)),
+                {
+                    **A401,
+                    "analyst": (400, 404),
+                    "org_admin": (400, 404),
+                    "other_admin": (404, 400),
+                    "operator": 403,
+                },
+                {"purpose": "training", "reason": "matrix"},
+            ),
+        ],
+        "api:access_requests": [
+            Case("get", lambda w, t: u("api:access_requests"), everyone(200), object_scoped=False)
+        ],
+        "api:access_request_decide": [
+            # Org C's request for the side's dataset: the owner's admins and stewards decide.
+            Case(
+                "post",
+                lambda w, t: u(
+                    "api:access_request_decide",
+                    args=[
+                        w.side(t)
+                        .dataset.access_requests.get_or_create(
+                            organisation=w.side(t).dataset.grants.get(pk=w.side(t).grant_id).organisation,
+                            purpose="training",
+                            status="pending",
+                            defaults={"reason": "matrix"},
+                        )[0]
+                        .pk
+                    ],
+                ),
+                owner_write(200),
+                {"decision": "approve"},
+            ),
+        ],
+        "api:access_request_withdraw": [
+            # The side's organisation's request for the other side's dataset: its members withdraw it;
+            # the dataset's owner is told no (403), operators too.
+            Case(
+                "post",
+                lambda w, t: u(
+                    "api:access_request_withdraw",
+                    args=[
+                        w.side("foreign" if t == "own" else "own")
+                        .dataset.access_requests.get_or_create(
+                            organisation=w.side(t).organisation,
+                            purpose="training",
+                            status="pending",
+                            defaults={"reason": "matrix"},
+                        )[0]
+                        .pk
+                    ],
+                ),
+                {
+                    **A401,
+                    "analyst": (200, 403),
+                    "org_admin": (200, 403),
+                    "other_admin": (403, 200),
+                    "operator": 403,
+                },
+            ),
+        ],
         "api:dataset_budget": [
             Case("get", lambda w, t: u("api:dataset_budget", args=ds(w, t)), scoped_read),
             Case(
@@ -362,6 +447,20 @@ def _matrix() -> dict[str, list[Case]]:
                 {"sql": "SELECT COUNT(*) FROM survey", "privacy": {"epsilon": 0.1}},
             ),
         ],
+        "api:query_plan": [
+            Case(
+                "post",
+                lambda w, t: u("api:query_plan", args=ds(w, t)),
+                {
+                    **A401,
+                    "analyst": (200, 404),
+                    "org_admin": (200, 404),
+                    "other_admin": (404, 200),
+                    "operator": 404,
+                },
+                {"sql": "SELECT COUNT(*) FROM survey", "target_half_width": 50},
+            )
+        ],
         "api:query": [Case("get", lambda w, t: u("api:query", args=[query_of(w, t).pk]), scoped_read)],
         "api:federated_jobs": [
             Case("get", lambda w, t: u("api:federated_jobs"), everyone(200), object_scoped=False),
@@ -382,6 +481,9 @@ def _matrix() -> dict[str, list[Case]]:
         ],
         "api:federated_job": [
             Case("get", lambda w, t: u("api:federated_job", args=[w.side(t).job_id]), scoped_read)
+        ],
+        "api:federated_job_privacy": [
+            Case("get", lambda w, t: u("api:federated_job_privacy", args=[w.side(t).job_id]), scoped_read)
         ],
         "api:federated_job_rounds": [
             Case("get", lambda w, t: u("api:federated_job_rounds", args=[w.side(t).job_id]), scoped_read)
@@ -536,12 +638,101 @@ def _matrix() -> dict[str, list[Case]]:
                 {"organisation": "org-c", "purpose": "training"},
             )
         ],
+        # The schema editor shows the columns of a proposal read from the data: the owner's writers only.
+        "portal:dataset_schema_edit": [
+            Case("get", lambda w, t: u("portal:dataset_schema_edit", args=ds(w, t)), portal(owner_write(200)))
+        ],
+        # The quality report (derived from the rows) as a file: the owner organisation's members, as
+        # on the version page; everyone else, operators included, is told there is none.
+        "portal:dataset_version_quality": [
+            Case(
+                "get",
+                lambda w, t: u("portal:dataset_version_quality", args=[*ds(w, t), 1]),
+                portal({**scoped_read, "operator": 404}),
+            )
+        ],
         "portal:dataset_grant_revoke": [
             Case(
                 "post",
                 lambda w, t: u("portal:dataset_grant_revoke", args=[w.side(t).grant_id]),
                 portal({**owner_write(302), "operator": 302}),
             ),
+        ],
+        "portal:catalogue": [
+            Case("get", lambda w, t: u("portal:catalogue"), portal(everyone(200)), object_scoped=False)
+        ],
+        "portal:access_requests": [
+            Case("get", lambda w, t: u("portal:access_requests"), portal(everyone(200)), object_scoped=False)
+        ],
+        "portal:dataset_access_request": [
+            # As the API's (a refused own-dataset request is a message and a redirect here).
+            Case(
+                "post",
+                lambda w, t: u("portal:dataset_access_request", args=ds(w, t)),
+                portal(
+                    {
+                        "analyst": (302, 404),
+                        "org_admin": (302, 404),
+                        "other_admin": (404, 302),
+                        "operator": 403,
+                    }
+                ),
+                {"purpose": "training", "reason": "matrix"},
+            )
+        ],
+        "portal:dataset_listing": [
+            Case(
+                "post",
+                lambda w, t: u("portal:dataset_listing", args=ds(w, t)),
+                portal(owner_write(302)),
+                {"listed": "true"},
+            )
+        ],
+        "portal:access_request_decide": [
+            Case(
+                "post",
+                lambda w, t: u(
+                    "portal:access_request_decide",
+                    args=[
+                        w.side(t)
+                        .dataset.access_requests.get_or_create(
+                            organisation=w.side(t).dataset.grants.get(pk=w.side(t).grant_id).organisation,
+                            purpose="training",
+                            status="pending",
+                            defaults={"reason": "matrix"},
+                        )[0]
+                        .pk
+                    ],
+                ),
+                portal(owner_write(302)),
+                {"decision": "approve"},
+            )
+        ],
+        "portal:access_request_withdraw": [
+            Case(
+                "post",
+                lambda w, t: u(
+                    "portal:access_request_withdraw",
+                    args=[
+                        w.side("foreign" if t == "own" else "own")
+                        .dataset.access_requests.get_or_create(
+                            organisation=w.side(t).organisation,
+                            purpose="training",
+                            status="pending",
+                            defaults={"reason": "matrix"},
+                        )[0]
+                        .pk
+                    ],
+                ),
+                portal(
+                    {
+                        "analyst": (302, 403),
+                        "org_admin": (302, 403),
+                        "other_admin": (403, 302),
+                        "operator": 403,
+                    }
+                ),
+            )
         ],
         "portal:query_console": [
             Case("get", lambda w, t: u("portal:query_console", args=ds(w, t)), portal(scoped_read)),
@@ -576,6 +767,36 @@ def _matrix() -> dict[str, list[Case]]:
                 portal(owner_write(302)),
                 {"amount": "2"},
             ),
+        ],
+        # A query's result page and its CSV: who sees the query as api:query (`query_get`); who reads
+        # its answer as the API (`query_answer_visible`): operators see the page but get no CSV.
+        "portal:query_result": [
+            Case(
+                "get",
+                lambda w, t: u("portal:query_result", args=[*ds(w, t), query_of(w, t).pk]),
+                portal(scoped_read),
+            )
+        ],
+        "portal:query_result_csv": [
+            Case(
+                "get",
+                lambda w, t: (
+                    (q := query_of(w, t))
+                    .__class__.objects.filter(pk=q.pk)
+                    .update(
+                        status="released",
+                        result={
+                            "columns": ["count"],
+                            "group_by": [],
+                            "aggregates": [],
+                            "rows": [{"count": 3}],
+                            "intervals": [{"count": [1.0, 5.0]}],
+                        },
+                    )
+                    and u("portal:query_result_csv", args=[*ds(w, t), q.pk])
+                ),
+                portal({**scoped_read, "operator": 404}),
+            )
         ],
         # Each signed-in user's own budgets (their organisation's grants; none for operators).
         "portal:my_budgets": [
@@ -911,6 +1132,14 @@ def _matrix() -> dict[str, list[Case]]:
                 {"reason": "audit"},
             ),
         ],
+        "portal:operator_overview": [
+            Case(
+                "get",
+                lambda w, t: u("portal:operator_overview"),
+                portal({**everyone(403), "operator": 200}),
+                object_scoped=False,
+            ),
+        ],
         "portal:audit": [
             Case(
                 "get",
@@ -949,7 +1178,10 @@ def owner_write(status: int) -> dict:
 
 
 def query_of(w: World, t: Target):
-    """A query on the side's dataset by that side's steward (made directly: no worker runs here)."""
+    """A query on the side's dataset by that side's steward (made directly: no worker runs here); a
+    new one each call (its own hash: one pending release per canonical query)."""
+    import uuid
+
     from clearinghouse.queries.models import Query
 
     side = w.side(t)
@@ -959,7 +1191,7 @@ def query_of(w: World, t: Target):
         organisation=side.organisation,
         analyst=side.steward,
         spec={},
-        query_hash=f"matrix-{t}",
+        query_hash=f"matrix-{t}-{uuid.uuid4().hex}",
         cost=0.0,
     )
 
@@ -1250,6 +1482,10 @@ PAIRS: dict[str, Pair] = {
         Call("post", "api:query_preview", Ctx.ds, {"sql": _SQL, "privacy": {"epsilon": 0.1}}),
         Call("post", "portal:query_console", Ctx.ds, {"sql": _SQL, "epsilon": "0.1", "action": "preview"}),
     ),
+    "query plan": Pair(
+        Call("post", "api:query_plan", Ctx.ds, {"sql": _SQL, "target_half_width": 50}),
+        Call("post", "portal:query_console", Ctx.ds, {"sql": _SQL, "target": "50", "action": "plan"}),
+    ),
     # Federated jobs
     "job create": Pair(
         Call("post", "api:federated_jobs", data=_JOB_API),
@@ -1391,6 +1627,79 @@ PAIRS: dict[str, Pair] = {
         Call("post", "portal:token_revoke", lambda c: [c.side.admin_token_id]),
     ),
 }
+
+
+def _access_requests():
+    from clearinghouse.datasets.models import AccessRequest
+
+    return AccessRequest.objects
+
+
+def _listed(world: World) -> dict:
+    from clearinghouse.datasets.services import dataset_listing_set
+
+    for side in (world.a, world.b):
+        dataset_listing_set(actor=side.steward, dataset=side.dataset, listed=True)
+    return {}
+
+
+def _requests_by_c(world: World) -> dict:
+    from clearinghouse.accounts.models import User
+
+    grantee = User.objects.get(username="admin_org-c").membership.organisation
+    return {
+        target: _access_requests()
+        .create(dataset=world.side(target).dataset, organisation=grantee, purpose="training", reason="pairs")
+        .pk
+        for target in ("own", "foreign")
+    }
+
+
+def _requests_by_side(world: World) -> dict:
+    return {
+        target: _access_requests()
+        .create(
+            dataset=world.side("foreign" if target == "own" else "own").dataset,
+            organisation=world.side(target).organisation,
+            purpose="training",
+            reason="pairs",
+        )
+        .pk
+        for target in ("own", "foreign")
+    }
+
+
+def _prepared(c: Ctx) -> list:
+    return [c.prepared[c.target]]
+
+
+CATALOGUE_PAIRS: dict[str, Pair] = {  # the catalogue: listing and access requests
+    "dataset listing": Pair(
+        Call("put", "api:dataset_listing", Ctx.ds, {"listed": True}),
+        Call("post", "portal:dataset_listing", Ctx.ds, {"listed": "true"}),
+    ),
+    "access request create": Pair(
+        Call("post", "api:dataset_access_requests", Ctx.ds, {"purpose": "training", "reason": "pairs"}),
+        Call("post", "portal:dataset_access_request", Ctx.ds, {"purpose": "training", "reason": "pairs"}),
+        prepare=_listed,
+    ),
+    "access request approve": Pair(
+        Call("post", "api:access_request_decide", _prepared, {"decision": "approve", "note": "ok"}),
+        Call("post", "portal:access_request_decide", _prepared, {"decision": "approve", "note": "ok"}),
+        prepare=_requests_by_c,
+    ),
+    "access request decline": Pair(
+        Call("post", "api:access_request_decide", _prepared, {"decision": "decline"}),
+        Call("post", "portal:access_request_decide", _prepared, {"decision": "decline"}),
+        prepare=_requests_by_c,
+    ),
+    "access request withdraw": Pair(
+        Call("post", "api:access_request_withdraw", _prepared),
+        Call("post", "portal:access_request_withdraw", _prepared),
+        prepare=_requests_by_side,
+    ),
+}
+PAIRS.update(CATALOGUE_PAIRS)
 
 # Writes that exist in one interface only, with the reason; every other write must be in PAIRS.
 API_ONLY = {

@@ -4,14 +4,19 @@ docs/data-exposure.md).
 Organisation A owns two datasets: `proposed`, whose schema was inferred from an upload and not yet
 confirmed (the proposal holds the data's exact minima and maxima, its categories, its longest text),
 and `ready`, a ready version with distinctive values, a row count, a quality report and file sizes.
-Organisation B holds query and training grants on both and trains with A in a federated job whose
-rounds carry each member's own metrics (example counts, confusion matrices).
+Organisation B holds query and training grants on both (on `ready`, listed in the catalogue, by access
+requests that A approved) and trains with A in a federated job whose rounds carry each member's own
+metrics (example counts, confusion matrices). A's analyst and B's each released a query.
 
 Every dataset, version, budget, query and federation endpoint and portal page that a non-owner
 (B's analyst, B's admin, the consortium operator) can reach is fetched, and:
 
-- no data-derived value of A's appears in any body (distinctive numbers and categories, the row
-  count, quality-report keys, byte sizes, the upload's file name, A's per-member training metrics);
+- no data-derived value of A's appears in any body, refusals and downloads included (distinctive
+  numbers and categories, the row count, quality-report keys, byte sizes, the upload's file name, A's
+  per-member training metrics, a version awaiting its schema);
+- nobody reads another organisation's query answer (API, result page, CSV), the owner-only pages
+  (quality download, schema editor) or, unless an operator, the operators' overview; previews and
+  plans carry their warnings (computed from public bounds and the stated row bound only);
 - every API body holds only keys from `ALLOWED` below, so a field added later fails this test until
   someone decides whether non-owners may see it (and adds it here, and to docs/data-exposure.md).
 """
@@ -136,7 +141,7 @@ def exposure(transactional_db, media_root, settings, tmp_path):
         == 201
     )
     proposed = _upload(steward, "proposed", _proposed_csv(), "proposal-source.csv")
-    assert proposed.error_code == "schema_unconfirmed"
+    assert proposed.status == "awaiting_schema" and proposed.error_code == "schema_unconfirmed"
     assert (
         steward.post(
             "/api/v1/datasets", {"name": "Ready", "slug": "ready", "schema": READY_SCHEMA}, format="json"
@@ -147,11 +152,24 @@ def exposure(transactional_db, media_root, settings, tmp_path):
     assert ready.status == "ready" and ready.row_count == ROWS and ready.finished_at is not None
     # A recognisable ingestion end (far from every other timestamp of the test) to look for below.
     DatasetVersion.objects.filter(pk=ready.pk).update(finished_at=FINISHED)
-    for version in (proposed, ready):
-        for purpose in ("query", "training"):
-            dataset_grant_create(
-                actor=world.a.steward, dataset=version.dataset, organisation=b, purpose=purpose
-            )
+    for purpose in ("query", "training"):
+        dataset_grant_create(actor=world.a.steward, dataset=proposed.dataset, organisation=b, purpose=purpose)
+    # `ready` is offered in the catalogue; B asks for it there and A's steward approves (the grants).
+    listing = steward.put("/api/v1/datasets/org-a/ready/listing", {"listed": True}, format="json")
+    assert listing.status_code == 200, listing.json()
+    for purpose in ("query", "training"):
+        asked = api_client(world.b.analyst).post(
+            "/api/v1/datasets/org-a/ready/access-requests",
+            {"purpose": purpose, "reason": f"Regional {purpose} study."},
+            format="json",
+        )
+        assert asked.status_code == 201, asked.json()
+        decided = steward.post(
+            f"/api/v1/access-requests/{asked.json()['id']}/decide",
+            {"decision": "approve", "note": "Approved for the study."},
+            format="json",
+        )
+        assert decided.status_code == 200 and decided.json()["grant_id"], decided.json()
     budget_set(actor=world.a.steward, dataset=ready.dataset, measure="pure", total=10.0, max_rows=5000)
     for organisation in (world.a.organisation, b):
         allocation_set(actor=world.a.steward, dataset=ready.dataset, organisation=organisation, amount=5.0)
@@ -349,6 +367,11 @@ _JOB = {
     "started_at",
     "finished_at",
     "rounds_completed",
+    # a private job's DP-SGD target (stated by the operator who created it)
+    "privacy",
+    "privacy.epsilon",
+    "privacy.delta",
+    "privacy.max_grad_norm",
 }
 _JOB_DETAIL = {
     *_JOB,
@@ -399,6 +422,94 @@ _ROUND = {
     "clients[].evaluate_error",
 }
 
+_PREVIEW = {
+    "spec_hash",
+    "schema_fingerprint",
+    "cost",
+    "cost.measure",
+    "cost.epsilon",
+    "cost.delta",
+    "cost.rho",
+    "aggregates",
+    "aggregates[]",
+    "group_by",
+    "group_by[]",
+    "public_groups",
+    "threshold",
+    *{
+        f"aggregates[].{k}"
+        for k in (
+            "name",
+            "type",
+            "column",
+            "q",
+            "mechanism",
+            "scale",
+            "half_width_95",
+            "components",
+            "components[]",
+            "note",
+            "candidates",
+        )
+    },
+    *{f"aggregates[].components[].{k}" for k in ("role", "mechanism", "scale", "half_width", "confidence")},
+    # what to know before spending (`dp.planner.preview_warnings`): from the public bounds, the stated
+    # row bound (`max_rows`) and the spec, never from the data
+    "warnings",
+    "warnings[]",
+    "warnings[].code",
+    "warnings[].aggregate",
+    "warnings[].message",
+    "warnings[].details",
+    "warnings[].details.half_width_95",
+    "warnings[].details.public_range",
+    "warnings[].details.min_group_size",
+}
+_ACCESS_REQUEST = {
+    "id",
+    "dataset_organisation",
+    "dataset",
+    "dataset_name",
+    "organisation",
+    "organisation_name",
+    "requested_by",
+    "purpose",
+    "reason",
+    "status",
+    "decided_by",
+    "decided_at",
+    "decision_note",
+    "grant_id",
+    "created_at",
+    "updated_at",
+}
+_OVERVIEW = {
+    "organisations": ("name", "slug", "country", "status", "members", "created_at"),
+    # of versions, the ready ones only (as non-owners list them): never a row count, size or file name
+    "datasets": (
+        "organisation",
+        "slug",
+        "name",
+        "schema_confirmed",
+        "listed",
+        "versions_ready",
+        "latest_version",
+        "latest_version_at",
+        "created_at",
+    ),
+    "budgets": ("dataset", "measure", "total", "spent", "left", "delta_total", "delta_spent", "allocations"),
+    "jobs": (
+        "id",
+        "name",
+        "state",
+        "participants",
+        "participants_accepted",
+        "rounds_completed",
+        "num_rounds",
+        "created_at",
+    ),
+}
+
 ALLOWED: dict[str, set[str]] = {
     "datasets": _PAGE | {f"results[].{k}" for k in _DATASET},
     "dataset": _DATASET | {"agreement_version", "agreement_accepted"},
@@ -417,6 +528,7 @@ ALLOWED: dict[str, set[str]] = {
         "per_query_max",
         "per_analyst_cap",
         "max_rows",
+        "training",  # the training policy (forbidden, dp, any): stated
         "allocations",
         "allocations[]",
         "allocations[].organisation",
@@ -433,46 +545,88 @@ ALLOWED: dict[str, set[str]] = {
     },
     "queries": _PAGE | {f"results[].{k}" for k in _QUERY},
     "query": _QUERY,
-    "query_preview": {
-        "spec_hash",
-        "schema_fingerprint",
-        "cost",
-        "cost.measure",
-        "cost.epsilon",
-        "cost.delta",
-        "cost.rho",
-        "aggregates",
-        "aggregates[]",
-        "group_by",
-        "group_by[]",
-        "public_groups",
-        "threshold",
+    "query_preview": _PREVIEW | {"version"} | _LEFT,
+    # the accuracy planner: computed from the schema's public bounds, the stated row bound and the
+    # query only (`dp.planner`), like the preview
+    "query_plan": {
+        "measure",
+        "target_half_width",
+        "level",
+        "preview",
+        *{f"preview.{k}" for k in _PREVIEW},
+        "unplanned",
+        "unplanned[]",
+        "unplanned[].aggregate",
+        "unplanned[].type",
+        "unplanned[].reason",
+        "min_group_sizes",
+        "calibrations",
+        "curve",
+        "curve[]",
+        "curve[].level",
+        "curve[].half_widths",
+        "curve[].min_group_sizes",
         "version",
         *_LEFT,
-        *{
-            f"aggregates[].{k}"
-            for k in (
-                "name",
-                "type",
-                "column",
-                "q",
-                "mechanism",
-                "scale",
-                "half_width_95",
-                "components",
-                "components[]",
-                "note",
-                "candidates",
-            )
-        },
-        *{
-            f"aggregates[].components[].{k}"
-            for k in ("role", "mechanism", "scale", "half_width", "confidence")
-        },
     },
+    # listed datasets only: the steward's public facts (a confirmed schema) and the policy's terms
+    "catalogue": _PAGE
+    | {
+        f"results[].{k}"
+        for k in (
+            *_SCHEMA,
+            "organisation",
+            "organisation_name",
+            "slug",
+            "name",
+            "description",
+            "budget",
+            "budget.measure",
+            "budget.total",
+            "budget.per_query_max",
+            "yours",
+            "access",
+            "access.granted",
+            "access.pending",
+        )
+    },
+    "access_requests": _PAGE | {f"results[].{k}" for k in _ACCESS_REQUEST},
+    "dataset_access_requests": _PAGE | {f"results[].{k}" for k in _ACCESS_REQUEST},
+    # operators only: metadata of every organisation, dataset, budget and job
+    "operator_overview": {"q", "page"}
+    | {
+        f"{section}.{k}"
+        for section, fields in _OVERVIEW.items()
+        for k in ("count", "results", "results[]", *(f"results[].{f}" for f in fields))
+    }
+    | set(_OVERVIEW),
     "federated_jobs": _PAGE | {f"results[].{k}" for k in _JOB},
     "federated_job": _JOB_DETAIL,
     "federated_job_rounds": _PAGE | {f"results[].{k}" for k in _ROUND},
+    # a job's DP-SGD price per participating dataset. The plan's keys are left unclassified on purpose:
+    # its q (batch size / training rows) with the batch size states a member's training row count, so
+    # a private job's plan fails this test until someone decides what non-owners may read of it.
+    "federated_job_privacy": {
+        "private",
+        "epsilon",
+        "delta",
+        "max_grad_norm",
+        "participants",
+        "participants[]",
+        *{
+            f"participants[].{k}"
+            for k in (
+                "organisation",
+                "status",
+                "dataset",
+                "plan",
+                "debited",
+                "refusal",
+                "refusal.code",
+                "refusal.detail",
+            )
+        },
+    },
 }
 OPAQUE = {
     "settings",
@@ -484,6 +638,11 @@ OPAQUE = {
     "per_class_f1",
     "train",
     "evaluate",
+    # aggregate name -> 95% half-width, or -> a mean's least group size: the keys are the aggregates'
+    # names (the analyst's query), the values computed from the public bounds, the stated row bound and
+    # the privacy level only (`dp.planner`), never from the data
+    "half_widths",
+    "min_group_sizes",
 }
 
 
@@ -530,6 +689,8 @@ def _forbidden(ready: DatasetVersion, *, viewer: str) -> list[str]:
     if viewer == "operator":  # B's member metrics are B's: its own members may see them, nobody else
         values += [B_EVAL_EXAMPLES, *[v for row in B_CONFUSION for v in row]]
     patterns = [number(v) for v in values]
+    # as the portal's `sig` filter writes whole numbers: with thousands separators
+    patterns += [number(f"{v:,}") for v in values if isinstance(v, int) and v >= 1000]
     patterns += [
         re.escape(s)
         for s in (
@@ -543,6 +704,8 @@ def _forbidden(ready: DatasetVersion, *, viewer: str) -> list[str]:
     ]
     patterns.append(re.escape(f"{A_CLIENT_ACCURACY:.4f}"))  # as the portal rounds it
     patterns.append(re.escape(FINISHED.date().isoformat()))  # ingestion's end: with created_at, a size signal
+    # a version that is not ready (`proposed`'s awaits its schema) is the owner's alone, as a value
+    patterns += [re.escape('"awaiting_schema"'), re.escape("Awaiting schema confirmation")]
     return patterns
 
 
@@ -563,40 +726,94 @@ def _api_reads(world, job_id: int, query_ids: list[int]) -> list[tuple[str, str,
             ("dataset_agreement", "get", f"{base}/agreement", None),
             ("dataset_budget", "get", f"{base}/budget", None),
             ("queries", "get", f"{base}/queries", None),
+            # so small an ε that every warning comes (a count's, a sum's, a mean's)
             (
                 "query_preview",
                 "post",
                 f"{base}/queries/preview",
-                {"sql": f"SELECT SUM(weight), COUNT(*) FROM {slug}", "privacy": {"epsilon": 1.0}},
+                {"sql": _warned_sql(slug), "privacy": {"epsilon": 0.001}},
+            ),
+            (
+                "query_plan",
+                "post",
+                f"{base}/queries/plan",
+                {"sql": _warned_sql(slug), "target_half_width": 50, "curve": True},
+            ),
+            ("dataset_access_requests", "get", f"{base}/access-requests", None),
+            # B holds both grants (409), operators ask for nothing (403): the refusals are scanned too
+            (
+                "dataset_access_requests",
+                "post",
+                f"{base}/access-requests",
+                {"purpose": "query", "reason": "Once more."},
             ),
         ]
     reads += [("query", "get", f"/api/v1/queries/{query_id}", None) for query_id in query_ids]
     reads += [
+        ("catalogue", "get", "/api/v1/catalogue", None),
+        ("access_requests", "get", "/api/v1/access-requests", None),
+        ("operator_overview", "get", "/api/v1/operator/overview", None),
+    ]
+    reads += [
         ("federated_jobs", "get", "/api/v1/federated-jobs", None),
         ("federated_job", "get", f"/api/v1/federated-jobs/{job_id}", None),
         ("federated_job_rounds", "get", f"/api/v1/federated-jobs/{job_id}/rounds", None),
+        ("federated_job_privacy", "get", f"/api/v1/federated-jobs/{job_id}/privacy", None),
     ]
     return reads
 
 
-def _portal_pages(job_id: int) -> list[str]:
+def _warned_sql(slug: str) -> str:
+    """A count, a sum and a mean: at a small ε, each gets its warning before spending."""
+    return f"SELECT SUM(weight), COUNT(*), AVG(score) FROM {slug}"
+
+
+def _portal_pages(job_id: int, query_ids: list[int]) -> list[tuple[str, str]]:
+    """(route name, url) of every page a non-owner might open."""
     pages = [
-        reverse("portal:datasets"),
-        reverse("portal:federated_jobs"),
-        reverse("portal:federated_job", args=[job_id]),
-        reverse("portal:my_budgets"),
+        (name, reverse(f"portal:{name}"))
+        for name in (
+            "datasets",
+            "my_budgets",
+            "federated_jobs",
+            "catalogue",
+            "access_requests",
+            "operator_overview",
+        )
     ]
+    pages.append(("federated_job", reverse("portal:federated_job", args=[job_id])))
     for slug in ("proposed", "ready"):
         pages += [
-            reverse("portal:dataset", args=["org-a", slug]),
-            reverse("portal:dataset_version", args=["org-a", slug, 1]),
-            reverse("portal:query_console", args=["org-a", slug]),
-            reverse("portal:budget_dashboard", args=["org-a", slug]),
+            (name, reverse(f"portal:{name}", args=["org-a", slug, *extra]))
+            for name, extra in (
+                ("dataset", ()),
+                ("dataset_version", (1,)),
+                ("dataset_version_quality", (1,)),
+                ("dataset_schema_edit", ()),
+                ("query_console", ()),
+                ("budget_dashboard", ()),
+            )
+        ]
+    for query_id in query_ids:
+        pages += [
+            (name, reverse(f"portal:{name}", args=["org-a", "ready", query_id]))
+            for name in ("query_result", "query_result_csv")
         ]
     return pages
 
 
+def _portal_posts() -> list[tuple[str, str, dict]]:
+    """(route name, url, form) of the console's preview and plan (they spend nothing)."""
+    console = reverse("portal:query_console", args=["org-a", "ready"])
+    sql = _warned_sql("ready")
+    return [
+        ("query_console_preview", console, {"action": "preview", "sql": sql, "epsilon": "0.001"}),
+        ("query_console_plan", console, {"action": "plan", "sql": sql, "target": "50"}),
+    ]
+
+
 NON_OWNERS = ["grantee_analyst", "grantee_admin", "operator"]
+RESULT_TABLE = 'data-testid="result-table"'  # a released answer's table (`queries/_result.html`)
 
 
 def _actor(world, name: str):
@@ -616,6 +833,19 @@ def test_no_data_derived_value_reaches_a_non_owner(exposure):
     owner_body = json.dumps(owner.get("/api/v1/datasets/org-a/proposed").json())
     assert str(PROPOSED_INT[1]) in owner_body and PROPOSED_CATEGORIES[0] in owner_body
     assert owner.get("/api/v1/datasets/org-a/ready/versions/1").json()["row_count"] == ROWS
+    assert owner.get("/api/v1/datasets/org-a/proposed/versions/1").json()["status"] == "awaiting_schema"
+
+    # ... its quality report, its proposal on the schema editor, and the answer of its own analyst's query
+    steward = Client()
+    steward.force_login(world.a.steward)
+    quality = steward.get(reverse("portal:dataset_version_quality", args=["org-a", "ready", 1]))
+    assert quality.status_code == 200 and "rows_read" in quality.json()
+    editor = steward.get(reverse("portal:dataset_schema_edit", args=["org-a", "proposed"]))
+    assert editor.status_code == 200 and PROPOSED_COLUMNS[0] in editor.content.decode()
+    b_queries = set(Query.objects.filter(organisation=world.b.organisation).values_list("pk", flat=True))
+    (a_query,) = set(query_ids) - b_queries
+    answer = steward.get(reverse("portal:query_result", args=["org-a", "ready", a_query]))
+    assert RESULT_TABLE in answer.content.decode()
 
     problems: list[str] = []
     reached: set[tuple[str, str]] = set()
@@ -631,6 +861,9 @@ def test_no_data_derived_value_reaches_a_non_owner(exposure):
             if response.status_code >= 500:
                 problems.append(f"{name} {method.upper()} {url}: {response.status_code}")
                 continue
+            # Refusals too: no error message may name a data-derived value.
+            for pattern in _leaks(response.content.decode(), patterns):
+                problems.append(f"{name} {method.upper()} {url}: holds {pattern!r}")
             if response.status_code != 200:
                 continue
             reached.add((name, route))
@@ -645,9 +878,7 @@ def test_no_data_derived_value_reaches_a_non_owner(exposure):
             if route in {"query", "queries"}:
                 queries = body["results"] if route == "queries" else [body]
                 for query in queries:
-                    own = query["id"] in set(
-                        Query.objects.filter(organisation=world.b.organisation).values_list("pk", flat=True)
-                    )
+                    own = query["id"] in b_queries
                     if "result" in query and (name == "operator" or not own):
                         problems.append(f"{name} {url}: sees the answer of query {query['id']} (not its own)")
             if route == "federated_job_rounds":
@@ -656,18 +887,48 @@ def test_no_data_derived_value_reaches_a_non_owner(exposure):
                     for member in entry["clients"]:
                         if member["organisation"] != mine:
                             problems.append(f"{name} {url}: sees {member['organisation']}'s member metrics")
+            if route == "catalogue":  # listed datasets only: `proposed` (unconfirmed) cannot be
+                listed = {f"{e['organisation']}/{e['slug']}" for e in body["results"]}
+                if listed != {"org-a/ready"}:
+                    problems.append(f"{name} {url}: lists {sorted(listed)}")
+            if route in {"query_preview", "query_plan"}:
+                preview = body if route == "query_preview" else body["preview"]
+                reached |= {(name, f"{route}:{w['code']}") for w in preview["warnings"]}
         portal = Client()
         portal.force_login(user)
-        for page in _portal_pages(job_id):
+        for route, page in _portal_pages(job_id, query_ids):
             response = portal.get(page)
             if response.status_code >= 500:
                 problems.append(f"{name} portal {page}: {response.status_code}")
                 continue
+            content = response.content.decode()
+            for pattern in _leaks(content, patterns):
+                problems.append(f"{name} portal {page}: holds {pattern!r}")
             if response.status_code != 200:
                 continue
             pages += 1
-            for pattern in _leaks(response.content.decode(), patterns):
-                problems.append(f"{name} portal {page}: holds {pattern!r}")
+            reached.add((name, f"portal:{route}"))
+            if route in {"query_result", "query_result_csv"}:
+                query_id = int(page.rstrip("/").split("/")[-1 if route == "query_result" else -2])
+                may_read = name != "operator" and query_id in b_queries
+                shows = route == "query_result_csv" or RESULT_TABLE in content
+                if shows and not may_read:
+                    problems.append(f"{name} portal {page}: shows the answer of query {query_id}")
+                if route == "query_result" and may_read and not shows:
+                    problems.append(f"{name} portal {page}: hides the answer of its own query {query_id}")
+        for route, page, form in _portal_posts():
+            response = portal.post(page, form)
+            if response.status_code >= 500:
+                problems.append(f"{name} portal POST {page} ({route}): {response.status_code}")
+                continue
+            content = response.content.decode()
+            for pattern in _leaks(content, patterns):
+                problems.append(f"{name} portal POST {page} ({route}): holds {pattern!r}")
+            if response.status_code == 200:
+                reached.add((name, f"portal:{route}"))
+                shown = "plan-warnings" if route.endswith("plan") else "preview-warnings"
+                if f'data-testid="{shown}"' not in content:  # the warnings are on the page
+                    problems.append(f"{name} portal POST {page} ({route}): no warning shown")
     assert not problems, "\n".join(problems)
     # The non-owners really reached what was checked (a 404 everywhere would prove nothing).
     everyone = {
@@ -681,11 +942,42 @@ def test_no_data_derived_value_reaches_a_non_owner(exposure):
         "federated_jobs",
         "federated_job",
         "federated_job_rounds",
+        "federated_job_privacy",
+        "catalogue",
+        "access_requests",
+        "dataset_access_requests",
+        "portal:catalogue",
+        "portal:access_requests",
+        "portal:query_result",
+        "portal:budget_dashboard",
     }
+    grantees = ("grantee_analyst", "grantee_admin")
     expected = {(name, route) for name in NON_OWNERS for route in everyone}
-    expected |= {(name, "query_preview") for name in ("grantee_analyst", "grantee_admin")}
-    expected |= {("operator", "dataset_grants")}
+    expected |= {
+        (name, route)
+        for name in grantees
+        for route in (
+            "query_preview",
+            "query_plan",
+            "query_preview:interval_covers_range",
+            "query_plan:group_too_small_for_mean",
+            "portal:query_result_csv",
+            "portal:query_console_preview",
+            "portal:query_console_plan",
+        )
+    }
+    expected |= {("operator", "dataset_grants"), ("operator", "operator_overview")}
+    expected |= {("operator", "portal:operator_overview")}
     assert expected <= reached, sorted(expected - reached)
+    # ... and not what is the owner's alone (or the operators'; the answers were checked above).
+    owner_only = {"portal:dataset_version_quality", "portal:dataset_schema_edit"}
+    operators_only = {"operator_overview", "portal:operator_overview"}
+    unexpected = {
+        (name, route)
+        for name, route in reached
+        if route in owner_only or (route in operators_only and name != "operator")
+    }
+    assert not unexpected, sorted(unexpected)
     assert pages >= 3 * 7
 
 
