@@ -177,7 +177,18 @@ urlpatterns = [
         "federated-jobs/<int:job_id>/cancel", federation.JobCancelApi.as_view(), name="federated_job_cancel"
     ),
     path(
+        "federated-jobs/<int:job_id>/publish",
+        federation.JobPublishApi.as_view(),
+        name="federated_job_publish",
+    ),
+    path(
         "federated-jobs/<int:job_id>/rounds", federation.JobRoundsApi.as_view(), name="federated_job_rounds"
+    ),
+    path("models", federation.PublishedModelListApi.as_view(), name="published_models"),
+    path(
+        "models/<int:model_id>/download",
+        federation.PublishedModelDownloadApi.as_view(),
+        name="published_model_download",
     ),
     path(
         "federated-jobs/<int:job_id>/artifact",

@@ -28,6 +28,9 @@ from .selectors import (
     job_round_record,
     job_rounds,
     job_rounds_completed,
+    published_model_file,
+    published_model_guarantee,
+    published_models,
     supernode_key_get,
     supernode_key_list,
 )
@@ -36,6 +39,7 @@ from .services import (
     job_cancel,
     job_create,
     job_event_record,
+    job_model_publish,
     job_participation_decide,
     job_privacy_preview,
     job_schedule,
@@ -109,6 +113,7 @@ def job_body(job: FederatedJob, *, actor, detail: bool = False) -> dict:
                 "created_at": artifact.created_at,
                 "download_url": reverse("api:federated_job_artifact", args=[job.pk]),
                 "report": job_report_shared(artifact.report),
+                "published_at": artifact.published_at,
             }
         )
         body["flower_run_id"] = job_flower_run_id_visible(actor=actor, job=job)
@@ -185,6 +190,10 @@ class JobArtifactOutputSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
     download_url = serializers.CharField()
     report = serializers.JSONField()
+    published_at = serializers.DateTimeField(
+        allow_null=True,
+        help_text="When an operator published the model to the whole consortium (DP models only).",
+    )
 
 
 class JobDetailOutputSerializer(JobOutputSerializer):
@@ -392,6 +401,83 @@ class JobCancelApi(APIView):
         return Response(job_body(job, actor=request.user, detail=True))
 
 
+# A model download's one response: the adapter file (safetensors), as an attachment.
+ADAPTER_FILE = {
+    (200, "application/octet-stream"): OpenApiResponse(
+        response=OpenApiTypes.BINARY, description="The model adapter (safetensors)."
+    )
+}
+
+
+class JobPublishApi(APIView):
+    @extend_schema(
+        request=None,
+        responses=JobDetailOutputSerializer,
+        operation_id="federated_jobs_publish",
+        description="Operators publish a private job's model to every member organisation (409 "
+        "`model_not_private` for a model trained without DP on every participant's data, `no_artifact`, "
+        "`model_published`).",
+    )
+    def post(self, request, job_id: int):
+        job = job_get(actor=request.user, job_id=job_id)
+        job_model_publish(actor=request.user, job=job)
+        return Response(job_body(job, actor=request.user, detail=True))
+
+
+class PublishedModelOutputSerializer(serializers.Serializer):
+    """A model published to the consortium, with the privacy loss each participant's data has in it."""
+
+    class Meta:
+        ref_name = "PublishedModelOutput"
+
+    id = serializers.IntegerField()
+    job = serializers.UUIDField(help_text="The federated job that trained it.")
+    name = serializers.CharField()
+    base_model = serializers.CharField()
+    labels = serializers.ListField(child=serializers.CharField())
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    published_at = serializers.DateTimeField()
+    guarantee = serializers.DictField(
+        child=serializers.DictField(),
+        help_text="Per participating organisation: target_epsilon, epsilon, delta, accountant (DP-SGD).",
+    )
+    download_url = serializers.CharField()
+
+
+def published_model_body(model) -> dict:
+    return {
+        "id": model.pk,
+        "job": model.job.uid,
+        "name": model.job.name,
+        "base_model": model.job.base_model,
+        "labels": model.job.labels,
+        "size": model.size,
+        "sha256": model.sha256,
+        "published_at": model.published_at,
+        "guarantee": published_model_guarantee(model),
+        "download_url": reverse("api:published_model_download", args=[model.pk]),
+    }
+
+
+class PublishedModelListApi(APIView):
+    @extend_schema(responses=PublishedModelOutputSerializer(many=True), operation_id="models_list")
+    def get(self, request):
+        return paginated(
+            queryset=published_models(actor=request.user),
+            request=request,
+            view=self,
+            body=published_model_body,
+        )
+
+
+class PublishedModelDownloadApi(APIView):
+    @extend_schema(responses=ADAPTER_FILE, operation_id="models_download")
+    def get(self, request, model_id: int):
+        file, name = published_model_file(actor=request.user, model_id=model_id)
+        return FileResponse(file, as_attachment=True, filename=name, content_type="application/octet-stream")
+
+
 class JobRoundsApi(APIView):
     @extend_schema(responses=RoundOutputSerializer(many=True), operation_id="federated_jobs_rounds")
     def get(self, request, job_id: int):
@@ -405,14 +491,7 @@ class JobRoundsApi(APIView):
 
 
 class JobArtifactApi(APIView):
-    @extend_schema(
-        responses={
-            (200, "application/octet-stream"): OpenApiResponse(
-                response=OpenApiTypes.BINARY, description="The model adapter (safetensors)."
-            )
-        },
-        operation_id="federated_jobs_artifact",
-    )
+    @extend_schema(responses=ADAPTER_FILE, operation_id="federated_jobs_artifact")
     def get(self, request, job_id: int):
         job = job_get(actor=request.user, job_id=job_id)
         file, name = job_artifact_file(actor=request.user, job=job)

@@ -164,7 +164,8 @@ class JobRound(models.Model):
 
 class ModelArtifact(models.Model):
     """The final aggregated adapter (safetensors) and its evaluation report; downloadable by the
-    job's accepted participants only."""
+    job's accepted participants, and by every member organisation once published — which only a model
+    trained with DP-SGD on every participant's data may be (`job_model_publish`)."""
 
     job = models.OneToOneField(FederatedJob, on_delete=models.CASCADE, related_name="artifact")
     file_name = models.CharField(max_length=500)
@@ -172,6 +173,18 @@ class ModelArtifact(models.Model):
     sha256 = models.CharField(max_length=64)
     report = models.JSONField(default=dict)
     created_at = models.DateTimeField(default=timezone.now)
+    published_at = models.DateTimeField(null=True, blank=True)
+    published_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(published_at__isnull=True) | Q(published_by__isnull=False),
+                name="published_model_has_publisher",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"model artifact {self.file_name}"

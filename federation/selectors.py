@@ -248,3 +248,62 @@ def jobs_overview(*, actor: Any, q: str = "") -> QuerySet[FederatedJob]:
         ).values("job_id")
         jobs = jobs.filter(Q(name__icontains=q) | Q(pk__in=named))
     return jobs
+
+
+# What the whole consortium reads of a published model's guarantee, per participating organisation:
+# the privacy loss its data has in the model. Not the plan's sample rate, noise or steps: with the
+# job's batch size they state the member's training row count (docs/data-exposure.md).
+GUARANTEE_PUBLIC = ("target_epsilon", "epsilon", "delta", "accountant")
+
+
+def job_model_unpublishable(*, job: FederatedJob, artifact: ModelArtifact | None) -> str | None:
+    """Why the job's model may not be published to the consortium (a stable code), or None when it
+    may: a model of a succeeded private job, whose report carries a DP-SGD guarantee for every
+    participant that accepted (a private job's ServerApp aggregates only updates trained with their
+    plans), not published yet."""
+    if artifact is None or job.state != "succeeded":
+        return "no_artifact"
+    if artifact.published_at is not None:
+        return "model_published"
+    guarantee = job_privacy_guarantee(artifact.report)
+    accepted = set(
+        job.participants.filter(status=ParticipantStatus.ACCEPTED).values_list(
+            "organisation__slug", flat=True
+        )
+    )
+    if not job.is_private or not accepted or not accepted <= set(guarantee):
+        return "model_not_private"
+    return None
+
+
+def published_models(*, actor: Any) -> QuerySet[ModelArtifact]:
+    """The models published to the consortium, newest first: every member of an approved organisation
+    and the operators read them (and their public guarantee); nobody else."""
+    if not actor.is_operator and membership_active(user=actor) is None:
+        return ModelArtifact.objects.none()
+    return (
+        ModelArtifact.objects.filter(published_at__isnull=False)
+        .select_related("job", "published_by")
+        .order_by("-published_at", "-pk")
+    )
+
+
+def published_model_get(*, actor: Any, model_id: int) -> ModelArtifact:
+    model = published_models(actor=actor).filter(pk=model_id).first()
+    if model is None:
+        raise NotFound("Model not found.")
+    return model
+
+
+def published_model_guarantee(model: ModelArtifact) -> dict[str, dict[str, Any]]:
+    """Per organisation, the public part of the model's guarantee (`GUARANTEE_PUBLIC`)."""
+    return {
+        organisation: {key: entry.get(key) for key in GUARANTEE_PUBLIC}
+        for organisation, entry in job_privacy_guarantee(model.report).items()
+    }
+
+
+def published_model_file(*, actor: Any, model_id: int) -> tuple[Any, str]:
+    """A published model's file opened for reading and the name to download it as."""
+    model = published_model_get(actor=actor, model_id=model_id)
+    return default_storage.open(model.file_name, "rb"), f"{model.job.uid}-adapter.safetensors"

@@ -45,7 +45,7 @@ from clearinghouse.queries.models import PrivacyBudget, PrivacyMeasure, Training
 from federation.flower.control import RUN_COMPLETED, RUN_FAILED, FlowerControlError, SuperLinkControl
 from federation.flower.reporting import RoundRecord
 from federation.flower.settings import KNOWN_RUN_KEYS, FederationConfigError, JobSettings
-from federation.selectors import GUARANTEE_SHARED
+from federation.selectors import GUARANTEE_SHARED, job_model_unpublishable, published_model_guarantee
 from training.privacy import DpSgdError, DpSgdPlan, train_rows
 
 from .models import (
@@ -744,6 +744,41 @@ def job_submit(*, job_id: int) -> FederatedJob | None:
         else:
             _set_state(job, JobState.RUNNING, flower_run_id=run_id, started_at=timezone.now())
         return job
+
+
+@transaction.atomic
+def job_model_publish(*, actor: Any, job: FederatedJob) -> ModelArtifact:
+    """Operators publish a private job's model to the whole consortium (every member organisation may
+    then download it): only a model trained with DP-SGD on every participant's data, whose guarantee
+    its report carries (`job_model_unpublishable`). A model trained without DP stays its
+    participants' alone."""
+    require_operator(actor=actor)
+    job = _locked_existing(job.pk)
+    artifact = ModelArtifact.objects.select_for_update(no_key=True).filter(job=job).first()
+    refusal = job_model_unpublishable(job=job, artifact=artifact)
+    if refusal == "no_artifact":
+        raise Conflict("The job has no model to publish: it has not succeeded.", code="no_artifact")
+    if refusal == "model_published":
+        raise Conflict("The job's model is already published.", code="model_published")
+    if refusal is not None or artifact is None:
+        raise Conflict(
+            "Only a model trained with DP-SGD on every participant's data can be published to the "
+            "consortium; this one stays with the job's participants.",
+            code="model_not_private",
+        )
+    artifact.published_at, artifact.published_by = timezone.now(), actor
+    artifact.save(update_fields=["published_at", "published_by"])
+    audit_record(
+        actor=actor,
+        action="federated_job.model_published",
+        target=job,
+        extra={
+            "job": str(job.uid),
+            "sha256": artifact.sha256,
+            "guarantee": published_model_guarantee(artifact),
+        },
+    )
+    return artifact
 
 
 @transaction.atomic

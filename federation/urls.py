@@ -24,4 +24,11 @@ urlpatterns = [
     path("federation/jobs/<int:job_id>/schedule/", views.job_schedule_view, name="federated_job_schedule"),
     path("federation/jobs/<int:job_id>/cancel/", views.job_cancel_view, name="federated_job_cancel"),
     path("federation/jobs/<int:job_id>/model/", views.job_model_view, name="federated_job_model"),
+    path("federation/jobs/<int:job_id>/publish/", views.job_publish_view, name="federated_job_publish"),
+    path("federation/models/", views.published_models_view, name="published_models"),
+    path(
+        "federation/models/<int:model_id>/download/",
+        views.published_model_download_view,
+        name="published_model_download",
+    ),
 ]

@@ -34,6 +34,7 @@ from .selectors import (
     job_flower_run_id_visible,
     job_get,
     job_list,
+    job_model_unpublishable,
     job_my_participation,
     job_participants,
     job_participation_open_to,
@@ -42,12 +43,16 @@ from .selectors import (
     job_round_members_visible,
     job_round_record,
     job_rounds,
+    published_model_file,
+    published_model_guarantee,
+    published_models,
     supernode_key_get,
     supernode_key_list,
 )
 from .services import (
     job_cancel,
     job_create,
+    job_model_publish,
     job_participation_decide,
     job_privacy_preview,
     job_schedule,
@@ -212,6 +217,9 @@ def job_detail_view(request: HttpRequest, job_id: int) -> HttpResponse:
         # `GET .../privacy` answers; and the guarantee the stored model carries.
         "privacy": job_privacy_preview(job=job) if not job.is_final or job.is_private else None,
         "guarantee": job_privacy_guarantee(artifact.report) if artifact is not None else {},
+        # Operators may publish a private job's model to the consortium (`job_model_publish` decides).
+        "can_publish": getattr(request.user, "is_operator", False)
+        and job_model_unpublishable(job=job, artifact=artifact) is None,
     }
     return render(request, "federation/job.html", context)
 
@@ -256,6 +264,35 @@ def job_cancel_view(request: HttpRequest, job_id: int) -> HttpResponse:
     )
     messages.success(request, f"Job {job.name} cancelled.")
     return redirect("portal:federated_job", job_id=job.pk)
+
+
+@login_required
+@require_POST
+@service_errors
+def job_publish_view(request: HttpRequest, job_id: int) -> HttpResponse:
+    job = job_get(actor=request.user, job_id=job_id)
+    job_model_publish(actor=request.user, job=job)
+    messages.success(
+        request, f"The model of {job.name} is published: every member organisation may download it."
+    )
+    return redirect("portal:federated_job", job_id=job.pk)
+
+
+@login_required
+@require_GET
+@service_errors
+def published_models_view(request: HttpRequest) -> HttpResponse:
+    models = paginate(request, published_models(actor=request.user))
+    rows = [(model, published_model_guarantee(model)) for model in models]
+    return render(request, "federation/models.html", {"models": models, "rows": rows})
+
+
+@login_required
+@require_GET
+@service_errors
+def published_model_download_view(request: HttpRequest, model_id: int) -> FileResponse:
+    file, name = published_model_file(actor=request.user, model_id=model_id)
+    return FileResponse(file, as_attachment=True, filename=name, content_type="application/octet-stream")
 
 
 @login_required

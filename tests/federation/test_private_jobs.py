@@ -12,6 +12,7 @@ import uuid
 
 import pytest
 from django.db import connection, connections, transaction
+from django.test import Client
 from django.urls import reverse
 
 from clearinghouse.audit.models import AuditEvent
@@ -25,7 +26,7 @@ from clearinghouse.queries.models import (
     QueryStatus,
 )
 from federation.flower.settings import JobSettings
-from federation.models import FederatedJob, JobParticipant, JobState, SuperNodeKey
+from federation.models import FederatedJob, JobParticipant, JobState, ModelArtifact, SuperNodeKey
 from federation.services import _run_config, job_finalize, job_schedule
 from tests.factories import SMALL_SCHEMA, api_client, build_world, make_dataset
 from training.privacy import DpSgdPlan, train_rows
@@ -626,3 +627,107 @@ def test_the_operator_creates_a_private_job_through_the_form(world):
     assert 'data-testid="job-privacy">DP-SGD: ε = 2' in detail
     # Nobody named a dataset yet: the Privacy card says why each cannot be priced.
     assert 'data-testid="refusal-org-a"' in detail and "dp_needs_registered_dataset" in detail
+
+
+# ----------------------------------------------------------------------------- publication
+# Publishing a model to the whole consortium: only a model trained with DP-SGD on every participant's
+# data (its stored report carries each one's guarantee), by an operator, once; every member
+# organisation then lists and downloads it with the public part of its guarantee (ε, δ, the
+# accountant — not the plan's sample rate, which with the batch size states a member's row count).
+
+
+def _succeeded(world, operator, settings, tmp_path, *, private: bool = True) -> dict:
+    """A job scheduled (private: each dataset debited), run and finalised with the ServerApp's
+    report: per organisation the plan it trained under (a private job), or no privacy section."""
+    settings.FLOWER_SHARED_DIR = str(tmp_path / "flower")
+    job = _accepted_job(world, operator, **({} if private else {"privacy": None}))
+    assert operator.post(f"{job['url']}/schedule").status_code == 202, job
+    FederatedJob.objects.filter(pk=job["id"]).update(state=JobState.RUNNING, flower_run_id="9")
+    plans = {p.organisation.slug: p.dp_plan for p in JobParticipant.objects.filter(job_id=job["id"])}
+    privacy = (
+        {
+            org: {"plan": plan, "steps_taken": plan["steps"], "reported_epsilon": 2.9}
+            for org, plan in plans.items()
+        }
+        if private
+        else {}
+    )
+    out = tmp_path / "flower" / "jobs" / job["uid"] / "out"
+    out.mkdir(parents=True)
+    (out / "adapter.safetensors").write_bytes(b"adapter-bytes")
+    (out / "report.json").write_text(json.dumps({"status": "succeeded", "privacy": privacy}))
+    assert job_finalize(job_id=job["id"]).state == JobState.SUCCEEDED
+    return job
+
+
+def test_an_operator_publishes_a_private_model_and_every_member_downloads_it(
+    world, datasets, operator, superlink, settings, tmp_path, media_root
+):
+    job = _succeeded(world, operator, settings, tmp_path)
+    # Organisation C took no part: before publication it sees neither the job nor any model.
+    outsider = api_client(_org_c_admin())
+    assert outsider.get(job["url"]).status_code == 404
+    assert outsider.get("/api/v1/models").json()["count"] == 0
+    # Only operators publish.
+    assert api_client(world.a.admin).post(f"{job['url']}/publish").status_code == 403
+    published = operator.post(f"{job['url']}/publish")
+    assert published.status_code == 200, published.json()
+    assert published.json()["artifact"]["published_at"] is not None
+    assert AuditEvent.objects.filter(
+        action="federated_job.model_published", target_id=str(job["id"])
+    ).exists()
+    again = operator.post(f"{job['url']}/publish")
+    assert again.status_code == 409 and again.json()["code"] == "model_published"
+
+    listed = outsider.get("/api/v1/models").json()
+    assert listed["count"] == 1
+    (model,) = listed["results"]
+    assert model["job"] == job["uid"] and model["labels"] == ["ham", "spam"]
+    assert set(model["guarantee"]) == {"org-a", "org-b"}
+    for guarantee in model["guarantee"].values():
+        assert set(guarantee) == {"target_epsilon", "epsilon", "delta", "accountant"}
+        assert guarantee["delta"] == DELTA and 0 < guarantee["epsilon"] <= guarantee["target_epsilon"]
+    download = outsider.get(model["download_url"])
+    assert download.status_code == 200 and b"".join(download.streaming_content) == b"adapter-bytes"
+    # The portal lists it too, with a download link.
+    page = Client()
+    page.force_login(_org_c_admin())
+    html = page.get(reverse("portal:published_models")).content.decode()
+    assert f'data-testid="published-model-{model["id"]}"' in html and "org-a: ε ≤" in html
+    assert page.get(reverse("portal:published_model_download", args=[model["id"]])).status_code == 200
+
+
+def test_a_model_trained_without_dp_stays_with_its_participants(
+    world, datasets, operator, superlink, settings, tmp_path, media_root
+):
+    PrivacyBudget.objects.update(training="any")  # the owners allow training without DP
+    job = _succeeded(world, operator, settings, tmp_path, private=False)
+    refused = operator.post(f"{job['url']}/publish")
+    assert refused.status_code == 409 and refused.json()["code"] == "model_not_private"
+    assert ModelArtifact.objects.get(job_id=job["id"]).published_at is None
+    assert api_client(_org_c_admin()).get("/api/v1/models").json()["count"] == 0
+    artifact = ModelArtifact.objects.get(job_id=job["id"])
+    assert api_client(_org_c_admin()).get(f"/api/v1/models/{artifact.pk}/download").status_code == 404
+
+
+def test_a_private_model_without_every_participants_guarantee_is_not_published(
+    world, datasets, operator, superlink, settings, tmp_path, media_root
+):
+    job = _succeeded(world, operator, settings, tmp_path)
+    artifact = ModelArtifact.objects.get(job_id=job["id"])
+    artifact.report = {**artifact.report, "privacy": {"org-a": artifact.report["privacy"]["org-a"]}}
+    artifact.save(update_fields=["report"])
+    refused = operator.post(f"{job['url']}/publish")
+    assert refused.status_code == 409 and refused.json()["code"] == "model_not_private"
+
+
+def test_a_job_without_a_model_has_nothing_to_publish(world, datasets, operator):
+    job = _accepted_job(world, operator)
+    refused = operator.post(f"{job['url']}/publish")
+    assert refused.status_code == 409 and refused.json()["code"] == "no_artifact"
+
+
+def _org_c_admin():
+    from clearinghouse.accounts.models import User
+
+    return User.objects.get(username="admin_org-c")

@@ -544,6 +544,31 @@ def _matrix() -> dict[str, list[Case]]:
                 },
             ),
         ],
+        "api:federated_job_publish": [
+            # Operators publish a private job's model (this one is not private: 409 model_not_private).
+            Case(
+                "post",
+                lambda w, t: u("api:federated_job_publish", args=[w.side(t).job_id]),
+                {
+                    **A401,
+                    "analyst": (403, 404),
+                    "org_admin": (403, 404),
+                    "other_admin": (404, 403),
+                    "operator": 409,
+                },
+            ),
+        ],
+        "api:published_models": [
+            Case("get", lambda w, t: u("api:published_models"), everyone(200), object_scoped=False),
+        ],
+        "api:published_model_download": [
+            # Only a published model downloads here; the side's job's model is not published.
+            Case(
+                "get",
+                lambda w, t: u("api:published_model_download", args=[model_of(w, t)]),
+                {**A401, "analyst": 404, "org_admin": 404, "other_admin": 404, "operator": 404},
+            ),
+        ],
         "api:federated_job_events": [
             # The ServerApp's callback takes the job's own token only: no user (or anonymous) gets in.
             Case(
@@ -903,6 +928,32 @@ def _matrix() -> dict[str, list[Case]]:
                 ),
             ),
         ],
+        "portal:federated_job_publish": [
+            Case(
+                "post",
+                lambda w, t: u("portal:federated_job_publish", args=[w.side(t).job_id]),
+                portal(
+                    {
+                        "analyst": (403, 404),
+                        "org_admin": (403, 404),
+                        "other_admin": (404, 403),
+                        "operator": 302,
+                    }
+                ),
+            ),
+        ],
+        "portal:published_models": [
+            Case(
+                "get", lambda w, t: u("portal:published_models"), portal(everyone(200)), object_scoped=False
+            ),
+        ],
+        "portal:published_model_download": [
+            Case(
+                "get",
+                lambda w, t: u("portal:published_model_download", args=[model_of(w, t)]),
+                portal({"analyst": 404, "org_admin": 404, "other_admin": 404, "operator": 404}),
+            ),
+        ],
         "portal:supernode_keys": [
             # The user's own organisation's keys: org admins only; operators belong to none.
             Case(
@@ -1175,6 +1226,13 @@ def owner_write(status: int) -> dict:
         "other_admin": (404, status),
         "operator": 403,
     }
+
+
+def model_of(w: World, t: Target) -> int:
+    """The id of the side's job's model (stored, not published)."""
+    from federation.models import ModelArtifact
+
+    return ModelArtifact.objects.get(job_id=w.side(t).job_id).pk
 
 
 def query_of(w: World, t: Target):
@@ -1510,6 +1568,10 @@ PAIRS: dict[str, Pair] = {
         Call("post", "api:federated_job_cancel", _job, {"reason": "no longer needed"}),
         Call("post", "portal:federated_job_cancel", _job, {"reason": "no longer needed"}),
         prepare=_draft_jobs(accepted=True),
+    ),
+    "job publish": Pair(
+        Call("post", "api:federated_job_publish", lambda c: [c.side.job_id]),
+        Call("post", "portal:federated_job_publish", lambda c: [c.side.job_id]),
     ),
     "job model": Pair(
         Call("get", "api:federated_job_artifact", lambda c: [c.side.job_id]),

@@ -389,6 +389,7 @@ _JOB_DETAIL = {
     "artifact.sha256",
     "artifact.created_at",
     "artifact.download_url",
+    "artifact.published_at",
     "artifact.report",
     "artifact.report.status",
     "artifact.report.rounds_completed",
