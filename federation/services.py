@@ -753,7 +753,10 @@ def job_model_publish(*, actor: Any, job: FederatedJob) -> ModelArtifact:
     its report carries (`job_model_unpublishable`). A model trained without DP stays its
     participants' alone."""
     require_operator(actor=actor)
-    job = _locked_existing(job.pk)
+    audit_lock()  # first: the job, then its model, are locked below
+    job = FederatedJob.objects.select_for_update(no_key=True).filter(pk=job.pk).first()
+    if job is None:
+        raise NotFound("Job not found.")
     artifact = ModelArtifact.objects.select_for_update(no_key=True).filter(job=job).first()
     refusal = job_model_unpublishable(job=job, artifact=artifact)
     if refusal == "no_artifact":

@@ -437,8 +437,8 @@ def preview_warnings(schema: TableSchema, preview: Preview) -> tuple[PreviewWarn
                     code="interval_covers_range",
                     aggregate=agg.name,
                     message=(
-                        f"{agg.name}: even a group of all {schema.policy.max_rows} rows (the stated row "
-                        f"bound) would get a 95% interval wider than half of [{lower:g}, {upper:g}]"
+                        f"{agg.name}: even a group of all {schema.policy.max_rows:,} rows (the stated row "
+                        f"bound) would get a 95% interval wider than half of [{lower:,g}, {upper:,g}]"
                     ),
                     details={"min_group_size": size},
                 )
@@ -449,8 +449,8 @@ def preview_warnings(schema: TableSchema, preview: Preview) -> tuple[PreviewWarn
                     code="group_too_small_for_mean",
                     aggregate=agg.name,
                     message=(
-                        f"{agg.name}: groups of fewer than {size} rows get a 95% interval wider than "
-                        f"half of [{lower:g}, {upper:g}]"
+                        f"{agg.name}: groups of fewer than {size:,} rows get a 95% interval wider than "
+                        f"half of [{lower:,g}, {upper:,g}]"
                     ),
                     details={"min_group_size": size},
                 )

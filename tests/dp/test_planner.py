@@ -225,4 +225,4 @@ def test_warnings_before_spending():
     assert noisy[0].details["public_range"] == 10_000 and "10000" in noisy[0].message
     calm = preview_warnings(schema, preview(schema, with_level(schema, spec, 1.0)))
     assert [(w.code, w.aggregate) for w in calm] == [("group_too_small_for_mean", "a2")]
-    assert f"fewer than {calm[0].details['min_group_size']} rows" in calm[0].message
+    assert f"fewer than {calm[0].details['min_group_size']:,} rows" in calm[0].message
