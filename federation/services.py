@@ -754,9 +754,10 @@ def job_model_publish(*, actor: Any, job: FederatedJob) -> ModelArtifact:
     participants' alone."""
     require_operator(actor=actor)
     audit_lock()  # first: the job, then its model, are locked below
-    job = FederatedJob.objects.select_for_update(no_key=True).filter(pk=job.pk).first()
-    if job is None:
+    locked = FederatedJob.objects.select_for_update(no_key=True).filter(pk=job.pk).first()
+    if locked is None:
         raise NotFound("Job not found.")
+    job = locked
     artifact = ModelArtifact.objects.select_for_update(no_key=True).filter(job=job).first()
     refusal = job_model_unpublishable(job=job, artifact=artifact)
     if refusal == "no_artifact":
