@@ -40,7 +40,7 @@ from .engine import preview
 from .errors import QueryError
 from .plan import _bounds, _Plan, _plan
 from .results import ALPHA, Accuracy, AggregatePreview, Preview
-from .schema import U32_MAX, TableSchema
+from .schema import U32_MAX, TableSchema, is_finite_number
 from .spec import PrivacyLoss, QuerySpec
 
 MIN_LEVEL = 1e-9  # the planner searches ε (or ρ) in [MIN_LEVEL, MAX_LEVEL]
@@ -169,15 +169,8 @@ def _spec_level(schema: TableSchema, spec: QuerySpec) -> float:
 
 
 def _finite(value: Any) -> float | None:
-    """`value` as a finite float, or None (not a number, a bool, NaN, ±inf, or an int too large for a
-    float — JSON integers are unbounded)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
+    """`value` as a float when it is a finite JSON number (`is_finite_number`), else None."""
+    return float(value) if is_finite_number(value) else None
 
 
 def _check_level(schema: TableSchema, level: Any) -> float:

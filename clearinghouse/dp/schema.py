@@ -50,8 +50,12 @@ def is_number(value: Any) -> TypeGuard[int | float]:
 
 
 def is_finite_number(value: Any) -> TypeGuard[int | float]:
-    """A JSON number that is neither infinite nor NaN."""
-    return is_number(value) and math.isfinite(value)
+    """A JSON number that is neither infinite nor NaN, nor an int too large for a float (JSON
+    integers are unbounded)."""
+    try:
+        return is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def is_whole_number(value: Any, low: int, high: int) -> TypeGuard[int]:

@@ -38,7 +38,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeGuard, TypeVar, get_args
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
@@ -677,18 +677,11 @@ def _aggregate(agg: _AggregateIn, index: int, schema: TableSchema) -> Aggregate:
     return Aggregate(type=kind, column=column.name, q=agg.q, alias=agg.alias)
 
 
-def _finite(value: Any) -> TypeGuard[int | float]:
-    try:
-        return is_finite_number(value)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
 def _literal(value: Any, column: Column, where: str) -> Any:
     """A filter value typed for its column; categories are strings (as in the schema)."""
     kind = column.type
     if kind in ("integer", "float"):
-        if not _finite(value):
+        if not is_finite_number(value):
             raise QueryError(
                 "invalid_filter",
                 f"{where}: '{column.name}' is numeric; {_shown(value)} is not a finite number",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections import defaultdict
 from dataclasses import asdict
 from datetime import date
@@ -30,6 +29,7 @@ from clearinghouse.datasets.selectors import (
     dataset_version_latest_ready,
 )
 from clearinghouse.dp.planner import COVERS  # the share of a public range that makes an interval "wide"
+from clearinghouse.dp.schema import is_finite_number
 from clearinghouse.organisations.selectors import organisation_directory_get
 from clearinghouse.portal.charts import Bars, Chart, Line, bar_chart, line_chart
 from clearinghouse.portal.shortcuts import form_error, paginate, service_errors
@@ -81,10 +81,6 @@ def _public_ranges(query: Query) -> dict[str, tuple[str, float, float]]:
         if isinstance(lower, int | float) and isinstance(upper, int | float) and upper > lower:
             ranges[aggregate["name"]] = (column["name"], float(lower), float(upper))
     return ranges
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def released_answer(query: Query) -> dict[str, Any]:
@@ -139,7 +135,7 @@ def released_answer(query: Query) -> dict[str, Any]:
             measures=[
                 Bars(
                     name=measure,
-                    values=[row.get(measure) if _is_number(row.get(measure)) else None for row in rows],
+                    values=[row.get(measure) if is_finite_number(row.get(measure)) else None for row in rows],
                     intervals=[
                         tuple(interval[measure]) if measure in interval else None  # type: ignore[misc]
                         for interval in intervals
