@@ -114,6 +114,11 @@ urlpatterns = [
         "datasets/<slug:organisation>/<slug:slug>/budget", queries.BudgetApi.as_view(), name="dataset_budget"
     ),
     path(
+        "datasets/<slug:organisation>/<slug:slug>/budget/ledger",
+        queries.BudgetLedgerApi.as_view(),
+        name="dataset_budget_ledger",
+    ),
+    path(
         "datasets/<slug:organisation>/<slug:slug>/budget/allocations/<slug:grantee>",
         queries.AllocationApi.as_view(),
         name="dataset_budget_allocation",

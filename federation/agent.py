@@ -2,7 +2,8 @@
 
     python -m federation.agent keygen --out keys/ --name acme-gpu1
         # a SuperNode key pair; paste keys/acme-gpu1.pub into the portal (Organisation → SuperNode keys)
-    python -m federation.agent preflight --data /data/sms.tsv --text-column SMS --label-column Label --labels ham,spam
+    python -m federation.agent preflight --data /data/sms.tsv --text-column SMS --label-column Label \\
+        --labels ham,spam [--expect-rows 5574 --expect-digest sha256:...]   # a private job's version
     python -m federation.agent run --superlink flower.example.org:9092 --root-certificates ca.crt \\
         --auth-key keys/acme-gpu1.key --data /data/sms.tsv --text-column SMS --label-column Label \\
         --labels ham,spam --organisation acme
@@ -97,6 +98,15 @@ def _parser() -> argparse.ArgumentParser:
         help="train only private jobs (record-level DP-SGD, priced on the ledger); refuse every other job",
     )
     run.add_argument("--skip-preflight", action="store_true")
+    run.add_argument(
+        "--expect-rows",
+        type=int,
+        default=None,
+        help="for the preflight: a private job's registered row count",
+    )
+    run.add_argument(
+        "--expect-digest", default="", help="for the preflight: a private job's registered content digest"
+    )
     return parser
 
 
@@ -127,6 +137,10 @@ def _preflight_checks(args: argparse.Namespace) -> list[str]:
         checks += ["--delimiter", args.delimiter]
     if args.device:
         checks += ["--device", args.device]
+    if args.expect_rows is not None:
+        checks += ["--expect-rows", str(args.expect_rows)]
+    if args.expect_digest:
+        checks += ["--expect-digest", args.expect_digest]
     return checks
 
 

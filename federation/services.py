@@ -46,6 +46,7 @@ from federation.flower.control import RUN_COMPLETED, RUN_FAILED, FlowerControlEr
 from federation.flower.reporting import RoundRecord
 from federation.flower.settings import KNOWN_RUN_KEYS, FederationConfigError, JobSettings
 from federation.selectors import GUARANTEE_SHARED, job_model_unpublishable, published_model_guarantee
+from training.digest import DIGEST_SCHEME, DataExpectation, digests_by_pair
 from training.privacy import DpSgdError, DpSgdPlan, train_rows
 
 from .models import (
@@ -496,18 +497,58 @@ def _price_participant(job: FederatedJob, participant: JobParticipant, train: di
     version = dataset_version_latest_ready(dataset=dataset)
     if version is None or not version.row_count:
         raise Conflict(f"{slug}: its dataset has no ready version to price on.", code="no_ready_version")
+    unit = (version.schema or {}).get("privacy_unit") or {}
+    per_person = unit.get("max_rows_per_person", 1) if unit.get("kind") == "identifier" else 1
+    if per_person != 1:
+        # DP-SGD's guarantee is per row (per example clipped and sampled); for a person holding k rows
+        # it would need group privacy over k correlated examples, which the plan does not price.
+        raise Conflict(
+            f"{slug}: a person may hold up to {per_person} rows of its dataset, and DP-SGD protects one "
+            "row; private training needs one row per person (privacy unit: row, or at most 1 row per "
+            "person).",
+            code="training_needs_row_privacy",
+        )
+    data = _data_expectation(job, slug, version.content_digests)
     try:
         rows = train_rows(version.row_count, train["test_fraction"])
         batch_size = train["batch_size"]
         local_steps = train["max_steps"] or train["local_epochs"] * math.ceil(rows / batch_size)
         return _plan(
             rows, batch_size, job.num_rounds, job.dp_epsilon, job.dp_delta, job.dp_max_grad_norm, local_steps
-        )
+        ).with_data(data)
     except DpSgdError as exc:
         message = _ROW_FREE_MESSAGES.get(exc.code, "{message}").format(
             delta=job.dp_delta, message=exc.message
         )
         raise ValidationFailed(f"{slug}: {message}", code=exc.code) from exc
+
+
+def _data_expectation(job: FederatedJob, slug: str, digests: dict[str, Any] | None) -> DataExpectation:
+    """The rows a participant's plan is priced on, as its member will check its local file: the
+    version's row count and the content digest of the job's text and label columns
+    (`training.digest`). Refuses a version without digests (ingested before they were computed) and
+    a dataset without that pair of columns."""
+    if not digests or digests.get("scheme") != DIGEST_SCHEME:
+        raise Conflict(
+            f"{slug}: its dataset's latest version has no content digest yet (it was ingested before "
+            "digests were computed), so its member could not check its file against it; an operator "
+            "runs `manage.py dataset_digests_backfill`.",
+            code="version_needs_digest",
+        )
+    digest = digests_by_pair(digests.get("pairs", [])).get((job.text_column, job.label_column))
+    if digest is None:
+        raise Conflict(
+            f"{slug}: the job's columns (text {job.text_column!r}, label {job.label_column!r}) are not a "
+            "text column and a label column (categorical, integer or text) of its registered dataset; a "
+            "private job trains on the registered rows of the columns it names.",
+            code="dataset_columns_mismatch",
+        )
+    return DataExpectation(
+        rows=int(digests["rows"]),
+        digest=digest,
+        text_column=job.text_column,
+        label_column=job.label_column,
+    )
 
 
 def _train_shape(job: FederatedJob) -> dict[str, Any]:
@@ -652,7 +693,7 @@ def _debit_private_job(job: FederatedJob, accepted: list[JobParticipant]) -> Non
                 organisation=participant.organisation,
                 payer=participant.decided_by,
                 job_uid=job.uid,
-                plan=plan.to_dict(),
+                plan=plan.priced_dict(),  # the ledger keeps the price, not the rows' digest
                 epsilon=plan.epsilon,
                 delta=plan.delta,
             )

@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from training.config import TrainingConfigError
+from training.digest import DataExpectation
 
 __all__ = [
     "ACCOUNTANTS",
@@ -72,6 +73,8 @@ CODES = frozenset(
         "too_few_rows",  # a member's data cannot be split into train and test
         "invalid_test_fraction",  # the held-out share is not strictly between 0 and 1
         "dp_required",  # a member that trains only with DP got a job without a plan for it
+        "invalid_data_expectation",  # the plan's `data` (rows and digest it was priced on) is malformed
+        "data_mismatch",  # the member's local file is not the registered version the plan was priced on
     }
 )
 
@@ -388,6 +391,9 @@ class DpSgdPlan:
 
     ``epsilon`` is what ``accountant`` gives for (σ, q, steps) at ``delta`` (≤ ``target_epsilon``).
     ``rows`` and ``batch_size`` (when known) are what the run's data loader must have: q = batch/rows.
+    ``data`` (when known) is the registered version the plan was priced on (all its rows, before the
+    train/test split, and their content digest, ``training.digest``): the member trains only on a
+    local file with that digest.
     """
 
     target_epsilon: float
@@ -400,8 +406,14 @@ class DpSgdPlan:
     epsilon: float
     rows: int | None = None
     batch_size: int | None = None
+    data: DataExpectation | None = None
 
     def __post_init__(self) -> None:
+        if self.data is not None:
+            try:
+                object.__setattr__(self, "data", DataExpectation.coerce(self.data))
+            except (TrainingConfigError, TypeError) as exc:
+                raise DpSgdError("invalid_data_expectation", str(exc), field="data") from exc
         _check_epsilon(self.target_epsilon)
         _check_epsilon(self.epsilon, "epsilon")
         _check_delta(self.delta, self.rows)
@@ -468,3 +480,14 @@ class DpSgdPlan:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values (what a job records and sends to its members)."""
         return dataclasses.asdict(self)
+
+    def with_data(self, data: DataExpectation | Mapping[str, Any] | None) -> DpSgdPlan:
+        """The same plan, bound to the registered rows ``data`` (or to none)."""
+        return dataclasses.replace(self, data=None if data is None else DataExpectation.coerce(data))
+
+    def priced_dict(self) -> dict[str, Any]:
+        """``to_dict()`` without ``data``: what a ledger entry or a model's report keeps (the digest
+        is the member's business, docs/data-exposure.md)."""
+        values = self.to_dict()
+        values.pop("data")
+        return values

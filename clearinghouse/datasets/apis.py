@@ -124,6 +124,13 @@ class VersionBodySerializer(VersionOutputSerializer):
     error_code = serializers.CharField(required=False)
     error_message = serializers.CharField(required=False)
     quality_report = serializers.JSONField(required=False, allow_null=True)
+    content_digests = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="The stored rows' content digests (`training.digest`): `{scheme, rows, pairs: [{text_column, "
+        "label_column, digest}]}`, what a private federated job's member checks its local file against "
+        "(`--expect-rows/--expect-digest` of the preflight); null for a version ingested before digests.",
+    )
     schema = serializers.JSONField(required=False)
 
 
@@ -142,6 +149,7 @@ def version_body(version, *, owner: bool) -> dict:
             error_code=version.error_code,
             error_message=version.error_message,
             quality_report=version.quality_report,
+            content_digests=version.content_digests,
             schema=version.schema,
         )
     return body

@@ -19,6 +19,7 @@ import polars as pl
 
 from clearinghouse.dp.schema import Column
 from clearinghouse.tabular import COMMON_DELIMITERS, SAMPLE_SIZE, sniff_delimiter
+from training.digest import DIGEST_SCHEME, frame_digest
 
 from .schema import DatasetSchema
 
@@ -432,6 +433,32 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
     if table.height == 0:
         raise IngestError("No rows are left after the checks.", code="no_rows_left", report=report)
     return IngestResult(table=table, report=report)
+
+
+# What a federated text classifier may train on: a free-text column, and a label column of these types
+# (`training.digest`: the label as its stripped string, an integer in decimal).
+DIGEST_TEXT_TYPES = ("text",)
+DIGEST_LABEL_TYPES = ("categorical", "integer", "text")
+
+
+def content_digests(table: pl.DataFrame, schema: DatasetSchema) -> dict[str, Any]:
+    """The stored table's content digests (`training.digest`), one for every (text column, label
+    column) pair a private federated job could train on, so that a member's check of its local file
+    is exact and cheap: `{"scheme", "rows", "pairs": [{"text_column", "label_column", "digest"}]}`
+    (no pairs for a table without a text column)."""
+    texts = [c.name for c in schema.columns if c.type in DIGEST_TEXT_TYPES]
+    labels = [c.name for c in schema.columns if c.type in DIGEST_LABEL_TYPES]
+    pairs = [
+        {
+            "text_column": text,
+            "label_column": label,
+            "digest": frame_digest(table, text_column=text, label_column=label).digest,
+        }
+        for text in texts
+        for label in labels
+        if label != text
+    ]
+    return {"scheme": DIGEST_SCHEME, "rows": table.height, "pairs": pairs}
 
 
 def infer_schema(raw: pl.DataFrame, *, categorical_max: int = 50) -> dict[str, Any]:

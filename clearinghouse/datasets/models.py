@@ -73,6 +73,11 @@ class DatasetVersion(models.Model):
     kek_id = models.CharField(max_length=100, blank=True)
     row_count = models.BigIntegerField(null=True, blank=True)
     quality_report = models.JSONField(null=True, blank=True)
+    # The stored rows' content digests (`datasets.ingest.content_digests`, `training.digest`): what a
+    # private federated job's member checks its local file against. Data-derived: the owner's only,
+    # and the job's member's (docs/data-exposure.md). Null for a version ingested before digests were
+    # computed (`manage.py dataset_digests_backfill`) and for one not ready.
+    content_digests = models.JSONField(null=True, blank=True)
     error_code = models.CharField(max_length=64, blank=True)
     error_message = models.TextField(blank=True)
     created_by = models.ForeignKey(

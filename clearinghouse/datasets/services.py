@@ -27,7 +27,7 @@ from clearinghouse.organisations.roles import MANAGE_DATASETS, RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active, require_capability
 
 from . import storage
-from .ingest import REPAIRS, IngestError, Repair, check, infer_schema, read_raw
+from .ingest import REPAIRS, IngestError, Repair, check, content_digests, infer_schema, read_raw
 from .models import (
     ACCESS_REQUEST_NOTE_MAX,
     ACCESS_REQUEST_REASON_MAX,
@@ -469,6 +469,7 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
         if schema is None:
             return _schema_proposed(version, infer_schema(raw), claim=claim)
         result = check(raw, schema, repair=cast(Repair, version.repair))  # `check` refuses any other value
+        digests = content_digests(result.table, schema)
     except IngestError as exc:
         return _version_failed(version, exc.code, exc.message, report=exc.report, claim=claim, from_data=True)
     ids = {"organisation_id": dataset.organisation_id, "dataset_id": dataset.pk, "number": version.number}
@@ -487,6 +488,7 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
             version.kek_id = info.kek_id
             version.row_count = result.table.height
             version.quality_report = result.report
+            version.content_digests = digests
             version.staging_path = ""
             version.ingest_claim = ""
             version.finished_at = timezone.now()
@@ -939,6 +941,48 @@ def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
     counts["already_current"] = DatasetVersion.objects.filter(kek_id=current.current_id).count()
     with transaction.atomic():
         audit_record(actor=actor, action="keyring.rewrapped", extra={"kek_id": current.current_id, **counts})
+    return counts
+
+
+def dataset_version_digests_backfill(*, actor: Any = None) -> dict[str, int]:
+    """Computes the content digests (`ingest.content_digests`) of every ready version ingested before
+    they were computed at ingestion: decrypts its stored table in memory, as a worker does (run where
+    the keyring is, like `keyring_rotate`). Each version is its own audited transaction, so a run
+    stopped midway keeps what it did and a second run does the rest. A stored file that fails
+    authentication marks its version corrupt."""
+    counts = {"computed": 0, "corrupt": 0}
+    pending = DatasetVersion.objects.filter(status=VersionStatus.READY, content_digests__isnull=True)
+    for pk in pending.order_by("pk").values_list("pk", flat=True):
+        version = DatasetVersion.objects.select_related("dataset__organisation").get(pk=pk)
+        ids = {
+            "organisation_id": version.dataset.organisation_id,
+            "dataset_id": version.dataset_id,
+            "number": version.number,
+        }
+        try:
+            table = storage.read_table(version.data_path, storage.data_context(**ids))
+        except CryptoError as exc:
+            if isinstance(exc, KeyringError):
+                raise  # the keyring is misconfigured: not the file's fault
+            dataset_version_mark_corrupt(version=version)
+            counts["corrupt"] += 1
+            continue
+        digests = content_digests(table, DatasetSchema.from_dict(version.schema))
+        del table
+        with transaction.atomic():
+            version = _locked_version(pk)
+            if version.status != VersionStatus.READY or version.content_digests is not None:
+                continue
+            version.content_digests = digests
+            version.save(update_fields=["content_digests"])
+            audit_record(
+                actor=actor,
+                action="dataset_version.digests_computed",
+                organisation=version.dataset.organisation,
+                target=version,
+                extra={"number": version.number, "pairs": len(digests["pairs"])},
+            )
+            counts["computed"] += 1
     return counts
 
 

@@ -5,16 +5,24 @@ pure ε, or a Gaussian one at a ρ under zCDP) and DP-SGD fine-tuning (a Poisson
 mechanism repeated once per optimiser step). Summing their ε's is valid but loose; this module
 composes them with Google's ``dp_accounting``:
 
-- ``LaplaceEvent(epsilon)``: a pure-ε release (the Laplace mechanism with scale Δ/ε).
+- ``ApproxEvent(epsilon, delta)``: any (ε, δ)-DP release whose mechanism is not modelled (an
+  OpenDP query: Laplace and exponential mechanisms composed inside it, a key release's threshold),
+  accounted by its worst case: the privacy-loss distribution that dominates every (ε, δ)-DP
+  mechanism (loss ±ε, and ∞ with probability δ), so composing it is sound whatever the mechanism.
+- ``LaplaceEvent(epsilon)``: the Laplace mechanism with scale Δ/ε (tighter than ``ApproxEvent``,
+  for a release known to be exactly that).
 - ``GaussianEvent(noise_multiplier)``: the Gaussian mechanism, σ/Δ₂; ``GaussianEvent.from_rho(ρ)``
   is the Gaussian with ρ = 1/(2σ²).
 - ``SubsampledGaussianEvent(sample_rate, noise_multiplier, steps)``: DP-SGD, Poisson sampling at
   rate q, then the Gaussian mechanism, ``steps`` times.
 
-``compose_epsilon(events, delta)`` gives ε at δ by the privacy-loss-distribution (PLD) accountant
-(a pessimistic discretisation: an upper bound, tight in practice), ``accountant="rdp"`` by Rényi DP
-(looser, a cross-check); ``naive_epsilon`` is basic composition (the sum of each event's ε, δ split
-evenly between the events that need one). ``compose`` gives all three.
+``compose_epsilon(events, delta)`` gives ε at δ by privacy loss distributions (PLD; a pessimistic
+discretisation: an upper bound, tight in practice), ``accountant="rdp"`` by Rényi DP (looser, a
+cross-check; an ``ApproxEvent``'s pure part enters as ε²/2-zCDP and its δ adds); ``naive_epsilon``
+is basic composition (the sum of each event's ε, the δ left by ``ApproxEvent``s split evenly
+between the events that need one). ``compose`` gives all three, and ``Composition.epsilon`` the
+tightest: each is a valid bound. ``LedgerComposition`` keeps a ledger's composition and grows it one
+event at a time (a debit composes only the new event with the PLD kept from those before).
 
 All accounting is under add-or-remove-one neighbouring, one privacy unit per row: a dataset whose
 unit contributes several rows needs group privacy on top, which this module does not do.
@@ -25,26 +33,33 @@ unit contributes several rows needs group privacy on top, which this module does
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import dp_accounting
-from dp_accounting.pld.pld_privacy_accountant import PLDAccountant
+from dp_accounting.pld import common as pld_common
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
 __all__ = [
     "PLD_DISCRETISATION",
     "AccountingError",
+    "ApproxEvent",
     "Composition",
     "GaussianEvent",
     "LaplaceEvent",
+    "LedgerComposition",
     "PrivacyEvent",
     "SubsampledGaussianEvent",
     "compose",
     "compose_epsilon",
     "event_epsilon",
+    "event_from_dict",
+    "event_to_dict",
     "naive_epsilon",
     "to_dp_event",
 ]
@@ -78,6 +93,22 @@ def _positive(name: str, value: float) -> None:
         or not value > 0
     ):
         raise AccountingError("invalid_privacy_event", f"{name} must be a finite number > 0, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ApproxEvent:
+    """Any (ε, δ)-DP release (δ = 0: pure ε-DP), accounted by its worst case, whatever its mechanism:
+    the privacy-loss distribution ``from_privacy_parameters`` (loss ε or −ε, ∞ with probability δ)
+    dominates every (ε, δ)-DP mechanism, so composing it is sound for an OpenDP query whatever it
+    measures (for pure DP the bound of Kairouz, Oh & Viswanath's optimal composition)."""
+
+    epsilon: float
+    delta: float = 0.0
+
+    def __post_init__(self) -> None:
+        _positive("epsilon", self.epsilon)
+        if isinstance(self.delta, bool) or not isinstance(self.delta, int | float) or not 0 <= self.delta < 1:
+            raise AccountingError("invalid_privacy_event", f"delta must lie in [0, 1), not {self.delta!r}")
 
 
 @dataclass(frozen=True)
@@ -137,11 +168,36 @@ class SubsampledGaussianEvent:
             )
 
 
-PrivacyEvent = LaplaceEvent | GaussianEvent | SubsampledGaussianEvent
+PrivacyEvent = ApproxEvent | LaplaceEvent | GaussianEvent | SubsampledGaussianEvent
+
+_EVENT_TYPES: dict[str, type[ApproxEvent | LaplaceEvent | GaussianEvent | SubsampledGaussianEvent]] = {
+    "approx": ApproxEvent,
+    "laplace": LaplaceEvent,
+    "gaussian": GaussianEvent,
+    "subsampled_gaussian": SubsampledGaussianEvent,
+}
+
+
+def event_to_dict(event: PrivacyEvent) -> dict[str, Any]:
+    """``event`` as JSON (kept with its ledger entry): ``{"type": ..., <its fields>}``."""
+    name = next(key for key, cls in _EVENT_TYPES.items() if type(event) is cls)
+    return {"type": name, **{key: value for key, value in event.__dict__.items()}}
+
+
+def event_from_dict(data: Any) -> PrivacyEvent:
+    """The event ``event_to_dict`` wrote; AccountingError ``invalid_privacy_event`` otherwise."""
+    if not isinstance(data, dict) or data.get("type") not in _EVENT_TYPES:
+        raise AccountingError("invalid_privacy_event", "not a recorded privacy event")
+    fields = {key: value for key, value in data.items() if key != "type"}
+    try:
+        return _EVENT_TYPES[data["type"]](**fields)
+    except TypeError as error:
+        raise AccountingError("invalid_privacy_event", f"bad fields for {data['type']}") from error
 
 
 def to_dp_event(event: PrivacyEvent) -> Any:
-    """The ``dp_accounting.DpEvent`` describing ``event``."""
+    """The ``dp_accounting.DpEvent`` describing ``event`` (an ``ApproxEvent`` has none: dp_accounting
+    composes it only as a privacy loss distribution, see ``compose_epsilon``)."""
     if isinstance(event, LaplaceEvent):
         # Laplace with scale b and L1 sensitivity Δ is (Δ/b)-DP; noise_multiplier = b/Δ = 1/ε.
         return dp_accounting.LaplaceDpEvent(noise_multiplier=1.0 / event.epsilon)
@@ -161,44 +217,113 @@ def _check_delta(delta: float) -> None:
         raise AccountingError("invalid_delta", f"delta must lie strictly between 0 and 1, not {delta!r}")
 
 
-def _accountant(accountant: str) -> Any:
-    if accountant == "pld":
-        return PLDAccountant(value_discretization_interval=PLD_DISCRETISATION)
-    if accountant == "rdp":
-        return RdpAccountant()
-    raise AccountingError("unknown_accountant", f"accountant must be 'pld' or 'rdp', not {accountant!r}")
+def _check_accountant(accountant: str) -> None:
+    if accountant not in ("pld", "rdp"):
+        raise AccountingError("unknown_accountant", f"accountant must be 'pld' or 'rdp', not {accountant!r}")
+
+
+# Building a subsampled Gaussian's PLD takes up to a second, and a ledger prices the same events again
+# and again (each debit and preview composes the ledger, basic composition prices each event alone):
+# kept, by event (PLDs are never modified in place: composing makes a new one).
+@functools.lru_cache(maxsize=64)
+def _event_pld(event: PrivacyEvent, count: int) -> Any:
+    """The PLD of ``count`` repetitions of ``event``: what dp_accounting's ``PLDAccountant`` builds
+    for the same ``DpEvent`` (add-or-remove-one), and ``from_privacy_parameters`` for an ApproxEvent."""
+    interval = PLD_DISCRETISATION
+    if isinstance(event, ApproxEvent):
+        parameters = pld_common.DifferentialPrivacyParameters(event.epsilon, event.delta)
+        pld = pld_lib.from_privacy_parameters(parameters, value_discretization_interval=interval)
+        return pld.self_compose(count) if count > 1 else pld
+    if isinstance(event, LaplaceEvent):
+        pld = pld_lib.from_laplace_mechanism(1.0 / event.epsilon, value_discretization_interval=interval)
+        return pld.self_compose(count) if count > 1 else pld
+    if isinstance(event, GaussianEvent):  # k Gaussians at σ are one at σ/√k
+        return pld_lib.from_gaussian_mechanism(
+            event.noise_multiplier / math.sqrt(count), value_discretization_interval=interval
+        )
+    if isinstance(event, SubsampledGaussianEvent):
+        step = pld_lib.from_gaussian_mechanism(
+            event.noise_multiplier, value_discretization_interval=interval, sampling_prob=event.sample_rate
+        )
+        return step.self_compose(event.steps * count)
+    raise AccountingError("invalid_privacy_event", f"not a privacy event: {type(event).__name__}")
+
+
+def _compose_pld(events: Sequence[PrivacyEvent]) -> Any:
+    """The PLD of ``events`` composed (identical events grouped: self-composition is one FFT power);
+    None when there are none."""
+    composed = None
+    for event, count in Counter(events).items():
+        pld = _event_pld(event, count)
+        composed = pld if composed is None else composed.compose(pld)
+    return composed
+
+
+def _pure_delta(events: Sequence[PrivacyEvent]) -> float:
+    """The δ that ApproxEvents spend outright (it adds under every composition)."""
+    return math.fsum(event.delta for event in events if isinstance(event, ApproxEvent))
+
+
+def _rdp_epsilon(events: Sequence[PrivacyEvent], delta: float) -> float:
+    """Rényi DP: an ApproxEvent's pure part is ε²/2-zCDP (Bun & Steinke 2016, Prop. 3.3), its δ adds."""
+    left = delta - _pure_delta(events)
+    if left <= 0:
+        return math.inf
+    dp_events = [
+        dp_accounting.ZCDpEvent(event.epsilon**2 / 2)
+        if isinstance(event, ApproxEvent)
+        else to_dp_event(event)
+        for event in events
+    ]
+    return float(RdpAccountant().compose(dp_accounting.ComposedDpEvent(events=dp_events)).get_epsilon(left))
 
 
 def compose_epsilon(events: Sequence[PrivacyEvent], delta: float, *, accountant: Accountant = "pld") -> float:
     """ε at ``delta`` of all ``events`` composed (adaptively, in any order).
 
     ``"pld"``: privacy loss distributions (tight, an upper bound); ``"rdp"``: Rényi DP (looser).
-    No events cost nothing: 0.0.
+    No events cost nothing: 0.0. ∞ when the events' own δ's leave none of ``delta``.
     """
     _check_delta(delta)
+    _check_accountant(accountant)
     if not events:
         return 0.0
-    ledger = dp_accounting.ComposedDpEvent(events=[to_dp_event(event) for event in events])
-    return float(_accountant(accountant).compose(ledger).get_epsilon(delta))
+    if accountant == "rdp":
+        return _rdp_epsilon(events, delta)
+    return float(_compose_pld(events).get_epsilon_for_delta(delta))
 
 
+@functools.lru_cache(maxsize=256)
 def event_epsilon(event: PrivacyEvent, delta: float, *, accountant: Accountant = "pld") -> float:
-    """ε of one event at ``delta``; a Laplace event's own ε (pure DP: it needs no δ)."""
+    """ε of one event at ``delta``; a Laplace or pure event's own ε (it needs no δ); an
+    ApproxEvent's own ε when its δ fits in ``delta`` (∞ otherwise)."""
     if isinstance(event, LaplaceEvent):
         return float(event.epsilon)
+    if isinstance(event, ApproxEvent):
+        return float(event.epsilon) if event.delta <= delta else math.inf
     return compose_epsilon([event], delta, accountant=accountant)
 
 
 def naive_epsilon(events: Sequence[PrivacyEvent], delta: float, *, accountant: Accountant = "pld") -> float:
-    """Basic composition: Σ εᵢ, each event that needs a δ priced at ``delta`` / (their number).
+    """Basic composition: Σ εᵢ; ApproxEvents spend their own δ, and each event that needs one
+    (a Gaussian) is priced at an even share of the δ they leave (∞ if they leave none).
 
     A valid bound (what a ledger that adds up ε's would charge), for comparison with
-    ``compose_epsilon``.
+    ``compose_epsilon``. ``delta`` may be 0 when every event is pure.
     """
-    _check_delta(delta)
-    needing_delta = sum(1 for event in events if not isinstance(event, LaplaceEvent))
-    share = delta / needing_delta if needing_delta else delta
-    return math.fsum(event_epsilon(event, share, accountant=accountant) for event in events)
+    if delta != 0:
+        _check_delta(delta)
+    priced = [event for event in events if not isinstance(event, ApproxEvent | LaplaceEvent)]
+    left = delta - _pure_delta(events)
+    if left < 0 or (priced and left <= 0):
+        return math.inf
+    share = left / len(priced) if priced else left
+    return math.fsum(
+        event.epsilon
+        if isinstance(event, ApproxEvent)
+        else event_epsilon(event, share, accountant=accountant)
+        for event in events
+    )
 
 
 @dataclass(frozen=True)
@@ -218,9 +343,56 @@ class Composition:
 
 def compose(events: Sequence[PrivacyEvent], delta: float) -> Composition:
     """``events`` composed by the PLD and RDP accountants, and by basic composition (with PLD)."""
-    return Composition(
-        delta=delta,
-        epsilon_pld=compose_epsilon(events, delta, accountant="pld"),
-        epsilon_rdp=compose_epsilon(events, delta, accountant="rdp"),
-        epsilon_naive=naive_epsilon(events, delta),
-    )
+    return LedgerComposition(events).composition(delta)
+
+
+class LedgerComposition:
+    """A ledger's events composed so far. ``add`` composes one more event with the PLD kept from the
+    ones before (one convolution, not the whole history again); ``epsilon(δ)`` is the ledger's charge
+    (see there); ``composition(δ)`` all three bounds. Immutable: ``add`` returns a new one."""
+
+    __slots__ = ("_compositions", "_epsilons", "_pld", "events")
+
+    def __init__(self, events: Sequence[PrivacyEvent] = (), *, _pld: Any = None) -> None:
+        self.events: tuple[PrivacyEvent, ...] = tuple(events)
+        self._pld = _pld if _pld is not None or not self.events else _compose_pld(self.events)
+        # Reading ε off a wide PLD takes ~0.1 s; the events never change, so neither does it.
+        self._compositions: dict[float, Composition] = {}
+        self._epsilons: dict[float, tuple[float, float]] = {}
+
+    def add(self, event: PrivacyEvent) -> LedgerComposition:
+        pld = _event_pld(event, 1)
+        return LedgerComposition(
+            (*self.events, event), _pld=pld if self._pld is None else self._pld.compose(pld)
+        )
+
+    def composition(self, delta: float) -> Composition:
+        """ε at ``delta`` three ways. ``delta`` = 0 (an approximate-DP budget that allows no δ): only
+        pure events compose to anything finite, by their sum."""
+        if delta not in self._compositions:
+            pld, naive = self._bounds(delta)
+            rdp = naive if delta == 0 or not self.events else _rdp_epsilon(self.events, delta)
+            self._compositions[delta] = Composition(
+                delta=delta, epsilon_pld=pld, epsilon_rdp=rdp, epsilon_naive=naive
+            )
+        return self._compositions[delta]
+
+    def _bounds(self, delta: float) -> tuple[float, float]:
+        """(PLD, naive sum) at ``delta``, kept: reading ε off a wide PLD takes ~0.1 s."""
+        if delta not in self._epsilons:
+            if not self.events:
+                self._epsilons[delta] = (0.0, 0.0)
+            else:
+                naive = naive_epsilon(self.events, delta)
+                pld = naive if delta == 0 else float(self._pld.get_epsilon_for_delta(delta))
+                self._epsilons[delta] = (pld, naive)
+        return self._epsilons[delta]
+
+    def epsilon(self, delta: float) -> float:
+        """The charge at ``delta``: the tighter of PLD and the naive sum; Rényi DP only where both
+        are infinite (PLD's truncated tails at a tiny δ). RDP is looser than PLD for every event the
+        ledger holds, and pricing it costs each debit ~0.2 s more."""
+        pld, naive = self._bounds(delta)
+        if math.isfinite(min(pld, naive)) or delta == 0:
+            return min(pld, naive)
+        return min(pld, naive, self.composition(delta).epsilon_rdp)

@@ -21,8 +21,10 @@ from clearinghouse.datasets.selectors import dataset_get
 from clearinghouse.organisations.selectors import organisation_directory_get
 
 from .ledger import allocation_set, budget_set
-from .models import QUERY_FINISHED, PrivacyMeasure, QueryStatus, TrainingPolicy
+from .models import QUERY_FINISHED, LedgerKind, PrivacyMeasure, QueryStatus, TrainingPolicy
 from .selectors import (
+    budget_ledger_entry_body,
+    budget_ledger_rows,
     budget_left_for,
     budget_spending,
     budget_view_for,
@@ -79,6 +81,19 @@ class BudgetDailyOutputSerializer(serializers.Serializer):
     amount = serializers.FloatField()
 
 
+class BudgetCompositionOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "BudgetCompositionOutput"
+
+    events = serializers.IntegerField(help_text="Privacy events paid from the budget.")
+    delta = serializers.FloatField(help_text="The budget's δ, at which they are composed.")
+    epsilon = serializers.FloatField(allow_null=True, help_text="Their composed ε: `spent`.")
+    accountant = serializers.CharField(allow_null=True, help_text="pld, rdp or naive: the tightest bound.")
+    epsilon_pld = serializers.FloatField(allow_null=True, help_text="Privacy loss distributions.")
+    epsilon_rdp = serializers.FloatField(allow_null=True, help_text="Rényi DP.")
+    epsilon_naive = serializers.FloatField(allow_null=True, help_text="The sum of each event's own ε.")
+
+
 class BudgetOutputSerializer(serializers.Serializer):
     """The owner's (and operators') view: `selectors.budget_spending`."""
 
@@ -100,6 +115,11 @@ class BudgetOutputSerializer(serializers.Serializer):
         choices=TrainingPolicy.choices,
         help_text="Federated training on the dataset: forbidden, only with DP-SGD paid from this budget "
         "(dp), or also without DP (any: such a model carries no guarantee).",
+    )
+    composition = BudgetCompositionOutputSerializer(
+        allow_null=True,
+        help_text="An approximate-DP budget composes its releases and trainings with the accountant "
+        "(`spent` is their composed ε at the budget's δ); null for pure-ε and ρ budgets, which add.",
     )
     allocations = BudgetAllocationOutputSerializer(many=True)
     daily = BudgetDailyOutputSerializer(many=True, help_text="Spending per day and organisation.")
@@ -169,6 +189,56 @@ class BudgetApi(APIView):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         budget_set(actor=request.user, dataset=dataset, **validated(self.InputSerializer, request.data))
         return Response(budget_spending(actor=request.user, dataset=dataset))
+
+
+class PrivacyEventOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "PrivacyEventOutput"
+
+    type = serializers.ChoiceField(
+        choices=["approx", "laplace", "gaussian", "subsampled_gaussian"],
+        help_text="approx: an (ε, δ) release (a query); subsampled_gaussian: DP-SGD training.",
+    )
+    epsilon = serializers.FloatField(required=False)
+    delta = serializers.FloatField(required=False)
+    noise_multiplier = serializers.FloatField(required=False)
+    sample_rate = serializers.FloatField(required=False)
+    steps = serializers.IntegerField(required=False)
+
+
+class BudgetLedgerEntryOutputSerializer(serializers.Serializer):
+    class Meta:
+        ref_name = "BudgetLedgerEntryOutput"
+
+    id = serializers.IntegerField()
+    kind = serializers.ChoiceField(choices=LedgerKind.choices)
+    organisation = serializers.CharField()
+    analyst = serializers.CharField()
+    query = serializers.IntegerField(allow_null=True)
+    job = serializers.UUIDField(allow_null=True)
+    amount = serializers.FloatField(
+        help_text="The charge: ε or ρ (on an approximate-DP budget, its raise of the composed ε)."
+    )
+    delta = serializers.FloatField(help_text="The δ it spent outright (a key release).")
+    event = PrivacyEventOutputSerializer(help_text="The privacy event the ledger composed.")
+    created_at = serializers.DateTimeField()
+
+
+class BudgetLedgerApi(APIView):
+    """GET: every paid use of the dataset, oldest first (the order the ledger composed them), with its
+    privacy event; those who oversee the dataset (its owner organisation and operators) only."""
+
+    @extend_schema(
+        responses=BudgetLedgerEntryOutputSerializer(many=True), operation_id="dataset_budget_ledger"
+    )
+    def get(self, request, organisation: str, slug: str):
+        dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        return paginated(
+            queryset=budget_ledger_rows(actor=request.user, dataset=dataset),
+            request=request,
+            view=self,
+            body=budget_ledger_entry_body,
+        )
 
 
 class AllocationApi(APIView):

@@ -2,18 +2,22 @@
 
 One debit (`_debit`) pays every use of a dataset: a query's release (`budget_debit`) and a federated
 job's DP-SGD training (`budget_debit_training`, priced in (ε, δ), approximate-DP budgets only), under
-the same locks and limits."""
+the same locks and limits. An approximate-DP budget composes its releases with the accountant
+(`clearinghouse.dp.accounting`: PLD, RDP or the naive sum, whichever is tightest) instead of adding
+them; docs/privacy-ledger.md."""
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import LRUCache
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
 from clearinghouse.audit.services import audit_lock, audit_record
@@ -21,6 +25,14 @@ from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, Vali
 from clearinghouse.core.metrics import PRIVACY_LOSS_SPENT, count_on_commit
 from clearinghouse.datasets.models import Dataset
 from clearinghouse.datasets.selectors import dataset_ready_rows_max, dataset_require_owner
+from clearinghouse.dp.accounting import (
+    ApproxEvent,
+    LedgerComposition,
+    PrivacyEvent,
+    SubsampledGaussianEvent,
+    event_from_dict,
+    event_to_dict,
+)
 from clearinghouse.dp.schema import U32_MAX as MAX_ROWS_LIMIT  # OpenDP's max_length is a u32
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
 
@@ -146,6 +158,17 @@ def budget_set(
             code="invalid_budget",
             fields={"per_query_max": ["Above the total."]},
         )
+    if budget.pk and measure == PrivacyMeasure.APPROX and delta_total != budget.delta_total:
+        # The composed ε is stated at the budget's δ: another δ states the same releases anew.
+        composed = budget_composition(budget=budget).epsilon(delta_total)
+        if composed > total * (1 + _SLACK):
+            raise Conflict(
+                f"At δ={delta_total:g} what was already released composes to ε={composed:.6g}, above the "
+                "total; keep a larger δ or raise the total.",
+                code="below_spent",
+                fields={"delta_total": ["Too small for what was already released."]},
+            )
+        budget.spent = min(total, composed)
     if total < budget.spent or delta_total < budget.delta_spent:
         field = "total" if total < budget.spent else "delta_total"
         raise Conflict(
@@ -275,14 +298,121 @@ class _Payer:
     delta_to: str = "your organisation"
 
 
+# --------------------------------------------------------------------------- the composed ledger
+# An approximate-DP budget is paid by composition, not by a sum: every entry is a privacy event
+# (`details["event"]`), the budget's `spent` is the ε at which all of them compose at the budget's δ
+# (`LedgerComposition.epsilon`: the tightest of PLD, RDP and the naive sum), and an entry's `amount`
+# is its charge, how much it raised that ε (so the entries' amounts still add up to `spent`, and
+# allocations and personal caps keep working as shares of it). Pure-ε and ρ-zCDP budgets add.
+
+# The composition kept per budget, in this process, with the ledger it composes: (number of entries,
+# newest entry's id). Entries are never deleted and their ids grow, so those two name the set; a stale
+# one is brought up to date with the entries added since, a missing one composed again from all of
+# them (a cache, never the record).
+_COMPOSITIONS: LRUCache[int, tuple[tuple[int, int | None], LedgerComposition]] = LRUCache(maxsize=256)
+_COMPOSITIONS_LOCK = threading.Lock()
+
+# An entry's charge is never below this: PLD's discretisation may leave a tiny release's raise of the
+# composed ε at 0, and a ledger entry costs something (`ledger_amount_positive`).
+_MIN_CHARGE = 1e-12
+
+
+def _entry_event(entry: LedgerEntry) -> PrivacyEvent:
+    """The privacy event `entry` paid for. Entries written before the ledger composed carry none: a
+    query's was an (ε, δ) release of its amount, a training's the Poisson-subsampled Gaussian of its
+    plan."""
+    recorded = (entry.details or {}).get("event")
+    if recorded is not None:
+        return event_from_dict(recorded)
+    if entry.kind == LedgerKind.TRAINING:
+        plan = entry.details
+        return SubsampledGaussianEvent(
+            sample_rate=plan["sample_rate"], noise_multiplier=plan["noise_multiplier"], steps=plan["steps"]
+        )
+    return ApproxEvent(epsilon=entry.amount, delta=entry.delta)
+
+
+def ledger_entry_event(entry: LedgerEntry) -> dict[str, Any]:
+    """The privacy event `entry` paid for, as JSON (`event_to_dict`)."""
+    return event_to_dict(_entry_event(entry))
+
+
+def budget_composition(*, budget: PrivacyBudget) -> LedgerComposition:
+    """Every privacy event paid from `budget`, composed. From this process's copy when it still
+    matches the ledger; when other processes (other workers) have added entries since, only those are
+    composed onto it; from all the records otherwise. A debit holds the budget's lock, so the ledger
+    cannot move meanwhile."""
+    entries = LedgerEntry.objects.filter(budget=budget)
+    state = entries.aggregate(n=Count("pk"), last=Max("pk"))
+    signature = (state["n"], state["last"])
+    with _COMPOSITIONS_LOCK:
+        cached = _COMPOSITIONS.get(budget.pk)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    composition = None
+    if cached is not None and cached[0][1] is not None:
+        (count, last), kept = cached
+        newer = list(entries.filter(pk__gt=last).order_by("pk"))
+        if count + len(newer) == signature[0]:  # exactly the entries added since: compose just those
+            composition = kept
+            for entry in newer:
+                composition = composition.add(_entry_event(entry))
+    if composition is None:
+        composition = LedgerComposition([_entry_event(entry) for entry in entries.order_by("pk")])
+    with _COMPOSITIONS_LOCK:
+        _COMPOSITIONS[budget.pk] = (signature, composition)
+    return composition
+
+
+def _remember(budget: PrivacyBudget, entry: LedgerEntry, composition: LedgerComposition) -> None:
+    """Keeps `composition` (the ledger with `entry`) once the debit commits."""
+    count = len(composition.events)
+
+    def keep() -> None:
+        with _COMPOSITIONS_LOCK:
+            _COMPOSITIONS[budget.pk] = ((count, entry.pk), composition)
+
+    transaction.on_commit(keep)
+
+
+@dataclass(frozen=True)
+class _Price:
+    """What a debit charges (`charge`: ε or ρ) and what the dataset will have spent after it
+    (`spent_after`); `composition`: the composed ledger with the new event (approximate DP only)."""
+
+    charge: float
+    spent_after: float
+    composition: LedgerComposition | None = None
+
+
+def _price(budget: PrivacyBudget, amount: float, event: PrivacyEvent) -> _Price:
+    if budget.measure != PrivacyMeasure.APPROX:
+        return _Price(charge=amount, spent_after=budget.spent + amount)
+    before = budget_composition(budget=budget)
+    after = before.add(event)
+    spent_after = after.epsilon(budget.delta_total)
+    charge = max(_MIN_CHARGE, spent_after - before.epsilon(budget.delta_total))
+    return _Price(charge=charge, spent_after=spent_after, composition=after)
+
+
 def _debit(
-    *, dataset_id: int, payer: _Payer, amount: float, delta: float, check: Callable[[PrivacyBudget], None]
-) -> PrivacyBudget:
+    *,
+    dataset_id: int,
+    payer: _Payer,
+    amount: float,
+    delta: float,
+    event: PrivacyEvent,
+    check: Callable[[PrivacyBudget], None],
+    entry: dict[str, Any],
+) -> LedgerEntry:
     """The one debit: locks the budget, then the payer's allocation (after the audit head: the lock
-    order of every ledger write), checks every limit (allocation, per-use maximum, the dataset's
-    total, the payer's personal cap, δ) and adds `amount` and `delta` to the spent sums, or raises
-    and spends nothing. `check(budget)` refuses a budget that cannot pay this kind of use (its
-    measure). The caller writes the ledger entry and its audit event in the same transaction."""
+    order of every ledger write), checks every limit (per-use maximum on the release's own cost
+    `amount`; allocation, the payer's personal cap and the dataset's total on its charge; δ) and
+    records the ledger entry (`entry`: its other fields) with its privacy `event`, or raises and
+    spends nothing. An approximate-DP budget charges by composition (see above), others charge
+    `amount`. `delta` is the δ the release spends outright (a key release's), against the payer's and
+    the dataset's δ. `check(budget)` refuses a budget that cannot pay this kind of use (its measure).
+    The caller writes the audit event in the same transaction."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("a ledger debit must run inside a transaction")
     if not (amount > 0 and math.isfinite(amount)) or not (0 <= delta < 1):
@@ -307,29 +437,43 @@ def _debit(
             f"{payer.use} costs {unit}={amount:.6g}, above the per-query maximum {left.per_query_max:g}.",
             code="above_per_query_max",
         )
-    for name, available in (
-        (payer.allocation, left.organisation),
-        ("the dataset's total budget", left.dataset),
-        (payer.cap, left.analyst),
+    price = _price(budget, amount, event)
+    costs = f"costs {unit}={price.charge:.6g}" + (
+        " (its raise of the composed ε)" if price.composition is not None else ""
+    )
+    slack = _SLACK * max(1.0, budget.total)
+    for name, available, over in (
+        (payer.allocation, left.organisation, price.charge > left.organisation + slack),
+        ("the dataset's total budget", left.dataset, price.spent_after > budget.total + slack),
+        (payer.cap, left.analyst, left.analyst is not None and price.charge > left.analyst + slack),
     ):
-        if available is not None and amount > available + _SLACK * max(1.0, budget.total):
-            raise BudgetExceeded(
-                f"{payer.use} costs {unit}={amount:.6g}; {name} has {unit}={available:.6g} left."
-            )
+        if over:
+            raise BudgetExceeded(f"{payer.use} {costs}; {name} has {unit}={available:.6g} left.")
     if delta > left.delta_organisation + _SLACK or delta > budget.delta_total - budget.delta_spent + _SLACK:
         raise BudgetExceeded(
             f"{payer.use} needs δ={delta:g}; δ={left.delta_organisation:g} is left to {payer.delta_to}.",
             code="delta_exceeded",
         )
     # Clamp the rounding slack away so that the stored sums never pass their limits.
-    allocation.spent = min(allocation.amount, allocation.spent + amount)
+    allocation.spent = min(allocation.amount, allocation.spent + price.charge)
     allocation.delta_spent = min(allocation.delta_amount, allocation.delta_spent + delta)
     allocation.save(update_fields=["spent", "delta_spent"])
-    budget.spent = min(budget.total, budget.spent + amount)
+    budget.spent = min(budget.total, price.spent_after)
     budget.delta_spent = min(budget.delta_total, budget.delta_spent + delta)
     budget.save(update_fields=["spent", "delta_spent"])
-    count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), amount)
-    return budget
+    count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), price.charge)
+    details = {**entry.pop("details", {}), "event": event_to_dict(event)}
+    created = LedgerEntry.objects.create(
+        budget=budget,
+        organisation_id=payer.organisation_id,
+        amount=price.charge,
+        delta=delta,
+        details=details,
+        **entry,
+    )
+    if price.composition is not None:
+        _remember(budget, created, price.composition)
+    return created
 
 
 def budget_debit(
@@ -338,7 +482,9 @@ def budget_debit(
     """Pays for `query`, or raises BudgetExceeded and spends nothing. Must run inside the caller's
     transaction (which also records the query as running), so that the debit and the query's state
     commit together. `measure`: the one `amount` was priced in; if the owner changed the budget's
-    measure since, the query is refused rather than paid in the wrong unit."""
+    measure since, the query is refused rather than paid in the wrong unit. On an approximate-DP
+    budget the query is the event (`amount`, `delta`) whatever its mechanisms (`ApproxEvent`), and
+    the entry's amount its charge on the composed ledger."""
 
     def check(budget: PrivacyBudget) -> None:
         if measure is not None and measure != budget.measure:
@@ -348,23 +494,21 @@ def budget_debit(
                 code="policy_changed",
             )
 
-    budget = _debit(
+    entry = _debit(
         dataset_id=query.dataset_id,
         payer=_Payer(organisation_id=query.organisation_id, analyst=query.analyst, use="This query"),
         amount=amount,
         delta=delta,
+        event=ApproxEvent(epsilon=amount, delta=delta),
         check=check,
+        entry={
+            "kind": LedgerKind.QUERY,
+            "analyst": query.analyst,
+            "query": query,
+            "query_hash": query.query_hash,
+        },
     )
-    entry = LedgerEntry.objects.create(
-        budget=budget,
-        kind=LedgerKind.QUERY,
-        organisation_id=query.organisation_id,
-        analyst=query.analyst,
-        query=query,
-        query_hash=query.query_hash,
-        amount=amount,
-        delta=delta,
-    )
+    budget = entry.budget
     audit_record(
         actor=query.analyst,
         action="budget.debited",
@@ -375,7 +519,8 @@ def budget_debit(
             "dataset": query.dataset_id,
             "query": query.pk,
             "query_hash": query.query_hash,
-            "amount": amount,
+            "amount": entry.amount,
+            "cost": amount,
             "delta": delta,
             "measure": budget.measure,
         },
@@ -414,18 +559,20 @@ def budget_debit_training(
     delta: float,
 ) -> LedgerEntry:
     """Pays for a federated job's DP-SGD training on `dataset` by `organisation` (a participant of
-    job `job_uid`): (`epsilon`, `delta`) from the organisation's allocation on the dataset's
-    approximate-DP budget, under the same limits as a query (allocation, per-use maximum, total, the
-    payer's personal cap, δ). `payer` is the participant's admin who accepted the job (the entry's
-    analyst); `plan` the priced DP-SGD plan, kept with the entry. Must run inside the caller's
-    transaction (the job's scheduling), so that a refusal anywhere rolls every debit back. One entry
-    per job and budget: a second debit of the same job is refused (`already_debited`)."""
+    job `job_uid`), priced (`epsilon`, `delta`) on its own, from the organisation's allocation on the
+    dataset's approximate-DP budget, under the same limits as a query (per-use maximum on `epsilon`;
+    allocation, the payer's personal cap and the total on its charge: its raise of the composed ε).
+    Its δ is not spent outright: the plan's Poisson-subsampled Gaussian composes as what it is.
+    `payer` is the participant's admin who accepted the job (the entry's analyst); `plan` the priced
+    DP-SGD plan, kept with the entry. Must run inside the caller's transaction (the job's
+    scheduling), so that a refusal anywhere rolls every debit back. One entry per job and budget: a
+    second debit of the same job is refused (`already_debited`)."""
     if LedgerEntry.objects.filter(
         budget__dataset=dataset, kind=LedgerKind.TRAINING, job_uid=job_uid
     ).exists():
         raise Conflict("This job has already paid for training on this dataset.", code="already_debited")
     name = getattr(payer, "get_username", lambda: "the payer")()
-    budget = _debit(
+    entry = _debit(
         dataset_id=dataset.pk,
         payer=_Payer(
             organisation_id=organisation.pk,
@@ -436,19 +583,16 @@ def budget_debit_training(
             delta_to=organisation.slug,
         ),
         amount=epsilon,
-        delta=delta,
+        # DP-SGD's δ is not spent outright: its noise composes as what it is, a Poisson-subsampled
+        # Gaussian (the plan keeps the δ it was priced at).
+        delta=0.0,
+        event=SubsampledGaussianEvent(
+            sample_rate=plan["sample_rate"], noise_multiplier=plan["noise_multiplier"], steps=plan["steps"]
+        ),
         check=_can_pay_training,
+        entry={"kind": LedgerKind.TRAINING, "analyst": payer, "job_uid": job_uid, "details": dict(plan)},
     )
-    entry = LedgerEntry.objects.create(
-        budget=budget,
-        kind=LedgerKind.TRAINING,
-        organisation=organisation,
-        analyst=payer,
-        job_uid=job_uid,
-        details=plan,
-        amount=epsilon,
-        delta=delta,
-    )
+    budget = entry.budget
     audit_record(
         actor=payer,
         action="budget.debited",
@@ -458,7 +602,8 @@ def budget_debit_training(
             "kind": LedgerKind.TRAINING,
             "dataset": dataset.pk,
             "job": str(job_uid),
-            "amount": epsilon,
+            "amount": entry.amount,
+            "epsilon": epsilon,
             "delta": delta,
             "measure": budget.measure,
             "noise_multiplier": plan.get("noise_multiplier"),

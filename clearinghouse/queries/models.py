@@ -3,9 +3,12 @@
 A dataset's owner sets a total budget in the dataset's privacy measure (ε under pure DP, ρ under
 zero-concentrated DP) and allocates shares of it to organisations. Every release debits the ledger
 in one transaction that locks the budget row first and the allocation row second, so concurrent
-releases are serialised per dataset and the sums can never pass their limits. Composition is
-sequential: spent = the sum of the entries. A federated job's DP-SGD training on the dataset is a
-ledger entry too (kind `training`), paid from the same budget when the job is scheduled.
+releases are serialised per dataset and the sums can never pass their limits. Under pure DP and zCDP
+composition is sequential: spent = the sum of the entries. An approximate-DP budget composes its
+entries' privacy events with the accountant (`ledger.budget_composition`): spent = the composed ε at
+the budget's δ, and each entry's amount is its raise of it (so the entries still add up to spent).
+A federated job's DP-SGD training on the dataset is a ledger entry too (kind `training`), paid from
+the same budget when the job is scheduled.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import Any
 
@@ -17,8 +18,8 @@ from clearinghouse.datasets.selectors import (
 )
 from clearinghouse.organisations.selectors import membership_active, require_operator
 
-from .ledger import Remaining, budget_remaining
-from .models import BudgetAllocation, LedgerEntry, LedgerKind, PrivacyBudget, Query
+from .ledger import Remaining, budget_composition, budget_remaining, ledger_entry_event
+from .models import BudgetAllocation, LedgerEntry, LedgerKind, PrivacyBudget, PrivacyMeasure, Query
 
 
 def budget_get(*, dataset: Dataset) -> PrivacyBudget:
@@ -75,6 +76,7 @@ def budget_spending(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
         "per_analyst_cap": budget.per_analyst_cap,
         "max_rows": budget.max_rows,  # stated by the steward, never measured
         "training": budget.training,
+        "composition": budget_composition_view(budget=budget),
         "allocations": allocations,
         "daily": [
             {
@@ -84,6 +86,55 @@ def budget_spending(*, actor: Any, dataset: Dataset) -> dict[str, Any]:
             }
             for row in daily
         ],
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def budget_composition_view(*, budget: PrivacyBudget) -> dict[str, Any] | None:
+    """How an approximate-DP budget's `spent` was composed (None for pure-ε and ρ budgets, which add):
+    the number of privacy events paid from it, and their ε at the budget's δ by PLD, RDP and the naive
+    sum (null where a bound is infinite); `epsilon` is what the ledger charges (`spent`; the tighter of
+    PLD and the sum, `LedgerComposition.epsilon`), `accountant` names the bound it is."""
+    if budget.measure != PrivacyMeasure.APPROX:
+        return None
+    ledger = budget_composition(budget=budget)
+    composed = ledger.composition(budget.delta_total)
+    bounds = {"pld": composed.epsilon_pld, "naive": composed.epsilon_naive, "rdp": composed.epsilon_rdp}
+    charged = ledger.epsilon(budget.delta_total)
+    return {
+        "events": len(ledger.events),
+        "delta": budget.delta_total,
+        "epsilon": _finite_or_none(charged),
+        "accountant": next((name for name, value in bounds.items() if value == charged), None)
+        if ledger.events
+        else None,
+        **{f"epsilon_{name}": _finite_or_none(value) for name, value in bounds.items()},
+    }
+
+
+def budget_ledger_rows(*, actor: Any, dataset: Dataset) -> QuerySet[LedgerEntry]:
+    """`budget_ledger_entries`, oldest first (the order the ledger composed them), for the API."""
+    return budget_ledger_entries(actor=actor, dataset=dataset).order_by("created_at", "pk")
+
+
+def budget_ledger_entry_body(entry: LedgerEntry) -> dict[str, Any]:
+    """One paid use as the API lists it: what it released (a query or a job's training), its charge
+    on the ledger (`amount`; ε or ρ), the δ it spent outright, and the privacy event the ledger
+    composed (`event`; an approximate-DP budget's entries compose, others add)."""
+    return {
+        "id": entry.pk,
+        "kind": entry.kind,
+        "organisation": entry.organisation.slug,
+        "analyst": entry.analyst.get_username(),
+        "query": entry.query_id,
+        "job": str(entry.job_uid) if entry.job_uid else None,
+        "amount": entry.amount,
+        "delta": entry.delta,
+        "event": ledger_entry_event(entry),
+        "created_at": entry.created_at,
     }
 
 

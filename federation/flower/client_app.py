@@ -8,6 +8,9 @@ Messages from the ServerApp:
   (``server-round``, ``train-config`` JSON, ``test-fraction``, ``proximal-mu`` under FedProx) ->
   the locally trained trainable state + train metrics.
 - ``evaluate``: global trainable state -> metrics on the member's local held-out split.
+- a secure-aggregation job's ``train`` messages run the SecAgg+ protocol
+  (``secure_aggregation.secaggplus_train_mod``): the member sends its update masked, never its
+  trained state.
 
 A private job (``private`` in the config) sends each member its priced DP-SGD plan (``dp-plan``,
 ``dp-round-steps``, ``dp-prior-steps``): the member trains with record-level DP-SGD (Opacus:
@@ -15,7 +18,9 @@ Poisson sampling, per-example clipping, Gaussian noise on the trainable paramete
 priced, on the train side of an unstratified split (whose size the plan was priced on), and reports
 the steps, σ, C, q and Opacus' ε. There is no non-private fallback: a private job without a plan
 for this member, or any run that would not match the plan, is refused; a member whose node config
-says ``require-dp=true`` refuses every job that is not private.
+says ``require-dp=true`` refuses every job that is not private. Before any step, the member checks
+that its local file holds the registered rows the plan was priced on (the plan's ``data``: row
+count and content digest, ``training.digest``) and refuses with ``data_mismatch`` otherwise.
 
 Where the data is and which columns hold text and label come from the node config
 (``--node-config "data-path='/data/sms.tsv' text-column='SMS' label-column='Label'
@@ -36,6 +41,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from federation.flower.secure_aggregation import secaggplus_train_mod
 from federation.flower.settings import NodeSettings
 
 log = logging.getLogger(__name__)
@@ -123,6 +129,39 @@ def _dp_plan(cfg: ConfigRecord, node: NodeSettings) -> Any:
     return DpSgdPlan(**json.loads(raw))
 
 
+def _check_data(plan: Any, prepared: tuple[Any, ...]) -> None:
+    """Before any DP-SGD step: the local file must hold the registered rows the plan was priced on
+    (the plan's ``data``: their count and content digest, ``training.digest``); refused with
+    ``data_mismatch`` otherwise. The refusal, which reaches the job, states neither the local count
+    nor the local digest; this node's log has them for its member (and the preflight prints them)."""
+    from training.digest import labelled_table_digest
+    from training.privacy import DpSgdError
+
+    if plan.data is None:  # a plan priced before digests (the clearinghouse now always sends one)
+        return
+    _, _, _, train_table, test_table, _, node = prepared
+    local = labelled_table_digest(train_table, test_table)  # the whole file: the digest ignores order
+    if plan.data.matches(local):
+        return
+    log.error(
+        "data_mismatch: %s has %d rows with digest %s; the job's plan was priced on %d rows with digest %s "
+        "(columns %s, %s of the registered version)",
+        node.data_path,
+        local.rows,
+        local.digest,
+        plan.data.rows,
+        plan.data.digest,
+        plan.data.text_column,
+        plan.data.label_column,
+    )
+    raise DpSgdError(
+        "data_mismatch",
+        "the local data file is not the registered dataset version this member's DP-SGD plan was priced on "
+        "(its rows or their content differ); nothing was trained. Compare with `python -m "
+        "federation.flower.preflight ... --expect-rows N --expect-digest sha256:...`",
+    )
+
+
 def _train_private(message: Message, plan: Any, prepared: tuple[Any, ...], started: float) -> MetricRecord:
     """One round of the member's DP-SGD plan: ``dp-round-steps`` steps after the ``dp-prior-steps``
     its earlier rounds took (all at the plan's σ and Poisson rate, as Opacus accounts them)."""
@@ -180,6 +219,7 @@ def handle_train(message: Message, context: Context) -> Message:
     prepared = _prepare(message, context)
     config, model, tokenizer, train_table, _, device, node = prepared
     if plan is not None:
+        _check_data(plan, prepared)
         metrics = _train_private(message, plan, prepared, started)
         content = RecordDict({"arrays": _state_record(model), "metrics": metrics})
         content["info"] = ConfigRecord({"organisation": node.organisation, "device": str(device)})
@@ -252,7 +292,9 @@ def handle_query(message: Message, context: Context) -> Message:
     return Message(content=RecordDict({"info": info}), reply_to=message)
 
 
-@app.train()
+# A train message of a secure-aggregation job goes through the SecAgg+ protocol (its update leaves
+# masked); any other train message goes straight to the handler.
+@app.train(mods=[secaggplus_train_mod])
 def _train(message: Message, context: Context) -> Message:
     return handle_train(message, context)
 

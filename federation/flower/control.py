@@ -51,7 +51,14 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
-    return json.dumps(str(value))  # a TOML basic string is a JSON string for our purposes
+    text = str(value)
+    if '"' in text:
+        # Flower's --run-config parser ends a double-quoted value at its first '"' (it knows no
+        # escapes): a value holding quotes (JSON such as dp-plans) goes as a TOML literal string.
+        if "'" in text or not all(c.isprintable() or c == "\t" for c in text):
+            raise ValueError("a run-config string cannot hold both quote kinds or control characters")
+        return f"'{text}'"
+    return json.dumps(text)  # a TOML basic string is a JSON string for our purposes
 
 
 def config_string(values: Mapping[str, Any]) -> str:

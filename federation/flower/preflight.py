@@ -1,12 +1,16 @@
 """Preflight for members: check, before joining a job, that the local data and the model load.
 
     python -m federation.flower.preflight --data-path /data/sms.tsv --text-column SMS \
-        --label-column Label --labels ham,spam [--base-model minilm-l6] [--json]
+        --label-column Label --labels ham,spam [--base-model minilm-l6] [--json] \
+        [--expect-rows 5574 --expect-digest sha256:...]
 
 Loads the file exactly as the ClientApp will (same loader, same columns and labels), builds the
 model as the job will (LoRA adapters + head), and reports rows, label counts, the local
-train/held-out split, text lengths, parameter counts and the device. Any problem is reported as
-one clear message (exit status 2), the same message the job would fail with later.
+train/held-out split, text lengths, the file's content digest (``training.digest``), parameter
+counts and the device. Any problem is reported as one clear message (exit status 2), the same
+message the job would fail with later. With ``--expect-rows``/``--expect-digest`` (a private job's
+registered version, as its page shows them to the member) a file that is not that version fails
+with ``data_mismatch``, as the ClientApp would refuse it before training.
 """
 
 from __future__ import annotations
@@ -38,8 +42,11 @@ def preflight(
     test_fraction: float = 0.2,
     seed: int = 0,
     lora: bool = True,
+    expect_rows: int | None = None,
+    expect_digest: str | None = None,
 ) -> dict[str, Any]:
-    """Return a JSON-serialisable report; raises ``TrainingError`` subclasses with clear messages."""
+    """Return a JSON-serialisable report; raises ``TrainingError`` subclasses with clear messages
+    (``data_mismatch`` when the file's rows or digest are not the expected ones)."""
     from training.config import TrainConfig
     from training.data import load_table_for_config
 
@@ -56,6 +63,7 @@ def preflight(
     options = {"delimiter": delimiter} if delimiter else {}
     table = load_table_for_config(data_path, config, **options)
     data, data_warnings = _data_report(table, test_fraction=test_fraction, seed=seed)
+    data["content"] = _content_report(table, expect_rows=expect_rows, expect_digest=expect_digest)
     model, model_warnings = _model_report(table, config, device=device)
     return {
         "ok": True,
@@ -92,6 +100,34 @@ def _data_report(
         "text_chars": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]},
     }
     return report, warnings
+
+
+def _content_report(
+    table: LabelledTable, *, expect_rows: int | None, expect_digest: str | None
+) -> dict[str, Any]:
+    """The file's row count and content digest, and whether they are the expected ones (None when
+    nothing is expected); refuses (``data_mismatch``) a file that is not what was expected."""
+    from training.config import TrainingDataError
+    from training.digest import labelled_table_digest
+
+    local = labelled_table_digest(table)
+    report: dict[str, Any] = {"rows": local.rows, "digest": local.digest, "matches": None}
+    if expect_rows is None and expect_digest is None:
+        return report
+    problems = []
+    if expect_rows is not None and local.rows != expect_rows:
+        problems.append(f"{local.rows} rows, expected {expect_rows}")
+    if expect_digest is not None and local.digest != expect_digest.strip().lower():
+        problems.append(f"content digest {local.digest}, expected {expect_digest.strip()}")
+    if problems:
+        raise TrainingDataError(
+            "data_mismatch: this file is not the registered dataset version the job was priced on: "
+            + "; ".join(problems)
+            + " (check the file, its columns and delimiter; a version repaired at ingestion stores fewer "
+            "or changed rows)"
+        )
+    report["matches"] = True
+    return report
 
 
 def _model_report(
@@ -140,6 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--expect-rows", type=int, default=None, help="a private job's registered row count: refuse any other"
+    )
+    parser.add_argument(
+        "--expect-digest", default=None, help="a private job's registered content digest (sha256:...)"
+    )
     args = parser.parse_args(argv)
 
     from training.config import TrainingError
@@ -156,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
             delimiter=delimiter,
             device=args.device,
             max_length=args.max_length,
+            expect_rows=args.expect_rows,
+            expect_digest=args.expect_digest,
         )
     except TrainingError as exc:
         if args.json:
@@ -175,6 +219,9 @@ def _print_report(report: Mapping[str, Any]) -> None:
     print(f"  data:    {report['data_path']}: {report['rows']} rows, labels {report['label_counts']}")
     print(f"           local split: {report['train_rows']} train / {report['held_out_rows']} held out")
     print(f"           text length (chars): {report['text_chars']}")
+    content = report["content"]
+    verdict = {None: "", True: " (matches the expected version)"}[content["matches"]]
+    print(f"           content: {content['rows']} rows, digest {content['digest']}{verdict}")
     print(
         f"  model:   {report['base_model']} ({report['model_type']}): {report['total_parameters']:,} parameters, "
         f"{report['trainable_parameters']:,} trainable ({report['trainable_bytes']:,} bytes exchanged per update)"

@@ -11,7 +11,9 @@ Flow of one job (``run_job``):
 4. Each round: ``train`` to every connected participant (via the strategy's
    ``configure_train``: FedAvg, FedProx which adds ``proximal-mu`` to the config, or FedAdam),
    replies gathered within ``round-timeout``. Missing or failed replies are dropouts: the round
-   completes if at least ``min-clients`` replied, otherwise the job fails with the reason. Then
+   completes if at least ``min-clients`` replied, otherwise the job fails with the reason. With
+   ``secure-aggregation`` the train step runs SecAgg+ (``secure_aggregation.secure_train``): the
+   server unmasks only the weighted mean update and hands it to the strategy. Then
    ``evaluate`` of the new global state on every member's local held-out split.
 5. Per round, a record (``reporting.RoundRecord``) goes to the reporter (JSON lines and/or HTTP
    callback): aggregated and per-client metrics, bytes sent and received, round time, Flower overhead.
@@ -35,7 +37,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
 from flwr.supercore.run import Run
@@ -48,6 +51,13 @@ from federation.flower.reporting import (
     RoundEvaluation,
     RoundRecord,
     build_reporter,
+)
+from federation.flower.secure_aggregation import (
+    FIRST_ROUND_MAX_WEIGHT,
+    SecAggParams,
+    SecureRound,
+    secure_train,
+    train_metrics,
 )
 from federation.flower.settings import FederationConfigError, JobFailed, JobSettings, train_config_json
 from training.metrics import confusion_metrics
@@ -193,6 +203,14 @@ def _reply_node(reply: Message, sent: Mapping[str, int]) -> int:
     return sent.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
 
 
+def _content_nbytes(message: Message) -> int:
+    """Serialised size of a message's content, every record (secure aggregation's masked updates
+    and key shares travel in config records, whose ``count_bytes`` fails on an empty list)."""
+    if message.has_error():
+        return 0
+    return int(recorddict_to_proto(message.content).ByteSize())
+
+
 def _arrays_nbytes(message: Message) -> int:
     """Serialised array payload of a message (tensor data + keys + numpy headers)."""
     if message.has_error():
@@ -236,6 +254,8 @@ class _Job:
         # against its plan), and its last report (for the artifact's guarantee).
         self.dp_steps: dict[str, int] = {}
         self.dp_reports: dict[str, dict[str, Any]] = {}
+        # Secure aggregation: the weight scale of the next round (the largest num-examples so far).
+        self.secagg_max_weight = FIRST_ROUND_MAX_WEIGHT
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -395,6 +415,8 @@ class _Job:
         )
         if settings.private:
             messages = [self._with_dp_plan(m) for m in messages]
+        if settings.secure_aggregation:
+            return self._train_secure(server_round, strategy, arrays, messages)
         started = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages, timeout=settings.round_timeout))
         seconds = time.perf_counter() - started
@@ -421,6 +443,86 @@ class _Job:
             bytes_received=sum(_arrays_nbytes(r) for r in replies),
             seconds=seconds,
         )
+
+    # ------------------------------------------------------------------ secure aggregation
+    def _train_secure(
+        self, server_round: int, strategy: FedAvg, arrays: ArrayRecord, messages: Sequence[Message]
+    ) -> _Trained:
+        """``train`` under SecAgg+ (``secure_aggregation``): the server unmasks only the weighted
+        mean of the members' updates, adds it to the global state and hands that to the strategy as
+        the one "reply" (FedAvg/FedProx keep it, FedAdam takes its server step from it). Members'
+        train metrics (num-examples, loss, DP-SGD report) still arrive one by one, in the clear."""
+        settings = self.settings
+        refused: list[DropoutRecord] = []
+
+        def screen(replies: list[Message]) -> list[Message]:
+            if not settings.private:
+                return replies
+            accepted, dropped = self._dp_checked(messages, replies)
+            refused.extend(dropped)
+            return accepted
+
+        started = time.perf_counter()
+        secure = secure_train(
+            self.grid,
+            {m.metadata.dst_node_id: m.content for m in messages},
+            server_round=server_round,
+            timeout=settings.round_timeout,
+            min_clients=settings.min_clients,
+            screen=screen,
+            params=SecAggParams(max_weight=self.secagg_max_weight),
+        )
+        seconds = time.perf_counter() - started
+        summed = secure.contributors
+        dropouts = self._secure_dropouts(secure, refused)
+        detail = "; ".join(f"node {d.node_id} ({d.organisation or '?'}): {d.reason}" for d in dropouts)
+        if secure.mean_update is None:
+            self.fail(f"round {server_round}: {secure.failure}; {detail}".rstrip("; "))
+        if len(summed) < settings.min_clients:
+            self.fail(
+                f"round {server_round}: only {len(summed)} of {len(messages)} clients returned a model update "
+                f"(need min-clients={settings.min_clients}); {detail}"
+            )
+        key = strategy.weighted_by_key
+        weights = [float(train_metrics(r)[key]) for r in summed]
+        mean = secure.mean_update
+        averaged = ArrayRecord(
+            OrderedDict((k, Array(a.numpy().astype(np.float64) + mean[k].numpy())) for k, a in arrays.items())
+        )
+        whole = RecordDict({"arrays": averaged, "metrics": MetricRecord({key: sum(weights)})})
+        new_arrays, _ = strategy.aggregate_train(
+            server_round, [Message(content=whole, dst_node_id=0, message_type=MessageType.TRAIN)]
+        )
+        if new_arrays is None:
+            self.fail(f"round {server_round}: aggregation produced no model")
+        metrics = strategy.train_metrics_aggr_fn(
+            [RecordDict({"metrics": MetricRecord(train_metrics(r))}) for r in summed], key
+        )
+        self.secagg_max_weight = max(weights)
+        return _Trained(
+            arrays=_as_float32(new_arrays),
+            metrics=dict(metrics),
+            clients={r.metadata.src_node_id: train_metrics(r) for r in summed},
+            dropouts=dropouts,
+            bytes_sent=sum(_content_nbytes(m) for _stage, sent, _ in secure.exchanges for m in sent),
+            bytes_received=sum(
+                _content_nbytes(r) for _stage, _, replies in secure.exchanges for r in replies
+            ),
+            seconds=seconds,
+        )
+
+    def _secure_dropouts(self, secure: SecureRound, refused: Sequence[DropoutRecord]) -> list[DropoutRecord]:
+        """The selected members whose update is not in the sum: refused (a private job's check),
+        or without a reply at one of the protocol's stages (the first one they missed)."""
+        summed = {r.metadata.src_node_id for r in secure.contributors}
+        found: dict[int, DropoutRecord] = {int(d.node_id or 0): d for d in refused}
+        for stage, sent, replies in secure.exchanges:
+            for d in self._dropouts(sent, replies):
+                node = int(d.node_id or 0)
+                if node not in summed and node not in found:
+                    reason = f"{d.reason} (secure aggregation, {stage} stage)"
+                    found[node] = DropoutRecord(node_id=node, organisation=d.organisation, reason=reason)
+        return [found[n] for n in sorted(found)]
 
     # ------------------------------------------------------------------ private jobs
     def _one_planned_node_each(self, nodes: Sequence[int]) -> list[int]:
@@ -505,7 +607,8 @@ class _Job:
             return {}
         return {
             organisation: {
-                "plan": plan,
+                # As priced, without the rows it was priced on (their digest is the member's).
+                "plan": {key: value for key, value in plan.items() if key != "data"},
                 "steps_taken": self.dp_steps.get(organisation, 0),
                 "reported_epsilon": self.dp_reports.get(organisation, {}).get("dp-epsilon"),
             }

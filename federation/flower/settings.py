@@ -76,6 +76,7 @@ KNOWN_RUN_KEYS = frozenset(
         "callback-token-file",
         "job-id",
         "dp-plans",
+        "secure-aggregation",
         *_TRAIN_KEYS,
     }
 )
@@ -173,6 +174,9 @@ class JobSettings:
     # Only a node of a planned organisation takes part (one node per organisation: two would train
     # the same rows twice under one plan); none trains without its plan.
     dp_plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # SecAgg+ (federation.flower.secure_aggregation): the server sees the sum of the members'
+    # updates, never one member's update.
+    secure_aggregation: bool = False
 
     @property
     def private(self) -> bool:
@@ -233,6 +237,7 @@ class JobSettings:
             callback_token_file=job.callback_token_file,
             job_id=job.job_id,
             dp_plans=dp_plans,
+            secure_aggregation=job.secure_aggregation,
         )
 
     def resolved_callback_token(self) -> str:
@@ -257,6 +262,8 @@ class JobSettings:
         out = asdict(self)
         out["participants"] = self.participants.to_text() or "*"
         out["callback_token"] = "***" if self.callback_token else ""
+        # The rows each plan was priced on (their digest) are for the member alone.
+        out["dp_plans"] = {o: {k: v for k, v in p.items() if k != "data"} for o, p in self.dp_plans.items()}
         return out
 
 
@@ -394,12 +401,19 @@ class _RunConfig(Rules):
     callback_token: _Text = Field("", alias="callback-token")
     callback_token_file: _Text = Field("", alias="callback-token-file")
     job_id: _Text = Field("", alias="job-id")
+    secure_aggregation: Annotated[bool, rule("must be true or false")] = Field(
+        _default("secure_aggregation"), alias="secure-aggregation"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> _RunConfig:
         problems = []
         if self.strategy == "fedprox" and self.proximal_mu == 0:
             problems.append("strategy 'fedprox' needs proximal-mu > 0 (0 is plain FedAvg)")
+        if self.secure_aggregation and self.min_clients < 2:
+            problems.append(
+                "secure-aggregation needs min-clients >= 2 (the sum of one update is that update)"
+            )
         declared = self.participants.declared
         if not self.participants.open and self.min_clients > declared:
             problems.append(

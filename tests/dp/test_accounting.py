@@ -12,13 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clearinghouse.dp.accounting import (
+    PLD_DISCRETISATION,
     AccountingError,
+    ApproxEvent,
     GaussianEvent,
     LaplaceEvent,
+    LedgerComposition,
     SubsampledGaussianEvent,
     compose,
     compose_epsilon,
     event_epsilon,
+    event_from_dict,
+    event_to_dict,
     naive_epsilon,
 )
 
@@ -148,3 +153,101 @@ def test_epsilon_grows_with_steps_and_shrinks_with_noise(q, sigma, steps, more_s
         # PLD's discretisation (1e-4 in loss) may round two nearly equal ε's either way.
         assert longer >= base - 1e-4
         assert noisier <= base + 1e-4
+
+
+# ----------------------------------------------------------------------------- the ledger's events
+def _optimal_pure_composition(epsilon: float, k: int, delta: float) -> float:
+    """ε at δ of k ε-DP releases, exactly: the hockey-stick divergence of k-fold randomized response
+    (Kairouz, Oh & Viswanath's optimal composition), solved for ε by bisection. Independent of
+    dp_accounting."""
+    good = math.exp(epsilon) / (1 + math.exp(epsilon))
+
+    def delta_at(eps: float) -> float:
+        return math.fsum(
+            math.comb(k, j)
+            * good**j
+            * (1 - good) ** (k - j)
+            * max(0.0, 1 - math.exp(eps - (2 * j - k) * epsilon))
+            for j in range(k + 1)
+        )
+
+    low, high = 0.0, k * epsilon
+    for _ in range(200):
+        middle = (low + high) / 2
+        low, high = (middle, high) if delta_at(middle) > delta else (low, middle)
+    return high
+
+
+@pytest.mark.parametrize(("epsilon", "k"), [(0.1, 10), (0.05, 100), (0.5, 7), (1.0, 3)])
+def test_pure_releases_compose_as_the_optimal_composition_theorem(epsilon: float, k: int) -> None:
+    exact = _optimal_pure_composition(epsilon, k, DELTA)
+    composed = compose_epsilon([ApproxEvent(epsilon)] * k, DELTA)
+    assert composed >= exact - 1e-9  # an upper bound: sound whatever the mechanism
+    assert composed == pytest.approx(exact, abs=k * PLD_DISCRETISATION + 1e-6)  # and tight
+    assert composed <= k * epsilon
+
+
+def test_an_approx_event_spends_its_delta() -> None:
+    assert compose_epsilon([ApproxEvent(1.0, 1e-6)], 1e-5) == pytest.approx(1.0, abs=1e-3)
+    assert math.isinf(compose_epsilon([ApproxEvent(1.0, 2e-5)], 1e-5))
+    assert naive_epsilon([ApproxEvent(1.0, 2e-6), ApproxEvent(0.5, 3e-6)], 1e-5) == 1.5
+    assert math.isinf(naive_epsilon([ApproxEvent(1.0, 1e-5), DP_SGD], 1e-5))  # no δ left for DP-SGD
+    assert math.isinf(compose_epsilon([ApproxEvent(1.0, 1e-5)], 1e-5, accountant="rdp"))
+    # RDP composes the pure part as ε²/2-zCDP: a hundred releases at 0.1 cost far less than their sum.
+    assert compose_epsilon([ApproxEvent(0.1)] * 100, DELTA, accountant="rdp") < 5.0
+
+
+events_strategy = st.lists(
+    st.builds(
+        ApproxEvent,
+        epsilon=st.floats(min_value=0.001, max_value=2.0),
+        delta=st.one_of(st.just(0.0), st.floats(min_value=1e-9, max_value=1e-7)),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(queries=events_strategy, sigma=st.floats(min_value=0.6, max_value=4.0), train=st.booleans())
+def test_queries_plus_training_never_exceed_the_naive_sum(queries, sigma, train) -> None:
+    events = [*queries, SubsampledGaussianEvent(0.02, sigma, 200)] if train else list(queries)
+    result = compose(events, DELTA)
+    # PLD alone is an upper bound that discretisation may round up by at most one grid step per event.
+    assert result.epsilon_pld <= result.epsilon_naive + len(events) * PLD_DISCRETISATION
+    assert result.epsilon <= result.epsilon_naive  # the charge: never above the naive sum
+    # ... and never below what any single event costs on its own (composition only adds).
+    alone = max(event_epsilon(event, DELTA) for event in events)
+    assert result.epsilon >= min(alone, result.epsilon_naive) - len(events) * PLD_DISCRETISATION
+
+
+def test_the_ledger_grows_one_event_at_a_time_as_from_scratch() -> None:
+    events = [ApproxEvent(0.1)] * 5 + [DP_SGD, ApproxEvent(0.3, 1e-7), GaussianEvent(3.0), LaplaceEvent(0.2)]
+    grown = LedgerComposition()
+    for event in events:
+        before = grown.epsilon(DELTA)
+        grown = grown.add(event)
+        assert grown.epsilon(DELTA) >= before - 1e-9
+    scratch = LedgerComposition(events)
+    assert grown.epsilon(DELTA) == pytest.approx(scratch.epsilon(DELTA), rel=1e-6)
+    assert grown.events == tuple(events)
+    # Ten small queries and one DP-SGD run: clearly below the naive sum.
+    ten = compose([*[ApproxEvent(0.1)] * 10, DP_SGD], DELTA)
+    assert ten.epsilon < 0.9 * ten.epsilon_naive
+
+
+def test_a_budget_without_delta_adds_pure_releases() -> None:
+    ledger = LedgerComposition([ApproxEvent(0.25)] * 4)
+    assert ledger.epsilon(0.0) == pytest.approx(1.0)
+    assert math.isinf(ledger.add(ApproxEvent(0.1, 1e-9)).epsilon(0.0))
+    assert math.isinf(ledger.add(DP_SGD).epsilon(0.0))
+
+
+def test_events_round_trip_through_json() -> None:
+    for event in (ApproxEvent(0.5, 1e-7), LaplaceEvent(1.0), GaussianEvent(2.0), DP_SGD):
+        assert event_from_dict(event_to_dict(event)) == event
+    for bad in (None, {}, {"type": "unknown"}, {"type": "approx"}, {"type": "approx", "epsilon": -1}):
+        with pytest.raises(AccountingError):
+            event_from_dict(bad)
+    with pytest.raises(AccountingError):
+        ApproxEvent(1.0, 1.0)

@@ -128,3 +128,32 @@ def test_flower_tls_command_issues_a_server_certificate_for_the_named_hosts(tmp_
     assert cert.issuer == ca.subject
     cert.verify_directly_issued_by(ca)
     assert (tmp_path / "ca.key").stat().st_mode & 0o077 == 0
+
+
+def test_run_passes_the_expected_rows_and_digest_to_the_preflight(tmp_path):
+    """`run --expect-rows/--expect-digest` (a private job's registered version): a file that is not
+    that version fails the preflight (`data_mismatch`) and the SuperNode is not started."""
+    data = tmp_path / "local.tsv"
+    rows = "".join(f"{('ham', 'spam')[i % 2]}\tmessage {i}\n" for i in range(6))
+    data.write_text("Label\tSMS\n" + rows, encoding="utf-8")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "federation.agent",
+            "run",
+            *ROOT_ARGS,
+            "--data",
+            str(data),
+            "--insecure",
+            "--expect-rows",
+            "6",
+            "--expect-digest",
+            "sha256:" + "0" * 64,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "data_mismatch" in result.stderr and "the SuperNode was not started" in result.stderr

@@ -104,3 +104,32 @@ def test_killed_supernode_mid_round(federation, tiny_model_dir):
     assert [r["clients_trained"] for r in rounds] == [3, 2]
     assert [d["organisation"] for d in rounds[1]["dropouts"]] == ["initech"]
     assert (out / "adapter.safetensors").exists()
+
+
+def test_secure_aggregation_matches_plain_fedavg(federation, tiny_model_dir):
+    """The same one-round job with and without SecAgg+ on the three SuperNodes: the server's
+    aggregate differs only by the quantisation (each member's stochastic rounding is off by under
+    one step), and no member's update reached it (the round's clients report ``secagg-clipped``,
+    counted by the ClientApp's SecAgg+ path)."""
+    import numpy as np
+
+    from federation.flower.secure_aggregation import SecAggParams
+    from training.params import load_trainable_state
+
+    plain_out, secure_out = federation.workdir / "job-plain-1", federation.workdir / "job-secagg"
+    federation.run_app(run_config(tiny_model_dir, plain_out, **{"num-rounds": 1}), timeout=300)
+    result = federation.run_app(
+        run_config(tiny_model_dir, secure_out, **{"num-rounds": 1, "secure-aggregation": True}), timeout=300
+    )
+    records = read_jsonl(secure_out / "metrics.jsonl")
+    assert [r["event"] for r in records] == ["started", "round", "finished"], result.stdout[-3000:]
+    round_record = records[1]
+    assert round_record["clients_trained"] == 3 and round_record["dropouts"] == []
+    assert all(c["train"]["secagg-clipped"] == 0 for c in round_record["clients"])
+    step = SecAggParams().step([c["train"]["num-examples"] for c in round_record["clients"]])
+    plain = load_trainable_state(plain_out / "adapter.safetensors")
+    secure = load_trainable_state(secure_out / "adapter.safetensors")
+    assert plain.keys() == secure.keys()
+    worst = max(float(np.max(np.abs(plain[k].numpy() - secure[k].numpy()))) for k in plain)
+    assert worst <= 3 * step + 1e-6
+    assert json.loads((secure_out / "report.json").read_text())["settings"]["secure_aggregation"] is True

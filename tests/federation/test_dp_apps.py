@@ -5,6 +5,7 @@ and the artifact carries the guarantee. On the in-process grid of ``test_apps`` 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from federation.flower.reporting import MemoryReporter
 from federation.flower.settings import FederationConfigError, JobFailed
 from tests.federation.test_apps import InProcessGrid, settings_for
-from tests.training.conftest import make_texts
+from tests.training.conftest import LABELS, make_texts
 from training.privacy import DpSgdError, DpSgdPlan, train_rows
 
 ROWS = 40  # each of three_nodes' files
@@ -79,7 +80,8 @@ def test_a_private_job_trains_each_member_with_its_plan_and_reports_the_guarante
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert set(report["privacy"]) == {"acme", "globex"}
     for organisation, guarantee in report["privacy"].items():
-        assert guarantee["plan"] == settings.dp_plans[organisation]
+        # The plan as priced; the rows it was priced on (`data`) are the member's business.
+        assert guarantee["plan"] == {k: v for k, v in settings.dp_plans[organisation].items() if k != "data"}
         assert guarantee["steps_taken"] == ROUNDS * LOCAL_STEPS == guarantee["plan"]["steps"]
         assert guarantee["plan"]["epsilon"] <= guarantee["plan"]["target_epsilon"] == 8.0
         assert guarantee["reported_epsilon"] > 0
@@ -282,3 +284,107 @@ def test_train_rows_refuses_what_cannot_be_split(rows, fraction, code):
     with pytest.raises(DpSgdError) as caught:
         train_rows(rows, fraction)
     assert caught.value.code == code
+
+
+# ----------------------------------------------------------------------------- the registered rows
+def _registered(node: dict) -> dict:
+    """A plan's ``data`` for the rows in ``node``'s file, as the clearinghouse computes it from the
+    registered version (the digest agrees with the training loader's reading, tests/datasets)."""
+    from training.data import load_labelled_table
+    from training.digest import labelled_table_digest
+
+    table = load_labelled_table(node["data-path"], text_column="SMS", label_column="Label", labels=LABELS)
+    local = labelled_table_digest(table)
+    return {"rows": local.rows, "digest": local.digest, "text_column": "SMS", "label_column": "Label"}
+
+
+def _bound_plans(nodes: dict, *organisations: str) -> str:
+    by_org = {node["organisation"]: node for node in nodes.values()}
+    priced = json.loads(plans(*organisations))
+    return json.dumps({o: {**priced[o], "data": _registered(by_org[o])} for o in organisations})
+
+
+class SuperNodeGrid(InProcessGrid):
+    """As ``InProcessGrid``, but a ClientApp's exception becomes the error reply a real SuperNode
+    sends (``flwr.supernode.runtime.run_clientapp``: code CLIENT_APP_RAISED_EXCEPTION, reason
+    "<class ...>:<'message'>")."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        from flwr.app import Error
+        from flwr.common.constant import ErrorCode
+
+        from federation.flower.client_app import app
+
+        replies = []
+        for message in messages:
+            message.metadata.__dict__["_message_id"] = f"m{next(self._ids)}"
+            node = message.metadata.dst_node_id
+            context = Context(
+                run_id=1, node_id=node, node_config=self.node_configs[node], state=RecordDict(), run_config={}
+            )
+            try:
+                replies.append(app(message, context))
+            except Exception as exc:  # noqa: BLE001 (as the SuperNode's runtime catches every one)
+                reason = str(type(exc)) + ":<'" + str(exc) + "'>"
+                replies.append(
+                    Message(
+                        Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message
+                    )
+                )
+        return replies
+
+
+def test_a_member_whose_file_is_not_the_registered_version_trains_nothing(
+    tiny_model_dir, tmp_path, three_nodes
+):
+    """initech's plan was priced on c.tsv; its node reads a copy with one label changed (same row
+    count, so only the digest tells): it refuses every round before any DP-SGD step, and the job
+    sees it drop out with ``data_mismatch``; acme and globex, on their registered files, train."""
+    from federation.flower.server_app import run_job
+
+    dp_plans = _bound_plans(three_nodes, "acme", "globex", "initech")
+    original = Path(three_nodes[303]["data-path"]).read_text(encoding="utf-8").splitlines(keepends=True)
+    changed = tmp_path / "c-changed.tsv"
+    row = original[1]
+    flipped = ("spam" if row.startswith("ham") else "ham") + row[row.index("\t") :]
+    changed.write_text("".join([original[0], flipped, *original[2:]]), encoding="utf-8")
+    nodes = {**three_nodes, 303: {**three_nodes[303], "data-path": str(changed)}}
+    settings = private_settings(
+        tiny_model_dir,
+        tmp_path,
+        participants=("acme", "globex", "initech"),
+        **{"min-clients": 2, "dp-plans": dp_plans},
+    )
+    _, history = run_job(SuperNodeGrid(nodes), settings)
+    local = _registered(nodes[303])["digest"]
+    for record in history:
+        assert record["clients_trained"] == 2
+        assert {c["organisation"] for c in record["clients"] if "train" in c} == {"acme", "globex"}
+        (dropout,) = record["dropouts"]
+        assert dropout["organisation"] == "initech" and "data_mismatch" in dropout["reason"]
+        assert local not in dropout["reason"]  # the member's local digest stays on its machine
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["privacy"]["initech"]["steps_taken"] == 0
+    assert "data" not in report["privacy"]["acme"]["plan"]  # the report keeps the price, not the digest
+
+
+def test_the_registered_file_shuffled_is_still_the_registered_rows(tiny_model_dir, tmp_path, three_nodes):
+    from federation.flower.client_app import handle_train
+
+    settings = private_settings(
+        tiny_model_dir, tmp_path, **{"dp-plans": _bound_plans(three_nodes, "acme", "globex")}
+    )
+    header, *lines = Path(three_nodes[101]["data-path"]).read_text(encoding="utf-8").splitlines(keepends=True)
+    shuffled = tmp_path / "a-shuffled.tsv"
+    shuffled.write_text(header + "".join(reversed(lines)), encoding="utf-8")
+    reply = handle_train(
+        _train_message(settings, "acme"), _context({**three_nodes[101], "data-path": str(shuffled)})
+    )
+    assert reply.content.metric_records["metrics"]["dp-steps"] == LOCAL_STEPS
+    # globex's rows under acme's plan: refused before training, with the stable code.
+    with pytest.raises(DpSgdError, match="not the registered dataset version") as caught:
+        handle_train(
+            _train_message(settings, "acme"),
+            _context({**three_nodes[101], "data-path": three_nodes[202]["data-path"]}),
+        )
+    assert caught.value.code == "data_mismatch"

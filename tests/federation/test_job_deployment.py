@@ -6,6 +6,7 @@ Slow: ``pytest -m slow tests/federation``."""
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
@@ -61,7 +62,10 @@ def consortium(transactional_db, live_server, media_root, settings, tmp_path, ti
             yield fed, world, admins, tmp_path
 
 
-def start_members(fed, admins, tmp_path):
+def start_members(fed, admins, tmp_path, **node_config):
+    """Registers each organisation's SuperNode key through the API and starts its node on a third of
+    the first 150 SMS messages; returns each organisation's data file."""
+    files = {}
     lines = SMS_SPAM.read_text(encoding="utf-8").splitlines()
     header, rows = lines[0], lines[1:151]
     for i, org in enumerate(ORGS):
@@ -83,14 +87,22 @@ def start_members(fed, admins, tmp_path):
         assert key.status == "registered", key.error
         part = tmp_path / f"{org}.tsv"
         part.write_text("\n".join([header, *rows[i::3]]) + "\n", encoding="utf-8")
+        files[org] = part
         fed.add_supernode(
             org,
-            {"data-path": str(part), "text-column": "SMS", "label-column": "Label", "organisation": org},
+            {
+                "data-path": str(part),
+                "text-column": "SMS",
+                "label-column": "Label",
+                "organisation": org,
+                **node_config,
+            },
             threads=1,
             auth_private_key=private,
         )
         # The node id the SuperLink gave the registered key is the id the node runs under.
         assert str(fed.node_id(org)) == key.node_id
+    return files
 
 
 def new_job(operator, tiny_model_dir, **overrides):
@@ -117,6 +129,21 @@ def new_job(operator, tiny_model_dir, **overrides):
     return response.json()
 
 
+def wait_for_end(fed, job, timeout: float = 300):
+    """The job's final state (succeeded or failed), waiting up to `timeout` seconds."""
+
+    def finished():
+        state = FederatedJob.objects.get(pk=job["id"]).state
+        return state if state in (JobState.SUCCEEDED, JobState.FAILED) else None
+
+    return wait_until(
+        finished,
+        timeout,
+        f"job {job['id']} to finish",
+        lambda: fed.log_text("superlink")[-3000:] + FederatedJob.objects.get(pk=job["id"]).reason,
+    )
+
+
 def accept_all(job, admins):
     for org in ORGS:
         response = api_client(admins[org]).post(
@@ -133,16 +160,7 @@ def test_job_scheduled_through_the_api_runs_and_returns_metrics_and_model(consor
     accept_all(job, admins)
     assert operator.post(f"{job['url']}/schedule").status_code == 202
 
-    def finished():
-        state = FederatedJob.objects.get(pk=job["id"]).state
-        return state if state in (JobState.SUCCEEDED, JobState.FAILED) else None
-
-    state = wait_until(
-        finished,
-        300,
-        "the job to finish",
-        lambda: fed.log_text("superlink")[-3000:] + FederatedJob.objects.get(pk=job["id"]).reason,
-    )
+    state = wait_for_end(fed, job)
     done = FederatedJob.objects.get(pk=job["id"])
     assert state == JobState.SUCCEEDED, done.reason
     assert done.flower_run_id
@@ -196,3 +214,94 @@ def test_cancel_stops_the_run_and_a_lost_run_fails(consortium, tiny_model_dir, s
     jobs_reconcile()
     lost.refresh_from_db()
     assert lost.state == JobState.FAILED and "no record of run 987654321" in lost.reason
+
+
+SMS_SCHEMA = {
+    "columns": [
+        {"name": "Label", "type": "categorical", "categories": ["ham", "spam"]},
+        {"name": "SMS", "type": "text", "max_length": 1000},
+    ]
+}
+
+
+def register_dataset(steward, org: str, data: bytes) -> None:
+    """The member's file registered as its dataset `<org>/sms` through the API (ingested by the real
+    pipeline), with an approximate-DP budget that allows DP training and an allocation to itself."""
+    from clearinghouse.datasets.models import DatasetVersion
+    from clearinghouse.datasets.services import dataset_version_ingest
+
+    client = api_client(steward)
+    created = client.post(
+        "/api/v1/datasets", {"name": "SMS", "slug": "sms", "schema": SMS_SCHEMA}, format="json"
+    )
+    assert created.status_code == 201, created.json()
+    upload = client.post(
+        f"/api/v1/datasets/{org}/sms/versions",
+        {"file": io.BytesIO(data), "delimiter": "tab", "quote": "none"},
+        format="multipart",
+    )
+    assert upload.status_code == 202, upload.json()
+    version = DatasetVersion.objects.get(dataset__organisation__slug=org, dataset__slug="sms", number=1)
+    assert dataset_version_ingest(version_id=version.pk).status == "ready"
+    base = f"/api/v1/datasets/{org}/sms/budget"
+    budget = {"measure": "approx", "total": 20.0, "delta_total": 1e-3, "training": "dp"}
+    assert client.put(base, budget, format="json").status_code == 200
+    allocation = client.put(
+        f"{base}/allocations/{org}", {"amount": 20.0, "delta_amount": 1e-3}, format="json"
+    )
+    assert allocation.status_code == 200, allocation.json()
+
+
+def test_a_private_job_through_the_api_is_paid_trains_with_dp_sgd_and_is_published(
+    consortium, tiny_model_dir
+):
+    """Issue 13 end to end: members that train DP jobs only (`require-dp`), each on the file it
+    registered; the job is priced, paid from both datasets' budgets at schedule, trained with DP-SGD
+    by the members (the digest of each local file checked against the registered version), its model
+    carries each dataset's guarantee and may be published to the consortium."""
+    from clearinghouse.queries.models import LedgerEntry, PrivacyBudget
+
+    fed, world, admins, tmp_path = consortium
+    files = start_members(fed, admins, tmp_path, **{"require-dp": "true"})
+    stewards = {"org-a": world.a.steward, "org-b": world.b.steward}
+    for org, steward in stewards.items():
+        register_dataset(steward, org, files[org].read_bytes())
+    operator = api_client(world.operator)
+    job = new_job(
+        operator,
+        tiny_model_dir,
+        participants=[{"organisation": org} for org in stewards],
+        privacy={"epsilon": 8.0, "delta": 1e-3},
+    )
+    for org in stewards:
+        accepted = api_client(admins[org]).post(
+            f"{job['url']}/participation", {"decision": "accept", "dataset": f"{org}/sms"}, format="json"
+        )
+        assert accepted.status_code == 200, accepted.json()
+    preview = operator.get(f"{job['url']}/privacy").json()
+    assert all(p["plan"] and p["refusal"] is None for p in preview["participants"]), preview
+    assert operator.post(f"{job['url']}/schedule").status_code == 202
+    paid = LedgerEntry.objects.filter(kind="training", job_uid=job["uid"])
+    assert paid.count() == 2 and all(
+        PrivacyBudget.objects.get(dataset__organisation__slug=org, dataset__slug="sms").spent > 0
+        for org in stewards
+    )
+
+    state = wait_for_end(fed, job)
+    done = FederatedJob.objects.get(pk=job["id"])
+    assert state == JobState.SUCCEEDED, done.reason
+    guarantee = api_client(admins["org-b"]).get(job["url"]).json()["artifact"]["report"]["privacy"]
+    plans = {p["organisation"]: p["plan"] for p in preview["participants"]}
+    assert set(guarantee) == set(stewards)
+    for org, shown in guarantee.items():
+        assert shown["steps_taken"] == plans[org]["steps"] and shown["epsilon"] == pytest.approx(
+            plans[org]["epsilon"]
+        )
+        assert shown["delta"] == 1e-3 and shown["noise_multiplier"] == pytest.approx(
+            plans[org]["noise_multiplier"]
+        )
+    published = operator.post(f"{job['url']}/publish")
+    assert published.status_code == 200, published.json()
+    # Every member organisation lists it, with each dataset's (ε, δ); org-c took no part.
+    models = api_client(admins["org-c"]).get("/api/v1/models").json()["results"]
+    assert [m["job"] for m in models] == [job["uid"]] and set(models[0]["guarantee"]) == set(stewards)

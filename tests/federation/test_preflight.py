@@ -104,3 +104,52 @@ def test_preflight_cli_clear_errors(tiny_model_dir, toy_tsv, tmp_path, capsys):
         ]
     )
     assert rc == 2 and "neither 'minilm-l6' nor an existing local model directory" in capsys.readouterr().err
+
+
+def _cli(data_path, model_dir, *extra: str) -> list[str]:
+    return [
+        "--data-path",
+        str(data_path),
+        "--text-column",
+        "SMS",
+        "--label-column",
+        "Label",
+        "--labels",
+        "ham,spam",
+        "--base-model",
+        str(model_dir),
+        "--max-length",
+        "16",
+        *extra,
+    ]
+
+
+def test_preflight_prints_the_content_digest_and_checks_the_expected_one(
+    tiny_model_dir, toy_tsv, tmp_path, capsys
+):
+    """The digest the preflight prints is the one the ClientApp checks (`training.digest` over the
+    loader's table); the expected version matches, a file with one row changed does not (exit 2,
+    `data_mismatch`, before the model is built)."""
+    from training.data import load_labelled_table
+    from training.digest import labelled_table_digest
+
+    expected = labelled_table_digest(
+        load_labelled_table(toy_tsv, text_column="SMS", label_column="Label", labels=["ham", "spam"])
+    )
+    assert main(_cli(toy_tsv, tiny_model_dir, "--json")) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["content"] == {"rows": 40, "digest": expected.digest, "matches": None}
+
+    expect = ["--expect-rows", "40", "--expect-digest", expected.digest]
+    assert main(_cli(toy_tsv, tiny_model_dir, *expect)) == 0
+    out = capsys.readouterr().out
+    assert f"content: 40 rows, digest {expected.digest} (matches the expected version)" in out
+
+    header, first, *rest = toy_tsv.read_text(encoding="utf-8").splitlines(keepends=True)
+    changed = tmp_path / "changed.tsv"
+    changed.write_text(header + first.replace("\t", "\tnot ", 1) + "".join(rest), encoding="utf-8")
+    assert main(_cli(changed, tiny_model_dir, *expect)) == 2
+    error = capsys.readouterr().err
+    assert "data_mismatch" in error and f"expected {expected.digest}" in error and "40 rows" not in error
+    assert main(_cli(toy_tsv, tiny_model_dir, "--expect-rows", "41", "--json")) == 2
+    assert "40 rows, expected 41" in json.loads(capsys.readouterr().out)["error"]

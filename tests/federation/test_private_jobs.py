@@ -6,6 +6,7 @@ budget (PostgreSQL)."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import uuid
@@ -17,6 +18,7 @@ from django.urls import reverse
 
 from clearinghouse.audit.models import AuditEvent
 from clearinghouse.datasets.services import dataset_grant_create
+from clearinghouse.dp.accounting import LedgerComposition, SubsampledGaussianEvent, event_from_dict
 from clearinghouse.queries.ledger import BudgetExceeded, allocation_set, budget_debit, budget_set
 from clearinghouse.queries.models import (
     BudgetAllocation,
@@ -28,7 +30,7 @@ from clearinghouse.queries.models import (
 from federation.flower.settings import JobSettings
 from federation.models import FederatedJob, JobParticipant, JobState, ModelArtifact, SuperNodeKey
 from federation.services import _run_config, job_finalize, job_schedule
-from tests.factories import SMALL_SCHEMA, api_client, build_world, make_dataset
+from tests.factories import api_client, build_world, make_dataset
 from training.privacy import DpSgdPlan, train_rows
 
 ROWS = 1000  # each dataset's ready version
@@ -37,8 +39,17 @@ EPSILON, DELTA = 3.0, 1e-5
 BATCH, MAX_STEPS, ROUNDS = 8, 5, 2
 
 
+# A registered SMS-style table: the private jobs below train on its columns SMS and Label.
+SMS_SCHEMA = {
+    "columns": [
+        {"name": "Label", "type": "categorical", "categories": ["ham", "spam"]},
+        {"name": "SMS", "type": "text", "max_length": 100},
+    ]
+}
+
+
 def _csv(rows: int) -> bytes:
-    return b"age,group\n" + b"".join(f"{20 + i % 60},{'ab'[i % 2]}\n".encode() for i in range(rows))
+    return b"Label,SMS\n" + b"".join(f"{('ham', 'spam')[i % 2]},message {i}\n".encode() for i in range(rows))
 
 
 def _datasets(world):
@@ -46,7 +57,7 @@ def _datasets(world):
     default) and an allocation to its own organisation."""
     out = {}
     for side in (world.a, world.b):
-        dataset = make_dataset(steward=side.steward, slug="sms", csv=_csv(ROWS), schema=SMALL_SCHEMA)
+        dataset = make_dataset(steward=side.steward, slug="sms", csv=_csv(ROWS), schema=SMS_SCHEMA)
         budget_set(actor=side.steward, dataset=dataset, measure="approx", total=10.0, delta_total=1e-4)
         allocation_set(
             actor=side.steward, dataset=dataset, organisation=side.organisation, amount=5.0, delta_amount=5e-5
@@ -176,19 +187,25 @@ def test_schedule_debits_each_dataset_once_and_passes_the_plans(world, datasets,
     response = operator.post(f"{job['url']}/schedule")
     assert response.status_code == 202, response.json()
     reference = _reference()
+    # The budget composes: the training is its Poisson-subsampled Gaussian, charged at the budget's
+    # δ (1e-4, larger than the job's 1e-5: cheaper than the plan's own ε), its δ not spent outright.
+    event = SubsampledGaussianEvent(reference.sample_rate, reference.noise_multiplier, reference.steps)
+    charge = LedgerComposition([event]).epsilon(1e-4)
+    assert charge < reference.epsilon
     entries = LedgerEntry.objects.filter(kind="training")
     assert entries.count() == 2
     for slug, dataset in datasets.items():
         entry = entries.get(budget__dataset=dataset)
         assert str(entry.job_uid) == job["uid"] and entry.query is None
         assert entry.organisation.slug == slug and entry.analyst.username == f"admin_{slug}"
-        assert entry.amount == pytest.approx(reference.epsilon) and entry.delta == DELTA
+        assert entry.amount == pytest.approx(charge, rel=1e-9) and entry.delta == 0.0
         assert entry.details["noise_multiplier"] == pytest.approx(reference.noise_multiplier)
+        assert (entry.details["epsilon"], entry.details["delta"]) == pytest.approx((reference.epsilon, DELTA))
+        assert event_from_dict(entry.details["event"]) == event
         budget = PrivacyBudget.objects.get(dataset=dataset)
-        assert budget.spent == pytest.approx(reference.epsilon) and budget.delta_spent == pytest.approx(DELTA)
+        assert budget.spent == pytest.approx(charge, rel=1e-9) and budget.delta_spent == 0.0
         allocation = BudgetAllocation.objects.get(budget=budget, organisation__slug=slug)
-        assert allocation.spent == pytest.approx(reference.epsilon)
-        assert allocation.delta_spent == pytest.approx(DELTA)
+        assert allocation.spent == pytest.approx(charge, rel=1e-9) and allocation.delta_spent == 0.0
         assert AuditEvent.objects.filter(
             action="budget.debited", target_id=str(entry.pk), extra__kind="training"
         ).exists()
@@ -210,7 +227,7 @@ def test_schedule_debits_each_dataset_once_and_passes_the_plans(world, datasets,
     assert operator.post(f"{job['url']}/schedule").json()["code"] == "job_not_draft"
     assert operator.post(f"{job['url']}/cancel", {}, format="json").status_code == 200
     assert LedgerEntry.objects.filter(kind="training").count() == 2
-    assert PrivacyBudget.objects.get(dataset=datasets["org-a"]).spent == pytest.approx(reference.epsilon)
+    assert PrivacyBudget.objects.get(dataset=datasets["org-a"]).spent == pytest.approx(charge, rel=1e-9)
     # The budget page lists the training (a ledger entry without a query renders, no 500).
     from django.test import Client
 
@@ -365,6 +382,74 @@ def test_a_target_that_needs_too_much_noise_is_refused(world, datasets, operator
     _nothing_debited(datasets)
 
 
+def test_each_plan_carries_the_registered_rows_and_their_digest_only_to_its_member(
+    world, datasets, operator, superlink
+):
+    """The plan stored and sent in the run config names the rows it was priced on (the version's
+    count and the digest of the job's columns); the ledger, the preview and the report keep it out."""
+    job = _accepted_job(world, operator)
+    assert operator.post(f"{job['url']}/schedule").status_code == 202
+    model = FederatedJob.objects.get(pk=job["id"])
+    for participant in JobParticipant.objects.filter(job=model).select_related("dataset"):
+        version = participant.dataset.versions.get(number=1)
+        (pair,) = version.content_digests["pairs"]
+        assert participant.dp_plan["data"] == {
+            "rows": ROWS,
+            "digest": pair["digest"],
+            "text_column": "SMS",
+            "label_column": "Label",
+            "scheme": "rows-sha256-v1",
+        }
+        entry = LedgerEntry.objects.get(kind="training", budget__dataset=participant.dataset)
+        assert "data" not in entry.details and pair["digest"] not in json.dumps(entry.details)
+    plans = json.loads(_run_config(model, participants="org:org-a,org:org-b")["dp-plans"])
+    assert plans["org-a"]["data"] == plans["org-b"]["data"]  # the same rows registered twice: one digest
+    parsed = JobSettings.from_run_config(_run_config(model, participants="org:org-a,org:org-b"))
+    assert parsed.dp_plan_for("org-a").data.rows == ROWS
+    assert "data" not in json.dumps(parsed.to_public_dict()["dp_plans"])
+    preview = operator.get(f"{job['url']}/privacy").content.decode()
+    assert "sha256:" not in preview
+
+
+def test_a_version_without_digests_is_refused_until_the_backfill(world, datasets, operator, superlink):
+    """A version ingested before digests cannot be priced (`version_needs_digest`), in the preview and
+    at schedule, and nothing is debited; the backfill command (decrypting as a worker does) computes
+    the digest ingestion would have, and the job is scheduled."""
+    from django.core.management import call_command
+
+    from clearinghouse.datasets.models import DatasetVersion
+
+    version = datasets["org-a"].versions.get(number=1)
+    stored = version.content_digests
+    DatasetVersion.objects.filter(pk=version.pk).update(content_digests=None)
+    job = _accepted_job(world, operator)
+    refusals = {
+        p["organisation"]: p["refusal"] for p in operator.get(f"{job['url']}/privacy").json()["participants"]
+    }
+    assert refusals["org-a"]["code"] == "version_needs_digest" and refusals["org-b"] is None
+    response = operator.post(f"{job['url']}/schedule")
+    assert response.status_code == 409 and response.json()["code"] == "version_needs_digest"
+    assert response.json()["detail"].startswith("org-a:")
+    _nothing_debited(datasets)
+
+    out = io.StringIO()
+    call_command("dataset_digests_backfill", stdout=out)
+    assert "computed for 1 version(s)" in out.getvalue()
+    version.refresh_from_db()
+    assert version.content_digests == stored
+    assert AuditEvent.objects.filter(
+        action="dataset_version.digests_computed", target_id=str(version.pk)
+    ).exists()
+    assert operator.post(f"{job['url']}/schedule").status_code == 202
+
+
+def test_a_private_job_on_columns_the_dataset_lacks_is_refused(world, datasets, operator, superlink):
+    job = _accepted_job(world, operator, text_column="Message", label_column="Label")
+    response = operator.post(f"{job['url']}/schedule")
+    assert response.status_code == 409 and response.json()["code"] == "dataset_columns_mismatch"
+    _nothing_debited(datasets)
+
+
 def test_a_private_job_needs_registered_datasets_with_a_budget(world, datasets, operator, superlink):
     response = operator.post("/api/v1/federated-jobs", _payload(), format="json")
     job = response.json()
@@ -457,12 +542,13 @@ def test_the_model_keeps_the_guarantee_its_report_states(
 # ----------------------------------------------------------------------------- concurrency
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks need PostgreSQL")
 def test_query_releases_and_a_job_schedule_racing_on_one_budget_never_overspend(transactional_db, settings):
-    """A's dataset: total ε = 5. A's job costs ≈ 3 of it (A's own allocation 4); B's analysts
-    release four queries of ε = 1 each (B's allocation 4) at the same time: 7 asked of 5."""
+    """A's dataset: total ε = 4 at δ = 1e-3. A's job (ε ≈ 3 on its own; A's allocation 4) and B's
+    analysts' four queries of ε = 1 each (B's allocation 4) at the same time: composed, the four
+    queries take 4.0 and the job with three of them 3.6, all five 4.5 — one of them must be refused."""
     settings.FLOWER_SUPERLINK = "127.0.0.1:1"
     world = build_world()
-    dataset = make_dataset(steward=world.a.steward, slug="sms", csv=_csv(ROWS), schema=SMALL_SCHEMA)
-    budget_set(actor=world.a.steward, dataset=dataset, measure="approx", total=5.0, delta_total=1e-3)
+    dataset = make_dataset(steward=world.a.steward, slug="sms", csv=_csv(ROWS), schema=SMS_SCHEMA)
+    budget_set(actor=world.a.steward, dataset=dataset, measure="approx", total=4.0, delta_total=1e-3)
     dataset_grant_create(
         actor=world.a.steward, dataset=dataset, organisation=world.b.organisation, purpose="query"
     )
@@ -547,7 +633,11 @@ def test_query_releases_and_a_job_schedule_racing_on_one_budget_never_overspend(
     assert entries.filter(kind="training").count() == job_paid
     ledger_sum = sum(entries.values_list("amount", flat=True))
     assert budget.spent == pytest.approx(ledger_sum) and budget.spent <= budget.total
-    assert paid_queries + 3 * job_paid <= 5  # the job costs ≈ 3, a query 1, of a total of 5
+    # The budget composes: what was paid, composed again from the records, fits the total of 4.
+    events = [event_from_dict(e.details["event"]) for e in entries.order_by("pk")]
+    composed = LedgerComposition(events).epsilon(budget.delta_total)
+    assert budget.spent == pytest.approx(composed, rel=1e-6) and composed <= budget.total * (1 + 1e-9)
+    assert paid_queries + job_paid < 5  # 4 queries of ε = 1 and the job (≈ 3) never all fit
     assert paid_queries >= 1  # someone was paid: the race really ran
     state = FederatedJob.objects.get(pk=job.pk).state
     assert state == (JobState.SCHEDULED if job_paid else JobState.DRAFT)
@@ -731,3 +821,35 @@ def _org_c_admin():
     from clearinghouse.accounts.models import User
 
     return User.objects.get(username="admin_org-c")
+
+
+def test_a_dataset_whose_people_hold_several_rows_cannot_pay_for_dp_sgd(world, operator, superlink):
+    """DP-SGD protects one row; a privacy unit of several rows per person would need group privacy,
+    which the plan does not price: refused with a reason, nothing debited anywhere."""
+    grouped = {
+        "columns": [
+            {"name": "pid", "type": "integer", "lower": 0, "upper": 10_000},
+            *SMS_SCHEMA["columns"],
+        ],
+        "privacy_unit": {"kind": "identifier", "column": "pid", "max_rows_per_person": 3},
+    }
+    rows = b"pid,Label,SMS\n" + b"".join(
+        f"{i // 2},{('ham', 'spam')[i % 2]},message {i}\n".encode() for i in range(ROWS)
+    )
+    datasets = {}
+    for side, schema, csv in ((world.a, SMS_SCHEMA, _csv(ROWS)), (world.b, grouped, rows)):
+        dataset = make_dataset(steward=side.steward, slug="sms", csv=csv, schema=schema)
+        budget_set(actor=side.steward, dataset=dataset, measure="approx", total=10.0, delta_total=1e-4)
+        allocation_set(
+            actor=side.steward, dataset=dataset, organisation=side.organisation, amount=5.0, delta_amount=5e-5
+        )
+        datasets[side.organisation.slug] = dataset
+    job = _accepted_job(world, operator)
+    refusal = {
+        p["organisation"]: p["refusal"] for p in operator.get(f"{job['url']}/privacy").json()["participants"]
+    }
+    assert refusal["org-a"] is None and refusal["org-b"]["code"] == "training_needs_row_privacy"
+    assert "3 rows" in refusal["org-b"]["detail"]
+    response = operator.post(f"{job['url']}/schedule")
+    assert response.status_code == 409 and response.json()["code"] == "training_needs_row_privacy"
+    _nothing_debited(datasets)

@@ -410,6 +410,9 @@ def _matrix() -> dict[str, list[Case]]:
                 {"measure": "pure", "total": 20},
             ),
         ],
+        "api:dataset_budget_ledger": [
+            Case("get", lambda w, t: u("api:dataset_budget_ledger", args=ds(w, t)), scoped_read)
+        ],
         "api:dataset_budget_allocation": [
             Case(
                 "put",

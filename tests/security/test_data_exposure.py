@@ -530,6 +530,20 @@ ALLOWED: dict[str, set[str]] = {
         "per_analyst_cap",
         "max_rows",
         "training",  # the training policy (forbidden, dp, any): stated
+        # an approximate-DP budget's composition: privacy accounting, as `spent` (operators only)
+        "composition",
+        *{
+            f"composition.{k}"
+            for k in (
+                "events",
+                "delta",
+                "epsilon",
+                "accountant",
+                "epsilon_pld",
+                "epsilon_rdp",
+                "epsilon_naive",
+            )
+        },
         "allocations",
         "allocations[]",
         "allocations[].organisation",
@@ -543,6 +557,30 @@ ALLOWED: dict[str, set[str]] = {
         "daily[].day",
         "daily[].organisation",
         "daily[].amount",
+    },
+    # every paid use with its privacy event: privacy accounting (owner organisation and operators);
+    # a training's q and steps carry its size, as the plan does (docs/data-exposure.md)
+    "dataset_budget_ledger": _PAGE
+    | {
+        f"results[].{k}"
+        for k in (
+            "id",
+            "kind",
+            "organisation",
+            "analyst",
+            "query",
+            "job",
+            "amount",
+            "delta",
+            "event",
+            "event.type",
+            "event.epsilon",
+            "event.delta",
+            "event.noise_multiplier",
+            "event.sample_rate",
+            "event.steps",
+            "created_at",
+        )
     },
     "queries": _PAGE | {f"results[].{k}" for k in _QUERY},
     "query": _QUERY,
@@ -726,6 +764,7 @@ def _api_reads(world, job_id: int, query_ids: list[int]) -> list[tuple[str, str,
             ("dataset_grants", "get", f"{base}/grants", None),
             ("dataset_agreement", "get", f"{base}/agreement", None),
             ("dataset_budget", "get", f"{base}/budget", None),
+            ("dataset_budget_ledger", "get", f"{base}/budget/ledger", None),
             ("queries", "get", f"{base}/queries", None),
             # so small an ε that every warning comes (a count's, a sum's, a mean's)
             (
