@@ -20,8 +20,8 @@ composes them with Google's ``dp_accounting``:
 discretisation: an upper bound, tight in practice), ``accountant="rdp"`` by Rényi DP (looser, a
 cross-check; an ``ApproxEvent``'s pure part enters as ε²/2-zCDP and its δ adds); ``naive_epsilon``
 is basic composition (the sum of each event's ε, the δ left by ``ApproxEvent``s split evenly
-between the events that need one). ``compose`` gives all three, and ``Composition.epsilon`` the
-tightest: each is a valid bound. ``LedgerComposition`` keeps a ledger's composition and grows it one
+between the events that need one). ``compose`` gives all three; ``charged_epsilon`` is the one rule
+for what a ledger counts (each is a valid bound). ``LedgerComposition`` keeps a ledger's composition and grows it one
 event at a time (a debit composes only the new event with the PLD kept from those before).
 
 All accounting is under add-or-remove-one neighbouring, one privacy unit per row: a dataset whose
@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -55,6 +55,7 @@ __all__ = [
     "LedgerComposition",
     "PrivacyEvent",
     "SubsampledGaussianEvent",
+    "charged_epsilon",
     "compose",
     "compose_epsilon",
     "event_epsilon",
@@ -328,7 +329,7 @@ def naive_epsilon(events: Sequence[PrivacyEvent], delta: float, *, accountant: A
 
 @dataclass(frozen=True)
 class Composition:
-    """ε at ``delta`` of the same events three ways: PLD (the charge), RDP and basic composition."""
+    """ε at ``delta`` of the same events three ways: PLD, RDP and basic composition."""
 
     delta: float
     epsilon_pld: float
@@ -337,8 +338,16 @@ class Composition:
 
     @property
     def epsilon(self) -> float:
-        """The charge: the tightest bound of the three."""
-        return min(self.epsilon_pld, self.epsilon_rdp, self.epsilon_naive)
+        """What a ledger charges (``charged_epsilon``)."""
+        return charged_epsilon(self.epsilon_pld, self.epsilon_naive, lambda: self.epsilon_rdp)
+
+
+def charged_epsilon(pld: float, naive: float, rdp: Callable[[], float]) -> float:
+    """The one rule for the ledger's ε (each bound is valid): the tighter of PLD and the naive sum;
+    Rényi DP only where both are infinite (PLD's truncated tails at a tiny δ). RDP is looser than PLD
+    for every event the ledger holds, and pricing it would cost each debit ~0.2 s more."""
+    best = min(pld, naive)
+    return best if math.isfinite(best) else min(best, rdp())
 
 
 def compose(events: Sequence[PrivacyEvent], delta: float) -> Composition:
@@ -389,10 +398,6 @@ class LedgerComposition:
         return self._epsilons[delta]
 
     def epsilon(self, delta: float) -> float:
-        """The charge at ``delta``: the tighter of PLD and the naive sum; Rényi DP only where both
-        are infinite (PLD's truncated tails at a tiny δ). RDP is looser than PLD for every event the
-        ledger holds, and pricing it costs each debit ~0.2 s more."""
+        """The ledger's ε at ``delta`` (``charged_epsilon``), RDP computed only if needed."""
         pld, naive = self._bounds(delta)
-        if math.isfinite(min(pld, naive)) or delta == 0:
-            return min(pld, naive)
-        return min(pld, naive, self.composition(delta).epsilon_rdp)
+        return charged_epsilon(pld, naive, lambda: self.composition(delta).epsilon_rdp)

@@ -88,7 +88,9 @@ class BudgetCompositionOutputSerializer(serializers.Serializer):
     events = serializers.IntegerField(help_text="Privacy events paid from the budget.")
     delta = serializers.FloatField(help_text="The budget's δ, at which they are composed.")
     epsilon = serializers.FloatField(allow_null=True, help_text="Their composed ε: `spent`.")
-    accountant = serializers.CharField(allow_null=True, help_text="pld, rdp or naive: the tightest bound.")
+    accountant = serializers.CharField(
+        allow_null=True, help_text="pld, naive or rdp: the bound `epsilon` is."
+    )
     epsilon_pld = serializers.FloatField(allow_null=True, help_text="Privacy loss distributions.")
     epsilon_rdp = serializers.FloatField(allow_null=True, help_text="Rényi DP.")
     epsilon_naive = serializers.FloatField(allow_null=True, help_text="The sum of each event's own ε.")
@@ -217,10 +219,14 @@ class BudgetLedgerEntryOutputSerializer(serializers.Serializer):
     query = serializers.IntegerField(allow_null=True)
     job = serializers.UUIDField(allow_null=True)
     amount = serializers.FloatField(
-        help_text="The charge: ε or ρ (on an approximate-DP budget, its raise of the composed ε)."
+        help_text="Its own cost, ε or ρ: what allocations and personal caps count (an approximate-DP "
+        "budget's total composes the events instead)."
     )
     delta = serializers.FloatField(help_text="The δ it spent outright (a key release).")
-    event = PrivacyEventOutputSerializer(help_text="The privacy event the ledger composed.")
+    event = PrivacyEventOutputSerializer(
+        allow_null=True,
+        help_text="The privacy event the ledger composed (approximate-DP budgets; else null).",
+    )
     created_at = serializers.DateTimeField()
 
 

@@ -3,11 +3,13 @@
 One debit (`_debit`) pays every use of a dataset: a query's release (`budget_debit`) and a federated
 job's DP-SGD training (`budget_debit_training`, priced in (ε, δ), approximate-DP budgets only), under
 the same locks and limits. An approximate-DP budget composes its releases with the accountant
-(`clearinghouse.dp.accounting`: PLD, RDP or the naive sum, whichever is tightest) instead of adding
-them; docs/privacy-ledger.md."""
+(`clearinghouse.dp.accounting.charged_epsilon`: the tighter of PLD and the naive sum) instead of
+adding them, for its total; allocations and personal caps count each release's own cost;
+docs/privacy-ledger.md."""
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import threading
@@ -26,6 +28,7 @@ from clearinghouse.core.metrics import PRIVACY_LOSS_SPENT, count_on_commit
 from clearinghouse.datasets.models import Dataset
 from clearinghouse.datasets.selectors import dataset_ready_rows_max, dataset_require_owner
 from clearinghouse.dp.accounting import (
+    AccountingError,
     ApproxEvent,
     LedgerComposition,
     PrivacyEvent,
@@ -46,6 +49,8 @@ from .models import (
     QueryStatus,
     TrainingPolicy,
 )
+
+log = logging.getLogger(__name__)
 
 # Floating-point sums of many small costs may overshoot by rounding alone; this slack is far below any
 # meaningful privacy loss (1e-12 of the total).
@@ -206,6 +211,7 @@ def budget_set(
             "per_analyst_cap": per_analyst_cap,
             "max_rows": budget.max_rows,
             "training": budget.training,
+            "spent": budget.spent,  # restated when a composed budget's δ changed
         },
     )
     return budget
@@ -300,36 +306,46 @@ class _Payer:
 
 # --------------------------------------------------------------------------- the composed ledger
 # An approximate-DP budget is paid by composition, not by a sum: every entry is a privacy event
-# (`details["event"]`), the budget's `spent` is the ε at which all of them compose at the budget's δ
-# (`LedgerComposition.epsilon`: the tightest of PLD, RDP and the naive sum), and an entry's `amount`
-# is its charge, how much it raised that ε (so the entries' amounts still add up to `spent`, and
-# allocations and personal caps keep working as shares of it). Pure-ε and ρ-zCDP budgets add.
+# (`details["event"]`) and the budget's `spent` is the ε at which all of them compose at the budget's
+# δ (`LedgerComposition.epsilon`); the dataset's total is checked against it. An entry's `amount` is
+# the release's own cost (a query's ε, a training plan's ε), and what allocations and personal caps
+# count: each payer's own releases, priced alone, whatever others released before (their sum bounds
+# the payer's own composed loss). So the entries of a composed budget add up to more than `spent`.
+# Pure-ε and ρ-zCDP budgets add: `spent` is the sum of the entries.
 
-# The composition kept per budget, in this process, with the ledger it composes: (number of entries,
-# newest entry's id). Entries are never deleted and their ids grow, so those two name the set; a stale
-# one is brought up to date with the entries added since, a missing one composed again from all of
-# them (a cache, never the record).
-_COMPOSITIONS: LRUCache[int, tuple[tuple[int, int | None], LedgerComposition]] = LRUCache(maxsize=256)
+# The composition kept per budget in this process, with the ledger it composes: (number of entries,
+# newest entry's id, sum of their amounts). A kept one is brought up to date with the entries added
+# since (other workers' debits), after checking that those and the kept ones are exactly the ledger;
+# otherwise the ledger is composed again from all its entries. A cache, never the record. A wide PLD
+# takes several MB: few are kept.
+_Signature = tuple[int, int | None, float]
+_COMPOSITIONS: LRUCache[int, tuple[_Signature, LedgerComposition]] = LRUCache(maxsize=32)
 _COMPOSITIONS_LOCK = threading.Lock()
 
-# An entry's charge is never below this: PLD's discretisation may leave a tiny release's raise of the
-# composed ε at 0, and a ledger entry costs something (`ledger_amount_positive`).
-_MIN_CHARGE = 1e-12
+
+def _training_event(plan: dict[str, Any]) -> SubsampledGaussianEvent:
+    """The privacy event of a DP-SGD plan: Poisson sampling at q, Gaussian noise σ, `steps` times."""
+    return SubsampledGaussianEvent(
+        sample_rate=plan["sample_rate"], noise_multiplier=plan["noise_multiplier"], steps=plan["steps"]
+    )
 
 
 def _entry_event(entry: LedgerEntry) -> PrivacyEvent:
     """The privacy event `entry` paid for. Entries written before the ledger composed carry none: a
     query's was an (ε, δ) release of its amount, a training's the Poisson-subsampled Gaussian of its
-    plan."""
-    recorded = (entry.details or {}).get("event")
-    if recorded is not None:
-        return event_from_dict(recorded)
-    if entry.kind == LedgerKind.TRAINING:
-        plan = entry.details
-        return SubsampledGaussianEvent(
-            sample_rate=plan["sample_rate"], noise_multiplier=plan["noise_multiplier"], steps=plan["steps"]
-        )
-    return ApproxEvent(epsilon=entry.amount, delta=entry.delta)
+    plan. An entry whose record cannot be read as one (damaged `details`) counts as an (ε, δ) release
+    of its amount at its plan's or its own δ: its own guarantee, stated pessimistically."""
+    details = entry.details or {}
+    try:
+        if "event" in details:
+            return event_from_dict(details["event"])
+        if entry.kind == LedgerKind.TRAINING:
+            return _training_event(details)
+    except (AccountingError, KeyError, TypeError):
+        log.warning("ledger entry %s: unreadable privacy event; counted as (amount, delta)", entry.pk)
+    stated = details.get("delta") if entry.kind == LedgerKind.TRAINING else entry.delta
+    delta = stated if isinstance(stated, float) and 0 <= stated < 1 else entry.delta
+    return ApproxEvent(epsilon=entry.amount, delta=delta)
 
 
 def ledger_entry_event(entry: LedgerEntry) -> dict[str, Any]:
@@ -337,62 +353,64 @@ def ledger_entry_event(entry: LedgerEntry) -> dict[str, Any]:
     return event_to_dict(_entry_event(entry))
 
 
-def budget_composition(*, budget: PrivacyBudget) -> LedgerComposition:
-    """Every privacy event paid from `budget`, composed. From this process's copy when it still
-    matches the ledger; when other processes (other workers) have added entries since, only those are
-    composed onto it; from all the records otherwise. A debit holds the budget's lock, so the ledger
-    cannot move meanwhile."""
-    entries = LedgerEntry.objects.filter(budget=budget)
-    state = entries.aggregate(n=Count("pk"), last=Max("pk"))
-    signature = (state["n"], state["last"])
+def _keep(budget_id: int, signature: _Signature, composition: LedgerComposition) -> None:
+    with _COMPOSITIONS_LOCK:
+        _COMPOSITIONS[budget_id] = (signature, composition)
+
+
+def _composition_state(budget: PrivacyBudget) -> tuple[_Signature, LedgerComposition]:
+    """The composition of every entry of `budget` and the signature of the entries it holds."""
+    entries = LedgerEntry.objects.filter(budget=budget).order_by("pk")
     with _COMPOSITIONS_LOCK:
         cached = _COMPOSITIONS.get(budget.pk)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
-    composition = None
-    if cached is not None and cached[0][1] is not None:
-        (count, last), kept = cached
-        newer = list(entries.filter(pk__gt=last).order_by("pk"))
-        if count + len(newer) == signature[0]:  # exactly the entries added since: compose just those
+    if cached is not None:
+        (count, last, amount), kept = cached
+        newer = list(entries if last is None else entries.filter(pk__gt=last))
+        # Read after `newer`: an entry committed in between (or a kept entry that was rolled back or
+        # belongs to another database) shows as a mismatch, and the ledger is composed again.
+        state = entries.aggregate(n=Count("pk"), last=Max("pk"), amount=Sum("amount"))
+        signature = (
+            count + len(newer),
+            newer[-1].pk if newer else last,
+            math.fsum([amount, *(entry.amount for entry in newer)]),
+        )
+        if (state["n"], state["last"]) == signature[:2] and math.isclose(
+            state["amount"] or 0.0, signature[2], rel_tol=1e-9, abs_tol=1e-12
+        ):
             composition = kept
             for entry in newer:
                 composition = composition.add(_entry_event(entry))
-    if composition is None:
-        composition = LedgerComposition([_entry_event(entry) for entry in entries.order_by("pk")])
-    with _COMPOSITIONS_LOCK:
-        _COMPOSITIONS[budget.pk] = (signature, composition)
-    return composition
+            if newer:
+                _keep(budget.pk, signature, composition)
+            return signature, composition
+    rows = list(entries)  # one statement: a consistent set of entries, whatever commits meanwhile
+    composition = LedgerComposition([_entry_event(entry) for entry in rows])
+    signature = (len(rows), rows[-1].pk if rows else None, math.fsum(entry.amount for entry in rows))
+    _keep(budget.pk, signature, composition)
+    return signature, composition
 
 
-def _remember(budget: PrivacyBudget, entry: LedgerEntry, composition: LedgerComposition) -> None:
-    """Keeps `composition` (the ledger with `entry`) once the debit commits."""
-    count = len(composition.events)
-
-    def keep() -> None:
-        with _COMPOSITIONS_LOCK:
-            _COMPOSITIONS[budget.pk] = ((count, entry.pk), composition)
-
-    transaction.on_commit(keep)
+def budget_composition(*, budget: PrivacyBudget) -> LedgerComposition:
+    """Every privacy event paid from `budget`, composed (see above)."""
+    return _composition_state(budget)[1]
 
 
 @dataclass(frozen=True)
 class _Price:
-    """What a debit charges (`charge`: ε or ρ) and what the dataset will have spent after it
-    (`spent_after`); `composition`: the composed ledger with the new event (approximate DP only)."""
+    """What the dataset will have spent after a debit (`spent_after`: ε or ρ) and, for a composed
+    budget, the composition with the new event and the signature it will have once recorded."""
 
-    charge: float
     spent_after: float
     composition: LedgerComposition | None = None
+    signature: _Signature | None = None
 
 
-def _price(budget: PrivacyBudget, amount: float, event: PrivacyEvent) -> _Price:
+def _price(budget: PrivacyBudget, amount: float, event: Callable[[], PrivacyEvent]) -> _Price:
     if budget.measure != PrivacyMeasure.APPROX:
-        return _Price(charge=amount, spent_after=budget.spent + amount)
-    before = budget_composition(budget=budget)
-    after = before.add(event)
-    spent_after = after.epsilon(budget.delta_total)
-    charge = max(_MIN_CHARGE, spent_after - before.epsilon(budget.delta_total))
-    return _Price(charge=charge, spent_after=spent_after, composition=after)
+        return _Price(spent_after=budget.spent + amount)
+    signature, before = _composition_state(budget)
+    after = before.add(event())
+    return _Price(spent_after=after.epsilon(budget.delta_total), composition=after, signature=signature)
 
 
 def _debit(
@@ -401,22 +419,27 @@ def _debit(
     payer: _Payer,
     amount: float,
     delta: float,
-    event: PrivacyEvent,
+    event: Callable[[], PrivacyEvent],
     check: Callable[[PrivacyBudget], None],
     entry: dict[str, Any],
 ) -> LedgerEntry:
     """The one debit: locks the budget, then the payer's allocation (after the audit head: the lock
-    order of every ledger write), checks every limit (per-use maximum on the release's own cost
-    `amount`; allocation, the payer's personal cap and the dataset's total on its charge; δ) and
-    records the ledger entry (`entry`: its other fields) with its privacy `event`, or raises and
-    spends nothing. An approximate-DP budget charges by composition (see above), others charge
-    `amount`. `delta` is the δ the release spends outright (a key release's), against the payer's and
-    the dataset's δ. `check(budget)` refuses a budget that cannot pay this kind of use (its measure).
-    The caller writes the audit event in the same transaction."""
+    order of every ledger write), checks every limit on the release's own cost `amount` (per-use
+    maximum, allocation, the payer's personal cap) and the dataset's total on what it will have spent
+    (composed, for an approximate-DP budget: `event()` is the release's privacy event), and records
+    the ledger entry (`entry`: its other fields), or raises and spends nothing. `delta` is the δ the
+    release spends outright (a key release's), against the payer's and the dataset's δ. `check(budget)`
+    refuses a budget that cannot pay this kind of use (its measure). The caller writes the audit event
+    in the same transaction."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("a ledger debit must run inside a transaction")
     if not (amount > 0 and math.isfinite(amount)) or not (0 <= delta < 1):
         raise ValidationFailed("The privacy cost must be positive and finite.", code="invalid_privacy_loss")
+    # Compose the ledger before taking the locks (a cold composition can take seconds, and the audit
+    # head is every writer's): under them only the entries added meanwhile are composed.
+    unlocked = PrivacyBudget.objects.filter(dataset_id=dataset_id).first()
+    if unlocked is not None and unlocked.measure == PrivacyMeasure.APPROX:
+        _composition_state(unlocked)
     # Lock order: budget, then allocation, everywhere, so concurrent debits cannot deadlock.
     audit_lock()  # first: the lock order of every write (see audit_lock)
     budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset_id=dataset_id).first()
@@ -438,41 +461,54 @@ def _debit(
             code="above_per_query_max",
         )
     price = _price(budget, amount, event)
-    costs = f"costs {unit}={price.charge:.6g}" + (
-        " (its raise of the composed ε)" if price.composition is not None else ""
-    )
     slack = _SLACK * max(1.0, budget.total)
-    for name, available, over in (
-        (payer.allocation, left.organisation, price.charge > left.organisation + slack),
-        ("the dataset's total budget", left.dataset, price.spent_after > budget.total + slack),
-        (payer.cap, left.analyst, left.analyst is not None and price.charge > left.analyst + slack),
-    ):
-        if over:
-            raise BudgetExceeded(f"{payer.use} {costs}; {name} has {unit}={available:.6g} left.")
+    if amount > left.organisation + slack:
+        raise BudgetExceeded(
+            f"{payer.use} costs {unit}={amount:.6g}; {payer.allocation} has {unit}={left.organisation:.6g} left."
+        )
+    if price.spent_after > budget.total + slack:
+        composed = (
+            f" (composed with the dataset's other releases, the total would reach ε={price.spent_after:.6g})"
+            if price.composition is not None
+            else ""
+        )
+        raise BudgetExceeded(
+            f"{payer.use} costs {unit}={amount:.6g}{composed}; the dataset's total budget has "
+            f"{unit}={left.dataset:.6g} left."
+        )
+    if left.analyst is not None and amount > left.analyst + slack:
+        raise BudgetExceeded(
+            f"{payer.use} costs {unit}={amount:.6g}; {payer.cap} has {unit}={left.analyst:.6g} left."
+        )
     if delta > left.delta_organisation + _SLACK or delta > budget.delta_total - budget.delta_spent + _SLACK:
         raise BudgetExceeded(
             f"{payer.use} needs δ={delta:g}; δ={left.delta_organisation:g} is left to {payer.delta_to}.",
             code="delta_exceeded",
         )
     # Clamp the rounding slack away so that the stored sums never pass their limits.
-    allocation.spent = min(allocation.amount, allocation.spent + price.charge)
+    allocation.spent = min(allocation.amount, allocation.spent + amount)
     allocation.delta_spent = min(allocation.delta_amount, allocation.delta_spent + delta)
     allocation.save(update_fields=["spent", "delta_spent"])
     budget.spent = min(budget.total, price.spent_after)
     budget.delta_spent = min(budget.delta_total, budget.delta_spent + delta)
     budget.save(update_fields=["spent", "delta_spent"])
-    count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), price.charge)
-    details = {**entry.pop("details", {}), "event": event_to_dict(event)}
+    count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), amount)
+    details = dict(entry.pop("details", {}))
+    if price.composition is not None:
+        details["event"] = event_to_dict(price.composition.events[-1])
     created = LedgerEntry.objects.create(
         budget=budget,
         organisation_id=payer.organisation_id,
-        amount=price.charge,
+        amount=amount,
         delta=delta,
         details=details,
         **entry,
     )
-    if price.composition is not None:
-        _remember(budget, created, price.composition)
+    if price.composition is not None and price.signature is not None:
+        count, _, total = price.signature
+        signature = (count + 1, created.pk, total + amount)
+        composition = price.composition
+        transaction.on_commit(lambda: _keep(budget.pk, signature, composition))
     return created
 
 
@@ -483,8 +519,8 @@ def budget_debit(
     transaction (which also records the query as running), so that the debit and the query's state
     commit together. `measure`: the one `amount` was priced in; if the owner changed the budget's
     measure since, the query is refused rather than paid in the wrong unit. On an approximate-DP
-    budget the query is the event (`amount`, `delta`) whatever its mechanisms (`ApproxEvent`), and
-    the entry's amount its charge on the composed ledger."""
+    budget the query is the privacy event (`amount`, `delta`) whatever its mechanisms (`ApproxEvent`),
+    composed with the dataset's other releases."""
 
     def check(budget: PrivacyBudget) -> None:
         if measure is not None and measure != budget.measure:
@@ -499,7 +535,7 @@ def budget_debit(
         payer=_Payer(organisation_id=query.organisation_id, analyst=query.analyst, use="This query"),
         amount=amount,
         delta=delta,
-        event=ApproxEvent(epsilon=amount, delta=delta),
+        event=lambda: ApproxEvent(epsilon=amount, delta=delta),
         check=check,
         entry={
             "kind": LedgerKind.QUERY,
@@ -519,10 +555,10 @@ def budget_debit(
             "dataset": query.dataset_id,
             "query": query.pk,
             "query_hash": query.query_hash,
-            "amount": entry.amount,
-            "cost": amount,
+            "amount": amount,
             "delta": delta,
             "measure": budget.measure,
+            "spent": budget.spent,  # the dataset's, after it (composed, for an approximate-DP budget)
         },
     )
     return entry
@@ -560,9 +596,9 @@ def budget_debit_training(
 ) -> LedgerEntry:
     """Pays for a federated job's DP-SGD training on `dataset` by `organisation` (a participant of
     job `job_uid`), priced (`epsilon`, `delta`) on its own, from the organisation's allocation on the
-    dataset's approximate-DP budget, under the same limits as a query (per-use maximum on `epsilon`;
-    allocation, the payer's personal cap and the total on its charge: its raise of the composed ε).
-    Its δ is not spent outright: the plan's Poisson-subsampled Gaussian composes as what it is.
+    dataset's approximate-DP budget, under the same limits as a query (per-use maximum, allocation and
+    the payer's personal cap on `epsilon`; the total on the composed ε). Its δ is not spent outright:
+    the plan's Poisson-subsampled Gaussian composes as what it is.
     `payer` is the participant's admin who accepted the job (the entry's analyst); `plan` the priced
     DP-SGD plan, kept with the entry. Must run inside the caller's transaction (the job's
     scheduling), so that a refusal anywhere rolls every debit back. One entry per job and budget: a
@@ -586,9 +622,7 @@ def budget_debit_training(
         # DP-SGD's δ is not spent outright: its noise composes as what it is, a Poisson-subsampled
         # Gaussian (the plan keeps the δ it was priced at).
         delta=0.0,
-        event=SubsampledGaussianEvent(
-            sample_rate=plan["sample_rate"], noise_multiplier=plan["noise_multiplier"], steps=plan["steps"]
-        ),
+        event=lambda: _training_event(plan),
         check=_can_pay_training,
         entry={"kind": LedgerKind.TRAINING, "analyst": payer, "job_uid": job_uid, "details": dict(plan)},
     )
@@ -602,9 +636,9 @@ def budget_debit_training(
             "kind": LedgerKind.TRAINING,
             "dataset": dataset.pk,
             "job": str(job_uid),
-            "amount": entry.amount,
-            "epsilon": epsilon,
+            "amount": epsilon,
             "delta": delta,
+            "spent": budget.spent,
             "measure": budget.measure,
             "noise_multiplier": plan.get("noise_multiplier"),
             "steps": plan.get("steps"),

@@ -117,13 +117,14 @@ def budget_composition_view(*, budget: PrivacyBudget) -> dict[str, Any] | None:
 
 def budget_ledger_rows(*, actor: Any, dataset: Dataset) -> QuerySet[LedgerEntry]:
     """`budget_ledger_entries`, oldest first (the order the ledger composed them), for the API."""
-    return budget_ledger_entries(actor=actor, dataset=dataset).order_by("created_at", "pk")
+    return budget_ledger_entries(actor=actor, dataset=dataset).order_by("pk")
 
 
 def budget_ledger_entry_body(entry: LedgerEntry) -> dict[str, Any]:
-    """One paid use as the API lists it: what it released (a query or a job's training), its charge
-    on the ledger (`amount`; ε or ρ), the δ it spent outright, and the privacy event the ledger
-    composed (`event`; an approximate-DP budget's entries compose, others add)."""
+    """One paid use as the API lists it: what it released (a query or a job's training), its own cost
+    (`amount`; ε or ρ: what allocations and caps count), the δ it spent outright, and, on an
+    approximate-DP budget, the privacy event the ledger composed (`event`; null on pure-ε and ρ
+    budgets, which add)."""
     return {
         "id": entry.pk,
         "kind": entry.kind,
@@ -133,7 +134,7 @@ def budget_ledger_entry_body(entry: LedgerEntry) -> dict[str, Any]:
         "job": str(entry.job_uid) if entry.job_uid else None,
         "amount": entry.amount,
         "delta": entry.delta,
-        "event": ledger_entry_event(entry),
+        "event": ledger_entry_event(entry) if entry.budget.measure == PrivacyMeasure.APPROX else None,
         "created_at": entry.created_at,
     }
 
@@ -299,7 +300,7 @@ def budget_ledger_entries(*, actor: Any, dataset: Dataset) -> QuerySet[LedgerEnt
         raise NotFound("Dataset not found.")
     return (
         LedgerEntry.objects.filter(budget__dataset=dataset)
-        .select_related("organisation", "analyst", "query")
+        .select_related("budget", "organisation", "analyst", "query")
         .order_by("-created_at", "-pk")
     )
 

@@ -1,7 +1,8 @@
 """One ledger, composed: an approximate-DP budget pays query releases and DP-SGD trainings by
-composing their privacy events with the accountant (the tightest of PLD, RDP and the naive sum), not
-by adding their ε's. The budget's `spent` is the composed ε at its δ, each entry's amount its raise of
-it; refusals use the composed total; pure-ε budgets still add."""
+composing their privacy events with the accountant (`charged_epsilon`: the tighter of PLD and the
+naive sum), not by adding their ε's. The budget's `spent` is the composed ε at its δ and the dataset's
+total is checked against it; allocations and personal caps count each release's own cost (the
+entry's amount); pure-ε budgets still add."""
 
 from __future__ import annotations
 
@@ -108,11 +109,10 @@ def test_queries_and_a_training_compose_below_their_sum(world):
     expected = compose(events, DELTA)
     assert budget.spent == pytest.approx(expected.epsilon, rel=1e-6)
     assert budget.spent < 0.9 * expected.epsilon_naive  # composition beats the sum, by a margin
-    amounts = list(LedgerEntry.objects.filter(budget=budget).values_list("amount", flat=True))
-    assert math.fsum(amounts) == pytest.approx(budget.spent, rel=1e-9)  # charges add up to spent
-    assert all(amount > 0 for amount in amounts)
+    amounts = list(LedgerEntry.objects.filter(budget=budget).order_by("pk").values_list("amount", flat=True))
+    assert amounts == [0.1] * 10 + [1.0]  # each release's own cost: what the allocation pays
     allocation = BudgetAllocation.objects.get(budget=budget, organisation=world.b.organisation)
-    assert allocation.spent == pytest.approx(budget.spent, rel=1e-9)
+    assert allocation.spent == pytest.approx(math.fsum(amounts), rel=1e-12)
     # The composition from the records alone (another process, an empty cache) is the same ...
     ledger._COMPOSITIONS.clear()
     assert budget_composition(budget=budget).epsilon(DELTA) == pytest.approx(budget.spent, rel=1e-6)
@@ -124,6 +124,10 @@ def test_queries_and_a_training_compose_below_their_sum(world):
     caught_up = budget_composition(budget=_budget(world))
     assert len(caught_up.events) == 13 and caught_up.events[-2:] == (ApproxEvent(0.3), ApproxEvent(0.2))
     assert caught_up.epsilon(DELTA) == pytest.approx(_budget(world).spent, rel=1e-9)
+    # A kept composition that does not match the records (a rolled-back entry, another database) is
+    # not trusted: the ledger is composed again.
+    ledger._COMPOSITIONS[budget.pk] = ((99, behind[0][1], 0.0), behind[1])
+    assert len(budget_composition(budget=_budget(world)).events) == 13
 
 
 def test_the_composed_total_decides_the_refusal(world):
@@ -143,22 +147,36 @@ def test_the_composed_total_decides_the_refusal(world):
     entries = LedgerEntry.objects.count()
     with pytest.raises(BudgetExceeded, match="total budget") as refused:
         _release(world, left * 3)
-    assert "raise of the composed" in refused.value.message
+    assert "composed with the dataset's other releases" in refused.value.message
     assert LedgerEntry.objects.count() == entries and _budget(world).spent == budget.spent
-    # ... while one that fits is charged its raise of the composed ε.
-    raised = compose([*events, ApproxEvent(left / 4)], DELTA).epsilon - budget.spent
+    # ... while one that fits is paid: the total is the composition with it.
     entry = _release(world, left / 4)
-    assert entry.amount == pytest.approx(raised, rel=1e-6) and entry.amount <= left / 4 + 1e-4
+    assert entry.amount == left / 4
+    assert _budget(world).spent == pytest.approx(
+        compose([*events, ApproxEvent(left / 4)], DELTA).epsilon, rel=1e-6
+    )
 
 
-def test_allocations_and_caps_are_shares_of_the_composed_charge(world):
-    _approx(world, total=10.0, allocation=0.5)
-    for _ in range(5):
+def test_allocations_and_caps_count_each_releases_own_cost(world):
+    """Whatever was released before, a payer pays the same for the same release: its own ε."""
+    _approx(world, total=10.0, allocation=0.55)
+    budget_set(
+        actor=world.a.steward,
+        dataset=world.a.dataset,
+        measure="approx",
+        total=10.0,
+        delta_total=DELTA,
+        per_analyst_cap=0.45,
+    )
+    for _ in range(4):
         _release(world, 0.1)
     allocation = BudgetAllocation.objects.get(budget=_budget(world), organisation=world.b.organisation)
-    assert allocation.spent == pytest.approx(_budget(world).spent, rel=1e-9)
+    assert allocation.spent == pytest.approx(0.4, rel=1e-12)
+    assert _budget(world).spent < 0.4  # the dataset's total composes
+    with pytest.raises(BudgetExceeded, match="personal cap"):
+        _release(world, 0.1)  # 0.5 > 0.45
     with pytest.raises(BudgetExceeded, match="allocation"):
-        _release(world, 0.6)
+        _release(world, 0.2)  # 0.6 > 0.55
 
 
 def test_key_release_delta_is_spent_outright(world):
@@ -197,8 +215,13 @@ def test_pure_budgets_still_add(world):
         with transaction.atomic():
             budget_debit(query=_query(world, 0.1), amount=0.1)
     assert _budget(world).spent == pytest.approx(1.0, rel=1e-12)
-    body = api_client(world.a.steward).get(f"/api/v1/datasets/org-a/{world.a.dataset.slug}/budget").json()
+    steward = api_client(world.a.steward)
+    body = steward.get(f"/api/v1/datasets/org-a/{world.a.dataset.slug}/budget").json()
     assert body["composition"] is None
+    # Its entries record no privacy event (ε adds; nothing composes), and the listing says so.
+    assert not LedgerEntry.objects.filter(details__has_key="event").exists()
+    listed = steward.get(f"/api/v1/datasets/org-a/{world.a.dataset.slug}/budget/ledger").json()
+    assert listed["count"] == 10 and all(row["event"] is None for row in listed["results"])
 
 
 def test_the_api_and_the_page_show_every_event_and_the_composed_total(world):
@@ -219,7 +242,8 @@ def test_the_api_and_the_page_show_every_event_and_the_composed_total(world):
     kinds = [(row["kind"], row["event"]["type"]) for row in listed["results"]]
     assert kinds == [("query", "approx")] * 3 + [("training", "subsampled_gaussian")]
     assert listed["results"][0]["event"] == {"type": "approx", "epsilon": 0.2, "delta": 0.0}
-    assert math.fsum(row["amount"] for row in listed["results"]) == pytest.approx(body["spent"], rel=1e-9)
+    assert [row["amount"] for row in listed["results"]] == [0.2, 0.2, 0.2, 1.0]
+    assert body["spent"] < math.fsum(row["amount"] for row in listed["results"])
     # A grantee reads only what is left to it, and not the ledger.
     grantee = api_client(world.b.analyst)
     assert grantee.get(f"{base}/ledger").status_code == 404
