@@ -36,6 +36,7 @@ from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, Perm
 from clearinghouse.core.metrics import FEDERATED_ROUNDS, count_on_commit
 from clearinghouse.core.text import clean_name
 from clearinghouse.datasets.models import Dataset
+from clearinghouse.datasets.schema import DatasetSchema
 from clearinghouse.datasets.selectors import dataset_grant_active, dataset_version_latest_ready
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_FEDERATION
@@ -79,6 +80,7 @@ SERVICE_KEYS = frozenset(
         "callback-token",
         "callback-token-file",
         "dp-plans",  # a private job's priced plans: the service's, set when the job is scheduled
+        "dp-data-file",  # the rows each plan was priced on, for the ServerApp alone (`_run_config`)
     }
 )
 TUNABLE_KEYS = KNOWN_RUN_KEYS - SERVICE_KEYS
@@ -113,7 +115,11 @@ def _run_config(job: FederatedJob, *, participants: str = "", callback: bool = F
     )
     plans = _dp_plans(job)
     if plans:
-        config["dp-plans"] = json.dumps(plans, sort_keys=True)
+        # Flower gives every SuperNode the run config: the plans go without the rows they were priced
+        # on (each member's row count and digest), which the ServerApp reads from `dp-data-file` and
+        # sends each member, its own only, in its train messages.
+        priced = {org: {k: v for k, v in plan.items() if k != "data"} for org, plan in plans.items()}
+        config["dp-plans"] = json.dumps(priced, sort_keys=True)
     if callback:
         workdir = job_workdir(job)
         config.update(
@@ -125,7 +131,26 @@ def _run_config(job: FederatedJob, *, participants: str = "", callback: bool = F
                 "callback-token-file": str(workdir / "callback.token"),
             }
         )
+        if plans:
+            config["dp-data-file"] = str(workdir / DP_DATA_FILE)
     return config
+
+
+# The job's shared-directory file holding each plan's `data` (organisation slug -> DataExpectation).
+DP_DATA_FILE = "dp-data.json"
+
+
+def _write_dp_data(job: FederatedJob, workdir: Path) -> None:
+    """A private job's rows per plan, for its ServerApp (read through `dp-data-file`), readable by
+    the SuperLink host's user only, as the callback token is."""
+    plans = _dp_plans(job)
+    if not plans:
+        return
+    path = workdir / DP_DATA_FILE
+    path.write_text(
+        json.dumps({org: plan.get("data") for org, plan in plans.items()}, sort_keys=True), encoding="utf-8"
+    )
+    path.chmod(0o600)
 
 
 def _dp_plans(job: FederatedJob) -> dict[str, dict[str, Any]]:
@@ -497,8 +522,7 @@ def _price_participant(job: FederatedJob, participant: JobParticipant, train: di
     version = dataset_version_latest_ready(dataset=dataset)
     if version is None or not version.row_count:
         raise Conflict(f"{slug}: its dataset has no ready version to price on.", code="no_ready_version")
-    unit = (version.schema or {}).get("privacy_unit") or {}
-    per_person = unit.get("max_rows_per_person", 1) if unit.get("kind") == "identifier" else 1
+    per_person = DatasetSchema.from_dict(version.schema).privacy_unit.contributions
     if per_person != 1:
         # DP-SGD's guarantee is per row (per example clipped and sampled); for a person holding k rows
         # it would need group privacy over k correlated examples, which the plan does not price.
@@ -539,15 +563,20 @@ def _data_expectation(job: FederatedJob, slug: str, digests: dict[str, Any] | No
     if digest is None:
         raise Conflict(
             f"{slug}: the job's columns (text {job.text_column!r}, label {job.label_column!r}) are not a "
-            "text column and a label column (categorical, integer or text) of its registered dataset; a "
+            "text column and a label column (categorical or integer) of its registered dataset; a "
             "private job trains on the registered rows of the columns it names.",
             code="dataset_columns_mismatch",
         )
+    parse = digests.get("parse") or {}
+    delimited = parse.get("format") == "csv" and parse.get("delimiter")
     return DataExpectation(
         rows=int(digests["rows"]),
         digest=digest,
         text_column=job.text_column,
         label_column=job.label_column,
+        # how the registered upload was parsed, so that its member reads its file the same way
+        delimiter=parse["delimiter"] if delimited else None,
+        quote_char=parse.get("quote_char") if delimited else None,
     )
 
 
@@ -759,6 +788,7 @@ def job_submit(*, job_id: int) -> FederatedJob | None:
         token_file = workdir / "callback.token"
         token_file.write_text(token, encoding="utf-8")
         token_file.chmod(0o600)
+        _write_dp_data(job, workdir)
         job.callback_token_hash = hashlib.sha256(token.encode()).hexdigest()
         job.save(update_fields=["callback_token_hash"])
     try:

@@ -39,6 +39,8 @@ __all__ = [
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 TAB_SUFFIXES = {".tsv", ".tab"}
+#: ``quote_char``'s default: the loader's own choice (no quoting for tab-separated text, ``"`` otherwise).
+LOADER_QUOTE = "loader-default"
 _MISSING = "<missing>"
 
 
@@ -112,6 +114,7 @@ def load_labelled_table(
     delimiter: str | None = None,
     has_header: bool = True,
     column_names: Sequence[str] | None = None,
+    quote_char: str | None = LOADER_QUOTE,
 ) -> LabelledTable:
     """Load a labelled text table from a CSV, TSV or Parquet file.
 
@@ -121,7 +124,9 @@ def load_labelled_table(
       ``.tsv``/``.tab``, otherwise sniffed among ``, ; TAB |``. Tab-separated files are read
       without quote handling (TSV has none; real files such as the UCI SMS Spam Collection contain
       unbalanced ``"`` in messages); other delimiters honour ``"`` quoting. Every column is read as
-      text, in UTF-8 (invalid bytes replaced).
+      text, in UTF-8 (invalid bytes replaced). ``quote_char`` overrides that choice (a character,
+      or None for no quote handling): a private job's member reads its file as the registered
+      upload was parsed (``training.digest.DataExpectation``), so that its digest can match.
     - ``has_header=False`` for files whose first line is data; name the columns with
       ``column_names`` (otherwise they are ``column_1``, ``column_2``, ...). With a header,
       ``column_names`` renames the columns.
@@ -133,7 +138,9 @@ def load_labelled_table(
     where = path.name
     _check_data_file(path)
     label_names = _label_names(labels)
-    frame = _read_frame(path, delimiter=delimiter, has_header=has_header, column_names=column_names)
+    frame = _read_frame(
+        path, delimiter=delimiter, has_header=has_header, column_names=column_names, quote_char=quote_char
+    )
     _check_columns(frame, text_column, label_column, has_header=has_header, where=where)
     texts = frame.get_column(text_column).cast(pl.String)
     raw_labels = frame.get_column(label_column).cast(pl.String).str.strip_chars()
@@ -157,11 +164,18 @@ def _label_names(labels: Sequence[str]) -> tuple[str, ...]:
 
 
 def _read_frame(
-    path: Path, *, delimiter: str | None, has_header: bool, column_names: Sequence[str] | None
+    path: Path,
+    *,
+    delimiter: str | None,
+    has_header: bool,
+    column_names: Sequence[str] | None,
+    quote_char: str | None = LOADER_QUOTE,
 ) -> pl.DataFrame:
     """The file's table: Parquet by suffix, delimited text otherwise."""
     if path.suffix.lower() not in PARQUET_SUFFIXES:
-        return _read_delimited(path, delimiter=delimiter, has_header=has_header, column_names=column_names)
+        return _read_delimited(
+            path, delimiter=delimiter, has_header=has_header, column_names=column_names, quote_char=quote_char
+        )
     try:
         frame = pl.read_parquet(path)
     except Exception as exc:  # polars/pyarrow raise many types for a corrupt file
@@ -253,19 +267,28 @@ def load_table_for_config(path: str | Path, config: TrainConfig, **options: Any)
 
 
 def _read_delimited(
-    path: Path, *, delimiter: str | None, has_header: bool, column_names: Sequence[str] | None
+    path: Path,
+    *,
+    delimiter: str | None,
+    has_header: bool,
+    column_names: Sequence[str] | None,
+    quote_char: str | None = LOADER_QUOTE,
 ) -> pl.DataFrame:
     where = path.name
     if delimiter is None:
         delimiter = "\t" if path.suffix.lower() in TAB_SUFFIXES else _sniff_delimiter(path)
     if len(delimiter) != 1:
         raise TrainingDataError(f"delimiter must be a single character, got {delimiter!r}")
+    if quote_char == LOADER_QUOTE:
+        quote_char = None if delimiter == "\t" else '"'
+    elif quote_char is not None and len(quote_char) != 1:
+        raise TrainingDataError(f"quote_char must be a single character or None, got {quote_char!r}")
     try:
         frame = pl.read_csv(
             path,
             separator=delimiter,
             has_header=has_header,
-            quote_char=None if delimiter == "\t" else '"',
+            quote_char=quote_char,
             infer_schema=False,  # all strings: labels like "01" or "1.0" stay as written
             encoding="utf8-lossy",
         )

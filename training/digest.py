@@ -131,13 +131,21 @@ def labelled_table_digest(*tables: _Labelled) -> DataDigest:
 class DataExpectation:
     """The rows a member's DP-SGD plan was priced on: the registered version's row count and digest,
     over its columns ``text_column`` and ``label_column`` (the registered names; the member reads
-    its own file with its node config's columns)."""
+    its own file with its node config's columns).
+
+    The digest is of the cells as the registered upload was parsed: ``delimiter`` and ``quote_char``
+    record how (a delimited upload: its delimiter, and its quote character or None for none), so that
+    the member reads a delimited file the same way (``training.data.load_labelled_table``'s
+    ``delimiter`` and ``quote_char``; the ClientApp's ``_registered_parse``). Both None: a Parquet upload,
+    or a version digested before they were recorded (the loader's own defaults apply)."""
 
     rows: int
     digest: str
     text_column: str
     label_column: str
     scheme: str = DIGEST_SCHEME
+    delimiter: str | None = None
+    quote_char: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.rows, bool) or not isinstance(self.rows, int) or self.rows < 1:
@@ -149,6 +157,12 @@ class DataExpectation:
                 raise TrainingConfigError(f"data.{name} must be a column name")
         if self.scheme != DIGEST_SCHEME:
             raise TrainingConfigError(f"data.scheme {self.scheme!r} is not {DIGEST_SCHEME!r}")
+        for name in ("delimiter", "quote_char"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or len(value) != 1):
+                raise TrainingConfigError(f"data.{name} must be one character or null, not {value!r}")
+        if self.delimiter is None and self.quote_char is not None:
+            raise TrainingConfigError("data.quote_char needs data.delimiter (a delimited upload)")
 
     @classmethod
     def coerce(cls, value: DataExpectation | Mapping[str, Any]) -> DataExpectation:
@@ -156,8 +170,11 @@ class DataExpectation:
         if isinstance(value, DataExpectation):
             return value
         if not isinstance(value, Mapping):
-            raise TrainingConfigError("data must be an object {rows, digest, text_column, label_column}")
-        unknown = sorted(set(value) - {"rows", "digest", "text_column", "label_column", "scheme"})
+            raise TrainingConfigError(
+                "data must be an object {rows, digest, text_column, label_column[, delimiter, quote_char]}"
+            )
+        known = {"rows", "digest", "text_column", "label_column", "scheme", "delimiter", "quote_char"}
+        unknown = sorted(set(value) - known)
         if unknown:
             raise TrainingConfigError(f"data has unknown keys {unknown}")
         return cls(**value)

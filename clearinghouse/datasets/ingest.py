@@ -436,16 +436,32 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
 
 
 # What a federated text classifier may train on: a free-text column, and a label column of these types
-# (`training.digest`: the label as its stripped string, an integer in decimal).
+# (`training.digest`: the label as its stripped string, an integer in decimal). A free-text column
+# is no label (a class per distinct text), so there are T×L pairs, never T×T.
 DIGEST_TEXT_TYPES = ("text",)
-DIGEST_LABEL_TYPES = ("categorical", "integer", "text")
+DIGEST_LABEL_TYPES = ("categorical", "integer")
 
 
-def content_digests(table: pl.DataFrame, schema: DatasetSchema) -> dict[str, Any]:
+def parse_options(
+    data: bytes, *, fmt: Literal["csv", "parquet"], delimiter: str | None, quote_char: str | None
+) -> dict[str, Any]:
+    """How `read_raw` parses an upload, for `content_digests` to record: a delimited upload's
+    delimiter (the given one, else the sniffed one) and quote character (None: no quoting)."""
+    if fmt == "parquet":
+        return {"format": "parquet", "delimiter": None, "quote_char": None}
+    options = _csv_options(data, delimiter=delimiter, column_names=None, quote_char=quote_char)
+    return {"format": "csv", "delimiter": options["separator"], "quote_char": options["quote_char"]}
+
+
+def content_digests(
+    table: pl.DataFrame, schema: DatasetSchema, *, parse: dict[str, Any] | None
+) -> dict[str, Any]:
     """The stored table's content digests (`training.digest`), one for every (text column, label
     column) pair a private federated job could train on, so that a member's check of its local file
-    is exact and cheap: `{"scheme", "rows", "pairs": [{"text_column", "label_column", "digest"}]}`
-    (no pairs for a table without a text column)."""
+    is exact and cheap: `{"scheme", "rows", "parse", "pairs": [{"text_column", "label_column",
+    "digest"}]}` (no pairs for a table without a text column). `parse` records how the upload was
+    parsed (`parse_options`; None when unknown, as for a backfilled version uploaded with a sniffed
+    delimiter): the cells digested are the parsed ones, so a member reads its file the same way."""
     texts = [c.name for c in schema.columns if c.type in DIGEST_TEXT_TYPES]
     labels = [c.name for c in schema.columns if c.type in DIGEST_LABEL_TYPES]
     pairs = [
@@ -456,9 +472,8 @@ def content_digests(table: pl.DataFrame, schema: DatasetSchema) -> dict[str, Any
         }
         for text in texts
         for label in labels
-        if label != text
     ]
-    return {"scheme": DIGEST_SCHEME, "rows": table.height, "pairs": pairs}
+    return {"scheme": DIGEST_SCHEME, "rows": table.height, "parse": parse, "pairs": pairs}
 
 
 def infer_schema(raw: pl.DataFrame, *, categorical_max: int = 50) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Literal, cast
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -27,7 +27,16 @@ from clearinghouse.organisations.roles import MANAGE_DATASETS, RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active, require_capability
 
 from . import storage
-from .ingest import REPAIRS, IngestError, Repair, check, content_digests, infer_schema, read_raw
+from .ingest import (
+    REPAIRS,
+    IngestError,
+    Repair,
+    check,
+    content_digests,
+    infer_schema,
+    parse_options,
+    read_raw,
+)
 from .models import (
     ACCESS_REQUEST_NOTE_MAX,
     ACCESS_REQUEST_REASON_MAX,
@@ -456,20 +465,23 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
             # A file without a header row needs a confirmed schema (`dataset_version_create`).
             assert schema is not None
             column_names = schema.names
+        fmt: Literal["csv", "parquet"] = "parquet" if version.source_format == "parquet" else "csv"
         raw = read_raw(
             plaintext,
-            # as `read_raw` reads it: Parquet, or else CSV
-            fmt="parquet" if version.source_format == "parquet" else "csv",
+            fmt=fmt,  # as `read_raw` reads it: Parquet, or else CSV
             delimiter=version.delimiter or None,
             column_names=column_names,
             quote_char=version.quote_char or None,
             schema=schema,
         )
+        parse = parse_options(
+            plaintext, fmt=fmt, delimiter=version.delimiter or None, quote_char=version.quote_char or None
+        )
         del plaintext
         if schema is None:
             return _schema_proposed(version, infer_schema(raw), claim=claim)
         result = check(raw, schema, repair=cast(Repair, version.repair))  # `check` refuses any other value
-        digests = content_digests(result.table, schema)
+        digests = content_digests(result.table, schema, parse=parse)
     except IngestError as exc:
         return _version_failed(version, exc.code, exc.message, report=exc.report, claim=claim, from_data=True)
     ids = {"organisation_id": dataset.organisation_id, "dataset_id": dataset.pk, "number": version.number}
@@ -944,6 +956,16 @@ def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
     return counts
 
 
+def _recorded_parse(version: DatasetVersion) -> dict[str, Any] | None:
+    """How a version's upload was parsed, as far as the version records it (the upload itself is
+    gone): None for a delimited upload whose delimiter was sniffed (`ingest.parse_options`)."""
+    if version.source_format == "parquet":
+        return {"format": "parquet", "delimiter": None, "quote_char": None}
+    if not version.delimiter:
+        return None
+    return {"format": "csv", "delimiter": version.delimiter, "quote_char": version.quote_char or None}
+
+
 def dataset_version_digests_backfill(*, actor: Any = None) -> dict[str, int]:
     """Computes the content digests (`ingest.content_digests`) of every ready version ingested before
     they were computed at ingestion: decrypts its stored table in memory, as a worker does (run where
@@ -967,7 +989,9 @@ def dataset_version_digests_backfill(*, actor: Any = None) -> dict[str, int]:
             dataset_version_mark_corrupt(version=version)
             counts["corrupt"] += 1
             continue
-        digests = content_digests(table, DatasetSchema.from_dict(version.schema))
+        digests = content_digests(
+            table, DatasetSchema.from_dict(version.schema), parse=_recorded_parse(version)
+        )
         del table
         with transaction.atomic():
             version = _locked_version(pk)

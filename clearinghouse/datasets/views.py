@@ -136,8 +136,29 @@ def dataset_version_view(request: HttpRequest, organisation: str, slug: str, num
             "report_json": json.dumps(version.quality_report, indent=2)
             if owner and version.quality_report
             else "",
+            "digest_parse": _digest_parse(version.content_digests) if owner else None,
         },
     )
+
+
+_DELIMITER_NAMES = {"\t": "tab", ",": "comma", ";": "semicolon", "|": "pipe"}
+
+
+def _digest_parse(digests: dict | None) -> dict[str, str] | None:
+    """How the digested cells were parsed from the upload (`ingest.content_digests`' `parse`), as the
+    version page states it and as the preflight's options repeat it: None when not recorded."""
+    parse = (digests or {}).get("parse")
+    if not parse:
+        return None
+    if parse.get("format") != "csv":
+        return {"text": "a Parquet upload (no delimiter or quoting)", "flags": ""}
+    delimiter, quote = parse["delimiter"], parse.get("quote_char")
+    name = _DELIMITER_NAMES.get(delimiter, repr(delimiter))
+    flag = "tab" if delimiter == "\t" else delimiter
+    return {
+        "text": f"{name}-separated text, " + (f"quote character {quote}" if quote else "no quoting"),
+        "flags": f"--delimiter '{flag}' --quote-char '{quote or 'none'}'",
+    }
 
 
 @login_required

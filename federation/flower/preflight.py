@@ -44,6 +44,7 @@ def preflight(
     lora: bool = True,
     expect_rows: int | None = None,
     expect_digest: str | None = None,
+    quote_char: str | None = "loader-default",
 ) -> dict[str, Any]:
     """Return a JSON-serialisable report; raises ``TrainingError`` subclasses with clear messages
     (``data_mismatch`` when the file's rows or digest are not the expected ones)."""
@@ -60,7 +61,9 @@ def preflight(
         seed=seed,
         lora=lora,
     )
-    options = {"delimiter": delimiter} if delimiter else {}
+    options: dict[str, Any] = {"delimiter": delimiter} if delimiter else {}
+    if quote_char != "loader-default":  # as the registered upload was parsed (its version page says)
+        options["quote_char"] = quote_char
     table = load_table_for_config(data_path, config, **options)
     data, data_warnings = _data_report(table, test_fraction=test_fraction, seed=seed)
     data["content"] = _content_report(table, expect_rows=expect_rows, expect_digest=expect_digest)
@@ -182,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--expect-digest", default=None, help="a private job's registered content digest (sha256:...)"
     )
+    parser.add_argument(
+        "--quote-char",
+        default=None,
+        help="read delimited text with this quote character, or 'none' for no quoting, as the registered "
+        "version's upload was parsed (default: none for tab-separated text, \" otherwise)",
+    )
     args = parser.parse_args(argv)
 
     from training.config import TrainingError
@@ -200,6 +209,13 @@ def main(argv: list[str] | None = None) -> int:
             max_length=args.max_length,
             expect_rows=args.expect_rows,
             expect_digest=args.expect_digest,
+            quote_char=(
+                "loader-default"
+                if args.quote_char is None
+                else None
+                if args.quote_char.lower() == "none"
+                else args.quote_char
+            ),
         )
     except TrainingError as exc:
         if args.json:

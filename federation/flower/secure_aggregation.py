@@ -22,10 +22,13 @@ Two things differ from Flower's defaults on purpose:
   ``pseudo_rand_gen`` folds the secret into a 32-bit seed for ``numpy.random.RandomState`` (not a
   cryptographic generator; flwrlabs/flower#7522), so a curious server could search the 2^32 seeds
   to strip the pairwise mask of a two-member round. Both ends are this package, so both use
-  ``strong_pseudo_rand_gen``.
+  ``strong_pseudo_rand_gen``. The replacement is process-wide (Flower's two protocol modules, on
+  this module's import); ``secure_train`` and ``secaggplus_train_mod`` check it is still in place.
 - The quantisation is sized for updates, not weights (``SecAggParams``), and every update carries
   a canary entry whose mean the server knows from the weights the members reported: a mask that
   did not cancel, or an overflow of the modulus, fails the round instead of producing a garbage model.
+  A member refuses to mask a non-finite update (Flower casts NaN to -2^31), the server checks every
+  entry of the mean against the bound the clipping gives, and a round takes at most 255 members.
 - Two dropout cases Flower 1.41 gets wrong are handled here: a member that leaves before its key
   shares went out (the unmask stage asks the others for shares they never received), and the masks
   of a member dropped later rebuilt with members that never masked with it (a corrupted sum).
@@ -88,8 +91,27 @@ def strong_pseudo_rand_gen(seed: bytes, num_range: int, dimensions_list: list[tu
 
 
 # The protocol modules call the PRG by this module-level name; both ends of our apps use ours.
+# The replacement is process-wide (every SecAgg+ run in this Python process, ours or not, masks
+# with it) and happens on this module's import; ``require_strong_prg`` checks it is still in place.
 _client_protocol.pseudo_rand_gen = strong_pseudo_rand_gen  # type: ignore[attr-defined]
 _server_protocol.pseudo_rand_gen = strong_pseudo_rand_gen
+
+
+class SecureAggregationError(RuntimeError):
+    """Secure aggregation refuses to go on: the mask generator was replaced, or a member's update is
+    not finite (the message says which; no update values in it)."""
+
+
+def require_strong_prg(side: str) -> None:
+    """Refuse to mask or unmask unless Flower's protocol module for ``side`` ("member" or
+    "server") still calls ``strong_pseudo_rand_gen`` (something in the process replaced it again)."""
+    module = _client_protocol if side == "member" else _server_protocol
+    if getattr(module, "pseudo_rand_gen", None) is not strong_pseudo_rand_gen:
+        raise SecureAggregationError(
+            f"secure aggregation ({side}): Flower's {module.__name__}.pseudo_rand_gen is not "
+            "strong_pseudo_rand_gen (it was replaced after federation.flower.secure_aggregation was "
+            "imported); refusing to mask with another generator"
+        )
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -112,7 +134,7 @@ class SecAggParams:
     mean update is ``2·clipping_range / quantization_range / Σr`` (1.2e-7 / Σr). With
     ``max_weight`` the largest member's ``n``, Σr is between 1 and the number of members, and no
     update entry below ``clipping_range`` is clipped. The sums fit the modulus while fewer than
-    ``modulus_range / quantization_range`` = 256 members take part and Σr < 256."""
+    ``modulus_range / quantization_range`` = 256 members take part (``max_members``) and Σr < 256."""
 
     clipping_range: float = 1.0
     quantization_range: int = 2**24
@@ -126,6 +148,18 @@ class SecAggParams:
     def step(self, weights: Sequence[float]) -> float:
         """The quantisation step on the mean update of members with these weights (examples)."""
         return 2 * self.clipping_range / self.quantization_range / sum(self.ratio(w) for w in weights)
+
+    @property
+    def max_members(self) -> int:
+        """The most members a round may have: each adds up to ``quantization_range`` to every
+        entry's sum, which must stay below ``modulus_range`` (255 with the defaults)."""
+        return (self.modulus_range - 1) // self.quantization_range
+
+    def bound(self, weights: Sequence[float]) -> float:
+        """The largest ``|entry|`` the unmasked mean update of members with these weights can have:
+        each adds at most ``clipping_range`` to an entry's sum, divided by Σr (plus a step per member
+        for the rounding)."""
+        return len(weights) * (self.clipping_range + self.step(weights)) / sum(self.ratio(w) for w in weights)
 
 
 def canary(weight: float, max_weight: float) -> float:
@@ -234,8 +268,16 @@ def secure_train(
     ``screen`` sees the members' (masked) replies before they are summed and returns the accepted
     ones (a private job's DP-SGD check); a refused or missing reply is a dropout, recovered by
     the protocol while enough of the round's members remain (``threshold_for``)."""
+    require_strong_prg("server")
     params = params or SecAggParams()
     nodes = sorted(contents)
+    if len(nodes) > params.max_members:
+        return SecureRound(
+            None,
+            [],
+            failure=f"secure aggregation takes at most {params.max_members} members in a round (their sums "
+            f"must fit the modulus), {len(nodes)} selected",
+        )
     threshold = threshold_for(len(nodes), min_clients)
     if len(nodes) < threshold:
         return SecureRound(
@@ -330,6 +372,18 @@ def _sum_problem(
             "secure aggregation: the unmasked sum failed its check (a member's masks did not cancel, "
             f"or {len(weights)} members with {sum(weights):g} examples overflowed the modulus)"
         )
+    # Every entry of the mean is within ±bound: a member that masked a non-finite update (Flower
+    # quantises NaN to -2^31, far outside its range) or an entry that overflowed puts it beyond.
+    bound = params.bound(weights)
+    outside = sum(
+        int(np.count_nonzero(~(np.abs(np.asarray(a, dtype=np.float64)) <= bound))) for a in aggregate[:-1]
+    )
+    if outside:
+        return (
+            f"secure aggregation: {outside} entries of the unmasked mean update are beyond ±{bound:.4g}, the "
+            f"most {len(weights)} members' clipped updates can give (a member masked a non-finite update, "
+            "or its masks did not cancel)"
+        )
     return ""
 
 
@@ -340,6 +394,7 @@ def secaggplus_train_mod(message: Message, context: Context, call_next: ClientAp
     ``train`` message goes straight to the handler."""
     if PROTOCOL_RECORD not in message.content.config_records:
         return call_next(message, context)
+    require_strong_prg("member")
 
     def train_as_update(msg: Message, ctxt: Context) -> Message:
         return update_reply(msg, call_next(msg, ctxt), ctxt)
@@ -352,7 +407,10 @@ def update_reply(message: Message, reply: Message, context: Context) -> Message:
     received global state, in the global state's key order, then the canary entry) as the legacy
     ``FitRes`` parameters, weighted by ``num-examples``; the member's metrics and info kept beside
     it. The trained state itself is dropped (the protocol masks the update and clears every array
-    record). ``secagg-clipped`` counts the update entries the quantisation will clip."""
+    record). ``secagg-clipped`` counts the update entries the quantisation will clip.
+
+    A non-finite update is refused (``SecureAggregationError``: the member drops out of the round
+    with that reason): Flower quantises NaN to -2^31, which would corrupt every member's mean."""
     if reply.has_error():
         return reply
     received = message.content.array_records["arrays"]
@@ -362,6 +420,12 @@ def update_reply(message: Message, reply: Message, context: Context) -> Message:
     update = [
         trained[k].numpy().astype(np.float64) - received[k].numpy().astype(np.float64) for k in received
     ]
+    non_finite = sum(int(np.count_nonzero(~np.isfinite(u))) for u in update)
+    if non_finite:
+        raise SecureAggregationError(
+            f"the model update has {non_finite} non-finite entries (NaN or infinite): refusing to mask it "
+            "(it would corrupt the round's sum)"
+        )
     metrics = reply.content.metric_records["metrics"]
     weight = int(cast(int, metrics["num-examples"]))
     protocol = context.state.config_records[RECORD_KEY_STATE]

@@ -59,7 +59,13 @@ from federation.flower.secure_aggregation import (
     secure_train,
     train_metrics,
 )
-from federation.flower.settings import FederationConfigError, JobFailed, JobSettings, train_config_json
+from federation.flower.settings import (
+    DATA_DIGEST_KEY,
+    FederationConfigError,
+    JobFailed,
+    JobSettings,
+    train_config_json,
+)
 from training.metrics import confusion_metrics
 
 log = logging.getLogger(__name__)
@@ -553,6 +559,16 @@ class _Job:
             group_id=message.metadata.group_id,
         )
 
+    def _with_data_parse(self, config: ConfigRecord, node: int) -> ConfigRecord:
+        """An evaluate message's config for ``node``: in a private job whose member's plan records how
+        its registered upload was parsed, that (``data-parse``), so that it reads its file as in
+        training (the same rows, the same split); ``config`` itself otherwise."""
+        plan = self.settings.dp_plan_for(self.organisations.get(node, "")) if self.settings.private else None
+        if plan is None or plan.data is None or plan.data.delimiter is None:
+            return config
+        parse = {"delimiter": plan.data.delimiter, "quote_char": plan.data.quote_char}
+        return ConfigRecord({**dict(config), "data-parse": json.dumps(parse, sort_keys=True)})
+
     def _dp_checked(
         self, messages: Sequence[Message], ok: Sequence[Message]
     ) -> tuple[list[Message], list[DropoutRecord]]:
@@ -565,7 +581,7 @@ class _Job:
         for reply in ok:
             node = _reply_node(reply, sent)
             organisation = self.organisations.get(node, "")
-            problem = self._dp_problem(organisation, _metrics_of(reply))
+            problem = self._dp_problem(organisation, _metrics_of(reply), _info_of(reply))
             if problem:
                 log.warning("refused the update of node %s (%s): %s", node, organisation, problem)
                 refused.append(DropoutRecord(node_id=node, organisation=organisation, reason=problem))
@@ -576,11 +592,20 @@ class _Job:
             accepted.append(reply)
         return accepted, refused
 
-    def _dp_problem(self, organisation: str, metrics: Mapping[str, Any]) -> str:
-        """Why a member's reported round is not its plan's ("" when it is)."""
+    def _dp_problem(
+        self, organisation: str, metrics: Mapping[str, Any], info: Mapping[str, Any] | None = None
+    ) -> str:
+        """Why a member's reported round is not its plan's ("" when it is). A plan bound to the
+        registered rows (``data``) also needs the member to state that its file matched their digest
+        (``dp-data-digest`` in its ``info``): a member that skipped the check is refused."""
         plan = self.settings.dp_plan_for(organisation)
         if plan is None:
             return "refused: no DP-SGD plan for this organisation"
+        if plan.data is not None and (info or {}).get(DATA_DIGEST_KEY) != plan.data.digest:
+            return (
+                "refused: the update does not report that the member's file matched the registered rows' "
+                "digest (the member did not check its data)"
+            )
         keys = ("dp-steps", "dp-total-steps", "dp-noise-multiplier", "dp-max-grad-norm", "dp-sample-rate")
         if any(not isinstance(metrics.get(k), (int, float)) for k in keys):
             return "refused: the update does not report a DP-SGD round (trained without DP?)"
@@ -641,8 +666,14 @@ class _Job:
                 "private": settings.private,
             }
         )
-        content = RecordDict({"arrays": arrays, "config": config})
-        messages = [Message(content=content, dst_node_id=n, message_type=MessageType.EVALUATE) for n in nodes]
+        messages = [
+            Message(
+                content=RecordDict({"arrays": arrays, "config": self._with_data_parse(config, n)}),
+                dst_node_id=n,
+                message_type=MessageType.EVALUATE,
+            )
+            for n in nodes
+        ]
         started = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages, timeout=settings.round_timeout))
         seconds = time.perf_counter() - started

@@ -34,6 +34,10 @@ NODE_DEVICE = "device"
 #: A member that sets ``require-dp=true`` trains only jobs that carry a DP-SGD plan for it.
 NODE_REQUIRE_DP = "require-dp"
 
+#: A private job's train reply: the ``info`` key under which the member states the registered rows'
+#: digest its file matched (its plan's ``data.digest``); the ServerApp refuses a reply without it.
+DATA_DIGEST_KEY = "dp-data-digest"
+
 #: Run-config keys that map one-to-one onto ``TrainConfig`` fields.
 _TRAIN_KEYS = {
     "base-model": "base_model",
@@ -76,6 +80,7 @@ KNOWN_RUN_KEYS = frozenset(
         "callback-token-file",
         "job-id",
         "dp-plans",
+        "dp-data-file",
         "secure-aggregation",
         *_TRAIN_KEYS,
     }
@@ -174,8 +179,13 @@ class JobSettings:
     # Only a node of a planned organisation takes part (one node per organisation: two would train
     # the same rows twice under one plan); none trains without its plan.
     dp_plans: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A file on the SuperLink host (the job's shared directory) holding, per organisation, the rows
+    # its plan was priced on (``DataExpectation``: row count, content digest, parse options). Kept out
+    # of the run config, which every SuperNode receives: each member gets only its own ``data``, inside
+    # its own train message. Merged into ``dp_plans`` when the settings are read.
+    dp_data_file: str = ""
     # SecAgg+ (federation.flower.secure_aggregation): the server sees the sum of the members'
-    # updates, never one member's update.
+    # updates, never one member's update (at most SECURE_AGGREGATION_MAX_MEMBERS in a round).
     secure_aggregation: bool = False
 
     @property
@@ -211,6 +221,8 @@ class JobSettings:
             raise FederationConfigError("invalid federated job: " + "; ".join(problems))
         job = _RunConfig.model_validate(run_config)
         dp_plans, dp_problems = _dp_plans(run_config.get("dp-plans", ""), job=job, train=train)
+        if job.dp_data_file and not dp_problems:
+            dp_plans, dp_problems = _dp_data(job.dp_data_file, dp_plans)
         if dp_problems:
             raise FederationConfigError("invalid federated job: " + "; ".join(dp_problems))
         return cls(
@@ -237,6 +249,7 @@ class JobSettings:
             callback_token_file=job.callback_token_file,
             job_id=job.job_id,
             dp_plans=dp_plans,
+            dp_data_file=job.dp_data_file,
             secure_aggregation=job.secure_aggregation,
         )
 
@@ -341,6 +354,43 @@ def _dp_plans(
     return plans, problems
 
 
+def _dp_data(path: str, plans: Mapping[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The plans bound to the rows each was priced on, read from ``dp-data-file`` (a JSON object:
+    organisation slug -> ``DataExpectation``): one for every plan, none for anyone else. A plan of the
+    run config that already carries ``data`` is refused: the run config reaches every SuperNode."""
+    if not plans:
+        return {}, ["dp-data-file is set but the job has no dp-plans"]
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = json.load(handle)
+    except OSError as exc:
+        return {}, [f"cannot read dp-data-file {path!r}: {exc.strerror or exc}"]
+    except json.JSONDecodeError as exc:
+        return {}, [f"dp-data-file is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"]
+    if not isinstance(raw, dict):
+        return {}, ["dp-data-file must hold a JSON object of organisation slug -> data"]
+    problems: list[str] = []
+    inline = sorted(o for o, plan in plans.items() if plan.get("data") is not None)
+    if inline:
+        problems.append(
+            f"dp-plans{inline} carry data in the run config, which every SuperNode receives; "
+            "give it in dp-data-file only"
+        )
+    missing = sorted(set(plans) - set(raw))
+    if missing:
+        problems.append(f"dp-data-file has no data for planned organisation(s) {missing}")
+    unknown = sorted(set(raw) - set(plans))
+    if unknown:
+        problems.append(f"dp-data-file names organisation(s) without a plan {unknown}")
+    bound: dict[str, dict[str, Any]] = {}
+    for organisation, plan in sorted(plans.items()):
+        try:
+            bound[organisation] = DpSgdPlan(**{**plan, "data": raw.get(organisation)}).to_dict()
+        except (DpSgdError, TypeError) as exc:
+            problems.append(f"dp-data-file[{organisation!r}]: {exc}")
+    return bound, problems
+
+
 def _strategy_name(value: Any) -> str:
     return str(value).strip().lower()
 
@@ -359,6 +409,11 @@ def _participants(value: Any) -> Participants:
 
 
 _Text = Annotated[str, rule("must be a string")]
+
+
+#: The most members a secure-aggregation round may have (``SecAggParams().max_members``: 2^32 // 2^24
+#: - 1; their quantised updates' sums must fit the modulus). Checked again when a round starts.
+SECURE_AGGREGATION_MAX_MEMBERS = 255
 
 
 def _default(name: str) -> Any:
@@ -400,6 +455,7 @@ class _RunConfig(Rules):
     )
     callback_token: _Text = Field("", alias="callback-token")
     callback_token_file: _Text = Field("", alias="callback-token-file")
+    dp_data_file: _Text = Field("", alias="dp-data-file")
     job_id: _Text = Field("", alias="job-id")
     secure_aggregation: Annotated[bool, rule("must be true or false")] = Field(
         _default("secure_aggregation"), alias="secure-aggregation"
@@ -413,6 +469,11 @@ class _RunConfig(Rules):
         if self.secure_aggregation and self.min_clients < 2:
             problems.append(
                 "secure-aggregation needs min-clients >= 2 (the sum of one update is that update)"
+            )
+        if self.secure_aggregation and self.min_clients > SECURE_AGGREGATION_MAX_MEMBERS:
+            problems.append(
+                f"secure-aggregation takes at most {SECURE_AGGREGATION_MAX_MEMBERS} members in a round "
+                f"(its sums must fit the modulus); min-clients is {self.min_clients}"
             )
         declared = self.participants.declared
         if not self.participants.open and self.min_clients > declared:

@@ -58,6 +58,7 @@ def test_the_registered_sms_file_digests_as_the_members_loader_reads_it(world):
     assert version.content_digests == {
         "scheme": "rows-sha256-v1",
         "rows": 5574,
+        "parse": {"format": "csv", "delimiter": "\t", "quote_char": None},
         "pairs": [{"text_column": "SMS", "label_column": "Label", "digest": local.digest}],
     }
     assert local.rows == 5574
@@ -125,4 +126,52 @@ def test_a_table_without_a_text_column_has_no_pairs(world):
     }
     version = _upload(world, b"age,group\n30,a\n41,b\n", slug="survey2", schema=schema)
     version = dataset_version_ingest(version_id=version.pk)
-    assert version.content_digests == {"scheme": "rows-sha256-v1", "rows": 2, "pairs": []}
+    assert version.content_digests == {
+        "scheme": "rows-sha256-v1",
+        "rows": 2,
+        "parse": {"format": "csv", "delimiter": ",", "quote_char": '"'},
+        "pairs": [],
+    }
+
+
+def test_labels_are_categorical_or_integer_columns_never_text_or_boolean(world):
+    """A free-text column is no label (T×L pairs, never T×T); a boolean is stored normalised
+    (true/false), which a member's file need not spell so, so it is no label either."""
+    schema = {
+        "columns": [
+            {"name": "SMS", "type": "text", "max_length": 100},
+            {"name": "Note", "type": "text", "max_length": 100},
+            {"name": "Label", "type": "categorical", "categories": ["ham", "spam"]},
+            {"name": "stars", "type": "integer", "lower": 0, "upper": 5},
+            {"name": "flag", "type": "boolean"},
+        ]
+    }
+    data = b"SMS,Note,Label,stars,flag\nhi,a,ham,1,yes\nwin,b,spam,5,no\n"
+    version = dataset_version_ingest(version_id=_upload(world, data, slug="mixed", schema=schema).pk)
+    assert version.status == "ready", version.quality_report
+    pairs = {(p["text_column"], p["label_column"]) for p in version.content_digests["pairs"]}
+    assert pairs == {("SMS", "Label"), ("SMS", "stars"), ("Note", "Label"), ("Note", "stars")}
+
+
+def test_a_quoted_tsv_registered_with_quoting_is_read_by_the_member_as_it_was_parsed(world, tmp_path):
+    """A TSV uploaded with the default quote character whose texts hold quoted fields: the digest
+    is of the unquoted cells, the parse options are recorded, and the member's loader, reading its
+    file with them, matches; read with the loader's TSV default (no quoting), it would not."""
+    data = b'Label\tSMS\nham\t"hello, ""friend"""\nspam\t"win a prize"\nham\tplain\n'
+    version = _upload(world, data, slug="quoted", schema=SMS_SCHEMA, delimiter="tab")
+    version = dataset_version_ingest(version_id=version.pk)
+    assert version.status == "ready" and version.row_count == 3
+    parse = version.content_digests["parse"]
+    assert parse == {"format": "csv", "delimiter": "\t", "quote_char": '"'}
+    registered = version.content_digests["pairs"][0]["digest"]
+    path = tmp_path / "quoted.tsv"
+    path.write_bytes(data)
+    assert (
+        _loader_digest(path, delimiter=parse["delimiter"], quote_char=parse["quote_char"]).digest
+        == registered
+    )
+    assert _loader_digest(path).digest != registered
+    page = Client()
+    page.force_login(world.a.steward)
+    html = page.get(reverse("portal:dataset_version", args=["org-a", "quoted", 1])).content.decode()
+    assert "Digested as the upload was parsed: tab-separated text, quote character &quot;" in html

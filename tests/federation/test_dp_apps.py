@@ -5,6 +5,7 @@ and the artifact carries the guarantee. On the in-process grid of ``test_apps`` 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -388,3 +389,172 @@ def test_the_registered_file_shuffled_is_still_the_registered_rows(tiny_model_di
             _context({**three_nodes[101], "data-path": three_nodes[202]["data-path"]}),
         )
     assert caught.value.code == "data_mismatch"
+
+
+# ----------------------------------------------------------------------------- data out of band
+def _data_file(tmp_path, nodes: dict, *organisations: str, **parse) -> tuple[str, str]:
+    """The plans without their rows (the run config's ``dp-plans``, as the clearinghouse sends
+    them) and ``dp-data-file`` holding each one's rows (the job's shared directory)."""
+    by_org = {node["organisation"]: node for node in nodes.values()}
+    priced = json.loads(plans(*organisations))
+    path = tmp_path / "dp-data.json"
+    path.write_text(json.dumps({o: {**_registered(by_org[o]), **parse} for o in organisations}))
+    return json.dumps(priced), str(path)
+
+
+class RecordingGrid(SuperNodeGrid):
+    """Keeps every message the ServerApp sends; ``tamper`` edits a node's train reply's ``info``."""
+
+    def __init__(self, node_configs, tamper=None):
+        super().__init__(node_configs)
+        self.sent: list[Message] = []
+        self.tamper = tamper or {}
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        self.sent.extend(messages)
+        replies = super().send_and_receive(messages, timeout=timeout)
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            train = reply.metadata.message_type == MessageType.TRAIN
+            if node in self.tamper and train and not reply.has_error():
+                self.tamper[node](reply.content.config_records["info"])
+        return replies
+
+
+def test_each_member_gets_only_its_own_rows_digest_in_its_own_train_message(
+    tiny_model_dir, tmp_path, three_nodes
+):
+    """The run config (which Flower gives every SuperNode) holds no row count's digest; the
+    ServerApp reads the rows from ``dp-data-file`` and sends each member its own in its train
+    message, never another's; each member reports the digest its file matched."""
+    from federation.flower.server_app import run_job
+
+    dp_plans, data_file = _data_file(tmp_path, three_nodes, "acme", "globex")
+    assert "sha256:" not in dp_plans
+    settings = private_settings(tiny_model_dir, tmp_path, **{"dp-plans": dp_plans, "dp-data-file": data_file})
+    digests = {org: settings.dp_plan_for(org).data.digest for org in ("acme", "globex")}
+    assert digests["acme"] != digests["globex"]
+    grid = RecordingGrid(three_nodes)
+    _, history = run_job(grid, settings)
+    assert all(record["clients_trained"] == 2 and not record["dropouts"] for record in history)
+    trains = [m for m in grid.sent if m.metadata.message_type == MessageType.TRAIN]
+    assert trains
+    for message in trains:
+        own = "acme" if message.metadata.dst_node_id == 101 else "globex"
+        other = "globex" if own == "acme" else "acme"
+        config = json.dumps(dict(message.content.config_records["config"]))
+        assert digests[own] in config and digests[other] not in config
+    report = (tmp_path / "out" / "report.json").read_text()
+    assert digests["acme"] not in report and digests["globex"] not in report
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda plans, data: (plans, data.pop("globex")), "no data for planned organisation(s) ['globex']"),
+        (lambda plans, data: (plans, data.update(hooli=data["acme"])), "without a plan ['hooli']"),
+        (
+            lambda plans, data: (plans["acme"].update(data=data["acme"]), None),
+            "carry data in the run config",
+        ),
+        (lambda plans, data: (plans, data["acme"].update(rows=0)), "dp-data-file['acme']"),
+    ],
+)
+def test_the_data_file_must_bind_exactly_the_planned_organisations(
+    tiny_model_dir, tmp_path, three_nodes, edit, problem
+):
+    dp_plans, data_file = _data_file(tmp_path, three_nodes, "acme", "globex")
+    plans_, data = json.loads(dp_plans), json.loads(Path(data_file).read_text())
+    edit(plans_, data)
+    Path(data_file).write_text(json.dumps(data))
+    with pytest.raises(FederationConfigError, match=re.escape(problem)):
+        private_settings(
+            tiny_model_dir, tmp_path, **{"dp-plans": json.dumps(plans_), "dp-data-file": data_file}
+        )
+    with pytest.raises(FederationConfigError, match="cannot read dp-data-file"):
+        private_settings(
+            tiny_model_dir, tmp_path, **{"dp-plans": dp_plans, "dp-data-file": str(tmp_path / "missing.json")}
+        )
+
+
+def test_a_reply_that_does_not_report_the_checked_digest_is_refused(tiny_model_dir, tmp_path, three_nodes):
+    """A member whose plan names the registered rows but whose reply does not state the digest its
+    file matched (a member that skipped the check) is refused, never aggregated."""
+    from federation.flower.server_app import run_job
+
+    dp_plans, data_file = _data_file(tmp_path, three_nodes, "acme", "globex", "initech")
+    settings = private_settings(
+        tiny_model_dir,
+        tmp_path,
+        participants=("acme", "globex", "initech"),
+        **{"min-clients": 2, "dp-plans": dp_plans, "dp-data-file": data_file},
+    )
+    grid = RecordingGrid(three_nodes, tamper={202: lambda info: info.pop("dp-data-digest")})
+    _, history = run_job(grid, settings)
+    for record in history:
+        assert {c["organisation"] for c in record["clients"] if "train" in c} == {"acme", "initech"}
+        (dropout,) = record["dropouts"]
+        assert dropout["organisation"] == "globex" and "did not check its data" in dropout["reason"]
+
+
+def test_a_member_reads_its_file_as_the_registered_upload_was_parsed(tiny_model_dir, tmp_path, three_nodes):
+    """acme's registered upload was a TSV parsed with quoting ("): its file, every text quoted,
+    matches the digest of the unquoted cells when read with the recorded options (the TSV loader's
+    own default, no quoting, would read the quotes into the texts and refuse it)."""
+    from federation.flower.client_app import handle_train
+
+    dp_plans, data_file = _data_file(tmp_path, three_nodes, "acme", "globex", delimiter="\t", quote_char='"')
+    settings = private_settings(tiny_model_dir, tmp_path, **{"dp-plans": dp_plans, "dp-data-file": data_file})
+    header, *lines = Path(three_nodes[101]["data-path"]).read_text(encoding="utf-8").splitlines(keepends=True)
+    assert header.rstrip("\n").split("\t")[1] == "SMS"
+    quoted = tmp_path / "a-quoted.tsv"
+    rows = []
+    for line in lines:
+        label, text = line.rstrip("\n").split("\t", 1)
+        rows.append(label + "\t" + '"' + text.replace('"', '""') + '"\n')
+    quoted.write_text(header + "".join(rows), encoding="utf-8")
+    node = {**three_nodes[101], "data-path": str(quoted)}
+    reply = handle_train(_train_message(settings, "acme"), _context(node))
+    assert reply.content.metric_records["metrics"]["dp-steps"] == LOCAL_STEPS
+    assert reply.content.config_records["info"]["dp-data-digest"] == settings.dp_plan_for("acme").data.digest
+    # The same plan without the recorded parse: the loader's TSV default reads the quotes as text.
+    unparsed = json.loads(Path(data_file).read_text())
+    for value in unparsed.values():
+        value.pop("delimiter"), value.pop("quote_char")
+    Path(data_file).write_text(json.dumps(unparsed))
+    bare = private_settings(tiny_model_dir, tmp_path, **{"dp-plans": dp_plans, "dp-data-file": data_file})
+    with pytest.raises(DpSgdError) as caught:
+        handle_train(_train_message(bare, "acme"), _context(node))
+    assert caught.value.code == "data_mismatch"
+
+
+def test_under_secure_aggregation_the_checked_digest_still_reaches_the_server(
+    tiny_model_dir, tmp_path, three_nodes
+):
+    """SecAgg+ masks the update and keeps the member's records beside it: the digest it matched
+    reaches the ServerApp's check (each member is accepted), and one that drops it is refused."""
+    from federation.flower.server_app import run_job
+    from tests.federation.test_secure_aggregation import StatefulGrid
+
+    class DroppingDigest(StatefulGrid):
+        def send_and_receive(self, messages, *, timeout=None):
+            replies = super().send_and_receive(messages, timeout=timeout)
+            for reply in replies:
+                info = reply.content.config_records.get("info")
+                if reply.metadata.src_node_id == 202 and info is not None:
+                    info.pop("dp-data-digest", None)
+            return replies
+
+    dp_plans, data_file = _data_file(tmp_path, three_nodes, "acme", "globex", "initech")
+    settings = private_settings(
+        tiny_model_dir,
+        tmp_path,
+        participants=("acme", "globex", "initech"),
+        **{"min-clients": 2, "secure-aggregation": True, "dp-plans": dp_plans, "dp-data-file": data_file},
+    )
+    _, history = run_job(DroppingDigest(three_nodes), settings)
+    for record in history:
+        assert {c["organisation"] for c in record["clients"] if "train" in c} == {"acme", "initech"}
+        (dropout,) = record["dropouts"]
+        assert dropout["organisation"] == "globex" and "did not check its data" in dropout["reason"]

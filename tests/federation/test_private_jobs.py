@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import uuid
 
@@ -198,25 +199,26 @@ def test_schedule_debits_each_dataset_once_and_passes_the_plans(world, datasets,
         entry = entries.get(budget__dataset=dataset)
         assert str(entry.job_uid) == job["uid"] and entry.query is None
         assert entry.organisation.slug == slug and entry.analyst.username == f"admin_{slug}"
-        assert entry.amount == pytest.approx(charge, rel=1e-9) and entry.delta == 0.0
+        assert entry.amount == pytest.approx(reference.epsilon) and entry.delta == 0.0
         assert entry.details["noise_multiplier"] == pytest.approx(reference.noise_multiplier)
         assert (entry.details["epsilon"], entry.details["delta"]) == pytest.approx((reference.epsilon, DELTA))
         assert event_from_dict(entry.details["event"]) == event
         budget = PrivacyBudget.objects.get(dataset=dataset)
         assert budget.spent == pytest.approx(charge, rel=1e-9) and budget.delta_spent == 0.0
         allocation = BudgetAllocation.objects.get(budget=budget, organisation__slug=slug)
-        assert allocation.spent == pytest.approx(charge, rel=1e-9) and allocation.delta_spent == 0.0
+        assert allocation.spent == pytest.approx(reference.epsilon) and allocation.delta_spent == 0.0
         assert AuditEvent.objects.filter(
             action="budget.debited", target_id=str(entry.pk), extra__kind="training"
         ).exists()
-    # The plans are stored on the participants and travel in the run config, which the ServerApp
-    # accepts as a private job.
+    # The plans are stored on the participants and travel in the run config (without the rows they
+    # were priced on: those go to the ServerApp alone), which the ServerApp accepts as a private job.
     model = FederatedJob.objects.get(pk=job["id"])
     assert model.state == JobState.SCHEDULED
     plans = {p.organisation.slug: p.dp_plan for p in JobParticipant.objects.filter(job=model)}
     assert set(plans) == {"org-a", "org-b"} and all(plans.values())
     config = _run_config(model, participants="org:org-a,org:org-b")
-    assert json.loads(config["dp-plans"]) == plans
+    priced = {org: {k: v for k, v in plan.items() if k != "data"} for org, plan in plans.items()}
+    assert json.loads(config["dp-plans"]) == priced
     parsed = JobSettings.from_run_config(config)
     assert parsed.private and set(parsed.dp_plans) == {"org-a", "org-b"}
     assert parsed.dp_plan_for("org-a").noise_multiplier == pytest.approx(reference.noise_multiplier)
@@ -382,31 +384,61 @@ def test_a_target_that_needs_too_much_noise_is_refused(world, datasets, operator
     _nothing_debited(datasets)
 
 
-def test_each_plan_carries_the_registered_rows_and_their_digest_only_to_its_member(
-    world, datasets, operator, superlink
+def test_each_plan_carries_the_registered_rows_and_the_run_config_no_digest(
+    world, datasets, operator, superlink, settings, tmp_path, monkeypatch
 ):
-    """The plan stored and sent in the run config names the rows it was priced on (the version's
-    count and the digest of the job's columns); the ledger, the preview and the report keep it out."""
+    """The plan stored names the rows it was priced on (the version's count, the digest of the job's
+    columns, how its upload was parsed); the ledger, the preview and the report keep it out. The run
+    config, which Flower gives every SuperNode, holds no digest: the rows go to the ServerApp alone, in
+    the job's shared directory (``dp-data-file``, like the callback token), which binds each plan to
+    them (and sends each member its own, tests/federation/test_dp_apps.py)."""
+    import stat
+
+    import federation.services as services
+
+    settings.FLOWER_SHARED_DIR = str(tmp_path / "flower")
     job = _accepted_job(world, operator)
     assert operator.post(f"{job['url']}/schedule").status_code == 202
     model = FederatedJob.objects.get(pk=job["id"])
+    digests = set()
     for participant in JobParticipant.objects.filter(job=model).select_related("dataset"):
         version = participant.dataset.versions.get(number=1)
         (pair,) = version.content_digests["pairs"]
+        digests.add(pair["digest"])
         assert participant.dp_plan["data"] == {
             "rows": ROWS,
             "digest": pair["digest"],
             "text_column": "SMS",
             "label_column": "Label",
             "scheme": "rows-sha256-v1",
+            "delimiter": ",",
+            "quote_char": '"',
         }
         entry = LedgerEntry.objects.get(kind="training", budget__dataset=participant.dataset)
         assert "data" not in entry.details and pair["digest"] not in json.dumps(entry.details)
-    plans = json.loads(_run_config(model, participants="org:org-a,org:org-b")["dp-plans"])
-    assert plans["org-a"]["data"] == plans["org-b"]["data"]  # the same rows registered twice: one digest
-    parsed = JobSettings.from_run_config(_run_config(model, participants="org:org-a,org:org-b"))
-    assert parsed.dp_plan_for("org-a").data.rows == ROWS
-    assert "data" not in json.dumps(parsed.to_public_dict()["dp_plans"])
+    assert len(digests) == 1  # the same rows registered twice: one digest
+    (digest,) = digests
+    assert digest not in json.dumps(_run_config(model, participants="org:org-a,org:org-b"))
+
+    submitted: list[dict] = []
+
+    class Control:  # the SuperLink's Control API: what the job's run is submitted with
+        def submit(self, app_dir, run_config):
+            submitted.append(dict(run_config))
+            return "7"
+
+    monkeypatch.setattr(services, "_control", Control)
+    for number, key in enumerate(SuperNodeKey.objects.order_by("pk"), start=41):  # one node each
+        SuperNodeKey.objects.filter(pk=key.pk).update(node_id=str(number))
+    assert services.job_submit(job_id=model.pk).state == JobState.RUNNING
+    (run_config,) = submitted
+    assert digest not in json.dumps(run_config) and "sha256:" not in json.dumps(run_config)
+    assert not any("data" in plan for plan in json.loads(run_config["dp-plans"]).values())
+    data_file = run_config["dp-data-file"]
+    assert stat.S_IMODE(os.stat(data_file).st_mode) == 0o600
+    parsed = JobSettings.from_run_config(run_config)  # as the ServerApp reads it, on the SuperLink host
+    assert parsed.dp_plan_for("org-a").data.rows == ROWS and parsed.dp_plan_for("org-b").data.digest == digest
+    assert "sha256:" not in json.dumps(parsed.to_public_dict()["dp_plans"])
     preview = operator.get(f"{job['url']}/privacy").content.decode()
     assert "sha256:" not in preview
 
@@ -414,7 +446,7 @@ def test_each_plan_carries_the_registered_rows_and_their_digest_only_to_its_memb
 def test_a_version_without_digests_is_refused_until_the_backfill(world, datasets, operator, superlink):
     """A version ingested before digests cannot be priced (`version_needs_digest`), in the preview and
     at schedule, and nothing is debited; the backfill command (decrypting as a worker does) computes
-    the digest ingestion would have, and the job is scheduled."""
+    the digests ingestion would have, and the job is scheduled."""
     from django.core.management import call_command
 
     from clearinghouse.datasets.models import DatasetVersion
@@ -436,7 +468,10 @@ def test_a_version_without_digests_is_refused_until_the_backfill(world, datasets
     call_command("dataset_digests_backfill", stdout=out)
     assert "computed for 1 version(s)" in out.getvalue()
     version.refresh_from_db()
-    assert version.content_digests == stored
+    # The same digests; how the upload was parsed is known only as far as the version records it
+    # (its delimiter was sniffed from the upload, which is gone): a member then reads its file with
+    # the loader's own defaults.
+    assert version.content_digests == {**stored, "parse": None}
     assert AuditEvent.objects.filter(
         action="dataset_version.digests_computed", target_id=str(version.pk)
     ).exists()
@@ -632,7 +667,7 @@ def test_query_releases_and_a_job_schedule_racing_on_one_budget_never_overspend(
     assert entries.filter(kind="query").count() == paid_queries
     assert entries.filter(kind="training").count() == job_paid
     ledger_sum = sum(entries.values_list("amount", flat=True))
-    assert budget.spent == pytest.approx(ledger_sum) and budget.spent <= budget.total
+    assert budget.spent <= ledger_sum * (1 + 1e-9) and budget.spent <= budget.total  # composed ≤ summed
     # The budget composes: what was paid, composed again from the records, fits the total of 4.
     events = [event_from_dict(e.details["event"]) for e in entries.order_by("pk")]
     composed = LedgerComposition(events).epsilon(budget.delta_total)

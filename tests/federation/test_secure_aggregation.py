@@ -5,31 +5,58 @@ ClientApp's train handler, on an in-process grid that keeps each node's context 
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 from itertools import count
 
 import numpy as np
 import pytest
-from flwr.app import Context, MessageType, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.constant import ErrorCode
 
 from federation.flower.reporting import MemoryReporter
 from federation.flower.secure_aggregation import (
     PROTOCOL_RECORD,
     SecAggParams,
+    SecureAggregationError,
+    canary,
+    secaggplus_train_mod,
+    secure_train,
     strong_pseudo_rand_gen,
     threshold_for,
+    update_reply,
 )
-from federation.flower.settings import FederationConfigError, JobFailed, JobSettings
+from federation.flower.settings import (
+    SECURE_AGGREGATION_MAX_MEMBERS,
+    FederationConfigError,
+    JobFailed,
+    JobSettings,
+)
 from tests.federation.test_apps import settings_for
+
+_CLIENT_PROTOCOL = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+_SERVER_PROTOCOL = importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
 
 
 class StatefulGrid:
-    """Delivers a copy of each message to ``client_app.app`` with the destination node's context, kept
-    across messages; records what the server received; ``silent`` nodes never answer and
-    ``drop_at`` makes a node fall silent from a protocol stage on."""
+    """Delivers a copy of each message to ``client_app.app`` (or the node's own callable in
+    ``members``) with the destination node's context, kept across messages; a raised exception
+    becomes the error reply a SuperNode sends; records what the server received; ``silent`` nodes
+    never answer and ``drop_at`` makes a node fall silent from a protocol stage on."""
 
-    def __init__(self, node_configs: dict[int, dict]):
+    def __init__(self, node_configs: dict[int, dict], members: dict | None = None):
         self.node_configs = node_configs
+        self.members = members or {}
         self.contexts = {
             n: Context(run_id=1, node_id=n, node_config=c, state=RecordDict(), run_config={})
             for n, c in node_configs.items()
@@ -56,7 +83,12 @@ class StatefulGrid:
             if node in self.silent:
                 continue
             # A copy, as if it crossed the network (the protocol's handlers change what they read).
-            replies.append(app(copy.deepcopy(message), self.contexts[node]))
+            member = self.members.get(node, app)
+            try:
+                replies.append(member(copy.deepcopy(message), self.contexts[node]))
+            except Exception as exc:  # noqa: BLE001 (as flwr.supernode.runtime.run_clientapp does)
+                error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=f"{type(exc)}:<'{exc}'>")
+                replies.append(Message(error, reply_to=message))
         self.received += replies
         return replies
 
@@ -176,17 +208,26 @@ def test_too_few_members_left_to_unmask_fails_the_job(tiny_model_dir, tmp_path, 
         run_job(grid, settings)
 
 
-def test_masks_of_another_prg_are_caught(tiny_model_dir, tmp_path, three_nodes, monkeypatch):
-    """A member whose masks do not cancel (here: Flower's own 32-bit-seeded PRG on one side)
-    fails the round by the canary check instead of producing a garbage model."""
-    import importlib
-
+def test_masks_of_another_prg_are_caught(tiny_model_dir, tmp_path, three_nodes):
+    """A member whose masks do not cancel (here: initech on stock Flower, its masks from Flower's
+    own 32-bit-seeded PRG, while the server unmasks with ours) fails the round by the canary check
+    instead of producing a garbage model."""
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
 
+    from federation.flower.client_app import app, handle_train
     from federation.flower.server_app import run_job
 
-    secaggplus_mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
-    monkeypatch.setattr(secaggplus_mod, "pseudo_rand_gen", pseudo_rand_gen)
+    def stock_flower_member(message, context):
+        if PROTOCOL_RECORD not in message.content.config_records:
+            return app(message, context)  # its other messages (identify, evaluate) as ours
+        _CLIENT_PROTOCOL.pseudo_rand_gen = pseudo_rand_gen
+        try:
+            return _CLIENT_PROTOCOL.secaggplus_mod(
+                message, context, lambda m, c: update_reply(m, handle_train(m, c), c)
+            )
+        finally:
+            _CLIENT_PROTOCOL.pseudo_rand_gen = strong_pseudo_rand_gen
+
     settings = settings_for(
         tiny_model_dir,
         tmp_path,
@@ -194,7 +235,7 @@ def test_masks_of_another_prg_are_caught(tiny_model_dir, tmp_path, three_nodes, 
         **{"num-rounds": 1, "secure-aggregation": True},
     )
     with pytest.raises(JobFailed, match="the unmasked sum failed its check"):
-        run_job(StatefulGrid(three_nodes), settings)
+        run_job(StatefulGrid(three_nodes, members={303: stock_flower_member}), settings)
 
 
 def test_plain_jobs_are_untouched_by_the_mod(tiny_model_dir, tmp_path, three_nodes):
@@ -335,3 +376,181 @@ def test_an_operator_turns_it_on_in_the_job_settings(world):
     )
     assert refused.status_code == 400 and refused.json()["code"] == "invalid_job_settings"
     assert "secure-aggregation must be true or false" in refused.json()["detail"]
+
+
+# ----------------------------------------------------------------------------- non-finite updates,
+# the member limit and the mask generator, on a small model of fixed updates (no training)
+SHAPES = {"a": (4,), "b": (2, 3)}
+WEIGHTS = {101: 30, 202: 50, 303: 20}
+
+
+def _global_state() -> ArrayRecord:
+    return ArrayRecord({k: Array(np.linspace(-1, 1, int(np.prod(s))).reshape(s)) for k, s in SHAPES.items()})
+
+
+def _update_of(node: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(node)
+    return {k: rng.uniform(-0.01, 0.01, s) for k, s in SHAPES.items()}
+
+
+def _trained_reply(message: Message, node: int, update: dict[str, np.ndarray]) -> Message:
+    received = message.content.array_records["arrays"]
+    trained = ArrayRecord({k: Array(received[k].numpy() + update[k]) for k in received})
+    content = RecordDict({"arrays": trained, "metrics": MetricRecord({"num-examples": WEIGHTS[node]})})
+    return Message(content=content, reply_to=message)
+
+
+def _member(node: int, update: dict[str, np.ndarray]):
+    """A member on our ClientApp's mod whose training gives ``update``."""
+
+    def member(message, context):
+        return secaggplus_train_mod(message, context, lambda m, c: _trained_reply(m, node, update))
+
+    return member
+
+
+def _stock_flower_member(node: int, update: dict[str, np.ndarray]):
+    """A member on stock Flower's ``secaggplus_mod`` (no refusal of its own): it masks ``update``
+    (and the canary entry, which it gets right) as the legacy ``FitRes`` it reads."""
+    from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    def handler(message, context):
+        weight = WEIGHTS[node]
+        max_weight = float(context.state.config_records["secaggplus_state"]["max_weight"])
+        arrays = [update[k] for k in SHAPES] + [np.array([canary(weight, max_weight)])]
+        fitres = FitRes(Status(Code.OK, "Success"), ndarrays_to_parameters(arrays), weight, {})
+        return Message(content=compat.fitres_to_recorddict(fitres, keep_input=False), reply_to=message)
+
+    return lambda message, context: _CLIENT_PROTOCOL.secaggplus_mod(message, context, handler)
+
+
+def _round(members: dict, **kwargs):
+    grid = StatefulGrid({n: {} for n in members}, members=members)
+    contents = {n: RecordDict({"arrays": _global_state(), "config": ConfigRecord({})}) for n in members}
+    return secure_train(grid, contents, server_round=1, timeout=30, min_clients=2, **kwargs)
+
+
+def _collect_errors(secure) -> dict[int, str]:
+    return {
+        r.metadata.src_node_id: str(r.error.reason)
+        for stage, _, replies in secure.exchanges
+        if stage == "collect masked updates"
+        for r in replies
+        if r.has_error()
+    }
+
+
+def test_fixed_updates_round_trip():
+    """The small model the tests below use: three members' mean update comes back within the bound."""
+    params = SecAggParams(max_weight=50)
+    secure = _round({n: _member(n, _update_of(n)) for n in WEIGHTS}, params=params)
+    assert secure.failure == "" and secure.mean_update is not None
+    total = sum(WEIGHTS.values())
+    for key in SHAPES:
+        expected = sum(WEIGHTS[n] * _update_of(n)[key] for n in WEIGHTS) / total
+        assert np.max(np.abs(secure.mean_update[key].numpy() - expected)) <= 3 * params.step(
+            list(WEIGHTS.values())
+        )
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_member_refuses_to_mask_a_non_finite_update(bad):
+    """Flower quantises NaN to -2^31 (and clips ±inf silently): the member refuses, drops out of
+    the round with that reason, and the others' mean is unmasked without it."""
+    params = SecAggParams(max_weight=50)
+    poisoned = _update_of(202)
+    poisoned["b"][1, 2] = bad
+    members = {n: _member(n, _update_of(n)) for n in WEIGHTS}
+    members[202] = _member(202, poisoned)
+    secure = _round(members, params=params)
+    assert secure.failure == "" and secure.mean_update is not None
+    assert sorted(r.metadata.src_node_id for r in secure.contributors) == [101, 303]
+    reason = _collect_errors(secure)[202]
+    assert "SecureAggregationError" in reason and "1 non-finite entries" in reason
+    both = WEIGHTS[101] + WEIGHTS[303]
+    for key in SHAPES:
+        expected = (WEIGHTS[101] * _update_of(101)[key] + WEIGHTS[303] * _update_of(303)[key]) / both
+        assert np.max(np.abs(secure.mean_update[key].numpy() - expected)) <= 2 * params.step([30, 20])
+
+
+def test_update_reply_refuses_non_finite_entries():
+    from flwr.common import parameters_to_ndarrays
+    from flwr.compat.common import recorddict_compat as compat
+
+    message = Message(
+        RecordDict({"arrays": _global_state()}), dst_node_id=101, message_type=MessageType.TRAIN
+    )
+    context = Context(run_id=1, node_id=101, node_config={}, state=RecordDict(), run_config={})
+    context.state.config_records["secaggplus_state"] = ConfigRecord(
+        {"clipping_range": 1.0, "max_weight": 50.0}
+    )
+    fine = update_reply(message, _trained_reply(message, 101, _update_of(101)), context)
+    sent = parameters_to_ndarrays(compat.recorddict_to_fitres(fine.content, keep_input=True).parameters)
+    assert np.allclose(sent[0], _update_of(101)["a"]) and np.allclose(sent[1], _update_of(101)["b"])
+    assert sent[2].tolist() == [canary(30, 50.0)]
+    poisoned = _update_of(101)
+    poisoned["a"][:2] = np.nan
+    with pytest.raises(SecureAggregationError, match="2 non-finite entries"):
+        update_reply(message, _trained_reply(message, 101, poisoned), context)
+
+
+def test_the_server_range_checks_every_entry_of_the_mean():
+    """A member that masks a NaN anyway (stock Flower, no refusal) turns one entry of the sum into
+    garbage that the canary entry does not see: the round fails instead of returning that mean."""
+    poisoned = _update_of(202)
+    poisoned["a"][3] = np.nan
+    members = {n: _member(n, _update_of(n)) for n in WEIGHTS}
+    members[202] = _stock_flower_member(202, poisoned)
+    secure = _round(members, params=SecAggParams(max_weight=50))
+    assert secure.mean_update is None
+    assert "1 entries of the unmasked mean update are beyond" in secure.failure
+    assert "non-finite" in secure.failure
+    # Its finite updates alone pass (the stand-in member is otherwise right).
+    members[202] = _stock_flower_member(202, _update_of(202))
+    assert _round(members, params=SecAggParams(max_weight=50)).failure == ""
+
+
+def test_the_member_limit():
+    # 256 members' quantised entries could sum past the modulus: refused before any exchange.
+    contents = {n: RecordDict({"arrays": _global_state(), "config": ConfigRecord({})}) for n in range(1, 257)}
+
+    class NoGrid:
+        def send_and_receive(self, messages, *, timeout=None):
+            raise AssertionError("no message may go out")
+
+    secure = secure_train(NoGrid(), contents, server_round=1, timeout=1, min_clients=2)
+    assert secure.mean_update is None
+    assert (
+        secure.failure
+        == "secure aggregation takes at most 255 members in a round (their sums must fit the modulus), 256 selected"
+    )
+    base = {"labels": "ham,spam", "participants": "*", "secure-aggregation": True}
+    assert JobSettings.from_run_config({**base, "min-clients": 255}).min_clients == 255
+    with pytest.raises(FederationConfigError, match="secure-aggregation takes at most 255 members"):
+        JobSettings.from_run_config({**base, "min-clients": 256})
+    assert SecAggParams().max_members == SECURE_AGGREGATION_MAX_MEMBERS == 255
+
+
+def test_both_ends_refuse_to_run_without_the_strong_prg(monkeypatch):
+    """The PRG replacement is process-wide and made on import: if anything puts Flower's back,
+    the member refuses to mask and the server to unmask (instead of a silent weak mask)."""
+    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+
+    protocol = Message(
+        RecordDict({PROTOCOL_RECORD: ConfigRecord({"stage": "setup"})}),
+        dst_node_id=101,
+        message_type=MessageType.TRAIN,
+    )
+    context = Context(run_id=1, node_id=101, node_config={}, state=RecordDict(), run_config={})
+    with monkeypatch.context() as patch:
+        patch.setattr(_CLIENT_PROTOCOL, "pseudo_rand_gen", pseudo_rand_gen)
+        with pytest.raises(SecureAggregationError, match=r"secure aggregation \(member\).*pseudo_rand_gen"):
+            secaggplus_train_mod(protocol, context, lambda m, c: pytest.fail("the handler ran"))
+        plain = Message(RecordDict(), dst_node_id=101, message_type=MessageType.TRAIN)
+        assert secaggplus_train_mod(plain, context, lambda m, c: "handled") == "handled"
+    with monkeypatch.context() as patch:
+        patch.setattr(_SERVER_PROTOCOL, "pseudo_rand_gen", pseudo_rand_gen)
+        with pytest.raises(SecureAggregationError, match=r"secure aggregation \(server\)"):
+            _round({n: _member(n, _update_of(n)) for n in WEIGHTS})
+    assert _round({n: _member(n, _update_of(n)) for n in WEIGHTS}).failure == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from federation.flower.settings import (
+    KNOWN_RUN_KEYS,
     FederationConfigError,
     JobSettings,
     NodeSettings,
@@ -144,3 +145,37 @@ def test_run_config_values_keep_their_meaning(base):
     )
     assert settings.round_timeout == 5.0 and isinstance(settings.round_timeout, float)
     assert settings.strategy == "fedadam" and settings.fedadam["eta"] == 1.0
+
+
+def test_the_app_declares_every_run_config_key_the_clearinghouse_sets():
+    """The SuperLink refuses a run whose config overrides a key the app's pyproject does not declare
+    ("Invalid run configuration"): each key the service sets must be there."""
+    import tomllib
+    from pathlib import Path
+
+    import federation.flower
+    from federation.services import SERVICE_KEYS
+
+    app = Path(federation.flower.__file__).parent / "app" / "pyproject.toml"
+    declared = tomllib.loads(app.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
+    assert SERVICE_KEYS - set(declared) == set()
+
+
+def test_the_app_declares_every_key_an_operator_may_set_with_the_training_defaults():
+    """Operators may set any of `KNOWN_RUN_KEYS` on a job (the tunable ones): the SuperLink would
+    refuse the run if the app did not declare it. The declared defaults are the training defaults,
+    so a job that sets none of them trains as `TrainConfig` says."""
+    import tomllib
+    from pathlib import Path
+
+    import federation.flower
+    from training.config import TrainConfig
+
+    app = Path(federation.flower.__file__).parent / "app" / "pyproject.toml"
+    declared = tomllib.loads(app.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
+    assert KNOWN_RUN_KEYS - set(declared) == set()
+    parsed = JobSettings.from_run_config(declared).train
+    defaults = TrainConfig(labels=("ham", "spam")).to_dict()
+    for name in ("lora", "lora_r", "lora_alpha", "lora_dropout", "weight_decay", "mixed_precision"):
+        assert parsed[name] == defaults[name], name
+    assert tuple(parsed["lora_target_modules"]) == tuple(defaults["lora_target_modules"])

@@ -126,6 +126,9 @@ def test_a_plan_carries_its_data_through_json_and_keeps_it_out_of_its_price():
         {**DATA, "text_column": ""},
         {**DATA, "scheme": "md5"},
         {**DATA, "extra": 1},
+        {**DATA, "delimiter": "\t\t"},
+        {**DATA, "delimiter": ",", "quote_char": ""},
+        {**DATA, "quote_char": '"'},  # a quote character without a delimiter
     ],
 )
 def test_a_malformed_data_expectation_is_refused(bad):
