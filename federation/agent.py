@@ -107,6 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--expect-digest", default="", help="for the preflight: a private job's registered content digest"
     )
+    run.add_argument(
+        "--quote-char",
+        default=None,
+        help="for the preflight: the quote character the registered version was parsed with, or 'none' "
+        "(its version page says; a private job's members read their file the same way)",
+    )
     return parser
 
 
@@ -141,6 +147,8 @@ def _preflight_checks(args: argparse.Namespace) -> list[str]:
         checks += ["--expect-rows", str(args.expect_rows)]
     if args.expect_digest:
         checks += ["--expect-digest", args.expect_digest]
+    if args.quote_char is not None:
+        checks += ["--quote-char", args.quote_char]
     return checks
 
 

@@ -157,3 +157,13 @@ def test_run_passes_the_expected_rows_and_digest_to_the_preflight(tmp_path):
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "data_mismatch" in result.stderr and "the SuperNode was not started" in result.stderr
+
+
+def test_run_passes_the_registered_parse_options_to_the_preflight():
+    """A version registered without quoting (a TSV with stray quotes) is checked the same way."""
+    from federation.agent import _parser, _preflight_checks
+
+    argv = ["run", *ROOT_ARGS, "--data", "local.tsv", "--insecure", "--quote-char", "none"]
+    checks = _preflight_checks(_parser().parse_args(argv))
+    assert checks[checks.index("--quote-char") + 1] == "none"
+    assert "--quote-char" not in _preflight_checks(_parser().parse_args(argv[:-2]))
