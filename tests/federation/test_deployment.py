@@ -6,6 +6,7 @@ Slow (minutes on a 2-core machine): ``pytest -m slow tests/federation``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -24,9 +25,9 @@ pytestmark = [
 ORGS = ("acme", "globex", "initech")
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory, tiny_model_dir):
-    workdir = tmp_path_factory.mktemp("federation")
+@contextlib.contextmanager
+def three_members(workdir: Path):
+    """A SuperLink and the three members' SuperNodes, each on a third of 240 SMS messages."""
     lines = SMS_SPAM.read_text(encoding="utf-8").splitlines()
     header, rows = lines[0], lines[1:241]  # a small slice: 80 messages per member
     fed = LocalFederation(workdir)
@@ -43,6 +44,20 @@ def federation(tmp_path_factory, tiny_model_dir):
         yield fed
     finally:
         fed.close()
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, tiny_model_dir):
+    """Shared by the module's tests; `test_killed_supernode_mid_round` kills initech's node in it."""
+    with three_members(tmp_path_factory.mktemp("federation")) as fed:
+        yield fed
+
+
+@pytest.fixture
+def all_three(tmp_path, tiny_model_dir):
+    """A federation of its own, with all three members running (whatever ran before)."""
+    with three_members(tmp_path / "federation") as fed:
+        yield fed
 
 
 def run_config(tiny_model_dir: Path, out: Path, **overrides):
@@ -106,7 +121,7 @@ def test_killed_supernode_mid_round(federation, tiny_model_dir):
     assert (out / "adapter.safetensors").exists()
 
 
-def test_secure_aggregation_matches_plain_fedavg(federation, tiny_model_dir):
+def test_secure_aggregation_matches_plain_fedavg(all_three, tiny_model_dir):
     """The same one-round job with and without SecAgg+ on the three SuperNodes: the server's
     aggregate differs only by the quantisation (each member's stochastic rounding is off by under
     one step), and no member's update reached it (the round's clients report ``secagg-clipped``,
@@ -116,9 +131,9 @@ def test_secure_aggregation_matches_plain_fedavg(federation, tiny_model_dir):
     from federation.flower.secure_aggregation import SecAggParams
     from training.params import load_trainable_state
 
-    plain_out, secure_out = federation.workdir / "job-plain-1", federation.workdir / "job-secagg"
-    federation.run_app(run_config(tiny_model_dir, plain_out, **{"num-rounds": 1}), timeout=300)
-    result = federation.run_app(
+    plain_out, secure_out = all_three.workdir / "job-plain-1", all_three.workdir / "job-secagg"
+    all_three.run_app(run_config(tiny_model_dir, plain_out, **{"num-rounds": 1}), timeout=300)
+    result = all_three.run_app(
         run_config(tiny_model_dir, secure_out, **{"num-rounds": 1, "secure-aggregation": True}), timeout=300
     )
     records = read_jsonl(secure_out / "metrics.jsonl")
