@@ -48,7 +48,7 @@ from federation.flower.reporting import RoundRecord
 from federation.flower.settings import KNOWN_RUN_KEYS, FederationConfigError, JobSettings
 from federation.selectors import GUARANTEE_SHARED, job_model_unpublishable, published_model_guarantee
 from training.digest import DIGEST_SCHEME, DataExpectation, digests_by_pair
-from training.privacy import DpSgdError, DpSgdPlan, train_rows
+from training.privacy import DpSgdError, DpSgdPlan, priced_plan, train_rows
 
 from .models import (
     FederatedJob,
@@ -118,7 +118,7 @@ def _run_config(job: FederatedJob, *, participants: str = "", callback: bool = F
         # Flower gives every SuperNode the run config: the plans go without the rows they were priced
         # on (each member's row count and digest), which the ServerApp reads from `dp-data-file` and
         # sends each member, its own only, in its train messages.
-        priced = {org: {k: v for k, v in plan.items() if k != "data"} for org, plan in plans.items()}
+        priced = {org: priced_plan(plan) for org, plan in plans.items()}
         config["dp-plans"] = json.dumps(priced, sort_keys=True)
     if callback:
         workdir = job_workdir(job)

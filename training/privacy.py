@@ -42,6 +42,7 @@ __all__ = [
     "DpSgdPlan",
     "epsilon_for",
     "noise_multiplier_for",
+    "priced_plan",
     "train_rows",
 ]
 
@@ -486,8 +487,12 @@ class DpSgdPlan:
         return dataclasses.replace(self, data=None if data is None else DataExpectation.coerce(data))
 
     def priced_dict(self) -> dict[str, Any]:
-        """``to_dict()`` without ``data``: what a ledger entry or a model's report keeps (the digest
-        is the member's business, docs/data-exposure.md)."""
-        values = self.to_dict()
-        values.pop("data")
-        return values
+        """``to_dict()`` without ``data`` (``priced_plan``)."""
+        return priced_plan(self.to_dict())
+
+
+def priced_plan(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """A plan (as ``DpSgdPlan.to_dict`` writes it) without ``data``, the rows it was priced on: what
+    a ledger entry, a run config or a model's report keeps (the digest is the member's business,
+    docs/data-exposure.md)."""
+    return {key: value for key, value in plan.items() if key != "data"}

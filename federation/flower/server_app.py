@@ -67,6 +67,7 @@ from federation.flower.settings import (
     train_config_json,
 )
 from training.metrics import confusion_metrics
+from training.privacy import priced_plan
 
 log = logging.getLogger(__name__)
 
@@ -633,7 +634,7 @@ class _Job:
         return {
             organisation: {
                 # As priced, without the rows it was priced on (their digest is the member's).
-                "plan": {key: value for key, value in plan.items() if key != "data"},
+                "plan": priced_plan(plan),
                 "steps_taken": self.dp_steps.get(organisation, 0),
                 "reported_epsilon": self.dp_reports.get(organisation, {}).get("dp-epsilon"),
             }

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
 from training.config import TrainConfig, TrainingConfigError
-from training.privacy import DpSgdError, DpSgdPlan
+from training.privacy import DpSgdError, DpSgdPlan, priced_plan
 from training.validation import Rules, positive_int, problem, real, rule
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam")
@@ -276,7 +276,7 @@ class JobSettings:
         out["participants"] = self.participants.to_text() or "*"
         out["callback_token"] = "***" if self.callback_token else ""
         # The rows each plan was priced on (their digest) are for the member alone.
-        out["dp_plans"] = {o: {k: v for k, v in p.items() if k != "data"} for o, p in self.dp_plans.items()}
+        out["dp_plans"] = {o: priced_plan(p) for o, p in self.dp_plans.items()}
         return out
 
 
