@@ -241,6 +241,17 @@ def main() -> int:
         default=None,
         help="the private runs' learning rate (default: --learning-rate)",
     )
+    parser.add_argument(
+        "--pooling", default="cls", choices=["cls", "mean"], help="what the head reads (all runs)"
+    )
+    parser.add_argument(
+        "--dp-head-only",
+        action="store_true",
+        help="the private runs train the classifier head alone (DP linear probing on the frozen encoder)",
+    )
+    parser.add_argument("--dp-optimizer", default=None, choices=["adamw", "sgd"], help="default: adamw")
+    parser.add_argument("--dp-batch-size", type=int, default=None, help="default: --batch-size")
+    parser.add_argument("--dp-local-epochs", type=int, default=None, help="default: --local-epochs")
     args = parser.parse_args()
     epsilons = [float(x) for x in args.dp_epsilon.split(",") if x.strip()]
     if epsilons and args.strategy == "fedprox":
@@ -264,6 +275,15 @@ def main() -> int:
         learning_rate=args.learning_rate,
         local_epochs=args.local_epochs,
         seed=args.seed,
+        pooling=args.pooling,
+    )
+    # The private runs' own hyper-parameters (DP-SGD wants other ones than AdamW on LoRA does).
+    dp_config = config.replace(
+        head_only=args.dp_head_only,
+        optimizer=args.dp_optimizer or config.optimizer,
+        batch_size=args.dp_batch_size or config.batch_size,
+        local_epochs=args.dp_local_epochs or config.local_epochs,
+        learning_rate=args.dp_learning_rate or config.learning_rate,
     )
     table = load_table_for_config(args.data, config)
     train_all, test = split_train_test(table, test_fraction=0.2, seed=args.seed)
@@ -295,6 +315,7 @@ def main() -> int:
 
     model, _ = build_model_and_tokenizer(config)
     trainable, total = count_parameters(model)
+    dp_trainable = count_parameters(build_model_and_tokenizer(dp_config)[0])[0] if epsilons else None
     full_model_bytes = sum(p.numel() * 4 for p in model.parameters())  # fp32
     trainable_bytes = state_nbytes(get_trainable_state(model))
     del model
@@ -311,12 +332,12 @@ def main() -> int:
             assert rows == len(trained), (rows, len(trained))
             plans_by_epsilon[epsilon][org] = DpSgdPlan.from_job(
                 rows=rows,
-                batch_size=args.batch_size,
+                batch_size=dp_config.batch_size,
                 rounds=args.rounds,
                 target_epsilon=epsilon,
                 delta=args.dp_delta,
                 max_grad_norm=args.dp_max_grad_norm,
-                local_epochs=args.local_epochs,
+                local_epochs=dp_config.local_epochs,
             )
 
     # ---------------------------------------------------------------- federated
@@ -332,6 +353,7 @@ def main() -> int:
         "max-length": args.max_length,
         "learning-rate": args.learning_rate,
         "lora-dropout": 0.1,
+        "pooling": args.pooling,
         "seed": args.seed,
         "proximal-mu": args.proximal_mu,
         "test-fraction": args.member_test_fraction,
@@ -364,8 +386,15 @@ def main() -> int:
                 run_config["dp-plans"] = json.dumps(
                     {o: p.to_dict() for o, p in plans.items()}, sort_keys=True
                 )
-                if args.dp_learning_rate is not None:
-                    run_config["learning-rate"] = args.dp_learning_rate
+                run_config.update(
+                    {
+                        "learning-rate": dp_config.effective_learning_rate,
+                        "head-only": dp_config.head_only,
+                        "optimizer": dp_config.optimizer,
+                        "batch-size": dp_config.batch_size,
+                        "local-epochs": dp_config.local_epochs,
+                    }
+                )
             print(f"--- {name}", flush=True)
             run_started = time.perf_counter()
             result = fed.run_app(
@@ -378,10 +407,11 @@ def main() -> int:
                 print(result.stdout[-5000:])
                 print(f"{name} run failed; see", workdir)
                 return 1
-            loaded = load_adapter(config, out / "adapter.safetensors")
-            evaluation = evaluate_model(config, loaded, test)
+            run_train_config = config if epsilon is None else dp_config
+            loaded = load_adapter(run_train_config, out / "adapter.safetensors")
+            evaluation = evaluate_model(run_train_config, loaded, test)
             trained_on = union_of(member_train if epsilon is None else dp_member_train, config.labels)
-            attack = membership_inference(config, loaded, trained_on, test)
+            attack = membership_inference(run_train_config, loaded, trained_on, test)
             del loaded
             runs[name] = {
                 "target_epsilon": epsilon,
@@ -396,6 +426,10 @@ def main() -> int:
                 reported = json.loads((out / "report.json").read_text(encoding="utf-8"))["privacy"]
                 runs[name]["privacy"] = {
                     "learning_rate": run_config["learning-rate"],
+                    "optimizer": dp_config.optimizer,
+                    "head_only": dp_config.head_only,
+                    "batch_size": dp_config.batch_size,
+                    "local_epochs": dp_config.local_epochs,
                     "delta": args.dp_delta,
                     "max_grad_norm": args.dp_max_grad_norm,
                     "accountant": "pld",
@@ -427,6 +461,7 @@ def main() -> int:
         "local_epochs": args.local_epochs,
         "batch_size": args.batch_size,
         "learning_rate": args.learning_rate,
+        "pooling": args.pooling,
         "seed": args.seed,
         "n_train_members": [len(m) for m in member_train],
         "n_train_members_private": [len(m) for m in dp_member_train],
@@ -435,6 +470,7 @@ def main() -> int:
         "n_test": len(test),
         "total_parameters": total,
         "trainable_parameters": trainable,
+        "trainable_parameters_private": dp_trainable,
         "full_model_bytes_fp32": full_model_bytes,
         "trainable_bytes": trainable_bytes,
         "federation_startup_seconds": round(startup_seconds, 1),

@@ -16,7 +16,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, Literal, get_type_hints
 
 from pydantic import AfterValidator, Field, create_model, model_validator
 
@@ -128,11 +128,21 @@ class TrainConfig:
         tuple[Annotated[str, Field(min_length=1)], ...],
         rule("must be a non-empty list of module names", min_length=1),
     ] = ("query", "value")
+    # What the classifier reads: "cls", the encoder's own pooler over the first token (what
+    # *ForSequenceClassification does), or "mean", the mean of the token states over the attention
+    # mask, L2-normalised: the sentence vector all-MiniLM-L6-v2 was trained to produce.
+    pooling: Annotated[Literal["cls", "mean"], Field(description="must be 'cls' or 'mean'")] = "cls"
+    # Only the classifier head trains (the encoder frozen, no adapters; ``lora`` is then ignored):
+    # the fewest parameters for DP-SGD to noise (linear probing on the sentence vector).
+    head_only: _Flag = False
     # Optimisation
     max_length: Annotated[int, rule("must be a positive integer (at most 4096)", gt=0, le=4096)] = 128
     batch_size: _PositiveInt = 16
     # None: DEFAULT_LR_LORA or DEFAULT_LR_FULL
-    learning_rate: Annotated[float | None, real(0.0, high=1.0, low_open=True)] = None
+    # Up to 100: plain SGD on a head over unit-length sentence vectors needs steps far above 1.
+    learning_rate: Annotated[float | None, real(0.0, high=100.0, low_open=True)] = None
+    # "sgd": plain SGD. Under DP-SGD, AdamW rescales every coordinate's noise to a full-size step.
+    optimizer: Annotated[Literal["adamw", "sgd"], Field(description="must be 'adamw' or 'sgd'")] = "adamw"
     weight_decay: Annotated[float, real(0.0, high=1.0)] = 0.0
     max_grad_norm: Annotated[float | None, real(0.0, low_open=True)] = 1.0  # None: no gradient clipping
     local_epochs: _PositiveInt = 1

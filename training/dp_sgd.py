@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset
 
 from training.config import TrainingError
+from training.models import make_optimizer
 from training.privacy import DpSgdError, DpSgdPlan
 
 __all__ = ["DpSgdReport", "PrivateTraining", "make_private", "train_private", "train_with_plan"]
@@ -249,17 +250,6 @@ def _placed(model: nn.Module, device: torch.device | str | None) -> tuple[torch.
     return target, params
 
 
-def _base_optimizer(
-    params: list[nn.Parameter],
-    optimizer: Literal["adamw", "sgd"],
-    learning_rate: float,
-    weight_decay: float,
-) -> torch.optim.Optimizer:
-    if optimizer == "sgd":
-        return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
-    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-
-
 @contextmanager
 def _expected_opacus_warnings_ignored() -> Iterator[None]:
     with warnings.catch_warnings():
@@ -397,7 +387,7 @@ def train_private(
     started = time.perf_counter()
     checked_delta = _checked_delta_and_steps(delta, steps)
     target, params = _placed(model, device)
-    base = _base_optimizer(params, optimizer, learning_rate, weight_decay)
+    base = make_optimizer(params, kind=optimizer, learning_rate=learning_rate, weight_decay=weight_decay)
     with _expected_opacus_warnings_ignored():
         private = make_private(
             model,

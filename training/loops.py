@@ -20,7 +20,7 @@ from torch import nn
 
 from training.config import TrainConfig, TrainingError
 from training.metrics import classification_metrics
-from training.models import autocast, autocast_dtype, make_grad_scaler
+from training.models import autocast, autocast_dtype, make_grad_scaler, make_optimizer
 from training.params import TrainableStateError, get_trainable_state
 from training.seed import seed_everything
 
@@ -137,7 +137,12 @@ def _stepper(
 ) -> _Stepper:
     named = _trainable_named(model)
     params = [p for _, p in named]
-    optimizer = torch.optim.AdamW(params, lr=config.effective_learning_rate, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(
+        params,
+        kind=config.optimizer,
+        learning_rate=config.effective_learning_rate,
+        weight_decay=config.weight_decay,
+    )
     amp_dtype = autocast_dtype(device, enabled=config.mixed_precision)
     scaler = make_grad_scaler(device, amp_dtype)
     mu = float(config.fedprox_mu)
@@ -198,7 +203,7 @@ def train(
     seed: int | None = None,
 ) -> TrainResult:
     """Train the model's trainable parameters for ``config.local_epochs`` passes over ``loader``
-    (or ``config.max_steps`` optimiser steps, whichever comes first), with AdamW.
+    (or ``config.max_steps`` optimiser steps, whichever comes first), with ``config.optimizer`` (AdamW or SGD).
 
     - A fresh optimiser per call: in federated learning each round starts from the new global
       weights, and stale moment estimates from the previous round would point elsewhere.

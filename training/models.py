@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -18,11 +18,13 @@ from training.config import TrainConfig, TrainingConfigError, resolve_base_model
 from training.seed import seed_everything
 
 __all__ = [
+    "MeanPooledClassifier",
     "autocast",
     "autocast_dtype",
     "build_model_and_tokenizer",
     "count_parameters",
     "make_grad_scaler",
+    "make_optimizer",
     "resolve_base_model",
     "select_device",
 ]
@@ -67,6 +69,15 @@ def make_grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.a
     return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
+def make_optimizer(
+    params: list[nn.Parameter], *, kind: Literal["adamw", "sgd"], learning_rate: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """A fresh optimiser over ``params``: AdamW, or plain SGD (``TrainConfig.optimizer``)."""
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -101,9 +112,12 @@ def build_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:
 
     - The encoder comes from ``config.base_model``; a fresh classification head with
       ``len(config.labels)`` outputs and ``id2label``/``label2id`` from the label order is added.
-    - Under LoRA, ``peft`` wraps the model with task type SEQ_CLS: adapters on
-      ``config.lora_target_modules``, the classifier head trainable (peft's ``modules_to_save``),
-      everything else frozen. Without LoRA every parameter trains.
+    - ``config.pooling == "mean"``: the head reads the mean-pooled sentence vector
+      (``MeanPooledClassifier``) instead of the encoder's CLS pooler.
+    - ``config.head_only``: only the classifier head trains (no adapters, encoder frozen).
+    - Else under LoRA, ``peft`` wraps the model: adapters on ``config.lora_target_modules``, the
+      classifier head trainable (peft's ``modules_to_save``), everything else frozen. Without
+      LoRA every parameter trains.
     - Torch is seeded with ``config.seed`` first, so the head (and adapters) start identically on
       every party that builds the same configuration.
 
@@ -135,13 +149,55 @@ def build_model_and_tokenizer(config: TrainConfig) -> tuple[nn.Module, Any]:
             f"cannot load a sequence-classification model from {str(path)!r}: {exc}"
         ) from exc
 
-    if config.lora:
+    if config.pooling == "mean":
+        model = MeanPooledClassifier(model)
+    if config.head_only:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("classifier."))
+    elif config.lora:
         with _quiet_transformers():
             model = _wrap_lora(model, config)
     else:
         for parameter in model.parameters():
             parameter.requires_grad_(True)
     return model, tokenizer
+
+
+class MeanPooledClassifier(nn.Module):
+    """A linear head over the mean of the encoder's token states (attention mask applied),
+    L2-normalised: the sentence vector all-MiniLM-L6-v2 was trained to produce, where the CLS
+    pooler of ``*ForSequenceClassification`` reads a token that model was never trained to fill.
+
+    Built from a loaded ``*ForSequenceClassification`` model: its encoder (``base_model``) and a
+    fresh linear head of the right shape (its own head, pooler and dropout are not used); answers
+    like it (``.loss`` when ``labels`` are given, ``.logits``), and its ``config`` is the encoder's,
+    so ``id2label`` and ``num_labels`` stay where callers look for them.
+    """
+
+    def __init__(self, classifier_model: nn.Module) -> None:
+        super().__init__()
+        hf_model: Any = classifier_model
+        self.config = hf_model.config
+        self.encoder = hf_model.base_model
+        self.classifier = nn.Linear(int(self.config.hidden_size), int(self.config.num_labels))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **encoder_inputs: Any,
+    ) -> Any:
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        states = self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, **encoder_inputs
+        ).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        logits = self.classifier(nn.functional.normalize(pooled, p=2, dim=1))
+        loss = None if labels is None else nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 def _wrap_lora(model: nn.Module, config: TrainConfig) -> nn.Module:

@@ -46,6 +46,7 @@ from dp_accounting.pld import privacy_loss_distribution as pld_lib
 from dp_accounting.rdp.rdp_privacy_accountant import RdpAccountant
 
 __all__ = [
+    "EVENT_TYPES",
     "PLD_DISCRETISATION",
     "AccountingError",
     "ApproxEvent",
@@ -171,7 +172,8 @@ class SubsampledGaussianEvent:
 
 PrivacyEvent = ApproxEvent | LaplaceEvent | GaussianEvent | SubsampledGaussianEvent
 
-_EVENT_TYPES: dict[str, type[ApproxEvent | LaplaceEvent | GaussianEvent | SubsampledGaussianEvent]] = {
+#: A serialised event's ``type`` -> its class (the ledger's ``details.event`` and the API's ``type``).
+EVENT_TYPES: dict[str, type[ApproxEvent | LaplaceEvent | GaussianEvent | SubsampledGaussianEvent]] = {
     "approx": ApproxEvent,
     "laplace": LaplaceEvent,
     "gaussian": GaussianEvent,
@@ -181,17 +183,17 @@ _EVENT_TYPES: dict[str, type[ApproxEvent | LaplaceEvent | GaussianEvent | Subsam
 
 def event_to_dict(event: PrivacyEvent) -> dict[str, Any]:
     """``event`` as JSON (kept with its ledger entry): ``{"type": ..., <its fields>}``."""
-    name = next(key for key, cls in _EVENT_TYPES.items() if type(event) is cls)
+    name = next(key for key, cls in EVENT_TYPES.items() if type(event) is cls)
     return {"type": name, **{key: value for key, value in event.__dict__.items()}}
 
 
 def event_from_dict(data: Any) -> PrivacyEvent:
     """The event ``event_to_dict`` wrote; AccountingError ``invalid_privacy_event`` otherwise."""
-    if not isinstance(data, dict) or data.get("type") not in _EVENT_TYPES:
+    if not isinstance(data, dict) or data.get("type") not in EVENT_TYPES:
         raise AccountingError("invalid_privacy_event", "not a recorded privacy event")
     fields = {key: value for key, value in data.items() if key != "type"}
     try:
-        return _EVENT_TYPES[data["type"]](**fields)
+        return EVENT_TYPES[data["type"]](**fields)
     except TypeError as error:
         raise AccountingError("invalid_privacy_event", f"bad fields for {data['type']}") from error
 

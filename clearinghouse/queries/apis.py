@@ -18,6 +18,7 @@ from rest_framework.views import APIView
 
 from clearinghouse.core.apis import ErrorSerializer, StrictCharField, paginated, validated
 from clearinghouse.datasets.selectors import dataset_get
+from clearinghouse.dp.accounting import EVENT_TYPES
 from clearinghouse.organisations.selectors import organisation_directory_get
 
 from .ledger import allocation_set, budget_set
@@ -198,7 +199,7 @@ class PrivacyEventOutputSerializer(serializers.Serializer):
         ref_name = "PrivacyEventOutput"
 
     type = serializers.ChoiceField(
-        choices=["approx", "laplace", "gaussian", "subsampled_gaussian"],
+        choices=sorted(EVENT_TYPES),
         help_text="approx: an (ε, δ) release (a query); subsampled_gaussian: DP-SGD training.",
     )
     epsilon = serializers.FloatField(required=False)

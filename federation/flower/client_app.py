@@ -215,6 +215,7 @@ def _train_private(message: Message, plan: Any, prepared: tuple[Any, ...], start
         loader,
         plan,
         learning_rate=config.effective_learning_rate,
+        optimizer=config.optimizer,
         steps=round_steps,
         prior_history=prior,
         weight_decay=config.weight_decay,

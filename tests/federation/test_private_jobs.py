@@ -183,6 +183,38 @@ def test_pricing_matches_the_accountant_reference(world, datasets, operator):
     assert plan["noise_multiplier"] == pytest.approx(expected.noise_multiplier, rel=1e-12)
 
 
+def test_a_private_job_trains_the_dp_recipe_unless_its_settings_say_otherwise(world, datasets, operator):
+    """DP linear probing fills what the creator left out, what the creator set stays, and none of it
+    changes the price; a non-private job gets no recipe."""
+    from federation.services import PRIVATE_JOB_DEFAULTS
+
+    job = FederatedJob.objects.get(uid=_accepted_job(world, operator)["uid"])
+    assert job.settings == {"batch-size": BATCH, "max-steps": MAX_STEPS, **PRIVATE_JOB_DEFAULTS}
+    assert PRIVATE_JOB_DEFAULTS == {
+        "pooling": "mean",
+        "head-only": True,
+        "optimizer": "sgd",
+        "learning-rate": 10.0,
+    }
+    lora = operator.post(
+        "/api/v1/federated-jobs",
+        _payload(
+            settings={"batch-size": BATCH, "head-only": False, "optimizer": "adamw", "learning-rate": 1e-3}
+        ),
+        format="json",
+    )
+    assert lora.status_code == 201, lora.json()
+    chosen = FederatedJob.objects.get(uid=lora.json()["uid"]).settings
+    assert (chosen["head-only"], chosen["optimizer"], chosen["learning-rate"]) == (False, "adamw", 1e-3)
+    assert chosen["pooling"] == "mean"
+    plain = operator.post("/api/v1/federated-jobs", _payload(privacy=None), format="json")
+    assert plain.status_code == 201, plain.json()
+    assert FederatedJob.objects.get(uid=plain.json()["uid"]).settings == {
+        "batch-size": BATCH,
+        "max-steps": MAX_STEPS,
+    }
+
+
 def test_schedule_debits_each_dataset_once_and_passes_the_plans(world, datasets, operator, superlink):
     job = _accepted_job(world, operator)
     response = operator.post(f"{job['url']}/schedule")

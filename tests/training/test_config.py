@@ -111,7 +111,13 @@ def test_config_is_frozen():
         ({"max_length": 5000}, "max_length must be a positive integer (at most 4096), got 5000"),
         ({"weight_decay": True}, "weight_decay must be a finite number >= 0.0 and <= 1.0, got True"),
         ({"batch_size": "16"}, "batch_size must be a positive integer, got '16'"),
-        ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0.0 and <= 1.0, got inf"),
+        (
+            {"learning_rate": float("inf")},
+            "learning_rate must be a finite number > 0.0 and <= 100.0, got inf",
+        ),
+        ({"pooling": "max"}, "pooling must be 'cls' or 'mean', got 'max'"),
+        ({"optimizer": "adam"}, "optimizer must be 'adamw' or 'sgd', got 'adam'"),
+        ({"head_only": "yes"}, "head_only must be true or false, got 'yes'"),
         (
             {"lora_target_modules": ("query", "")},
             "lora_target_modules must be a non-empty list of module names",

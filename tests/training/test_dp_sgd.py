@@ -272,3 +272,27 @@ def test_report_check_refuses_another_mechanism(setup) -> None:
         report.check(plan)
     assert caught.value.code == "plan_mismatch"
     assert report.to_dict()["history"] == [[plan.noise_multiplier * 0.5, 1 / 8, 2]]
+
+
+def test_a_head_over_the_mean_pooled_vector_learns_with_dp_sgd_and_plain_sgd(make_config, toy_tables) -> None:
+    """DP linear probing: only the head trains (770 parameters on MiniLM), with plain SGD at a large
+    step; the frozen encoder is left exactly as it was, and the toy task is learnt under the noise."""
+    from training.loops import evaluate
+
+    config = make_config(pooling="mean", head_only=True, optimizer="sgd", learning_rate=20.0, batch_size=16)
+    model, tokenizer = build_model_and_tokenizer(config)
+    train, test = toy_tables
+    loader = make_loader(train, tokenizer=tokenizer, config=config, shuffle=False)
+    test_loader = make_loader(test, tokenizer=tokenizer, config=config, shuffle=False)
+    before = _state(model)
+    chance = evaluate(model, test_loader, device=torch.device("cpu"), mixed_precision=False).accuracy
+    plan = DpSgdPlan.from_job(
+        rows=64, batch_size=16, local_epochs=40, rounds=1, target_epsilon=8.0, delta=1e-3, max_grad_norm=0.5
+    )
+    report = train_with_plan(model, loader, plan, learning_rate=20.0, optimizer="sgd", rng_seed=0)
+    assert report.total_steps == plan.steps
+    after = _state(model)
+    changed = {name for name in after if not torch.equal(after[name], before[name])}
+    assert changed == {"classifier.weight", "classifier.bias"}
+    accuracy = evaluate(model, test_loader, device=torch.device("cpu"), mixed_precision=False).accuracy
+    assert accuracy >= 0.9 > chance + 0.2, (chance, accuracy)

@@ -168,3 +168,40 @@ def test_device_selection_and_precision():
     if not torch.cuda.is_available():
         with pytest.raises(TrainingConfigError, match="CUDA was requested"):
             select_device("cuda")
+
+
+def test_mean_pooling_reads_the_normalised_mean_of_the_token_states(make_config):
+    model, tokenizer = build_model_and_tokenizer(make_config(pooling="mean", lora=False))
+    model.eval()
+    batch = tokenizer(["win free cash now", "lunch"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model.encoder(**batch).last_hidden_state
+        logits = model(**batch).logits
+    # The padded positions of the short text do not count: its vector is the mean of its own tokens.
+    for i in range(2):
+        n = int(batch["attention_mask"][i].sum())
+        vector = torch.nn.functional.normalize(states[i, :n].mean(dim=0), dim=0)
+        torch.testing.assert_close(logits[i], model.classifier(vector), rtol=1e-5, atol=1e-6)
+    assert model.config.id2label == {0: "ham", 1: "spam"}
+    labels = torch.tensor([1, 0])
+    loss = model(**batch, labels=labels).loss
+    assert loss is not None and float(loss.detach()) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, labels)), rel=1e-5
+    )
+
+
+def test_mean_pooling_under_lora_exchanges_adapters_and_head(make_config):
+    model, _ = build_model_and_tokenizer(make_config(pooling="mean", lora_r=4))
+    state = get_trainable_state(model)
+    assert len([n for n in state if "lora_" in n]) == LAYERS * 2 * 2
+    assert len([n for n in state if "classifier" in n]) == 2
+    assert all("lora_" in n or "classifier" in n for n in state)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_head_only_trains_the_classifier_alone(make_config, pooling):
+    model, _ = build_model_and_tokenizer(make_config(pooling=pooling, head_only=True))
+    state = get_trainable_state(model)
+    assert sorted(state) == ["classifier.bias", "classifier.weight"]
+    assert count_parameters(model)[0] == HIDDEN * 2 + 2
+    assert not any("lora_" in name for name, _ in model.named_parameters())  # no adapters at all
