@@ -25,6 +25,7 @@ __all__ = [
     "count_parameters",
     "make_grad_scaler",
     "make_optimizer",
+    "mean_pooled",
     "resolve_base_model",
     "select_device",
 ]
@@ -76,6 +77,14 @@ def make_optimizer(
     if kind == "sgd":
         return torch.optim.SGD(params, lr=learning_rate, weight_decay=weight_decay)
     return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+
+def mean_pooled(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The sentence vector all-MiniLM-L6-v2 was trained to produce: the mean of the token states
+    ``(batch, tokens, hidden)`` over ``attention_mask`` (padding left out), L2-normalised."""
+    mask = attention_mask.unsqueeze(-1).to(states.dtype)
+    pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+    return nn.functional.normalize(pooled, p=2, dim=1)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -193,9 +202,7 @@ class MeanPooledClassifier(nn.Module):
         states = self.encoder(
             input_ids=input_ids, attention_mask=attention_mask, **encoder_inputs
         ).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(states.dtype)
-        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        logits = self.classifier(nn.functional.normalize(pooled, p=2, dim=1))
+        logits = self.classifier(mean_pooled(states, attention_mask))
         loss = None if labels is None else nn.functional.cross_entropy(logits.float(), labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 

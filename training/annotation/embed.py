@@ -17,7 +17,7 @@ import torch
 
 from training.annotation.errors import AnnotationError
 from training.config import PACKAGED_MINILM, resolve_base_model
-from training.models import select_device
+from training.models import mean_pooled, select_device
 
 __all__ = ["Embedder", "load_embedder"]
 
@@ -57,9 +57,7 @@ class Embedder:
                     return_tensors="pt",
                 ).to(self.device)
                 states = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
-                pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                pooled = mean_pooled(states, batch["attention_mask"])
                 out[np.asarray(idx)] = pooled.float().cpu().numpy()
         return out
 
