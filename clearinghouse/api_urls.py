@@ -3,6 +3,7 @@
 from django.urls import path, register_converter
 
 from clearinghouse.accounts import apis as accounts
+from clearinghouse.annotation import apis as annotation
 from clearinghouse.audit import apis as audit
 from clearinghouse.datasets import apis as datasets
 from clearinghouse.organisations import apis as organisations
@@ -215,5 +216,67 @@ urlpatterns = [
         "supernode-keys/<int:key_id>/revoke",
         federation.SuperNodeKeyRevokeApi.as_view(),
         name="supernode_key_revoke",
+    ),
+    # Annotation projects (clearinghouse.annotation)
+    path("annotation/projects", annotation.ProjectListCreateApi.as_view(), name="annotation_projects"),
+    path(
+        "annotation/projects/<int:project_id>",
+        annotation.ProjectDetailApi.as_view(),
+        name="annotation_project",
+    ),
+    path(
+        "annotation/projects/<int:project_id>/archive",
+        annotation.ProjectArchiveApi.as_view(),
+        name="annotation_project_archive",
+    ),
+    path("annotation/projects/<int:project_id>/next", annotation.NextApi.as_view(), name="annotation_next"),
+    path(
+        "annotation/projects/<int:project_id>/items", annotation.ItemsApi.as_view(), name="annotation_items"
+    ),
+    path(
+        "annotation/projects/<int:project_id>/items/<int:item_id>/label",
+        annotation.ItemLabelApi.as_view(),
+        name="annotation_item_label",
+    ),
+    path(
+        "annotation/projects/<int:project_id>/items/<int:item_id>/skip",
+        annotation.ItemSkipApi.as_view(),
+        name="annotation_item_skip",
+    ),
+    path("annotation/projects/<int:project_id>/undo", annotation.UndoApi.as_view(), name="annotation_undo"),
+    path(
+        "annotation/projects/<int:project_id>/model-runs",
+        annotation.ModelRunListStartApi.as_view(),
+        name="annotation_model_runs",
+    ),
+    path(
+        "annotation/projects/<int:project_id>/model-runs/<int:run_id>",
+        annotation.ModelRunDetailApi.as_view(),
+        name="annotation_model_run",
+    ),
+    path(
+        "annotation/projects/<int:project_id>/automatic",
+        annotation.AutomaticApi.as_view(),
+        name="annotation_automatic",
+    ),
+    path(
+        "annotation/projects/<int:project_id>/duplicates",
+        annotation.DuplicatesApi.as_view(),
+        name="annotation_duplicates",
+    ),
+    path(
+        "annotation/projects/<int:project_id>/review",
+        annotation.ReviewApi.as_view(),
+        name="annotation_review",
+    ),
+    path(
+        "annotation/projects/<int:project_id>/exports",
+        annotation.ExportListStartApi.as_view(),
+        name="annotation_exports",
+    ),
+    path(
+        "annotation/projects/<int:project_id>/exports/<int:export_id>",
+        annotation.ExportDetailApi.as_view(),
+        name="annotation_export",
     ),
 ]

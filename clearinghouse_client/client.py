@@ -9,6 +9,19 @@
         print(row)            # {"educ": "1", "count": 12, "count_lo": 8.1, "count_hi": 15.9}
     release.to_csv("counts.csv")
 
+Annotation projects, for whoever leads the labelling of an organisation's own text dataset:
+
+    project = client.annotation_project_create("org-a/sms", name="Spam", text_column="text",
+                                               labels=["ham", "spam"], annotators=["alice", "bob"])
+    answer = client.annotation_next(project["id"])   # {"item": {"id", "row", "text", "proposal", ...}}
+    client.annotation_label(project["id"], answer["item"]["id"], "spam")
+    run = client.annotation_model_run(project["id"], wait=True)      # proposals, most uncertain first
+    client.annotation_project_update(project["id"], target_precision=0.98, confidence_level=0.95)
+    run = client.annotation_model_run(project["id"], wait=True)      # ... and the threshold for it
+    print(run["threshold"], run["precision_lower_bound"], run["coverage"])
+    client.annotation_automatic(project["id"], run["id"])           # {"labelled": 4870}
+    client.annotation_export(project["id"], "SMS labelled", drop_duplicates=True, wait=True)
+
 Every failure (an error answer of the service, or no answer at all) raises `ClearinghouseError`.
 """
 
@@ -27,6 +40,7 @@ __all__ = ["ClearinghouseError", "Client", "Release", "parse_ref"]
 
 API = "/api/v1"
 _FINAL = {"released", "refused", "failed"}
+_DONE = {"succeeded", "failed"}  # a model run's or an export's final states
 
 
 class ClearinghouseError(Exception):
@@ -368,3 +382,201 @@ class Client:
     def history(self, ref: str) -> list[Release]:
         """The queries of your organisation on the dataset (owners: everyone's), newest first."""
         return [Release(body) for body in self._every_page(self._dataset_path(ref) + "/queries")]
+
+    # annotation projects (labelling an organisation's own text dataset, with a model's help)
+    @staticmethod
+    def _project_path(project_id: int) -> str:
+        return f"/annotation/projects/{int(project_id)}"
+
+    @staticmethod
+    def _wait_for(fetch, body: dict, *, timeout: float, what: str) -> dict:
+        """Polls (`fetch()`) a model run or an export until it ends or `timeout` seconds pass; raises
+        `ClearinghouseError` when it failed, returns it (still queued or running) when time ran out."""
+        deadline = time.monotonic() + max(0.0, float(timeout or 0))
+        pause = 0.25
+        while body.get("status") not in _DONE and time.monotonic() < deadline:
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 1.5, 2.0)
+            body = fetch()
+        if body.get("status") == "failed":
+            raise ClearinghouseError(
+                0,
+                body.get("error_code") or f"{what}_failed",
+                f"{what.replace('_', ' ')} {body.get('id')} failed",
+            )
+        return body
+
+    def annotation_projects(self) -> list[dict]:
+        """The annotation projects you manage or label for, following the pagination."""
+        return self._every_page("/annotation/projects")
+
+    def annotation_project(self, project_id: int) -> dict:
+        """A project with its `progress` (total, done, auto, remaining, kappa, per_label, ...)."""
+        return self._get(self._project_path(project_id))
+
+    def annotation_project_create(
+        self,
+        dataset: str,
+        name: str,
+        text_column: str,
+        labels: list[str],
+        instructions: str = "",
+        overlap: float | None = None,
+        annotators: list[str] | None = None,
+        version: int | None = None,
+        slug: str | None = None,
+    ) -> dict:
+        """A project on your organisation's dataset (`org/slug` or `slug`) whose items are the rows of
+        its ready version (`version`, else the latest); `annotators` are usernames of your organisation,
+        `overlap` the share of items labelled by two of them. The items are prepared in a worker: the
+        project's `status` is `preparing` until then."""
+        if isinstance(labels, str):
+            labels = [label.strip() for label in labels.split(",") if label.strip()]
+        body: dict[str, Any] = {
+            "dataset": str(dataset).strip().strip("/"),
+            "name": name,
+            "text_column": text_column,
+            "labels": list(labels),
+            "instructions": instructions or "",
+        }
+        if overlap is not None:
+            body["overlap"] = float(overlap)
+        if annotators is not None:
+            body["annotators"] = list(annotators)
+        if version is not None:
+            body["version"] = int(version)
+        if slug:
+            body["slug"] = slug
+        return self._request("POST", "/annotation/projects", json=body)[1]
+
+    _PROJECT_FIELDS = frozenset({"instructions", "annotators", "target_precision", "confidence_level"})
+
+    def annotation_project_update(self, project_id: int, **fields) -> dict:
+        """Changes `instructions`, `annotators` (usernames), `target_precision` (in (0, 1): the precision
+        automatic labelling must reach) and `confidence_level` (of that precision's lower bound)."""
+        unknown = sorted(set(fields) - self._PROJECT_FIELDS)
+        if unknown:
+            raise ClearinghouseError(
+                0,
+                "invalid_arguments",
+                f"a project has no field {', '.join(unknown)} to change "
+                f"(only {', '.join(sorted(self._PROJECT_FIELDS))})",
+            )
+        return self._request("PATCH", self._project_path(project_id), json=fields)[1]
+
+    def annotation_archive(self, project_id: int) -> dict:
+        return self._request("POST", self._project_path(project_id) + "/archive")[1]
+
+    def annotation_next(self, project_id: int, review: bool = False) -> dict:
+        """The next item for you: {item: {id, row, text, proposal: {label, confidence} | None, flagged,
+        given_label} | None, progress}; `item` is None when your queue is empty. `review`: the items
+        flagged as likely label errors instead."""
+        params = {"review": "1"} if review else {}
+        return self._get(self._project_path(project_id) + "/next", **params)
+
+    def annotation_items(self, project_id: int, item_ids: list[int]) -> list[dict]:
+        """Up to 50 items, with their texts."""
+        ids = ",".join(str(int(i)) for i in item_ids)
+        return self._get(self._project_path(project_id) + "/items", ids=ids)["items"]
+
+    def annotation_label(self, project_id: int, item_id: int, label: str) -> dict:
+        """Your label for an item (one of the project's labels): {id, item, label, source}."""
+        return self._request(
+            "POST", f"{self._project_path(project_id)}/items/{int(item_id)}/label", json={"label": label}
+        )[1]
+
+    def annotation_skip(self, project_id: int, item_id: int) -> None:
+        self._request("POST", f"{self._project_path(project_id)}/items/{int(item_id)}/skip")
+
+    def annotation_undo(self, project_id: int) -> dict:
+        """Deletes your latest label: {item, label} (`nothing_to_undo` when there is none)."""
+        return self._request("POST", self._project_path(project_id) + "/undo")[1]
+
+    def annotation_model_runs(self, project_id: int) -> list[dict]:
+        return self._every_page(self._project_path(project_id) + "/model-runs")
+
+    def annotation_model_run_get(self, project_id: int, run_id: int) -> dict:
+        return self._get(f"{self._project_path(project_id)}/model-runs/{int(run_id)}")
+
+    def annotation_model_run(
+        self,
+        project_id: int,
+        kind: str = "propose",
+        wait: bool = False,
+        timeout: float = 600,
+        federated_model: int | None = None,
+    ) -> dict:
+        """Starts a model run in a worker: `propose` (a label and a confidence for every item, trained on
+        the labels so far — or by the consortium's `federated_model` for the same label set — with the
+        threshold for automatic labelling when the project has a target precision) or `review` (likely
+        label errors). With `wait`, polls it for up to `timeout` seconds until it ends (raises
+        `ClearinghouseError` when it failed)."""
+        body: dict[str, Any] = {"kind": kind}
+        if federated_model is not None:
+            body["federated_model"] = int(federated_model)
+        _, run = self._request("POST", self._project_path(project_id) + "/model-runs", json=body)
+        if not wait:
+            return run
+        return self._wait_for(
+            lambda: self.annotation_model_run_get(project_id, run["id"]),
+            run,
+            timeout=timeout,
+            what="model_run",
+        )
+
+    def annotation_automatic(self, project_id: int, run_id: int) -> dict:
+        """Labels by model the items without a human label whose confidence in run `run_id` reaches its
+        threshold: {labelled}."""
+        return self._request(
+            "POST", self._project_path(project_id) + "/automatic", json={"run": int(run_id)}
+        )[1]
+
+    def annotation_duplicates(self, project_id: int) -> list[dict]:
+        """Groups of exact or near duplicate items: [{group, kind, item_ids, labels, conflicting}]."""
+        return self._every_page(self._project_path(project_id) + "/duplicates")
+
+    def annotation_review(self, project_id: int) -> list[dict]:
+        """The items flagged as likely label errors (no texts), most likely first."""
+        return self._every_page(self._project_path(project_id) + "/review")
+
+    def annotation_exports(self, project_id: int) -> list[dict]:
+        return self._every_page(self._project_path(project_id) + "/exports")
+
+    def annotation_export_get(self, project_id: int, export_id: int) -> dict:
+        return self._get(f"{self._project_path(project_id)}/exports/{int(export_id)}")
+
+    def annotation_export(
+        self,
+        project_id: int,
+        name: str,
+        slug: str = "",
+        label_column: str = "",
+        drop_duplicates: bool = False,
+        drop_conflicts: bool = True,
+        include_model_labels: bool = True,
+        wait: bool = False,
+        timeout: float = 600,
+    ) -> dict:
+        """Exports the labels as a new dataset of your organisation, written by a worker: the source
+        columns, then `label_column` (default `label`, or `annotation_label` when the data has a `label`)
+        and its provenance `<label_column>_source`, `_confidence` and `_model_run`. With `wait`, polls the
+        export for up to `timeout` seconds until it ends (raises `ClearinghouseError` when it failed)."""
+        body: dict[str, Any] = {
+            "name": name,
+            "drop_duplicates": bool(drop_duplicates),
+            "drop_conflicts": bool(drop_conflicts),
+            "include_model_labels": bool(include_model_labels),
+        }
+        if slug:
+            body["slug"] = slug
+        if label_column:
+            body["label_column"] = label_column
+        _, export = self._request("POST", self._project_path(project_id) + "/exports", json=body)
+        if not wait:
+            return export
+        return self._wait_for(
+            lambda: self.annotation_export_get(project_id, export["id"]),
+            export,
+            timeout=timeout,
+            what="export",
+        )

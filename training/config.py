@@ -16,7 +16,7 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_type_hints
 
 from pydantic import AfterValidator, Field, create_model, model_validator
 
@@ -31,6 +31,12 @@ PACKAGED_MINILM = "minilm-l6"
 #: wreck the pretrained weights.
 DEFAULT_LR_LORA = 5e-4
 DEFAULT_LR_FULL = 5e-5
+
+#: What a member does with held-out rows that duplicate a training row, exactly or nearly
+#: (``training.data.deduplicate_test_split``): "drop" them from its held-out split (a score counting
+#: copies of training rows overstates what the model learnt), "report" them but keep them, or "off".
+TestDedup = Literal["drop", "report", "off"]
+TEST_DEDUP_MODES: tuple[str, ...] = get_args(TestDedup)
 
 
 class TrainingError(Exception):

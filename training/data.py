@@ -8,7 +8,9 @@ author of this code.
 
 Texts and labels are held in a ``LabelledTable`` (texts + integer class ids in the order of the
 declared labels). Splitting and partitioning are seeded and stratified, so benchmarks are
-reproducible.
+reproducible. ``deduplicate_test_split`` finds the held-out rows that duplicate a training row
+(exactly or nearly) and by default drops them: a held-out score counting copies of training rows
+overstates what the model learnt.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from clearinghouse.tabular import SAMPLE_SIZE, sniff_delimiter
-from training.config import TrainConfig, TrainingDataError
+from training.annotation.dedup import leaked_test_rows
+from training.config import TEST_DEDUP_MODES, TrainConfig, TrainingConfigError, TrainingDataError
 
 __all__ = [
+    "HeldOutDuplicates",
     "LabelledTable",
     "TextClassificationDataset",
     "TokenizingCollator",
+    "deduplicate_test_split",
     "load_labelled_table",
     "load_table_for_config",
     "make_loader",
@@ -357,6 +362,64 @@ def split_train_test(
     if len(train) == 0 or len(test) == 0:
         raise TrainingDataError("the split left the train or the test side empty; use more data")
     return table.subset(train), table.subset(test)
+
+
+@dataclass(frozen=True, eq=False)
+class HeldOutDuplicates:
+    """The held-out rows of a split that duplicate a training row (``deduplicate_test_split``).
+
+    ``indices``: their positions in the held-out side as split, or None when nothing was checked
+    (mode ``"off"``, or no texts to compare). ``dropped``: the rows taken out of the held-out side
+    (mode ``"drop"``; empty otherwise), kept because they are still rows of the member's file (its
+    content digest counts them).
+    """
+
+    mode: str
+    indices: tuple[int, ...] | None
+    dropped: LabelledTable
+
+    @property
+    def found(self) -> int | None:
+        """How many held-out rows duplicate a training row (None: not checked)."""
+        return None if self.indices is None else len(self.indices)
+
+
+def deduplicate_test_split(
+    train: LabelledTable,
+    test: LabelledTable,
+    *,
+    mode: str = "drop",
+    threshold: float = 0.8,
+    shingle_size: int = 5,
+) -> tuple[LabelledTable, HeldOutDuplicates]:
+    """The held-out side to evaluate on, and its rows that duplicate a training row.
+
+    A held-out row duplicates a training row when their texts are equal after normalisation (case,
+    Unicode form, runs of whitespace) or near duplicates: character ``shingle_size``-gram Jaccard
+    similarity >= ``threshold`` (``training.annotation.dedup.leaked_test_rows``; labels are not
+    compared). ``mode``: ``"drop"`` takes them out of the held-out side, ``"report"`` only counts
+    them, ``"off"`` checks nothing. Tables without texts are not checked. Refuses
+    (``TrainingDataError``) to drop every held-out row: nothing would be left to evaluate on.
+    """
+    if mode not in TEST_DEDUP_MODES:
+        raise TrainingConfigError(
+            f"the held-out deduplication mode must be one of {list(TEST_DEDUP_MODES)!r}, got {mode!r}"
+        )
+    nothing = test.subset([])
+    if mode == "off" or not train.texts or not test.texts:
+        return test, HeldOutDuplicates(mode=mode, indices=None, dropped=nothing)
+    leaked = leaked_test_rows(train.texts, test.texts, threshold=threshold, shingle_size=shingle_size)
+    if mode == "report" or not leaked:
+        return test, HeldOutDuplicates(mode=mode, indices=leaked, dropped=nothing)
+    if len(leaked) == len(test):
+        raise TrainingDataError(
+            f"every one of the {len(test)} held-out rows duplicates a training row (exactly or nearly), "
+            "so none would be left to evaluate on; remove the duplicates from the file (or keep them "
+            "with test-dedup 'report', for an overstated held-out score)"
+        )
+    gone = set(leaked)
+    kept = test.subset([i for i in range(len(test)) if i not in gone])
+    return kept, HeldOutDuplicates(mode=mode, indices=leaked, dropped=test.subset(list(leaked)))
 
 
 def partition(

@@ -58,4 +58,5 @@ urlpatterns = [
     path("", include("clearinghouse.datasets.urls")),
     path("", include("clearinghouse.queries.urls")),
     path("", include("federation.urls")),
+    path("", include("clearinghouse.annotation.urls")),
 ]

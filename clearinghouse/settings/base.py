@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "clearinghouse.organisations",
     "clearinghouse.datasets",
     "clearinghouse.queries",
+    "clearinghouse.annotation",
     "clearinghouse.portal",
     "federation",
 ]
@@ -206,6 +207,12 @@ SPECTACULAR_SETTINGS = {
         "FederatedJobStrategyEnum": "federation.models.Strategy.values",
         "FederatedParticipantStatusEnum": "federation.models.ParticipantStatus",
         "SuperNodeKeyStatusEnum": "federation.models.NodeKeyStatus",
+        "AnnotationProjectStatusEnum": "clearinghouse.annotation.models.ProjectStatus",
+        # ExportStatus has the same choices as RunStatus: one enum for both
+        "AnnotationWorkStatusEnum": "clearinghouse.annotation.models.RunStatus",
+        "AnnotationRunKindEnum": "clearinghouse.annotation.models.RunKind",
+        "AnnotationLabelSourceEnum": "clearinghouse.annotation.models.LabelSource",
+        "AnnotationDuplicateKindEnum": "clearinghouse.annotation.apis.DUPLICATE_KINDS",
     },
 }
 
@@ -242,6 +249,10 @@ CELERY_TASK_ROUTES = {
     "datasets.*": {"queue": "ingestion"},
     "queries.*": {"queue": "dp"},
     "federation.*": {"queue": "federation"},
+    # An annotator waits for these texts: the quick dp workers serve them; the long annotation work
+    # (preparation, model runs, exports) reads whole versions, as ingestion does.
+    "annotation.item_texts": {"queue": "dp"},
+    "annotation.*": {"queue": "ingestion"},
 }
 # A message a worker took but never acknowledged (acks_late; the worker was killed) goes back to the
 # queue after this long on Redis (kombu's default is an hour). It must exceed the longest task: the
@@ -327,6 +338,21 @@ CELERY_BEAT_SCHEDULE["datasets-recover-stuck"] = {
     "schedule": float(os.environ.get("INGESTION_RECOVER_EVERY_SECONDS", "60")),
 }
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
+
+# Annotation projects (clearinghouse/annotation). The encoder that embeds the items for the model:
+# "minilm-l6" (packaged) or a local model directory. How long a page waits for a worker to return the
+# texts it shows. The random calibration sample served beside the uncertain items. A project still
+# preparing, or a run or export not finished, this long is queued again by beat (failed after
+# ANNOTATION_MAX_ATTEMPTS). Like ingestion's, its tasks stop before BROKER_VISIBILITY_TIMEOUT_SECONDS.
+ANNOTATION_BASE_MODEL = os.environ.get("ANNOTATION_BASE_MODEL", "minilm-l6")
+ANNOTATION_TEXTS_WAIT_SECONDS = float(os.environ.get("ANNOTATION_TEXTS_WAIT_SECONDS", "10"))
+ANNOTATION_CALIBRATION_ITEMS = int(os.environ.get("ANNOTATION_CALIBRATION_ITEMS", "150"))
+ANNOTATION_STUCK_SECONDS = float(os.environ.get("ANNOTATION_STUCK_SECONDS", "1800"))
+ANNOTATION_MAX_ATTEMPTS = int(os.environ.get("ANNOTATION_MAX_ATTEMPTS", "3"))
+CELERY_BEAT_SCHEDULE["annotation-recover-stuck"] = {
+    "task": "annotation.recover_stuck",
+    "schedule": float(os.environ.get("ANNOTATION_RECOVER_EVERY_SECONDS", "120")),
+}
 
 INVITATION_VALIDITY = timedelta(days=int(os.environ.get("INVITATION_VALIDITY_DAYS", "14")))
 API_TOKEN_MAX_DAYS = int(os.environ.get("API_TOKEN_MAX_DAYS", "365"))

@@ -5,9 +5,13 @@ Messages from the ServerApp:
 - ``query``: "who are you?" -> the node's ``organisation`` (node config) so the ServerApp can keep
   only the job's participants. No data leaves: just the slug the member configured.
 - ``train``: global trainable state (``ArrayRecord`` "arrays") + ``ConfigRecord`` "config"
-  (``server-round``, ``train-config`` JSON, ``test-fraction``, ``proximal-mu`` under FedProx) ->
-  the locally trained trainable state + train metrics.
-- ``evaluate``: global trainable state -> metrics on the member's local held-out split.
+  (``server-round``, ``train-config`` JSON, ``test-fraction``, ``test-dedup``, ``proximal-mu`` under
+  FedProx) -> the locally trained trainable state + train metrics.
+- ``evaluate``: global trainable state -> metrics on the member's local held-out split. Held-out rows
+  that duplicate a training row, exactly or nearly, are dropped from it (``test-dedup``: "drop", the
+  default; "report" keeps them; "off" does not look), and the metrics say how many were found
+  (``test-duplicates-found``) and dropped (``test-duplicates-dropped``): a score counting copies of
+  training rows is inflated.
 - a secure-aggregation job's ``train`` messages run the SecAgg+ protocol
   (``secure_aggregation.secaggplus_train_mod``): the member sends its update masked, never its
   trained state.
@@ -51,9 +55,13 @@ log = logging.getLogger(__name__)
 
 app = ClientApp()
 
-# Per-process cache: (train-config JSON, node settings, test fraction, stratify, parse options) ->
-# (config, model, tokenizer, train, test, device, node).
-_CACHE: dict[tuple[str, NodeSettings, float, bool, tuple[str, str | None] | None], tuple[Any, ...]] = {}
+# Per-process cache: (train-config JSON, node settings, test fraction, test dedup, stratify, parse
+# options) -> (config, model, tokenizer, train, test, device, node, held-out duplicates).
+_CACHE: dict[tuple[str, NodeSettings, float, str, bool, tuple[str, str | None] | None], tuple[Any, ...]] = {}
+
+#: The evaluate metrics that count the held-out rows duplicating a training row.
+DUPLICATES_FOUND = "test-duplicates-found"
+DUPLICATES_DROPPED = "test-duplicates-dropped"
 
 
 def _config_number(record: ConfigRecord, key: str, default: float) -> float:
@@ -62,6 +70,17 @@ def _config_number(record: ConfigRecord, key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"config {key!r} must be a number, got {value!r}")
     return float(value)
+
+
+def _test_dedup(record: ConfigRecord) -> str:
+    """What to do with held-out rows that duplicate a training row ("drop" where the config says
+    nothing, as the run config's default)."""
+    from training.config import TEST_DEDUP_MODES
+
+    value = record.get("test-dedup", "drop")
+    if value not in TEST_DEDUP_MODES:
+        raise ValueError(f"config 'test-dedup' must be one of {list(TEST_DEDUP_MODES)!r}, got {value!r}")
+    return str(value)
 
 
 def _private(record: ConfigRecord) -> bool:
@@ -95,18 +114,19 @@ def _registered_parse(record: ConfigRecord) -> tuple[str, str | None] | None:
 
 def _prepare(message: Message, context: Context) -> tuple[Any, ...]:
     from training.config import TrainConfig
-    from training.data import load_table_for_config, split_train_test
+    from training.data import deduplicate_test_split, load_table_for_config, split_train_test
     from training.models import build_model_and_tokenizer, select_device
 
     node = NodeSettings.from_node_config(context.node_config)
     config_record = message.content.config_records["config"]
     train_json = str(config_record["train-config"])
     test_fraction = _config_number(config_record, "test-fraction", 0.2)
+    test_dedup = _test_dedup(config_record)
     # A private job's split is unstratified: its train side's size, which the member's DP-SGD
     # plan was priced on, then depends on the row count alone (training.privacy.train_rows).
     stratify = not _private(config_record)
     parse = _registered_parse(config_record)
-    key = (train_json, node, test_fraction, stratify, parse)
+    key = (train_json, node, test_fraction, test_dedup, stratify, parse)
     if key not in _CACHE:
         _CACHE.clear()
         config = TrainConfig.from_dict(
@@ -119,10 +139,19 @@ def _prepare(message: Message, context: Context) -> tuple[Any, ...]:
         train_table, test_table = split_train_test(
             table, test_fraction=test_fraction, seed=config.seed, stratify=stratify
         )
+        test_table, duplicates = deduplicate_test_split(train_table, test_table, mode=test_dedup)
+        if duplicates.found:
+            log.info(
+                "%d of the %d held-out rows duplicate a training row (test-dedup %s): %d dropped",
+                duplicates.found,
+                len(test_table) + len(duplicates.dropped),
+                test_dedup,
+                len(duplicates.dropped),
+            )
         model, tokenizer = build_model_and_tokenizer(config)
         device = select_device(node.device)
         model.to(device)
-        _CACHE[key] = (config, model, tokenizer, train_table, test_table, device, node)
+        _CACHE[key] = (config, model, tokenizer, train_table, test_table, device, node, duplicates)
     return _CACHE[key]
 
 
@@ -173,8 +202,9 @@ def _check_data(plan: Any, prepared: tuple[Any, ...]) -> None:
         # hand-made run (benchmarks/federated_sms.py, tests) with no rows to check against.
         log.warning("the DP-SGD plan names no registered rows (no data): the local file is not checked")
         return
-    _, _, _, train_table, test_table, _, node = prepared
-    local = labelled_table_digest(train_table, test_table)  # the whole file: the digest ignores order
+    _, _, _, train_table, test_table, _, node, duplicates = prepared
+    # The whole file (the held-out rows dropped as duplicates included): the digest ignores order.
+    local = labelled_table_digest(train_table, test_table, duplicates.dropped)
     if plan.data.matches(local):
         return
     log.error(
@@ -202,7 +232,7 @@ def _train_private(message: Message, plan: Any, prepared: tuple[Any, ...], start
     from training.data import make_loader
     from training.dp_sgd import train_with_plan
 
-    config, model, tokenizer, train_table, _, device, _ = prepared
+    config, model, tokenizer, train_table, _, device, _, _ = prepared
     cfg = message.content.config_records["config"]
     _apply_global(model, message.content.array_records["arrays"])
     round_steps = int(_config_number(cfg, "dp-round-steps", 0))
@@ -252,7 +282,7 @@ def handle_train(message: Message, context: Context) -> Message:
     cfg = message.content.config_records["config"]
     plan = _dp_plan(cfg, NodeSettings.from_node_config(context.node_config))
     prepared = _prepare(message, context)
-    config, model, tokenizer, train_table, _, device, node = prepared
+    config, model, tokenizer, train_table, _, device, node, _ = prepared
     if plan is not None:
         _check_data(plan, prepared)
         metrics = _train_private(message, plan, prepared, started)
@@ -294,7 +324,7 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     from training.loops import evaluate
 
     started = time.perf_counter()
-    config, model, tokenizer, _, test_table, device, node = _prepare(message, context)
+    config, model, tokenizer, _, test_table, device, node, duplicates = _prepare(message, context)
     _apply_global(model, message.content.array_records["arrays"])
     loader = make_loader(
         test_table, tokenizer=tokenizer, config=config, shuffle=False, batch_size=config.batch_size * 2
@@ -310,6 +340,9 @@ def handle_evaluate(message: Message, context: Context) -> Message:
     for label, f1 in result.per_class_f1.items():
         if f1 is not None:
             values[f"eval-f1-{label}"] = f1
+    if duplicates.found is not None:  # test-dedup "off" does not look
+        values[DUPLICATES_FOUND] = duplicates.found
+        values[DUPLICATES_DROPPED] = len(duplicates.dropped)
     content = RecordDict({"metrics": MetricRecord(values)})
     content["info"] = ConfigRecord(
         {"organisation": node.organisation, "confusion": json.dumps(result.confusion)}

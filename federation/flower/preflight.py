@@ -6,11 +6,13 @@
 
 Loads the file exactly as the ClientApp will (same loader, same columns and labels), builds the
 model as the job will (LoRA adapters + head), and reports rows, label counts, the local
-train/held-out split, text lengths, the file's content digest (``training.digest``), parameter
-counts and the device. Any problem is reported as one clear message (exit status 2), the same
-message the job would fail with later. With ``--expect-rows``/``--expect-digest`` (a private job's
-registered version, as its page shows them to the member) a file that is not that version fails
-with ``data_mismatch``, as the ClientApp would refuse it before training.
+train/held-out split and how many held-out rows duplicate a training row (exactly or nearly: a job
+drops them from the held-out split unless its ``test-dedup`` says otherwise), text lengths, the
+file's content digest (``training.digest``), parameter counts and the device. Any problem is
+reported as one clear message (exit status 2), the same message the job would fail with later.
+With ``--expect-rows``/``--expect-digest`` (a private job's registered version, as its page shows
+them to the member) a file that is not that version fails with ``data_mismatch``, as the ClientApp
+would refuse it before training.
 """
 
 from __future__ import annotations
@@ -85,8 +87,9 @@ def preflight(
 def _data_report(
     table: LabelledTable, *, test_fraction: float, seed: int
 ) -> tuple[dict[str, Any], list[str]]:
-    """Rows, label counts, the local train/held-out split and text lengths; and warnings."""
-    from training.data import split_train_test
+    """Rows, label counts, the local train/held-out split, its held-out rows that duplicate a
+    training row, and text lengths; and warnings."""
+    from training.data import deduplicate_test_split, split_train_test
 
     counts = table.label_counts()
     warnings = []
@@ -94,12 +97,19 @@ def _data_report(
     if empty:
         warnings.append(f"no rows with label(s) {empty!r}: this member cannot help the model learn them")
     train_table, test_table = split_train_test(table, test_fraction=test_fraction, seed=seed)
+    _, duplicates = deduplicate_test_split(train_table, test_table, mode="report")
+    if duplicates.found:
+        warnings.append(
+            f"{duplicates.found} of the {len(test_table)} held-out rows duplicate a training row (exactly "
+            "or nearly): a job drops them from the held-out split unless its test-dedup setting says otherwise"
+        )
     lengths = sorted(len(t) for t in table.texts)
     report = {
         "rows": len(table),
         "label_counts": counts,
         "train_rows": len(train_table),
         "held_out_rows": len(test_table),
+        "held_out_duplicates": duplicates.found,
         "text_chars": {"min": lengths[0], "median": lengths[len(lengths) // 2], "max": lengths[-1]},
     }
     return report, warnings
@@ -233,7 +243,10 @@ def main(argv: list[str] | None = None) -> int:
 def _print_report(report: Mapping[str, Any]) -> None:
     print(f"preflight OK ({report['seconds']} s)")
     print(f"  data:    {report['data_path']}: {report['rows']} rows, labels {report['label_counts']}")
-    print(f"           local split: {report['train_rows']} train / {report['held_out_rows']} held out")
+    print(
+        f"           local split: {report['train_rows']} train / {report['held_out_rows']} held out "
+        f"({report['held_out_duplicates']} of them duplicating a training row)"
+    )
     print(f"           text length (chars): {report['text_chars']}")
     content = report["content"]
     verdict = {None: "", True: " (matches the expected version)"}[content["matches"]]

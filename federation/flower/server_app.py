@@ -413,6 +413,7 @@ class _Job:
             {
                 "train-config": self.config_json,
                 "test-fraction": settings.test_fraction,
+                "test-dedup": settings.test_dedup,
                 "job-id": settings.job_id,
                 "private": settings.private,
             }
@@ -663,6 +664,7 @@ class _Job:
             {
                 "train-config": self.config_json,
                 "test-fraction": settings.test_fraction,
+                "test-dedup": settings.test_dedup,
                 "server-round": server_round,
                 "private": settings.private,
             }

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from training.config import TrainConfig, TrainingConfigError
+from training.config import TestDedup, TrainConfig, TrainingConfigError
 from training.privacy import DpSgdError, DpSgdPlan, priced_plan
 from training.validation import Rules, positive_int, problem, real, rule
 
@@ -76,6 +76,7 @@ KNOWN_RUN_KEYS = frozenset(
         "fedadam-beta-2",
         "fedadam-tau",
         "test-fraction",
+        "test-dedup",
         "output-dir",
         "metrics-jsonl",
         "callback-url",
@@ -170,6 +171,9 @@ class JobSettings:
     proximal_mu: float = 0.01
     fedadam: dict[str, float] = field(default_factory=dict)
     test_fraction: float = 0.2
+    # Held-out rows of a member's split that duplicate one of its training rows, exactly or nearly
+    # (``training.data.deduplicate_test_split``): "drop" them, "report" them only, or "off".
+    test_dedup: TestDedup = "drop"
     output_dir: str = ""
     metrics_jsonl: str = ""
     callback_url: str = ""
@@ -245,6 +249,7 @@ class JobSettings:
                 "tau": job.fedadam_tau,
             },
             test_fraction=job.test_fraction,
+            test_dedup=job.test_dedup,
             output_dir=job.output_dir,
             metrics_jsonl=job.metrics_jsonl,
             callback_url=job.callback_url,
@@ -447,6 +452,9 @@ class _RunConfig(Rules):
     fedadam_tau: Annotated[float, real(0, low_open=True)] = Field(1e-3, alias="fedadam-tau")
     test_fraction: Annotated[float, real(0, high=1, low_open=True, high_open=True)] = Field(
         _default("test_fraction"), alias="test-fraction"
+    )
+    test_dedup: Annotated[TestDedup, Field(description="must be 'drop', 'report' or 'off'")] = Field(
+        _default("test_dedup"), alias="test-dedup"
     )
     participants: Annotated[Participants, BeforeValidator(_participants)] = Field(
         Participants(), alias="participants"

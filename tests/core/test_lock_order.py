@@ -12,6 +12,7 @@ SOURCES = sorted(
     {
         *ROOT.glob("clearinghouse/*/services.py"),
         *ROOT.glob("clearinghouse/*/ledger.py"),
+        *ROOT.glob("clearinghouse/*/worker.py"),
         ROOT / "federation" / "services.py",
     }
 )

@@ -27,6 +27,14 @@ def test_defaults_and_train_config(base):
     assert settings.participants.open
 
 
+@pytest.mark.parametrize("mode", ["drop", "report", "off"])
+def test_held_out_duplicates_are_dropped_unless_the_job_says_otherwise(base, mode):
+    """``test-dedup``: what members do with held-out rows that duplicate a training row."""
+    assert JobSettings.from_run_config(base).test_dedup == "drop"
+    settings = JobSettings.from_run_config({**base, "test-dedup": mode})
+    assert settings.test_dedup == mode and settings.to_public_dict()["test_dedup"] == mode
+
+
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "FedAdam"])
 def test_strategy_selection(base, strategy):
     from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx
@@ -128,6 +136,8 @@ def test_callback_token_from_file(base, tmp_path):
     [
         ({"fedadam-beta-1": 1.0}, "fedadam-beta-1 must be a finite number >= 0 and < 1, got 1.0"),
         ({"test-fraction": 1}, "test-fraction must be a finite number > 0 and < 1, got 1"),
+        ({"test-dedup": "skip"}, "test-dedup must be 'drop', 'report' or 'off', got 'skip'"),
+        ({"test-dedup": True}, "test-dedup must be 'drop', 'report' or 'off', got True"),
         ({"num-rounds": True}, "num-rounds must be a positive integer, got True"),
         ({"num-rounds": 2.0}, "num-rounds must be a positive integer, got 2.0"),
         ({"output-dir": 5}, "output-dir must be a string, got 5"),
@@ -174,6 +184,7 @@ def test_the_app_declares_every_key_an_operator_may_set_with_the_training_defaul
     app = Path(federation.flower.__file__).parent / "app" / "pyproject.toml"
     declared = tomllib.loads(app.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]["config"]
     assert KNOWN_RUN_KEYS - set(declared) == set()
+    assert declared["test-dedup"] == "drop" == JobSettings.from_run_config(declared).test_dedup
     parsed = JobSettings.from_run_config(declared).train
     defaults = TrainConfig(labels=("ham", "spam")).to_dict()
     for name in ("lora", "lora_r", "lora_alpha", "lora_dropout", "weight_decay", "mixed_precision"):

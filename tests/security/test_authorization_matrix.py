@@ -620,6 +620,110 @@ def _matrix() -> dict[str, list[Case]]:
                 },
             ),
         ],
+        # --- Annotation projects (API) ----------------------------------------------------------------
+        # Each side's project (`annotation_of`): on a text dataset of the side's, managed by its admin,
+        # its analyst the one annotator. Everyone else (the other side, operators) is told it does not
+        # exist; annotators read and label, managers also change, run the model and export.
+        "api:annotation_projects": [
+            Case("get", lambda w, t: u("api:annotation_projects"), everyone(200), object_scoped=False),
+            Case(
+                "post",
+                lambda w, t: u("api:annotation_projects"),
+                # the dataset named by its slug: the actor's own organisation's (operators have none)
+                {**A401, "analyst": 403, "org_admin": 201, "other_admin": 201, "operator": 404},
+                _annotation_create,
+                object_scoped=False,
+            ),
+        ],
+        "api:annotation_project": [
+            Case("get", lambda w, t: u("api:annotation_project", args=[_ap(w, t)]), annotator_read(200)),
+            Case(
+                "patch",
+                lambda w, t: u("api:annotation_project", args=[_ap(w, t)]),
+                manager_write(200),
+                {"instructions": "Spam: unsolicited advertising only."},
+            ),
+        ],
+        "api:annotation_project_archive": [
+            Case(
+                "post", lambda w, t: u("api:annotation_project_archive", args=[_ap(w, t)]), manager_write(200)
+            )
+        ],
+        "api:annotation_next": [
+            Case("get", lambda w, t: u("api:annotation_next", args=[_ap(w, t)]), annotator_read(200))
+        ],
+        "api:annotation_items": [
+            Case(
+                "get",
+                lambda w, t: u("api:annotation_items", args=[_ap(w, t)]) + f"?ids={_item(w, t)}",
+                annotator_read(200),
+            )
+        ],
+        "api:annotation_item_label": [
+            Case(
+                "post",
+                lambda w, t: u("api:annotation_item_label", args=[_ap(w, t), _item(w, t)]),
+                annotator_read(201),
+                {"label": "ham"},
+            )
+        ],
+        "api:annotation_item_skip": [
+            Case(
+                "post",
+                lambda w, t: u("api:annotation_item_skip", args=[_ap(w, t), _item(w, t)]),
+                annotator_read(204),
+            )
+        ],
+        "api:annotation_undo": [
+            # nothing labelled yet: past authorization, a conflict
+            Case("post", lambda w, t: u("api:annotation_undo", args=[_ap(w, t)]), annotator_read(409))
+        ],
+        "api:annotation_model_runs": [
+            Case("get", lambda w, t: u("api:annotation_model_runs", args=[_ap(w, t)]), annotator_read(200)),
+            Case(
+                "post",
+                lambda w, t: u("api:annotation_model_runs", args=[_ap(w, t)]),
+                manager_write(409),  # too_few_labels
+                {"kind": "propose"},
+            ),
+        ],
+        "api:annotation_model_run": [
+            Case(
+                "get",
+                lambda w, t: u("api:annotation_model_run", args=[_ap(w, t), _annotation_run(w, t)]),
+                annotator_read(200),
+            )
+        ],
+        "api:annotation_automatic": [
+            Case(
+                "post",
+                lambda w, t: u("api:annotation_automatic", args=[_ap(w, t)]),
+                manager_write(409),  # the run certified no threshold
+                lambda w, t: {"run": _annotation_run(w, t)},
+            )
+        ],
+        "api:annotation_duplicates": [
+            Case("get", lambda w, t: u("api:annotation_duplicates", args=[_ap(w, t)]), annotator_read(200))
+        ],
+        "api:annotation_review": [
+            Case("get", lambda w, t: u("api:annotation_review", args=[_ap(w, t)]), annotator_read(200))
+        ],
+        "api:annotation_exports": [
+            Case("get", lambda w, t: u("api:annotation_exports", args=[_ap(w, t)]), manager_write(200)),
+            Case(
+                "post",
+                lambda w, t: u("api:annotation_exports", args=[_ap(w, t)]),
+                manager_write(409),  # nothing_to_export
+                {"name": "Spam labelled"},
+            ),
+        ],
+        "api:annotation_export": [
+            Case(
+                "get",
+                lambda w, t: u("api:annotation_export", args=[_ap(w, t), _annotation_export(w, t)]),
+                manager_write(200),
+            )
+        ],
         # --- Portal ----------------------------------------------------------------------------------
         "portal:datasets": [
             Case("get", lambda w, t: u("portal:datasets"), portal(everyone(200)), object_scoped=False),
@@ -987,6 +1091,134 @@ def _matrix() -> dict[str, list[Case]]:
                 ),
             ),
         ],
+        # Annotation pages: the same rules as the api:annotation_* entries above (annotators read and
+        # label, managers also change, run the model and export; everyone else: 404). A service's
+        # conflict is a message and a redirect (302), or the form again with its error (400).
+        "portal:annotation_projects": [
+            Case(
+                "get",
+                lambda w, t: u("portal:annotation_projects"),
+                portal(everyone(200)),
+                object_scoped=False,
+            )
+        ],
+        "portal:annotation_project_new": [
+            Case(
+                "get",
+                lambda w, t: u("portal:annotation_project_new"),
+                portal({"analyst": 403, "org_admin": 200, "other_admin": 200, "operator": 404}),
+                object_scoped=False,
+            ),
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_project_new"),
+                portal({"analyst": 403, "org_admin": 302, "other_admin": 302, "operator": 404}),
+                lambda w, t: {
+                    **_annotation_create(w, t),
+                    "labels": "ham\nspam",
+                    "overlap": "10",
+                },
+                object_scoped=False,
+            ),
+        ],
+        "portal:annotation_project": [
+            Case(
+                "get",
+                lambda w, t: u("portal:annotation_project", args=[_ap(w, t)]),
+                portal(annotator_read(200)),
+            )
+        ],
+        "portal:annotation_project_edit": [
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_project_edit", args=[_ap(w, t)]),
+                portal(manager_write(302)),
+                {"edit-instructions": "Spam: unsolicited advertising only."},
+            )
+        ],
+        "portal:annotation_archive": [
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_archive", args=[_ap(w, t)]),
+                portal(manager_write(302)),
+            )
+        ],
+        "portal:annotation_automatic": [
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_automatic", args=[_ap(w, t)]),
+                portal(manager_write(302)),
+                {"automatic-target_precision": "98", "automatic-confidence_level": "95"},
+            )
+        ],
+        "portal:annotation_automatic_apply": [
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_automatic_apply", args=[_ap(w, t)]),
+                portal(manager_write(302)),  # the run certified no threshold: a message
+                lambda w, t: {"run": _annotation_run(w, t)},
+            )
+        ],
+        "portal:annotation_model_runs": [
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_model_runs", args=[_ap(w, t)]),
+                portal(manager_write(400)),  # too_few_labels, on the form
+                {"kind": "propose"},
+            )
+        ],
+        "portal:annotation_exports": [
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_exports", args=[_ap(w, t)]),
+                portal(manager_write(400)),  # nothing_to_export, on the form
+                {"export-name": "Spam labelled"},
+            )
+        ],
+        "portal:annotation_label": [
+            Case(
+                "get",
+                lambda w, t: u("portal:annotation_label", args=[_ap(w, t)]),
+                portal(annotator_read(200)),
+            )
+        ],
+        "portal:annotation_item_label": [
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_item_label", args=[_ap(w, t), _item(w, t)]),
+                portal(annotator_read(302)),
+                {"label": "ham"},
+            )
+        ],
+        "portal:annotation_item_skip": [
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_item_skip", args=[_ap(w, t), _item(w, t)]),
+                portal(annotator_read(302)),
+            )
+        ],
+        "portal:annotation_undo": [
+            # nothing labelled yet: past authorization, a message
+            Case(
+                "post",
+                lambda w, t: u("portal:annotation_undo", args=[_ap(w, t)]),
+                portal(annotator_read(302)),
+            )
+        ],
+        "portal:annotation_duplicates": [
+            Case(
+                "get",
+                lambda w, t: u("portal:annotation_duplicates", args=[_ap(w, t)]),
+                portal(annotator_read(200)),
+            )
+        ],
+        "portal:annotation_review": [
+            Case(
+                "get",
+                lambda w, t: u("portal:annotation_review", args=[_ap(w, t)]),
+                portal(annotator_read(200)),
+            )
+        ],
         # --- Portal ----------------------------------------------------------------------------------
         "portal:home": [
             Case(
@@ -1255,6 +1487,76 @@ def query_of(w: World, t: Target):
         query_hash=f"matrix-{t}-{uuid.uuid4().hex}",
         cost=0.0,
     )
+
+
+def annotator_read(status: int) -> dict:
+    """An annotation project's annotators (the side's analyst) and managers (its admin) get `status`;
+    the other side, operators: 404, as for a project that does not exist."""
+    return {
+        "anonymous": 401,
+        "analyst": (status, 404),
+        "org_admin": (status, 404),
+        "other_admin": (404, status),
+        "operator": 404,
+    }
+
+
+def manager_write(status: int) -> dict:
+    """As `annotator_read`, but an annotator who is not a manager is told 403 `role_forbidden`."""
+    return {**annotator_read(status), "analyst": (403, 404)}
+
+
+def annotation_of(w: World, t: Target):
+    """The side's annotation project, made on first use (and kept on the world): on a text dataset of
+    the side's (`messages`), managed by its admin, with its analyst as the one annotator; prepared."""
+    from tests.annotation.test_api import make_project, make_text_dataset
+
+    projects = w.__dict__.setdefault("annotation_projects", {})
+    if t not in projects:
+        side = w.side(t)
+        projects[t] = make_project(
+            manager=side.admin,
+            dataset=make_text_dataset(steward=side.steward),
+            annotators=[side.analyst.username],
+        )
+    return projects[t]
+
+
+def _ap(w: World, t: Target) -> int:
+    return annotation_of(w, t).pk
+
+
+def _item(w: World, t: Target) -> int:
+    return annotation_of(w, t).items.order_by("pk").values_list("pk", flat=True)[0]
+
+
+def _annotation_run(w: World, t: Target) -> int:
+    """A finished propose run of the side's project that certified no threshold (made directly: no
+    model runs here)."""
+    from clearinghouse.annotation.models import ModelRun
+
+    project = annotation_of(w, t)
+    run = project.model_runs.first() or ModelRun.objects.create(
+        project=project, kind="propose", status="succeeded", labels_used=2
+    )
+    return run.pk
+
+
+def _annotation_export(w: World, t: Target) -> int:
+    """An export of the side's project, queued (made directly: nothing to export yet)."""
+    from clearinghouse.annotation.models import AnnotationExport
+
+    project = annotation_of(w, t)
+    export = project.exports.first() or AnnotationExport.objects.create(
+        project=project, dataset=project.dataset
+    )
+    return export.pk
+
+
+def _annotation_create(w: World, t: Target) -> dict:
+    """A second project on the actor's own organisation's `messages` dataset (made for both sides)."""
+    annotation_of(w, "own"), annotation_of(w, "foreign")
+    return {"dataset": "messages", "name": "Second pass", "text_column": "text", "labels": ["ham", "spam"]}
 
 
 def portal(expect: dict) -> dict:
@@ -1765,6 +2067,120 @@ CATALOGUE_PAIRS: dict[str, Pair] = {  # the catalogue: listing and access reques
     ),
 }
 PAIRS.update(CATALOGUE_PAIRS)
+
+
+def _annotation_projects(world: World) -> dict:
+    """Both sides' annotation projects (`annotation_of`), and a `messages` dataset of org C's, so
+    that its admin (the `grantee` actor) can create a project through either interface too."""
+    from clearinghouse.accounts.models import User
+    from tests.annotation.test_api import make_text_dataset
+
+    annotation_of(world, "own"), annotation_of(world, "foreign")
+    make_text_dataset(steward=User.objects.get(username="admin_org-c"))
+    return {}
+
+
+def _annotation(c: Ctx) -> list:
+    return [_ap(c.world, c.target)]
+
+
+def _annotation_item(c: Ctx) -> list:
+    return [_ap(c.world, c.target), _item(c.world, c.target)]
+
+
+_ANNOTATION_NEW = {"name": "Second pass", "dataset": "messages", "text_column": "text"}
+ANNOTATION_PAIRS: dict[str, Pair] = {  # annotation projects (API: clearinghouse.annotation.apis)
+    "annotation project create": Pair(
+        Call("post", "api:annotation_projects", data={**_ANNOTATION_NEW, "labels": ["ham", "spam"]}),
+        Call(
+            "post",
+            "portal:annotation_project_new",
+            data={**_ANNOTATION_NEW, "labels": "ham\nspam", "overlap": "10"},
+        ),
+        object_scoped=False,
+        prepare=_annotation_projects,
+    ),
+    "annotation project edit": Pair(
+        Call("patch", "api:annotation_project", _annotation, {"instructions": "Advertising is spam."}),
+        Call(
+            "post",
+            "portal:annotation_project_edit",
+            _annotation,
+            {"edit-instructions": "Advertising is spam."},
+        ),
+        prepare=_annotation_projects,
+    ),
+    "annotation target": Pair(
+        Call(
+            "patch",
+            "api:annotation_project",
+            _annotation,
+            {"target_precision": 0.98, "confidence_level": 0.9},
+        ),
+        Call(
+            "post",
+            "portal:annotation_automatic",
+            _annotation,
+            {"automatic-target_precision": "98", "automatic-confidence_level": "90"},
+        ),
+        prepare=_annotation_projects,
+    ),
+    "annotation archive": Pair(
+        Call("post", "api:annotation_project_archive", _annotation),
+        Call("post", "portal:annotation_archive", _annotation),
+        prepare=_annotation_projects,
+    ),
+    "annotation label": Pair(
+        Call("post", "api:annotation_item_label", _annotation_item, {"label": "spam"}),
+        Call("post", "portal:annotation_item_label", _annotation_item, {"label": "spam"}),
+        prepare=_annotation_projects,
+    ),
+    "annotation skip": Pair(
+        Call("post", "api:annotation_item_skip", _annotation_item),
+        Call("post", "portal:annotation_item_skip", _annotation_item),
+        prepare=_annotation_projects,
+    ),
+    "annotation undo": Pair(
+        Call("post", "api:annotation_undo", _annotation),
+        Call("post", "portal:annotation_undo", _annotation),
+        prepare=_annotation_projects,
+    ),
+    "annotation model run": Pair(
+        Call("post", "api:annotation_model_runs", _annotation, {"kind": "propose"}),
+        Call("post", "portal:annotation_model_runs", _annotation, {"kind": "propose"}),
+        prepare=_annotation_projects,
+    ),
+    "annotation automatic apply": Pair(
+        Call(
+            "post",
+            "api:annotation_automatic",
+            _annotation,
+            lambda c: {"run": _annotation_run(c.world, c.target)},
+        ),
+        Call(
+            "post",
+            "portal:annotation_automatic_apply",
+            _annotation,
+            lambda c: {"run": _annotation_run(c.world, c.target)},
+        ),
+        prepare=_annotation_projects,
+    ),
+    "annotation export": Pair(
+        Call("post", "api:annotation_exports", _annotation, {"name": "Spam labelled"}),
+        Call(
+            "post",
+            "portal:annotation_exports",
+            _annotation,
+            {
+                "export-name": "Spam labelled",
+                "export-drop_conflicts": "on",
+                "export-include_model_labels": "on",
+            },
+        ),
+        prepare=_annotation_projects,
+    ),
+}
+PAIRS.update(ANNOTATION_PAIRS)
 
 # Writes that exist in one interface only, with the reason; every other write must be in PAIRS.
 API_ONLY = {

@@ -42,6 +42,7 @@ from clearinghouse.datasets.services import dataset_grant_create, dataset_versio
 from clearinghouse.queries.ledger import allocation_set, budget_set
 from federation.models import FederatedJob, JobState
 from federation.services import job_finalize
+from tests.annotation.test_api import MESSAGES as ANNOTATION_MESSAGES
 from tests.factories import api_client, build_world
 
 # ---------------------------------------------------------------------------------------- the data
@@ -259,6 +260,8 @@ def exposure(transactional_db, media_root, settings, tmp_path):
     )
     assert job_finalize(job_id=job_id).state == JobState.SUCCEEDED
 
+    world.annotation = _annotation_project(world)
+
     with start_worker(app, pool="solo", perform_ping_check=False, queues=["dp"], shutdown_timeout=30):
         # B's analyst and A's own analyst each release a query (B sees only its own; the operator
         # sees that queries ran, not their answers).
@@ -270,6 +273,37 @@ def exposure(transactional_db, media_root, settings, tmp_path):
             )
             assert released.status_code == 200, released.json()
         yield world, ready, job_id
+
+
+def _annotation_project(world) -> dict:
+    """An annotation project of A's on a text dataset of A's (`messages`), with people's labels, a
+    model run and an export: all of it is A's (texts, labels, figures), so non-owners get 404 on every
+    route of it and an empty list of projects."""
+    from clearinghouse.annotation.models import AnnotationExport, ModelRun
+    from clearinghouse.annotation.services import label_record
+    from tests.annotation.test_api import make_project, make_text_dataset
+
+    project = make_project(
+        manager=world.a.admin,
+        dataset=make_text_dataset(steward=world.a.steward),
+        annotators=[world.a.analyst.username],
+    )
+    items = list(project.items.order_by("pk")[:4])
+    for item in items:
+        label_record(
+            actor=world.a.analyst, project=project, item=item, value=ANNOTATION_MESSAGES[item.row][1]
+        )
+    run = ModelRun.objects.create(
+        project=project,
+        kind="propose",
+        status="succeeded",
+        labels_used=len(items),
+        threshold=0.9,
+        estimated_precision=0.99,
+        coverage=0.5,
+    )
+    export = AnnotationExport.objects.create(project=project, dataset=project.dataset)
+    return {"project": project.pk, "item": items[0].pk, "run": run.pk, "export": export.pk}
 
 
 # ------------------------------------------------------------------------- what non-owners may see
@@ -639,6 +673,8 @@ ALLOWED: dict[str, set[str]] = {
         for k in ("count", "results", "results[]", *(f"results[].{f}" for f in fields))
     }
     | set(_OVERVIEW),
+    # a non-owner's list of annotation projects is empty: every other annotation route answers 404
+    "annotation_projects": _PAGE,
     "federated_jobs": _PAGE | {f"results[].{k}" for k in _JOB},
     "federated_job": _JOB_DETAIL,
     "federated_job_rounds": _PAGE | {f"results[].{k}" for k in _ROUND},
@@ -743,6 +779,9 @@ def _forbidden(ready: DatasetVersion, *, viewer: str) -> list[str]:
     ]
     patterns.append(re.escape(f"{A_CLIENT_ACCURACY:.4f}"))  # as the portal rounds it
     patterns.append(re.escape(FINISHED.date().isoformat()))  # ingestion's end: with created_at, a size signal
+    # annotation: the items' texts and the project's own words are A's
+    patterns += [re.escape(text) for text, _ in ANNOTATION_MESSAGES]
+    patterns.append(re.escape("Spam or ham"))
     # a version that is not ready (`proposed`'s awaits its schema) is the owner's alone, as a value
     patterns += [re.escape('"awaiting_schema"'), re.escape("Awaiting schema confirmation")]
     return patterns
@@ -793,6 +832,21 @@ def _api_reads(world, job_id: int, query_ids: list[int]) -> list[tuple[str, str,
         ("catalogue", "get", "/api/v1/catalogue", None),
         ("access_requests", "get", "/api/v1/access-requests", None),
         ("operator_overview", "get", "/api/v1/operator/overview", None),
+    ]
+    annotation = world.annotation
+    base = f"/api/v1/annotation/projects/{annotation['project']}"
+    reads += [
+        ("annotation_projects", "get", "/api/v1/annotation/projects", None),
+        ("annotation_project", "get", base, None),
+        ("annotation_next", "get", f"{base}/next", None),
+        ("annotation_next", "get", f"{base}/next?review=1", None),
+        ("annotation_items", "get", f"{base}/items?ids={annotation['item']}", None),
+        ("annotation_model_runs", "get", f"{base}/model-runs", None),
+        ("annotation_model_run", "get", f"{base}/model-runs/{annotation['run']}", None),
+        ("annotation_duplicates", "get", f"{base}/duplicates", None),
+        ("annotation_review", "get", f"{base}/review", None),
+        ("annotation_exports", "get", f"{base}/exports", None),
+        ("annotation_export", "get", f"{base}/exports/{annotation['export']}", None),
     ]
     reads += [
         ("federated_jobs", "get", "/api/v1/federated-jobs", None),
@@ -927,6 +981,8 @@ def test_no_data_derived_value_reaches_a_non_owner(exposure):
                     for member in entry["clients"]:
                         if member["organisation"] != mine:
                             problems.append(f"{name} {url}: sees {member['organisation']}'s member metrics")
+            if route == "annotation_projects" and body["count"]:
+                problems.append(f"{name} {url}: lists {body['count']} annotation project(s) of A's")
             if route == "catalogue":  # listed datasets only: `proposed` (unconfirmed) cannot be
                 listed = {f"{e['organisation']}/{e['slug']}" for e in body["results"]}
                 if listed != {"org-a/ready"}:
@@ -983,6 +1039,7 @@ def test_no_data_derived_value_reaches_a_non_owner(exposure):
         "federated_job",
         "federated_job_rounds",
         "federated_job_privacy",
+        "annotation_projects",
         "catalogue",
         "access_requests",
         "dataset_access_requests",
@@ -1011,6 +1068,9 @@ def test_no_data_derived_value_reaches_a_non_owner(exposure):
     assert expected <= reached, sorted(expected - reached)
     # ... and not what is the owner's alone (or the operators'; the answers were checked above).
     owner_only = {"portal:dataset_version_quality", "portal:dataset_schema_edit"}
+    owner_only |= {
+        route for _, route in reached if route.startswith("annotation_") and route != "annotation_projects"
+    }
     operators_only = {"operator_overview", "portal:operator_overview"}
     unexpected = {
         (name, route)

@@ -321,6 +321,15 @@ def contract_world(media_root, world, contract_app):
         started_at=timezone.now(),
         callback_token_hash=hashlib.sha256(job_token.encode()).hexdigest(),
     )
+    # An annotation project of A's (its analyst annotates), with a finished model run and an export.
+    from clearinghouse.annotation.models import AnnotationExport, ModelRun
+    from tests.annotation.test_api import make_project, make_text_dataset
+
+    project = make_project(
+        manager=a.admin, dataset=make_text_dataset(steward=a.steward), annotators=[a.analyst.username]
+    )
+    run = ModelRun.objects.create(project=project, kind="propose", status="succeeded", labels_used=2)
+    export = AnnotationExport.objects.create(project=project, dataset=project.dataset)
     return {
         "organisation": a.organisation.slug,
         "dataset": a.dataset.slug,
@@ -336,6 +345,10 @@ def contract_world(media_root, world, contract_app):
         "query_id": query_id,
         "running_job_id": running.pk,
         "job_token": job_token,
+        "project_id": project.pk,
+        "item_id": project.items.order_by("pk").values_list("pk", flat=True)[0],
+        "run_id": run.pk,
+        "export_id": export.pk,
     }
 
 
@@ -384,6 +397,17 @@ def _with_world_examples(document: dict, world, known: dict) -> dict:
             "round_seconds": 1.0,
         },
         "supernode_keys_add": {"name": "gpu-2", "public_key": fresh_public_key()},
+        "annotation_projects_create": {
+            "dataset": "messages",
+            "name": "Second pass",
+            "text_column": "text",
+            "labels": ["ham", "spam"],
+        },
+        "annotation_projects_update": {"instructions": "Advertising is spam.", "target_precision": 0.98},
+        "annotation_items_label": {"label": "ham"},
+        "annotation_model_runs_start": {"kind": "propose"},
+        "annotation_automatic_apply": {"run": known["run_id"]},
+        "annotation_exports_start": {"name": "Spam labelled"},
     }
     for _, _, _, operation in _operations(document):
         value = examples.pop(operation["operationId"], None)

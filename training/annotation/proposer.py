@@ -9,6 +9,7 @@ for automatic labelling is calibrated anyway on out-of-sample predictions
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from training.annotation.errors import AnnotationError
 
-__all__ = ["Proposals", "Proposer", "fit", "out_of_sample_probabilities"]
+__all__ = ["FederatedHead", "Proposals", "Proposer", "federated_head", "fit", "out_of_sample_probabilities"]
 
 #: Inverse L2 strength. Unit-norm embeddings have small coordinates, so the default C=1 underfits.
 DEFAULT_C = 10.0
@@ -103,3 +104,60 @@ def _check_labels(labels: np.ndarray, *, n_classes: int, n_rows: int) -> np.ndar
     if len(y) and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= n_classes):
         raise AnnotationError("label_outside_set", f"label ids must be integers in [0, {n_classes})")
     return y.astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class FederatedHead:
+    """A federated job's linear head over the mean-pooled sentence vector, in a project's label order.
+
+    A job trained with ``pooling="mean"`` and ``head_only=True`` left its encoder as shipped: its model
+    is ``softmax(W · v + b)`` over exactly the L2-normalised mean-pooled vector ``v`` the annotation
+    embedder produces with the same encoder, so it proposes labels from the stored embeddings alone.
+    """
+
+    weight: np.ndarray  # (n_classes, dimension), rows in the project's label order
+    bias: np.ndarray  # (n_classes,)
+
+    def propose(self, embeddings: np.ndarray) -> Proposals:
+        x = _check_embeddings(embeddings)
+        if x.shape[1] != self.weight.shape[1]:
+            raise AnnotationError("model_incompatible", "the model's head does not fit these embeddings")
+        logits = x @ self.weight.T + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        label_ids = probabilities.argmax(axis=1).astype(np.int64)
+        confidences = probabilities[np.arange(len(x)), label_ids]
+        return Proposals(label_ids=label_ids, confidences=confidences, probabilities=probabilities)
+
+
+def federated_head(model_file: bytes, *, labels: Sequence[str], base_model: str) -> FederatedHead:
+    """The head of a federated job's model file (safetensors, as the ServerApp writes it) for a project
+    with ``labels`` whose items were embedded with ``base_model``. ``model_incompatible`` unless the
+    job trained a head only, over mean pooling, of that encoder, for the same label set."""
+    import json
+
+    from safetensors.numpy import load
+
+    def incompatible(why: str) -> AnnotationError:
+        return AnnotationError("model_incompatible", f"the federated model cannot propose here: {why}")
+
+    try:
+        header_size = int.from_bytes(model_file[:8], "little")
+        header = json.loads(model_file[8 : 8 + header_size])
+        config = json.loads(header.get("__metadata__", {}).get("train_config", "{}"))
+        state = load(model_file)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise incompatible(f"unreadable model file ({exc.__class__.__name__})") from None
+    if config.get("base_model") != base_model:
+        raise incompatible("it fine-tuned another encoder")
+    if config.get("pooling") != "mean" or config.get("head_only") is not True:
+        raise incompatible("it did not train a head over the mean-pooled vector alone")
+    trained = [str(label) for label in config.get("labels", [])]
+    if sorted(trained) != sorted(labels) or len(set(trained)) != len(trained):
+        raise incompatible("its label set differs")
+    weight, bias = state.get("classifier.weight"), state.get("classifier.bias")
+    if weight is None or bias is None or weight.shape[0] != len(trained) or bias.shape != (len(trained),):
+        raise incompatible("it holds no classification head of the label set's size")
+    order = [trained.index(label) for label in labels]
+    return FederatedHead(weight=weight[order].astype(np.float64), bias=bias[order].astype(np.float64))

@@ -6,6 +6,8 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
+from clearinghouse.annotation.models import AnnotationProject
+from clearinghouse.annotation.worker import embeddings_rewrap
 from clearinghouse.core.keys import keyring, keyring_path, keyring_reset_cache, staging_public_key_path
 from clearinghouse.crypto.errors import CryptoError
 from clearinghouse.datasets.models import DatasetVersion
@@ -55,6 +57,7 @@ class Command(BaseCommand):
             )
         self._write_public_key(public_key_out or staging_public_key_path())
         counts = dataset_files_rewrap()
+        counts["rewrapped"] += embeddings_rewrap()
         self.stdout.write(
             self.style.SUCCESS(
                 f"Re-wrapped {counts['rewrapped']} files under {keyring().current_id}; "
@@ -81,8 +84,11 @@ class Command(BaseCommand):
 
     def _retire(self, key_id: str) -> None:
         in_use = DatasetVersion.objects.filter(kek_id=key_id).exclude(data_path="", staging_path="").count()
+        in_use += AnnotationProject.objects.filter(embeddings_kek_id=key_id).exclude(embeddings_path="").count()
         if in_use:
-            raise CommandError(f"{in_use} dataset versions still use {key_id}; rotate (re-wrap) first.")
+            raise CommandError(
+                f"{in_use} dataset versions or annotation projects still use {key_id}; rotate (re-wrap) first."
+            )
         try:
             remaining = keyring().without(key_id)
         except CryptoError as exc:
