@@ -84,7 +84,9 @@ class Command(BaseCommand):
 
     def _retire(self, key_id: str) -> None:
         in_use = DatasetVersion.objects.filter(kek_id=key_id).exclude(data_path="", staging_path="").count()
-        in_use += AnnotationProject.objects.filter(embeddings_kek_id=key_id).exclude(embeddings_path="").count()
+        in_use += (
+            AnnotationProject.objects.filter(embeddings_kek_id=key_id).exclude(embeddings_path="").count()
+        )
         if in_use:
             raise CommandError(
                 f"{in_use} dataset versions or annotation projects still use {key_id}; rotate (re-wrap) first."
