@@ -9,7 +9,8 @@ def test_demo_builds_a_consortium_ready_to_query(db, media_root, capsys):
     out = capsys.readouterr().out
     assert "census-bureau/pums: 1000 rows" in out and "labour-survey/adult: 30162 rows" in out
     assert "Bearer chp_" in out
-    assert DatasetVersion.objects.filter(status="ready").count() == 2
+    assert DatasetVersion.objects.filter(status="ready").count() == 3
+    assert "labour-survey/sms: 5574 messages to label" in out
     assert BudgetAllocation.objects.filter(organisation__slug="research-lab").count() == 2
 
 

@@ -1,5 +1,6 @@
 """A ready-made consortium for a first look: three organisations, PUMS and Adult registered and
-encrypted, an analyst with a budget and an accepted data-use agreement, and an API token.
+encrypted, an analyst with a budget and an accepted data-use agreement, and an API token; and the SMS
+Spam collection in an annotation project of the Labour Survey Institute, ready to label.
 
     python manage.py demo        (then `make run`, or with it already running)
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -41,12 +43,54 @@ DEMO_OPERATOR = "demo-operator"
 
 
 class Command(BaseCommand):
-    help = "Create a demo consortium with encrypted PUMS and Adult datasets and an analyst ready to query."
+    help = (
+        "Create a demo consortium with encrypted PUMS and Adult datasets and an analyst ready to query, "
+        "and the SMS Spam collection in an annotation project ready to label."
+    )
+
+    def _annotation_project(self, admin: User, organisation: Organisation) -> Any:
+        """The SMS messages, unlabelled in the project's eyes (their `Label` column stays in the data),
+        prepared here so the labelling page works at once."""
+        from clearinghouse.annotation.services import project_create
+        from clearinghouse.annotation.worker import project_prepare
+
+        schema = {
+            "columns": [
+                {"name": "Label", "type": "categorical", "categories": ["ham", "spam"]},
+                {"name": "SMS", "type": "text", "max_length": 1000},
+            ]
+        }
+        dataset = dataset_register(
+            actor=admin, organisation=organisation, name="SMS messages", slug="sms", schema=schema
+        )
+        version = dataset_version_import(
+            actor=admin,
+            dataset=dataset,
+            data=(DATASETS / "sms_spam.tsv").read_bytes(),
+            name="sms_spam.tsv",
+            delimiter="\t",
+            quote_char="",
+        )
+        if dataset_version_ingest(version_id=version.pk).status != "ready":
+            raise CommandError("sms: ingestion failed")
+        with transaction.atomic():
+            project = project_create(
+                actor=admin,
+                dataset=dataset,
+                name="Spam or not",
+                text_column="SMS",
+                labels=["ham", "spam"],
+                instructions="Spam: unsolicited advertising, prize and premium-rate messages. Ham: the rest.",
+                overlap=0.05,
+            )
+        project_prepare(project_id=project.pk)
+        project.refresh_from_db()
+        return project
 
     def handle(self, *args, **options):
         if Organisation.objects.filter(slug="census-bureau").exists():
             raise CommandError("The demo consortium exists already (organisation 'census-bureau').")
-        for name in ("pums_1000.csv", "adult.csv"):
+        for name in ("pums_1000.csv", "adult.csv", "sms_spam.tsv"):
             if not (DATASETS / name).exists():
                 raise CommandError(f"{DATASETS / name} is missing: set CLEARINGHOUSE_SHARED_DATASETS.")
         # The demo's own operator, with the demo password: an operator `make run` created first keeps
@@ -98,6 +142,11 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"  {org.slug}/{slug}: {version.row_count} rows, encrypted; research-lab may spend ε=5"
             )
+        project = self._annotation_project(survey_admin, survey)
+        self.stdout.write(
+            f"  {survey.slug}/sms: {project.item_count} messages to label in annotation project "
+            f"{project.pk} (http://127.0.0.1:8000/annotation/{project.pk}/, as labour-survey-admin)"
+        )
         _, api_token = api_token_create(actor=analyst, name="demo")
         self.stdout.write(
             self.style.SUCCESS(
