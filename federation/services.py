@@ -238,14 +238,16 @@ def _set_state(job: FederatedJob, state: str, *, actor: Any = None, reason: str 
     )
 
 
-def _locked(job_id: int) -> FederatedJob | None:
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+def _locked(job_id: int, *organisations: Any) -> FederatedJob | None:
+    """The job, locked, after the heads of the consortium's audit stream (a job's own events) and of
+    `organisations` (those the caller also records events for: the lock order of every write)."""
+    audit_lock(None, *organisations)
     return FederatedJob.objects.select_for_update(no_key=True).filter(pk=job_id).first()
 
 
-def _locked_existing(job_id: int) -> FederatedJob:
+def _locked_existing(job_id: int, *organisations: Any) -> FederatedJob:
     """The job, locked, for a service that was handed it: gone meanwhile (deleted) is a 404."""
-    job = _locked(job_id)
+    job = _locked(job_id, *organisations)
     if job is None:
         raise NotFound("Job not found.")
     return job
@@ -357,7 +359,10 @@ def job_participation_decide(
     """A participant's org admin accepts (optionally naming the data) or declines, while in draft."""
     if getattr(actor, "is_operator", False):
         raise PermissionDenied("Operators do not act for member organisations.", code="operator_not_member")
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    # First the heads of the streams this records to (the actor's organisation's, and the consortium's
+    # for the job, locked below): see audit_lock.
+    organisations = JobParticipant.objects.filter(job=job, organisation__memberships__user=actor)
+    audit_lock(None, *organisations.values_list("organisation_id", flat=True))
     participant = (
         JobParticipant.objects.select_for_update(no_key=True, of=("self",))
         .select_related("organisation")
@@ -758,7 +763,8 @@ def job_schedule(*, actor: Any, job: FederatedJob) -> FederatedJob:
         # The noise search takes about a second per plan: run it before taking the locks (every
         # audited write waits on the audit head), so that pricing again under them hits `_plan`'s cache.
         job_privacy_price(job=job)
-    job = _locked_existing(job.pk)
+    # The participants' audit streams too: their training debits are recorded there.
+    job = _locked_existing(job.pk, *job.participants.values_list("organisation_id", flat=True))
     if job.state != JobState.DRAFT:
         raise Conflict(f"The job is {job.state}; only a draft can be scheduled.", code="job_not_draft")
     if not settings.FLOWER_SUPERLINK:
@@ -839,7 +845,7 @@ def job_model_publish(*, actor: Any, job: FederatedJob) -> ModelArtifact:
     its report carries (`job_model_unpublishable`). A model trained without DP stays its
     participants' alone."""
     require_operator(actor=actor)
-    audit_lock()  # first: the job, then its model, are locked below
+    audit_lock(None)  # first: the job, then its model, are locked below
     locked = FederatedJob.objects.select_for_update(no_key=True).filter(pk=job.pk).first()
     if locked is None:
         raise NotFound("Job not found.")
@@ -1101,7 +1107,7 @@ def supernode_key_register(*, key_id: int) -> SuperNodeKey | None:
     except FlowerControlError as exc:
         node_id, error = "", str(exc)[:2000]
     with transaction.atomic():
-        audit_lock()  # first: the lock order of every write (see audit_lock)
+        audit_lock(key.organisation_id)  # first: the lock order of every write (see audit_lock)
         key = (
             SuperNodeKey.objects.select_for_update(no_key=True, of=("self",))
             .select_related("organisation")
@@ -1125,7 +1131,7 @@ def supernode_key_register(*, key_id: int) -> SuperNodeKey | None:
 @transaction.atomic
 def supernode_key_revoke(*, actor: Any, key: SuperNodeKey) -> SuperNodeKey:
     require_capability(actor=actor, organisation=key.organisation, capability=MANAGE_FEDERATION)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(key.organisation_id)  # first: the lock order of every write (see audit_lock)
     key = SuperNodeKey.objects.select_for_update(no_key=True).get(pk=key.pk)
     if key.status == NodeKeyStatus.REVOKED:
         raise Conflict("This key is already revoked.", code="key_revoked")

@@ -113,13 +113,13 @@ def api_token_create(*, actor: User, name: str, expires_at: datetime | None = No
 def api_token_revoke(*, actor: User, token: APIToken) -> APIToken:
     if token.user_id != actor.pk:
         raise NotFound("Token not found.")
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    membership = membership_of(user=actor)
+    audit_lock(membership.organisation if membership else None)  # first: the lock order of every write
     token = APIToken.objects.select_for_update(no_key=True).get(pk=token.pk)
     if token.revoked_at is not None:
         raise Conflict("This token is already revoked.", code="token_already_revoked")
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
-    membership = membership_of(user=actor)
     audit_record(
         actor=actor,
         action="api_token.revoked",

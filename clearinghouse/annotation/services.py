@@ -160,7 +160,7 @@ def project_create(
 ) -> AnnotationProject:
     """A project on a ready version of the organisation's own dataset; its items are prepared by a
     worker (`annotation.prepare`)."""
-    audit_lock()
+    audit_lock(dataset.organisation_id)
     dataset_require_owner(actor=actor, dataset=dataset)
     name = clean_name(name, field="name", max_length=120)
     slug = clean_slug(slug or slugify(name)[:50].strip("-") or "project")
@@ -225,7 +225,7 @@ def project_update(
     target_precision: float | None = None,
     confidence_level: float | None = None,
 ) -> AnnotationProject:
-    audit_lock()
+    audit_lock(project.organisation_id)
     project_require_manager(actor=actor, project=project)
     project = AnnotationProject.objects.select_for_update(no_key=True).get(pk=project.pk)
     if project.status in (ProjectStatus.ARCHIVED, ProjectStatus.FAILED):
@@ -275,7 +275,7 @@ def project_update(
 
 @transaction.atomic
 def project_archive(*, actor: Any, project: AnnotationProject) -> AnnotationProject:
-    audit_lock()
+    audit_lock(project.organisation_id)
     project_require_manager(actor=actor, project=project)
     project = AnnotationProject.objects.select_for_update(no_key=True).get(pk=project.pk)
     if project.status == ProjectStatus.ARCHIVED:
@@ -338,14 +338,14 @@ def _refresh_final(item: AnnotationItem) -> None:
 
 def _locked_item(item: AnnotationItem) -> AnnotationItem:
     """The item, locked (callers hold the audit head: `_open_project`)."""
-    audit_lock()
+    audit_lock(item.project.organisation_id)
     return AnnotationItem.objects.select_for_update(no_key=True).get(pk=item.pk)
 
 
 def _open_project(*, actor: Any, project: AnnotationProject) -> AnnotationProject:
     """The project as committed now, after the audit head (so an archive that committed meanwhile is
     seen), checked open and visible to `actor` (services authorise their actor themselves)."""
-    audit_lock()
+    audit_lock(project.organisation_id)
     current = project_list(actor=actor).filter(pk=project.pk).first()
     if current is None:
         raise NotFound("Annotation project not found.")
@@ -415,7 +415,7 @@ def item_skip(*, actor: Any, project: AnnotationProject, item: AnnotationItem) -
 @transaction.atomic
 def label_undo(*, actor: Any, project: AnnotationProject) -> Label:
     """Takes back the actor's latest label in this project (a person's or a review)."""
-    audit_lock()  # _open_project takes it too; here for the lock-order check
+    audit_lock(project.organisation_id)  # _open_project takes it too; here for the lock-order check
     project = _open_project(actor=actor, project=project)
     label = (
         Label.objects.select_for_update(no_key=True, of=("self",))
@@ -471,7 +471,7 @@ def model_run_start(
     with a federated model of the consortium for the same label set (`federated_model_id`, one of
     `federated_models_usable`), which needs none; `review` needs labels (people's or the model's) of
     every label, so that each class has examples to compare."""
-    audit_lock()  # _open_project takes it too; here for the lock-order check
+    audit_lock(project.organisation_id)  # _open_project takes it too; here for the lock-order check
     project = _open_project(actor=actor, project=project)
     project_require_manager(actor=actor, project=project)
     if kind not in RunKind.values:
@@ -523,7 +523,7 @@ def model_run_start(
 def automatic_apply(*, actor: Any, project: AnnotationProject, run: ModelRun) -> int:
     """Labels, by the model, every item no person has labelled whose confidence in `run` reaches the
     threshold `run` calibrated for the project's target precision. Returns how many."""
-    audit_lock()  # _open_project takes it too; here for the lock-order check
+    audit_lock(project.organisation_id)  # _open_project takes it too; here for the lock-order check
     project = _open_project(actor=actor, project=project)
     project_require_manager(actor=actor, project=project)
     if run.project_id != project.pk or run.kind != RunKind.PROPOSE or run.status != RunStatus.SUCCEEDED:
@@ -633,7 +633,7 @@ def export_start(
 ) -> AnnotationExport:
     """Registers the new dataset (the version's columns plus the label and its provenance, schema
     confirmed) and queues the worker that writes the labelled rows as its first version."""
-    audit_lock()
+    audit_lock(project.organisation_id)
     project_require_manager(actor=actor, project=project)
     if project.status not in (ProjectStatus.READY, ProjectStatus.ARCHIVED):
         raise Conflict("The project's items are not prepared.", code="project_not_ready")
@@ -697,10 +697,19 @@ def annotation_recover_stuck() -> dict[str, int]:
     stale = now - timedelta(seconds=settings.ANNOTATION_STUCK_SECONDS)
     limit = settings.ANNOTATION_MAX_ATTEMPTS
     counts = {"requeued": 0, "failed": 0}
+    stuck_projects = Q(status=ProjectStatus.PREPARING, enqueued_at__lt=stale)
+    stuck_work = Q(status="queued", enqueued_at__lt=stale) | Q(status="running", started_at__lt=stale)
+    organisations = {
+        *AnnotationProject.objects.filter(stuck_projects).values_list("organisation_id", flat=True),
+        *ModelRun.objects.filter(stuck_work).values_list("project__organisation_id", flat=True),
+        *AnnotationExport.objects.filter(stuck_work).values_list("project__organisation_id", flat=True),
+    }
+    if not organisations:
+        return counts
     with transaction.atomic():
-        audit_lock()
+        audit_lock(*organisations)  # first: the lock order of every write (see audit_lock)
         projects = AnnotationProject.objects.select_for_update(no_key=True, skip_locked=True).filter(
-            status=ProjectStatus.PREPARING, enqueued_at__lt=stale
+            stuck_projects, organisation_id__in=organisations
         )
         for project in projects:
             if project.attempts >= limit:
@@ -715,7 +724,7 @@ def annotation_recover_stuck() -> dict[str, int]:
                 counts["requeued"] += 1
         for model, code in ((ModelRun, "run_stuck"), (AnnotationExport, "export_stuck")):
             stuck = model.objects.select_for_update(no_key=True, skip_locked=True).filter(
-                Q(status="queued", enqueued_at__lt=stale) | Q(status="running", started_at__lt=stale)
+                stuck_work, project__organisation_id__in=organisations
             )
             for record in stuck:
                 if record.attempts >= limit:

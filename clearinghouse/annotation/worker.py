@@ -93,11 +93,28 @@ def _sample(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     return chosen
 
 
+def _project_owner(project_id: int) -> int | None:
+    """The organisation whose audit stream a project's events go to (None: the project is gone)."""
+    return AnnotationProject.objects.filter(pk=project_id).values_list("organisation_id", flat=True).first()
+
+
+def _run_owner(run_id: int) -> int | None:
+    return ModelRun.objects.filter(pk=run_id).values_list("project__organisation_id", flat=True).first()
+
+
+def _export_owner(export_id: int) -> int | None:
+    return (
+        AnnotationExport.objects.filter(pk=export_id)
+        .values_list("project__organisation_id", flat=True)
+        .first()
+    )
+
+
 def project_prepare(*, project_id: int) -> str:
     """The project's items: one per non-empty text of the version, each with its random order key,
     whether it is in the calibration and the overlap samples, and its duplicate group."""
     with transaction.atomic():
-        audit_lock()  # the lock order: the audit head before any row
+        audit_lock(_project_owner(project_id))  # the lock order: the audit head before any row
         project = AnnotationProject.objects.select_for_update(no_key=True).filter(pk=project_id).first()
         if project is None or project.status != ProjectStatus.PREPARING:
             return project.status if project else "gone"
@@ -145,7 +162,7 @@ def project_prepare(*, project_id: int) -> str:
         "groups": len(report.groups),
     }
     with transaction.atomic():
-        audit_lock()
+        audit_lock(_project_owner(project_id))
         project = AnnotationProject.objects.select_for_update(no_key=True).get(pk=project_id)
         if project.status != ProjectStatus.PREPARING or project.attempts != attempt:
             return project.status  # prepared by a newer attempt (the sweeper's), or failed meanwhile
@@ -165,7 +182,7 @@ def project_prepare(*, project_id: int) -> str:
 
 def _project_failed(project_id: int, code: str) -> str:
     with transaction.atomic():
-        audit_lock()
+        audit_lock(_project_owner(project_id))
         project = AnnotationProject.objects.select_for_update(no_key=True).get(pk=project_id)
         if project.status == ProjectStatus.PREPARING:
             project.status, project.error_code = ProjectStatus.FAILED, code
@@ -253,7 +270,7 @@ def _embeddings(project: AnnotationProject, rows: list[int]) -> tuple[np.ndarray
 
 def _claim_run(run_id: int) -> ModelRun | None:
     with transaction.atomic():
-        audit_lock()  # the lock order: the audit head before any row
+        audit_lock(_run_owner(run_id))  # the lock order: the audit head before any row
         run = (
             ModelRun.objects.select_for_update(no_key=True, of=("self",))
             .select_related("project")
@@ -290,7 +307,7 @@ def model_run_execute(*, run_id: int) -> str:
 
 def _run_failed(run: ModelRun, code: str) -> str:
     with transaction.atomic():
-        audit_lock()
+        audit_lock(run.project.organisation_id)
         locked = (
             ModelRun.objects.select_for_update(no_key=True, of=("self",))
             .select_related("project__organisation")
@@ -332,7 +349,7 @@ def _finish_run(
     `unchanged_only` (a review run's flags): items whose labels changed while the run read them are
     left alone (a label, an undo, a disagreement or a review since the run's snapshot)."""
     with transaction.atomic():
-        audit_lock()
+        audit_lock(run.project.organisation_id)
         locked = (
             ModelRun.objects.select_for_update(no_key=True, of=("self",))
             .select_related("project__organisation")
@@ -505,7 +522,7 @@ def _review(run: ModelRun) -> None:
 
 def export_execute(*, export_id: int) -> str:
     with transaction.atomic():
-        audit_lock()  # the lock order: the audit head before any row
+        audit_lock(_export_owner(export_id))  # the lock order: the audit head before any row
         export = AnnotationExport.objects.select_for_update(no_key=True).filter(pk=export_id).first()
         if export is None or export.status != ExportStatus.QUEUED:
             return "not_queued"
@@ -517,7 +534,7 @@ def export_execute(*, export_id: int) -> str:
         # The version and the export's outcome commit together: a worker lost in between leaves
         # neither (its staged upload is swept), so a retry never writes the rows twice.
         with transaction.atomic():
-            audit_lock()
+            audit_lock(_export_owner(export_id))
             if not _export_holds(export_id, attempt):
                 return "taken_over"
             version = dataset_version_import(
@@ -535,7 +552,7 @@ def export_execute(*, export_id: int) -> str:
         if code == "export_error":
             logger.error("annotation export %s failed (%s)", export_id, exc.__class__.__name__)
         with transaction.atomic():
-            audit_lock()
+            audit_lock(_export_owner(export_id))
             if not _export_holds(export_id, attempt):
                 return "taken_over"
             return _export_finished(export_id, attempt, status=ExportStatus.FAILED, error_code=str(code)[:64])
@@ -544,7 +561,7 @@ def export_execute(*, export_id: int) -> str:
 def _export_holds(export_id: int, attempt: int) -> bool:
     """Whether this attempt still owns the export (the sweeper may have handed it to a newer one);
     the caller holds the audit head."""
-    audit_lock()
+    audit_lock(_export_owner(export_id))
     export = AnnotationExport.objects.select_for_update(no_key=True).get(pk=export_id)
     return export.status == ExportStatus.RUNNING and export.attempts == attempt
 
@@ -620,22 +637,13 @@ def _export_table(export: AnnotationExport) -> tuple[bytes, int]:
 def embeddings_rewrap() -> int:
     """Re-wraps the data key of every project's stored embeddings under the keyring's current KEK
     (`keyring_rotate`, beside the dataset files); the number of files re-wrapped."""
-    from clearinghouse.crypto.envelope import rewrap_stream
-
     current = keyring()
     rewrapped = 0
     projects = AnnotationProject.objects.exclude(embeddings_path="").exclude(
         embeddings_kek_id=current.current_id
     )
     for project in projects.iterator():
-        name, temporary = project.embeddings_path, f"{project.embeddings_path}.rewrap"
-        try:
-            with default_storage.open(name, "rb") as src, storage.open_for_write(temporary) as dst:
-                rewrap_stream(cast(BinaryIO, src), dst, keyring=current)  # a File proxies a binary file
-        except BaseException:
-            default_storage.delete(temporary)
-            raise
-        storage.replace(temporary, name)
+        storage.rewrap_file(project.embeddings_path, current)
         AnnotationProject.objects.filter(pk=project.pk).update(embeddings_kek_id=current.current_id)
         rewrapped += 1
     return rewrapped

@@ -1,8 +1,16 @@
 """The append-only, hash-chained audit log.
 
-Each event stores the hash of the one before it, so changing, removing or reordering any stored
-event breaks the chain at that point, and `manage.py audit_verify` names the first broken link.
-Events are numbered from a single head row that writers lock, which also serialises the chain.
+The log is a set of chains, one per *stream*: an organisation's events (its id) form one stream, the
+consortium's events (no organisation) stream 0, and the events written before streams existed stream
+-1 (`LEGACY_STREAM`). Each event stores the hash of the one before it in its stream and its number in
+it (`stream_seq`), so changing, removing or reordering any stored event breaks its stream at that
+point, and `manage.py audit_verify` names the first broken link. Each stream has a head row that its
+writers lock: writers of different organisations never wait for each other. `seq` numbers all events
+in the order they were written (from a database sequence: it may skip numbers, never repeats).
+
+A periodic checkpoint (`audit.checkpoint`, in stream 0) records every stream's head (number and hash)
+and a digest over them: a whole stream deleted, or its newest events cut off with its head row
+rewound, no longer contains what an earlier checkpoint says it did, and audit_verify names it.
 
 The hash covers every column of the event but its surrogate `id` and the hash itself. Its formula is
 versioned (`hash_version`): an event keeps the formula it was written with, so events written before a
@@ -25,6 +33,22 @@ GENESIS_HASH = "0" * 64
 
 # The columns each hash format covers, in the form `chained_fields` gives them. Never change a listed
 # version (stored events were hashed with it): add a new one and make it HASH_VERSION.
+_V2 = (
+    "seq",
+    "hash_version",
+    "created_at",
+    "actor_id",
+    "actor_label",
+    "organisation_id",
+    "organisation_label",
+    "action",
+    "target_type",
+    "target_id",
+    "request_id",
+    "ip",
+    "extra",
+    "prev_hash",
+)
 HASHED_COLUMNS: dict[int, tuple[str, ...]] = {
     1: (
         "seq",
@@ -40,24 +64,10 @@ HASHED_COLUMNS: dict[int, tuple[str, ...]] = {
         "extra",
         "prev_hash",
     ),
-    2: (
-        "seq",
-        "hash_version",
-        "created_at",
-        "actor_id",
-        "actor_label",
-        "organisation_id",
-        "organisation_label",
-        "action",
-        "target_type",
-        "target_id",
-        "request_id",
-        "ip",
-        "extra",
-        "prev_hash",
-    ),
+    2: _V2,
+    3: (*_V2, "stream", "stream_seq"),  # v2 and the event's place: its stream, its number in it
 }
-HASH_VERSION = 2
+HASH_VERSION = 3
 # Columns outside every hash: the surrogate key (nothing refers to an event by it; `seq` orders the
 # chain) and the hash itself (checked against the recomputed one).
 UNHASHED_COLUMNS = frozenset({"id", "hash"})
@@ -73,21 +83,43 @@ class UnknownHashVersion(ValueError):
     pass
 
 
-class AuditChainHead(models.Model):
-    """One row: the sequence number and hash of the newest event. Locked by every writer."""
+# The stream of the events with no organisation (operators' and the consortium's own), and of the
+# events written before the log had streams (one chain, numbered by `seq`).
+CONSORTIUM_STREAM = 0
+LEGACY_STREAM = -1
 
+
+CHECKPOINT_ACTION = "audit.checkpoint"
+
+
+def heads_digest(heads: dict[str, list]) -> str:
+    """The digest a checkpoint records over the heads it lists ({stream: [number, hash]})."""
+    canonical = json.dumps(heads, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def stream_of(organisation: Any) -> int:
+    """The stream of an event about `organisation` (a model instance, its id, or None)."""
+    if organisation is None:
+        return CONSORTIUM_STREAM
+    return int(getattr(organisation, "pk", organisation))
+
+
+class AuditChainHead(models.Model):
+    """One row per stream: the number and hash of its newest event. Locked by the stream's writers."""
+
+    stream = models.BigIntegerField(unique=True)
     seq = models.BigIntegerField(default=0)
     last_hash = models.CharField(max_length=64, default=GENESIS_HASH)
 
-    class Meta:
-        constraints = [models.CheckConstraint(condition=models.Q(pk=1), name="audit_head_singleton")]
-
     def __str__(self) -> str:
-        return f"audit chain head {self.last_hash[:12]}"
+        return f"audit stream {self.stream} head #{self.seq} {self.last_hash[:12]}"
 
 
 class AuditEvent(models.Model):
     seq = models.BigIntegerField(unique=True, editable=False)
+    stream = models.BigIntegerField(editable=False)
+    stream_seq = models.BigIntegerField(editable=False)
     created_at = models.DateTimeField(editable=False)
     # Both keys are hashed, so the rows they name cannot be deleted (PROTECT): deactivate a user instead.
     actor = models.ForeignKey(
@@ -114,6 +146,9 @@ class AuditEvent(models.Model):
     class Meta:
         ordering = ["-seq"]
         indexes = [models.Index(fields=["organisation", "-seq"]), models.Index(fields=["action"])]
+        constraints = [
+            models.UniqueConstraint(fields=["stream", "stream_seq"], name="audit_event_stream_position")
+        ]
 
     def __str__(self) -> str:
         return f"#{self.seq} {self.action} by {self.actor_label or 'system'}"

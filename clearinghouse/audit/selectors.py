@@ -15,7 +15,16 @@ from clearinghouse.organisations.selectors import membership_active, user_capabi
 from clearinghouse.queries.models import Query
 from federation.selectors import job_list
 
-from .models import GENESIS_HASH, OWNER_ONLY, AuditChainHead, AuditEvent, UnknownHashVersion
+from .models import (
+    CHECKPOINT_ACTION,
+    CONSORTIUM_STREAM,
+    GENESIS_HASH,
+    OWNER_ONLY,
+    AuditChainHead,
+    AuditEvent,
+    UnknownHashVersion,
+    heads_digest,
+)
 
 
 def audit_event_list(
@@ -160,19 +169,70 @@ def audit_event_targets(*, actor: User, events: Iterable[AuditEvent]) -> dict[in
 
 @dataclass(frozen=True)
 class ChainProblem:
-    seq: int
+    seq: int  # the global number of the event where the stream breaks (0 when there is none)
     reason: str
 
 
+def _checkpointed() -> dict[int, tuple[int, str]]:
+    """Per stream, the furthest position a checkpoint recorded and its hash: the stream must still
+    hold that event (its chain then vouches for everything before it)."""
+    furthest: dict[int, tuple[int, str]] = {}
+    checkpoints = AuditEvent.objects.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION)
+    for extra in checkpoints.values_list("extra", flat=True).iterator(chunk_size=500):
+        heads = extra.get("heads", {}) if isinstance(extra, dict) else {}
+        for stream, (position, hash_) in heads.items():
+            if int(position) > furthest.get(int(stream), (0, ""))[0]:
+                furthest[int(stream)] = (int(position), hash_)
+    return furthest
+
+
+def _checkpoint_digest_problems(event: AuditEvent) -> Iterator[ChainProblem]:
+    if event.stream == CONSORTIUM_STREAM and event.action == CHECKPOINT_ACTION:
+        extra = event.extra if isinstance(event.extra, dict) else {}
+        if heads_digest(extra.get("heads", {})) != extra.get("digest"):
+            yield ChainProblem(event.seq, "the checkpoint's digest does not match the heads it lists")
+
+
 def audit_chain_problems() -> Iterator[ChainProblem]:
-    """Walks the whole chain in order and yields every broken link (the first is what matters)."""
-    expected_prev = GENESIS_HASH
-    expected_seq = 1
-    last_seq = 0
-    for event in AuditEvent.objects.order_by("seq").iterator(chunk_size=2000):
-        if event.seq != expected_seq:
+    """Walks every stream in order and yields every broken link (the first is what matters): an
+    event whose content does not match its hash, a missing or reordered event, a stream whose head
+    row disagrees with its newest event, and a stream that no longer holds what a checkpoint
+    recorded of it. Run it in one snapshot (`audit_verify` does) on a log being written to."""
+    heads = {head.stream: head for head in AuditChainHead.objects.all()}
+    checkpointed = _checkpointed()
+    stream: int | None = None
+    expected_prev, expected_position, last_seq = GENESIS_HASH, 1, 0
+
+    def stream_end(stream: int, position: int, last_hash: str, last_seq: int) -> Iterator[ChainProblem]:
+        head = heads.pop(stream, None)
+        if head is None:
+            yield ChainProblem(last_seq, f"stream {stream} has events but no head row")
+        elif head.seq != position:
             yield ChainProblem(
-                expected_seq, f"event #{expected_seq} is missing (next stored is #{event.seq})"
+                last_seq,
+                f"stream {stream} ends at its event {position} but its head says {head.seq} "
+                "(events were cut off)",
+            )
+        elif head.last_hash != last_hash:
+            yield ChainProblem(last_seq, f"stream {stream}'s head does not match its newest event")
+        recorded, _ = checkpointed.pop(stream, (0, ""))
+        if recorded > position:
+            yield ChainProblem(
+                last_seq,
+                f"stream {stream} ends at its event {position}, but a checkpoint recorded its event "
+                f"{recorded} (events were cut off)",
+            )
+
+    for event in AuditEvent.objects.order_by("stream", "stream_seq").iterator(chunk_size=2000):
+        if event.stream != stream:
+            if stream is not None:
+                yield from stream_end(stream, expected_position - 1, expected_prev, last_seq)
+            stream, expected_prev, expected_position = event.stream, GENESIS_HASH, 1
+        if event.stream_seq != expected_position:
+            yield ChainProblem(
+                event.seq,
+                f"event {expected_position} of stream {stream} is missing (next stored is its "
+                f"event {event.stream_seq})",
             )
         if event.prev_hash != expected_prev:
             yield ChainProblem(event.seq, "its previous-hash does not match the event before it")
@@ -185,9 +245,20 @@ def audit_chain_problems() -> Iterator[ChainProblem]:
         else:
             if not intact:
                 yield ChainProblem(event.seq, "its content does not match its hash (the row was changed)")
-        expected_prev = event.hash
-        expected_seq = event.seq + 1
-        last_seq = event.seq
-    head = AuditChainHead.objects.filter(pk=1).first()
-    if head is not None and (head.seq != last_seq or head.last_hash != expected_prev):
-        yield ChainProblem(head.seq, f"the chain head says #{head.seq} but the newest event is #{last_seq}")
+        position, recorded = checkpointed.get(event.stream, (0, ""))
+        if position == event.stream_seq and recorded != event.hash:
+            yield ChainProblem(event.seq, "a checkpoint recorded another event at its place")
+        yield from _checkpoint_digest_problems(event)
+        expected_prev, expected_position, last_seq = event.hash, event.stream_seq + 1, event.seq
+    if stream is not None:
+        yield from stream_end(stream, expected_position - 1, expected_prev, last_seq)
+    for head in heads.values():
+        if head.seq != 0:
+            yield ChainProblem(0, f"stream {head.stream}'s head says #{head.seq} but it has no events")
+    for lost in sorted(checkpointed):
+        yield ChainProblem(0, f"stream {lost} has no events, but a checkpoint recorded some")
+
+
+def audit_stream_count() -> int:
+    """How many streams hold events."""
+    return AuditEvent.objects.values("stream").distinct().count()

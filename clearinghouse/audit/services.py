@@ -1,44 +1,143 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
+from django.conf import settings
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, connections, models, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from clearinghouse.core import request_context
 
-from .models import OWNER_ONLY, AuditChainHead, AuditEvent
+from .models import (
+    CHECKPOINT_ACTION,
+    CONSORTIUM_STREAM,
+    OWNER_ONLY,
+    AuditChainHead,
+    AuditEvent,
+    heads_digest,
+    stream_of,
+)
 
-__all__ = ["OWNER_ONLY", "audit_lock", "audit_record"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["OWNER_ONLY", "audit_checkpoint", "audit_lock", "audit_record"]
+
+# The database sequence that numbers every event (`seq`) across streams (migration 0004).
+SEQ_SEQUENCE = "audit_event_seq"
 
 
-def _locked_head() -> AuditChainHead:
-    """The chain head, locked until the caller's transaction ends. A migration creates it; if the
-    table was emptied since (a flushed database), it is recreated, tolerating a concurrent creator."""
-    head = AuditChainHead.objects.select_for_update().filter(pk=1).first()
+def _postgresql() -> bool:
+    return transaction.get_connection().vendor == "postgresql"
+
+
+def _held_streams() -> set[int]:
+    """The streams whose head this transaction has locked so far. Only for the lock-order check.
+
+    The transaction is the caller's outermost `atomic` block: kept on the connection under the
+    database's transaction id and that block's savepoint (a test case wraps every test in blocks of
+    its own, which are not the service's, so they are skipped)."""
+    connection = transaction.get_connection()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_current_xact_id()::text")
+        xid = cursor.fetchone()[0]
+    blocks = connection.atomic_blocks
+    outermost = next((i for i, block in enumerate(blocks) if not getattr(block, "_from_testcase", False)), 0)
+    key = (xid, connection.savepoint_ids[outermost - 1] if outermost > 0 else None)
+    held = getattr(connection, "_audit_streams_held", None)
+    if held is None or held[0] != key:
+        held = (key, set())
+        connection._audit_streams_held = held  # type: ignore[attr-defined]
+    return held[1]
+
+
+def forget_held_streams(**_: Any) -> None:
+    """Starts the lock-order check afresh (at each request: see AuditConfig.ready)."""
+    for connection in connections.all(initialized_only=True):
+        connection.__dict__.pop("_audit_streams_held", None)
+
+
+def _check_order(streams: list[int]) -> None:
+    """With AUDIT_STRICT_LOCK_ORDER (the tests), refuses to lock a stream's head after the head of a
+    later stream: two transactions that did so in opposite orders could deadlock."""
+    if not getattr(settings, "AUDIT_STRICT_LOCK_ORDER", False) or not _postgresql():
+        return  # (SQLite, for development, runs one writer at a time anyway)
+    held = _held_streams()
+    late = [stream for stream in streams if stream not in held and held and stream < max(held)]
+    if late:
+        raise RuntimeError(
+            f"audit stream heads locked out of order: {late} after {sorted(held)}; "
+            "name every organisation this transaction records events for in its first audit_lock()"
+        )
+    held.update(streams)
+
+
+def _locked_head(stream: int, *, next_seq: bool = False) -> AuditChainHead:
+    """The stream's head, locked until the caller's transaction ends (with `next_seq`, it also carries
+    the next event number as `next_seq`, in the same round trip). A stream's first writer creates its
+    head, tolerating a concurrent creator."""
+    head = _lock_and_number(stream) if next_seq else _lock(stream)
     if head is None:
         try:
             with transaction.atomic():
-                AuditChainHead.objects.create(pk=1)
+                AuditChainHead.objects.create(stream=stream)
         except IntegrityError:
             pass
-        head = AuditChainHead.objects.select_for_update().get(pk=1)
+        head = _lock_and_number(stream) if next_seq else _lock(stream)
+        assert head is not None  # created, by us or by a concurrent first writer
     return head
 
 
-def audit_lock() -> None:
-    """Takes the audit chain head's lock for the rest of the caller's transaction.
+def _lock(stream: int) -> AuditChainHead | None:
+    return AuditChainHead.objects.select_for_update().filter(stream=stream).first()
 
-    Every audited write ends up holding this one lock until it commits, so it is where concurrent
-    writers meet. A transaction that locks (or inserts under a unique key) more than one thing calls
-    this *first*: then it waits for the head before it holds anything another writer could want, and
-    no two transactions can wait on each other in a cycle. The order is: audit head, then the rows of
-    the resource (e.g. queries by id, then the budget, then the allocation)."""
+
+def _lock_and_number(stream: int) -> AuditChainHead | None:
+    """The locked head with the next event number as `next_seq`, drawn only once the lock is held
+    (so that a stream's numbers rise with its chain), in one round trip."""
+    if not _postgresql():  # SQLite (development): no sequences, and one writer at a time
+        head = _lock(stream)
+        if head is not None:
+            head.next_seq = (AuditEvent.objects.aggregate(top=Max("seq"))["top"] or 0) + 1  # type: ignore[attr-defined]
+        return head
+    with transaction.get_connection().cursor() as cursor:
+        # MATERIALIZED: the lock is taken in the CTE, before the outer SELECT draws the number.
+        cursor.execute(
+            "WITH head AS MATERIALIZED (SELECT id, seq, last_hash FROM audit_auditchainhead "
+            "WHERE stream = %s FOR UPDATE) SELECT id, seq, last_hash, nextval(%s) FROM head",
+            [stream, SEQ_SEQUENCE],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    head = AuditChainHead(id=row[0], stream=stream, seq=row[1], last_hash=row[2])
+    head.next_seq = row[3]  # type: ignore[attr-defined]
+    return head
+
+
+def audit_lock(*organisations: Any) -> None:
+    """Takes the heads of the streams of `organisations` (instances, ids, or None for the consortium's
+    stream) for the rest of the caller's transaction, in stream order (ascending ids).
+
+    Every audited write holds its stream's head until it commits, so it is where concurrent writers
+    of one organisation meet (writers of different organisations do not). A transaction that locks
+    (or inserts under a unique key) anything else calls this *first*, naming every organisation it
+    will record events for: then it waits for the heads before it holds anything another writer could
+    want, and heads are always taken in the same order. The order is: the heads (by stream), then the
+    rows of the resource (e.g. queries by id, then the budget, then the allocation). Transactions of
+    different organisations hold different heads and run side by side, so rows both may lock are
+    locked in one global order too (see clearinghouse.core.db)."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("audit_lock must be called inside a transaction")
-    _locked_head()
+    if not organisations:
+        raise TypeError("audit_lock needs the organisations (None: the consortium) it records events for")
+    streams = sorted({stream_of(organisation) for organisation in organisations})
+    _check_order(streams)
+    for stream in streams:
+        _locked_head(stream)
 
 
 def audit_record(
@@ -49,18 +148,22 @@ def audit_record(
     target: models.Model | None = None,
     extra: dict[str, Any] | None = None,
 ) -> AuditEvent:
-    """Append one event to the chain. Must run inside the transaction of the change it records, so
-    that the change and its record commit or roll back together."""
+    """Append one event to its organisation's stream. Must run inside the transaction of the change
+    it records, so that the change and its record commit or roll back together."""
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must be called inside the transaction of the change it records")
     ctx = request_context.current()
-    head = _locked_head()
+    stream = stream_of(organisation)
+    _check_order([stream])
+    head = _locked_head(stream, next_seq=True)
     actor_obj = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
     # Normalise extra through JSON now so the hashed form equals what the database gives back.
     extra_clean = json.loads(json.dumps(extra or {}, cls=DjangoJSONEncoder))
     event = AuditEvent(
-        seq=head.seq + 1,
+        seq=head.next_seq,  # type: ignore[attr-defined]  # annotated by _locked_head
+        stream=stream,
+        stream_seq=head.seq + 1,
         created_at=timezone.now(),
         actor=actor_obj,
         actor_label=actor_obj.get_username() if actor_obj else "",
@@ -76,7 +179,41 @@ def audit_record(
     )
     event.hash = event.compute_hash()
     event.save()
-    head.seq = event.seq
-    head.last_hash = event.hash
-    head.save(update_fields=["seq", "last_hash"])
+    AuditChainHead.objects.filter(pk=head.pk).update(seq=event.stream_seq, last_hash=event.hash)
+    return event
+
+
+def audit_checkpoint() -> AuditEvent | None:
+    """Records every other stream's head as it is committed now, with their digest, as an event of
+    the consortium's stream (beat runs it every AUDIT_CHECKPOINT_SECONDS); nothing when no head moved
+    since the last checkpoint. Takes no other stream's lock: a committed head names committed events."""
+    with transaction.atomic():
+        audit_lock(None)
+        heads = {
+            str(stream): [seq, last_hash]
+            for stream, seq, last_hash in AuditChainHead.objects.exclude(stream=CONSORTIUM_STREAM)
+            .filter(seq__gt=0)
+            .order_by("stream")
+            .values_list("stream", "seq", "last_hash")
+        }
+        last = (
+            AuditEvent.objects.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION)
+            .order_by("-stream_seq")
+            .values_list("extra", flat=True)
+            .first()
+        )
+        if last is not None and last.get("heads") == heads:
+            return None
+        event = audit_record(
+            actor=None, action=CHECKPOINT_ACTION, extra={"heads": heads, "digest": heads_digest(heads)}
+        )
+    # Outside the database too (the logs are kept elsewhere): what the checkpoints themselves are
+    # checked against if someone with write access to the database cut them off.
+    logger.info(
+        "audit checkpoint: event #%s, stream 0 event %s, %s streams, digest %s",
+        event.seq,
+        event.stream_seq,
+        len(heads),
+        event.extra["digest"],
+    )
     return event

@@ -1,8 +1,11 @@
 """Transactions that survive a lost lock race.
 
 The lock order that keeps our write paths free of deadlocks is documented in
-`clearinghouse.audit.services.audit_lock`: a transaction that locks several rows takes the audit chain
-head first, so every such transaction is serialised on one lock and none can wait in a cycle; row
+`clearinghouse.audit.services.audit_lock`: a transaction that locks rows first takes the heads of the
+audit streams it writes (one per organisation it records events for, in stream order), so the
+transactions of one organisation are serialised on its head and cannot wait in a cycle. Transactions
+of different organisations run side by side: rows they can both lock (a dataset's budget, its
+allocations, queries) are locked in one global order (by primary key, budget before allocation). Row
 locks are `FOR NO KEY UPDATE` (we never change a primary key), which does not conflict with the key
 share lock PostgreSQL takes when a row is inserted that refers to the locked one.
 

@@ -10,6 +10,7 @@ The task is looked up in the Celery app's registry and sent with its own `apply_
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from celery import Task
@@ -18,15 +19,30 @@ from django.db import transaction
 
 from clearinghouse.celery import app
 
+# One discovery at a time: a thread that missed while another was importing the `tasks` modules
+# would otherwise find a module half-imported (already in sys.modules) and its task not registered.
+_discovery = threading.Lock()
+
+
+def discover_tasks() -> None:
+    """Imports every installed app's `tasks` module, registering its tasks (the web process calls it
+    at start, so that no request pays for it)."""
+    with _discovery:
+        app.autodiscover_tasks(force=True)
+
 
 def registered_task(task_name: str) -> Task:
-    """The task registered as `task_name`. A process that only publishes (web) has imported no
-    `tasks` module yet: the first miss imports every installed app's (as a worker does at start)."""
+    """The task registered as `task_name`. A process that only publishes (web) and has not imported
+    the `tasks` modules yet imports every installed app's on its first miss (as a worker does at
+    start); threads that miss together wait for that one import."""
     try:
         return app.tasks[task_name]
     except KeyError:
-        app.autodiscover_tasks(force=True)
-        return app.tasks[task_name]  # still missing: a misspelt name, raised as KeyError
+        pass
+    with _discovery:
+        if task_name not in app.tasks:
+            app.autodiscover_tasks(force=True)
+    return app.tasks[task_name]  # still missing: a misspelt name, raised as KeyError
 
 
 def enqueue(task_name: str, *args: Any, task_id: str | None = None, **options: Any) -> AsyncResult:

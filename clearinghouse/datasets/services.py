@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO, Literal, cast
+from typing import Any, Literal, cast
 
 from django.conf import settings
 from django.core.files.storage import default_storage
@@ -20,7 +20,6 @@ from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, Vali
 from clearinghouse.core.keys import keyring
 from clearinghouse.core.metrics import INGESTION_BYTES, count_on_commit
 from clearinghouse.core.text import clean_name, clean_slug
-from clearinghouse.crypto.envelope import rewrap_stream
 from clearinghouse.crypto.errors import CryptoError, KeyringError
 from clearinghouse.organisations.models import Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_DATASETS, RUN_QUERIES
@@ -121,7 +120,7 @@ def dataset_schema_set(*, actor: Any, dataset: Dataset, schema: dict | str) -> D
     a schema was proposed) are validated against it at once: queued when this commits."""
     dataset_require_owner(actor=actor, dataset=dataset)
     parsed = _schema(schema)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(dataset.organisation_id)  # first: the lock order of every write (see audit_lock)
     dataset = Dataset.objects.select_for_update(no_key=True).get(pk=dataset.pk)
     dataset.schema = parsed.to_dict()
     dataset.schema_confirmed = True
@@ -187,7 +186,8 @@ def _version_record(
     has_header: bool,
     repair: str,
 ) -> DatasetVersion:
-    audit_lock()  # first: this transaction locks the dataset and counts the organisation's waiting uploads
+    # First: this transaction locks the dataset and counts the organisation's waiting uploads.
+    audit_lock(dataset.organisation_id)
     dataset_require_owner(actor=actor, dataset=dataset)
     fmt = fmt or ("parquet" if upload.name.lower().endswith(".parquet") else "csv")
     if fmt not in FORMATS:
@@ -306,7 +306,7 @@ def dataset_version_retry(
     """Runs ingestion again (after the schema was confirmed, or with a repair chosen); also takes a
     version whose validation has been running past INGESTION_STUCK_SECONDS (its worker was lost)."""
     dataset_require_owner(actor=actor, dataset=version.dataset)
-    audit_lock()
+    audit_lock(version.dataset.organisation_id)
     version = DatasetVersion.objects.select_for_update(no_key=True).get(pk=version.pk)
     stuck = _validation_stuck(version, _stale_before())
     retryable = {VersionStatus.FAILED, VersionStatus.PENDING, VersionStatus.AWAITING_SCHEMA}
@@ -528,10 +528,16 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
     return version
 
 
+def _version_owner(pk: int) -> int:
+    """The id of the organisation that owns the version's dataset (never changes): whose audit stream
+    the version's events go to."""
+    return DatasetVersion.objects.filter(pk=pk).values_list("dataset__organisation_id", flat=True).get()
+
+
 def _locked_version(pk: int) -> DatasetVersion:
     """The version, its row locked until the caller's transaction ends (only its row, not those of
     its dataset and organisation, which come along for reading). The audit head first (see audit_lock)."""
-    audit_lock()
+    audit_lock(_version_owner(pk))
     return (
         DatasetVersion.objects.select_for_update(of=("self",), no_key=True)
         .select_related("dataset__organisation")
@@ -606,7 +612,7 @@ def _version_failed(
 
 def _schema_proposed(version: DatasetVersion, proposal: dict, *, claim: str | None = None) -> DatasetVersion:
     with transaction.atomic():
-        audit_lock()  # first (the version and then the dataset are locked below)
+        audit_lock(_version_owner(version.pk))  # first (the version and then the dataset are locked below)
         version = _locked_version(version.pk)
         if not _holds(version, claim):
             return version
@@ -808,7 +814,8 @@ def dataset_grant_create(
         raise ValidationFailed("The owner organisation needs no grant.", code="owner_grant")
     if organisation.status != OrganisationStatus.APPROVED:
         raise NotFound("Organisation not found.")
-    audit_lock()  # first: this transaction locks the organisation's pending access requests below
+    # First: this transaction locks the organisation's pending access requests below.
+    audit_lock(dataset.organisation_id)
     if DatasetGrant.objects.filter(
         dataset=dataset, organisation=organisation, purpose=purpose, revoked_at__isnull=True
     ).exists():
@@ -864,7 +871,7 @@ def dataset_grant_revoke(*, actor: Any, grant: DatasetGrant) -> DatasetGrant:
     Whom to share with stays the owner's decision (`dataset_grant_create`)."""
     if not getattr(actor, "is_operator", False):
         dataset_require_owner(actor=actor, dataset=grant.dataset)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(grant.dataset.organisation_id)  # first: the lock order of every write (see audit_lock)
     grant = DatasetGrant.objects.select_for_update(no_key=True).get(pk=grant.pk)
     if grant.revoked_at is not None:
         raise Conflict("This grant is already revoked.", code="grant_revoked")
@@ -886,7 +893,7 @@ def agreement_publish(*, actor: Any, dataset: Dataset, text: str) -> DataUseAgre
     text = clean_name(text, field="text", max_length=50_000) if text else ""
     if not text:
         raise ValidationFailed("The agreement text is required.", code="invalid_agreement")
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(dataset.organisation_id)  # first: the lock order of every write (see audit_lock)
     Dataset.objects.select_for_update(no_key=True).get(pk=dataset.pk)
     current = agreement_current(dataset=dataset)
     agreement = DataUseAgreement.objects.create(
@@ -940,14 +947,7 @@ def dataset_files_rewrap(*, actor: Any = None) -> dict[str, int]:
     )
     for version in versions.iterator():
         for name in filter(None, [version.data_path, version.staging_path]):
-            temporary = f"{name}.rewrap"
-            try:
-                with default_storage.open(name, "rb") as src, storage.open_for_write(temporary) as dst:
-                    rewrap_stream(cast(BinaryIO, src), dst, keyring=current)  # a File proxies a binary file
-            except BaseException:
-                default_storage.delete(temporary)  # no half-written copy left beside the file
-                raise
-            storage.replace(temporary, name)
+            storage.rewrap_file(name, current)
             counts["rewrapped"] += 1
         DatasetVersion.objects.filter(pk=version.pk).update(kek_id=current.current_id)
     counts["already_current"] = DatasetVersion.objects.filter(kek_id=current.current_id).count()
@@ -1047,7 +1047,7 @@ def dataset_listing_set(*, actor: Any, dataset: Dataset, listed: bool) -> Datase
         raise ValidationFailed(
             "listed must be true or false.", code="invalid_listed", fields={"listed": ["Must be a boolean."]}
         )
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(dataset.organisation_id)  # first: the lock order of every write (see audit_lock)
     dataset = (
         Dataset.objects.select_for_update(no_key=True, of=("self",))
         .select_related("organisation")
@@ -1105,7 +1105,7 @@ def access_request_create(*, actor: Any, dataset: Dataset, purpose: str, reason:
         raise ValidationFailed(
             "Your organisation owns this dataset: it needs no access request.", code="own_dataset"
         )
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(membership.organisation_id)  # first: the lock order of every write (see audit_lock)
     dataset = (
         Dataset.objects.select_for_update(no_key=True, of=("self",))
         .select_related("organisation")
@@ -1173,7 +1173,7 @@ def access_request_decide(
         )
     dataset_require_owner(actor=actor, dataset=dataset)
     note = _clean_text(note, field="note", max_length=ACCESS_REQUEST_NOTE_MAX, required=False)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(dataset.organisation_id)  # first: the lock order of every write (see audit_lock)
     access_request = (
         AccessRequest.objects.select_for_update(no_key=True, of=("self",))
         .select_related("dataset__organisation", "organisation")
@@ -1245,7 +1245,7 @@ def access_request_withdraw(*, actor: Any, access_request: AccessRequest) -> Acc
             )
         raise NotFound("Access request not found.")
     _requester_membership(actor)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(access_request.organisation_id)  # first: the lock order of every write (see audit_lock)
     access_request = (
         AccessRequest.objects.select_for_update(no_key=True, of=("self",))
         .select_related("dataset__organisation", "organisation")

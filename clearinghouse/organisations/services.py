@@ -99,7 +99,7 @@ def organisation_set_status(
 ) -> Organisation:
     """Operators approve, reject, suspend and reinstate organisations. Rejection and suspension need a reason."""
     require_operator(actor=actor)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(organisation)  # first: the lock order of every write (see audit_lock)
     organisation = Organisation.objects.select_for_update(no_key=True).get(pk=organisation.pk)
     reason = reason.strip() if isinstance(reason, str) else ""
     if len(reason) > 2000:
@@ -155,6 +155,8 @@ def organisation_update(
     for field, value in changes.items():
         setattr(organisation, field, value)
     if changes:
+        # The head before the row: the UPDATE locks it, as status changes do after taking the head.
+        audit_lock(organisation)
         organisation.save(update_fields=list(changes))
         audit_record(
             actor=actor,
@@ -184,7 +186,7 @@ def join_request_decide(
     *, actor: Any, join_request: JoinRequest, approve: bool, role: str = Role.ANALYST, reason: str = ""
 ) -> JoinRequest:
     """The organisation's admins, or an operator, approve (with a role) or reject a join request."""
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(join_request.organisation_id)  # first: the lock order of every write (see audit_lock)
     join_request = (
         JoinRequest.objects.select_for_update(no_key=True, of=("self",))
         .select_related("organisation", "user")
@@ -219,7 +221,7 @@ def join_request_decide(
 def join_request_withdraw(*, actor: Any, join_request: JoinRequest) -> JoinRequest:
     if join_request.user_id != actor.pk:
         raise NotFound("Join request not found.")
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(join_request.organisation_id)  # first: the lock order of every write (see audit_lock)
     join_request = JoinRequest.objects.select_for_update(no_key=True).get(pk=join_request.pk)
     if join_request.status != RequestStatus.PENDING:
         raise Conflict(f"This request is already {join_request.status}.", code="join_request_decided")
@@ -268,7 +270,7 @@ def invitation_create(
 @transaction.atomic
 def invitation_revoke(*, actor: Any, invitation: Invitation) -> Invitation:
     require_capability(actor=actor, organisation=invitation.organisation, capability=MANAGE_MEMBERS)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(invitation.organisation_id)  # first: the lock order of every write (see audit_lock)
     invitation = Invitation.objects.select_for_update(no_key=True).get(pk=invitation.pk)
     if not invitation.is_open:
         raise Conflict("This invitation is no longer open.", code="invitation_closed")
@@ -298,7 +300,7 @@ def invitation_find(*, token: str) -> Invitation:
 @transaction.atomic
 def invitation_accept(*, actor: Any, token: str) -> Membership:
     invitation = invitation_find(token=token)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(invitation.organisation_id)  # first: the lock order of every write (see audit_lock)
     invitation = (
         Invitation.objects.select_for_update(no_key=True, of=("self",))
         .select_related("organisation")
@@ -333,7 +335,7 @@ def invitation_accept(*, actor: Any, token: str) -> Membership:
 def _lock_admins(organisation: Organisation) -> int:
     """Locks the organisation row and counts its admins, so two concurrent demotions cannot both
     pass the 'keeps one admin' check."""
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(organisation)  # first: the lock order of every write (see audit_lock)
     Organisation.objects.select_for_update(no_key=True).get(pk=organisation.pk)
     return Membership.objects.filter(organisation=organisation, role=Role.ORG_ADMIN).count()
 
@@ -343,7 +345,7 @@ def membership_change_role(*, actor: Any, membership: Membership, role: str) -> 
     require_capability(actor=actor, organisation=membership.organisation, capability=MANAGE_MEMBERS)
     role = _clean_role(role)
     admins = _lock_admins(membership.organisation)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(membership.organisation_id)  # first: the lock order of every write (see audit_lock)
     membership = Membership.objects.select_for_update(no_key=True).get(pk=membership.pk)
     if membership.role == role:
         return membership
@@ -368,7 +370,7 @@ def membership_remove(*, actor: Any, membership: Membership) -> None:
     if membership.user_id != actor.pk:
         require_capability(actor=actor, organisation=membership.organisation, capability=MANAGE_MEMBERS)
     admins = _lock_admins(membership.organisation)
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(membership.organisation_id)  # first: the lock order of every write (see audit_lock)
     membership = (
         Membership.objects.select_for_update(no_key=True, of=("self",))
         .select_related("user", "organisation")

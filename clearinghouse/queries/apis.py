@@ -41,7 +41,7 @@ from .services import (
     query_preview_run,
     query_submit,
     query_submit_many,
-    query_wait,
+    query_wait_many,
 )
 
 
@@ -678,9 +678,11 @@ class QueryListSubmitApi(APIView):
         if isinstance(request.data, dict) and "queries" in request.data:
             items = validated(QueryBatchInputSerializer, request.data)["queries"]
             outcomes = query_submit_many(actor=request.user, dataset=dataset, items=[dict(i) for i in items])
+            answered = query_wait_many(
+                queries=[query for query, _ in outcomes], timeout=_wait_seconds(request)
+            )
             bodies = []
-            for query, replayed in outcomes:
-                query = query_wait(query=query, timeout=_wait_seconds(request))
+            for query, (_, replayed) in zip(answered, outcomes, strict=True):
                 body = query_body(query, replayed=replayed)
                 if query.status in {"refused", "failed"}:
                     body["error"] = {"code": query.error_code, "detail": query.error_message}
@@ -689,7 +691,7 @@ class QueryListSubmitApi(APIView):
             return Response({"results": bodies}, status=200 if done else 202)
         data = validated(QueryInputSerializer, request.data)
         query, replayed = query_submit(actor=request.user, dataset=dataset, **data)
-        query = query_wait(query=query, timeout=_wait_seconds(request))
+        query = query_wait_many(queries=[query], timeout=_wait_seconds(request))[0]
         error = query_error_for(query)
         if error is not None:
             raise error

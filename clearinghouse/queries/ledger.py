@@ -144,7 +144,7 @@ def budget_set(
     per_query_max = None if per_query_max is None else _amount(per_query_max, field="per_query_max")
     per_analyst_cap = None if per_analyst_cap is None else _amount(per_analyst_cap, field="per_analyst_cap")
     max_rows = None if max_rows is None else _row_bound(max_rows, dataset=dataset)
-    audit_lock()  # first: the lock order of every ledger write (see audit_lock)
+    audit_lock(dataset.organisation_id)  # first: the lock order of every ledger write (see audit_lock)
     budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset=dataset).first()
     if budget is None:
         budget = PrivacyBudget(dataset=dataset, measure=measure, total=total)
@@ -224,7 +224,7 @@ def allocation_set(
     dataset_require_owner(actor=actor, dataset=dataset)
     if organisation.status != OrganisationStatus.APPROVED:
         raise NotFound("Organisation not found.")
-    audit_lock()  # first: the lock order of every ledger write (see audit_lock)
+    audit_lock(dataset.organisation_id)  # first: the lock order of every ledger write (see audit_lock)
     budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset=dataset).first()
     if budget is None:
         raise Conflict("Set the dataset's budget first.", code="no_budget")
@@ -441,7 +441,7 @@ def _debit(
     if unlocked is not None and unlocked.measure == PrivacyMeasure.APPROX:
         _composition_state(unlocked)
     # Lock order: budget, then allocation, everywhere, so concurrent debits cannot deadlock.
-    audit_lock()  # first: the lock order of every write (see audit_lock)
+    audit_lock(payer.organisation_id)  # first: the lock order of every write (see audit_lock)
     budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset_id=dataset_id).first()
     if budget is None:
         raise NotFound("This dataset has no privacy budget; its owner must set one.", code="no_budget")

@@ -167,7 +167,7 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
     assert membership is not None  # `_context` (`query_access`) refused an actor without one
 
     def record() -> list[tuple[Query, bool]]:
-        audit_lock()  # first: see audit_lock for the lock order that keeps this deadlock-free
+        audit_lock(membership.organisation_id)  # first: see audit_lock for the deadlock-free lock order
         task_id = uuid.uuid4().hex
         outcomes: list[tuple[Query, bool]] = []
         created: list[int] = []
@@ -400,8 +400,17 @@ def _load(item: _Priced, data_loader) -> _Priced:
     return item
 
 
+def _audit_streams(items: list[_Priced]) -> set[int]:
+    """The organisations a transaction over these queries records events for: the analysts' (their
+    queries' events) and the datasets' owners (why a query failed, a version found corrupt)."""
+    return {item.query.organisation_id for item in items} | {
+        item.query.dataset.organisation_id for item in items
+    }
+
+
 def _debit_all(priced: list[_Priced]) -> list[_Priced]:
-    audit_lock()  # first, then the queries (by id), then budget and allocation inside budget_debit
+    # First the audit heads, then the queries (by id), then budget and allocation inside budget_debit.
+    audit_lock(*_audit_streams(priced))
     locked = {
         query.pk: query
         for query in Query.objects.select_for_update(no_key=True)
@@ -485,7 +494,9 @@ def _refuse(query: Query, code: str, message: str) -> None:
 
 
 def _store_all(released: list[tuple[_Priced, dict | tuple[str, str]]]) -> None:
-    audit_lock()
+    if not released:
+        return  # nothing was paid
+    audit_lock(*_audit_streams([item for item, _ in released]))
     for item, outcome in released:
         query = item.query
         if isinstance(outcome, dict):
@@ -558,14 +569,18 @@ def query_recover_stuck(*, idle_seconds: float, max_attempts: int) -> dict[str, 
     cutoff = timezone.now() - timedelta(seconds=idle_seconds)
 
     def recover() -> dict[str, int]:
-        audit_lock()
+        candidates = Query.objects.filter(status__in=QUERY_UNFINISHED, updated_at__lt=cutoff).order_by("pk")
+        organisations = set(candidates[:500].values_list("organisation_id", flat=True))
+        if not organisations:
+            return {"requeued": 0, "failed": 0}
+        audit_lock(*organisations)  # first: the lock order of every write (see audit_lock)
         counts = {"requeued": 0, "failed": 0}
         task_id = uuid.uuid4().hex
         requeue: list[int] = []
         stuck = (
             Query.objects.select_for_update(no_key=True, skip_locked=True, of=("self",))
             .select_related("analyst", "organisation")
-            .filter(status__in=QUERY_UNFINISHED, updated_at__lt=cutoff)
+            .filter(status__in=QUERY_UNFINISHED, updated_at__lt=cutoff, organisation_id__in=organisations)
             .order_by("pk")[:500]
         )
         for query in stuck:
@@ -747,18 +762,37 @@ def query_plan_run(*, request: PlanRequest, timeout: float) -> dict:
 
 def query_wait(*, query: Query, timeout: float) -> Query:
     """Waits (up to `timeout`) for a submitted query's worker to finish; returns it fresh."""
-    query = _fresh(query)
-    # Only wait when still unfinished: waiting again on a task whose result was already consumed
-    # (several queries of one request share a task) would idle until the backend's poll times out.
-    if query.status in QUERY_UNFINISHED and query.task_id and timeout > 0:
+    return query_wait_many(queries=[_fresh(query)], timeout=timeout)[0]
+
+
+def query_wait_many(*, queries: list[Query], timeout: float) -> list[Query]:
+    """Waits (up to `timeout` in all) for the workers of the unfinished ones of `queries` — as
+    `query_submit_many` returned them, or as just read — and returns them all fresh, in one read."""
+    # One wait per task, and only for unfinished queries: waiting again on a task whose result was
+    # already consumed (several queries of one request share a task) would idle until the backend's
+    # poll times out.
+    tasks = list(dict.fromkeys(q.task_id for q in queries if q.status in QUERY_UNFINISHED and q.task_id))
+    if not tasks:
+        return queries
+    deadline = time.monotonic() + timeout
+    for task_id in tasks:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
         try:  # (Celery reads a timeout of 0 as "forever", hence the guard)
-            AsyncResult(query.task_id).get(timeout=timeout, propagate=False, interval=0.02)
+            AsyncResult(task_id).get(timeout=left, propagate=False, interval=0.02)
         except CeleryTimeout:
-            pass
+            break
         except Exception as exc:  # noqa: BLE001 - the result store is unreachable: answer with the state as stored
-            logger.warning("Could not wait for query %s: %s", query.pk, exc.__class__.__name__)
-        query = _fresh(query)
-    return query
+            logger.warning("Could not wait for task %s: %s", task_id, exc.__class__.__name__)
+            break
+    by_id = {
+        query.pk: query
+        for query in Query.objects.select_related("dataset__organisation", "version").filter(
+            pk__in=[query.pk for query in queries]
+        )
+    }
+    return [by_id.get(query.pk, query) for query in queries]
 
 
 def _fresh(query: Query) -> Query:

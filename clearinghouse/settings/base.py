@@ -101,7 +101,10 @@ TEMPLATES = [
 DATABASES = {
     "default": dj_database_url.parse(
         os.environ.get("DATABASE_URL", f"sqlite:///{VAR_DIR / 'clearinghouse.sqlite3'}"),
-        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "0")),
+        # Connections are kept between requests and tasks (a new PostgreSQL connection costs a few
+        # milliseconds, and its backend starts with cold caches), checked before reuse.
+        conn_max_age=int(os.environ.get("DATABASE_CONN_MAX_AGE", "60")),
+        conn_health_checks=True,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
@@ -253,6 +256,7 @@ CELERY_TASK_ROUTES = {
     # (preparation, model runs, exports) reads whole versions, as ingestion does.
     "annotation.item_texts": {"queue": "dp"},
     "annotation.*": {"queue": "ingestion"},
+    "audit.*": {"queue": "ingestion"},
 }
 # A message a worker took but never acknowledged (acks_late; the worker was killed) goes back to the
 # queue after this long on Redis (kombu's default is an hour). It must exceed the longest task: the
@@ -285,6 +289,12 @@ QUERY_WAIT_SECONDS = float(os.environ.get("QUERY_WAIT_SECONDS", "30"))
 # it to a worker again (every QUERY_RECOVER_EVERY_SECONDS), and fails it after QUERY_MAX_RECOVERIES.
 QUERY_STUCK_SECONDS = float(os.environ.get("QUERY_STUCK_SECONDS", "300"))
 QUERY_MAX_RECOVERIES = int(os.environ.get("QUERY_MAX_RECOVERIES", "3"))
+# Every so often the audit log records each stream's head in a checkpoint (when any moved), so that a
+# stream deleted whole, or cut short, fails audit_verify (clearinghouse/audit/models.py).
+CELERY_BEAT_SCHEDULE["audit-checkpoint"] = {
+    "task": "audit.checkpoint",
+    "schedule": float(os.environ.get("AUDIT_CHECKPOINT_SECONDS", "300")),
+}
 CELERY_BEAT_SCHEDULE["queries-recover-stuck"] = {
     "task": "queries.recover_stuck",
     "schedule": float(os.environ.get("QUERY_RECOVER_EVERY_SECONDS", "60")),

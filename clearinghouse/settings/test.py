@@ -25,6 +25,9 @@ TEST_LOG_DIR = Path(
 from .base import *  # noqa: E402, F403
 from .base import DATABASES, LOGGING, STATIC_ROOT, STORAGES, VAR_DIR  # noqa: E402
 
+# Tests open connections from threads and subprocesses; none outlives its test (the test database is
+# dropped at the end), whatever the deployment default is.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # A file, not the shared in-memory database: tests that run a worker in a thread read while it
     # writes, and only a file database waits for the lock (timeout, WAL) instead of failing at once.
@@ -48,3 +51,7 @@ LOGGING["handlers"]["test_log_file"] = {
 LOGGING["root"]["handlers"] = [*LOGGING["root"]["handlers"], "test_log_file"]
 # Our own code's debug lines are scanned for secrets too.
 LOGGING["loggers"].update({"clearinghouse": {"level": "DEBUG"}, "federation": {"level": "DEBUG"}})
+
+# Every transaction takes audit stream heads in one order (clearinghouse/audit/services.py): tests
+# refuse the out-of-order lock that could deadlock two writers in production.
+AUDIT_STRICT_LOCK_ORDER = True

@@ -5,7 +5,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
 
-from clearinghouse.audit.models import AuditEvent
+from clearinghouse.audit.models import CONSORTIUM_STREAM, GENESIS_HASH, AuditEvent
 from clearinghouse.audit.services import audit_record
 from tests.factories import make_operator, make_user
 
@@ -21,47 +21,67 @@ def events(db):
 
 def test_intact_chain_verifies(events, capsys):
     call_command("audit_verify")
-    assert "6 events verified" in capsys.readouterr().out
+    assert "6 events verified in 1 streams" in capsys.readouterr().out
 
 
 def test_each_event_links_to_the_one_before(events):
     ordered = list(AuditEvent.objects.order_by("seq"))
-    assert [event.seq for event in ordered] == [1, 2, 3, 4, 5, 6]
+    assert {event.stream for event in ordered} == {CONSORTIUM_STREAM}  # no organisation: one stream
+    assert [event.stream_seq for event in ordered] == [1, 2, 3, 4, 5, 6]
+    assert ordered[0].prev_hash == GENESIS_HASH
     for before, after in itertools.pairwise(ordered):
         assert after.prev_hash == before.hash
+        assert after.seq > before.seq
+
+
+def _third() -> AuditEvent:
+    return AuditEvent.objects.get(stream=CONSORTIUM_STREAM, stream_seq=3)
 
 
 def test_tampered_row_is_named(events):
     # Change one stored row behind the application's back, as someone with database access could.
+    third = _third()
     with connection.cursor() as cursor:
-        cursor.execute("UPDATE audit_auditevent SET action = %s WHERE seq = 3", ["user.promoted"])
-    with pytest.raises(CommandError, match=r"broken at event #3: its content does not match its hash"):
+        cursor.execute("UPDATE audit_auditevent SET action = %s WHERE id = %s", ["user.promoted", third.pk])
+    with pytest.raises(
+        CommandError, match=rf"broken at event #{third.seq}: its content does not match its hash"
+    ):
         call_command("audit_verify")
 
 
 def test_deleted_row_is_named(events):
+    third = _third()
+    fourth = AuditEvent.objects.get(stream=CONSORTIUM_STREAM, stream_seq=4)
     with connection.cursor() as cursor:
-        cursor.execute("DELETE FROM audit_auditevent WHERE seq = 4")
-    with pytest.raises(CommandError, match=r"broken at event #4: event #4 is missing"):
+        cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [third.pk])
+    with pytest.raises(CommandError, match=rf"broken at event #{fourth.seq}: event 3 of stream 0 is missing"):
+        call_command("audit_verify")
+
+
+def test_deleted_newest_row_is_named_by_the_head(events):
+    newest = AuditEvent.objects.get(stream=CONSORTIUM_STREAM, stream_seq=6)
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditevent WHERE id = %s", [newest.pk])
+    with pytest.raises(CommandError, match=r"stream 0 ends at its event 5 but its head says 6"):
         call_command("audit_verify")
 
 
 def test_rehashed_row_breaks_the_next_link(events):
     # A forger who also recomputes the changed row's hash is caught by the next event's prev_hash.
-    event = AuditEvent.objects.get(seq=2)
+    event = AuditEvent.objects.get(stream=CONSORTIUM_STREAM, stream_seq=2)
     event.extra = {"forged": True}
     forged_hash = event.compute_hash()
     with connection.cursor() as cursor:
         cursor.execute(
-            "UPDATE audit_auditevent SET extra = %s, hash = %s WHERE seq = 2",
-            ['{"forged": true}', forged_hash],
+            "UPDATE audit_auditevent SET extra = %s, hash = %s WHERE id = %s",
+            ['{"forged": true}', forged_hash, event.pk],
         )
-    with pytest.raises(CommandError, match=r"broken at event #3: its previous-hash"):
+    with pytest.raises(CommandError, match=rf"broken at event #{_third().seq}: its previous-hash"):
         call_command("audit_verify")
 
 
 def test_events_are_append_only_in_the_application(events):
-    event = AuditEvent.objects.get(seq=1)
+    event = AuditEvent.objects.order_by("seq").first()
     event.action = "changed"
     with pytest.raises(RuntimeError, match="append-only"):
         event.save()

@@ -1,5 +1,5 @@
-"""The audit hash covers every column of an event (hash format v2), and events written with the
-older formula (v1, which left out organisation_id) still verify."""
+"""The audit hash covers every column of an event (hash format v3), and events written with the
+older formulas (v1, which left out organisation_id; v2, from before streams) still verify."""
 
 from __future__ import annotations
 
@@ -45,14 +45,15 @@ def chain(db):
 
 
 def _rehash(event: AuditEvent) -> None:
-    """Stores the event's hash again and relinks the rest of the chain (test set-up only)."""
+    """Stores the event's hash again and relinks the rest of its stream (test set-up only)."""
     previous = event.prev_hash
-    for later in AuditEvent.objects.filter(seq__gte=event.seq).order_by("seq"):
+    later_events = AuditEvent.objects.filter(stream=event.stream, stream_seq__gte=event.stream_seq)
+    for later in later_events.order_by("stream_seq"):
         later.prev_hash = previous
         later.hash = later.compute_hash()
         AuditEvent.objects.filter(pk=later.pk).update(prev_hash=later.prev_hash, hash=later.hash)
         previous = later.hash
-    AuditChainHead.objects.filter(pk=1).update(last_hash=previous)
+    AuditChainHead.objects.filter(stream=event.stream).update(last_hash=previous)
 
 
 def _columns() -> list[str]:
@@ -84,6 +85,8 @@ def test_new_events_use_the_current_hash_version(chain):
 def _changed_value(column: str, event: AuditEvent, other: dict):
     return {
         "seq": event.seq + 1000,
+        "stream": 999_999,
+        "stream_seq": event.stream_seq + 1000,
         "created_at": event.created_at + timedelta(seconds=1),
         "actor_id": other["actor"].pk,
         "actor_label": "mallory",
@@ -111,8 +114,10 @@ def test_every_column_but_the_surrogate_key_is_edited_below():
 @pytest.mark.parametrize("column", EDITABLE)
 def test_editing_any_column_is_named_by_audit_verify(chain, column):
     event, other = chain
-    AuditEvent.objects.filter(pk=event.pk).update(**{column: _changed_value(column, event, other)})
-    with pytest.raises(CommandError, match=rf"broken at event #{event.seq}:"):
+    changed = _changed_value(column, event, other)
+    AuditEvent.objects.filter(pk=event.pk).update(**{column: changed})
+    named = changed if column == "seq" else event.seq  # (the row is named by the number it now has)
+    with pytest.raises(CommandError, match=rf"broken at event #{named}:"):
         call_command("audit_verify")
 
 
@@ -136,10 +141,9 @@ def test_an_unknown_hash_version_is_named(chain):
 def test_events_hashed_with_v1_still_verify_and_the_chain_continues_in_v2(chain, capsys):
     """A chain written before hash_version existed: the migration gives its rows version 1 (the
     database default), whose formula is the old one."""
-    for event in AuditEvent.objects.order_by("seq"):
-        event.hash_version = 1
-        AuditEvent.objects.filter(pk=event.pk).update(hash_version=1)
-    _rehash(AuditEvent.objects.order_by("seq").first())
+    AuditEvent.objects.update(hash_version=1)
+    for stream in set(AuditEvent.objects.values_list("stream", flat=True)):
+        _rehash(AuditEvent.objects.filter(stream=stream).order_by("stream_seq").first())
     assert set(AuditEvent.objects.values_list("hash_version", flat=True)) == {1}
     call_command("audit_verify")
     make_user("after_upgrade")
@@ -195,8 +199,9 @@ def test_the_migration_gives_existing_rows_version_1(db):
     event = AuditEvent.objects.get(target_id=str(operator.pk))
     with connection.cursor() as cursor:
         cursor.execute(
-            "INSERT INTO audit_auditevent (seq, created_at, actor_label, organisation_label, action, target_type, "
-            "target_id, request_id, extra, prev_hash, hash) VALUES (%s, %s, '', '', 'x', '', '', '', '{}', %s, %s)",
+            "INSERT INTO audit_auditevent (seq, stream, stream_seq, created_at, actor_label, organisation_label, "
+            "action, target_type, target_id, request_id, extra, prev_hash, hash) "
+            "VALUES (%s, -1, 1, %s, '', '', 'x', '', '', '', '{}', %s, %s)",
             [event.seq + 1, event.created_at, event.hash, "c" * 64],
         )
     assert AuditEvent.objects.get(seq=event.seq + 1).hash_version == 1
@@ -211,3 +216,57 @@ def test_referenced_users_and_organisations_cannot_be_deleted(chain):
         other["organisation"].delete()
     with pytest.raises(ProtectedError):
         event.actor.delete()
+
+
+def test_the_v3_formula_covers_the_stream_and_the_place_in_it(db):
+    """The exact canonical form of a v3 event (so that a change of `chained_fields` that would break
+    every stored chain fails here), and that moving an event to another stream or place changes it."""
+    import hashlib
+    import json
+    from datetime import UTC, datetime
+
+    event = AuditEvent(
+        seq=70,
+        stream=9,
+        stream_seq=4,
+        hash_version=3,
+        created_at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        actor_id=3,
+        actor_label="alice",
+        organisation_id=9,
+        organisation_label="acme",
+        action="organisation.updated",
+        target_type="organisations.organisation",
+        target_id="9",
+        request_id="r" * 32,
+        ip="10.0.0.1",
+        extra={"b": 1},
+        prev_hash="0" * 64,
+    )
+    canonical = {
+        "seq": 70,
+        "stream": 9,
+        "stream_seq": 4,
+        "hash_version": 3,
+        "created_at": "2026-01-02T03:04:05.000006+00:00",
+        "actor_id": 3,
+        "actor_label": "alice",
+        "organisation_id": 9,
+        "organisation_label": "acme",
+        "action": "organisation.updated",
+        "target_type": "organisations.organisation",
+        "target_id": "9",
+        "request_id": "r" * 32,
+        "ip": "10.0.0.1",
+        "extra": {"b": 1},
+        "prev_hash": "0" * 64,
+    }
+    expected = hashlib.sha256(
+        json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    assert event.compute_hash() == expected
+    original = event.compute_hash()
+    event.stream = 10
+    assert event.compute_hash() != original
+    event.stream, event.stream_seq = 9, 5
+    assert event.compute_hash() != original
