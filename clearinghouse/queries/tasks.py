@@ -50,6 +50,8 @@ def staged_data(version: DatasetVersion, schema: TableSchema) -> PreparedData:
         storage.data_context(
             organisation_id=dataset.organisation_id, dataset_id=dataset.pk, number=version.number
         ),
+        # What `prepare` stages: the schema's columns and the privacy unit's identifier, nothing more.
+        columns=[*schema.names, *([schema.identifier] if schema.identifier else [])],
     )
     prepared = prepare(schema, table)
     with _cache_lock:
