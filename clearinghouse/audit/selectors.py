@@ -259,6 +259,24 @@ def audit_chain_problems() -> Iterator[ChainProblem]:
         yield ChainProblem(0, f"stream {lost} has no events, but a checkpoint recorded some")
 
 
+def audit_checkpoint_latest() -> AuditEvent | None:
+    """The newest checkpoint (its digest is what an operator keeps outside the database)."""
+    return (
+        AuditEvent.objects.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION)
+        .order_by("-stream_seq")
+        .first()
+    )
+
+
+def audit_checkpoint_with_digest(digest: str) -> AuditEvent | None:
+    """The checkpoint whose digest is `digest`, if the log still holds it."""
+    return (
+        AuditEvent.objects.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION, extra__digest=digest)
+        .order_by("-stream_seq")
+        .first()
+    )
+
+
 def audit_stream_count() -> int:
     """How many streams hold events."""
     return AuditEvent.objects.values("stream").distinct().count()

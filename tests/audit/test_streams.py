@@ -148,3 +148,32 @@ def test_beat_runs_the_checkpoint():
     from django.conf import settings
 
     assert settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]["task"] == "audit.checkpoint"
+
+
+def _cut_tail_of_consortium_stream(keep: int) -> None:
+    """Deletes stream 0's events after its event `keep` and rewinds its head, as a database writer
+    could (the checkpoints there go too)."""
+    kept = AuditEvent.objects.get(stream=CONSORTIUM_STREAM, stream_seq=keep)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DELETE FROM audit_auditevent WHERE stream = %s AND stream_seq > %s", [CONSORTIUM_STREAM, keep]
+        )
+    AuditChainHead.objects.filter(stream=CONSORTIUM_STREAM).update(seq=keep, last_hash=kept.hash)
+
+
+def test_a_digest_kept_outside_catches_checkpoints_cut_off(two_orgs, capsys):
+    org_a, _ = two_orgs
+    before = AuditChainHead.objects.get(stream=CONSORTIUM_STREAM).seq
+    checkpoint = audit_checkpoint()
+    digest = checkpoint.extra["digest"]
+    call_command("audit_verify", expect_digest=[digest])
+    assert digest in capsys.readouterr().out  # printed, for the operator to keep
+    # Someone cuts the checkpoint off and then org A's newest event, rewinding both heads.
+    _cut_tail_of_consortium_stream(before)
+    newest = AuditEvent.objects.filter(stream=org_a.pk).order_by("-stream_seq").first()
+    previous = AuditEvent.objects.get(stream=org_a.pk, stream_seq=newest.stream_seq - 1)
+    AuditEvent.objects.filter(pk=newest.pk)._raw_delete(AuditEvent.objects.db)
+    AuditChainHead.objects.filter(stream=org_a.pk).update(seq=previous.stream_seq, last_hash=previous.hash)
+    call_command("audit_verify")  # the log alone cannot tell
+    with pytest.raises(CommandError, match=rf"no longer holds the checkpoint with digest {digest}"):
+        call_command("audit_verify", expect_digest=[digest])
