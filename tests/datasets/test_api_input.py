@@ -135,7 +135,10 @@ def test_any_agreement_version_number_gets_a_json_answer(world, version):
         st.none(),
         st.booleans(),
         st.lists(st.integers(), max_size=3),
-        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+        # (No NUL in the keys: a body holding NUL is refused whole by the parser, `parse_error`.)
+        st.dictionaries(
+            st.text(st.characters(exclude_characters="\x00"), max_size=3), st.integers(), max_size=2
+        ),
     )
 )
 def test_an_agreement_version_that_is_not_a_whole_number_is_400(world, version):
