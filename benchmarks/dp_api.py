@@ -234,6 +234,7 @@ def _instrument_audit(services, ledger, stages: Stages) -> None:
     for module in (services, ledger):
         _timed(module, "audit_lock", stages, "audit_lock")
         _timed(module, "audit_record", stages, "audit_record")
+    _timed(services, "audit_record_many", stages, "audit_record_many")
 
 
 def probe_worker() -> None:
@@ -256,8 +257,10 @@ def probe_worker() -> None:
     _timed(services, "parse_spec", stages, "price: parse spec")
     _timed(services, "preview", stages, "price: OpenDP calibration (preview)")
     _timed(services, "_load", stages, "load (staged table, cached)")
-    _timed(services, "budget_debit", stages, "debit: budget_debit")
+    _timed(services, "budget_debit_many", stages, "debit: budget_debit_many")
+    _timed(services, "budget_debit", stages, "debit: budget_debit (one by one)")
     _timed(services, "_set_state", stages, "_set_state")
+    _timed(services, "_set_states", stages, "_set_states")
     _timed(services, "_release_all", stages, "release all")
 
     def release_timings(body, *_):
@@ -560,7 +563,11 @@ def breakdown(*, token: str, url: str, runs: int, probe_file: Path, http_p50: fl
         ("  load (staged table, cached)", series(tside, "load (staged table, cached)")),
         ("  tx _debit_all: whole", series(tside, "tx _debit_all: whole")),
         ("    tx _debit_all: body", series(tside, "tx _debit_all: body")),
-        ("      debit: budget_debit", series(tside, "debit: budget_debit")),
+        ("      debit: budget_debit_many (one lock, one write)", series(tside, "debit: budget_debit_many")),
+        (
+            "      debit: budget_debit (the fallback, one by one)",
+            series(tside, "debit: budget_debit (one by one)"),
+        ),
         ("  release all", series(tside, "release all")),
         ("    release: calibrate", series(tside, "release: calibrate")),
         ("    release: prepare", series(tside, "release: prepare")),
@@ -570,7 +577,9 @@ def breakdown(*, token: str, url: str, runs: int, probe_file: Path, http_p50: fl
         ("    tx _store_all: body", series(tside, "tx _store_all: body")),
         ("  (audit_lock, all)", series(tside, "audit_lock")),
         ("  (audit_record, all)", series(tside, "audit_record")),
+        ("  (audit_record_many, all: one INSERT each)", series(tside, "audit_record_many")),
         ("  (_set_state, all)", series(tside, "_set_state")),
+        ("  (_set_states, all: one UPDATE each)", series(tside, "_set_states")),
         ("  (db: all statements, their time)", series(tside, "db: statements")),
         ("  (db: all COMMITs, their time)", series(tside, "db: COMMIT")),
         ("result backend store + publish (mark_as_done)", d("result backend store + publish (mark_as_done)")),

@@ -116,6 +116,12 @@ class AuditChainHead(models.Model):
         return f"audit stream {self.stream} head #{self.seq} {self.last_hash[:12]}"
 
 
+class AuditEventQuerySet(models.QuerySet["AuditEvent"]):
+    def checkpoints(self) -> AuditEventQuerySet:
+        """The checkpoints (events of the consortium's stream), newest first."""
+        return self.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION).order_by("-stream_seq")
+
+
 class AuditEvent(models.Model):
     seq = models.BigIntegerField(unique=True, editable=False)
     stream = models.BigIntegerField(editable=False)
@@ -142,6 +148,8 @@ class AuditEvent(models.Model):
     # The formula of `hash` (HASHED_COLUMNS). Rows from before the column existed, and rows written by a
     # release from before it, get 1 from the database: that is the formula they were hashed with.
     hash_version = models.PositiveSmallIntegerField(default=HASH_VERSION, db_default=1, editable=False)
+
+    objects = AuditEventQuerySet.as_manager()
 
     class Meta:
         ordering = ["-seq"]

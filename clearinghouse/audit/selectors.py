@@ -177,8 +177,7 @@ def _checkpointed() -> dict[int, tuple[int, str]]:
     """Per stream, the furthest position a checkpoint recorded and its hash: the stream must still
     hold that event (its chain then vouches for everything before it)."""
     furthest: dict[int, tuple[int, str]] = {}
-    checkpoints = AuditEvent.objects.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION)
-    for extra in checkpoints.values_list("extra", flat=True).iterator(chunk_size=500):
+    for extra in AuditEvent.objects.checkpoints().values_list("extra", flat=True).iterator(chunk_size=500):
         heads = extra.get("heads", {}) if isinstance(extra, dict) else {}
         for stream, (position, hash_) in heads.items():
             if int(position) > furthest.get(int(stream), (0, ""))[0]:
@@ -261,20 +260,12 @@ def audit_chain_problems() -> Iterator[ChainProblem]:
 
 def audit_checkpoint_latest() -> AuditEvent | None:
     """The newest checkpoint (its digest is what an operator keeps outside the database)."""
-    return (
-        AuditEvent.objects.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION)
-        .order_by("-stream_seq")
-        .first()
-    )
+    return AuditEvent.objects.checkpoints().first()
 
 
 def audit_checkpoint_with_digest(digest: str) -> AuditEvent | None:
     """The checkpoint whose digest is `digest`, if the log still holds it."""
-    return (
-        AuditEvent.objects.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION, extra__digest=digest)
-        .order_by("-stream_seq")
-        .first()
-    )
+    return AuditEvent.objects.checkpoints().filter(extra__digest=digest).first()
 
 
 def audit_stream_count() -> int:

@@ -24,7 +24,7 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OWNER_ONLY", "audit_checkpoint", "audit_lock", "audit_record"]
+__all__ = ["OWNER_ONLY", "audit_checkpoint", "audit_lock", "audit_record", "audit_record_many"]
 
 # The database sequence that numbers every event (`seq`) across streams (migration 0004).
 SEQ_SEQUENCE = "audit_event_seq"
@@ -140,6 +140,34 @@ def audit_lock(*organisations: Any) -> None:
         _locked_head(stream)
 
 
+def _event(
+    *,
+    actor: Any | None,
+    action: str,
+    organisation: Any | None = None,
+    target: models.Model | None = None,
+    extra: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """An event of `organisation`'s stream, not yet placed in its chain (no numbers, no hashes)."""
+    ctx = request_context.current()
+    actor_obj = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    # Normalise extra through JSON now so the hashed form equals what the database gives back.
+    extra_clean = json.loads(json.dumps(extra or {}, cls=DjangoJSONEncoder))
+    return AuditEvent(
+        stream=stream_of(organisation),
+        actor=actor_obj,
+        actor_label=actor_obj.get_username() if actor_obj else "",
+        organisation=organisation,
+        organisation_label=getattr(organisation, "slug", "") or "",
+        action=action,
+        target_type=target._meta.label_lower if target is not None else "",
+        target_id=str(target.pk) if target is not None else "",
+        request_id=ctx.request_id,
+        ip=ctx.ip,
+        extra=extra_clean,
+    )
+
+
 def audit_record(
     *,
     actor: Any | None,
@@ -153,34 +181,76 @@ def audit_record(
     connection = transaction.get_connection()
     if not connection.in_atomic_block:
         raise RuntimeError("audit_record must be called inside the transaction of the change it records")
-    ctx = request_context.current()
-    stream = stream_of(organisation)
-    _check_order([stream])
-    head = _locked_head(stream, next_seq=True)
-    actor_obj = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
-    # Normalise extra through JSON now so the hashed form equals what the database gives back.
-    extra_clean = json.loads(json.dumps(extra or {}, cls=DjangoJSONEncoder))
-    event = AuditEvent(
-        seq=head.next_seq,  # type: ignore[attr-defined]  # annotated by _locked_head
-        stream=stream,
-        stream_seq=head.seq + 1,
-        created_at=timezone.now(),
-        actor=actor_obj,
-        actor_label=actor_obj.get_username() if actor_obj else "",
-        organisation=organisation,
-        organisation_label=getattr(organisation, "slug", "") or "",
-        action=action,
-        target_type=target._meta.label_lower if target is not None else "",
-        target_id=str(target.pk) if target is not None else "",
-        request_id=ctx.request_id,
-        ip=ctx.ip,
-        extra=extra_clean,
-        prev_hash=head.last_hash,
-    )
+    event = _event(actor=actor, action=action, organisation=organisation, target=target, extra=extra)
+    _check_order([event.stream])
+    head = _locked_head(event.stream, next_seq=True)
+    event.created_at = timezone.now()  # once the head is held: a stream's times rise with its chain
+    event.seq = head.next_seq  # type: ignore[attr-defined]  # annotated by _locked_head
+    event.stream_seq = head.seq + 1
+    event.prev_hash = head.last_hash
     event.hash = event.compute_hash()
     event.save()
     AuditChainHead.objects.filter(pk=head.pk).update(seq=event.stream_seq, last_hash=event.hash)
     return event
+
+
+def _lock_and_number_many(stream: int, count: int) -> tuple[AuditChainHead, list[int]] | None:
+    """As `_lock_and_number`, with `count` event numbers (ascending) drawn under the lock."""
+    if not _postgresql():
+        head = _lock(stream)
+        if head is None:
+            return None
+        top = AuditEvent.objects.aggregate(top=Max("seq"))["top"] or 0
+        return head, list(range(top + 1, top + 1 + count))
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute(
+            "WITH head AS MATERIALIZED (SELECT id, seq, last_hash FROM audit_auditchainhead "
+            "WHERE stream = %s FOR UPDATE) SELECT id, seq, last_hash, nextval(%s) "
+            "FROM head, generate_series(1, %s)",
+            [stream, SEQ_SEQUENCE, count],
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        return None
+    head = AuditChainHead(id=rows[0][0], stream=stream, seq=rows[0][1], last_hash=rows[0][2])
+    return head, sorted(row[3] for row in rows)
+
+
+def _append_run(events: list[AuditEvent]) -> None:
+    """Places `events` (one stream's, in order) at the end of their chain: one statement locks the
+    head and draws their numbers, one inserts them, one moves the head."""
+    stream = events[0].stream
+    _check_order([stream])
+    numbered = _lock_and_number_many(stream, len(events))
+    if numbered is None:
+        _locked_head(stream)  # the stream's first writer creates its head
+        numbered = _lock_and_number_many(stream, len(events))
+        assert numbered is not None
+    head, numbers = numbered
+    stream_seq, last_hash = head.seq, head.last_hash
+    for event, seq in zip(events, numbers, strict=True):
+        event.created_at = timezone.now()  # once the head is held, as `audit_record` does
+        stream_seq += 1
+        event.seq, event.stream_seq, event.prev_hash = seq, stream_seq, last_hash
+        event.hash = last_hash = event.compute_hash()
+    AuditEvent.objects.bulk_create(events)
+    AuditChainHead.objects.filter(pk=head.pk).update(seq=stream_seq, last_hash=last_hash)
+
+
+def audit_record_many(records: list[dict[str, Any]]) -> list[AuditEvent]:
+    """Appends several events, each given as `audit_record`'s keyword arguments, with exactly the
+    chains (links, `stream_seq`, and `seq` in this order) that calling `audit_record` for each in turn
+    would give; consecutive events of one stream are written in one INSERT. Same rule: inside the
+    transaction of the change they record."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("audit_record_many must be called inside the transaction of the change it records")
+    events = [_event(**record) for record in records]
+    start = 0
+    for end in range(1, len(events) + 1):
+        if end == len(events) or events[end].stream != events[start].stream:
+            _append_run(events[start:end])
+            start = end
+    return events
 
 
 def audit_checkpoint() -> AuditEvent | None:
@@ -196,12 +266,7 @@ def audit_checkpoint() -> AuditEvent | None:
             .order_by("stream")
             .values_list("stream", "seq", "last_hash")
         }
-        last = (
-            AuditEvent.objects.filter(stream=CONSORTIUM_STREAM, action=CHECKPOINT_ACTION)
-            .order_by("-stream_seq")
-            .values_list("extra", flat=True)
-            .first()
-        )
+        last = AuditEvent.objects.checkpoints().values_list("extra", flat=True).first()
         if last is not None and last.get("heads") == heads:
             return None
         event = audit_record(

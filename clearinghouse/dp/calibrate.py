@@ -5,8 +5,8 @@ noise scale of `s × its sensitivity`, so the privacy map is `c/s` (Laplace, pur
 (Gaussian, zCDP). One build at s = 1 reads `c` from OpenDP's own map, the closed form gives `s`,
 and the final measurement's map is checked (`m.map(d_in) ≤ asked`, nudging `s` up by a few ulps
 when float rounding lands just above). A key-release threshold is found by a galloping search over
-OpenDP's map. Calibrated measurements are cached per (schema, canonical spec) — measurements hold
-no data.
+OpenDP's map. Calibrated measurements are cached per (schema, canonical spec), and the plan and
+`c` per (schema, canonical spec but its level): neither holds data.
 """
 
 from __future__ import annotations
@@ -73,10 +73,14 @@ def _primary(loss: Any) -> float:
     return float(loss[0] if isinstance(loss, tuple) else loss)
 
 
-def _scale(plan: _Plan, target: float, zcdp: bool, threshold: int | None) -> tuple[float, Measurement]:
+def _scale(
+    plan: _Plan, target: float, zcdp: bool, threshold: int | None, reference: float | None = None
+) -> tuple[float, Measurement]:
     """The noise scale for `target`: closed form from OpenDP's own map, loss(s) = c/s (Laplace) or
-    c/s² (Gaussian), then checked against the map of the measurement itself."""
-    reference = _primary(_privacy_loss(_build(plan, 1.0, threshold), plan.d_in))
+    c/s² (Gaussian) with c the loss at s = 1 (`reference`, when the caller has it: `_reference`),
+    then checked against the map of the measurement itself."""
+    if reference is None:
+        reference = _primary(_privacy_loss(_build(plan, 1.0, threshold), plan.d_in))
     scale = math.sqrt(reference / target) if zcdp else reference / target
     meas = _build(plan, scale, threshold)
     loss = _primary(_privacy_loss(meas, plan.d_in))
@@ -155,14 +159,58 @@ def _components(plan: _Plan, meas: Measurement) -> tuple[dict[int, Component], A
     return components, accuracy
 
 
-def _calibrate(schema: TableSchema, spec: QuerySpec) -> _Calibrated:
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class _Reference:
+    """What calibration needs that does not depend on the level (ε or ρ) asked for: the plan (the
+    Polars plan over an empty frame of the schema's columns, the public key-set, the domain and
+    metric) and the loss `c` of the measurement at noise scale 1. Holds no data."""
+
+    plan: _Plan
+    loss: float
+
+
+# References by (schema fingerprint, the spec's canonical hash with its level set to 1): a query asked
+# again at another ε or ρ builds one measurement instead of two.
+_references: LRUCache[tuple[str, str], _Reference] = LRUCache(maxsize=_CACHE_SIZE)
+_cache_lock = threading.Lock()  # both caches'
+
+
+def _shape(spec: QuerySpec) -> str:
+    """The canonical hash of `spec` with its level (ε or ρ) set to 1; its δ and everything else kept."""
+    privacy = spec.privacy
+    level = PrivacyLoss(
+        epsilon=None if privacy.epsilon is None else 1.0,
+        rho=None if privacy.rho is None else 1.0,
+        delta=privacy.delta,
+    )
+    return spec.with_privacy(level).hash
+
+
+def _reference(schema: TableSchema, spec: QuerySpec, *, use_cache: bool = True) -> _Reference:
+    key = (schema.fingerprint, _shape(spec))
+    if use_cache:
+        with _cache_lock:
+            hit = _references.get(key)
+        if hit is not None:
+            return hit
     plan = _plan(schema, spec)
+    threshold = U32_MAX if plan.private_keys else None
+    value = _Reference(plan=plan, loss=_primary(_privacy_loss(_build(plan, 1.0, threshold), plan.d_in)))
+    if use_cache:
+        with _cache_lock:
+            _references[key] = value
+    return value
+
+
+def _calibrate(schema: TableSchema, spec: QuerySpec, *, use_cache: bool = True) -> _Calibrated:
+    started = time.perf_counter()
+    reference = _reference(schema, spec, use_cache=use_cache)
+    plan = reference.plan
     privacy = spec.privacy
     zcdp = schema.policy.measure == "zcdp"
     target = privacy.rho if zcdp else privacy.epsilon
     assert target is not None
-    scale, meas = _scale(plan, target, zcdp, U32_MAX if plan.private_keys else None)
+    scale, meas = _scale(plan, target, zcdp, U32_MAX if plan.private_keys else None, reference.loss)
     calibrated_ms = (time.perf_counter() - started) * 1000
     threshold = None
     if plan.private_keys:
@@ -189,12 +237,12 @@ def _calibrate(schema: TableSchema, spec: QuerySpec) -> _Calibrated:
 
 # Calibrated measurements by (schema fingerprint, spec hash); they hold no data.
 _cache: LRUCache[tuple[str, str], _Calibrated] = LRUCache(maxsize=_CACHE_SIZE)
-_cache_lock = threading.Lock()
 
 
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+        _references.clear()
 
 
 def _calibrated(schema: TableSchema, spec: QuerySpec, *, use_cache: bool = True) -> _Calibrated:
@@ -204,7 +252,7 @@ def _calibrated(schema: TableSchema, spec: QuerySpec, *, use_cache: bool = True)
             hit = _cache.get(key)
         if hit is not None:
             return hit
-    value = _calibrate(schema, spec)
+    value = _calibrate(schema, spec, use_cache=use_cache)
     if use_cache:
         with _cache_lock:
             _cache[key] = value

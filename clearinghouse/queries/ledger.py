@@ -19,7 +19,7 @@ from typing import Any
 
 from cachetools import LRUCache
 from django.db import transaction
-from django.db.models import Count, Max, Sum
+from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
 from clearinghouse.audit.services import audit_lock, audit_record
@@ -270,12 +270,21 @@ class Remaining:
 
 
 def budget_remaining(
-    *, budget: PrivacyBudget, allocation: BudgetAllocation | None, analyst: Any
+    *,
+    budget: PrivacyBudget,
+    allocation: BudgetAllocation | None,
+    analyst: Any,
+    analyst_used: float | None = None,
 ) -> Remaining:
+    """What is left; `analyst_used`: what the analyst has spent of the budget, when the caller knows it
+    (otherwise read from the ledger)."""
     analyst_left = None
     if budget.per_analyst_cap is not None:
         used = (
-            LedgerEntry.objects.filter(budget=budget, analyst=analyst).aggregate(s=Sum("amount"))["s"] or 0.0
+            analyst_used
+            if analyst_used is not None
+            else LedgerEntry.objects.filter(budget=budget, analyst=analyst).aggregate(s=Sum("amount"))["s"]
+            or 0.0
         )
         analyst_left = max(0.0, budget.per_analyst_cap - used)
     return Remaining(
@@ -405,62 +414,70 @@ class _Price:
     signature: _Signature | None = None
 
 
-def _price(budget: PrivacyBudget, amount: float, event: Callable[[], PrivacyEvent]) -> _Price:
+def _price(
+    budget: PrivacyBudget,
+    amount: float,
+    event: Callable[[], PrivacyEvent],
+    state: tuple[_Signature, LedgerComposition] | None = None,
+) -> _Price:
+    """`state`: the composition to add to (the ledger's and the batch's debits so far); by default the
+    ledger's own."""
     if budget.measure != PrivacyMeasure.APPROX:
         return _Price(spent_after=budget.spent + amount)
-    signature, before = _composition_state(budget)
+    signature, before = state if state is not None else _composition_state(budget)
     after = before.add(event())
     return _Price(spent_after=after.epsilon(budget.delta_total), composition=after, signature=signature)
 
 
-def _debit(
+@dataclass
+class _Use:
+    """One use to pay (see `_debit`): its payer, its own cost `amount` and the δ it spends outright,
+    its privacy event, the check of the budget's kind, and the ledger entry's other fields."""
+
+    payer: _Payer
+    amount: float
+    delta: float
+    event: Callable[[], PrivacyEvent]
+    check: Callable[[PrivacyBudget], None]
+    entry: dict[str, Any]
+    # The budget's measure the use was priced in, if it was (`check` refuses it under another).
+    measure: str | None = None
+
+
+@dataclass(frozen=True)
+class _Debited:
+    """A paid use: its ledger entry, and the dataset's spent just after it (for its audit event)."""
+
+    entry: LedgerEntry
+    spent: float
+
+
+def _check_use(
+    budget: PrivacyBudget,
+    allocation: BudgetAllocation | None,
+    use: _Use,
     *,
-    dataset_id: int,
-    payer: _Payer,
-    amount: float,
-    delta: float,
-    event: Callable[[], PrivacyEvent],
-    check: Callable[[PrivacyBudget], None],
-    entry: dict[str, Any],
-) -> LedgerEntry:
-    """The one debit: locks the budget, then the payer's allocation (after the audit head: the lock
-    order of every ledger write), checks every limit on the release's own cost `amount` (per-use
-    maximum, allocation, the payer's personal cap) and the dataset's total on what it will have spent
-    (composed, for an approximate-DP budget: `event()` is the release's privacy event), and records
-    the ledger entry (`entry`: its other fields), or raises and spends nothing. `delta` is the δ the
-    release spends outright (a key release's), against the payer's and the dataset's δ. `check(budget)`
-    refuses a budget that cannot pay this kind of use (its measure). The caller writes the audit event
-    in the same transaction."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("a ledger debit must run inside a transaction")
+    analyst_used: float | None,
+    state: tuple[_Signature, LedgerComposition] | None,
+) -> _Price:
+    """The limits of one use against the budget and allocation as they stand (the one rule, for a
+    debit alone and for each of a batch in turn): its price, or raises and spends nothing."""
+    payer, amount, delta = use.payer, use.amount, use.delta
     if not (amount > 0 and math.isfinite(amount)) or not (0 <= delta < 1):
         raise ValidationFailed("The privacy cost must be positive and finite.", code="invalid_privacy_loss")
-    # Compose the ledger before taking the locks (a cold composition can take seconds, and the audit
-    # head is every writer's): under them only the entries added meanwhile are composed.
-    unlocked = PrivacyBudget.objects.filter(dataset_id=dataset_id).first()
-    if unlocked is not None and unlocked.measure == PrivacyMeasure.APPROX:
-        _composition_state(unlocked)
-    # Lock order: budget, then allocation, everywhere, so concurrent debits cannot deadlock.
-    audit_lock(payer.organisation_id)  # first: the lock order of every write (see audit_lock)
-    budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset_id=dataset_id).first()
-    if budget is None:
-        raise NotFound("This dataset has no privacy budget; its owner must set one.", code="no_budget")
-    check(budget)
-    allocation = (
-        BudgetAllocation.objects.select_for_update(no_key=True)
-        .filter(budget=budget, organisation_id=payer.organisation_id)
-        .first()
-    )
+    use.check(budget)
     unit = "ρ" if budget.measure == PrivacyMeasure.ZCDP else "ε"
     if allocation is None:  # however small the cost: nothing was allocated, so nothing may be spent
         raise BudgetExceeded(f"{payer.use} costs {unit}={amount:.6g}; {payer.allocation} has {unit}=0 left.")
-    left = budget_remaining(budget=budget, allocation=allocation, analyst=payer.analyst)
+    left = budget_remaining(
+        budget=budget, allocation=allocation, analyst=payer.analyst, analyst_used=analyst_used
+    )
     if left.per_query_max is not None and amount > left.per_query_max * (1 + _SLACK):
         raise BudgetExceeded(
             f"{payer.use} costs {unit}={amount:.6g}, above the per-query maximum {left.per_query_max:g}.",
             code="above_per_query_max",
         )
-    price = _price(budget, amount, event)
+    price = _price(budget, amount, use.event, state)
     slack = _SLACK * max(1.0, budget.total)
     if amount > left.organisation + slack:
         raise BudgetExceeded(
@@ -485,42 +502,133 @@ def _debit(
             f"{payer.use} needs δ={delta:g}; δ={left.delta_organisation:g} is left to {payer.delta_to}.",
             code="delta_exceeded",
         )
-    # Clamp the rounding slack away so that the stored sums never pass their limits.
-    allocation.spent = min(allocation.amount, allocation.spent + amount)
-    allocation.delta_spent = min(allocation.delta_amount, allocation.delta_spent + delta)
-    allocation.save(update_fields=["spent", "delta_spent"])
-    budget.spent = min(budget.total, price.spent_after)
-    budget.delta_spent = min(budget.delta_total, budget.delta_spent + delta)
-    budget.save(update_fields=["spent", "delta_spent"])
-    count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), amount)
-    details = dict(entry.pop("details", {}))
+    return price
+
+
+def _debit_many(*, dataset_id: int, uses: list[_Use]) -> list[_Debited | ApplicationError]:
+    """The one debit, for several uses of one dataset in turn: locks the budget, then the payers'
+    allocations, once (after the audit heads: the lock order of every ledger write); checks each use
+    in order against what the ones before it left (`_check_use`: per-use maximum, allocation, the
+    payer's personal cap on the use's own cost `amount`, and the dataset's total on what it will have
+    spent — composed, for an approximate-DP budget), exactly as debiting them one after the other
+    would; then writes the allocations and the budget once and the ledger entries in one INSERT.
+    Returns, per use, what it paid or why it was refused (nothing spent for it). `delta` is the δ a
+    use spends outright (a key release's), against the payer's and the dataset's δ. The caller writes
+    the audit events in the same transaction."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("a ledger debit must run inside a transaction")
+    if not uses:
+        return []
+    # Compose the ledger before taking the locks (a cold composition can take seconds, and the audit
+    # head is every writer's): under them only the entries added meanwhile are composed.
+    # (Uses priced under another measure are refused under an approximate-DP one: no need to look.)
+    if any(use.measure in (None, PrivacyMeasure.APPROX) for use in uses):
+        unlocked = PrivacyBudget.objects.filter(dataset_id=dataset_id).first()
+        if unlocked is not None and unlocked.measure == PrivacyMeasure.APPROX:
+            _composition_state(unlocked)
+    # Lock order: budget, then allocations (by id), everywhere, so concurrent debits cannot deadlock.
+    audit_lock(*{use.payer.organisation_id for use in uses})  # first: the lock order of every write
+    budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset_id=dataset_id).first()
+    if budget is None:
+        return [
+            NotFound("This dataset has no privacy budget; its owner must set one.", code="no_budget")
+            for _ in uses
+        ]
+    allocations = {
+        allocation.organisation_id: allocation
+        for allocation in BudgetAllocation.objects.select_for_update(no_key=True)
+        .filter(budget=budget, organisation_id__in={use.payer.organisation_id for use in uses})
+        .order_by("pk")
+    }
+    used: dict[Any, float] = {}
+    if budget.per_analyst_cap is not None:
+        analysts = {getattr(use.payer.analyst, "pk", use.payer.analyst) for use in uses}
+        used = {analyst: 0.0 for analyst in analysts}
+        named = Q(analyst__in=analysts - {None}) | (Q(analyst__isnull=True) if None in analysts else Q())
+        for row in (
+            LedgerEntry.objects.filter(named, budget=budget)
+            .values("analyst")
+            .annotate(s=Sum("amount"))
+            .order_by()
+        ):
+            used[row["analyst"]] = row["s"] or 0.0
+    state = _composition_state(budget) if budget.measure == PrivacyMeasure.APPROX else None
+    outcomes: dict[int, _Debited | ApplicationError] = {}
+    paid: list[tuple[int, _Use, _Price, float]] = []  # (index, use, price, the dataset's spent after)
+    for index, use in enumerate(uses):
+        allocation = allocations.get(use.payer.organisation_id)
+        analyst = getattr(use.payer.analyst, "pk", use.payer.analyst)
+        try:
+            price = _check_use(budget, allocation, use, analyst_used=used.get(analyst), state=state)
+        except ApplicationError as exc:
+            outcomes[index] = exc
+            continue
+        assert allocation is not None  # `_check_use` refuses a payer without one
+        # Clamp the rounding slack away so that the stored sums never pass their limits.
+        allocation.spent = min(allocation.amount, allocation.spent + use.amount)
+        allocation.delta_spent = min(allocation.delta_amount, allocation.delta_spent + use.delta)
+        budget.spent = min(budget.total, price.spent_after)
+        budget.delta_spent = min(budget.delta_total, budget.delta_spent + use.delta)
+        if analyst in used:
+            used[analyst] += use.amount
+        if price.composition is not None and price.signature is not None:
+            state = (price.signature, price.composition)
+        paid.append((index, use, price, budget.spent))
+    if paid:
+        for organisation_id in sorted({use.payer.organisation_id for _, use, _, _ in paid}):
+            allocations[organisation_id].save(update_fields=["spent", "delta_spent"])
+        budget.save(update_fields=["spent", "delta_spent"])
+        entries = [_entry(budget, use, price) for _, use, price, _ in paid]
+        LedgerEntry.objects.bulk_create(entries)  # one INSERT; PostgreSQL gives back their ids, in order
+        for (index, use, _, spent), created in zip(paid, entries, strict=True):
+            count_on_commit(PRIVACY_LOSS_SPENT.labels(measure=budget.measure), use.amount)
+            outcomes[index] = _Debited(entry=created, spent=spent)
+        before = paid[0][2].signature  # the ledger's, before the batch
+        if state is not None and before is not None:
+            count, _, total = before
+            signature = (
+                count + len(entries),
+                entries[-1].pk,
+                total + math.fsum(entry.amount for entry in entries),
+            )
+            composition = state[1]
+            transaction.on_commit(lambda: _keep(budget.pk, signature, composition))
+    return [outcomes[index] for index in range(len(uses))]
+
+
+def _entry(budget: PrivacyBudget, use: _Use, price: _Price) -> LedgerEntry:
+    """The (unsaved) ledger entry of a paid use; a composed budget's records its privacy event."""
+    fields = dict(use.entry)
+    details = dict(fields.pop("details", {}))
     if price.composition is not None:
         details["event"] = event_to_dict(price.composition.events[-1])
-    created = LedgerEntry.objects.create(
+    return LedgerEntry(
         budget=budget,
-        organisation_id=payer.organisation_id,
-        amount=amount,
-        delta=delta,
+        organisation_id=use.payer.organisation_id,
+        amount=use.amount,
+        delta=use.delta,
         details=details,
-        **entry,
+        **fields,
     )
-    if price.composition is not None and price.signature is not None:
-        count, _, total = price.signature
-        signature = (count + 1, created.pk, total + amount)
-        composition = price.composition
-        transaction.on_commit(lambda: _keep(budget.pk, signature, composition))
-    return created
 
 
-def budget_debit(
-    *, query: Query, amount: float, delta: float = 0.0, measure: str | None = None
-) -> LedgerEntry:
-    """Pays for `query`, or raises BudgetExceeded and spends nothing. Must run inside the caller's
-    transaction (which also records the query as running), so that the debit and the query's state
-    commit together. `measure`: the one `amount` was priced in; if the owner changed the budget's
-    measure since, the query is refused rather than paid in the wrong unit. On an approximate-DP
-    budget the query is the privacy event (`amount`, `delta`) whatever its mechanisms (`ApproxEvent`),
-    composed with the dataset's other releases."""
+def _debit(*, dataset_id: int, use: _Use) -> _Debited:
+    """One use (`_debit_many` with one): pays it, or raises and spends nothing. `use.check(budget)`
+    refuses a budget that cannot pay this kind of use (its measure); `use.event()` is its privacy
+    event; `use.entry`: the ledger entry's other fields. The caller writes the audit event in the same
+    transaction."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("a ledger debit must run inside a transaction")
+    if not (use.amount > 0 and math.isfinite(use.amount)) or not (0 <= use.delta < 1):
+        raise ValidationFailed("The privacy cost must be positive and finite.", code="invalid_privacy_loss")
+    (outcome,) = _debit_many(dataset_id=dataset_id, uses=[use])
+    if isinstance(outcome, ApplicationError):
+        raise outcome
+    return outcome
+
+
+def _query_use(query: Query, amount: float, delta: float, measure: str | None) -> _Use:
+    """What paying for `query` is: see `budget_debit`."""
 
     def check(budget: PrivacyBudget) -> None:
         if measure is not None and measure != budget.measure:
@@ -530,8 +638,7 @@ def budget_debit(
                 code="policy_changed",
             )
 
-    entry = _debit(
-        dataset_id=query.dataset_id,
+    return _Use(
         payer=_Payer(organisation_id=query.organisation_id, analyst=query.analyst, use="This query"),
         amount=amount,
         delta=delta,
@@ -543,25 +650,75 @@ def budget_debit(
             "query": query,
             "query_hash": query.query_hash,
         },
+        measure=measure,
     )
-    budget = entry.budget
-    audit_record(
-        actor=query.analyst,
-        action="budget.debited",
-        organisation=query.organisation,
-        target=entry,
-        extra={
+
+
+def _debited_event(query: Query, debited: _Debited) -> dict[str, Any]:
+    """The `budget.debited` audit event of a paid query (`audit_record`'s arguments)."""
+    entry = debited.entry
+    return {
+        "actor": query.analyst,
+        "action": "budget.debited",
+        "organisation": query.organisation,
+        "target": entry,
+        "extra": {
             "kind": LedgerKind.QUERY,
             "dataset": query.dataset_id,
             "query": query.pk,
             "query_hash": query.query_hash,
-            "amount": amount,
-            "delta": delta,
-            "measure": budget.measure,
-            "spent": budget.spent,  # the dataset's, after it (composed, for an approximate-DP budget)
+            "amount": entry.amount,
+            "delta": entry.delta,
+            "measure": entry.budget.measure,
+            "spent": debited.spent,  # the dataset's, after it (composed, for an approximate-DP budget)
         },
-    )
-    return entry
+    }
+
+
+def budget_debit(
+    *, query: Query, amount: float, delta: float = 0.0, measure: str | None = None
+) -> LedgerEntry:
+    """Pays for `query`, or raises BudgetExceeded and spends nothing. Must run inside the caller's
+    transaction (which also records the query as running), so that the debit and the query's state
+    commit together. `measure`: the one `amount` was priced in; if the owner changed the budget's
+    measure since, the query is refused rather than paid in the wrong unit. On an approximate-DP
+    budget the query is the privacy event (`amount`, `delta`) whatever its mechanisms (`ApproxEvent`),
+    composed with the dataset's other releases."""
+    debited = _debit(dataset_id=query.dataset_id, use=_query_use(query, amount, delta, measure))
+    audit_record(**_debited_event(query, debited))
+    return debited.entry
+
+
+@dataclass(frozen=True)
+class QueryDebit:
+    """The outcome of one query of `budget_debit_many`: its ledger entry and `budget.debited` audit
+    event (`audit_record`'s arguments), or the refusal (nothing spent for it)."""
+
+    entry: LedgerEntry | None = None
+    audit: dict[str, Any] | None = None
+    refusal: ApplicationError | None = None
+
+
+def budget_debit_many(
+    *, dataset_id: int, queries: list[tuple[Query, float, float, str | None]]
+) -> list[QueryDebit]:
+    """Pays for several queries on one dataset, each (query, amount, delta, measure) as `budget_debit`
+    would, in turn: a query is refused exactly when debiting them one after the other would refuse it,
+    with the same error. One lock of the budget and the allocations, one write of each, one INSERT of
+    the entries (`_debit_many`). Must run inside the caller's transaction; the caller records the
+    returned audit events (`audit_record_many`, in the queries' order, with its own refusals) in it."""
+    uses = []
+    for query, amount, delta, measure in queries:
+        if query.dataset_id != dataset_id:
+            raise ValueError("budget_debit_many pays for the queries of one dataset")
+        uses.append(_query_use(query, amount, delta, measure))
+    outcomes = _debit_many(dataset_id=dataset_id, uses=uses)
+    return [
+        QueryDebit(refusal=outcome)
+        if isinstance(outcome, ApplicationError)
+        else QueryDebit(entry=outcome.entry, audit=_debited_event(query, outcome))
+        for (query, *_), outcome in zip(queries, outcomes, strict=True)
+    ]
 
 
 def _can_pay_training(budget: PrivacyBudget) -> None:
@@ -608,8 +765,7 @@ def budget_debit_training(
     ).exists():
         raise Conflict("This job has already paid for training on this dataset.", code="already_debited")
     name = getattr(payer, "get_username", lambda: "the payer")()
-    entry = _debit(
-        dataset_id=dataset.pk,
+    use = _Use(
         payer=_Payer(
             organisation_id=organisation.pk,
             analyst=payer,
@@ -626,7 +782,8 @@ def budget_debit_training(
         check=_can_pay_training,
         entry={"kind": LedgerKind.TRAINING, "analyst": payer, "job_uid": job_uid, "details": dict(plan)},
     )
-    budget = entry.budget
+    debited = _debit(dataset_id=dataset.pk, use=use)
+    entry, budget = debited.entry, debited.entry.budget
     audit_record(
         actor=payer,
         action="budget.debited",
@@ -638,7 +795,7 @@ def budget_debit_training(
             "job": str(job_uid),
             "amount": epsilon,
             "delta": delta,
-            "spent": budget.spent,
+            "spent": debited.spent,
             "measure": budget.measure,
             "noise_multiplier": plan.get("noise_multiplier"),
             "steps": plan.get("steps"),

@@ -14,15 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, Field, Value, When
 from django.utils import timezone
 
-from clearinghouse.audit.services import OWNER_ONLY, audit_lock, audit_record
+from clearinghouse.audit.services import OWNER_ONLY, audit_lock, audit_record, audit_record_many
 from clearinghouse.core.db import atomic_with_retry, is_retryable
 from clearinghouse.core.enqueue import enqueue
 from clearinghouse.core.errors import ApplicationError, Conflict, NotFound, PermissionDenied, ValidationFailed
@@ -40,7 +40,7 @@ from clearinghouse.dp.planner import check_levels, check_target
 from clearinghouse.organisations.roles import ROLE_CAPABILITIES, RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active
 
-from .ledger import BudgetExceeded, budget_debit
+from .ledger import BudgetExceeded, budget_debit, budget_debit_many
 from .models import (
     QUERY_FINISHED,
     QUERY_LIVE,
@@ -286,12 +286,17 @@ class _Priced:
     failure_reason: str = ""  # what went wrong, for the audit log (the owner's and operators')
 
 
-def _price(query: Query) -> _Priced:
+def _price(query: Query, budgets: dict[int, PrivacyBudget] | None = None) -> _Priced:
     """The exact cost of a query from OpenDP's privacy map, or why it cannot be priced. Runs outside
-    any transaction: calibration can take a while, and no lock is held meanwhile."""
+    any transaction: calibration can take a while, and no lock is held meanwhile. `budgets`: the
+    budgets read so far for the queries of the same task, by dataset (read once each)."""
     item = _Priced(query, seen=query.status)
     try:
-        budget = PrivacyBudget.objects.get(dataset_id=query.dataset_id)
+        budget = budgets.get(query.dataset_id) if budgets is not None else None
+        if budget is None:
+            budget = PrivacyBudget.objects.get(dataset_id=query.dataset_id)
+            if budgets is not None:
+                budgets[query.dataset_id] = budget
         item.measure = budget.measure
         item.schema = query_schema(version=query.version, budget=budget)
         item.spec = parse_spec(query.spec, item.schema)
@@ -354,7 +359,8 @@ def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
         .order_by("pk")
     )
     groups: dict[tuple[int, str], list[_Priced]] = {}
-    for item in map(_price, queries):
+    budgets: dict[int, PrivacyBudget] = {}  # one read per dataset (the debit reads it again, locked)
+    for item in (_price(query, budgets) for query in queries):
         key = (item.query.version_id, item.schema.fingerprint if item.schema is not None else "")
         groups.setdefault(key, []).append(item)
     for items in groups.values():
@@ -409,7 +415,7 @@ def _audit_streams(items: list[_Priced]) -> set[int]:
 
 
 def _debit_all(priced: list[_Priced]) -> list[_Priced]:
-    # First the audit heads, then the queries (by id), then budget and allocation inside budget_debit.
+    # First the audit heads, then the queries (by id), then budget and allocation inside the debit.
     audit_lock(*_audit_streams(priced))
     locked = {
         query.pk: query
@@ -417,7 +423,10 @@ def _debit_all(priced: list[_Priced]) -> list[_Priced]:
         .filter(pk__in=[item.query.pk for item in priced], status__in=QUERY_UNFINISHED)
         .order_by("pk")
     }
-    paid = []
+    paid: list[_Priced] = []
+    # The pending queries of this table met so far, in order: debited together (`_debit_pending`)
+    # before anything else writes an audit event (a failure), so the events keep the queries' order.
+    pending: list[_Priced] = []
     for item in priced:
         query = item.query
         current = locked.get(query.pk)
@@ -427,11 +436,82 @@ def _debit_all(priced: list[_Priced]) -> list[_Priced]:
             if item.seen == QueryStatus.RUNNING:
                 paid.append(item)  # paid by a worker that died: release it now
             continue  # paid just now by another worker, which releases it
+        if item.failure is not None and item.refusal is None:
+            paid += _debit_pending(pending)
+            pending = []
+            _fail(query, item, expect=QueryStatus.PENDING, spent=False)
+            continue
+        pending.append(item)
+    paid += _debit_pending(pending)
+    ids = {item.query.pk for item in paid}
+    return [item for item in priced if item.query.pk in ids]
+
+
+def _debit_pending(items: list[_Priced]) -> list[_Priced]:
+    """Debits `items` (pending, locked, of one dataset) as if one after the other (`budget_debit_many`:
+    one lock and one write of the budget and allocation), refuses those that cannot be priced or do
+    not fit, and records it all in as few statements as it can: one UPDATE per new state, one INSERT
+    of the audit events in the queries' order. Returns the paid ones."""
+    if not items:
+        return []
+    debits = {}
+    to_debit = [item for item in items if item.refusal is None]
+    if to_debit:
+        try:
+            with transaction.atomic():  # a savepoint: if the batch fails, each query is tried alone
+                outcomes = budget_debit_many(
+                    dataset_id=to_debit[0].query.dataset_id,
+                    queries=[(item.query, item.amount, item.delta, item.measure) for item in to_debit],
+                )
+        except Exception as exc:
+            if is_retryable(exc):
+                raise  # the whole transaction was lost: atomic_with_retry runs it again
+            logger.error("A batch of queries could not be debited (%s); one by one", exc.__class__.__name__)
+            return _debit_one_by_one(items)
+        debits = {item.query.pk: outcome for item, outcome in zip(to_debit, outcomes, strict=True)}
+    events: list[dict[str, Any]] = []
+    refused: list[tuple[_Priced, str, str]] = []
+    paid: list[_Priced] = []
+    for item in items:
+        outcome = debits.get(item.query.pk)
+        if outcome is not None and outcome.refusal is None:
+            assert outcome.audit is not None
+            events.append(outcome.audit)
+            paid.append(item)
+            continue
+        code, message = (
+            item.refusal if item.refusal is not None else (outcome.refusal.code, outcome.refusal.message)  # type: ignore[union-attr]
+        )
+        refused.append((item, code, message))
+        events.append(_refused_event(item.query, code))
+    _set_states(
+        [item.query for item, _, _ in refused],
+        status=QueryStatus.REFUSED,
+        expect=QueryStatus.PENDING,
+        error_code=[code for _, code, _ in refused],
+        error_message=[message for _, _, message in refused],
+    )
+    _set_states(
+        [item.query for item in paid],
+        status=QueryStatus.RUNNING,
+        expect=QueryStatus.PENDING,
+        cost=[item.amount for item in paid],
+        cost_delta=[item.delta for item in paid],
+    )
+    audit_record_many(events)
+    for _, code, _ in refused:
+        count_on_commit(QUERIES_REFUSED.labels(code=code))
+    return paid
+
+
+def _debit_one_by_one(items: list[_Priced]) -> list[_Priced]:
+    """The fallback of `_debit_pending`: each query debited alone (the same rule, `budget_debit`), in a
+    savepoint of its own, so that an error of the database fails that query only."""
+    paid = []
+    for item in items:
+        query = item.query
         if item.refusal is not None:
             _refuse(query, *item.refusal)
-            continue
-        if item.failure is not None:
-            _fail(query, item, expect=QueryStatus.PENDING, spent=False)
             continue
         try:
             with transaction.atomic():  # a savepoint: a refusal or an error undoes this query's debit only
@@ -441,7 +521,7 @@ def _debit_all(priced: list[_Priced]) -> list[_Priced]:
             continue
         except Exception as exc:
             if is_retryable(exc):
-                raise  # the whole transaction was lost: atomic_with_retry runs it again
+                raise
             logger.error("Query %s could not be debited: %s", query.pk, exc.__class__.__name__)
             _refuse(query, "debit_failed", "The ledger could not record this query; nothing was spent.")
             continue
@@ -454,6 +534,53 @@ def _debit_all(priced: list[_Priced]) -> list[_Priced]:
         )
         paid.append(item)
     return paid
+
+
+def _set_states(
+    queries: list[Query], *, status: str, expect: str, locked: bool = True, **per_query: list[Any]
+) -> int:
+    """`_set_state` for several queries in one UPDATE, whatever their number: moves those still in
+    `expect` to `status` and returns how many it moved (the objects are updated as if all were).
+    `locked`: the caller holds them locked, so each is still in `expect`. `per_query`: a field's
+    value for each query, in order."""
+    if not queries:
+        return 0
+    now = timezone.now()
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if status in QUERY_FINISHED:
+        values.update(result=None, error_code="", error_message="", finished_at=now)
+    sql_values = dict(values)
+    for name, column in per_query.items():
+        field = cast(Field, Query._meta.get_field(name))  # concrete columns only
+        if len(set(map(repr, column))) == 1:
+            sql_values[name] = column[0]
+        else:
+            sql_values[name] = Case(
+                *(
+                    When(pk=query.pk, then=Value(value, output_field=field))
+                    for query, value in zip(queries, column, strict=True)
+                ),
+                output_field=field,
+            )
+    changed = Query.objects.filter(pk__in=[query.pk for query in queries], status=expect).update(**sql_values)
+    if locked and changed != len(queries):  # pragma: no cover - the caller holds them locked
+        raise RuntimeError("queries changed under their lock")
+    for index, query in enumerate(queries):
+        for name, value in values.items():
+            setattr(query, name, value)
+        for name, column in per_query.items():
+            setattr(query, name, column[index])
+    return changed
+
+
+def _refused_event(query: Query, code: str) -> dict[str, Any]:
+    return {
+        "actor": query.analyst,
+        "action": "query.refused",
+        "organisation": query.organisation,
+        "target": query,
+        "extra": {"code": code},
+    }
 
 
 def _fail(query: Query, item: _Priced, *, expect: str, spent: bool) -> None:
@@ -483,47 +610,98 @@ def _refuse(query: Query, code: str, message: str) -> None:
     if _set_state(
         query, status=QueryStatus.REFUSED, expect=(QueryStatus.PENDING,), code=code, message=message
     ):
-        audit_record(
-            actor=query.analyst,
-            action="query.refused",
-            organisation=query.organisation,
-            target=query,
-            extra={"code": code},
-        )
+        audit_record(**_refused_event(query, code))
         count_on_commit(QUERIES_REFUSED.labels(code=code))
 
 
 def _store_all(released: list[tuple[_Priced, dict | tuple[str, str]]]) -> None:
+    """Stores the answers (one UPDATE, one INSERT of their audit events) and fails the queries whose
+    release failed. If the database refuses the batch, each answer is stored alone, so that one it
+    refuses fails that query only."""
     if not released:
         return  # nothing was paid
     audit_lock(*_audit_streams([item for item, _ in released]))
+    answers: list[tuple[_Priced, dict]] = []  # the answers met since the last failure, in order
     for item, outcome in released:
-        query = item.query
         if isinstance(outcome, dict):
-            try:
-                with transaction.atomic():  # a savepoint: one answer the database refuses fails alone
-                    stored = _set_state(
-                        query, status=QueryStatus.RELEASED, expect=(QueryStatus.RUNNING,), result=outcome
-                    )
-            except Exception as exc:
-                if is_retryable(exc):
-                    raise
-                logger.error("Query %s: its answer could not be stored: %s", query.pk, exc.__class__.__name__)
-                item.failure_reason = exc.__class__.__name__
-                outcome = ("release_failed", _RELEASE_FAILED_MESSAGE)
-            else:
-                if stored:
-                    audit_record(
-                        actor=query.analyst,
-                        action="query.released",
-                        organisation=query.organisation,
-                        target=query,
-                        extra={"query_hash": query.query_hash, "cost": query.cost, "delta": query.cost_delta},
-                    )
-                    count_on_commit(QUERIES_RELEASED)
-                continue
+            answers.append((item, outcome))
+            continue
+        _store_batch(answers)  # first: the audit events keep the queries' order
+        answers = []
         item.failure = outcome
-        _fail(query, item, expect=QueryStatus.RUNNING, spent=True)
+        _fail(item.query, item, expect=QueryStatus.RUNNING, spent=True)
+    _store_batch(answers)
+
+
+def _store_batch(answers: list[tuple[_Priced, dict]]) -> None:
+    if not answers:
+        return
+    fields = ("status", "updated_at", "result", "error_code", "error_message", "finished_at")
+    states = [(item.query, {name: getattr(item.query, name) for name in fields}) for item, _ in answers]
+    try:
+        with transaction.atomic():  # a savepoint: if the batch fails, each answer is stored alone
+            _store_answers(answers)
+    except Exception as exc:
+        if is_retryable(exc):
+            raise
+        if not isinstance(exc, _Changed):
+            logger.error("The answers could not be stored together (%s); one by one", exc.__class__.__name__)
+        for query, state in states:  # as they were before the batch, undone
+            for name, value in state.items():
+                setattr(query, name, value)
+        _store_one_by_one(answers)
+
+
+class _Changed(Exception):
+    """Some of a batch's queries were no longer running (another worker stored them): undone, and
+    stored one by one (compare-and-set each)."""
+
+
+def _store_answers(answers: list[tuple[_Priced, dict]]) -> None:
+    queries = [item.query for item, _ in answers]
+    stored = _set_states(
+        queries,
+        status=QueryStatus.RELEASED,
+        expect=QueryStatus.RUNNING,
+        result=[outcome for _, outcome in answers],
+        locked=False,
+    )
+    if stored != len(queries):
+        raise _Changed
+    audit_record_many([_released_event(query) for query in queries])
+    for _ in queries:
+        count_on_commit(QUERIES_RELEASED)
+
+
+def _store_one_by_one(answers: list[tuple[_Priced, dict]]) -> None:
+    for item, outcome in answers:
+        query = item.query
+        try:
+            with transaction.atomic():  # a savepoint: one answer the database refuses fails alone
+                stored = _set_state(
+                    query, status=QueryStatus.RELEASED, expect=(QueryStatus.RUNNING,), result=outcome
+                )
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            logger.error("Query %s: its answer could not be stored: %s", query.pk, exc.__class__.__name__)
+            item.failure_reason = exc.__class__.__name__
+            item.failure = ("release_failed", _RELEASE_FAILED_MESSAGE)
+            _fail(query, item, expect=QueryStatus.RUNNING, spent=True)
+            continue
+        if stored:
+            audit_record(**_released_event(query))
+            count_on_commit(QUERIES_RELEASED)
+
+
+def _released_event(query: Query) -> dict[str, Any]:
+    return {
+        "actor": query.analyst,
+        "action": "query.released",
+        "organisation": query.organisation,
+        "target": query,
+        "extra": {"query_hash": query.query_hash, "cost": query.cost, "delta": query.cost_delta},
+    }
 
 
 # While a long batch is being released, its queries are marked alive this often, so that the sweeper
