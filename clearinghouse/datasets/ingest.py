@@ -10,9 +10,10 @@ files without line breaks inside quoted fields).
 
 from __future__ import annotations
 
+import codecs
 import io
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import polars as pl
@@ -26,6 +27,8 @@ from .schema import DatasetSchema
 Repair = Literal["none", "drop", "clamp"]
 REPAIRS: tuple[str, ...] = ("none", "drop", "clamp")
 FIRST_LINES = 5
+_PARQUET_PARSE: dict[str, Any] = {"format": "parquet", "delimiter": None, "quote_char": None}
+_UTF8_CHUNK = 1 << 24  # bytes of a non-ASCII upload checked as UTF-8 at a time (see `_utf8_error_offset`)
 # Uploads come from any tabular export, colon-separated ones included (see clearinghouse.tabular).
 UPLOAD_DELIMITERS = COMMON_DELIMITERS + ":"
 _TRUE = ["true", "t", "yes", "y", "1"]
@@ -75,19 +78,36 @@ def read_raw(
 
     With `schema`, numeric columns are first parsed by the CSV reader itself (fast, parallel); if any
     value does not parse, the file is read again as text so that the checks can locate the errors."""
+    return read_upload(
+        data, fmt=fmt, delimiter=delimiter, column_names=column_names, quote_char=quote_char, schema=schema
+    )[0]
+
+
+def read_upload(
+    data: bytes,
+    *,
+    fmt: Literal["csv", "parquet"],
+    delimiter: str | None = None,
+    column_names: list[str] | None = None,
+    quote_char: str | None = '"',
+    schema: DatasetSchema | None = None,
+) -> tuple[pl.DataFrame, dict[str, Any]]:
+    """`read_raw` and `parse_options` together (what the ingestion worker needs), scanning the bytes
+    (NUL bytes, UTF-8) once rather than once for each."""
     if not data:
         raise IngestError("The file is empty.", code="empty_file")
     if fmt == "parquet":
-        return _read_parquet(data)
+        return _read_parquet(data), dict(_PARQUET_PARSE)
     options = _csv_options(data, delimiter=delimiter, column_names=column_names, quote_char=quote_char)
+    parse = {"format": "csv", "delimiter": options["separator"], "quote_char": options["quote_char"]}
     if schema is not None:
         table = _read_csv_typed(data, options, schema)
         if table is not None and table.height:
-            return _headerless_width_checked(table, column_names)
+            return _headerless_width_checked(table, column_names), parse
     table = _read_csv_text(data, options, column_names)
     if table.height == 0:
         raise IngestError("The file has a header but no rows.", code="empty_file")
-    return _headerless_width_checked(table, column_names)  # empty fields are already null
+    return _headerless_width_checked(table, column_names), parse  # empty fields are already null
 
 
 def _read_parquet(data: bytes) -> pl.DataFrame:
@@ -104,12 +124,9 @@ def _csv_options(
 ) -> dict[str, Any]:
     """The reader's options for a CSV upload, once its bytes are known to be UTF-8 text."""
     _refuse_nul_bytes(data)
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise IngestError(
-            f"The file is not valid UTF-8 (byte offset {exc.start}).", code="invalid_utf8"
-        ) from None
+    invalid = _utf8_error_offset(data)
+    if invalid is not None:
+        raise IngestError(f"The file is not valid UTF-8 (byte offset {invalid}).", code="invalid_utf8")
     separator = delimiter or sniff_delimiter(
         data[:SAMPLE_SIZE].decode("utf-8", errors="ignore"), candidates=UPLOAD_DELIMITERS
     )
@@ -124,6 +141,26 @@ def _csv_options(
         "has_header": column_names is None,
         "new_columns": column_names,
     }
+
+
+def _utf8_error_offset(data: bytes) -> int | None:
+    """Where `data.decode("utf-8")` would fail (the offset of the first invalid byte), or None when it
+    is valid UTF-8 — without holding the whole decoded text: ASCII is valid as it is, anything else is
+    decoded a chunk at a time (in incremental mode, so that a character cut by a chunk's end is left
+    to the next chunk, exactly as the whole decode reads it)."""
+    if data.isascii():
+        return None
+    view = memoryview(data)
+    chunk = max(_UTF8_CHUNK, 4)  # room for any one character: every chunk moves on
+    start = 0
+    while start < len(view):
+        final = start + chunk >= len(view)
+        try:
+            _, used = codecs.utf_8_decode(view[start : start + chunk], "strict", final)
+        except UnicodeDecodeError as exc:
+            return start + exc.start
+        start += used
+    return None
 
 
 def _read_csv_typed(data: bytes, options: dict[str, Any], schema: DatasetSchema) -> pl.DataFrame | None:
@@ -238,132 +275,199 @@ def _parsed(column: Column, dtype: pl.DataType) -> pl.Expr:
     return raw.cast(pl.Utf8)
 
 
-def _lines(mask: pl.Series) -> dict[str, Any]:
-    count = int(mask.sum())
-    first = (mask.arg_true().head(FIRST_LINES) + 2).to_list() if count else []
-    return {"count": count, "first_lines": first}
+def _lines(count: int, first: list[int]) -> dict[str, Any]:
+    """A finding: how many rows, and the first of their line numbers."""
+    return {"count": count, "first_lines": first if count else []}
 
 
 @dataclass
-class _Findings:
-    """What the checks found in one column: its report entries, the rows that break the schema
-    (refused, or dropped by a repair) and, with the clamp repair, the rows it fixes and how."""
+class _Plan:
+    """What the checks look for in one column, as expressions over the check frame (`_Frame`), before
+    anything runs: each finding's mask over every row by its report key (in the report's order),
+    which of them break the schema (`bad`: refused, or dropped by a repair) and which the clamp
+    repair fixes (`fixable`, with `fix`), and the value lengths of a text column."""
 
-    entry: dict[str, Any]
-    bad: pl.Series | None = None
-    fixable: pl.Series | None = None
+    column: Column
+    masks: dict[str, pl.Expr] = field(default_factory=dict)
+    bad: list[str] = field(default_factory=list)
+    fixable: list[str] = field(default_factory=list)
     fix: pl.Expr | None = None
+    lengths: pl.Expr | None = None
 
 
-def _check_parsed(column: Column, source: pl.Series, value: pl.Series) -> _Findings:
+@dataclass(frozen=True)
+class _Frame:
+    """The names, in the frame the checks run over, of column `index`'s file values (`source`) and
+    parsed values (`value`), and of its findings' masks (unique whatever the declared names are)."""
+
+    index: int
+
+    @property
+    def source(self) -> pl.Expr:
+        return pl.col(f"s{self.index}")
+
+    @property
+    def value(self) -> pl.Expr:
+        return pl.col(f"v{self.index}")
+
+    def mask(self, key: str) -> str:
+        return f"m{self.index}:{key}"
+
+
+def _plan_parsed(plan: _Plan, frame: _Frame) -> None:
     """Every column: values that do not parse as its type, and nulls where none are allowed."""
-    type_errors = source.is_not_null() & value.is_null()
-    entry: dict[str, Any] = {"nulls": int(source.null_count()), "type_errors": _lines(type_errors)}
-    if column.nullable:
-        return _Findings(entry, bad=type_errors)
-    null_rows = source.is_null()
-    entry["nulls_not_allowed"] = _lines(null_rows)
-    return _Findings(entry, bad=type_errors | null_rows)
+    plan.masks["type_errors"] = frame.source.is_not_null() & frame.value.is_null()
+    plan.bad.append("type_errors")
+    if not plan.column.nullable:
+        plan.masks["nulls_not_allowed"] = frame.source.is_null()
+        plan.bad.append("nulls_not_allowed")
 
 
-def _check_bounds(column: Column, value: pl.Series, repair: Repair) -> _Findings:
+def _plan_bounds(plan: _Plan, frame: _Frame, repair: Repair) -> None:
     """Integer and float columns: values outside the declared bounds (clamped by the clamp repair)."""
-    out = value.is_not_null() & ((value < column.lower) | (value > column.upper))
-    entry = {"out_of_bounds": _lines(out)}
+    column, value = plan.column, frame.value
+    plan.masks["out_of_bounds"] = value.is_not_null() & ((value < column.lower) | (value > column.upper))
     if repair == "clamp":
-        return _Findings(entry, fixable=out, fix=pl.col(column.name).clip(column.lower, column.upper))
-    return _Findings(entry, bad=out)
+        plan.fixable.append("out_of_bounds")
+        plan.fix = pl.col(column.name).clip(column.lower, column.upper)
+    else:
+        plan.bad.append("out_of_bounds")
 
 
-def _check_categories(column: Column, value: pl.Series, repair: Repair) -> _Findings:
+def _plan_categories(plan: _Plan, frame: _Frame, repair: Repair) -> None:
     """Categorical columns with declared categories: values outside them (never repairable)."""
-    if column.categories is None:
-        return _Findings({})
-    unknown = value.is_not_null() & ~value.is_in(list(column.categories))
-    return _Findings({"unknown_categories": _lines(unknown)}, bad=unknown)
+    if plan.column.categories is None:
+        return
+    value = frame.value
+    plan.masks["unknown_categories"] = value.is_not_null() & ~value.is_in(list(plan.column.categories))
+    plan.bad.append("unknown_categories")
 
 
-def _check_text(column: Column, value: pl.Series, repair: Repair) -> _Findings:
+def _plan_text(plan: _Plan, frame: _Frame, repair: Repair) -> None:
     """Text columns: the length distribution, and values over `max_length` (cut by the clamp repair)."""
-    lengths = value.str.len_chars()
-    too_long = value.is_not_null() & (lengths > column.max_length)
-    mean = lengths.mean()  # a float (lengths are integers), None when every value is null
-    entry = {
-        "text_length": {
-            "min": lengths.min(),
-            "median": lengths.median(),
-            "p90": lengths.quantile(0.9),
-            "max": lengths.max(),
-            "mean": round(mean, 2) if lengths.len() and isinstance(mean, int | float) else None,
-        },
-        "too_long": _lines(too_long),
-    }
+    column, value = plan.column, frame.value
+    plan.lengths = value.str.len_chars()
+    plan.masks["too_long"] = value.is_not_null() & (value.str.len_chars() > column.max_length)
     if repair == "clamp":
-        return _Findings(entry, fixable=too_long, fix=pl.col(column.name).str.slice(0, column.max_length))
-    return _Findings(entry, bad=too_long)
+        plan.fixable.append("too_long")
+        plan.fix = pl.col(column.name).str.slice(0, column.max_length)
+    else:
+        plan.bad.append("too_long")
 
 
-def _kind_check(column: Column) -> Callable[[Column, pl.Series, Repair], _Findings] | None:
+def _kind_plan(column: Column) -> Callable[[_Plan, _Frame, Repair], None] | None:
     """The check of a column's own kind, if it has one (booleans have none beyond parsing)."""
     if column.is_numeric:
-        return _check_bounds
-    return {"categorical": _check_categories, "text": _check_text}.get(column.type)
+        return _plan_bounds
+    return {"categorical": _plan_categories, "text": _plan_text}.get(column.type)
 
 
-def _check_column(column: Column, source: pl.Series, value: pl.Series, repair: Repair) -> _Findings:
-    """One column's findings: its parse check, then its kind's check. `bad` and `fixable` are
-    masks over every row (no nulls)."""
-    found = [_check_parsed(column, source, value)]
-    kind_check = _kind_check(column)
-    if kind_check is not None:
-        found.append(kind_check(column, value, repair))
-    bad = fixable = pl.zeros(source.len(), dtype=pl.Boolean, eager=True)
-    merged = _Findings({})
-    for part in found:
-        merged.entry.update(part.entry)
-        if part.bad is not None:
-            bad = bad | part.bad
-        if part.fixable is not None:
-            fixable = fixable | part.fixable
-        merged.fix = part.fix if part.fix is not None else merged.fix
-    merged.bad, merged.fixable = bad.fill_null(False), fixable.fill_null(False)
-    return merged
+def _plan_column(column: Column, frame: _Frame, repair: Repair) -> _Plan:
+    """One column's checks: its parse check, then its kind's check."""
+    plan = _Plan(column)
+    _plan_parsed(plan, frame)
+    kind_plan = _kind_plan(column)
+    if kind_plan is not None:
+        kind_plan(plan, frame, repair)
+    return plan
 
 
 @dataclass
 class _Checked:
-    """Every column's findings together: the report's `columns`, the rows to drop, the clamp
+    """Every column's findings together: the report's `columns`, the number of rows that break the
+    schema (`drop_count`) and the mask of them (`drop`, only computed when there are some), the clamp
     repair's expressions and counts."""
 
     columns: dict[str, Any]
-    drop: pl.Series
+    drop_count: int
+    drop: pl.Series | None
     fixes: list[pl.Expr]
     violations: int
     repaired: dict[str, int]
 
 
+def _any(masks: list[str]) -> pl.Expr:
+    return pl.any_horizontal([pl.col(name) for name in masks]) if masks else pl.lit(False)
+
+
 def _check_columns(
     raw: pl.DataFrame, parsed: pl.DataFrame, schema: DatasetSchema, repair: Repair
 ) -> _Checked:
+    """Runs every column's checks as two `select`s, each of which Polars evaluates in parallel over
+    columns and rows: the findings' masks, then every count, first line and length statistic at once
+    (rather than one eager pass over the rows per finding)."""
+    frames = [_Frame(index) for index in range(len(schema.columns))]
+    plans = [
+        _plan_column(column, frame, repair) for column, frame in zip(schema.columns, frames, strict=True)
+    ]
+    values = pl.DataFrame(
+        [raw.get_column(c.name).alias(f"s{f.index}") for c, f in zip(schema.columns, frames, strict=True)]
+        + [
+            parsed.get_column(c.name).alias(f"v{f.index}")
+            for c, f in zip(schema.columns, frames, strict=True)
+        ]
+    )
+    masks = values.select(
+        [
+            expr.fill_null(False).alias(frame.mask(key))
+            for plan, frame in zip(plans, frames, strict=True)
+            for key, expr in plan.masks.items()
+        ]
+    )
+    every_bad = [frame.mask(key) for plan, frame in zip(plans, frames, strict=True) for key in plan.bad]
+    aggregates: list[pl.Expr] = [_any(every_bad).sum().alias("drop")]
+    for plan, frame in zip(plans, frames, strict=True):
+        aggregates.append(frame.source.null_count().alias(f"{frame.mask('nulls')}"))
+        aggregates.append(_any([frame.mask(key) for key in plan.bad]).sum().alias(frame.mask(":bad")))
+        aggregates.append(_any([frame.mask(key) for key in plan.fixable]).sum().alias(frame.mask(":fixable")))
+        for key in plan.masks:
+            mask = pl.col(frame.mask(key))
+            aggregates.append(mask.sum().alias(frame.mask(key)))
+            aggregates.append(
+                (mask.arg_true().head(FIRST_LINES) + 2).implode().alias(frame.mask(f"{key}:lines"))
+            )
+        if plan.lengths is not None:
+            lengths = plan.lengths
+            aggregates += [
+                lengths.min().alias(frame.mask("length:min")),
+                lengths.median().alias(frame.mask("length:median")),
+                lengths.quantile(0.9).alias(frame.mask("length:p90")),
+                lengths.max().alias(frame.mask("length:max")),
+                lengths.mean().alias(frame.mask("length:mean")),
+            ]
+    stats = pl.concat([values, masks], how="horizontal").select(aggregates).row(0, named=True)
+
     checked = _Checked(
         columns={},
-        drop=pl.zeros(raw.height, dtype=pl.Boolean, eager=True),
+        drop_count=int(stats["drop"]),
+        drop=None,
         fixes=[],
         violations=0,
         repaired={"dropped_rows": 0, "clamped_values": 0, "truncated_values": 0},
     )
-    for column in schema.columns:
-        name = column.name
-        found = _check_column(column, raw.get_column(name), parsed.get_column(name), repair)
-        assert found.bad is not None and found.fixable is not None  # `_check_column` sets both masks
-        fixed = int(found.fixable.sum())
-        checked.violations += int(found.bad.sum()) + fixed
+    for plan, frame in zip(plans, frames, strict=True):
+        column = plan.column
+        entry: dict[str, Any] = {"nulls": int(stats[frame.mask("nulls")])}
+        for key in plan.masks:
+            if key == "too_long" and plan.lengths is not None:
+                mean = stats[frame.mask("length:mean")]  # a float, None when every value is null
+                entry["text_length"] = {
+                    "min": stats[frame.mask("length:min")],
+                    "median": stats[frame.mask("length:median")],
+                    "p90": stats[frame.mask("length:p90")],
+                    "max": stats[frame.mask("length:max")],
+                    "mean": round(mean, 2) if raw.height and isinstance(mean, int | float) else None,
+                }
+            entry[key] = _lines(int(stats[frame.mask(key)]), list(stats[frame.mask(f"{key}:lines")]))
+        fixed = int(stats[frame.mask(":fixable")])
+        checked.violations += int(stats[frame.mask(":bad")]) + fixed
         if repair == "clamp":
             checked.repaired["clamped_values" if column.is_numeric else "truncated_values"] += fixed
-        if found.fix is not None:
-            checked.fixes.append(found.fix)
-        checked.drop = checked.drop | found.bad
-        checked.columns[name] = found.entry
+        if plan.fix is not None:
+            checked.fixes.append(plan.fix)
+        checked.columns[column.name] = entry
+    if checked.drop_count:
+        checked.drop = masks.select(_any(every_bad).alias("drop")).to_series()
     return checked
 
 
@@ -419,13 +523,15 @@ def check(raw: pl.DataFrame, schema: DatasetSchema, *, repair: Repair = "none") 
     if checked.violations and repair == "none":
         report["rows_stored"] = 0
         raise IngestError(
-            f"{int(checked.drop.sum())} rows break the declared schema; fix the file or choose a repair "
+            f"{checked.drop_count} rows break the declared schema; fix the file or choose a repair "
             f"(drop bad rows, or clamp to bounds).",
             code="schema_violations",
             report=report,
         )
-    table = parsed.filter(~checked.drop).with_columns(checked.fixes)
-    checked.repaired["dropped_rows"] = int(checked.drop.sum())
+    table = parsed if checked.drop is None else parsed.filter(~checked.drop)
+    if checked.fixes:
+        table = table.with_columns(checked.fixes)
+    checked.repaired["dropped_rows"] = checked.drop_count
     table = table.select([pl.col(c.name).cast(_POLARS_TYPES[c.type]) for c in schema.columns])
     table = _limit_contributions(table, schema, report)
     report["repaired"] = checked.repaired if repair != "none" else None
@@ -448,7 +554,7 @@ def parse_options(
     """How `read_raw` parses an upload, for `content_digests` to record: a delimited upload's
     delimiter (the given one, else the sniffed one) and quote character (None: no quoting)."""
     if fmt == "parquet":
-        return {"format": "parquet", "delimiter": None, "quote_char": None}
+        return dict(_PARQUET_PARSE)
     options = _csv_options(data, delimiter=delimiter, column_names=None, quote_char=quote_char)
     return {"format": "csv", "delimiter": options["separator"], "quote_char": options["quote_char"]}
 

@@ -33,8 +33,7 @@ from .ingest import (
     check,
     content_digests,
     infer_schema,
-    parse_options,
-    read_raw,
+    read_upload,
 )
 from .models import (
     ACCESS_REQUEST_NOTE_MAX,
@@ -466,16 +465,14 @@ def _ingest_run(version: DatasetVersion, claim: str) -> DatasetVersion:
             assert schema is not None
             column_names = schema.names
         fmt: Literal["csv", "parquet"] = "parquet" if version.source_format == "parquet" else "csv"
-        raw = read_raw(
+        # The frame, and how it was parsed (`parse_options`), from one scan of the bytes.
+        raw, parse = read_upload(
             plaintext,
             fmt=fmt,  # as `read_raw` reads it: Parquet, or else CSV
             delimiter=version.delimiter or None,
             column_names=column_names,
             quote_char=version.quote_char or None,
             schema=schema,
-        )
-        parse = parse_options(
-            plaintext, fmt=fmt, delimiter=version.delimiter or None, quote_char=version.quote_char or None
         )
         del plaintext
         if schema is None:
