@@ -13,7 +13,20 @@ then stages the table (`prepare`) and times the 3-aggregate release (count, mean
 educ; benchmarks/dp_api.py QUERIES) over --runs runs: p50 per release of all three, and the peak RSS
 after that.
 
+* chunked: what `staged_data` does now: `PreparedData.from_chunks` over `storage.iter_row_groups`
+  (one row group at a time, categorical columns dictionary-encoded; public categories staged as
+  Enums when `compact_staging` says so, i.e. from ~18M PUMS rows), then the same releases.
+
+For the "whole" (read_table + prepare) and "chunked" stagings the child also reports the size of the
+staged Arrow file on /dev/shm and, sampled every 5 ms by a thread, the peak of its private memory
+(RssAnon) and of its mapped tmpfs pages (RssShmem). tmpfs pages count against a container's memory
+cap, so the figure to keep under a 4 GB cap is peak RssAnon + the staged file (peak VmHWM + the file,
+also printed, counts the mapped pages of the file twice).
+
     python benchmarks/dataset_scale.py [--rows 1000000,10000000] [--runs 5]   # 50000000 optionally
+        [--no-loads] [--no-whole]   # only the chunked staging (what staged_data does)
+        [--streaming]               # Polars' streaming engine, as the dp worker runs (tasks._worker_starts)
+        [--compact auto|on|off]     # Enum staging of public categories: as staged_data decides, or forced
 """
 
 from __future__ import annotations
@@ -80,6 +93,37 @@ def rss_mb() -> float:
         return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
 
+class Sampler:
+    """Peak RssAnon and RssShmem (MB) of this process, sampled every `interval` s by a thread."""
+
+    def __init__(self, interval: float = 0.005):
+        import threading
+
+        self.anon = self.shmem = 0.0
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self._interval)
+
+    def sample(self) -> None:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssAnon:"):
+                    self.anon = max(self.anon, int(line.split()[1]) / 1024)
+                elif line.startswith("RssShmem:"):
+                    self.shmem = max(self.shmem, int(line.split()[1]) / 1024)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
 def reset_peak() -> None:
     """Resets the peak RSS to the current RSS (Linux >= 4.0), so imports do not mask the load's peak."""
     with open("/proc/self/clear_refs", "w") as refs:
@@ -109,32 +153,53 @@ def write(rows: int) -> tuple[float, float]:
 
 
 def child(rows: int, path: str, runs: int) -> dict:
-    from clearinghouse.dp import TableSchema, prepare, release, sql_to_spec
+    from clearinghouse.dp import PreparedData, TableSchema, prepare, release, sql_to_spec
+    from clearinghouse.dp.prepared import compact_staging
 
     schema = TableSchema.from_dict({**PUMS, "name": "pums", "policy": {"max_rows": 1_000_000_000}})
     import pyarrow.parquet  # noqa: F401 - imported before measuring, as a worker has it loaded
 
     reset_peak()
     base = rss_mb()  # the interpreter with Django, Polars, pyarrow and OpenDP imported
+    sampler = Sampler()  # through loading and staging
     started = time.perf_counter()
+    table = None
     if path == "old":
         table = storage.read_table(file_name(rows), context(rows))
     elif path == "new":
         table = storage.read_table(file_name(rows), context(rows), columns=schema.names)
-    else:  # the release's own columns: what per-query staging would read
+    elif path == "two":  # the release's own columns: what per-query staging would read
         table = storage.read_table(file_name(rows), context(rows), columns=["income", "educ"])
-    out: dict = {
-        "load_s": time.perf_counter() - started,
-        "base_rss_mb": base,
-        "load_rss_mb": peak_rss_mb(),
-        "height": table.height,
-    }
+    out: dict = {"base_rss_mb": base}
+    if table is not None:
+        out.update(load_s=time.perf_counter() - started, load_rss_mb=peak_rss_mb(), height=table.height)
     if runs:
         specs = [sql_to_spec(q, schema, privacy={"epsilon": 1.0}) for q in QUERIES]
         started = time.perf_counter()
-        with prepare(schema, table) as prepared:
+        if path == "chunked":  # what `staged_data` does
+            text = [c.name for c in schema.columns if c.type == "categorical"]
+            prepared = PreparedData.from_chunks(
+                schema,
+                lambda: storage.iter_row_groups(
+                    file_name(rows), context(rows), schema.names, dictionary=text
+                ),
+                compact={"on": True, "off": False}.get(
+                    os.environ.get("SCALE_COMPACT", "auto"),
+                    compact_staging(schema, storage.count_rows(file_name(rows), context(rows))),
+                ),
+            )
+            out.update(height=prepared.height, load_s=time.perf_counter() - started)
+        else:
+            assert table is not None
+            prepared = prepare(schema, table)
+        with prepared:
             out["prepare_s"] = time.perf_counter() - started
+            out["stage_rss_mb"] = peak_rss_mb()
+            out["staged_mb"] = os.path.getsize(prepared._path) / 2**20 if prepared._path else 0.0
             del table
+            sampler.stop()
+            out["stage_anon_mb"] = sampler.anon
+            sampler = Sampler()  # through the releases
             for spec in specs:  # warm-up: OpenDP builds and caches the measurements
                 release(schema, spec, prepared)
             times = []
@@ -145,6 +210,10 @@ def child(rows: int, path: str, runs: int) -> dict:
                 times.append((time.perf_counter() - started) * 1000)
         out["release_p50_ms"] = statistics.median(times)
         out["release_rss_mb"] = peak_rss_mb()
+    sampler.stop()
+    out["peak_anon_mb"], out["peak_shmem_mb"] = sampler.anon, sampler.shmem
+    out["peak_anon_mb"] = max(out["peak_anon_mb"], out.get("stage_anon_mb", 0.0))
+    out["release_anon_mb"] = sampler.anon
     return out
 
 
@@ -167,36 +236,90 @@ def main() -> None:
         "--rows", default="1000000,10000000", help="comma-separated sizes (50000000 optional)"
     )
     parser.add_argument("--runs", type=int, default=5, help="timed 3-aggregate releases per size")
-    parser.add_argument("--child", choices=["old", "new", "two"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-loads", dest="loads", action="store_false", help="skip the old/2col load-only children"
+    )
+    parser.add_argument(
+        "--no-whole", dest="whole", action="store_false", help="skip the whole-table staging (before)"
+    )
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="run the children with POLARS_FORCE_NEW_STREAMING=1 (Polars' streaming engine, also "
+        "inside OpenDP)",
+    )
+    parser.add_argument(
+        "--compact",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="chunked staging: Enum columns as staged_data decides (auto: compact_staging), always, never",
+    )
+    parser.add_argument("--child", choices=["old", "new", "two", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(r) for r in args.rows.split(",")]
+    if args.streaming:
+        os.environ["POLARS_FORCE_NEW_STREAMING"] = "1"
+    os.environ.setdefault("SCALE_COMPACT", args.compact)
     if args.child:
         print(json.dumps(child(sizes[0], args.child, args.runs)))
         return
     print(
-        "load: old = whole file, all columns; new = SegmentReader, the schema's 6 columns (what\n"
-        "staged_data reads); 2col = SegmentReader, income+educ only (the release's columns).\n"
-        "RSS: the child's peak while loading (VmHWM reset before), less its RSS before (imports);\n"
-        "+release: the absolute peak through prepare and the releases."
+        "load: old = whole file, all columns; new = SegmentReader, the schema's 6 columns (read whole,\n"
+        "then prepare: the staging before issue 15 target 3); 2col = SegmentReader, income+educ only;\n"
+        "chunked = PreparedData.from_chunks over iter_row_groups (what staged_data does now).\n"
+        "load RSS: the child's peak while loading (VmHWM reset before), less its RSS before (imports).\n"
+        "Per staging (whole = new, chunked): s to staged; staged file MB on /dev/shm; peak VmHWM through\n"
+        "staging and the releases; peak RssAnon (sampled) while staging / while releasing; cap = peak\n"
+        "RssAnon + staged file (what a memory cgroup charges); VmHWM+file (counts the mapped file twice);\n"
+        "p50 of the 3-aggregate release. Polars engine of OpenDP's plan: "
+        + ("streaming (POLARS_FORCE_NEW_STREAMING=1)" if args.streaming else "in-memory (default)")
+        + f"; compact staging (Enum columns): {args.compact}"
     )
     print(
         f"{'rows':>11} {'CSV MB':>7} {'stored MB':>9} {'load s old/new/2col':>20} "
-        f"{'load RSS MB old/new/2col':>25} {'base MB':>7} {'peak+release MB':>15} {'p50 ms/3-agg':>12}"
+        f"{'load RSS MB old/new/2col':>25} {'base MB':>7}"
     )
+    stagings = []
     for rows in sizes:
         csv_mb, stored_mb = write(rows)
-        old = run_child(rows, "old", 0)
-        new = run_child(rows, "new", args.runs)
-        two = run_child(rows, "two", 0)
-        assert old["height"] == new["height"] == two["height"] == rows
-        load = "/".join(f"{r['load_s']:.2f}" for r in (old, new, two))
-        rss = "/".join(f"{r['load_rss_mb'] - r['base_rss_mb']:.0f}" for r in (old, new, two))
-        print(
-            f"{rows:>11,} {csv_mb:>7.0f} {stored_mb:>9.1f} {load:>20} {rss:>25} {new['base_rss_mb']:>7.0f} "
-            f"{new['release_rss_mb']:>15.0f} {new['release_p50_ms']:>12.0f}",
-            flush=True,
-        )
+        old = run_child(rows, "old", 0) if args.loads else None
+        new = run_child(rows, "new", args.runs) if args.whole else None
+        two = run_child(rows, "two", 0) if args.loads else None
+        chunked = run_child(rows, "chunked", args.runs)
+        assert chunked["height"] == rows
+        if old and two:
+            load = "/".join(f"{r['load_s']:.2f}" for r in (old, new or old, two))
+            rss = "/".join(f"{r['load_rss_mb'] - r['base_rss_mb']:.0f}" for r in (old, new or old, two))
+            print(
+                f"{rows:>11,} {csv_mb:>7.0f} {stored_mb:>9.1f} {load:>20} {rss:>25} "
+                f"{chunked['base_rss_mb']:>7.0f}",
+                flush=True,
+            )
+        for name, r in (("whole", new), ("chunked", chunked)):
+            if r is not None:
+                stagings.append((rows, name, r))
+                print(_staging_line(rows, name, r), flush=True)
         storage.default_storage.delete(file_name(rows))
+    print()
+    print(_staging_header())
+    for rows, name, r in stagings:
+        print(_staging_line(rows, name, r))
+
+
+def _staging_header() -> str:
+    return (
+        f"{'rows':>11} {'staging':>8} {'staged s':>8} {'file MB':>8} {'VmHWM MB':>8} "
+        f"{'anon stage/release MB':>21} {'cap MB':>7} {'HWM+file':>8} {'p50 ms/3-agg':>12}"
+    )
+
+
+def _staging_line(rows: int, name: str, r: dict) -> str:
+    anon = f"{r['stage_anon_mb']:.0f}/{r['release_anon_mb']:.0f}"
+    return (
+        f"{rows:>11,} {name:>8} {r['prepare_s']:>8.2f} {r['staged_mb']:>8.0f} {r['release_rss_mb']:>8.0f} "
+        f"{anon:>21} {r['peak_anon_mb'] + r['staged_mb']:>7.0f} "
+        f"{r['release_rss_mb'] + r['staged_mb']:>8.0f} {r['release_p50_ms']:>12.0f}"
+    )
 
 
 if __name__ == "__main__":

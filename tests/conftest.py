@@ -146,6 +146,24 @@ def media_root(settings, tmp_path):
     yield store  # Django's setting_changed signal makes default_storage re-read STORAGES
 
 
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible service (moto's server) in a process of its own on 127.0.0.1 (tests/s3.py)."""
+    from tests.s3 import serve
+
+    yield from serve()
+
+
+@pytest.fixture
+def s3_store(settings, s3_server):
+    """The object store on a fresh bucket of `s3_server`, for this process (settings.STORAGES) and for
+    the worker processes a test starts (`s3_store.env`)."""
+    log_secrets.remember(s3_server.secret_key, "S3 secret key")
+    store = s3_server.bucket()
+    settings.STORAGES = {**settings.STORAGES, "default": store.storages}
+    yield store
+
+
 # ------------------------------------------------------------------ headless Chromium (browser tests)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LAUNCH_ARGS = [

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable
-from typing import BinaryIO, cast
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO, cast
 
 import polars as pl
 import pyarrow as pa
@@ -20,6 +20,7 @@ from clearinghouse.crypto.envelope import EncryptionInfo, StreamEncryptor, decry
 from clearinghouse.crypto.keyring import Keyring
 from clearinghouse.crypto.seekable import SegmentReader
 
+from . import ranged
 from .uploads import open_for_write, staging_context
 
 __all__ = ["open_for_write", "replace", "rewrap_file"]
@@ -95,8 +96,8 @@ def read_table(name: str, context: dict, columns: Iterable[str] | None = None) -
         return pl.read_parquet(io.BytesIO(read_data(name, context)))
     wanted = list(dict.fromkeys(columns))
     with (
-        default_storage.open(name, "rb") as src,
-        SegmentReader(cast(BinaryIO, src), keyring=keyring(), context=context) as reader,
+        ranged.open_for_read(name) as src,
+        SegmentReader(src, keyring=keyring(), context=context) as reader,
     ):
         parquet = pq.ParquetFile(reader)
         arrow_schema = parquet.schema_arrow
@@ -120,6 +121,49 @@ def read_table(name: str, context: dict, columns: Iterable[str] | None = None) -
         return pl.read_parquet(cast(BinaryIO, reader), columns=wanted)
 
 
+def iter_row_groups(
+    name: str, context: dict, columns: Iterable[str], *, dictionary: Iterable[str] = ()
+) -> Iterator[pl.DataFrame]:
+    """The stored table's `columns` (those the file lacks are left out, for the caller's schema
+    check to report), one row group at a time, through a `SegmentReader` (only the segments of the
+    wanted column chunks are decrypted, and only while their row group is read): at most one row
+    group is held, for a dp worker to stage a table larger than its memory
+    (`PreparedData.from_chunks`). Text columns named in `dictionary` are read dictionary-encoded
+    (Polars Categorical: staged as an Enum without building a string per row); the others as
+    stored. A table with
+    no row groups yields one empty frame, so the columns are always known. Close the generator
+    (or exhaust it) to close the file."""
+    wanted = list(dict.fromkeys(columns))
+    with (
+        ranged.open_for_read(name) as src,
+        SegmentReader(src, keyring=keyring(), context=context) as reader,
+    ):
+        arrow_schema = pq.read_schema(reader)
+        wanted = [column for column in wanted if column in arrow_schema.names]
+        encoded = [
+            column
+            for column in dict.fromkeys(dictionary)
+            if column in wanted and _is_text(arrow_schema.field(column).type)
+        ]
+        reader.seek(0)
+        parquet = pq.ParquetFile(reader, read_dictionary=encoded or None, pre_buffer=True)
+        groups = parquet.metadata.num_row_groups
+        if not groups:
+            yield cast(pl.DataFrame, pl.from_arrow(parquet.schema_arrow.empty_table().select(wanted)))
+        for group in range(groups):
+            yield cast(pl.DataFrame, pl.from_arrow(parquet.read_row_group(group, columns=wanted)))
+
+
+def count_rows(name: str, context: dict) -> int:
+    """The stored table's number of rows, from its Parquet footer (only the last segments are
+    decrypted)."""
+    with (
+        ranged.open_for_read(name) as src,
+        SegmentReader(src, keyring=keyring(), context=context) as reader,
+    ):
+        return int(pq.read_metadata(reader).num_rows)
+
+
 def _is_text(dtype: pa.DataType) -> bool:
     return bool(
         pa.types.is_string(dtype)
@@ -141,18 +185,45 @@ def _decrypt(name: str, context: dict) -> bytes:
 
 
 def write_table(name: str, context: dict, table: pl.DataFrame) -> EncryptionInfo:
-    """Writes the table as Parquet, encrypted; replaces a partial file left by a killed earlier run."""
-    buffer = io.BytesIO()
-    # LZ4: the fastest to write and to read back of the codecs tried on PUMS (zstd ~50% slower each way).
-    # Row groups of a fixed size keep each column chunk bounded and separately readable (`read_table`
-    # with `columns`), whatever the writer's default.
-    table.write_parquet(buffer, compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS)
+    """Writes the table as Parquet, encrypted; replaces a partial file left by a killed earlier run.
+
+    The Parquet writer writes straight through the encryptor (each chunk it writes is sealed as it
+    fills a segment), so neither the whole Parquet file nor a copy of it is held in memory; a write
+    that fails deletes its partial (encrypted) file."""
     if default_storage.exists(name):
         default_storage.delete(name)
-    with open_for_write(name) as target:
-        encryptor = StreamEncryptor(target, keyring=keyring(), context=context)
-        encryptor.write(buffer.getbuffer())
-        return encryptor.finish()
+    try:
+        with open_for_write(name) as target:
+            encryptor = StreamEncryptor(target, keyring=keyring(), context=context)
+            # LZ4: the fastest to write and to read back of the codecs tried on PUMS (zstd ~50% slower
+            # each way). Row groups of a fixed size keep each column chunk bounded and separately
+            # readable (`read_table` with `columns`), whatever the writer's default.
+            table.write_parquet(
+                cast(BinaryIO, _EncryptingWriter(encryptor)),
+                compression="lz4",
+                statistics=False,
+                row_group_size=ROW_GROUP_ROWS,
+            )
+            return encryptor.finish()
+    except BaseException:
+        default_storage.delete(name)
+        raise
+
+
+class _EncryptingWriter(io.RawIOBase):
+    """A write-only file whose bytes go to a `StreamEncryptor` (for writers that want a file)."""
+
+    def __init__(self, encryptor: StreamEncryptor) -> None:
+        super().__init__()
+        self._encryptor = encryptor
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._encryptor.write(view)
+        return view.nbytes
 
 
 def rewrap_file(name: str, keyring: Keyring) -> None:
@@ -171,12 +242,15 @@ def rewrap_file(name: str, keyring: Keyring) -> None:
 
 
 def replace(source: str, target: str) -> None:
-    """Moves `source` over `target`: atomically on a local disk; copy-then-delete on object stores
-    (where a single object write is itself atomic)."""
+    """Moves `source` over `target`: atomically on a local disk; copy-then-delete on object stores,
+    where writing an object over another is itself atomic (S3: one PUT, or a multipart upload that
+    replaces the object only when it completes), so `target` is never missing. Only a store that
+    would save under another name instead of overwriting has `target` deleted first."""
     try:
         os.replace(default_storage.path(source), default_storage.path(target))
     except NotImplementedError:
         with default_storage.open(source, "rb") as data:
-            default_storage.delete(target)
+            if default_storage.get_available_name(target) != target:
+                default_storage.delete(target)
             default_storage.save(target, data)
         default_storage.delete(source)

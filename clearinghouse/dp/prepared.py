@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Self
 
 import polars as pl
+import pyarrow.ipc as ipc
 
 from .calibrate import _calibrated, _ensure_spec
 from .errors import QueryError
@@ -31,41 +34,219 @@ def _default_spill_dir() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
-def _staged_frame(schema: TableSchema, lf: pl.LazyFrame, columns: tuple[str, ...]) -> pl.DataFrame:
-    """The columns cast to the schema's types and checked, at most k rows per person."""
-    available = set(lf.collect_schema().names())
+# A staged table's directory is named after the process that made it (and its host, as a spill
+# directory may be shared by containers whose process ids overlap), so that one a killed process left
+# behind (SIGKILL, the OOM killer: no clean-up runs) can be told from one still in use.
+_SPILL_PREFIX = "chdp-"
+_SPILL_NAME = re.compile(r"chdp-(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9.-]*)-[^/]+")
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname())[:64]
+
+
+def _spill_prefix() -> str:
+    return f"{_SPILL_PREFIX}{os.getpid()}@{_host()}-"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_orphaned_spills(directory: str | None = None) -> int:
+    """Removes the staged tables (decrypted rows) that dead processes of this host left in the spill
+    directory (`directory`, else the default): how many. A dp worker calls it when it starts, so a
+    killed worker's plaintext lasts until the next one starts, not until the host reboots. Only this
+    user's directories of processes of this host that no longer run are touched."""
+    directory = directory if directory is not None else _default_spill_dir()
+    if not directory:
+        return 0
+    removed = 0
+    host = _host()
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return 0
+    for entry in entries:
+        match = _SPILL_NAME.fullmatch(entry.name)
+        if match is None or match["host"] != host:
+            continue
+        try:
+            if (
+                not entry.is_dir(follow_symlinks=False)
+                or entry.stat(follow_symlinks=False).st_uid != os.getuid()
+            ):
+                continue
+        except OSError:
+            continue
+        if not _alive(int(match["pid"])):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _missing(schema: TableSchema, available: Iterable[str], columns: tuple[str, ...]) -> None:
     wanted = set(columns) | ({schema.identifier} if schema.identifier else set())
-    missing = sorted(wanted - available)
+    missing = sorted(wanted - set(available))
     if missing:
         raise QueryError("data_does_not_match_schema", f"the data lacks columns {missing}")
-    if schema.identifier:
-        k = schema.privacy_unit.max_rows_per_person
-        lf = lf.filter(pl.int_range(pl.len()).over(schema.identifier) < k)
+
+
+def _cast(
+    schema: TableSchema,
+    lf: pl.LazyFrame,
+    columns: tuple[str, ...],
+    enums: dict[str, pl.Enum] | None = None,
+) -> pl.DataFrame:
+    """`columns` cast (strictly) to the schema's types, NaN turned into null; the `enums` columns
+    (categorical) to their Enum instead of strings, a value outside its categories turned into
+    null (for the caller to notice)."""
+    dtypes = lf.collect_schema() if enums else {}
     exprs = []
     for name in columns:
         column = schema.column(name)
-        expr = pl.col(name).cast(_POLARS[column.type], strict=True)
+        if enums and name in enums:
+            expr = pl.col(name)
+            dtype = dtypes[name]
+            if not (dtype == pl.String or dtype == pl.Categorical or isinstance(dtype, pl.Enum)):
+                expr = expr.cast(pl.String, strict=True)
+            expr = expr.cast(enums[name], strict=False)
+        else:
+            expr = pl.col(name).cast(_POLARS[column.type], strict=True)
         if column.type == "float":
             expr = expr.fill_nan(None)
         exprs.append(expr)
     try:
-        frame = lf.select(exprs).collect()
+        return lf.select(exprs).collect()
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
         raise QueryError(
             "data_does_not_match_schema", f"the data does not have the declared types: {exc}"
         ) from None
+
+
+def _too_large(schema: TableSchema) -> QueryError:
+    return QueryError(
+        "dataset_too_large",
+        f"the table has more rows than the policy's max_rows "
+        f"({schema.policy.max_rows}); raise it in the policy",
+    )
+
+
+def _holds_nulls(name: str) -> QueryError:
+    return QueryError("data_does_not_match_schema", f"'{name}' is not nullable but holds nulls (or NaN)")
+
+
+def _staged_frame(schema: TableSchema, lf: pl.LazyFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """The columns cast to the schema's types and checked, at most k rows per person."""
+    _missing(schema, lf.collect_schema().names(), columns)
+    if schema.identifier:
+        k = schema.privacy_unit.max_rows_per_person
+        lf = lf.filter(pl.int_range(pl.len()).over(schema.identifier) < k)
+    frame = _cast(schema, lf, columns)
     if frame.height > schema.policy.max_rows:
-        raise QueryError(
-            "dataset_too_large",
-            f"the table has more rows than the policy's max_rows "
-            f"({schema.policy.max_rows}); raise it in the policy",
-        )
+        raise _too_large(schema)
     for name in columns:
         if not schema.column(name).nullable and frame[name].null_count():
-            raise QueryError(
-                "data_does_not_match_schema", f"'{name}' is not nullable but holds nulls (or NaN)"
-            )
+            raise _holds_nulls(name)
     return frame
+
+
+class _OutsideCategories(Exception):
+    """Columns holding values outside their public categories: they cannot be staged as Enum."""
+
+    def __init__(self, columns: set[str]):
+        super().__init__(sorted(columns))
+        self.columns = columns
+
+
+def _staged_chunks(
+    schema: TableSchema,
+    chunks: Iterable[pl.DataFrame],
+    columns: tuple[str, ...],
+    enums: dict[str, pl.Enum] | None = None,
+) -> Iterator[pl.DataFrame]:
+    """`_staged_frame` one chunk (row group) at a time, for a schema without an identifier: yields
+    each chunk cast and checked, and refuses the table exactly as `_staged_frame` refuses the whole
+    (the same codes and messages, in the same order: a type error anywhere first, then more rows
+    than `max_rows`, then the first non-nullable column, in column order, holding nulls). Once the
+    table is known to be refused, the chunks left are only cast (a type error there still wins),
+    never yielded. The `enums` columns are yielded as their Enum; one holding a value outside its
+    categories raises `_OutsideCategories`."""
+    if schema.identifier:  # pragma: no cover - the caller stages such tables whole
+        raise AssertionError("per-person truncation needs the whole table")
+    rows = 0
+    with_nulls: set[str] = set()
+    checked = False
+    for chunk in chunks:
+        if not checked:
+            _missing(schema, chunk.columns, columns)
+            checked = True
+        frame = _cast(schema, chunk.lazy(), columns, enums)
+        if enums:
+            outside = {name for name in enums if frame[name].null_count() != chunk[name].null_count()}
+            if outside:
+                raise _OutsideCategories(outside)
+        del chunk
+        rows += frame.height
+        with_nulls.update(
+            name for name in columns if not schema.column(name).nullable and frame[name].null_count()
+        )
+        if rows <= schema.policy.max_rows and not with_nulls:
+            yield frame
+    if not checked:  # no chunk at all: an empty table
+        _missing(schema, (), columns)
+        yield pl.DataFrame(schema={name: _POLARS[schema.column(name).type] for name in columns})
+    if rows > schema.policy.max_rows:
+        raise _too_large(schema)
+    for name in columns:
+        if name in with_nulls:
+            raise _holds_nulls(name)
+
+
+class _SpillFailed(Exception):
+    """Writing the staged file failed (e.g. a full /dev/shm): stage in memory instead."""
+
+
+class _Closing:
+    """Closes a chunk iterator that can be closed (a generator holding a file open)."""
+
+    def __init__(self, chunks: Iterable[pl.DataFrame]):
+        self._chunks = chunks
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+def _enums(schema: TableSchema, columns: Iterable[str]) -> dict[str, pl.Enum]:
+    """The Enum of each categorical column with public categories among `columns`."""
+    wanted = set(columns)
+    return {
+        c.name: pl.Enum(list(c.categories))
+        for c in schema.columns
+        if c.name in wanted and c.type == "categorical" and c.categories
+    }
+
+
+COMPACT_SAVING_BYTES = 512 * 2**20
+
+
+def compact_staging(schema: TableSchema, rows: int, columns: Iterable[str] | None = None) -> bool:
+    """Whether to stage a table of `rows` rows compactly (`PreparedData.from_chunks(compact=True)`):
+    when its Enum columns would save at least `COMPACT_SAVING_BYTES` (15 bytes a value each) of
+    the worker's memory (tmpfs pages count against it); for PUMS from ~18M rows. Smaller tables
+    keep the faster string columns."""
+    names = columns if columns is not None else [c.name for c in schema.columns]
+    return rows * 15 * len(_enums(schema, names)) >= COMPACT_SAVING_BYTES
 
 
 class PreparedData:
@@ -80,7 +261,16 @@ class PreparedData:
     (`/dev/shm`, or `$CLEARINGHOUSE_DP_SPILL_DIR`; "none" disables) and removed on close. OpenDP's
     Rust side then memory-maps it. Without a spill directory (or if writing fails, e.g. a full
     /dev/shm) the frame is handed over in memory, which is correct but slow for large tables.
+    `from_chunks` stages a table chunk by chunk (a stored table's row groups).
     """
+
+    schema: TableSchema
+    columns: tuple[str, ...]
+    height: int
+    _dir: str | None
+    _path: str | None
+    _frame: pl.DataFrame | None
+    _enum_columns: frozenset[str]  # staged as Enum (the file's dictionary), read back as String
 
     def __init__(
         self,
@@ -90,6 +280,75 @@ class PreparedData:
         *,
         spill_dir: str | bool | None = True,
     ):
+        self._start(schema, columns)
+        lf = data.lazy() if isinstance(data, pl.DataFrame) else data
+        if not isinstance(lf, pl.LazyFrame):
+            raise TypeError("data must be a polars DataFrame or LazyFrame")
+        frame = _staged_frame(schema, lf, self.columns)
+        self.height = frame.height
+        self._frame = frame
+        directory = _default_spill_dir() if spill_dir is True else (spill_dir or None)
+        if directory:
+            self._spill(frame, directory)
+
+    @classmethod
+    def from_chunks(
+        cls,
+        schema: TableSchema,
+        open_chunks: Callable[[], Iterable[pl.DataFrame]],
+        columns: tuple[str, ...] | list[str] | None = None,
+        *,
+        spill_dir: str | bool | None = True,
+        compact: bool = False,
+    ) -> PreparedData:
+        """Stages a table read in chunks (e.g. Parquet row groups) one chunk at a time: each is cast,
+        checked and appended to the staged file, so the whole table is never held in memory (only
+        one chunk and its cast copy). `open_chunks()` yields the chunks in order (each with at least
+        the wanted columns); it is called again, to stage in memory, only if writing to the spill
+        directory fails (e.g. a full /dev/shm), and once without a spill directory. The checks and
+        their errors are those of the whole-table path (`_staged_chunks`). A schema with an
+        identifier (per-person truncation needs all the rows of a person) is staged from the chunks
+        concatenated, as the whole-table path does.
+
+        `compact`: categorical columns with public categories are staged as Enum (1 byte a value
+        for up to 255 categories, against 16 for a string view; the staged file of PUMS is 1.9x
+        smaller). `frame` casts them back to strings, so OpenDP sees the same data, but that cast
+        costs each query reading them (~+50% for a group-by on one): worth it only for tables
+        whose staged copy would otherwise strain the worker's memory (`compact_staging`). A column
+        holding a value outside its categories is staged as strings (staging starts again
+        without it)."""
+        self = cls.__new__(cls)
+        self._start(schema, columns)
+        directory = _default_spill_dir() if spill_dir is True else (spill_dir or None)
+        enums = _enums(schema, self.columns) if compact else {}
+        while schema.identifier is None and directory:
+            try:
+                if not self._spill_chunks(open_chunks(), directory, enums):
+                    break
+                self._enum_columns = frozenset(enums)
+                return self
+            except _OutsideCategories as exc:
+                enums = {name: dtype for name, dtype in enums.items() if name not in exc.columns}
+        chunks = open_chunks()
+        with contextlib.closing(_Closing(chunks)):
+            if schema.identifier is None:
+                parts = list(_staged_chunks(schema, chunks, self.columns))
+            else:
+                parts = list(chunks)
+        if schema.identifier is None:
+            frame = pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]
+        else:
+            whole = pl.concat(parts, rechunk=False) if len(parts) > 1 else (parts or [pl.DataFrame()])[0]
+            del parts
+            frame = _staged_frame(schema, whole.lazy(), self.columns)
+            del whole
+        self.height = frame.height
+        self._frame = frame
+        if directory and schema.identifier is not None:
+            self._spill(frame, directory)
+        return self
+
+    def _start(self, schema: TableSchema, columns: tuple[str, ...] | list[str] | None) -> None:
         self.schema = schema
         names = (
             list(columns)
@@ -97,23 +356,20 @@ class PreparedData:
             else [c.name for c in schema.columns if c.name != schema.identifier]
         )
         self.columns = tuple(c.name for c in schema.columns if c.name in set(names))
-        self._dir: str | None = None
-        self._path: str | None = None
-        lf = data.lazy() if isinstance(data, pl.DataFrame) else data
-        if not isinstance(lf, pl.LazyFrame):
-            raise TypeError("data must be a polars DataFrame or LazyFrame")
-        frame = _staged_frame(schema, lf, self.columns)
-        self.height = frame.height
-        self._frame: pl.DataFrame | None = frame
-        directory = _default_spill_dir() if spill_dir is True else (spill_dir or None)
-        if directory:
-            self._spill(frame, directory)
+        self.height = 0
+        self._dir = None
+        self._path = None
+        self._frame = None
+        self._enum_columns = frozenset()
+
+    def _private_file(self, directory: str) -> tuple[str, int]:
+        self._dir = tempfile.mkdtemp(prefix=_spill_prefix(), dir=directory)  # mode 0700
+        path = os.path.join(self._dir, f"{uuid.uuid4().hex}.arrow")
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def _spill(self, frame: pl.DataFrame, directory: str) -> None:
         try:
-            self._dir = tempfile.mkdtemp(prefix="chdp-", dir=directory)  # mode 0700
-            path = os.path.join(self._dir, f"{uuid.uuid4().hex}.arrow")
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            path, fd = self._private_file(directory)
             with os.fdopen(fd, "wb") as handle:
                 frame.write_ipc(handle, compression="uncompressed")
             self._path = path
@@ -121,10 +377,55 @@ class PreparedData:
         except OSError:
             self._cleanup_files()
 
+    def _spill_chunks(
+        self, chunks: Iterable[pl.DataFrame], directory: str, enums: dict[str, pl.Enum]
+    ) -> bool:
+        """Appends the staged chunks to one Arrow IPC file, one record batch each: True when done;
+        False, with nothing left behind, if writing the file failed (an error reading the chunks
+        is raised, as a refused table's `QueryError` is: with nothing left behind either)."""
+        height = 0
+        try:
+            with contextlib.closing(_Closing(chunks)):
+                try:
+                    path, fd = self._private_file(directory)
+                    handle = os.fdopen(fd, "wb")
+                except OSError:
+                    raise _SpillFailed from None
+                with handle:
+                    writer: ipc.RecordBatchFileWriter | None = None
+                    for frame in _staged_chunks(self.schema, chunks, self.columns, enums):
+                        # the file as `write_ipc` writes it (string views: mapped, not copied)
+                        table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+                        del frame
+                        try:
+                            if writer is None:
+                                writer = ipc.new_file(handle, table.schema)
+                            writer.write_table(table)
+                        except OSError:
+                            raise _SpillFailed from None
+                        height += table.num_rows
+                        del table
+                    try:
+                        if writer is not None:
+                            writer.close()
+                        handle.flush()
+                    except OSError:
+                        raise _SpillFailed from None
+        except _SpillFailed:
+            self._cleanup_files()
+            return False
+        except BaseException:
+            self._cleanup_files()
+            raise
+        self._path, self.height = path, height
+        return True
+
     def frame(self, columns: tuple[str, ...]) -> pl.LazyFrame:
         """A LazyFrame with exactly `columns` (in this order) for OpenDP to read."""
         if self._path is not None:
-            return pl.scan_ipc(self._path, memory_map=True).select(list(columns))
+            lf = pl.scan_ipc(self._path, memory_map=True).select(list(columns))
+            decode = [name for name in columns if name in self._enum_columns]
+            return lf.with_columns(pl.col(decode).cast(pl.String)) if decode else lf
         if self._frame is None:
             raise RuntimeError("PreparedData is closed")
         return self._frame.lazy().select(list(columns))
