@@ -7,6 +7,7 @@ checked, written to a private Arrow IPC file on tmpfs that OpenDP's Rust side sc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import shutil
@@ -34,60 +35,65 @@ def _default_spill_dir() -> str | None:
     return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
 
 
-# A staged table's directory is named after the process that made it (and its host, as a spill
-# directory may be shared by containers whose process ids overlap), so that one a killed process left
-# behind (SIGKILL, the OOM killer: no clean-up runs) can be told from one still in use.
+# Each staged table's directory holds a lock file its owner keeps locked (shared) while the table
+# lives. A process that dies (SIGKILL, the OOM killer: no clean-up runs) loses its lock with it, so a
+# directory whose lock can be taken exclusively is a dead owner's. This holds across PID namespaces
+# sharing one tmpfs (containers of a pod) and whatever process ids are reused; the name says who made
+# it, for people only.
 _SPILL_PREFIX = "chdp-"
-_SPILL_NAME = re.compile(r"chdp-(?P<pid>[0-9]+)@(?P<host>[A-Za-z0-9.-]*)-[^/]+")
-
-
-def _host() -> str:
-    return re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname())[:64]
+_LOCK_FILE = ".owner.lock"
 
 
 def _spill_prefix() -> str:
-    return f"{_SPILL_PREFIX}{os.getpid()}@{_host()}-"
+    host = re.sub(r"[^A-Za-z0-9.-]", "", socket.gethostname())[:64]
+    return f"{_SPILL_PREFIX}{os.getpid()}@{host}-"
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _hold_owner_lock(directory: str) -> int:
+    """Creates and locks (shared, for as long as the returned descriptor is open) the owner's lock."""
+    fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _owner_is_gone(directory: str) -> bool:
+    try:
+        fd = os.open(os.path.join(directory, _LOCK_FILE), os.O_RDONLY)
+    except OSError:  # no lock file: an older release's directory, or one being made; not ours to judge
         return False
-    except PermissionError:  # someone else's process: alive
-        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held: its owner is alive
+        return False
+    finally:
+        os.close(fd)  # releases the exclusive lock too
     return True
 
 
 def remove_orphaned_spills(directory: str | None = None) -> int:
-    """Removes the staged tables (decrypted rows) that dead processes of this host left in the spill
-    directory (`directory`, else the default): how many. A dp worker calls it when it starts, so a
-    killed worker's plaintext lasts until the next one starts, not until the host reboots. Only this
-    user's directories of processes of this host that no longer run are touched."""
+    """Removes the staged tables (decrypted rows) that dead processes left in the spill directory
+    (`directory`, else the default): how many. A dp worker calls it when it starts, so a killed
+    worker's plaintext lasts until the next one starts, not until the host reboots. A directory is
+    removed only when its owner's lock is free (the owner is gone), never one in use."""
     directory = directory if directory is not None else _default_spill_dir()
     if not directory:
         return 0
     removed = 0
-    host = _host()
     try:
         entries = list(os.scandir(directory))
     except OSError:
         return 0
     for entry in entries:
-        match = _SPILL_NAME.fullmatch(entry.name)
-        if match is None or match["host"] != host:
-            continue
         try:
-            if (
-                not entry.is_dir(follow_symlinks=False)
-                or entry.stat(follow_symlinks=False).st_uid != os.getuid()
-            ):
+            if not entry.name.startswith(_SPILL_PREFIX) or not entry.is_dir(follow_symlinks=False):
                 continue
         except OSError:
             continue
-        if not _alive(int(match["pid"])):
+        if _owner_is_gone(entry.path):
             shutil.rmtree(entry.path, ignore_errors=True)
             removed += 1
     return removed
@@ -268,6 +274,7 @@ class PreparedData:
     columns: tuple[str, ...]
     height: int
     _dir: str | None
+    _lock: int | None  # the descriptor holding the owner's lock of `_dir`
     _path: str | None
     _frame: pl.DataFrame | None
     _enum_columns: frozenset[str]  # staged as Enum (the file's dictionary), read back as String
@@ -358,12 +365,21 @@ class PreparedData:
         self.columns = tuple(c.name for c in schema.columns if c.name in set(names))
         self.height = 0
         self._dir = None
+        self._lock = None
         self._path = None
         self._frame = None
         self._enum_columns = frozenset()
 
     def _private_file(self, directory: str) -> tuple[str, int]:
-        self._dir = tempfile.mkdtemp(prefix=_spill_prefix(), dir=directory)  # mode 0700
+        # Made under another name, locked, then renamed: a sweeper never sees it unlocked.
+        making = tempfile.mkdtemp(prefix=".chdp-making-", dir=directory)  # mode 0700
+        try:
+            self._lock = _hold_owner_lock(making)
+            self._dir = os.path.join(directory, _spill_prefix() + uuid.uuid4().hex[:12])
+            os.rename(making, self._dir)
+        except OSError:
+            shutil.rmtree(making, ignore_errors=True)
+            raise
         path = os.path.join(self._dir, f"{uuid.uuid4().hex}.arrow")
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
@@ -433,7 +449,9 @@ class PreparedData:
     def _cleanup_files(self) -> None:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
-        self._dir = self._path = None
+        if self._lock is not None:
+            os.close(self._lock)  # after the removal: a sweeper never sees a live table unlocked
+        self._dir = self._path = self._lock = None
 
     def close(self) -> None:
         self._cleanup_files()

@@ -122,8 +122,9 @@ def query_recover_stuck_task() -> dict[str, int]:
 # (`OnceFrame.collect` runs in its Rust library), but its Polars reads this variable at each collect.
 # A release then scans the memory-mapped staged file in morsels instead of materialising each column
 # it reads (issue 15, PUMS resampled: at 10M rows the 3-aggregate release 1.8x faster under load, at
-# 50M its private memory ~0 instead of 3.4 GB; the same answers, tests/dp pass under it). Set in each
-# worker process before any query (never changed while threads run); set it to 0 to opt out.
+# 50M its private memory ~0 instead of 3.4 GB; the same answers, tests/dp pass under it). Set in every
+# worker's main process before any task (never changed while threads run), so an ingestion worker's
+# Polars streams too (tests/datasets and tests/annotation pass under it); set it to 0 to opt out.
 STREAMING_ENV = "POLARS_FORCE_NEW_STREAMING"
 
 

@@ -1,56 +1,83 @@
 """Staged tables (decrypted rows on tmpfs) that a killed process left behind are removed by the next
-dp worker to start; those of live processes, of other hosts and of other users are not."""
+dp worker to start; those whose owner still runs are not, whoever that owner is (its lock, not its
+process id, says it is alive: containers sharing a tmpfs have process ids of their own)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
+import textwrap
 
 import polars as pl
 
 from clearinghouse.dp import PreparedData, TableSchema
-from clearinghouse.dp.prepared import _host, remove_orphaned_spills
+from clearinghouse.dp.prepared import remove_orphaned_spills
 
 SCHEMA = TableSchema.from_dict({"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 9}]})
 
+# A process that stages a table in `spill`, says so, then waits on stdin (alive) until it is killed.
+STAGER = textwrap.dedent(
+    """
+    import sys
+    import polars as pl
+    from clearinghouse.dp import PreparedData, TableSchema
+    schema = TableSchema.from_dict({"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 9}]})
+    staged = PreparedData(schema, pl.DataFrame({"x": [1, 2, 3]}), spill_dir=sys.argv[1])
+    print("staged", flush=True)
+    sys.stdin.read()
+    """
+)
 
-def _dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
+
+def _stager(spill) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-c", STAGER, str(spill)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "staged"
+    return process
 
 
-def _staged_dir(root, pid: int, host: str, suffix: str = "abc123_x"):
-    path = root / f"chdp-{pid}@{host}-{suffix}"
-    path.mkdir(mode=0o700)
-    (path / "table.arrow").write_bytes(b"rows")
-    return path
+def _staged(spill) -> list[str]:
+    return sorted(path.name for path in spill.iterdir())
 
 
-def test_only_dead_processes_staged_tables_of_this_host_are_removed(tmp_path):
-    dead = _staged_dir(tmp_path, _dead_pid(), _host())
-    mine = _staged_dir(tmp_path, os.getpid(), _host())
-    parent = _staged_dir(tmp_path, os.getppid(), _host())
-    elsewhere = _staged_dir(tmp_path, _dead_pid(), "another-host")
-    unrelated = tmp_path / "chdp-notours"
-    unrelated.mkdir()
-    a_file = tmp_path / f"chdp-{_dead_pid()}@{_host()}-file"
-    a_file.write_bytes(b"not a directory")
-
+def test_a_killed_owners_table_goes_a_live_owners_stays(tmp_path):
+    alive = _stager(tmp_path)
+    killed = _stager(tmp_path)
+    both = _staged(tmp_path)
+    assert len(both) == 2 and all(name.startswith("chdp-") for name in both)
+    killed.kill()
+    killed.wait()
+    try:
+        assert remove_orphaned_spills(str(tmp_path)) == 1
+        (left,) = _staged(tmp_path)
+        assert left.startswith(f"chdp-{alive.pid}@")
+        assert (tmp_path / left / ".owner.lock").exists() and any((tmp_path / left).glob("*.arrow"))
+        assert remove_orphaned_spills(str(tmp_path)) == 0
+    finally:
+        alive.kill()
+        alive.wait()
     assert remove_orphaned_spills(str(tmp_path)) == 1
-    assert not dead.exists()
-    assert mine.exists() and parent.exists() and elsewhere.exists() and unrelated.exists() and a_file.exists()
-    assert remove_orphaned_spills(str(tmp_path)) == 0
+    assert _staged(tmp_path) == []
 
 
-def test_a_staged_table_is_named_after_its_process_and_survives_the_sweep_while_open(tmp_path):
+def test_this_processs_open_table_stays_and_its_own_close_removes_it(tmp_path):
     with PreparedData(SCHEMA, pl.DataFrame({"x": [1, 2, 3]}), spill_dir=str(tmp_path)) as prepared:
-        (staged,) = list(tmp_path.iterdir())
-        assert staged.name.startswith(f"chdp-{os.getpid()}@{_host()}-")
         assert remove_orphaned_spills(str(tmp_path)) == 0
         assert prepared.frame(("x",)).collect()["x"].to_list() == [1, 2, 3]
-    assert list(tmp_path.iterdir()) == []
+    assert _staged(tmp_path) == []
+
+
+def test_directories_it_cannot_judge_are_left_alone(tmp_path):
+    older_release = tmp_path / "chdp-1234@host-abcdef"  # no owner's lock: not ours to judge
+    older_release.mkdir()
+    (older_release / "t.arrow").write_bytes(b"x")
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    a_file = tmp_path / "chdp-file"
+    a_file.write_bytes(b"x")
+    assert remove_orphaned_spills(str(tmp_path)) == 0
+    assert older_release.exists() and other.exists() and a_file.exists()
 
 
 def test_no_spill_directory_no_sweep(tmp_path, monkeypatch):

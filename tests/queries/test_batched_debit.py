@@ -9,7 +9,7 @@ import uuid
 from functools import partial
 
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -262,3 +262,41 @@ def test_a_batch_on_an_exhausted_budget_spends_nothing_and_records_each_refusal(
     assert batch == _outcome(world, costs, measure=measure, batch=False)
     assert batch["paid"] == [] and batch["entries"] == [] and batch["budget"] == (0.0, 0.0)
     assert [e[0] for e in batch["events"]] == ["query.refused", "query.refused"]
+
+
+def test_a_batch_the_database_refuses_is_debited_one_by_one_with_the_same_outcome(world, monkeypatch):
+    _setup(world, total=1.0, allocation=1.0)
+    costs = [(0.5, 0.0), (0.6, 0.0), (0.3, 0.0)]
+    expected = _outcome(world, costs, batch=False)
+
+    def refused(**_):
+        raise DatabaseError("the batch statement failed")
+
+    monkeypatch.setattr(services, "budget_debit_many", refused)
+    assert _outcome(world, costs, batch=True) == expected
+
+
+def test_answers_the_database_refuses_together_are_stored_one_by_one(world, monkeypatch):
+    _setup(world, total=5.0, allocation=5.0)
+    items = _items(world, [(0.1, 0.0), (0.2, 0.0)], "pure")
+    paid = atomic_with_retry(partial(services._debit_all, items))
+    first = AuditEvent.objects.order_by("-seq").values_list("seq", flat=True).first()
+    real = services.audit_record_many
+    calls = []
+
+    def fails_once(events):
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise DatabaseError("the batch insert failed")
+        return real(events)
+
+    monkeypatch.setattr(services, "audit_record_many", fails_once)
+    atomic_with_retry(partial(services._store_all, [(item, {"answer": i}) for i, item in enumerate(paid)]))
+    assert calls == [2]  # the batch was tried once; then each answer alone (audit_record)
+    results = dict(Query.objects.filter(pk__in=[i.query.pk for i in paid]).values_list("pk", "result"))
+    assert [results[item.query.pk] for item in paid] == [{"answer": 0}, {"answer": 1}]
+    events = AuditEvent.objects.filter(seq__gt=first).order_by("seq")
+    assert [(e.action, int(e.target_id)) for e in events] == [
+        ("query.released", item.query.pk) for item in paid
+    ]
+    assert list(audit_chain_problems()) == []

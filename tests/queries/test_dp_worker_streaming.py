@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 
 
-def test_the_dp_worker_turns_streaming_on_unless_told_not_to(monkeypatch):
+def test_the_dp_worker_turns_streaming_on_unless_told_not_to(monkeypatch, tmp_path):
     from clearinghouse.queries import tasks
 
+    monkeypatch.setenv("CLEARINGHOUSE_DP_SPILL_DIR", str(tmp_path))  # its sweep: not the host's /dev/shm
     monkeypatch.delenv(tasks.STREAMING_ENV, raising=False)
     tasks._worker_starts()
     assert os.environ[tasks.STREAMING_ENV] == "1"
