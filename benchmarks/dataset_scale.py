@@ -15,7 +15,7 @@ after that.
 
 * chunked: what `staged_data` does now: `PreparedData.from_chunks` over `storage.iter_row_groups`
   (one row group at a time, categorical columns dictionary-encoded; public categories staged as
-  Enums when `compact_staging` says so, i.e. from ~18M PUMS rows), then the same releases.
+  their Enum, which OpenDP's plans read), then the same releases.
 
 For the "whole" (read_table + prepare) and "chunked" stagings the child also reports the size of the
 staged Arrow file on /dev/shm and, sampled every 5 ms by a thread, the peak of its private memory
@@ -26,7 +26,6 @@ also printed, counts the mapped pages of the file twice).
     python benchmarks/dataset_scale.py [--rows 1000000,10000000] [--runs 5]   # 50000000 optionally
         [--no-loads] [--no-whole]   # only the chunked staging (what staged_data does)
         [--streaming]               # Polars' streaming engine, as the dp worker runs (tasks._worker_starts)
-        [--compact auto|on|off]     # Enum staging of public categories: as staged_data decides, or forced
 """
 
 from __future__ import annotations
@@ -154,7 +153,6 @@ def write(rows: int) -> tuple[float, float]:
 
 def child(rows: int, path: str, runs: int) -> dict:
     from clearinghouse.dp import PreparedData, TableSchema, prepare, release, sql_to_spec
-    from clearinghouse.dp.prepared import compact_staging
 
     schema = TableSchema.from_dict({**PUMS, "name": "pums", "policy": {"max_rows": 1_000_000_000}})
     import pyarrow.parquet  # noqa: F401 - imported before measuring, as a worker has it loaded
@@ -182,10 +180,6 @@ def child(rows: int, path: str, runs: int) -> dict:
                 schema,
                 lambda: storage.iter_row_groups(
                     file_name(rows), context(rows), schema.names, dictionary=text
-                ),
-                compact={"on": True, "off": False}.get(
-                    os.environ.get("SCALE_COMPACT", "auto"),
-                    compact_staging(schema, storage.count_rows(file_name(rows), context(rows))),
                 ),
             )
             out.update(height=prepared.height, load_s=time.perf_counter() - started)
@@ -248,18 +242,11 @@ def main() -> None:
         help="run the children with POLARS_FORCE_NEW_STREAMING=1 (Polars' streaming engine, also "
         "inside OpenDP)",
     )
-    parser.add_argument(
-        "--compact",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="chunked staging: Enum columns as staged_data decides (auto: compact_staging), always, never",
-    )
     parser.add_argument("--child", choices=["old", "new", "two", "chunked"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     sizes = [int(r) for r in args.rows.split(",")]
     if args.streaming:
         os.environ["POLARS_FORCE_NEW_STREAMING"] = "1"
-    os.environ.setdefault("SCALE_COMPACT", args.compact)
     if args.child:
         print(json.dumps(child(sizes[0], args.child, args.runs)))
         return
@@ -273,7 +260,6 @@ def main() -> None:
         "RssAnon + staged file (what a memory cgroup charges); VmHWM+file (counts the mapped file twice);\n"
         "p50 of the 3-aggregate release. Polars engine of OpenDP's plan: "
         + ("streaming (POLARS_FORCE_NEW_STREAMING=1)" if args.streaming else "in-memory (default)")
-        + f"; compact staging (Enum columns): {args.compact}"
     )
     print(
         f"{'rows':>11} {'CSV MB':>7} {'stored MB':>9} {'load s old/new/2col':>20} "

@@ -20,8 +20,8 @@ a burst right after a (re)start meets. Then each client is a thread with its own
 sending back to back. A phase runs `--warmup` seconds unmeasured, then counts the requests that
 finish in the next `--seconds` (those that fail, or finish later, are counted apart):
 
-1. previews: POST /api/v1/datasets/<org>/<slug>/queries/preview (data-independent; spends nothing,
-   but still a round trip through a dp worker), with `--base-workers` dp workers;
+1. previews: POST /api/v1/datasets/<org>/<slug>/queries/preview (data-independent; spends nothing;
+   priced in the web process, no dp worker involved);
 2. releases: POST .../queries, one `SELECT COUNT(*) FROM pums` per request with a distinct ε
    (never a replay), with `--base-workers` dp workers;
 3. releases with each pool size of `--workers`: the pool (separate `celery worker --pool solo -Q dp`

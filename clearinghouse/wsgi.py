@@ -9,3 +9,8 @@ application = get_wsgi_application()
 from clearinghouse.core.enqueue import discover_tasks  # noqa: E402
 
 discover_tasks()
+
+# Previews are priced here (data-independent): pay OpenDP's first-measurement cost at start.
+from clearinghouse.dp import warm_up  # noqa: E402
+
+warm_up()

@@ -62,13 +62,15 @@ _texts_cache: LRUCache[tuple[int, str], list[str | None]] = LRUCache(maxsize=4)
 _texts_lock = threading.Lock()
 
 
-def _version_table(version: DatasetVersion) -> pl.DataFrame:
+def _version_table(version: DatasetVersion, columns: list[str] | None = None) -> pl.DataFrame:
+    """The version's stored table, decrypted: all its columns, or only `columns`."""
     dataset = version.dataset
     return storage.read_table(
         version.data_path,
         storage.data_context(
             organisation_id=dataset.organisation_id, dataset_id=dataset.pk, number=version.number
         ),
+        columns=columns,
     )
 
 
@@ -78,7 +80,7 @@ def version_texts(version: DatasetVersion, column: str) -> list[str | None]:
         hit = _texts_cache.get(key)
     if hit is not None:
         return hit
-    texts = _version_table(version).get_column(column).cast(pl.Utf8).to_list()
+    texts = _version_table(version, [column]).get_column(column).cast(pl.Utf8).to_list()
     with _texts_lock:
         _texts_cache[key] = texts
     return texts

@@ -154,16 +154,6 @@ def iter_row_groups(
             yield cast(pl.DataFrame, pl.from_arrow(parquet.read_row_group(group, columns=wanted)))
 
 
-def count_rows(name: str, context: dict) -> int:
-    """The stored table's number of rows, from its Parquet footer (only the last segments are
-    decrypted)."""
-    with (
-        ranged.open_for_read(name) as src,
-        SegmentReader(src, keyring=keyring(), context=context) as reader,
-    ):
-        return int(pq.read_metadata(reader).num_rows)
-
-
 def _is_text(dtype: pa.DataType) -> bool:
     return bool(
         pa.types.is_string(dtype)

@@ -21,6 +21,7 @@ from .engine import (
     prepare,
     preview,
     release,
+    warm_up,
 )
 from .errors import QueryError
 from .schema import Column, Policy, PrivacyUnit, TableSchema
@@ -52,4 +53,5 @@ __all__ = [
     "preview",
     "release",
     "sql_to_spec",
+    "warm_up",
 ]

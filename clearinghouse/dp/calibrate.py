@@ -51,6 +51,7 @@ class _Calibrated:
     preview: Preview
     accuracy: Accuracy  # primitive → {alpha: half-width}
     timings_ms: dict[str, float]
+    strings: Measurement | None = None  # the same measurement over strings (`for_strings`), once built
 
 
 def _build(plan: _Plan, scale: float, threshold: int | None) -> Measurement:
@@ -257,6 +258,24 @@ def _calibrated(schema: TableSchema, spec: QuerySpec, *, use_cache: bool = True)
         with _cache_lock:
             _cache[key] = value
     return value
+
+
+def for_strings(schema: TableSchema, spec: QuerySpec, cal: _Calibrated) -> Measurement:
+    """`cal.measurement` for data whose public categories are staged as strings, not as their Enum
+    (data holding a value outside its categories: `PreparedData.enum_columns`): the same plan over
+    string columns, with the same noise scale and threshold, checked to have the same privacy loss.
+    Built once per calibrated measurement."""
+    if not cal.plan.enum_columns:
+        return cal.measurement
+    if cal.strings is None:
+        plan = _plan(schema, spec, enums=False)
+        strings = _build(plan, cal.preview.global_scale, cal.preview.threshold)
+        if _privacy_loss(strings, plan.d_in) != _privacy_loss(cal.measurement, cal.plan.d_in):
+            raise QueryError(  # pragma: no cover - OpenDP's map reads no dtype; never seen
+                "query_not_supported_by_opendp", "the plan over strings has another privacy loss"
+            )
+        cal.strings = strings
+    return cal.strings
 
 
 def _ensure_spec(spec: QuerySpec | dict[str, Any] | str, schema: TableSchema) -> QuerySpec:

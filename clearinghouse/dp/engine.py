@@ -32,13 +32,22 @@ bounds — data-dependent, so a preview gives the components and `half_width_95 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
 import polars as pl
 from opendp.mod import OpenDPException
 
-from .calibrate import _CACHE_SIZE, _calibrate, _Calibrated, _calibrated, _ensure_spec, clear_cache
+from .calibrate import (
+    _CACHE_SIZE,
+    _calibrate,
+    _Calibrated,
+    _calibrated,
+    _ensure_spec,
+    clear_cache,
+    for_strings,
+)
 from .errors import QueryError
 from .plan import QUANTILE_GRID, _Plan, _plan
 from .prepared import PreparedData, prepare
@@ -65,7 +74,16 @@ __all__ = [
     "prepare",
     "preview",
     "release",
+    "warm_up",
 ]
+
+
+def warm_up() -> None:
+    """OpenDP's first measurement in a process takes ~150 ms: a process that will price queries (a
+    web process, a dp worker) pays it at start, not on a query. Best effort."""
+    schema = TableSchema.from_dict({"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 1}]})
+    with contextlib.suppress(Exception):
+        preview(schema, {"aggregates": [{"type": "count"}], "privacy": {"epsilon": 1.0}})
 
 
 def preview(schema: TableSchema, spec: QuerySpec | dict[str, Any] | str) -> Preview:
@@ -99,7 +117,11 @@ def release(
             )
         t2 = time.perf_counter()
         try:
-            frame = cal.measurement(prepared.frame(cal.plan.columns)).collect()
+            # The plan reads public categories as their Enum; data holding other values (staged
+            # as strings) gets the same measurement over strings.
+            strings = not cal.plan.enum_columns <= prepared.enum_columns
+            measurement = for_strings(schema, spec, cal) if strings else cal.measurement
+            frame = measurement(prepared.frame(cal.plan.columns, strings=strings)).collect()
         except OpenDPException as exc:
             raise QueryError(
                 "query_not_supported_by_opendp", f"OpenDP could not run the query: {exc.message}"

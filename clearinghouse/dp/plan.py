@@ -63,6 +63,7 @@ class _Plan:
     d_in: Any  # an int (rows one person adds or removes) or a frame bound
     measure: Measure
     candidates: dict[int, list[Any]]  # primitive index → quantile candidates
+    enum_columns: frozenset[str]  # input columns typed as their public categories' Enum
 
 
 def _alias(index: int) -> str:
@@ -186,15 +187,29 @@ def _input_columns(schema: TableSchema, spec: QuerySpec) -> tuple[str, ...]:
     return tuple(c.name for c in schema.columns if c.name in needed)
 
 
-def _input_domain(schema: TableSchema, columns: tuple[str, ...]) -> Domain:
+def enum_of(column: Column) -> pl.Enum | None:
+    """The Enum of a categorical column's public categories (None for any other column). Data
+    staged as it holds one byte a value, and OpenDP groups and filters it ~25% faster than strings;
+    its comparisons are only equality and nulls (ordering operators need numbers), which mean
+    the same on an Enum as on its strings."""
+    return pl.Enum(list(column.categories)) if column.type == "categorical" and column.categories else None
+
+
+def _dtype(column: Column, enums: frozenset[str]) -> pl.DataType | type[pl.DataType]:
+    enum = enum_of(column) if column.name in enums else None
+    return enum if enum is not None else _POLARS[column.type]
+
+
+def _input_domain(schema: TableSchema, columns: tuple[str, ...], enums: frozenset[str]) -> Domain:
     series = []
     for name in columns:
         column = schema.column(name)
-        atom = (
-            dp.atom_domain(T=_OPENDP[column.type], nan=False)
-            if column.type == "float"
-            else dp.atom_domain(T=_OPENDP[column.type])
-        )
+        if name in enums:
+            atom = dp.enum_domain(pl.Series(column.categories, dtype=pl.String))
+        elif column.type == "float":
+            atom = dp.atom_domain(T=_OPENDP[column.type], nan=False)
+        else:
+            atom = dp.atom_domain(T=_OPENDP[column.type])
         series.append(dp.series_domain(name, dp.option_domain(atom) if column.nullable else atom))
     return dp.with_margin(dp.lazyframe_domain(series), Margin(by=[], max_length=schema.policy.max_rows))
 
@@ -216,10 +231,15 @@ def _accounting(schema: TableSchema, private_keys: bool) -> tuple[Metric, Any, M
 
 
 def _plan_lazyframe(
-    schema: TableSchema, spec: QuerySpec, columns: tuple[str, ...], exprs: list[pl.Expr], private_keys: bool
+    schema: TableSchema,
+    spec: QuerySpec,
+    columns: tuple[str, ...],
+    exprs: list[pl.Expr],
+    private_keys: bool,
+    enums: frozenset[str],
 ) -> tuple[pl.LazyFrame, pl.DataFrame | None]:
     """The Polars plan OpenDP makes private, and the public key-set of a group-by (if any)."""
-    lf = pl.LazyFrame(schema={name: _POLARS[schema.column(name).type] for name in columns})
+    lf = pl.LazyFrame(schema={name: _dtype(schema.column(name), enums) for name in columns})
     if spec.where is not None:
         lf = lf.filter(_where_expr(spec.where))
     if not spec.group_by:
@@ -229,14 +249,17 @@ def _plan_lazyframe(
         return grouped, None
     group_columns = [schema.column(g) for g in spec.group_by]
     rows = list(itertools.product(*(c.public_keys or () for c in group_columns)))
-    keys = pl.DataFrame(rows, schema={c.name: _POLARS[c.type] for c in group_columns}, orient="row")
+    keys = pl.DataFrame(rows, schema={c.name: _dtype(c, enums) for c in group_columns}, orient="row")
     # the shape of OpenDP's `with_keys`: every public key gets a (noisy) row
     return keys.lazy().join(grouped, on=list(spec.group_by), how="left", nulls_equal=True), keys
 
 
-def _plan(schema: TableSchema, spec: QuerySpec) -> _Plan:
+def _plan(schema: TableSchema, spec: QuerySpec, *, enums: bool = True) -> _Plan:
+    """The plan of `spec`; with `enums`, categorical columns with public categories typed as their
+    Enum (the data must then be staged so: `PreparedData.enum_columns`), else as strings."""
     primitives, uses, private_keys = _primitives(schema, spec)
     columns = _input_columns(schema, spec)
+    enum_columns = frozenset(c for c in columns if enums and enum_of(schema.column(c)) is not None)
     metric, d_in, measure = _accounting(schema, private_keys)
     candidates: dict[int, list[Any]] = {}
     exprs = []
@@ -244,7 +267,7 @@ def _plan(schema: TableSchema, spec: QuerySpec) -> _Plan:
         if prim.kind == "quantile":
             candidates[index] = _candidates(schema.column(prim.column_name))
         exprs.append(_primitive_expr(prim, schema, candidates.get(index)).alias(_alias(index)))
-    lazyframe, keys = _plan_lazyframe(schema, spec, columns, exprs, private_keys)
+    lazyframe, keys = _plan_lazyframe(schema, spec, columns, exprs, private_keys, enum_columns)
     return _Plan(
         columns=columns,
         primitives=tuple(primitives),
@@ -252,9 +275,10 @@ def _plan(schema: TableSchema, spec: QuerySpec) -> _Plan:
         keys=keys,
         private_keys=private_keys,
         lazyframe=lazyframe,
-        domain=_input_domain(schema, columns),
+        domain=_input_domain(schema, columns, enum_columns),
         metric=metric,
         d_in=d_in,
         measure=measure,
         candidates=candidates,
+        enum_columns=enum_columns,
     )

@@ -22,7 +22,7 @@ import pyarrow.ipc as ipc
 
 from .calibrate import _calibrated, _ensure_spec
 from .errors import QueryError
-from .plan import _POLARS
+from .plan import _POLARS, enum_of
 from .schema import TableSchema
 from .spec import QuerySpec
 
@@ -150,8 +150,20 @@ def _holds_nulls(name: str) -> QueryError:
     return QueryError("data_does_not_match_schema", f"'{name}' is not nullable but holds nulls (or NaN)")
 
 
+def _as_enums(frame: pl.DataFrame, enums: dict[str, pl.Enum]) -> pl.DataFrame:
+    """`frame` with each `enums` column as its Enum, but for one holding a value outside its
+    categories (kept as strings)."""
+    converted = []
+    for name, enum in enums.items():
+        column = frame[name].cast(enum, strict=False)
+        if column.null_count() == frame[name].null_count():
+            converted.append(column)
+    return frame.with_columns(converted) if converted else frame
+
+
 def _staged_frame(schema: TableSchema, lf: pl.LazyFrame, columns: tuple[str, ...]) -> pl.DataFrame:
-    """The columns cast to the schema's types and checked, at most k rows per person."""
+    """The columns cast to the schema's types and checked, at most k rows per person; public
+    categories as their Enum where the column holds no other value."""
     _missing(schema, lf.collect_schema().names(), columns)
     if schema.identifier:
         k = schema.privacy_unit.max_rows_per_person
@@ -162,7 +174,7 @@ def _staged_frame(schema: TableSchema, lf: pl.LazyFrame, columns: tuple[str, ...
     for name in columns:
         if not schema.column(name).nullable and frame[name].null_count():
             raise _holds_nulls(name)
-    return frame
+    return _as_enums(frame, _enums(schema, columns))
 
 
 class _OutsideCategories(Exception):
@@ -209,7 +221,9 @@ def _staged_chunks(
             yield frame
     if not checked:  # no chunk at all: an empty table
         _missing(schema, (), columns)
-        yield pl.DataFrame(schema={name: _POLARS[schema.column(name).type] for name in columns})
+        yield pl.DataFrame(
+            schema={name: (enums or {}).get(name) or _POLARS[schema.column(name).type] for name in columns}
+        )
     if rows > schema.policy.max_rows:
         raise _too_large(schema)
     for name in columns:
@@ -233,26 +247,15 @@ class _Closing:
             close()
 
 
+def _enum_columns(frame: pl.DataFrame) -> frozenset[str]:
+    return frozenset(name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Enum))
+
+
 def _enums(schema: TableSchema, columns: Iterable[str]) -> dict[str, pl.Enum]:
     """The Enum of each categorical column with public categories among `columns`."""
     wanted = set(columns)
-    return {
-        c.name: pl.Enum(list(c.categories))
-        for c in schema.columns
-        if c.name in wanted and c.type == "categorical" and c.categories
-    }
-
-
-COMPACT_SAVING_BYTES = 512 * 2**20
-
-
-def compact_staging(schema: TableSchema, rows: int, columns: Iterable[str] | None = None) -> bool:
-    """Whether to stage a table of `rows` rows compactly (`PreparedData.from_chunks(compact=True)`):
-    when its Enum columns would save at least `COMPACT_SAVING_BYTES` (15 bytes a value each) of
-    the worker's memory (tmpfs pages count against it); for PUMS from ~18M rows. Smaller tables
-    keep the faster string columns."""
-    names = columns if columns is not None else [c.name for c in schema.columns]
-    return rows * 15 * len(_enums(schema, names)) >= COMPACT_SAVING_BYTES
+    found = {c.name: enum_of(c) for c in schema.columns if c.name in wanted}
+    return {name: enum for name, enum in found.items() if enum is not None}
 
 
 class PreparedData:
@@ -277,7 +280,7 @@ class PreparedData:
     _lock: int | None  # the descriptor holding the owner's lock of `_dir`
     _path: str | None
     _frame: pl.DataFrame | None
-    _enum_columns: frozenset[str]  # staged as Enum (the file's dictionary), read back as String
+    _enum_columns: frozenset[str]  # staged as their public categories' Enum
 
     def __init__(
         self,
@@ -294,6 +297,7 @@ class PreparedData:
         frame = _staged_frame(schema, lf, self.columns)
         self.height = frame.height
         self._frame = frame
+        self._enum_columns = _enum_columns(frame)
         directory = _default_spill_dir() if spill_dir is True else (spill_dir or None)
         if directory:
             self._spill(frame, directory)
@@ -306,7 +310,6 @@ class PreparedData:
         columns: tuple[str, ...] | list[str] | None = None,
         *,
         spill_dir: str | bool | None = True,
-        compact: bool = False,
     ) -> PreparedData:
         """Stages a table read in chunks (e.g. Parquet row groups) one chunk at a time: each is cast,
         checked and appended to the staged file, so the whole table is never held in memory (only
@@ -315,19 +318,13 @@ class PreparedData:
         directory fails (e.g. a full /dev/shm), and once without a spill directory. The checks and
         their errors are those of the whole-table path (`_staged_chunks`). A schema with an
         identifier (per-person truncation needs all the rows of a person) is staged from the chunks
-        concatenated, as the whole-table path does.
-
-        `compact`: categorical columns with public categories are staged as Enum (1 byte a value
-        for up to 255 categories, against 16 for a string view; the staged file of PUMS is 1.9x
-        smaller). `frame` casts them back to strings, so OpenDP sees the same data, but that cast
-        costs each query reading them (~+50% for a group-by on one): worth it only for tables
-        whose staged copy would otherwise strain the worker's memory (`compact_staging`). A column
-        holding a value outside its categories is staged as strings (staging starts again
-        without it)."""
+        concatenated, as the whole-table path does. Categorical columns with public categories are
+        staged as their Enum, as on the whole-table path (a column holding a value outside its
+        categories as strings: staging starts again without it)."""
         self = cls.__new__(cls)
         self._start(schema, columns)
         directory = _default_spill_dir() if spill_dir is True else (spill_dir or None)
-        enums = _enums(schema, self.columns) if compact else {}
+        enums = _enums(schema, self.columns)
         while schema.identifier is None and directory:
             try:
                 if not self._spill_chunks(open_chunks(), directory, enums):
@@ -343,7 +340,7 @@ class PreparedData:
             else:
                 parts = list(chunks)
         if schema.identifier is None:
-            frame = pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0]
+            frame = _as_enums(pl.concat(parts, rechunk=False) if len(parts) > 1 else parts[0], enums)
         else:
             whole = pl.concat(parts, rechunk=False) if len(parts) > 1 else (parts or [pl.DataFrame()])[0]
             del parts
@@ -351,6 +348,7 @@ class PreparedData:
             del whole
         self.height = frame.height
         self._frame = frame
+        self._enum_columns = _enum_columns(frame)
         if directory and schema.identifier is not None:
             self._spill(frame, directory)
         return self
@@ -436,15 +434,31 @@ class PreparedData:
         self._path, self.height = path, height
         return True
 
-    def frame(self, columns: tuple[str, ...]) -> pl.LazyFrame:
-        """A LazyFrame with exactly `columns` (in this order) for OpenDP to read."""
+    @property
+    def nbytes(self) -> int:
+        """The memory the staged table holds: its file on tmpfs, or its frame."""
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                return os.path.getsize(self._path)
+        return int(self._frame.estimated_size()) if self._frame is not None else 0
+
+    @property
+    def enum_columns(self) -> frozenset[str]:
+        """The columns staged as their public categories' Enum (what a plan's `enum_columns` needs);
+        the other categorical columns (holding a value outside their categories) as strings."""
+        return self._enum_columns
+
+    def frame(self, columns: tuple[str, ...], *, strings: bool = False) -> pl.LazyFrame:
+        """A LazyFrame with exactly `columns` (in this order) for OpenDP to read; with `strings`,
+        the Enum columns read as strings (for a plan over strings)."""
         if self._path is not None:
             lf = pl.scan_ipc(self._path, memory_map=True).select(list(columns))
-            decode = [name for name in columns if name in self._enum_columns]
-            return lf.with_columns(pl.col(decode).cast(pl.String)) if decode else lf
-        if self._frame is None:
+        elif self._frame is not None:
+            lf = self._frame.lazy().select(list(columns))
+        else:
             raise RuntimeError("PreparedData is closed")
-        return self._frame.lazy().select(list(columns))
+        decode = [name for name in columns if name in self._enum_columns] if strings else []
+        return lf.with_columns(pl.col(decode).cast(pl.String)) if decode else lf
 
     def _cleanup_files(self) -> None:
         if self._dir is not None:

@@ -505,8 +505,8 @@ class QueryPreviewApi(APIView):
     def post(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
         data = validated(QueryInputSerializer, request.data)
-        version, _, spec = query_prepare(actor=request.user, dataset=dataset, **data)
-        preview = query_preview_run(version=version, spec=spec, timeout=settings.QUERY_WAIT_SECONDS)
+        version, budget, spec = query_prepare(actor=request.user, dataset=dataset, **data)
+        preview = query_preview_run(version=version, budget=budget, spec=spec)
         left = budget_left_for(actor=request.user, dataset=dataset)
         return Response({**preview, "version": version.number, "left": asdict(left)})
 

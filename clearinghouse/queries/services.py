@@ -36,7 +36,7 @@ from clearinghouse.datasets.selectors import (
 )
 from clearinghouse.datasets.services import dataset_version_mark_corrupt
 from clearinghouse.dp import QueryError, QuerySpec, TableSchema, parse_spec, preview, sql_to_spec
-from clearinghouse.dp.planner import check_levels, check_target
+from clearinghouse.dp.planner import check_levels, check_target, preview_with_warnings
 from clearinghouse.organisations.roles import ROLE_CAPABILITIES, RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active
 
@@ -823,8 +823,9 @@ def query_error_for(query: Query) -> ApplicationError | None:
 
 
 def _ask_dp_worker(send: Callable[[], AsyncResult], task: str, *, timeout: float) -> dict:
-    """Runs a data-independent task on a dp worker (OpenDP runs only there; `send` enqueues it) and
-    waits for it: a timeout (or a broker down) answers 503 `workers_busy`; a query that parsed but
+    """Runs a data-independent task on a dp worker (the accuracy planner: many calibrations, kept off
+    the web's threads; `send` enqueues it) and waits for it: a timeout (or a broker down) answers
+    503 `workers_busy`; a query that parsed but
     cannot be priced (e.g. δ too small to release keys) answers 400 with the engine's code."""
     try:
         # Celery reads a timeout of 0 as "forever": the web process always waits a little, never for ever.
@@ -840,11 +841,18 @@ def _ask_dp_worker(send: Callable[[], AsyncResult], task: str, *, timeout: float
     return answer
 
 
-def query_preview_run(*, version: DatasetVersion, spec: QuerySpec, timeout: float) -> dict:
-    """Asks a dp worker for the preview (with its warnings) and waits for it."""
-    return _ask_dp_worker(
-        lambda: enqueue("queries.preview", version.pk, spec.to_dict()), "queries.preview", timeout=timeout
-    )["preview"]
+def query_preview_run(*, version: DatasetVersion, budget: PrivacyBudget, spec: QuerySpec) -> dict:
+    """The preview of a query `query_prepare` checked (with its warnings): mechanisms, noise scales,
+    95% half-widths and the exact cost. Data-independent, so priced here, in the web process: no
+    round trip through a dp worker, never queued behind releases (issue 15). A query that parsed
+    but cannot be priced (e.g. δ too small to release keys) is refused with the engine's code."""
+    try:
+        return preview_with_warnings(query_schema(version=version, budget=budget), spec)
+    except QueryError as exc:
+        raise ValidationFailed(exc.message, code=exc.code) from None
+    except Exception as exc:  # noqa: BLE001 - as the release path: an unpriceable query is the client's to change
+        logger.error("A preview could not be priced: %s", exc.__class__.__name__)
+        raise ValidationFailed(UNPRICEABLE_MESSAGE, code="invalid_privacy_loss") from None
 
 
 # The level a spec is parsed at when planning without one (the planner replaces it).

@@ -1,4 +1,5 @@
-"""Tasks of the `dp` queue. Decryption and OpenDP happen here, in the worker, never in the web process."""
+"""Tasks of the `dp` queue. Decryption and releases happen here, in the worker, never in the web process
+(which prices previews only: they read no data)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,25 @@ from django.conf import settings
 
 from clearinghouse.datasets import storage
 from clearinghouse.datasets.models import DatasetVersion
-from clearinghouse.dp import PreparedData, QueryError, TableSchema, parse_spec, preview
-from clearinghouse.dp.planner import plan_query, preview_with_warnings
-from clearinghouse.dp.prepared import compact_staging, remove_orphaned_spills
+from clearinghouse.dp import PreparedData, QueryError, TableSchema, parse_spec, warm_up
+from clearinghouse.dp.planner import plan_query
+from clearinghouse.dp.prepared import remove_orphaned_spills
 
 from .models import PrivacyBudget
 from .services import UNPRICEABLE_MESSAGE, query_execute_many, query_recover_stuck, query_schema
 
 logger = logging.getLogger(__name__)
 
-# Decrypted, staged tables by (version, schema fingerprint), kept in this worker's memory only: a
-# query then costs its OpenDP run, not a decryption. Few entries: each holds a whole table.
-_CACHE_SIZE = 4
-
 
 class _TableCache(LRUCache[tuple[int, str], PreparedData]):
-    """An LRU of staged tables that closes the one it evicts (freeing its copy on tmpfs)."""
+    """Decrypted, staged tables by (version, schema fingerprint), kept in this worker's memory only:
+    a query then costs its OpenDP run, not a decryption. Bounded by the bytes the tables hold
+    (`DP_TABLE_CACHE_BYTES`: their staged files count against the worker's memory), least recently
+    used evicted first and closed (freeing its copy on tmpfs). A table larger than the whole budget
+    is still kept, alone: staging it again for every query would cost far more."""
+
+    def __init__(self, budget: int):
+        super().__init__(maxsize=budget, getsizeof=lambda table: min(table.nbytes, budget))
 
     def popitem(self) -> tuple[tuple[int, str], PreparedData]:
         key, evicted = super().popitem()
@@ -36,7 +40,7 @@ class _TableCache(LRUCache[tuple[int, str], PreparedData]):
         return key, evicted
 
 
-_cache = _TableCache(maxsize=_CACHE_SIZE)
+_cache = _TableCache(settings.DP_TABLE_CACHE_BYTES)
 _cache_lock = threading.Lock()
 
 
@@ -53,16 +57,14 @@ def staged_data(version: DatasetVersion, schema: TableSchema) -> PreparedData:
     # What `prepare` stages: the schema's columns and the privacy unit's identifier, nothing more.
     columns = [*schema.names, *([schema.identifier] if schema.identifier else [])]
     # Staged one row group at a time (issue 15): the worker never holds the whole decoded table.
-    # Categorical columns are read dictionary-encoded (few values); a large table is staged compactly
-    # (public categories as Enums: half the staged file of PUMS, for a slower group-by on them).
+    # Categorical columns are read dictionary-encoded (few values); public categories are staged as
+    # their Enum (one byte a value, and what OpenDP's plans read).
     categorical = [c.name for c in schema.columns if c.type == "categorical"]
     prepared = PreparedData.from_chunks(
-        schema,
-        lambda: storage.iter_row_groups(version.data_path, context, columns, dictionary=categorical),
-        compact=compact_staging(schema, storage.count_rows(version.data_path, context)),
+        schema, lambda: storage.iter_row_groups(version.data_path, context, columns, dictionary=categorical)
     )
     with _cache_lock:
-        _cache[key] = prepared  # evicts, and closes, the least recently used beyond _CACHE_SIZE
+        _cache[key] = prepared  # evicts, and closes, the least recently used beyond the budget
     return prepared
 
 
@@ -70,20 +72,6 @@ def staged_data(version: DatasetVersion, schema: TableSchema) -> PreparedData:
 def query_execute_task(query_ids: list[int]) -> list[str]:
     """Releases the queries of one request in order (each priced and debited on its own)."""
     return [query.status for query in query_execute_many(query_ids=query_ids, data_loader=staged_data)]
-
-
-@shared_task(name="queries.preview")
-def query_preview_task(version_id: int, spec: dict) -> dict:
-    """{"preview": ...}, or {"error": {"code", "message"}} for a query that cannot be priced."""
-    version = DatasetVersion.objects.select_related("dataset").get(pk=version_id)
-    schema = query_schema(version=version, budget=PrivacyBudget.objects.get(dataset_id=version.dataset_id))
-    try:
-        return {"preview": preview_with_warnings(schema, parse_spec(spec, schema))}
-    except QueryError as exc:
-        return {"error": {"code": exc.code, "message": exc.message}}
-    except Exception as exc:  # noqa: BLE001 - as the release path: an unpriceable query is the client's to change
-        logger.error("A preview could not be priced: %s", exc.__class__.__name__)
-        return {"error": {"code": "invalid_privacy_loss", "message": UNPRICEABLE_MESSAGE}}
 
 
 @shared_task(name="queries.plan")
@@ -156,10 +144,4 @@ def _warm_up(**_):
     """OpenDP's first measurement in a process takes ~150 ms; pay it at start, not on a query. A new
     pool process also removes what a killed sibling (say, by the OOM killer) left staged."""
     _remove_orphaned_spills()
-    try:
-        schema = TableSchema.from_dict(
-            {"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 1}]}
-        )
-        preview(schema, parse_spec({"aggregates": [{"type": "count"}], "privacy": {"epsilon": 1.0}}, schema))
-    except Exception:  # noqa: BLE001 - warming up is best effort
-        pass
+    warm_up()

@@ -284,12 +284,10 @@ def query_console(request: HttpRequest, organisation: str, slug: str) -> HttpRes
                 context["plan"] = query_plan_run(request=plan_request, timeout=settings.QUERY_WAIT_SECONDS)
                 context["accuracy"] = _accuracy_table(context["plan"])
             elif request.POST.get("action") == "preview":
-                version, _, spec = query_prepare(
+                version, budget, spec = query_prepare(
                     actor=request.user, dataset=dataset, sql=sql, privacy=privacy
                 )
-                context["preview"] = query_preview_run(
-                    version=version, spec=spec, timeout=settings.QUERY_WAIT_SECONDS
-                )
+                context["preview"] = query_preview_run(version=version, budget=budget, spec=spec)
                 context["accuracy"] = _console_curve(request, dataset, sql)
             else:
                 query: Query | None

@@ -41,7 +41,7 @@ def test_every_task_the_code_sends_is_registered_under_that_name():
     sent = _sent_task_names()
     assert {
         "queries.execute",
-        "queries.preview",
+        "queries.plan",
         "datasets.ingest_version",
         "federation.job_submit",
         "federation.job_stop",

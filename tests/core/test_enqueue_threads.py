@@ -18,7 +18,7 @@ import django
 django.setup()
 from clearinghouse.celery import app
 from clearinghouse.core.enqueue import registered_task
-assert "queries.preview" not in app.tasks  # nothing imported the tasks modules yet
+assert "queries.plan" not in app.tasks  # nothing imported the tasks modules yet
 barrier = threading.Barrier(8)
 outcomes = []
 def first_send(name):
@@ -27,7 +27,7 @@ def first_send(name):
         outcomes.append(registered_task(name).name == name)
     except Exception as exc:
         outcomes.append(type(exc).__name__)
-names = ["queries.preview", "queries.execute", "datasets.ingest_version", "annotation.prepare"] * 2
+names = ["queries.plan", "queries.execute", "datasets.ingest_version", "annotation.prepare"] * 2
 threads = [threading.Thread(target=first_send, args=(name,)) for name in names]
 for thread in threads:
     thread.start()

@@ -205,9 +205,3 @@ def test_a_type_error_in_the_last_row_group_is_refused(media_root, monkeypatch, 
         )
     assert info.value.code == "data_does_not_match_schema"
     assert os.listdir(spill) == []
-
-
-def test_count_rows_reads_the_footer(stored):
-    assert storage.count_rows(NAME, CONTEXT) == 200_000
-    with pytest.raises(IntegrityError):
-        storage.count_rows(NAME, {**CONTEXT, "version": 4})

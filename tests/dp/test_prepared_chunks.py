@@ -97,10 +97,9 @@ def _outcome(make) -> tuple[str, pl.DataFrame | tuple[str, str]]:
     identifier=st.booleans(),
     spill=st.booleans(),
     bad=st.one_of(st.none(), st.integers(0, 39)),
-    compact=st.booleans(),
 )
 def test_chunked_staging_is_the_whole_table_staging(
-    tmp_path, rows, sizes, max_rows, nullable, identifier, spill, bad, compact
+    tmp_path, rows, sizes, max_rows, nullable, identifier, spill, bad
 ):
     schema = _schema(max_rows=max_rows, nullable=nullable, identifier=identifier)
     frame = _frame(rows)
@@ -111,9 +110,7 @@ def test_chunked_staging_is_the_whole_table_staging(
     chunks = _split(frame, sizes)
     spill_dir = str(tmp_path) if spill else False
     whole = _outcome(lambda: PreparedData(schema, frame, spill_dir=spill_dir))
-    chunked = _outcome(
-        lambda: PreparedData.from_chunks(schema, lambda: iter(chunks), spill_dir=spill_dir, compact=compact)
-    )
+    chunked = _outcome(lambda: PreparedData.from_chunks(schema, lambda: iter(chunks), spill_dir=spill_dir))
     assert whole[0] == chunked[0]
     if whole[0] == "ok":
         assert isinstance(whole[1], pl.DataFrame) and isinstance(chunked[1], pl.DataFrame)
@@ -225,9 +222,7 @@ def test_releases_over_chunked_staging_match_the_whole_table(tmp_path, pums_df):
         "SELECT educ, COUNT(*) FROM pums GROUP BY educ",
     ]
     with (
-        PreparedData.from_chunks(
-            schema, lambda: iter(chunks), spill_dir=str(tmp_path), compact=True
-        ) as chunked,
+        PreparedData.from_chunks(schema, lambda: iter(chunks), spill_dir=str(tmp_path)) as chunked,
         PreparedData(schema, pums_df, spill_dir=str(tmp_path)) as whole,
     ):
         assert chunked._path is not None and chunked._enum_columns == {"sex", "educ"}
@@ -245,23 +240,23 @@ def test_releases_over_chunked_staging_match_the_whole_table(tmp_path, pums_df):
                         assert x[key] == pytest.approx(y[key], rel=1e-3, abs=2)
 
 
-def test_public_categories_are_staged_as_enum_and_read_back_as_strings(tmp_path):
+def test_public_categories_are_staged_as_their_enum_on_both_paths(tmp_path):
     import pyarrow as pa
     import pyarrow.ipc as ipc
 
     schema = _schema()
     frame = _frame([{"n": 1, "x": 0.5, "c": "abc"[i % 3], "t": "p", "b": True, "pid": 0} for i in range(30)])
     with (
-        PreparedData.from_chunks(
-            schema, lambda: iter(_split(frame, [10, 10])), spill_dir=str(tmp_path), compact=True
-        ) as p,
+        PreparedData.from_chunks(schema, lambda: iter(_split(frame, [10, 10])), spill_dir=str(tmp_path)) as p,
         PreparedData(schema, frame, spill_dir=str(tmp_path)) as whole,
     ):
         stored = ipc.open_file(p._path).schema
         assert pa.types.is_dictionary(stored.field("c").type)  # 1 byte a value, not a 16-byte view
         assert stored.field("c").type.index_type == pa.uint8()
         assert not pa.types.is_dictionary(stored.field("t").type)  # no public categories: strings
-        assert p.frame(("c", "n")).collect_schema() == {"c": pl.String, "n": pl.Int64}
+        assert p.enum_columns == whole.enum_columns == {"c"}
+        assert p.frame(("c", "n")).collect_schema() == {"c": pl.Enum(["a", "b", "c"]), "n": pl.Int64}
+        assert p.frame(("c", "n"), strings=True).collect_schema() == {"c": pl.String, "n": pl.Int64}
         assert _staged(p).equals(_staged(whole))
 
 
@@ -270,30 +265,13 @@ def test_a_value_outside_the_categories_stages_the_column_as_strings(tmp_path):
     rows = [{"n": 1, "x": 0.5, "c": "a", "t": "p", "b": True, "pid": 0}] * 20
     frame = _frame([*rows, {**rows[0], "c": "elsewhere"}])  # in the last chunk
     with (
-        PreparedData.from_chunks(
-            schema, lambda: iter(_split(frame, [10, 10])), spill_dir=str(tmp_path), compact=True
-        ) as p,
+        PreparedData.from_chunks(schema, lambda: iter(_split(frame, [10, 10])), spill_dir=str(tmp_path)) as p,
         PreparedData(schema, frame, spill_dir=False) as whole,
     ):
-        assert p._path is not None and not p._enum_columns  # tried as Enum, staged as strings
+        assert p._path is not None and not p.enum_columns  # tried as Enum, staged as strings
+        assert not whole.enum_columns
         assert _staged(p).equals(_staged(whole))
         assert len(os.listdir(tmp_path)) == 1  # the first try's file is gone
-
-
-def test_not_compact_keeps_strings(tmp_path):
-    schema = _schema()
-    frame = _frame([{"n": 1, "x": 0.5, "c": "a", "t": "p", "b": True, "pid": 0}] * 5)
-    with PreparedData.from_chunks(schema, lambda: iter([frame]), spill_dir=str(tmp_path)) as p:
-        assert not p._enum_columns and pl.scan_ipc(p._path).collect_schema()["c"] == pl.String
-
-
-def test_compact_staging_is_for_large_tables_with_public_categories():
-    from clearinghouse.dp.prepared import compact_staging
-
-    pums = TableSchema.from_dict(pums_schema_dict())  # sex and educ have public categories
-    assert not compact_staging(pums, 1_000_000) and not compact_staging(pums, 10_000_000)
-    assert compact_staging(pums, 18_000_000) and compact_staging(pums, 50_000_000)
-    assert not compact_staging(pums, 50_000_000, columns=["age", "income", "race"])  # no Enum column
 
 
 def test_an_error_reading_the_chunks_is_raised_not_staged_around(tmp_path):

@@ -379,14 +379,16 @@ def test_a_debit_in_a_measure_that_changed_since_pricing_is_refused(pums):
     assert info.value.code == "policy_changed" and spent(dataset) == 0.0
 
 
-def test_one_task_over_more_tables_than_the_worker_caches_answers_every_query(db, media_root):
+def test_one_task_over_more_tables_than_the_worker_caches_answers_every_query(db, media_root, monkeypatch):
     """The sweeper may hand a worker queries on many datasets at once: each table is used while it
-    is loaded, never after the worker's small cache closed it."""
+    is loaded, never after the worker's cache closed it (here a budget of one byte: every table
+    staged evicts, and closes, the one before)."""
     from clearinghouse.queries import tasks
 
+    monkeypatch.setattr(tasks, "_cache", tasks._TableCache(budget=1))
     world = build_world()
     queries = []
-    for index in range(tasks._CACHE_SIZE + 2):
+    for index in range(4):
         dataset = make_dataset(
             steward=world.a.steward, slug=f"small{index}", csv=b"age,group\n30,a\n41,b\n52,a\n"
         )

@@ -1,48 +1,71 @@
-"""The dp worker's cache of staged tables: at most `_CACHE_SIZE`, and the least recently used one is
-closed when it is evicted (its staged copy freed), never one still in use."""
+"""A dp worker's staged tables are bounded by the bytes they hold, not by their number (issue 15: one
+50M-row table is ~1.6 GB, a 1M-row one ~33 MB): the least recently used is evicted and its file
+removed; a table larger than the whole budget is still kept, alone."""
 
 from __future__ import annotations
+
+import os
 
 import polars as pl
 
 from clearinghouse.dp import PreparedData, TableSchema
-from clearinghouse.queries import tasks
+from clearinghouse.queries.tasks import _TableCache
 
-SCHEMA = TableSchema.from_dict({"columns": [{"name": "x", "type": "integer", "lower": 0, "upper": 9}]})
-
-
-def _table(value: int) -> PreparedData:
-    return PreparedData(SCHEMA, pl.DataFrame({"x": [value]}), spill_dir=False)
-
-
-def _is_open(prepared: PreparedData) -> bool:
-    try:
-        prepared.frame(("x",))
-    except RuntimeError:
-        return False
-    return True
+SCHEMA = TableSchema.from_dict(
+    {
+        "name": "t",
+        "columns": [
+            {"name": "n", "type": "integer", "lower": 0, "upper": 10**9},
+            {"name": "c", "type": "categorical", "categories": ["a", "b"]},
+        ],
+        "policy": {"measure": "pure", "max_rows": 10**7},
+    }
+)
 
 
-def test_the_cache_closes_the_least_recently_used_table_it_evicts():
-    cache = tasks._TableCache(maxsize=tasks._CACHE_SIZE)
-    tables = {(i, "f"): _table(i) for i in range(tasks._CACHE_SIZE)}
-    for key, table in tables.items():
-        cache[key] = table
-    assert cache.get((0, "f")) is tables[(0, "f")]  # used again: (1, "f") is now the oldest
-    newest = _table(9)
-    cache[(99, "f")] = newest
-    assert len(cache) == tasks._CACHE_SIZE
-    assert (1, "f") not in cache and not _is_open(tables[(1, "f")])
-    assert all(_is_open(t) for k, t in tables.items() if k != (1, "f")) and _is_open(newest)
+def _table(rows: int, spill: str) -> PreparedData:
+    frame = pl.DataFrame({"n": range(rows), "c": ["a", "b"] * (rows // 2)})
+    return PreparedData(SCHEMA, frame, spill_dir=spill)
 
 
-def test_replacing_a_key_evicts_nothing():
-    cache = tasks._TableCache(maxsize=2)
-    first, second, again = _table(1), _table(2), _table(3)
-    cache[(1, "f")], cache[(2, "f")] = first, second
-    cache[(1, "f")] = again
-    assert len(cache) == 2 and _is_open(first) and _is_open(second)
+def test_tables_are_evicted_by_bytes_least_recently_used_first(tmp_path):
+    small = [_table(10_000, str(tmp_path)) for _ in range(3)]
+    size = small[0].nbytes
+    assert size == os.path.getsize(small[0]._path) and size > 90_000  # 9 bytes a row, and the file's header
+    cache = _TableCache(budget=2 * size + size // 2)  # room for two
+    cache[1] = small[0]
+    cache[2] = small[1]
+    assert cache.get(1) is small[0]  # 1 is now the more recently used
+    cache[3] = small[2]
+    assert set(cache) == {1, 3}
+    assert small[1]._path is None and small[0]._path is not None  # closed: its staged file is gone
+    assert len(os.listdir(tmp_path)) == 2
+
+    large = _table(100_000, str(tmp_path))  # larger than the whole budget
+    assert large.nbytes > cache.maxsize
+    cache[4] = large
+    assert set(cache) == {4} and cache.get(4) is large  # kept, alone
+    assert len(os.listdir(tmp_path)) == 1
+    cache[5] = _table(10_000, str(tmp_path))
+    assert set(cache) == {5} and large._path is None
 
 
-def test_the_worker_cache_holds_four_tables():
-    assert tasks._cache.maxsize == tasks._CACHE_SIZE == 4
+def test_a_table_in_memory_counts_its_frame(tmp_path):
+    table = _table(10_000, "")  # no spill directory: the frame stays in memory
+    assert table._path is None and table.nbytes == table._frame.estimated_size() > 0
+
+
+def test_replacing_a_key_evicts_and_closes_nothing(tmp_path):
+    """A table replaced under its key may still be in use by the task that staged it."""
+    first, second, again = (_table(10_000, str(tmp_path)) for _ in range(3))
+    cache = _TableCache(budget=2 * first.nbytes + 1)
+    cache[1], cache[2] = first, second
+    cache[1] = again
+    assert set(cache) == {1, 2} and cache[1] is again
+    assert first._path is not None and second._path is not None
+
+
+def test_the_worker_cache_is_bounded_by_the_setting(settings):
+    from clearinghouse.queries import tasks
+
+    assert tasks._cache.maxsize == settings.DP_TABLE_CACHE_BYTES == 1024 * 2**20
