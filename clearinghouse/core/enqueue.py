@@ -46,8 +46,8 @@ def registered_task(task_name: str) -> Task:
 
 
 def enqueue(task_name: str, *args: Any, task_id: str | None = None, **options: Any) -> AsyncResult:
-    """Sends the task now and returns its result handle (for callers that wait on it, such as a
-    preview); raises what the broker raises."""
+    """Sends the task now and returns its result handle (for callers that wait on it, such as the
+    accuracy planner); raises what the broker raises."""
     return registered_task(task_name).apply_async(args, task_id=task_id, **options)
 
 

@@ -26,7 +26,7 @@ from django.db.models import (
 )
 
 from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
-from clearinghouse.organisations.models import Organisation, OrganisationStatus
+from clearinghouse.organisations.models import Membership, Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_DATASETS
 from clearinghouse.organisations.selectors import (
     membership_active,
@@ -88,7 +88,11 @@ def dataset_get(*, actor: Any, organisation_slug: str, dataset_slug: str) -> Dat
 
 
 def dataset_is_owner(*, actor: Any, dataset: Dataset) -> bool:
-    membership = membership_active(user=actor)
+    return dataset_owned_by(membership=membership_active(user=actor), dataset=dataset)
+
+
+def dataset_owned_by(*, membership: Membership | None, dataset: Dataset) -> bool:
+    """`dataset_is_owner` for a caller that already holds the actor's `membership_active`."""
     return membership is not None and membership.organisation_id == dataset.organisation_id
 
 

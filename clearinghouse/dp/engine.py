@@ -49,7 +49,7 @@ from .calibrate import (
     for_strings,
 )
 from .errors import QueryError
-from .plan import QUANTILE_GRID, _Plan, _plan
+from .plan import QUANTILE_GRID, _Plan, _plan, enum_of
 from .prepared import PreparedData, prepare
 from .results import ALPHA, AggregatePreview, Component, Preview, PrivacyCost, Release, _assemble
 from .schema import TableSchema
@@ -119,7 +119,7 @@ def release(
         try:
             # The plan reads public categories as their Enum; data holding other values (staged
             # as strings) gets the same measurement over strings.
-            strings = not cal.plan.enum_columns <= prepared.enum_columns
+            strings = any(prepared.enum_of(c) != enum_of(schema.column(c)) for c in cal.plan.enum_columns)
             measurement = for_strings(schema, spec, cal) if strings else cal.measurement
             frame = measurement(prepared.frame(cal.plan.columns, strings=strings)).collect()
         except OpenDPException as exc:

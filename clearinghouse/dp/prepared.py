@@ -247,8 +247,8 @@ class _Closing:
             close()
 
 
-def _enum_columns(frame: pl.DataFrame) -> frozenset[str]:
-    return frozenset(name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Enum))
+def _enum_dtypes(frame: pl.DataFrame) -> dict[str, pl.Enum]:
+    return {name: dtype for name, dtype in frame.schema.items() if isinstance(dtype, pl.Enum)}
 
 
 def _enums(schema: TableSchema, columns: Iterable[str]) -> dict[str, pl.Enum]:
@@ -280,7 +280,7 @@ class PreparedData:
     _lock: int | None  # the descriptor holding the owner's lock of `_dir`
     _path: str | None
     _frame: pl.DataFrame | None
-    _enum_columns: frozenset[str]  # staged as their public categories' Enum
+    _enums: dict[str, pl.Enum]  # the columns staged as their public categories' Enum
 
     def __init__(
         self,
@@ -297,7 +297,7 @@ class PreparedData:
         frame = _staged_frame(schema, lf, self.columns)
         self.height = frame.height
         self._frame = frame
-        self._enum_columns = _enum_columns(frame)
+        self._enums = _enum_dtypes(frame)
         directory = _default_spill_dir() if spill_dir is True else (spill_dir or None)
         if directory:
             self._spill(frame, directory)
@@ -329,7 +329,7 @@ class PreparedData:
             try:
                 if not self._spill_chunks(open_chunks(), directory, enums):
                     break
-                self._enum_columns = frozenset(enums)
+                self._enums = dict(enums)
                 return self
             except _OutsideCategories as exc:
                 enums = {name: dtype for name, dtype in enums.items() if name not in exc.columns}
@@ -348,7 +348,7 @@ class PreparedData:
             del whole
         self.height = frame.height
         self._frame = frame
-        self._enum_columns = _enum_columns(frame)
+        self._enums = _enum_dtypes(frame)
         if directory and schema.identifier is not None:
             self._spill(frame, directory)
         return self
@@ -366,7 +366,7 @@ class PreparedData:
         self._lock = None
         self._path = None
         self._frame = None
-        self._enum_columns = frozenset()
+        self._enums = {}
 
     def _private_file(self, directory: str) -> tuple[str, int]:
         # Made under another name, locked, then renamed: a sweeper never sees it unlocked.
@@ -446,7 +446,11 @@ class PreparedData:
     def enum_columns(self) -> frozenset[str]:
         """The columns staged as their public categories' Enum (what a plan's `enum_columns` needs);
         the other categorical columns (holding a value outside their categories) as strings."""
-        return self._enum_columns
+        return frozenset(self._enums)
+
+    def enum_of(self, name: str) -> pl.Enum | None:
+        """The Enum `name` is staged as (None: not an Enum column)."""
+        return self._enums.get(name)
 
     def frame(self, columns: tuple[str, ...], *, strings: bool = False) -> pl.LazyFrame:
         """A LazyFrame with exactly `columns` (in this order) for OpenDP to read; with `strings`,
@@ -457,7 +461,7 @@ class PreparedData:
             lf = self._frame.lazy().select(list(columns))
         else:
             raise RuntimeError("PreparedData is closed")
-        decode = [name for name in columns if name in self._enum_columns] if strings else []
+        decode = [name for name in columns if name in self._enums] if strings else []
         return lf.with_columns(pl.col(decode).cast(pl.String)) if decode else lf
 
     def _cleanup_files(self) -> None:

@@ -500,7 +500,7 @@ class QueryPreviewApi(APIView):
         request=QueryInputSerializer,
         operation_id="queries_preview",
         examples=QUERY_EXAMPLES,
-        responses={200: QueryPreviewOutputSerializer, 503: ErrorSerializer},
+        responses={200: QueryPreviewOutputSerializer, 400: ErrorSerializer},
     )
     def post(self, request, organisation: str, slug: str):
         dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)

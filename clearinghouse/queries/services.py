@@ -19,7 +19,7 @@ from typing import Any, cast
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.result import AsyncResult
 from django.db import IntegrityError, transaction
-from django.db.models import Case, F, Field, Value, When
+from django.db.models import Case, F, Field, QuerySet, Value, When
 from django.utils import timezone
 
 from clearinghouse.audit.services import OWNER_ONLY, audit_lock, audit_record, audit_record_many
@@ -31,12 +31,13 @@ from clearinghouse.datasets.models import Dataset, DatasetVersion
 from clearinghouse.datasets.selectors import (
     agreement_accepted,
     dataset_grant_active,
-    dataset_is_owner,
+    dataset_owned_by,
     dataset_version_latest_ready,
 )
 from clearinghouse.datasets.services import dataset_version_mark_corrupt
 from clearinghouse.dp import QueryError, QuerySpec, TableSchema, parse_spec, preview, sql_to_spec
 from clearinghouse.dp.planner import check_levels, check_target, preview_with_warnings
+from clearinghouse.organisations.models import Membership
 from clearinghouse.organisations.roles import ROLE_CAPABILITIES, RUN_QUERIES
 from clearinghouse.organisations.selectors import membership_active
 
@@ -64,11 +65,12 @@ def query_schema(*, version: DatasetVersion, budget: PrivacyBudget) -> TableSche
     return TableSchema.from_dict(version.schema, policy=policy, name=version.dataset.slug)
 
 
-def query_access(*, actor: Any, dataset: Dataset) -> None:
+def query_access(*, actor: Any, dataset: Dataset) -> Membership:
     """Who may query: members (with the query capability) of the owner organisation, or of an
-    organisation with an active query grant who accepted the current data-use agreement."""
+    organisation with an active query grant who accepted the current data-use agreement. Returns
+    the actor's membership (read once: its caller needs it too)."""
     membership = membership_active(user=actor)
-    owner = dataset_is_owner(actor=actor, dataset=dataset)
+    owner = dataset_owned_by(membership=membership, dataset=dataset)
     if membership is None or not (
         owner
         or dataset_grant_active(dataset=dataset, organisation_id=membership.organisation_id, purpose="query")
@@ -80,6 +82,7 @@ def query_access(*, actor: Any, dataset: Dataset) -> None:
         raise PermissionDenied(
             "Accept the dataset's current data-use agreement before querying.", code="agreement_required"
         )
+    return membership
 
 
 def query_parse(
@@ -102,22 +105,22 @@ def query_parse(
         raise ValidationFailed(exc.message, code=exc.code) from None
 
 
-def _context(*, actor: Any, dataset: Dataset) -> tuple[DatasetVersion, PrivacyBudget]:
-    query_access(actor=actor, dataset=dataset)
+def _context(*, actor: Any, dataset: Dataset) -> tuple[DatasetVersion, PrivacyBudget, Membership]:
+    membership = query_access(actor=actor, dataset=dataset)
     version = dataset_version_latest_ready(dataset=dataset)
     if version is None:
         raise Conflict("The dataset has no ready version yet.", code="no_ready_version")
     budget = PrivacyBudget.objects.filter(dataset=dataset).first()
     if budget is None:
         raise Conflict("The dataset's owner has not set a privacy budget yet.", code="no_budget")
-    return version, budget
+    return version, budget, membership
 
 
 def query_prepare(
     *, actor: Any, dataset: Dataset, spec: Any = None, sql: str | None = None, privacy: dict | None = None
 ) -> tuple[DatasetVersion, PrivacyBudget, QuerySpec]:
     """Checks access and parses the query; what preview and submit share."""
-    version, budget = _context(actor=actor, dataset=dataset)
+    version, budget, _ = _context(actor=actor, dataset=dataset)
     return (
         version,
         budget,
@@ -145,71 +148,30 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
     if not items or len(items) > MAX_QUERIES_PER_REQUEST:
         raise ValidationFailed(f"Send 1 to {MAX_QUERIES_PER_REQUEST} queries at once.", code="invalid_query")
     # Access, version and budget once per request: every query of it is asked by the same analyst.
-    version, budget = _context(actor=actor, dataset=dataset)
+    version, budget, membership = _context(actor=actor, dataset=dataset)
     schema = query_schema(version=version, budget=budget)
-    prepared = []
+    parsed: list[QuerySpec] = []
     for index, item in enumerate(items):
         try:
-            prepared.append(
-                (
-                    version,
-                    budget,
-                    query_parse(
-                        schema=schema, spec=item.get("spec"), sql=item.get("sql"), privacy=item.get("privacy")
-                    ),
+            parsed.append(
+                query_parse(
+                    schema=schema, spec=item.get("spec"), sql=item.get("sql"), privacy=item.get("privacy")
                 )
             )
         except ValidationFailed as exc:
             if len(items) > 1:
                 exc.message = f"queries[{index}]: {exc.message}"
             raise
-    membership = membership_active(user=actor)
-    assert membership is not None  # `_context` (`query_access`) refused an actor without one
 
     def record() -> list[tuple[Query, bool]]:
         audit_lock(membership.organisation_id)  # first: see audit_lock for the deadlock-free lock order
         task_id = uuid.uuid4().hex
-        outcomes: list[tuple[Query, bool]] = []
-        created: list[int] = []
-        for item, (version, _, parsed) in zip(items, prepared, strict=True):
-            existing = Query.objects.filter(
-                organisation=membership.organisation,
-                version=version,
-                query_hash=parsed.hash,
-                status__in=QUERY_LIVE,
-            ).first()
-            if existing is None:
-                existing = _create(
-                    actor=actor,
-                    dataset=dataset,
-                    version=version,
-                    membership=membership,
-                    parsed=parsed,
-                    item=item,
-                    task_id=task_id,
-                )
-                if existing is not None:
-                    outcomes.append((existing, False))
-                    created.append(existing.pk)
-                    continue
-                # The same query arrived concurrently: answer with that one.
-                existing = Query.objects.get(
-                    organisation=membership.organisation,
-                    version=version,
-                    query_hash=parsed.hash,
-                    status__in=QUERY_LIVE,
-                )
-            if existing.status == QueryStatus.RELEASED:
-                audit_record(
-                    actor=actor,
-                    action="query.replayed",
-                    organisation=membership.organisation,
-                    target=existing,
-                    extra={"query_hash": parsed.hash},
-                )
-                outcomes.append((existing, True))
-            else:  # still on its way (another request of the organisation asked it): wait for the same one
-                outcomes.append((existing, False))
+        submission = _Submission(actor, dataset, version, membership, items, parsed, task_id)
+        try:
+            with transaction.atomic():  # a savepoint: the batch is written whole or not at all
+                outcomes, created = _record_batch(submission)
+        except IntegrityError:  # an identical query recorded concurrently: one by one, answering with it
+            outcomes, created = _record_one_by_one(submission)
         if created:
             transaction.on_commit(lambda: _enqueue(created, task_id))
         return outcomes
@@ -217,41 +179,123 @@ def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> lis
     return atomic_with_retry(record)
 
 
-def _create(
-    *,
-    actor: Any,
-    dataset: Dataset,
-    version: DatasetVersion,
-    membership: Any,
-    parsed: QuerySpec,
-    item: dict,
-    task_id: str,
-) -> Query | None:
-    """Records one new query, or returns None when an identical live one exists already."""
-    try:
-        with transaction.atomic():
-            query = Query.objects.create(
-                dataset=dataset,
-                version=version,
-                organisation=membership.organisation,
-                analyst=actor,
-                spec=parsed.to_dict(),
-                sql=item.get("sql") or "",
-                query_hash=parsed.hash,
-                cost=0.0,
-                privacy=item.get("privacy") or {},
-                task_id=task_id,
-            )
-    except IntegrityError:
-        return None
-    audit_record(
-        actor=actor,
-        action="query.submitted",
-        organisation=membership.organisation,
-        target=query,
-        extra={"dataset": dataset.pk, "version": version.number, "query_hash": parsed.hash},
-    )
-    return query
+@dataclass(frozen=True)
+class _Submission:
+    """One request's queries, checked and parsed (`query_submit_many`), to record."""
+
+    actor: Any
+    dataset: Dataset
+    version: DatasetVersion
+    membership: Membership
+    items: list[dict]
+    parsed: list[QuerySpec]
+    task_id: str
+
+    def new_query(self, item: dict, spec: QuerySpec) -> Query:
+        return Query(
+            dataset=self.dataset,
+            version=self.version,
+            organisation=self.membership.organisation,
+            analyst=self.actor,
+            spec=spec.to_dict(),
+            sql=item.get("sql") or "",
+            query_hash=spec.hash,
+            cost=0.0,
+            privacy=item.get("privacy") or {},
+            task_id=self.task_id,
+        )
+
+    def live(self, hashes: set[str]) -> QuerySet[Query]:
+        """The organisation's live queries on this version with these hashes (replayed or waited for)."""
+        return Query.objects.filter(
+            organisation=self.membership.organisation,
+            version=self.version,
+            query_hash__in=hashes,
+            status__in=QUERY_LIVE,
+        )
+
+    def submitted_event(self, query: Query) -> dict:
+        return {
+            "actor": self.actor,
+            "action": "query.submitted",
+            "organisation": self.membership.organisation,
+            "target": query,
+            "extra": {
+                "dataset": self.dataset.pk,
+                "version": self.version.number,
+                "query_hash": query.query_hash,
+            },
+        }
+
+    def replayed_event(self, query: Query) -> dict:
+        return {
+            "actor": self.actor,
+            "action": "query.replayed",
+            "organisation": self.membership.organisation,
+            "target": query,
+            "extra": {"query_hash": query.query_hash},
+        }
+
+
+def _record_batch(submission: _Submission) -> tuple[list[tuple[Query, bool]], list[int]]:
+    """The queries of one request recorded together: one read of the organisation's live identical
+    queries, one INSERT of the new ones, one of their audit events (in the request's order, as
+    `_record_one_by_one` writes them). A query asked twice in the request is recorded once. Raises
+    IntegrityError when an identical query was recorded concurrently (the caller's savepoint undoes
+    the batch)."""
+    live = {query.query_hash: query for query in submission.live({spec.hash for spec in submission.parsed})}
+    new: list[Query] = []
+    for item, spec in zip(submission.items, submission.parsed, strict=True):
+        if spec.hash not in live:
+            live[spec.hash] = submission.new_query(item, spec)
+            new.append(live[spec.hash])
+    Query.objects.bulk_create(new)
+    created = {query.pk for query in new}
+    outcomes: list[tuple[Query, bool]] = []
+    events: list[dict] = []
+    seen: set[int] = set()
+    for spec in submission.parsed:
+        query = live[spec.hash]
+        first = query.pk not in seen
+        seen.add(query.pk)
+        if query.pk in created:
+            if first:
+                events.append(submission.submitted_event(query))
+            outcomes.append((query, False))
+        elif query.status == QueryStatus.RELEASED:
+            events.append(submission.replayed_event(query))
+            outcomes.append((query, True))
+        else:  # still on its way (another request of the organisation asked it): wait for the same one
+            outcomes.append((query, False))
+    audit_record_many(events)
+    return outcomes, [query.pk for query in new]
+
+
+def _record_one_by_one(submission: _Submission) -> tuple[list[tuple[Query, bool]], list[int]]:
+    """`_record_batch`'s fallback, with the same outcome: each query looked up and recorded alone, a
+    concurrent identical one (its insert refused) answered with."""
+    outcomes: list[tuple[Query, bool]] = []
+    created: list[int] = []
+    for item, spec in zip(submission.items, submission.parsed, strict=True):
+        existing = submission.live({spec.hash}).first()
+        if existing is None:
+            query = submission.new_query(item, spec)
+            try:
+                with transaction.atomic():
+                    query.save(force_insert=True)
+            except IntegrityError:  # the same query arrived concurrently: answer with that one
+                existing = submission.live({spec.hash}).get()
+            else:
+                audit_record(**submission.submitted_event(query))
+                outcomes.append((query, False))
+                created.append(query.pk)
+                continue
+        if existing.status == QueryStatus.RELEASED:
+            audit_record(**submission.replayed_event(existing))
+            outcomes.append((existing, True))
+        else:  # still on its way (another request of the organisation asked it): wait for the same one
+            outcomes.append((existing, False))
+    return outcomes, created
 
 
 def _enqueue(query_ids: list[int], task_id: str) -> None:
@@ -350,7 +394,7 @@ def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
     dataset that cannot be read fails its queries before anything is spent; (2) one transaction
     debits each query that fits (refusing those that do not) and marks it running; (3) run the paid
     ones, outside any transaction (the spend is committed before noise is drawn); (4) one transaction
-    stores the releases. A table is used while it is loaded (the worker's cache holds a few). Queries
+    stores the releases. A table is used while it is loaded (the worker's cache may evict it after). Queries
     found `running` (paid by a worker that died) are released without a new debit. A query that fails
     after its debit keeps the spend (the conservative choice: noise may have been drawn)."""
     queries = list(
@@ -886,7 +930,7 @@ def query_plan_prepare(
     out — δ alone, or nothing — and must be when a target half-width is given (the planner finds the
     least one); a spec's own `privacy` is read as the top-level `privacy` is. Asks for a target or
     the curve (`curve`, or explicit `levels`); checks the target and the levels."""
-    version, budget = _context(actor=actor, dataset=dataset)
+    version, budget, _ = _context(actor=actor, dataset=dataset)
     schema = query_schema(version=version, budget=budget)
     level = "rho" if schema.policy.measure == PrivacyMeasure.ZCDP else "epsilon"
     if target_half_width is None and not curve and levels is None:

@@ -28,11 +28,19 @@ class _TableCache(LRUCache[tuple[int, str], PreparedData]):
     """Decrypted, staged tables by (version, schema fingerprint), kept in this worker's memory only:
     a query then costs its OpenDP run, not a decryption. Bounded by the bytes the tables hold
     (`DP_TABLE_CACHE_BYTES`: their staged files count against the worker's memory), least recently
-    used evicted first and closed (freeing its copy on tmpfs). A table larger than the whole budget
-    is still kept, alone: staging it again for every query would cost far more."""
+    used evicted first and closed (freeing its copy on tmpfs). Each table counts at least
+    1/`MAX_TABLES` of the budget: a cached table holds a file descriptor (its owner lock), so
+    thousands of small ones would exhaust them. A table larger than the whole budget is still kept,
+    alone: staging it again for every query would cost far more (a budget of 0 keeps only the last
+    table). Evicting closes a table: safe because a worker process runs one task at a time, and a
+    task uses a table only while it is the one loaded (`query_execute_many`)."""
+
+    MAX_TABLES = 64
 
     def __init__(self, budget: int):
-        super().__init__(maxsize=budget, getsizeof=lambda table: min(table.nbytes, budget))
+        budget = max(budget, 1)
+        floor = max(budget // self.MAX_TABLES, 1)
+        super().__init__(maxsize=budget, getsizeof=lambda table: min(max(table.nbytes, floor), budget))
 
     def popitem(self) -> tuple[tuple[int, str], PreparedData]:
         key, evicted = super().popitem()

@@ -284,7 +284,8 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 # The staged tables a dp worker process keeps between queries, in MiB in all (tmpfs pages count against
-# its memory); at least the last one used is kept. PUMS stages at ~33 bytes a row (1M rows: ~33 MiB).
+# its memory), and at most 64; the last one used is always kept (0: only it). PUMS stages at ~33
+# bytes a row (1M rows: ~33 MiB).
 DP_TABLE_CACHE_BYTES = int(float(os.environ.get("DP_TABLE_CACHE_MB", "1024")) * 2**20)
 # How long a release request waits for the dp worker before answering 202 with the query's URL.
 QUERY_WAIT_SECONDS = float(os.environ.get("QUERY_WAIT_SECONDS", "30"))

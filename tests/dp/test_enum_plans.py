@@ -143,3 +143,24 @@ def test_nullable_public_categories(tmp_path):
             "a": pytest.approx(1000, abs=2),
             "b": pytest.approx(500, abs=2),
         }
+
+
+def test_data_staged_under_other_categories_is_read_as_strings(tmp_path, pums, pums_df):
+    """A table staged for a schema whose categories differ (here educ's in another order) holds
+    another Enum than the plan's: it is released over strings, with the same answers."""
+    other = TableSchema.from_dict(
+        {
+            **pums_schema_dict(),
+            "columns": [
+                {**c, "categories": list(reversed(EDUC))} if c["name"] == "educ" else c
+                for c in pums_schema_dict()["columns"]
+            ],
+        }
+    )
+    spec = sql_to_spec("SELECT educ, COUNT(*) FROM pums GROUP BY educ", pums, {"epsilon": 1e7})
+    with (
+        PreparedData(other, pums_df, spill_dir=str(tmp_path)) as reordered,
+        PreparedData(pums, pums_df, spill_dir=str(tmp_path)) as own,
+    ):
+        assert reordered.enum_of("educ") == pl.Enum(list(reversed(EDUC))) != own.enum_of("educ")
+        _close(release(pums, spec, reordered), release(pums, spec, own))

@@ -225,7 +225,7 @@ def test_releases_over_chunked_staging_match_the_whole_table(tmp_path, pums_df):
         PreparedData.from_chunks(schema, lambda: iter(chunks), spill_dir=str(tmp_path)) as chunked,
         PreparedData(schema, pums_df, spill_dir=str(tmp_path)) as whole,
     ):
-        assert chunked._path is not None and chunked._enum_columns == {"sex", "educ"}
+        assert chunked._path is not None and chunked.enum_columns == {"sex", "educ"}
         assert _staged(chunked).equals(_staged(whole))
         for sql in queries:
             spec = sql_to_spec(sql, schema, privacy={"epsilon": 1e6})

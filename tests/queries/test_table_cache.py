@@ -69,3 +69,18 @@ def test_the_worker_cache_is_bounded_by_the_setting(settings):
     from clearinghouse.queries import tasks
 
     assert tasks._cache.maxsize == settings.DP_TABLE_CACHE_BYTES == 1024 * 2**20
+
+
+def test_at_most_max_tables_however_small_and_a_budget_of_zero_keeps_the_last(tmp_path):
+    """A cached table holds a file descriptor: thousands of tiny ones would exhaust them."""
+    cache = _TableCache(budget=2**30)
+    tables = [_table(2, str(tmp_path)) for _ in range(_TableCache.MAX_TABLES + 3)]
+    for key, table in enumerate(tables):
+        cache[key] = table
+    assert len(cache) == _TableCache.MAX_TABLES
+    assert all(t._path is None for t in tables[:3]) and all(t._path for t in tables[3:])
+    assert len(os.listdir(tmp_path)) == _TableCache.MAX_TABLES
+
+    none = _TableCache(budget=0)
+    none[1], none[2] = tables[-2], tables[-1]
+    assert set(none) == {2}
