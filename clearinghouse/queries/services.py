@@ -250,17 +250,14 @@ def _record_batch(submission: _Submission) -> tuple[list[tuple[Query, bool]], li
             live[spec.hash] = submission.new_query(item, spec)
             new.append(live[spec.hash])
     Query.objects.bulk_create(new)
-    created = {query.pk for query in new}
+    unannounced = {query.pk for query in new}  # a new query asked twice is announced once
     outcomes: list[tuple[Query, bool]] = []
     events: list[dict] = []
-    seen: set[int] = set()
     for spec in submission.parsed:
         query = live[spec.hash]
-        first = query.pk not in seen
-        seen.add(query.pk)
-        if query.pk in created:
-            if first:
-                events.append(submission.submitted_event(query))
+        if query.pk in unannounced:
+            unannounced.remove(query.pk)
+            events.append(submission.submitted_event(query))
             outcomes.append((query, False))
         elif query.status == QueryStatus.RELEASED:
             events.append(submission.replayed_event(query))
@@ -869,8 +866,8 @@ def query_error_for(query: Query) -> ApplicationError | None:
 def _ask_dp_worker(send: Callable[[], AsyncResult], task: str, *, timeout: float) -> dict:
     """Runs a data-independent task on a dp worker (the accuracy planner: many calibrations, kept off
     the web's threads; `send` enqueues it) and waits for it: a timeout (or a broker down) answers
-    503 `workers_busy`; a query that parsed but
-    cannot be priced (e.g. δ too small to release keys) answers 400 with the engine's code."""
+    503 `workers_busy`; a query that parsed but cannot be priced (e.g. δ too small to release keys)
+    answers 400 with the engine's code."""
     try:
         # Celery reads a timeout of 0 as "forever": the web process always waits a little, never for ever.
         answer = send().get(timeout=max(timeout, 1.0), interval=0.02)
