@@ -41,7 +41,48 @@ __all__ = ["SegmentReader"]
 DEFAULT_CACHE_SEGMENTS = 4
 
 
-class SegmentReader(io.RawIOBase):
+class SizedReader(io.RawIOBase):
+    """A read-only, seekable raw file of a known size (`_size`) read from a position (`_pos`): the
+    `io.RawIOBase` plumbing that `SegmentReader` and the object store's ranged reader
+    (`clearinghouse.datasets.ranged.S3RangeFile`) share; each gives its own `readinto`."""
+
+    _size: int
+    _pos: int = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        self._check_open()
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self._check_open()
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self._size + offset
+        else:
+            raise ValueError(f"invalid whence ({whence})")
+        if pos < 0:
+            raise ValueError(f"negative seek position {pos}")
+        self._pos = pos
+        return pos
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError(f"I/O operation on closed {type(self).__name__}")
+
+
+class SegmentReader(SizedReader):
     """`SegmentReader(src, keyring=..., context=...)`: the plaintext of the encrypted file `src` as a
     seekable read-only binary file (`read`, `readinto`, `seek`, `tell`, `size`).
 
@@ -138,34 +179,6 @@ class SegmentReader(io.RawIOBase):
 
     # -- io.RawIOBase ---------------------------------------------------------------------------------
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        self._check_open()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"invalid whence ({whence})")
-        if pos < 0:
-            raise ValueError(f"negative seek position {pos}")
-        self._pos = pos
-        return pos
-
     def readinto(self, buffer: Any) -> int:
         self._check_open()
         out = memoryview(buffer).cast("B")
@@ -204,7 +217,3 @@ class SegmentReader(io.RawIOBase):
         if cache is not None:
             cache.clear()
         super().close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed SegmentReader")

@@ -167,7 +167,9 @@ def _read_csv_typed(data: bytes, options: dict[str, Any], schema: DatasetSchema)
     """The fast path: numeric columns parsed by the reader; None when any value does not parse."""
     numeric = {c.name: _POLARS_TYPES[c.type] for c in schema.columns if c.is_numeric}
     try:
-        return pl.read_csv(io.BytesIO(data), schema_overrides=numeric, **options)
+        # The bytes themselves, not a BytesIO over them: Polars 1.36 copies a BytesIO's buffer first,
+        # which took as long again as the parse itself (PUMS, 10M rows: 1.6 s against 0.8 s).
+        return pl.read_csv(data, schema_overrides=numeric, **options)
     except pl.exceptions.PolarsError:
         return None  # the text read reports precisely what is wrong
 
@@ -175,7 +177,7 @@ def _read_csv_typed(data: bytes, options: dict[str, Any], schema: DatasetSchema)
 def _read_csv_text(data: bytes, options: dict[str, Any], column_names: list[str] | None) -> pl.DataFrame:
     """Every column as text; a reader failure becomes the file's error code."""
     try:
-        return pl.read_csv(io.BytesIO(data), **options)
+        return pl.read_csv(data, **options)
     except pl.exceptions.NoDataError:
         raise IngestError("The file has no rows.", code="empty_file") from None
     except pl.exceptions.ShapeError:

@@ -28,6 +28,8 @@ from s3transfer.constants import ALLOWED_DOWNLOAD_ARGS  # type: ignore[import-un
 from storages.backends.s3 import S3Storage  # type: ignore[import-untyped]
 from storages.utils import clean_name  # type: ignore[import-untyped]
 
+from clearinghouse.crypto.seekable import SizedReader
+
 __all__ = ["DEFAULT_BUFFER_SIZE", "S3RangeFile", "open_for_read"]
 
 # One read-ahead buffer. A read larger than the buffer (a sealed segment is 1 MiB + a 16-byte tag) goes
@@ -47,7 +49,7 @@ def open_for_read(name: str, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> Binar
     return cast(BinaryIO, default_storage.open(name, "rb"))
 
 
-class S3RangeFile(io.RawIOBase):
+class S3RangeFile(SizedReader):
     """A read-only, seekable raw file over one S3 object: `readinto` issues one ranged `GetObject` for
     the bytes asked (clamped to the object's size, taken from one `HeadObject` on open). Wrap it in an
     `io.BufferedReader` (`open_for_read` does). Retries of failed requests are botocore's (the
@@ -86,34 +88,6 @@ class S3RangeFile(io.RawIOBase):
     def size(self) -> int:
         return self._size
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        self._check_open()
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._check_open()
-        if whence == io.SEEK_SET:
-            pos = offset
-        elif whence == io.SEEK_CUR:
-            pos = self._pos + offset
-        elif whence == io.SEEK_END:
-            pos = self._size + offset
-        else:
-            raise ValueError(f"invalid whence ({whence})")
-        if pos < 0:
-            raise ValueError(f"negative seek position {pos}")
-        self._pos = pos
-        return pos
-
     def readinto(self, buffer: Any) -> int:
         """Fills `buffer` from the current position with one ranged GET; 0 at or past the end."""
         self._check_open()
@@ -145,7 +119,3 @@ class S3RangeFile(io.RawIOBase):
     def close(self) -> None:
         self._client = None
         super().close()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise ValueError("I/O operation on closed file")

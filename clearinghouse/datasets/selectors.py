@@ -29,7 +29,10 @@ from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, Vali
 from clearinghouse.organisations.models import Membership, Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_DATASETS
 from clearinghouse.organisations.selectors import (
+    UNREAD,
+    MembershipArg,
     membership_active,
+    membership_given,
     organisation_directory,
     require_capability,
     require_operator,
@@ -52,9 +55,10 @@ def _active_grants(organisation_id: int, purpose: str | None = None) -> QuerySet
     return grants.filter(purpose=purpose) if purpose else grants
 
 
-def dataset_list(*, actor: Any) -> QuerySet[Dataset]:
-    """The datasets the actor may see, each with `viewer_is_owner` (see `dataset_schema_visible`)."""
-    membership = membership_active(user=actor)
+def dataset_list(*, actor: Any, membership: MembershipArg = UNREAD) -> QuerySet[Dataset]:
+    """The datasets the actor may see, each with `viewer_is_owner` (see `dataset_schema_visible`).
+    `membership`: the actor's, when the caller read it (`membership_given`)."""
+    membership = membership_given(user=actor, membership=membership)
     owner_id = membership.organisation_id if membership is not None else None
     datasets = Dataset.objects.select_related("organisation").annotate(
         viewer_is_owner=ExpressionWrapper(Q(organisation_id=owner_id), output_field=BooleanField())
@@ -78,9 +82,13 @@ def dataset_schema_visible(*, dataset: Dataset, owner: bool) -> dict | None:
     return None
 
 
-def dataset_get(*, actor: Any, organisation_slug: str, dataset_slug: str) -> Dataset:
+def dataset_get(
+    *, actor: Any, organisation_slug: str, dataset_slug: str, membership: MembershipArg = UNREAD
+) -> Dataset:
     dataset = (
-        dataset_list(actor=actor).filter(organisation__slug=organisation_slug, slug=dataset_slug).first()
+        dataset_list(actor=actor, membership=membership)
+        .filter(organisation__slug=organisation_slug, slug=dataset_slug)
+        .first()
     )
     if dataset is None:
         raise NotFound("Dataset not found.")

@@ -150,15 +150,20 @@ def _holds_nulls(name: str) -> QueryError:
     return QueryError("data_does_not_match_schema", f"'{name}' is not nullable but holds nulls (or NaN)")
 
 
+def _outside_categories(source: pl.DataFrame, cast: pl.DataFrame, names: Iterable[str]) -> set[str]:
+    """The `names` columns whose (non-strict) cast from `source` to their Enum in `cast` nulled a
+    value: they hold a value outside their public categories. The one test of it, on both paths."""
+    return {name for name in names if cast[name].null_count() != source[name].null_count()}
+
+
 def _as_enums(frame: pl.DataFrame, enums: dict[str, pl.Enum]) -> pl.DataFrame:
     """`frame` with each `enums` column as its Enum, but for one holding a value outside its
     categories (kept as strings)."""
-    converted = []
-    for name, enum in enums.items():
-        column = frame[name].cast(enum, strict=False)
-        if column.null_count() == frame[name].null_count():
-            converted.append(column)
-    return frame.with_columns(converted) if converted else frame
+    if not enums:
+        return frame
+    cast = frame.select(frame[name].cast(enum, strict=False) for name, enum in enums.items())
+    outside = _outside_categories(frame, cast, enums)
+    return frame.with_columns(cast[name] for name in enums if name not in outside)
 
 
 def _staged_frame(schema: TableSchema, lf: pl.LazyFrame, columns: tuple[str, ...]) -> pl.DataFrame:
@@ -208,10 +213,9 @@ def _staged_chunks(
             _missing(schema, chunk.columns, columns)
             checked = True
         frame = _cast(schema, chunk.lazy(), columns, enums)
-        if enums:
-            outside = {name for name in enums if frame[name].null_count() != chunk[name].null_count()}
-            if outside:
-                raise _OutsideCategories(outside)
+        outside = _outside_categories(chunk, frame, enums or {})
+        if outside:
+            raise _OutsideCategories(outside)
         del chunk
         rows += frame.height
         with_nulls.update(

@@ -6,7 +6,8 @@ another organisation is reported as not found, so its existence is not confirmed
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Any, Final
 
 from django.db.models import Count, Q, QuerySet
 
@@ -39,6 +40,23 @@ def membership_active(*, user: Any) -> Membership | None:
     if membership is None or membership.organisation.status != OrganisationStatus.APPROVED:
         return None
     return membership
+
+
+class _Unread(enum.Enum):
+    UNREAD = "unread"
+
+
+# What a selector that takes the actor's `membership` is given when its caller has not read it: the
+# selector then reads it itself. A request that asks several of them reads it once, at its start
+# (`membership_active`), and gives it to each, so that one request judges with one reading.
+UNREAD: Final = _Unread.UNREAD
+MembershipArg = Membership | None | _Unread
+
+
+def membership_given(*, user: Any, membership: MembershipArg) -> Membership | None:
+    """`membership` as given (the caller's `membership_active` of `user`, read in this request), or
+    read now when the caller gave `UNREAD`."""
+    return membership_active(user=user) if membership is UNREAD else membership
 
 
 def user_is_suspended(*, user: Any) -> bool:

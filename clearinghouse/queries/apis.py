@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from clearinghouse.core.apis import ErrorSerializer, StrictCharField, paginated, validated
 from clearinghouse.datasets.selectors import dataset_get
 from clearinghouse.dp.accounting import EVENT_TYPES
-from clearinghouse.organisations.selectors import organisation_directory_get
+from clearinghouse.organisations.selectors import membership_active, organisation_directory_get
 
 from .ledger import allocation_set, budget_set
 from .models import QUERY_FINISHED, LedgerKind, PrivacyMeasure, QueryStatus, TrainingPolicy
@@ -503,11 +503,17 @@ class QueryPreviewApi(APIView):
         responses={200: QueryPreviewOutputSerializer, 400: ErrorSerializer},
     )
     def post(self, request, organisation: str, slug: str):
-        dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        # The analyst's membership once, for every check of this request (`membership_given`).
+        membership = membership_active(user=request.user)
+        dataset = dataset_get(
+            actor=request.user, organisation_slug=organisation, dataset_slug=slug, membership=membership
+        )
         data = validated(QueryInputSerializer, request.data)
-        version, budget, spec = query_prepare(actor=request.user, dataset=dataset, **data)
+        version, budget, spec = query_prepare(
+            actor=request.user, dataset=dataset, membership=membership, **data
+        )
         preview = query_preview_run(version=version, budget=budget, spec=spec)
-        left = budget_left_for(actor=request.user, dataset=dataset)
+        left = budget_left_for(actor=request.user, dataset=dataset, budget=budget, membership=membership)
         return Response({**preview, "version": version.number, "left": asdict(left)})
 
 
@@ -674,10 +680,16 @@ class QueryListSubmitApi(APIView):
     def post(self, request, organisation: str, slug: str):
         """One query (`sql`/`spec` + `privacy`), or several as `{"queries": [...]}` (each priced,
         debited and answered on its own; the response lists them in order)."""
-        dataset = dataset_get(actor=request.user, organisation_slug=organisation, dataset_slug=slug)
+        # The analyst's membership once, for every check of this request (`membership_given`).
+        membership = membership_active(user=request.user)
+        dataset = dataset_get(
+            actor=request.user, organisation_slug=organisation, dataset_slug=slug, membership=membership
+        )
         if isinstance(request.data, dict) and "queries" in request.data:
             items = validated(QueryBatchInputSerializer, request.data)["queries"]
-            outcomes = query_submit_many(actor=request.user, dataset=dataset, items=[dict(i) for i in items])
+            outcomes = query_submit_many(
+                actor=request.user, dataset=dataset, items=[dict(i) for i in items], membership=membership
+            )
             answered = query_wait_many(
                 queries=[query for query, _ in outcomes], timeout=_wait_seconds(request)
             )
@@ -690,7 +702,7 @@ class QueryListSubmitApi(APIView):
             done = all(b["status"] in QUERY_FINISHED for b in bodies)
             return Response({"results": bodies}, status=200 if done else 202)
         data = validated(QueryInputSerializer, request.data)
-        query, replayed = query_submit(actor=request.user, dataset=dataset, **data)
+        query, replayed = query_submit(actor=request.user, dataset=dataset, membership=membership, **data)
         query = query_wait_many(queries=[query], timeout=_wait_seconds(request))[0]
         error = query_error_for(query)
         if error is not None:

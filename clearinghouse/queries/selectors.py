@@ -16,7 +16,13 @@ from clearinghouse.datasets.selectors import (
     dataset_list,
     dataset_require_owner,
 )
-from clearinghouse.organisations.selectors import membership_active, require_operator
+from clearinghouse.organisations.selectors import (
+    UNREAD,
+    MembershipArg,
+    membership_active,
+    membership_given,
+    require_operator,
+)
 
 from .ledger import Remaining, budget_composition, budget_remaining, ledger_entry_event
 from .models import BudgetAllocation, LedgerEntry, LedgerKind, PrivacyBudget, PrivacyMeasure, Query
@@ -29,10 +35,16 @@ def budget_get(*, dataset: Dataset) -> PrivacyBudget:
     return budget
 
 
-def budget_left_for(*, actor: Any, dataset: Dataset) -> Remaining:
-    """What the actor may still spend on this dataset (analysts see only their own figures)."""
-    budget = budget_get(dataset=dataset)
-    membership = membership_active(user=actor)
+def budget_left_for(
+    *, actor: Any, dataset: Dataset, budget: PrivacyBudget | None = None, membership: MembershipArg = UNREAD
+) -> Remaining:
+    """What the actor may still spend on this dataset (analysts see only their own figures).
+    `budget` and `membership`: the dataset's budget and the actor's membership, when the caller read
+    them in this request (`query_prepare`'s budget; `membership_given`)."""
+    if budget is None:
+        budget = budget_get(dataset=dataset)
+    assert budget.dataset_id == dataset.pk, "budget_left_for: the budget of another dataset"
+    membership = membership_given(user=actor, membership=membership)
     allocation = (
         BudgetAllocation.objects.filter(budget=budget, organisation=membership.organisation).first()
         if membership

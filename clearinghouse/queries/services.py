@@ -39,7 +39,7 @@ from clearinghouse.dp import QueryError, QuerySpec, TableSchema, parse_spec, pre
 from clearinghouse.dp.planner import check_levels, check_target, preview_with_warnings
 from clearinghouse.organisations.models import Membership
 from clearinghouse.organisations.roles import ROLE_CAPABILITIES, RUN_QUERIES
-from clearinghouse.organisations.selectors import membership_active
+from clearinghouse.organisations.selectors import UNREAD, MembershipArg, membership_given
 
 from .ledger import BudgetExceeded, budget_debit, budget_debit_many
 from .models import (
@@ -65,11 +65,11 @@ def query_schema(*, version: DatasetVersion, budget: PrivacyBudget) -> TableSche
     return TableSchema.from_dict(version.schema, policy=policy, name=version.dataset.slug)
 
 
-def query_access(*, actor: Any, dataset: Dataset) -> Membership:
+def query_access(*, actor: Any, dataset: Dataset, membership: MembershipArg = UNREAD) -> Membership:
     """Who may query: members (with the query capability) of the owner organisation, or of an
     organisation with an active query grant who accepted the current data-use agreement. Returns
-    the actor's membership (read once: its caller needs it too)."""
-    membership = membership_active(user=actor)
+    the actor's membership (`membership` when the caller read it: `membership_given`)."""
+    membership = membership_given(user=actor, membership=membership)
     owner = dataset_owned_by(membership=membership, dataset=dataset)
     if membership is None or not (
         owner
@@ -105,8 +105,10 @@ def query_parse(
         raise ValidationFailed(exc.message, code=exc.code) from None
 
 
-def _context(*, actor: Any, dataset: Dataset) -> tuple[DatasetVersion, PrivacyBudget, Membership]:
-    membership = query_access(actor=actor, dataset=dataset)
+def _context(
+    *, actor: Any, dataset: Dataset, membership: MembershipArg = UNREAD
+) -> tuple[DatasetVersion, PrivacyBudget, Membership]:
+    membership = query_access(actor=actor, dataset=dataset, membership=membership)
     version = dataset_version_latest_ready(dataset=dataset)
     if version is None:
         raise Conflict("The dataset has no ready version yet.", code="no_ready_version")
@@ -117,10 +119,16 @@ def _context(*, actor: Any, dataset: Dataset) -> tuple[DatasetVersion, PrivacyBu
 
 
 def query_prepare(
-    *, actor: Any, dataset: Dataset, spec: Any = None, sql: str | None = None, privacy: dict | None = None
+    *,
+    actor: Any,
+    dataset: Dataset,
+    spec: Any = None,
+    sql: str | None = None,
+    privacy: dict | None = None,
+    membership: MembershipArg = UNREAD,
 ) -> tuple[DatasetVersion, PrivacyBudget, QuerySpec]:
     """Checks access and parses the query; what preview and submit share."""
-    version, budget, _ = _context(actor=actor, dataset=dataset)
+    version, budget, _ = _context(actor=actor, dataset=dataset, membership=membership)
     return (
         version,
         budget,
@@ -129,26 +137,38 @@ def query_prepare(
 
 
 def query_submit(
-    *, actor: Any, dataset: Dataset, spec: Any = None, sql: str | None = None, privacy: dict | None = None
+    *,
+    actor: Any,
+    dataset: Dataset,
+    spec: Any = None,
+    sql: str | None = None,
+    privacy: dict | None = None,
+    membership: MembershipArg = UNREAD,
 ) -> tuple[Query, bool]:
     """One query: see `query_submit_many`."""
     return query_submit_many(
-        actor=actor, dataset=dataset, items=[{"spec": spec, "sql": sql, "privacy": privacy}]
+        actor=actor,
+        dataset=dataset,
+        items=[{"spec": spec, "sql": sql, "privacy": privacy}],
+        membership=membership,
     )[0]
 
 
 MAX_QUERIES_PER_REQUEST = 20
 
 
-def query_submit_many(*, actor: Any, dataset: Dataset, items: list[dict]) -> list[tuple[Query, bool]]:
+def query_submit_many(
+    *, actor: Any, dataset: Dataset, items: list[dict], membership: MembershipArg = UNREAD
+) -> list[tuple[Query, bool]]:
     """Records release requests and queues them together (one worker task); returns (query,
     replayed) per item. All are validated before any is recorded. Each query is priced, debited and
     released on its own; an identical earlier query of the same organisation on the same version
-    answers again without new spending, so that asking repeatedly can never average the noise away."""
+    answers again without new spending, so that asking repeatedly can never average the noise away.
+    `membership`: the actor's, when the caller read it (`membership_given`)."""
     if not items or len(items) > MAX_QUERIES_PER_REQUEST:
         raise ValidationFailed(f"Send 1 to {MAX_QUERIES_PER_REQUEST} queries at once.", code="invalid_query")
     # Access, version and budget once per request: every query of it is asked by the same analyst.
-    version, budget, membership = _context(actor=actor, dataset=dataset)
+    version, budget, membership = _context(actor=actor, dataset=dataset, membership=membership)
     schema = query_schema(version=version, budget=budget)
     parsed: list[QuerySpec] = []
     for index, item in enumerate(items):
@@ -312,6 +332,18 @@ UNPRICEABLE_MESSAGE = (
 )
 
 
+def pricing_refusal(exc: Exception, *, what: str) -> tuple[str, str]:
+    """(code, message) for a query the DP engine could not price or plan: the engine's own
+    `QueryError`, else (an OpenDP failure, e.g. δ too small to release any key) `invalid_privacy_loss`:
+    the client's to change, never a 500. The one place this is decided: the preview (web), the release
+    (dp worker) and the accuracy planner (dp worker) all ask it. Logged by class only: an engine's
+    message could quote a value."""
+    if isinstance(exc, QueryError):
+        return exc.code, exc.message
+    logger.error("%s could not be priced: %s", what, exc.__class__.__name__)
+    return "invalid_privacy_loss", UNPRICEABLE_MESSAGE
+
+
 @dataclass
 class _Priced:
     query: Query
@@ -349,13 +381,10 @@ def _price(query: Query, budgets: dict[int, PrivacyBudget] | None = None) -> _Pr
         assert spent is not None  # a cost is given in its policy's measure
         item.amount = float(spent)
         item.delta = float(cost.delta or 0.0)
-    except QueryError as exc:
-        item.refusal = (exc.code, exc.message)
     except PrivacyBudget.DoesNotExist:
         item.refusal = ("no_budget", "The dataset's owner has not set a privacy budget.")
     except Exception as exc:  # noqa: BLE001 - one query that cannot be priced never holds up the others
-        logger.error("Query %s could not be priced: %s", query.pk, exc.__class__.__name__)
-        item.refusal = ("invalid_privacy_loss", UNPRICEABLE_MESSAGE)
+        item.refusal = pricing_refusal(exc, what=f"Query {query.pk}")
     return item
 
 
@@ -889,11 +918,9 @@ def query_preview_run(*, version: DatasetVersion, budget: PrivacyBudget, spec: Q
     but cannot be priced (e.g. δ too small to release keys) is refused with the engine's code."""
     try:
         return preview_with_warnings(query_schema(version=version, budget=budget), spec)
-    except QueryError as exc:
-        raise ValidationFailed(exc.message, code=exc.code) from None
-    except Exception as exc:  # noqa: BLE001 - as the release path: an unpriceable query is the client's to change
-        logger.error("A preview could not be priced: %s", exc.__class__.__name__)
-        raise ValidationFailed(UNPRICEABLE_MESSAGE, code="invalid_privacy_loss") from None
+    except Exception as exc:  # noqa: BLE001 - `pricing_refusal` says which code
+        code, message = pricing_refusal(exc, what="A preview")
+        raise ValidationFailed(message, code=code) from None
 
 
 # The level a spec is parsed at when planning without one (the planner replaces it).

@@ -14,12 +14,12 @@ from django.conf import settings
 
 from clearinghouse.datasets import storage
 from clearinghouse.datasets.models import DatasetVersion
-from clearinghouse.dp import PreparedData, QueryError, TableSchema, parse_spec, warm_up
+from clearinghouse.dp import PreparedData, TableSchema, parse_spec, warm_up
 from clearinghouse.dp.planner import plan_query
 from clearinghouse.dp.prepared import remove_orphaned_spills
 
 from .models import PrivacyBudget
-from .services import UNPRICEABLE_MESSAGE, query_execute_many, query_recover_stuck, query_schema
+from .services import pricing_refusal, query_execute_many, query_recover_stuck, query_schema
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +100,9 @@ def query_plan_task(
                 curve=curve,
             )
         }
-    except QueryError as exc:
-        return {"error": {"code": exc.code, "message": exc.message}}
-    except Exception as exc:  # noqa: BLE001 - as the preview: an unpriceable query is the client's to change
-        logger.error("A plan could not be priced: %s", exc.__class__.__name__)
-        return {"error": {"code": "invalid_privacy_loss", "message": UNPRICEABLE_MESSAGE}}
+    except Exception as exc:  # noqa: BLE001 - `pricing_refusal` says which code
+        code, message = pricing_refusal(exc, what="A plan")
+        return {"error": {"code": code, "message": message}}
 
 
 @shared_task(name="queries.recover_stuck")

@@ -63,3 +63,46 @@ def test_a_query_that_cannot_be_priced_is_refused_with_the_engines_code(world_wi
     response = api_client(world.b.analyst).post(URL, body, format="json")
     assert response.status_code == 400, response.json()
     assert response.json()["code"] in {"invalid_privacy_loss", "query_not_supported_by_opendp"}
+
+
+def _reads_of(statements, table: str) -> int:
+    """The SELECTs that read rows of `table` (not the EXISTS tests `SELECT 1 AS "a" ...`)."""
+    return sum(
+        1
+        for s in statements.captured_queries
+        if s["sql"].startswith("SELECT")
+        and not s["sql"].startswith('SELECT 1 AS "a"')
+        and f'FROM "{table}"' in s["sql"]
+    )
+
+
+def test_a_preview_reads_the_membership_and_the_budget_once(world_without_workers):
+    # The request reads the analyst's membership once and gives it to every check (`membership_given`),
+    # and the budget that priced the preview also answers what is left: 9 statements in all.
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    world, _ = world_without_workers
+    client = api_client(world.b.analyst)
+    body = {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.5}}
+    assert client.post(URL, body, format="json").status_code == 200  # warm: the calibration is cached
+    with CaptureQueriesContext(connection) as statements:
+        response = client.post(URL, body, format="json")
+    assert response.status_code == 200, response.json()
+    assert _reads_of(statements, "organisations_membership") == 1
+    assert _reads_of(statements, "queries_privacybudget") == 1
+    assert len(statements.captured_queries) <= 9, [s["sql"][:80] for s in statements.captured_queries]
+
+
+def test_one_reading_per_request_still_sees_each_change_at_the_next_request(world_without_workers):
+    # Read once per request, never kept between requests: an analyst removed from their organisation
+    # no longer sees the dataset at their very next preview.
+    from clearinghouse.organisations.models import Membership
+
+    world, _ = world_without_workers
+    client = api_client(world.b.analyst)
+    body = {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.5}}
+    assert client.post(URL, body, format="json").status_code == 200
+    Membership.objects.filter(user=world.b.analyst).delete()
+    refused = client.post(URL, body, format="json")
+    assert refused.status_code == 404, refused.json()
