@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[server,training,dev]'
 	touch $@
 
-.PHONY: install run demo test lint typecheck format lock
+.PHONY: install run demo test lint typecheck format lock smartnoise
 install: $(VENV)/.installed
 
 run: $(VENV)/.installed
@@ -41,6 +41,14 @@ typecheck: $(VENV)/.installed
 format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# SmartNoise SQL, the peer benchmarks/dp_api.py compares against, in an environment of its own: it
+# needs opendp 0.14, the service pins 0.16.
+smartnoise: .venv-smartnoise/.installed
+.venv-smartnoise/.installed:
+	test -x .venv-smartnoise/bin/python || $(PYTHON) -m venv .venv-smartnoise
+	.venv-smartnoise/bin/python -m pip install --quiet smartnoise-sql==1.0.10
+	touch $@
 
 # The server's pinned set (PyPI, CPU torch), for reproducible images: requirements/server.lock.
 lock:
