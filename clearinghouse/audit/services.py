@@ -153,8 +153,11 @@ def _lock_heads(streams: list[int]) -> None:
                 "ORDER BY stream FOR UPDATE",
                 [streams, streams, len(streams)],
             )
-            if len(cursor.fetchall()) == len(streams):
-                return
+            locked = len(cursor.fetchall())
+        if locked == len(streams):
+            return
+        if locked:  # a head deleted while being locked (heads are never deleted): out of order from here
+            raise RuntimeError("an audit stream head disappeared while it was being locked")
     for stream in streams:
         _locked_head(stream)
 

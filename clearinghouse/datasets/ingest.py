@@ -96,6 +96,8 @@ def read_upload(
     (NUL bytes, UTF-8) once rather than once for each."""
     if not data:
         raise IngestError("The file is empty.", code="empty_file")
+    if not isinstance(data, bytes):  # Polars reads bytes in place; any other buffer becomes bytes once
+        data = bytes(data)
     if fmt == "parquet":
         return _read_parquet(data), dict(_PARQUET_PARSE)
     options = _csv_options(data, delimiter=delimiter, column_names=column_names, quote_char=quote_char)

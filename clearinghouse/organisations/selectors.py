@@ -56,7 +56,10 @@ MembershipArg = Membership | None | _Unread
 def membership_given(*, user: Any, membership: MembershipArg) -> Membership | None:
     """`membership` as given (the caller's `membership_active` of `user`, read in this request), or
     read now when the caller gave `UNREAD`."""
-    return membership_active(user=user) if membership is UNREAD else membership
+    if membership is UNREAD:
+        return membership_active(user=user)
+    assert membership is None or membership.user_id == user.pk, "membership_given: another user's"
+    return membership
 
 
 def user_is_suspended(*, user: Any) -> bool:
