@@ -169,8 +169,9 @@ def _read_csv_typed(data: bytes, options: dict[str, Any], schema: DatasetSchema)
     """The fast path: numeric columns parsed by the reader; None when any value does not parse."""
     numeric = {c.name: _POLARS_TYPES[c.type] for c in schema.columns if c.is_numeric}
     try:
-        # The bytes themselves, not a BytesIO over them: Polars 1.36 copies a BytesIO's buffer first,
-        # which took as long again as the parse itself (PUMS, 10M rows: 1.6 s against 0.8 s).
+        # The bytes themselves, not a BytesIO over them, which Polars 1.36 copies first (on a busy
+        # machine, in isolation, 10M PUMS rows parsed in 1.6 s of CPU against 0.8 s; on a quiet one
+        # benchmarks/datasets_ingest.py shows no difference).
         return pl.read_csv(data, schema_overrides=numeric, **options)
     except pl.exceptions.PolarsError:
         return None  # the text read reports precisely what is wrong
