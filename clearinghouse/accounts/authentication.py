@@ -1,12 +1,41 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
-from clearinghouse.organisations.selectors import user_is_suspended
+from clearinghouse.organisations.models import Membership
+from clearinghouse.organisations.selectors import (
+    USER_MEMBERSHIP_JOIN,
+    membership_active,
+    membership_if_active,
+    membership_is_suspended,
+    membership_joined,
+)
 
 from .models import APIToken
 from .tokens import token_matches, token_split
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    """`request.auth` of a token-authenticated request: the token, and the user's membership (with
+    its organisation) as read with the token, in the same statement, at the start of the request."""
+
+    token: APIToken
+    membership: Membership | None
+
+
+def request_membership(request: Any) -> Membership | None:
+    """The requester's active membership (`membership_active`), read once per request: a token's
+    request reuses what its authentication read with the token; any other request reads it now.
+    For an API that gives it to every selector it asks (`membership_given`)."""
+    auth = getattr(request, "auth", None)
+    if isinstance(auth, TokenAuth):
+        return membership_if_active(auth.membership)
+    return membership_active(user=request.user)
 
 
 class APITokenAuthentication(authentication.BaseAuthentication):
@@ -29,7 +58,8 @@ class APITokenAuthentication(authentication.BaseAuthentication):
         if parts is None:
             raise exceptions.AuthenticationFailed("Invalid token.", code="token_invalid")
         prefix, secret = parts
-        token = APIToken.objects.select_related("user").filter(prefix=prefix).first()
+        # The user, their membership and its organisation in the same read (`TokenAuth`).
+        token = APIToken.objects.select_related(f"user__{USER_MEMBERSHIP_JOIN}").filter(prefix=prefix).first()
         if token is None or not token_matches(secret, token.secret_hash):
             raise exceptions.AuthenticationFailed("Invalid token.", code="token_invalid")
         if token.revoked_at is not None:
@@ -39,7 +69,8 @@ class APITokenAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("This token has expired.", code="token_expired")
         if not token.user.is_active:
             raise exceptions.AuthenticationFailed("This account is disabled.", code="user_inactive")
-        if user_is_suspended(user=token.user):
+        membership = membership_joined(user=token.user)
+        if membership_is_suspended(membership):
             raise exceptions.AuthenticationFailed(
                 "Your organisation is suspended; its users and tokens do not work.",
                 code="organisation_suspended",
@@ -47,7 +78,7 @@ class APITokenAuthentication(authentication.BaseAuthentication):
         # Coarse last-used stamp (once a minute) so that busy tokens do not write on every request.
         if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
             APIToken.objects.filter(pk=token.pk).update(last_used_at=now)
-        return token.user, token
+        return token.user, TokenAuth(token=token, membership=membership)
 
     def authenticate_header(self, request):
         return self.keyword

@@ -28,7 +28,8 @@ ORGANISATION_DECISIONS: dict[str, str] = {
 
 def membership_of(*, user: Any) -> Membership | None:
     """Read fresh from the database each time: authorization must not trust a status cached on a
-    user object earlier in the request."""
+    user object earlier in the request (the one exception, `membership_joined`, is the reading the
+    request began with, given on explicitly)."""
     if not getattr(user, "is_authenticated", False):
         return None
     return Membership.objects.select_related("organisation").filter(user=user).first()
@@ -36,10 +37,39 @@ def membership_of(*, user: Any) -> Membership | None:
 
 def membership_active(*, user: Any) -> Membership | None:
     """The user's membership if their organisation is approved, else None."""
-    membership = membership_of(user=user)
+    return membership_if_active(membership_of(user=user))
+
+
+def membership_if_active(membership: Membership | None) -> Membership | None:
+    """`membership` (with its organisation) if its organisation is approved, else None: the rule of
+    `membership_active`, for a membership read otherwise in this request (`membership_joined`)."""
     if membership is None or membership.organisation.status != OrganisationStatus.APPROVED:
         return None
     return membership
+
+
+def membership_is_suspended(membership: Membership | None) -> bool:
+    """Whether `membership` (with its organisation) is in a suspended organisation: its user and
+    their tokens are refused (`user_is_suspended`)."""
+    return membership is not None and membership.organisation.status == OrganisationStatus.SUSPENDED
+
+
+# What a read of users joins (`select_related`) to read each one's membership and its organisation
+# in the same statement; `membership_joined` then gives it.
+USER_MEMBERSHIP_JOIN: Final = "membership__organisation"
+
+
+def membership_joined(*, user: Any) -> Membership | None:
+    """The user's membership as read together with the user (`USER_MEMBERSHIP_JOIN`), not read again.
+    Only for a user object read at the start of this request (token authentication does): a later
+    change to the membership is not seen in it, nor in `user.membership`, which the join also fills;
+    code that changes a membership reads it again (`membership_of`)."""
+    descriptor = type(user).membership
+    assert descriptor.is_cached(user), "membership_joined: the user was read without USER_MEMBERSHIP_JOIN"
+    try:
+        return user.membership
+    except Membership.DoesNotExist:
+        return None
 
 
 class _Unread(enum.Enum):
@@ -63,6 +93,7 @@ def membership_given(*, user: Any, membership: MembershipArg) -> Membership | No
 
 
 def user_is_suspended(*, user: Any) -> bool:
+    """`membership_is_suspended` of the user's membership, asked of the database without reading it."""
     return Membership.objects.filter(user=user, organisation__status=OrganisationStatus.SUSPENDED).exists()
 
 

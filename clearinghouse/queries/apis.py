@@ -16,10 +16,11 @@ from rest_framework import serializers
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from clearinghouse.accounts.authentication import request_membership
 from clearinghouse.core.apis import ErrorSerializer, StrictCharField, paginated, validated
 from clearinghouse.datasets.selectors import dataset_get
 from clearinghouse.dp.accounting import EVENT_TYPES
-from clearinghouse.organisations.selectors import membership_active, organisation_directory_get
+from clearinghouse.organisations.selectors import organisation_directory_get
 
 from .ledger import allocation_set, budget_set
 from .models import QUERY_FINISHED, LedgerKind, PrivacyMeasure, QueryStatus, TrainingPolicy
@@ -504,7 +505,7 @@ class QueryPreviewApi(APIView):
     )
     def post(self, request, organisation: str, slug: str):
         # The analyst's membership once, for every check of this request (`membership_given`).
-        membership = membership_active(user=request.user)
+        membership = request_membership(request)
         dataset = dataset_get(
             actor=request.user, organisation_slug=organisation, dataset_slug=slug, membership=membership
         )
@@ -681,7 +682,7 @@ class QueryListSubmitApi(APIView):
         """One query (`sql`/`spec` + `privacy`), or several as `{"queries": [...]}` (each priced,
         debited and answered on its own; the response lists them in order)."""
         # The analyst's membership once, for every check of this request (`membership_given`).
-        membership = membership_active(user=request.user)
+        membership = request_membership(request)
         dataset = dataset_get(
             actor=request.user, organisation_slug=organisation, dataset_slug=slug, membership=membership
         )

@@ -77,8 +77,9 @@ def _reads_of(statements, table: str) -> int:
 
 
 def test_a_preview_reads_the_membership_and_the_budget_once(world_without_workers):
-    # The request reads the analyst's membership once and gives it to every check (`membership_given`),
-    # and the budget that priced the preview also answers what is left: 9 statements in all.
+    # The token's read joins the analyst's membership and its organisation (`TokenAuth`); the request
+    # gives that reading to every check (`request_membership`, `membership_given`) and reads it no
+    # more. The budget that priced the preview also answers what is left: 7 statements in all.
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -89,9 +90,49 @@ def test_a_preview_reads_the_membership_and_the_budget_once(world_without_worker
     with CaptureQueriesContext(connection) as statements:
         response = client.post(URL, body, format="json")
     assert response.status_code == 200, response.json()
-    assert _reads_of(statements, "organisations_membership") == 1
+    sqls = [s["sql"] for s in statements.captured_queries]
+    membership = [sql for sql in sqls if '"organisations_membership"' in sql]
+    assert len(membership) == 1, membership
+    assert membership[0].startswith("SELECT") and 'FROM "accounts_apitoken"' in membership[0]
     assert _reads_of(statements, "queries_privacybudget") == 1
-    assert len(statements.captured_queries) <= 9, [s["sql"][:80] for s in statements.captured_queries]
+    assert len(sqls) <= 7, [sql[:80] for sql in sqls]
+
+
+def test_a_session_request_reads_the_membership_once_itself(world_without_workers):
+    # Without a token (the portal's session, the browsable API) there is no joined reading:
+    # `request_membership` reads it, once (the session's checks of suspension only ask EXISTS).
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.test import APIClient
+
+    world, _ = world_without_workers
+    client = APIClient()
+    client.force_login(world.b.analyst)
+    body = {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.5}}
+    assert client.post(URL, body, format="json").status_code == 200
+    with CaptureQueriesContext(connection) as statements:
+        response = client.post(URL, body, format="json")
+    assert response.status_code == 200, response.json()
+    assert _reads_of(statements, "organisations_membership") == 1
+
+
+def test_a_token_of_a_suspended_organisation_is_refused_at_its_next_request(world_without_workers):
+    # The membership joined to the token's read is read fresh with each request: a suspension
+    # between two requests refuses the second.
+    from clearinghouse.organisations.services import organisation_set_status
+
+    world, _ = world_without_workers
+    client = api_client(world.b.analyst)
+    body = {"sql": "SELECT COUNT(*) FROM pums", "privacy": {"epsilon": 0.5}}
+    assert client.post(URL, body, format="json").status_code == 200
+    organisation_set_status(
+        actor=world.operator,
+        organisation=world.b.organisation,
+        status="suspended",
+        reason="A test of suspension.",
+    )
+    refused = client.post(URL, body, format="json")
+    assert refused.status_code == 401 and refused.json()["code"] == "organisation_suspended"
 
 
 def test_one_reading_per_request_still_sees_each_change_at_the_next_request(world_without_workers):
