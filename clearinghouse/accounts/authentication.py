@@ -6,6 +6,7 @@ from typing import Any
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from clearinghouse.core.compiled import CompiledRead
 from clearinghouse.organisations.models import Membership
 from clearinghouse.organisations.selectors import (
     USER_MEMBERSHIP_JOIN,
@@ -17,6 +18,17 @@ from clearinghouse.organisations.selectors import (
 
 from .models import APIToken
 from .tokens import token_matches, token_split
+
+# The user, their membership and its organisation in the token's read (`TokenAuth`); compiled once
+# (`CompiledRead`): every API request reads it.
+_TOKEN_BY_PREFIX = CompiledRead(
+    "an API token by its prefix, with its user's membership",
+    lambda p: (
+        APIToken.objects.select_related(f"user__{USER_MEMBERSHIP_JOIN}")
+        .filter(prefix=p.text("prefix"))
+        .order_by()[:1]
+    ),
+)
 
 
 @dataclass(frozen=True)
@@ -58,8 +70,7 @@ class APITokenAuthentication(authentication.BaseAuthentication):
         if parts is None:
             raise exceptions.AuthenticationFailed("Invalid token.", code="token_invalid")
         prefix, secret = parts
-        # The user, their membership and its organisation in the same read (`TokenAuth`).
-        token = APIToken.objects.select_related(f"user__{USER_MEMBERSHIP_JOIN}").filter(prefix=prefix).first()
+        token = _TOKEN_BY_PREFIX.first(prefix=prefix)
         if token is None or not token_matches(secret, token.secret_hash):
             raise exceptions.AuthenticationFailed("Invalid token.", code="token_invalid")
         if token.revoked_at is not None:

@@ -25,6 +25,7 @@ from django.db.models import (
     Value,
 )
 
+from clearinghouse.core.compiled import CompiledRead
 from clearinghouse.core.errors import Conflict, NotFound, PermissionDenied, ValidationFailed
 from clearinghouse.organisations.models import Membership, Organisation, OrganisationStatus
 from clearinghouse.organisations.roles import MANAGE_DATASETS
@@ -55,22 +56,32 @@ def _active_grants(organisation_id: int, purpose: str | None = None) -> QuerySet
     return grants.filter(purpose=purpose) if purpose else grants
 
 
-def dataset_list(*, actor: Any, membership: MembershipArg = UNREAD) -> QuerySet[Dataset]:
-    """The datasets the actor may see, each with `viewer_is_owner` (see `dataset_schema_visible`).
-    `membership`: the actor's, when the caller read it (`membership_given`)."""
-    membership = membership_given(user=actor, membership=membership)
-    owner_id = membership.organisation_id if membership is not None else None
-    datasets = Dataset.objects.select_related("organisation").annotate(
+def _datasets_viewed_by(owner_id: int | None) -> QuerySet[Dataset]:
+    """Datasets with their organisation, each with `viewer_is_owner`: held by organisation `owner_id`."""
+    return Dataset.objects.select_related("organisation").annotate(
         viewer_is_owner=ExpressionWrapper(Q(organisation_id=owner_id), output_field=BooleanField())
         if owner_id
         else Value(False, output_field=BooleanField())
     )
+
+
+def _datasets_of_member(organisation_id: int) -> QuerySet[Dataset]:
+    """What a member of the organisation sees: its own datasets, and those granted to it (any purpose)."""
+    granted = _active_grants(organisation_id).filter(dataset=OuterRef("pk"))
+    return _datasets_viewed_by(organisation_id).filter(
+        Q(organisation_id=organisation_id) | Q(Exists(granted))
+    )
+
+
+def dataset_list(*, actor: Any, membership: MembershipArg = UNREAD) -> QuerySet[Dataset]:
+    """The datasets the actor may see, each with `viewer_is_owner` (see `dataset_schema_visible`).
+    `membership`: the actor's, when the caller read it (`membership_given`)."""
+    membership = membership_given(user=actor, membership=membership)
     if actor.is_operator:
-        return datasets.all()
+        return _datasets_viewed_by(membership.organisation_id if membership is not None else None)
     if membership is None:
-        return datasets.none()
-    granted = _active_grants(membership.organisation_id).filter(dataset=OuterRef("pk"))
-    return datasets.filter(Q(organisation_id=membership.organisation_id) | Q(Exists(granted)))
+        return _datasets_viewed_by(None).none()
+    return _datasets_of_member(membership.organisation_id)
 
 
 def dataset_schema_visible(*, dataset: Dataset, owner: bool) -> dict | None:
@@ -82,14 +93,32 @@ def dataset_schema_visible(*, dataset: Dataset, owner: bool) -> dict | None:
     return None
 
 
+# `dataset_get` for a member (every query request asks it): compiled once (`CompiledRead`).
+_MEMBER_DATASET_BY_SLUGS = CompiledRead(
+    "a member's dataset by its slugs",
+    lambda p: _datasets_of_member(p.number("organisation_id")).filter(
+        organisation__slug=p.text("organisation_slug"), slug=p.text("dataset_slug")
+    )[:1],
+)
+
+
 def dataset_get(
     *, actor: Any, organisation_slug: str, dataset_slug: str, membership: MembershipArg = UNREAD
 ) -> Dataset:
-    dataset = (
-        dataset_list(actor=actor, membership=membership)
-        .filter(organisation__slug=organisation_slug, slug=dataset_slug)
-        .first()
-    )
+    """A dataset the actor may see (`dataset_list`), by its organisation's slug and its own."""
+    membership = membership_given(user=actor, membership=membership)
+    if membership is not None and not actor.is_operator:
+        dataset = _MEMBER_DATASET_BY_SLUGS.first(
+            organisation_id=membership.organisation_id,
+            organisation_slug=organisation_slug,
+            dataset_slug=dataset_slug,
+        )
+    else:
+        dataset = (
+            dataset_list(actor=actor, membership=membership)
+            .filter(organisation__slug=organisation_slug, slug=dataset_slug)
+            .first()
+        )
     if dataset is None:
         raise NotFound("Dataset not found.")
     return dataset
@@ -165,8 +194,23 @@ def dataset_upload_target(*, actor: Any, organisation_slug: str, dataset_slug: s
     return dataset
 
 
+_ACTIVE_GRANT = CompiledRead(
+    "an organisation's active grant of a dataset for a purpose",
+    lambda p: (
+        _active_grants(p.number("organisation_id"), p.text("purpose"))
+        .filter(dataset_id=p.number("dataset_id"))
+        .only("pk")
+        .order_by()[:1]
+    ),
+)
+
+
 def dataset_grant_active(*, dataset: Dataset, organisation_id: int, purpose: str) -> bool:
-    return _active_grants(organisation_id, purpose).filter(dataset=dataset).exists()
+    assert purpose, "dataset_grant_active: a grant is active for a purpose"
+    return (
+        _ACTIVE_GRANT.first(organisation_id=organisation_id, purpose=purpose, dataset_id=dataset.pk)
+        is not None
+    )
 
 
 def dataset_version_list(*, actor: Any, dataset: Dataset) -> QuerySet[DatasetVersion]:
@@ -185,8 +229,20 @@ def dataset_version_get(*, actor: Any, dataset: Dataset, number: int) -> Dataset
     return version
 
 
+# Compiled once (`CompiledRead`): every query request reads it.
+_LATEST_READY_VERSION = CompiledRead(
+    "a dataset's latest ready version",
+    lambda p: DatasetVersion.objects.filter(dataset_id=p.number("dataset_id"), status="ready").order_by(
+        "-number"
+    )[:1],
+)
+
+
 def dataset_version_latest_ready(*, dataset: Dataset) -> DatasetVersion | None:
-    return dataset.versions.filter(status="ready").order_by("-number").first()
+    version = _LATEST_READY_VERSION.first(dataset_id=dataset.pk)
+    if version is not None:
+        version.dataset = dataset  # as `dataset.versions` would give it: no read of it again
+    return version
 
 
 def dataset_ready_rows_max(*, dataset: Dataset) -> int | None:
@@ -222,8 +278,24 @@ def dataset_grant_candidates(*, dataset: Dataset) -> QuerySet[Organisation]:
     return organisation_directory().exclude(pk=dataset.organisation_id)
 
 
+# Compiled once (`CompiledRead`): every query request of a grantee asks `agreement_accepted`.
+_CURRENT_AGREEMENT = CompiledRead(
+    "a dataset's current data-use agreement",
+    lambda p: DataUseAgreement.objects.filter(dataset_id=p.number("dataset_id")).order_by("-version")[:1],
+)
+_ACCEPTANCE = CompiledRead(
+    "a user's acceptance of an agreement",
+    lambda p: AgreementAcceptance.objects.filter(
+        agreement_id=p.number("agreement_id"), user_id=p.number("user_id")
+    ).only("pk")[:1],
+)
+
+
 def agreement_current(*, dataset: Dataset) -> DataUseAgreement | None:
-    return dataset.agreements.order_by("-version").first()
+    agreement = _CURRENT_AGREEMENT.first(dataset_id=dataset.pk)
+    if agreement is not None:
+        agreement.dataset = dataset  # as `dataset.agreements` would give it: no read of it again
+    return agreement
 
 
 def agreement_accepted(*, user: Any, dataset: Dataset) -> bool:
@@ -231,7 +303,7 @@ def agreement_accepted(*, user: Any, dataset: Dataset) -> bool:
     agreement = agreement_current(dataset=dataset)
     if agreement is None:
         return True
-    return AgreementAcceptance.objects.filter(agreement=agreement, user=user).exists()
+    return _ACCEPTANCE.first(agreement_id=agreement.pk, user_id=user.pk) is not None
 
 
 def datasets_overview(*, actor: Any, q: str = "") -> QuerySet[Dataset]:

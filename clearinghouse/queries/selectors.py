@@ -7,6 +7,7 @@ from typing import Any
 from django.db.models import Count, F, FloatField, Max, Q, QuerySet, Sum, Value
 from django.db.models.functions import Greatest, TruncDate
 
+from clearinghouse.core.compiled import CompiledRead
 from clearinghouse.core.errors import ApplicationError, NotFound
 from clearinghouse.datasets.models import Dataset
 from clearinghouse.datasets.selectors import (
@@ -27,9 +28,25 @@ from clearinghouse.organisations.selectors import (
 from .ledger import Remaining, budget_composition, budget_remaining, ledger_entry_event
 from .models import BudgetAllocation, LedgerEntry, LedgerKind, PrivacyBudget, PrivacyMeasure, Query
 
+# Compiled once (`CompiledRead`): every query request reads its dataset's budget and its allocation.
+_BUDGET_OF_DATASET = CompiledRead(
+    "a dataset's budget", lambda p: PrivacyBudget.objects.filter(dataset_id=p.number("dataset_id"))[:1]
+)
+_ALLOCATION_OF_ORGANISATION = CompiledRead(
+    "an organisation's allocation of a budget",
+    lambda p: BudgetAllocation.objects.filter(
+        budget_id=p.number("budget_id"), organisation_id=p.number("organisation_id")
+    )[:1],
+)
+
+
+def budget_of(*, dataset: Dataset) -> PrivacyBudget | None:
+    """The dataset's privacy budget; None until its owner sets one."""
+    return _BUDGET_OF_DATASET.first(dataset_id=dataset.pk)
+
 
 def budget_get(*, dataset: Dataset) -> PrivacyBudget:
-    budget = PrivacyBudget.objects.filter(dataset=dataset).first()
+    budget = budget_of(dataset=dataset)
     if budget is None:
         raise NotFound("This dataset has no privacy budget yet.", code="no_budget")
     return budget
@@ -46,7 +63,7 @@ def budget_left_for(
     assert budget.dataset_id == dataset.pk, "budget_left_for: the budget of another dataset"
     membership = membership_given(user=actor, membership=membership)
     allocation = (
-        BudgetAllocation.objects.filter(budget=budget, organisation=membership.organisation).first()
+        _ALLOCATION_OF_ORGANISATION.first(budget_id=budget.pk, organisation_id=membership.organisation_id)
         if membership
         else None
     )
@@ -180,7 +197,7 @@ def budget_allocation_rows(*, actor: Any, dataset: Dataset) -> list[dict[str, An
         grant.organisation.slug: grant.organisation
         for grant in dataset_grant_list(actor=actor, dataset=dataset).filter(revoked_at__isnull=True)
     }
-    budget = PrivacyBudget.objects.filter(dataset=dataset).first()
+    budget = budget_of(dataset=dataset)
     allocations = {
         a.organisation.slug: a
         for a in (

@@ -51,6 +51,7 @@ from .models import (
     Query,
     QueryStatus,
 )
+from .selectors import budget_of
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ def _context(
     version = dataset_version_latest_ready(dataset=dataset)
     if version is None:
         raise Conflict("The dataset has no ready version yet.", code="no_ready_version")
-    budget = PrivacyBudget.objects.filter(dataset=dataset).first()
+    budget = budget_of(dataset=dataset)
     if budget is None:
         raise Conflict("The dataset's owner has not set a privacy budget yet.", code="no_budget")
     return version, budget, membership
@@ -367,7 +368,9 @@ def _price(query: Query, budgets: dict[int, PrivacyBudget] | None = None) -> _Pr
     try:
         budget = budgets.get(query.dataset_id) if budgets is not None else None
         if budget is None:
-            budget = PrivacyBudget.objects.get(dataset_id=query.dataset_id)
+            budget = budget_of(dataset=query.dataset)
+            if budget is None:
+                raise PrivacyBudget.DoesNotExist
             if budgets is not None:
                 budgets[query.dataset_id] = budget
         item.measure = budget.measure
