@@ -16,8 +16,16 @@ The QuerySet is still the ORM's: a rule is written once, as a QuerySet, and both
 compiled one run it. What the compiled read gives back is what the ORM would: model instances, with
 their `select_related` relations and annotations. Only `int` and `str` values can be placeholders
 (never None, which changes the statement's shape: `IS NULL`), and each must reach the statement as a
-parameter; compiling refuses a QuerySet where one does not (a value the ORM transformed, or put into
-the SQL text), so a mistake fails loudly, at the first use, never as a wrong answer.
+parameter, unchanged: compiling refuses a QuerySet where one does not (a value the ORM transformed,
+or wrote into the SQL text), and one with a pattern lookup (`LIKE`: the ORM escapes the pattern's
+value, which a placeholder would skip).
+
+What compiling cannot see is the build function's own Python, so it must be a plain QuerySet of its
+placeholders: no branch on a placeholder's value (the build sees only its stand-in: a non-empty
+string, a large positive int), no value read while building (`timezone.now()` would stay the first
+call's), and only equality-like lookups on integers (the ORM drops a range condition on a value
+beyond its column's range; the compiled SQL keeps it). `tests/core/test_compiled.py` compares each
+compiled read with the ORM.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from typing import Any, Generic, TypeVar
 from django.core.exceptions import EmptyResultSet, FullResultSet, ImproperlyConfigured
 from django.db import connections
 from django.db.models import Model, QuerySet
-from django.db.models.query import get_related_populators
+from django.db.models.query import ModelIterable, get_related_populators
 
 M = TypeVar("M", bound=Model)
 
@@ -72,24 +80,33 @@ class _Statement:
             raise ImproperlyConfigured(
                 f"compiled read {what!r}: the ORM left a condition out of its SQL for a placeholder's value"
             ) from None
+        self.types = placeholders.types
         # Each parameter: a placeholder's name, or the constant the QuerySet holds.
         self.slots: list[tuple[str | None, Any]] = []
         for value in params:
             # The backend may wrap a value in its own type (psycopg's Int4 for a 32-bit column): a
             # placeholder's value is then given as the plain int, which PostgreSQL compares the same.
             kind = str if isinstance(value, str) else int if isinstance(value, int) else type(value)
-            name = placeholders.names.get((kind, value)) if kind is not bool else None
+            name = placeholders.names.get((kind, value)) if type(value) is not bool else None
             self.slots.append((name, value))
         unused = set(placeholders.types) - {name for name, _ in self.slots if name is not None}
         if unused:
             raise ImproperlyConfigured(
                 f"compiled read {what!r}: placeholders {sorted(unused)} are not parameters of its SQL"
             )
-        # A related manager's QuerySet carries its instance: the compiled read would not set it.
-        if getattr(queryset, "_known_related_objects", None) or getattr(
-            queryset, "_prefetch_related_lookups", ()
-        ):
+        if any(str(sentinel) in self.sql for _, sentinel in placeholders.names):
+            raise ImproperlyConfigured(f"compiled read {what!r}: a placeholder is written into its SQL")
+        if " LIKE " in self.sql.upper():
+            raise ImproperlyConfigured(
+                f"compiled read {what!r}: a pattern lookup (LIKE) takes no placeholder"
+            )
+        if queryset._iterable_class is not ModelIterable:
+            raise ImproperlyConfigured(f"compiled read {what!r}: it reads model instances (no values())")
+        # A related manager's QuerySet carries its instance, which the compiled read would not set.
+        if getattr(queryset, "_known_related_objects", None):
             raise ImproperlyConfigured(f"compiled read {what!r}: build it from a manager, not a relation")
+        if getattr(queryset, "_prefetch_related_lookups", ()):
+            raise ImproperlyConfigured(f"compiled read {what!r}: prefetch_related is not compiled")
         self.col_count = compiler.col_count
         self.trim = compiler.has_extra_select
         select, klass_info = compiler.select, compiler.klass_info
@@ -133,7 +150,6 @@ class CompiledRead(Generic[M]):
         self.what = what
         self._build = build
         self._statement: _Statement | None = None
-        self._types: dict[str, type] = {}
         self._lock = threading.Lock()
 
     def _compiled(self) -> _Statement:
@@ -142,8 +158,8 @@ class CompiledRead(Generic[M]):
             with self._lock:
                 if self._statement is None:
                     placeholders = Placeholders()
+                    # Set whole, once built: another thread sees no statement or a complete one.
                     self._statement = _Statement(self._build(placeholders), placeholders, self.what)
-                    self._types = placeholders.types
                 statement = self._statement
         return statement
 
@@ -153,12 +169,13 @@ class CompiledRead(Generic[M]):
 
     def all(self, **values: Any) -> list[M]:
         statement = self._compiled()
-        if set(values) != set(self._types):
-            raise TypeError(f"compiled read {self.what!r} takes {sorted(self._types)}, got {sorted(values)}")
+        types = statement.types
+        if set(values) != set(types):
+            raise TypeError(f"compiled read {self.what!r} takes {sorted(types)}, got {sorted(values)}")
         for name, value in values.items():
-            if type(value) is not self._types[name]:  # bool is not int here; None never passes
+            if type(value) is not types[name]:  # bool is not int here; None never passes
                 raise TypeError(
-                    f"compiled read {self.what!r}: {name} must be {self._types[name].__name__}, "
+                    f"compiled read {self.what!r}: {name} must be {types[name].__name__}, "
                     f"not {type(value).__name__}"
                 )
         return statement.run(values)  # type: ignore[return-value]

@@ -206,7 +206,8 @@ _ACTIVE_GRANT = CompiledRead(
 
 
 def dataset_grant_active(*, dataset: Dataset, organisation_id: int, purpose: str) -> bool:
-    assert purpose, "dataset_grant_active: a grant is active for a purpose"
+    if not purpose:  # the compiled read always filters by purpose (`_active_grants` would not)
+        raise ValueError("dataset_grant_active: a grant is active for a purpose")
     return (
         _ACTIVE_GRANT.first(organisation_id=organisation_id, purpose=purpose, dataset_id=dataset.pk)
         is not None
