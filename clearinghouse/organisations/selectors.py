@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from django.db.models import Count, Q, QuerySet
 
+from clearinghouse.core.compiled import CompiledRead
 from clearinghouse.core.errors import NotFound, PermissionDenied
 
 from .models import Invitation, JoinRequest, Membership, Organisation, OrganisationStatus, RequestStatus
@@ -26,13 +27,32 @@ ORGANISATION_DECISIONS: dict[str, str] = {
 }
 
 
+# Compiled once (`CompiledRead`): session requests and the selectors not given a membership read it.
+_MEMBERSHIP_OF_USER = CompiledRead(
+    "a user's membership, with its organisation",
+    lambda p: (
+        Membership.objects.select_related("organisation").filter(user_id=p.number("user_id")).order_by()[:1]
+    ),
+)
+_SUSPENDED_MEMBERSHIP = CompiledRead(
+    "a user's membership of a suspended organisation",
+    lambda p: (
+        Membership.objects.filter(
+            user_id=p.number("user_id"), organisation__status=OrganisationStatus.SUSPENDED
+        )
+        .only("pk")
+        .order_by()[:1]
+    ),
+)
+
+
 def membership_of(*, user: Any) -> Membership | None:
     """Read fresh from the database each time: authorization must not trust a status cached on a
     user object earlier in the request (the one exception, `membership_joined`, is the reading the
     request began with, given on explicitly)."""
     if not getattr(user, "is_authenticated", False):
         return None
-    return Membership.objects.select_related("organisation").filter(user=user).first()
+    return _MEMBERSHIP_OF_USER.first(user_id=user.pk)
 
 
 def membership_active(*, user: Any) -> Membership | None:
@@ -94,7 +114,7 @@ def membership_given(*, user: Any, membership: MembershipArg) -> Membership | No
 
 def user_is_suspended(*, user: Any) -> bool:
     """`membership_is_suspended` of the user's membership, asked of the database without reading it."""
-    return Membership.objects.filter(user=user, organisation__status=OrganisationStatus.SUSPENDED).exists()
+    return _SUSPENDED_MEMBERSHIP.first(user_id=user.pk) is not None
 
 
 def user_capabilities(*, user: Any) -> frozenset[str]:

@@ -192,3 +192,26 @@ def test_a_placeholder_of_a_32_bit_column_answers_as_the_orm_for_any_int(world, 
         lambda p: DatasetVersion.objects.filter(number=p.number("number")).order_by("pk"),
     )
     assert [_fields(v) for v in read.all(number=number)] == [_fields(v) for v in read.queryset(number=number)]
+
+
+def test_the_membership_reads_answer_as_the_orm(world):
+    """`membership_of` and `user_is_suspended` (compiled) against the plain ORM reads, for members of
+    an approved and of a suspended organisation, a user without one, and an operator."""
+    from clearinghouse.organisations.models import Membership, OrganisationStatus
+    from clearinghouse.organisations.selectors import membership_of, user_is_suspended
+    from clearinghouse.organisations.services import organisation_set_status
+    from tests.factories import make_user
+
+    loner = make_user("loner")
+    organisation_set_status(
+        actor=world.operator, organisation=world.b.organisation, status="suspended", reason="audit"
+    )
+    users = [world.a.analyst, world.b.analyst, world.b.admin, loner, world.operator]
+    for user in users:
+        plain = Membership.objects.select_related("organisation").filter(user=user).first()
+        assert _fields(membership_of(user=user)) == _fields(plain)
+        suspended = Membership.objects.filter(user=user, organisation__status=OrganisationStatus.SUSPENDED)
+        assert user_is_suspended(user=user) is suspended.exists()
+    assert user_is_suspended(user=world.b.analyst) and not user_is_suspended(user=world.a.analyst)
+    assert membership_of(user=world.a.analyst).organisation.slug == "org-a"
+    assert membership_of(user=loner) is None
