@@ -39,11 +39,11 @@ def _fields(obj, depth: int = 3) -> dict | None:
     return {"class": type(obj).__name__, **values, "related": related}
 
 
-def _organisations_by_slug_from(low_field: str = "pk__gte") -> CompiledRead[Organisation]:
+def _organisations_by_slug_from() -> CompiledRead[Organisation]:
     return CompiledRead(
         "test: organisations by slug",
         lambda p: Organisation.objects.select_related("created_by").filter(
-            slug=p.text("slug"), **{low_field: p.number("low")}
+            slug=p.text("slug"), pk__gte=p.number("low")
         ),
     )
 
