@@ -15,7 +15,7 @@ after that.
 
 * chunked: what `staged_data` does now: `PreparedData.from_chunks` over `storage.iter_row_groups`
   (one row group at a time, categorical columns dictionary-encoded; public categories staged as
-  their Enum, which OpenDP's plans read), then the same releases.
+  their Enum's codes, read back as the Enum, which OpenDP's plans read), then the same releases.
 
 For the "whole" (read_table + prepare) and "chunked" stagings the child also reports the size of the
 staged Arrow file on /dev/shm and, sampled every 5 ms by a thread, the peak of its private memory

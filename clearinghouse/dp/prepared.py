@@ -235,6 +235,16 @@ def _staged_chunks(
             raise _holds_nulls(name)
 
 
+def _as_codes(frame: pl.DataFrame, enums: dict[str, pl.Enum]) -> pl.DataFrame:
+    """The frame as the staged file holds it: each Enum column as its codes (its physical integers),
+    which `PreparedData.frame` casts back to the Enum. Polars reads an Enum column written as such
+    (an Arrow dictionary of strings) by decoding every value against the categories: ~6 ms for 1M
+    rows, more than OpenDP's group-by over it; the codes are memory-mapped as they are and cast in
+    ~1 ms (issue 15: a count by a categorical column over 1M rows, 11.5 → 7.5 ms in OpenDP)."""
+    names = [name for name in enums if name in frame.columns]
+    return frame.with_columns(pl.col(names).to_physical()) if names else frame
+
+
 class _SpillFailed(Exception):
     """Writing the staged file failed (e.g. a full /dev/shm): stage in memory instead."""
 
@@ -389,7 +399,7 @@ class PreparedData:
         try:
             path, fd = self._private_file(directory)
             with os.fdopen(fd, "wb") as handle:
-                frame.write_ipc(handle, compression="uncompressed")
+                _as_codes(frame, self._enums).write_ipc(handle, compression="uncompressed")
             self._path = path
             self._frame = None  # OpenDP reads the file; free the copy
         except OSError:
@@ -413,7 +423,7 @@ class PreparedData:
                     writer: ipc.RecordBatchFileWriter | None = None
                     for frame in _staged_chunks(self.schema, chunks, self.columns, enums):
                         # the file as `write_ipc` writes it (string views: mapped, not copied)
-                        table = frame.to_arrow(compat_level=pl.CompatLevel.newest())
+                        table = _as_codes(frame, enums).to_arrow(compat_level=pl.CompatLevel.newest())
                         del frame
                         try:
                             if writer is None:
@@ -461,6 +471,9 @@ class PreparedData:
         the Enum columns read as strings (for a plan over strings)."""
         if self._path is not None:
             lf = pl.scan_ipc(self._path, memory_map=True).select(list(columns))
+            codes = [name for name in columns if name in self._enums]
+            if codes:  # staged as their codes (`_as_codes`): read as their Enum again
+                lf = lf.with_columns(pl.col(name).cast(self._enums[name]) for name in codes)
         elif self._frame is not None:
             lf = self._frame.lazy().select(list(columns))
         else:

@@ -66,7 +66,7 @@ def staged_data(version: DatasetVersion, schema: TableSchema) -> PreparedData:
     columns = [*schema.names, *([schema.identifier] if schema.identifier else [])]
     # Staged one row group at a time (issue 15): the worker never holds the whole decoded table.
     # Categorical columns are read dictionary-encoded (few values); public categories are staged as
-    # their Enum (one byte a value, and what OpenDP's plans read).
+    # their Enum's codes (one byte a value; read back as the Enum, which OpenDP's plans read).
     categorical = [c.name for c in schema.columns if c.type == "categorical"]
     prepared = PreparedData.from_chunks(
         schema, lambda: storage.iter_row_groups(version.data_path, context, columns, dictionary=categorical)
