@@ -240,9 +240,8 @@ def _as_codes(frame: pl.DataFrame, enums: dict[str, pl.Enum]) -> pl.DataFrame:
     which `PreparedData.frame` casts back to the Enum. Polars reads an Enum column written as such
     (an Arrow dictionary of strings) by decoding every value against the categories: ~6 ms for 1M
     rows, more than OpenDP's group-by over it; the codes are memory-mapped as they are and cast in
-    ~1 ms (issue 15: a count by a categorical column over 1M rows, 11.5 → 7.5 ms in OpenDP)."""
-    names = [name for name in enums if name in frame.columns]
-    return frame.with_columns(pl.col(names).to_physical()) if names else frame
+    ~1 ms (issue 15, benchmarks/categorical_staging.py). `enums`: columns of `frame`."""
+    return frame.with_columns(pl.col(list(enums)).to_physical()) if enums else frame
 
 
 class _SpillFailed(Exception):
