@@ -505,7 +505,9 @@ def _check_use(
     return price
 
 
-def _debit_many(*, dataset_id: int, uses: list[_Use]) -> list[_Debited | ApplicationError]:
+def _debit_many(
+    *, dataset_id: int, uses: list[_Use], heads_held: bool = False
+) -> list[_Debited | ApplicationError]:
     """The one debit, for several uses of one dataset in turn: locks the budget, then the payers'
     allocations, once (after the audit heads: the lock order of every ledger write); checks each use
     in order against what the ones before it left (`_check_use`: per-use maximum, allocation, the
@@ -514,7 +516,8 @@ def _debit_many(*, dataset_id: int, uses: list[_Use]) -> list[_Debited | Applica
     would; then writes the allocations and the budget once and the ledger entries in one INSERT.
     Returns, per use, what it paid or why it was refused (nothing spent for it). `delta` is the δ a
     use spends outright (a key release's), against the payer's and the dataset's δ. The caller writes
-    the audit events in the same transaction."""
+    the audit events in the same transaction. `heads_held`: the caller's transaction already holds the
+    audit heads of the payers' organisations (`audit_lock`), so they are not locked again."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("a ledger debit must run inside a transaction")
     if not uses:
@@ -527,7 +530,8 @@ def _debit_many(*, dataset_id: int, uses: list[_Use]) -> list[_Debited | Applica
         if unlocked is not None and unlocked.measure == PrivacyMeasure.APPROX:
             _composition_state(unlocked)
     # Lock order: budget, then allocations (by id), everywhere, so concurrent debits cannot deadlock.
-    audit_lock(*{use.payer.organisation_id for use in uses})  # first: the lock order of every write
+    if not heads_held:
+        audit_lock(*{use.payer.organisation_id for use in uses})  # first: the lock order of every write
     budget = PrivacyBudget.objects.select_for_update(no_key=True).filter(dataset_id=dataset_id).first()
     if budget is None:
         return [
@@ -700,19 +704,21 @@ class QueryDebit:
 
 
 def budget_debit_many(
-    *, dataset_id: int, queries: list[tuple[Query, float, float, str | None]]
+    *, dataset_id: int, queries: list[tuple[Query, float, float, str | None]], heads_held: bool = False
 ) -> list[QueryDebit]:
     """Pays for several queries on one dataset, each (query, amount, delta, measure) as `budget_debit`
     would, in turn: a query is refused exactly when debiting them one after the other would refuse it,
     with the same error. One lock of the budget and the allocations, one write of each, one INSERT of
     the entries (`_debit_many`). Must run inside the caller's transaction; the caller records the
-    returned audit events (`audit_record_many`, in the queries' order, with its own refusals) in it."""
+    returned audit events (`audit_record_many`, in the queries' order, with its own refusals) in it.
+    `heads_held`: that transaction holds the audit heads of the queries' organisations already
+    (`audit_lock`, taken first), saving a round trip."""
     uses = []
     for query, amount, delta, measure in queries:
         if query.dataset_id != dataset_id:
             raise ValueError("budget_debit_many pays for the queries of one dataset")
         uses.append(_query_use(query, amount, delta, measure))
-    outcomes = _debit_many(dataset_id=dataset_id, uses=uses)
+    outcomes = _debit_many(dataset_id=dataset_id, uses=uses, heads_held=heads_held)
     return [
         QueryDebit(refusal=outcome)
         if isinstance(outcome, ApplicationError)

@@ -184,20 +184,22 @@ def query_submit_many(
                 exc.message = f"queries[{index}]: {exc.message}"
             raise
 
-    def record() -> list[tuple[Query, bool]]:
+    def record(*, one_by_one: bool = False) -> list[tuple[Query, bool]]:
         audit_lock(membership.organisation_id)  # first: see audit_lock for the deadlock-free lock order
         task_id = uuid.uuid4().hex
         submission = _Submission(actor, dataset, version, membership, items, parsed, task_id)
-        try:
-            with transaction.atomic():  # a savepoint: the batch is written whole or not at all
-                outcomes, created = _record_batch(submission)
-        except IntegrityError:  # an identical query recorded concurrently: one by one, answering with it
-            outcomes, created = _record_one_by_one(submission)
+        outcomes, created = (_record_one_by_one if one_by_one else _record_batch)(submission)
         if created:
             transaction.on_commit(lambda: _enqueue(created, task_id))
         return outcomes
 
-    return atomic_with_retry(record)
+    try:
+        return atomic_with_retry(record)
+    except IntegrityError:
+        # An identical query was recorded concurrently: the transaction was rolled back whole (the
+        # batch has no savepoint of its own: two round trips fewer on every request) and is run
+        # again one query at a time, answering with that one.
+        return atomic_with_retry(partial(record, one_by_one=True))
 
 
 @dataclass(frozen=True)
@@ -262,8 +264,8 @@ def _record_batch(submission: _Submission) -> tuple[list[tuple[Query, bool]], li
     """The queries of one request recorded together: one read of the organisation's live identical
     queries, one INSERT of the new ones, one of their audit events (in the request's order, as
     `_record_one_by_one` writes them). A query asked twice in the request is recorded once. Raises
-    IntegrityError when an identical query was recorded concurrently (the caller's savepoint undoes
-    the batch)."""
+    IntegrityError when an identical query was recorded concurrently (the caller then runs its
+    transaction again with `_record_one_by_one`)."""
     live = {query.query_hash: query for query in submission.live({spec.hash for spec in submission.parsed})}
     new: list[Query] = []
     for item, spec in zip(submission.items, submission.parsed, strict=True):
@@ -423,7 +425,8 @@ def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
     dataset that cannot be read fails its queries before anything is spent; (2) one transaction
     debits each query that fits (refusing those that do not) and marks it running; (3) run the paid
     ones, outside any transaction (the spend is committed before noise is drawn); (4) one transaction
-    stores the releases. A table is used while it is loaded (the worker's cache may evict it after). Queries
+    stores the releases. (A batch that fails rolls its transaction back, which runs again one query
+    at a time.) A table is used while it is loaded (the worker's cache may evict it after). Queries
     found `running` (paid by a worker that died) are released without a new debit. A query that fails
     after its debit keeps the spend (the conservative choice: noise may have been drawn)."""
     queries = list(
@@ -439,12 +442,17 @@ def query_execute_many(*, query_ids: list[int], data_loader) -> list[Query]:
     for items in groups.values():
         for item in items:
             _load(item, data_loader)
-        paid = atomic_with_retry(partial(_debit_all, items))
+        paid = _debit(items)
         released = _release_all(paid)
-        atomic_with_retry(partial(_store_all, released))
+        _store(released)
         for item in items:
             item.data = None  # the cache may close it later; nothing here uses it again
-    by_id = {query.pk: query for query in Query.objects.filter(pk__in=query_ids)}
+    # The queries this task finished are as it wrote them (each write updates its object); only the
+    # others (finished before it started, or by another worker meanwhile) are read again.
+    by_id = {query.pk: query for query in queries if query.status in QUERY_FINISHED}
+    others = [query_id for query_id in query_ids if query_id not in by_id]
+    if others:
+        by_id.update((query.pk, query) for query in Query.objects.filter(pk__in=others))
     return [by_id[query_id] for query_id in query_ids if query_id in by_id]
 
 
@@ -487,13 +495,65 @@ def _audit_streams(items: list[_Priced]) -> set[int]:
     }
 
 
-def _debit_all(priced: list[_Priced]) -> list[_Priced]:
+class _BatchFailed(Exception):
+    """The database refused a batch (or, storing, some of its queries had changed meanwhile): the
+    transaction is rolled back whole and run again with each query on its own (`_debit`, `_store`).
+    A batch runs without a savepoint of its own: two round trips fewer on every request."""
+
+
+# What the state changes of the worker's transactions write on a query (and on its object).
+_STATE_FIELDS = (
+    "status",
+    "updated_at",
+    "result",
+    "error_code",
+    "error_message",
+    "finished_at",
+    "cost",
+    "cost_delta",
+)
+
+
+def _state_restorer(queries: list[Query]) -> Callable[[], None]:
+    """A function that puts the objects of `queries` back as they are now: each attempt of a
+    transaction that changes them starts with it, so that what an attempt rolled back (the batch, or
+    one the database aborted as a deadlock victim) left on them never outlives it."""
+    states = [(query, {name: getattr(query, name) for name in _STATE_FIELDS}) for query in queries]
+
+    def restore() -> None:
+        for query, state in states:
+            for name, value in state.items():
+                setattr(query, name, value)
+
+    return restore
+
+
+def _debit(items: list[_Priced]) -> list[_Priced]:
+    """(2) of `query_execute_many`: one transaction debits the queries of one table together; if the
+    batch fails, the transaction is run again debiting each query alone (then an error fails that
+    query only). Returns the paid ones."""
+    restore = _state_restorer([item.query for item in items])
+    try:
+        return atomic_with_retry(partial(_debit_all, items, restore=restore))
+    except _BatchFailed as exc:
+        logger.error(
+            "A batch of queries could not be debited (%s); one by one", exc.__cause__.__class__.__name__
+        )
+        return atomic_with_retry(partial(_debit_all, items, restore=restore, one_by_one=True))
+
+
+def _debit_all(
+    priced: list[_Priced], *, restore: Callable[[], None] | None = None, one_by_one: bool = False
+) -> list[_Priced]:
+    if restore is not None:
+        restore()
     # First the audit heads, then the queries (by id), then budget and allocation inside the debit.
     audit_lock(*_audit_streams(priced))
     locked = {
         query.pk: query
         for query in Query.objects.select_for_update(no_key=True)
         .filter(pk__in=[item.query.pk for item in priced], status__in=QUERY_UNFINISHED)
+        .only("id", "status")
         .order_by("pk")
     }
     paid: list[_Priced] = []
@@ -510,37 +570,39 @@ def _debit_all(priced: list[_Priced]) -> list[_Priced]:
                 paid.append(item)  # paid by a worker that died: release it now
             continue  # paid just now by another worker, which releases it
         if item.failure is not None and item.refusal is None:
-            paid += _debit_pending(pending)
+            paid += _debit_pending(pending, one_by_one=one_by_one)
             pending = []
             _fail(query, item, expect=QueryStatus.PENDING, spent=False)
             continue
         pending.append(item)
-    paid += _debit_pending(pending)
+    paid += _debit_pending(pending, one_by_one=one_by_one)
     ids = {item.query.pk for item in paid}
     return [item for item in priced if item.query.pk in ids]
 
 
-def _debit_pending(items: list[_Priced]) -> list[_Priced]:
+def _debit_pending(items: list[_Priced], *, one_by_one: bool = False) -> list[_Priced]:
     """Debits `items` (pending, locked, of one dataset) as if one after the other (`budget_debit_many`:
     one lock and one write of the budget and allocation), refuses those that cannot be priced or do
     not fit, and records it all in as few statements as it can: one UPDATE per new state, one INSERT
-    of the audit events in the queries' order. Returns the paid ones."""
+    of the audit events in the queries' order. Returns the paid ones. If the batch fails, raises
+    `_BatchFailed` (the transaction is lost: `_debit` runs it again `one_by_one`)."""
     if not items:
         return []
+    if one_by_one:
+        return _debit_one_by_one(items)
     debits = {}
     to_debit = [item for item in items if item.refusal is None]
     if to_debit:
         try:
-            with transaction.atomic():  # a savepoint: if the batch fails, each query is tried alone
-                outcomes = budget_debit_many(
-                    dataset_id=to_debit[0].query.dataset_id,
-                    queries=[(item.query, item.amount, item.delta, item.measure) for item in to_debit],
-                )
+            outcomes = budget_debit_many(
+                dataset_id=to_debit[0].query.dataset_id,
+                queries=[(item.query, item.amount, item.delta, item.measure) for item in to_debit],
+                heads_held=True,  # `_debit_all` took them first
+            )
         except Exception as exc:
             if is_retryable(exc):
                 raise  # the whole transaction was lost: atomic_with_retry runs it again
-            logger.error("A batch of queries could not be debited (%s); one by one", exc.__class__.__name__)
-            return _debit_one_by_one(items)
+            raise _BatchFailed from exc
         debits = {item.query.pk: outcome for item, outcome in zip(to_debit, outcomes, strict=True)}
     events: list[dict[str, Any]] = []
     refused: list[tuple[_Priced, str, str]] = []
@@ -687,47 +749,64 @@ def _refuse(query: Query, code: str, message: str) -> None:
         count_on_commit(QUERIES_REFUSED.labels(code=code))
 
 
-def _store_all(released: list[tuple[_Priced, dict | tuple[str, str]]]) -> None:
-    """Stores the answers (one UPDATE, one INSERT of their audit events) and fails the queries whose
-    release failed. If the database refuses the batch, each answer is stored alone, so that one it
-    refuses fails that query only."""
+def _store(released: list[tuple[_Priced, dict | tuple[str, str]]]) -> None:
+    """(4) of `query_execute_many`: one transaction stores the answers together (`_store_all`); if the
+    batch fails, or some of its queries were stored by another worker meanwhile, the transaction is
+    run again storing each answer alone (compare-and-set each; an answer the database refuses then
+    fails that query only)."""
+    restore = _state_restorer([item.query for item, _ in released])
+    try:
+        atomic_with_retry(partial(_store_all, released, restore=restore))
+    except _BatchFailed as exc:
+        if not isinstance(exc.__cause__, _Changed):
+            logger.error(
+                "The answers could not be stored together (%s); one by one", exc.__cause__.__class__.__name__
+            )
+        atomic_with_retry(partial(_store_all, released, restore=restore, one_by_one=True))
+
+
+def _store_all(
+    released: list[tuple[_Priced, dict | tuple[str, str]]],
+    *,
+    restore: Callable[[], None] | None = None,
+    one_by_one: bool = False,
+) -> None:
+    """Stores the answers (one UPDATE, one INSERT of their audit events; each alone if `one_by_one`)
+    and fails the queries whose release failed. Raises `_BatchFailed` if a batch cannot be stored."""
     if not released:
         return  # nothing was paid
+    if restore is not None:
+        restore()
     audit_lock(*_audit_streams([item for item, _ in released]))
     answers: list[tuple[_Priced, dict]] = []  # the answers met since the last failure, in order
     for item, outcome in released:
         if isinstance(outcome, dict):
             answers.append((item, outcome))
             continue
-        _store_batch(answers)  # first: the audit events keep the queries' order
+        _store_batch(answers, one_by_one=one_by_one)  # first: the audit events keep the queries' order
         answers = []
         item.failure = outcome
         _fail(item.query, item, expect=QueryStatus.RUNNING, spent=True)
-    _store_batch(answers)
+    _store_batch(answers, one_by_one=one_by_one)
 
 
-def _store_batch(answers: list[tuple[_Priced, dict]]) -> None:
+def _store_batch(answers: list[tuple[_Priced, dict]], *, one_by_one: bool) -> None:
     if not answers:
         return
-    fields = ("status", "updated_at", "result", "error_code", "error_message", "finished_at")
-    states = [(item.query, {name: getattr(item.query, name) for name in fields}) for item, _ in answers]
+    if one_by_one:
+        _store_one_by_one(answers)
+        return
     try:
-        with transaction.atomic():  # a savepoint: if the batch fails, each answer is stored alone
-            _store_answers(answers)
+        _store_answers(answers)
     except Exception as exc:
         if is_retryable(exc):
             raise
-        if not isinstance(exc, _Changed):
-            logger.error("The answers could not be stored together (%s); one by one", exc.__class__.__name__)
-        for query, state in states:  # as they were before the batch, undone
-            for name, value in state.items():
-                setattr(query, name, value)
-        _store_one_by_one(answers)
+        raise _BatchFailed from exc
 
 
 class _Changed(Exception):
-    """Some of a batch's queries were no longer running (another worker stored them): undone, and
-    stored one by one (compare-and-set each)."""
+    """Some of a batch's queries were no longer running (another worker stored them): the batch is
+    undone, and each answer stored alone (compare-and-set each)."""
 
 
 def _store_answers(answers: list[tuple[_Priced, dict]]) -> None:
