@@ -221,12 +221,13 @@ def test_an_approximate_dp_batch_composes_as_the_debits_one_after_the_other(worl
 # The SQL of one 3-query request on the worker's side, debit and store (PostgreSQL; with
 # AUDIT_STRICT_LOCK_ORDER the tests also read the transaction id once per audit lock or record
 # call). Before batching: 51 and 26; 20 and 12 before `audit_lock` took several heads in one statement;
-# 19 and 11 before the batches lost their savepoints and the debit its second lock of a head.
-# Raise these only with a reason.
-DEBIT_STATEMENTS = 15
-STORE_STATEMENTS = 9
+# 19 and 11 before the batches lost their savepoints and the debit its second lock of a head; 15 and 9
+# before the audit events' INSERT moved their head in the same statement. Raise these only with a reason.
+DEBIT_STATEMENTS = 14
+STORE_STATEMENTS = 8
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the statements of PostgreSQL's path")
 def test_the_statements_of_a_three_query_request_are_pinned(world):
     _setup(world, total=5.0, allocation=5.0)
     items = _items(world, [(0.1, 0.0), (0.2, 0.0), (0.3, 0.0)], "pure")
@@ -290,6 +291,7 @@ def test_a_batch_the_database_refuses_is_debited_one_by_one_with_the_same_outcom
     assert _outcome(world, costs, batch=True) == expected
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="an error that aborts the transaction")
 def test_a_batch_refused_after_another_was_paid_is_run_again_whole_one_by_one(world, monkeypatch):
     """The batches have no savepoints: the second one failing rolls back the whole transaction (the
     first batch's debit and the failure recorded between them too), which then runs one by one."""
@@ -312,6 +314,7 @@ def test_a_batch_refused_after_another_was_paid_is_run_again_whole_one_by_one(wo
     assert calls == [1, 2]  # the batch before the failed query, then the one after it
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="an error that aborts the transaction")
 def test_answers_the_database_refuses_together_are_stored_one_by_one(world, monkeypatch):
     _setup(world, total=5.0, allocation=5.0)
     items = _items(world, [(0.1, 0.0), (0.2, 0.0)], "pure")
