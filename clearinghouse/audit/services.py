@@ -227,7 +227,8 @@ def _insert_and_move_head(events: list[AuditEvent], *, head_pk: int, seq: int, l
     meta = AuditEvent._meta
     insert = sql.InsertQuery(AuditEvent)
     # The columns `bulk_create` writes: every concrete one but the generated primary key.
-    insert.insert_values([field for field in meta.concrete_fields if field is not meta.pk], events)
+    rows: list[models.Model] = list(events)
+    insert.insert_values([field for field in meta.concrete_fields if field is not meta.pk], rows)
     compiler = insert.get_compiler(connection=connection)
     compiler.returning_fields = [meta.pk]
     ((insert_sql, params),) = compiler.as_sql()
